@@ -1,0 +1,128 @@
+//! The command line: `run`, `check`, `keys generate`, `keys hash`.
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, LoadError};
+use crate::secret::{self, KeyHash};
+
+/// Where the config is read from when neither `--config` nor `$KEYGATE_CONFIG` is given.
+pub const DEFAULT_CONFIG: &str = "config/keygate.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "An authenticating reverse proxy for HTTP APIs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve: route, authenticate and forward requests.
+    Run {
+        #[arg(long, env = "KEYGATE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config file (use /dev/stdin to read standard input).
+    Check {
+        #[arg(long, env = "KEYGATE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Make and hash API key secrets.
+    #[command(subcommand)]
+    Keys(Keys),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Keys {
+    /// Print a new random secret and the `hash = "sha256:…"` line to paste into the config.
+    Generate {
+        #[arg(long, default_value = "kg_")]
+        prefix: String,
+    },
+    /// Read a secret on standard input and print its `sha256:…` hash.
+    Hash,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            init_tracing();
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return fail(format_args!("cannot start the runtime: {e}")),
+            };
+            match runtime.block_on(crate::run(&config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format_args!("{e:#}")),
+            }
+        }
+        Command::Check { config } => check(&config),
+        Command::Keys(Keys::Generate { prefix }) => match secret::generate(&prefix) {
+            Ok(s) => {
+                let hash = KeyHash::of(s.as_bytes());
+                println!("{s}");
+                println!("hash = \"{hash}\"");
+                eprintln!("Give the secret to its owner now: keygate keeps only the hash.");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format_args!("no randomness from the OS: {e}")),
+        },
+        Command::Keys(Keys::Hash) => {
+            let mut input = Vec::new();
+            if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+                return fail(format_args!("cannot read standard input: {e}"));
+            }
+            // `echo secret | keygate keys hash` must hash "secret", not "secret\n".
+            let secret = input.strip_suffix(b"\n").unwrap_or(&input);
+            let secret = secret.strip_suffix(b"\r").unwrap_or(secret);
+            if secret.is_empty() {
+                return fail(format_args!("no secret on standard input"));
+            }
+            println!("{}", KeyHash::of(secret));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            println!("{}: ok: {}", path.display(), loaded.snapshot.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e @ LoadError::Io { .. }) | Err(e @ LoadError::Invalid(_)) => {
+            let _ = writeln!(std::io::stderr(), "{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fail(msg: std::fmt::Arguments<'_>) -> ExitCode {
+    eprintln!("keygate: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Logs go to stderr; `KEYGATE_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KEYGATE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

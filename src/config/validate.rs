@@ -1,0 +1,619 @@
+//! Raw config -> [`Snapshot`]: every check, every conversion, once, at load time.
+//!
+//! All problems are collected, not just the first, and each names the file, line and column
+//! and the key, consumer or target it belongs to, so one `keygate check` run shows everything
+//! that needs fixing.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use http::uri::{Scheme, Uri};
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use toml::Spanned;
+use toml::value::{Datetime, Offset};
+
+use super::raw::{RawConfig, RawConsumer, RawKey, RawServer, RawTarget};
+use super::{ConfigError, Severity};
+use crate::secret::KeyHash;
+use crate::snapshot::{
+    Consumer, Id, IpList, Key, Rate, Server, Snapshot, Target, TargetIdx, TargetSet,
+};
+
+/// Where keygate listens when `[server] listen` is absent.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_KEY_HEADER: &str = "X-API-Key";
+pub const DEFAULT_KEY_QUERY: &str = "api_key";
+/// Enough for a person mistyping a key; far too few to guess one.
+pub const DEFAULT_FAILED_AUTH_LIMIT: &str = "30/minute";
+/// How long keygate waits for an upstream's response headers before answering 504.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Collects problems with their positions while the raw config is checked.
+struct Checker<'a> {
+    src: &'a str,
+    file: &'a Path,
+    problems: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, severity: Severity, span: Range<usize>, subject: &str, message: String) {
+        let (line, column) = line_col(self.src, span.start);
+        self.problems.push(ConfigError {
+            severity,
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            subject: (!subject.is_empty()).then(|| subject.to_owned()),
+            message,
+        });
+    }
+
+    fn error(&mut self, span: Range<usize>, subject: &str, message: impl Into<String>) {
+        self.report(Severity::Error, span, subject, message.into());
+    }
+
+    fn warn(&mut self, span: Range<usize>, subject: &str, message: impl Into<String>) {
+        self.report(Severity::Warning, span, subject, message.into());
+    }
+
+    fn has_errors(&self) -> bool {
+        self.problems.iter().any(|p| p.severity == Severity::Error)
+    }
+
+    fn id(&mut self, raw: &Spanned<String>, what: &str) -> Option<Id> {
+        let id = Id::new(raw.get_ref());
+        if id.is_none() {
+            self.error(
+                raw.span(),
+                "",
+                format!(
+                    "{what} {:?} is not a valid id: use 1 to {} {}",
+                    raw.get_ref(),
+                    Id::MAX_LEN,
+                    Id::ALLOWED
+                ),
+            );
+        }
+        id
+    }
+
+    fn nets(&mut self, raw: Option<&[Spanned<String>]>, subject: &str, field: &str) -> IpList {
+        let mut nets = Vec::new();
+        for item in raw.unwrap_or_default() {
+            match parse_net(item.get_ref()) {
+                Some(n) => nets.push(n),
+                None => self.error(
+                    item.span(),
+                    subject,
+                    format!(
+                        "{field}: {:?} is not an IP address or CIDR (e.g. \"203.0.113.0/24\", \"2001:db8::/32\")",
+                        item.get_ref()
+                    ),
+                ),
+            }
+        }
+        IpList::new(nets)
+    }
+
+    fn rate(&mut self, raw: Option<&Spanned<String>>, subject: &str, field: &str) -> Option<Rate> {
+        let raw = raw?;
+        match Rate::parse(raw.get_ref()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.error(raw.span(), subject, format!("{field}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn targets(
+        &mut self,
+        raw: Option<&[Spanned<String>]>,
+        names: &HashMap<String, TargetIdx>,
+        subject: &str,
+    ) -> TargetSet {
+        let mut set = Vec::new();
+        for t in raw.unwrap_or_default() {
+            match names.get(t.get_ref()) {
+                Some(&i) => set.push(i),
+                None => self.error(
+                    t.span(),
+                    subject,
+                    format!("targets: no [[targets]] is named {:?}", t.get_ref()),
+                ),
+            }
+        }
+        TargetSet::new(set)
+    }
+
+    fn path(&mut self, raw: &Spanned<String>, subject: &str, field: &str) -> Option<Box<str>> {
+        let p = raw.get_ref();
+        if !p.starts_with('/') || p.contains(['?', '#']) || p.chars().any(char::is_whitespace) {
+            self.error(
+                raw.span(),
+                subject,
+                format!(
+                    "{field}: {p:?} must be a path that starts with '/', without '?', '#' or spaces"
+                ),
+            );
+            return None;
+        }
+        // Stored without a trailing '/' so that "/api/" and "/api" match the same segments.
+        let trimmed = p.trim_end_matches('/');
+        Some(if trimmed.is_empty() {
+            "/".into()
+        } else {
+            trimmed.into()
+        })
+    }
+}
+
+/// Turns a parsed file into a snapshot, or into every problem found in it. Warnings (such as a
+/// plaintext secret) are returned in both cases.
+pub fn validate(
+    raw: RawConfig,
+    src: &str,
+    file: &Path,
+) -> Result<(Snapshot, Vec<ConfigError>), Vec<ConfigError>> {
+    let mut c = Checker {
+        src,
+        file,
+        problems: Vec::new(),
+    };
+    let server = server(&mut c, &raw.server);
+    let (targets, target_names) = targets(&mut c, &raw.targets);
+    let (consumers, consumer_ids) = consumers(&mut c, &raw.consumers, &target_names);
+    let keys = keys(&mut c, &raw.keys, &target_names, &consumer_ids);
+    match server {
+        Some(server) if !c.has_errors() => {
+            Ok((Snapshot::new(server, targets, consumers, keys), c.problems))
+        }
+        _ => Err(c.problems),
+    }
+}
+
+fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
+    const S: &str = "[server]";
+    let listen = match &raw.listen {
+        None => DEFAULT_LISTEN.parse().ok(),
+        Some(l) => {
+            let parsed = l.get_ref().parse::<SocketAddr>().ok();
+            if parsed.is_none() {
+                c.error(
+                    l.span(),
+                    S,
+                    format!(
+                        "listen: {:?} is not IP:port (e.g. \"127.0.0.1:8080\", \"[::1]:8080\")",
+                        l.get_ref()
+                    ),
+                );
+            }
+            parsed
+        }
+    };
+    let trusted_proxies = c.nets(Some(&raw.trusted_proxies), S, "trusted_proxies");
+    let key_header = match &raw.key_header {
+        None => Some(HeaderName::from_static("x-api-key")),
+        Some(h) => {
+            let parsed = HeaderName::from_bytes(h.get_ref().as_bytes()).ok();
+            if parsed.is_none() {
+                c.error(
+                    h.span(),
+                    S,
+                    format!("key_header: {:?} is not a valid header name", h.get_ref()),
+                );
+            }
+            parsed
+        }
+    };
+    let key_query: Box<str> = match &raw.key_query {
+        None => DEFAULT_KEY_QUERY.into(),
+        Some(q) => {
+            let name = q.get_ref();
+            if name.is_empty()
+                || name
+                    .bytes()
+                    .any(|b| matches!(b, b'&' | b'=' | b'#' | b'%' | b'+') || b <= b' ')
+            {
+                c.error(
+                    q.span(),
+                    S,
+                    format!("key_query: {name:?} must be a plain, non-empty parameter name"),
+                );
+            }
+            name.as_str().into()
+        }
+    };
+    let failed_auth_limit = match &raw.failed_auth_limit {
+        None => Rate::parse(DEFAULT_FAILED_AUTH_LIMIT).ok(),
+        some => c.rate(some.as_ref(), S, "failed_auth_limit"),
+    };
+    Some(Server {
+        listen: listen?,
+        trusted_proxies,
+        key_header: key_header?,
+        key_query,
+        failed_auth_limit: failed_auth_limit?,
+    })
+}
+
+fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<String, TargetIdx>) {
+    let mut out = Vec::new();
+    let mut names: HashMap<String, TargetIdx> = HashMap::new();
+    let mut first_line: HashMap<&str, usize> = HashMap::new();
+    // (host or "" for any host, prefix) -> target name, to refuse two targets on one route.
+    let mut routes: HashMap<(String, Box<str>), String> = HashMap::new();
+    if raw.is_empty() {
+        c.error(
+            0..0,
+            "",
+            "no [[targets]]: keygate needs at least one upstream to route to",
+        );
+    }
+    if raw.len() > usize::from(TargetIdx::MAX) {
+        c.error(
+            0..0,
+            "",
+            format!("at most {} [[targets]] are supported", TargetIdx::MAX),
+        );
+        return (out, names);
+    }
+    for t in raw {
+        let Some(name) = c.id(&t.name, "target name") else {
+            continue;
+        };
+        let subject = format!("target {:?}", t.name.get_ref());
+        let line = line_col(c.src, t.name.span().start).0;
+        if let Some(first) = first_line.insert(t.name.get_ref(), line) {
+            c.error(
+                t.name.span(),
+                &subject,
+                format!("duplicate target name (first defined at line {first})"),
+            );
+            continue;
+        }
+        let upstream = upstream(c, &t.upstream, &subject);
+        let mut hosts = Vec::new();
+        for h in t.hosts.as_deref().unwrap_or_default() {
+            let host = h.get_ref().trim_end_matches('.').to_ascii_lowercase();
+            let bad_port = host
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                && !host.ends_with(']');
+            if host.is_empty() || host.contains(['/', ' ', '*']) || bad_port {
+                c.error(
+                    h.span(),
+                    &subject,
+                    format!("hosts: {:?} must be a plain host name without port or wildcard (the port is ignored when matching)", h.get_ref()),
+                );
+                continue;
+            }
+            hosts.push(host.into_boxed_str());
+        }
+        let path_prefix = match &t.path_prefix {
+            None => Some("/".into()),
+            Some(p) => c.path(p, &subject, "path_prefix"),
+        };
+        let timeout = match &t.timeout {
+            None => Some(DEFAULT_UPSTREAM_TIMEOUT),
+            Some(d) => match humantime::parse_duration(d.get_ref()) {
+                Ok(d) if !d.is_zero() => Some(d),
+                _ => {
+                    c.error(
+                        d.span(),
+                        &subject,
+                        format!(
+                            "timeout: {:?} is not a duration such as \"30s\" or \"500ms\"",
+                            d.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let (Some((scheme, authority, upstream_host)), Some(path_prefix), Some(timeout)) =
+            (upstream, path_prefix, timeout)
+        else {
+            continue;
+        };
+        let route_hosts: Vec<String> = if hosts.is_empty() {
+            vec![String::new()]
+        } else {
+            hosts.iter().map(|h| h.to_string()).collect()
+        };
+        for h in route_hosts {
+            let shown = if h.is_empty() {
+                "any host".to_owned()
+            } else {
+                format!("host {h:?}")
+            };
+            if let Some(other) = routes.insert((h, path_prefix.clone()), t.name.get_ref().clone()) {
+                c.error(
+                    t.name.span(),
+                    &subject,
+                    format!("{shown} with path_prefix {path_prefix:?} is already routed to target {other:?}"),
+                );
+            }
+        }
+        names.insert(t.name.get_ref().clone(), out.len() as TargetIdx);
+        out.push(Target {
+            name,
+            scheme,
+            authority,
+            upstream_host,
+            hosts,
+            path_prefix,
+            timeout,
+            preserve_host: t.preserve_host.unwrap_or(false),
+        });
+    }
+    (out, names)
+}
+
+fn upstream(
+    c: &mut Checker<'_>,
+    raw: &Spanned<String>,
+    subject: &str,
+) -> Option<(Scheme, http::uri::Authority, HeaderValue)> {
+    let text = raw.get_ref();
+    let bad = |c: &mut Checker<'_>, why: &str| {
+        c.error(raw.span(), subject, format!("upstream: {text:?} {why}"));
+        None
+    };
+    let Ok(uri) = text.parse::<Uri>() else {
+        return bad(c, "is not a URL such as \"http://127.0.0.1:3000\"");
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        return bad(
+            c,
+            "needs a scheme and a host, e.g. \"http://127.0.0.1:3000\"",
+        );
+    };
+    if scheme != &Scheme::HTTP {
+        return bad(
+            c,
+            "must use http:// (https:// upstreams are not supported yet)",
+        );
+    }
+    if authority.as_str().contains('@') {
+        return bad(c, "must not carry credentials");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return bad(
+            c,
+            "must not have a path or query: requests keep the path the client sent",
+        );
+    }
+    let host = HeaderValue::from_str(authority.as_str()).ok()?;
+    Some((scheme.clone(), authority.clone(), host))
+}
+
+fn consumers(
+    c: &mut Checker<'_>,
+    raw: &[RawConsumer],
+    target_names: &HashMap<String, TargetIdx>,
+) -> (Vec<Consumer>, HashMap<String, u32>) {
+    let mut out = Vec::new();
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut first_line: HashMap<&str, usize> = HashMap::new();
+    for raw in raw {
+        let Some(id) = c.id(&raw.id, "consumer id") else {
+            continue;
+        };
+        let subject = format!("consumer {:?}", raw.id.get_ref());
+        let line = line_col(c.src, raw.id.span().start).0;
+        if let Some(first) = first_line.insert(raw.id.get_ref(), line) {
+            c.error(
+                raw.id.span(),
+                &subject,
+                format!("duplicate consumer id (first defined at line {first})"),
+            );
+            continue;
+        }
+        let allow_ips = c.nets(raw.allow_ips.as_deref(), &subject, "allow_ips");
+        let targets = c.targets(raw.targets.as_deref(), target_names, &subject);
+        let rate_limit = c.rate(raw.rate_limit.as_ref(), &subject, "rate_limit");
+        ids.insert(raw.id.get_ref().clone(), out.len() as u32);
+        out.push(Consumer {
+            id,
+            name: raw.name.as_deref().map(Into::into),
+            allow_ips,
+            targets,
+            rate_limit,
+        });
+    }
+    (out, ids)
+}
+
+fn keys(
+    c: &mut Checker<'_>,
+    raw: &[RawKey],
+    target_names: &HashMap<String, TargetIdx>,
+    consumer_ids: &HashMap<String, u32>,
+) -> Vec<Key> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut first_line: HashMap<&str, usize> = HashMap::with_capacity(raw.len());
+    let mut hashes: HashMap<KeyHash, &str, crate::secret::KeyHashBuilder> =
+        HashMap::with_capacity_and_hasher(raw.len(), Default::default());
+    for raw in raw {
+        let Some(id) = c.id(&raw.id, "key id") else {
+            continue;
+        };
+        let subject = format!("key {:?}", raw.id.get_ref());
+        let line = line_col(c.src, raw.id.span().start).0;
+        if let Some(first) = first_line.insert(raw.id.get_ref(), line) {
+            c.error(
+                raw.id.span(),
+                &subject,
+                format!("duplicate key id (first defined at line {first})"),
+            );
+            continue;
+        }
+        let hash = match (&raw.hash, &raw.secret) {
+            (Some(h), None) => {
+                let parsed = KeyHash::parse(h.get_ref());
+                if parsed.is_none() {
+                    c.error(h.span(), &subject, "hash: expected \"sha256:\" followed by 64 hex digits (see `keygate keys hash`)");
+                }
+                parsed.map(|p| (p, h.span()))
+            }
+            (None, Some(s)) => {
+                if s.get_ref().is_empty() {
+                    c.error(s.span(), &subject, "secret: must not be empty");
+                    None
+                } else {
+                    c.warn(
+                        s.span(),
+                        &subject,
+                        "secret is stored in plaintext; replace it with the `hash = \"sha256:…\"` line that `keygate keys hash` prints",
+                    );
+                    Some((KeyHash::of(s.get_ref().as_bytes()), s.span()))
+                }
+            }
+            (Some(h), Some(_)) => {
+                c.error(
+                    h.span(),
+                    &subject,
+                    "has both `hash` and `secret`: keep only `hash`",
+                );
+                None
+            }
+            (None, None) => {
+                c.error(
+                    raw.id.span(),
+                    &subject,
+                    "needs `hash = \"sha256:…\"` (or `secret`)",
+                );
+                None
+            }
+        };
+        if let Some((h, span)) = &hash {
+            let (h, span) = (*h, span.clone());
+            match hashes.entry(h) {
+                Entry::Occupied(other) => {
+                    c.error(
+                        span,
+                        &subject,
+                        format!(
+                            "same secret hash as key {:?}: every key needs its own secret",
+                            other.get()
+                        ),
+                    );
+                }
+                Entry::Vacant(v) => {
+                    v.insert(raw.id.get_ref());
+                }
+            }
+        }
+        let consumer = match &raw.consumer {
+            None => None,
+            Some(name) => {
+                let found = consumer_ids.get(name.get_ref()).copied();
+                if found.is_none() {
+                    c.error(
+                        name.span(),
+                        &subject,
+                        format!("consumer: no [[consumers]] has id {:?}", name.get_ref()),
+                    );
+                }
+                found
+            }
+        };
+        let expires_at = raw.expires_at.as_ref().and_then(|e| {
+            let t = to_system_time(e.get_ref());
+            if t.is_none() {
+                c.error(
+                    e.span(),
+                    &subject,
+                    format!("expires_at: {} is not a date-time with an offset, e.g. 2027-01-01T00:00:00Z", e.get_ref()),
+                );
+            }
+            t
+        });
+        let targets = c.targets(raw.targets.as_deref(), target_names, &subject);
+        let allow_ips = c.nets(raw.allow_ips.as_deref(), &subject, "allow_ips");
+        let paths = raw
+            .paths
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| c.path(p, &subject, "paths"))
+            .collect();
+        let rate_limit = c.rate(raw.rate_limit.as_ref(), &subject, "rate_limit");
+        let (Some((hash, _)), true) = (hash, raw.consumer.is_none() || consumer.is_some()) else {
+            continue;
+        };
+        out.push(Key {
+            id,
+            name: raw.name.as_deref().map(Into::into),
+            consumer,
+            hash,
+            status: raw.status.unwrap_or_default(),
+            expires_at,
+            targets,
+            allow_ips,
+            access: raw.access.unwrap_or_default(),
+            paths,
+            rate_limit,
+        });
+    }
+    out
+}
+
+/// A bare address is a single host (/32 or /128). An IPv4-mapped IPv6 network becomes the IPv4
+/// network it maps, so it matches the way clients are matched.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let net = match s.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => IpNet::from(s.parse::<IpAddr>().ok()?),
+    };
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+    {
+        return ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+            .ok()
+            .map(IpNet::V4);
+    }
+    Some(net)
+}
+
+/// A TOML offset date-time as a `SystemTime`; `None` for local dates and times, which name no
+/// instant.
+fn to_system_time(dt: &Datetime) -> Option<SystemTime> {
+    let (date, time, offset) = (dt.date?, dt.time?, dt.offset?);
+    let month = time::Month::try_from(date.month).ok()?;
+    let date = time::Date::from_calendar_date(i32::from(date.year), month, date.day).ok()?;
+    let time = time::Time::from_hms_nano(
+        time.hour,
+        time.minute,
+        time.second.unwrap_or(0),
+        time.nanosecond.unwrap_or(0),
+    )
+    .ok()?;
+    let offset = match offset {
+        Offset::Z => time::UtcOffset::UTC,
+        Offset::Custom { minutes } => {
+            time::UtcOffset::from_whole_seconds(i32::from(minutes) * 60).ok()?
+        }
+    };
+    Some(
+        time::PrimitiveDateTime::new(date, time)
+            .assume_offset(offset)
+            .into(),
+    )
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = src.get(..offset).unwrap_or(src);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}

@@ -1,0 +1,76 @@
+//! keygate: an authenticating reverse proxy. Every request needs a valid API key; a valid key
+//! reaches its deploy target's upstream with the credential stripped and the caller's identity
+//! attached.
+//!
+//! # Layout
+//!
+//! The request path, in the order a request meets it (`src/proxy/`):
+//!
+//! ```text
+//! server.rs      accept TCP, speak HTTP/1.1 or h2c
+//! route.rs       Host + path -> target                      404 no_route
+//! credential.rs  X-API-Key header, else api_key query        403 key_missing / key_invalid
+//! client_ip.rs   peer -> canonical client address
+//! policy.rs      SHA-256, one lookup, status, expiry         403 key_invalid / inactive / expired
+//! forward.rs     strip key, set identity headers, stream     502 / 504 upstream_*
+//! deny.rs        every denial -> problem+json, in one place
+//! ```
+//!
+//! Beside it: `config/` reads `keygate.toml` (raw serde types, then validation with line and
+//! column), `snapshot.rs` holds the validated config that requests read and that is swapped whole,
+//! `secret.rs` hashes and generates secrets, `cli.rs` is the command line.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod proxy;
+pub mod secret;
+pub mod snapshot;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use snapshot::Published;
+
+/// `keygate run`: load the config, bind, serve until SIGINT or SIGTERM.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let loaded = config::load(config_path)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let listen = loaded.snapshot.server.listen;
+    tracing::info!(config = %config_path.display(), "loaded {}", loaded.snapshot.summary());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "keygate listening");
+    let proxy = Arc::new(proxy::Proxy::new(Arc::new(Published::new(loaded.snapshot))));
+    proxy::server::serve(listener, proxy, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

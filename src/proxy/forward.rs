@@ -1,0 +1,264 @@
+//! Phase 6: the request as the upstream sees it, then the exchange itself.
+//!
+//! [`rewrite`] runs while the snapshot is loaded and edits the request in place (no header map
+//! is copied): credential out, hop-by-hop headers out, identity and forwarding headers in.
+//! [`send`] then runs with no snapshot held, streams both bodies, and turns an `Upgrade` into a
+//! byte tunnel.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::credential;
+use super::deny::Deny;
+use super::request_id::X_REQUEST_ID;
+use crate::snapshot::{Consumer, Id, Key, Server, Target};
+
+pub type Client = hyper_util::client::legacy::Client<HttpConnector, Incoming>;
+
+pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+pub const X_KEYGATE_CONSUMER: HeaderName = HeaderName::from_static("x-keygate-consumer");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Idle upstream connections are kept this long: long enough to carry bursts, short enough to
+/// be closed by us before a typical upstream's own idle timeout (60 s in nginx) closes them under
+/// a request in flight.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
+/// non-standard ones that clients still send.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+];
+
+/// The upstream connection pool, shared by every target (pooled per scheme + authority).
+pub fn client() -> Client {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(http)
+}
+
+/// What `send` needs once the snapshot is released.
+#[derive(Debug)]
+pub struct Plan {
+    pub target: Id,
+    pub timeout: Duration,
+    pub upgrade: bool,
+}
+
+/// Who is calling, for the upstream's benefit.
+pub struct Caller<'a> {
+    pub key: &'a Key,
+    pub consumer: Option<&'a Consumer>,
+    pub client_ip: IpAddr,
+    pub proto: &'static str,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Turns the client's request into the upstream's, in place.
+pub fn rewrite<B>(
+    req: &mut Request<B>,
+    server: &Server,
+    target: &Target,
+    caller: &Caller<'_>,
+) -> Plan {
+    let upgrade = is_upgrade(req);
+    let original_host = req.headers().get(HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    let headers = req.headers_mut();
+    let upgrade_value = if upgrade {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(headers);
+    headers.remove(UPGRADE);
+    headers.remove(&server.key_header);
+    if headers.keys().any(|k| k.as_str().starts_with("x-keygate-")) {
+        let ours: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-keygate-"))
+            .cloned()
+            .collect();
+        for name in ours {
+            headers.remove(name);
+        }
+    }
+    if let Some(u) = upgrade_value {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, u);
+    }
+
+    headers.insert(X_KEYGATE_KEY_ID, caller.key.id.header_value());
+    if let Some(c) = caller.consumer {
+        headers.insert(X_KEYGATE_CONSUMER, c.id.header_value());
+    }
+    append_forwarded_for(headers, caller.client_ip);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(caller.proto));
+    if let Some(h) = &original_host {
+        headers.insert(X_FORWARDED_HOST, h.clone());
+    }
+    headers.insert(X_REQUEST_ID, caller.request_id.clone());
+    match (target.preserve_host, original_host) {
+        (true, Some(h)) => headers.insert(HOST, h),
+        _ => headers.insert(HOST, target.upstream_host.clone()),
+    };
+
+    let path_and_query = req.uri().path_and_query().and_then(|pq| {
+        let q = pq.query()?;
+        let stripped = credential::strip(q, &server.key_query)?;
+        let text = if stripped.is_empty() {
+            pq.path().to_owned()
+        } else {
+            format!("{}?{stripped}", pq.path())
+        };
+        PathAndQuery::try_from(text).ok()
+    });
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(target.scheme.clone());
+    parts.authority = Some(target.authority.clone());
+    if let Some(pq) = path_and_query {
+        parts.path_and_query = Some(pq);
+    } else if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path are all set, so the parts always form a valid URI.
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    *req.version_mut() = Version::HTTP_11;
+
+    Plan {
+        target: target.name.clone(),
+        timeout: target.timeout,
+        upgrade,
+    }
+}
+
+/// Sends the request and returns the upstream's response with its body still streaming.
+pub async fn send(
+    client: &Client,
+    mut req: Request<Incoming>,
+    plan: Plan,
+) -> Result<Response<Incoming>, Deny> {
+    let client_side = plan.upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut resp = match tokio::time::timeout(plan.timeout, client.request(req)).await {
+        Err(_) => {
+            tracing::warn!(target = %plan.target, timeout = ?plan.timeout, "upstream timed out");
+            return Err(Deny::UpstreamTimeout);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target = %plan.target, error = %error_chain(&e), "upstream unavailable");
+            return Err(Deny::UpstreamUnavailable);
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_side) = client_side
+    {
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(client_side, upstream_side, plan.target));
+        return Ok(resp);
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    resp.headers_mut().remove(UPGRADE);
+    Ok(resp)
+}
+
+/// Copies bytes both ways between an upgraded client and upstream until either side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    target: Id,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(%target, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%target, error = %e, "upgraded connection ended with an error");
+    }
+}
+
+/// An HTTP/1.1 request that asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req.headers().get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Removes the fixed hop-by-hop headers and every header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// `X-Forwarded-For: <what came in>, <client>`, folding repeated headers into one.
+fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let mut value = String::new();
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = prior.to_str() {
+            value.push_str(s);
+            value.push_str(", ");
+        }
+    }
+    use std::fmt::Write as _;
+    let _ = write!(value, "{client}");
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// An error and its causes on one line: hyper's top-level errors alone say little.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}

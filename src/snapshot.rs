@@ -1,0 +1,354 @@
+//! The validated configuration, as the request path reads it.
+//!
+//! A [`Snapshot`] is built whole by `config::validate`, never edited after, and published in one
+//! atomic swap by [`Published`]. A request loads one snapshot and uses it to its end, so it never
+//! sees half of an old config and half of a new one. Everything here is already checked and
+//! converted (CIDRs, rates, hashes, header values): nothing is parsed on the request path.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, Guard};
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+pub use crate::config::raw::{Access, Status};
+use crate::proxy::route::Routes;
+use crate::secret::{KeyHash, KeyHashBuilder};
+
+/// Index of a target in [`Snapshot::targets`]. A config holds at most `u16::MAX` targets.
+pub type TargetIdx = u16;
+
+/// A validated id (key, consumer or target), kept ready to send as a header value.
+///
+/// Ids are restricted at load time to `[A-Za-z0-9._:@-]`, so they are both valid header values
+/// and safe to print in logs; holding the `HeaderValue` lets the request path attach
+/// `X-Keygate-Key-Id` with a reference-count bump instead of an allocation.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Id(HeaderValue);
+
+impl Id {
+    /// The characters an id may contain, for error messages.
+    pub const ALLOWED: &'static str = "letters, digits and . _ : @ -";
+    /// Longest id accepted: ids travel in headers and logs on every request.
+    pub const MAX_LEN: usize = 128;
+
+    /// `None` unless `s` is 1..=[`Id::MAX_LEN`] characters of [`Id::ALLOWED`].
+    pub fn new(s: &str) -> Option<Id> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-')
+            });
+        if !ok {
+            return None;
+        }
+        HeaderValue::from_str(s).ok().map(Id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Checked ASCII in `new`, so this never falls back.
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
+    }
+
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Debug for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rate such as `10/second`: `count` requests per `per`, with a burst of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: NonZeroU32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Parses `N/second|minute|hour` (also `s`, `m`, `h`, `sec`, `min`, `hr`), N > 0.
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let (n, unit) = text.split_once('/').ok_or_else(|| {
+            format!("rate {text:?} is not of the form N/unit, e.g. \"10/second\"")
+        })?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("rate {text:?}: {n:?} is not a whole number"))?;
+        let count =
+            NonZeroU32::new(count).ok_or_else(|| format!("rate {text:?}: N must be at least 1"))?;
+        let secs = match unit.trim() {
+            "second" | "sec" | "s" => 1,
+            "minute" | "min" | "m" => 60,
+            "hour" | "hr" | "h" => 3600,
+            other => {
+                return Err(format!(
+                    "rate {text:?}: unknown unit {other:?}; use second, minute or hour (or s, m, h)"
+                ));
+            }
+        };
+        Ok(Rate {
+            count,
+            per: Duration::from_secs(secs),
+        })
+    }
+}
+
+/// The deploy targets a key or consumer is bound to; empty means every target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetSet(Box<[TargetIdx]>);
+
+impl TargetSet {
+    pub fn new(mut targets: Vec<TargetIdx>) -> TargetSet {
+        targets.sort_unstable();
+        targets.dedup();
+        TargetSet(targets.into_boxed_slice())
+    }
+
+    /// True when unrestricted, or when `t` is one of the bound targets.
+    pub fn allows(&self, t: TargetIdx) -> bool {
+        self.0.is_empty() || self.0.contains(&t)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = TargetIdx> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+/// An IP allow-list; empty means any address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpList(Box<[IpNet]>);
+
+impl IpList {
+    pub fn new(nets: Vec<IpNet>) -> IpList {
+        IpList(nets.into_boxed_slice())
+    }
+
+    /// True when unrestricted, or when `ip` falls in one of the networks. `ip` must already be
+    /// canonical (an IPv4-mapped IPv6 address turned into IPv4) so that IPv4 rules match it.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.0.is_empty() || self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &IpNet> {
+        self.0.iter()
+    }
+}
+
+/// `[server]`.
+#[derive(Debug)]
+pub struct Server {
+    /// Changing it needs a restart: a reload logs that and keeps the bound socket.
+    pub listen: SocketAddr,
+    pub trusted_proxies: IpList,
+    pub key_header: HeaderName,
+    pub key_query: Box<str>,
+    pub failed_auth_limit: Rate,
+}
+
+/// `[[targets]]`: a deploy target and its upstream.
+#[derive(Debug)]
+pub struct Target {
+    pub name: Id,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// `Host` sent upstream unless `preserve_host`: the upstream's own authority.
+    pub upstream_host: HeaderValue,
+    pub hosts: Vec<Box<str>>,
+    pub path_prefix: Box<str>,
+    pub timeout: Duration,
+    pub preserve_host: bool,
+}
+
+/// `[[consumers]]`: an account that owns keys.
+#[derive(Debug)]
+pub struct Consumer {
+    pub id: Id,
+    pub name: Option<Box<str>>,
+    pub allow_ips: IpList,
+    pub targets: TargetSet,
+    pub rate_limit: Option<Rate>,
+}
+
+/// `[[keys]]`: one API key, by the hash of its secret.
+#[derive(Debug)]
+pub struct Key {
+    pub id: Id,
+    pub name: Option<Box<str>>,
+    /// Index into [`Snapshot::consumers`].
+    pub consumer: Option<u32>,
+    pub hash: KeyHash,
+    pub status: Status,
+    pub expires_at: Option<SystemTime>,
+    pub targets: TargetSet,
+    pub allow_ips: IpList,
+    pub access: Access,
+    /// Path prefixes the key may call, matched on whole segments; empty means any path.
+    pub paths: Vec<Box<str>>,
+    pub rate_limit: Option<Rate>,
+}
+
+/// One whole, validated configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub server: Server,
+    pub targets: Vec<Target>,
+    pub routes: Routes,
+    pub consumers: Vec<Consumer>,
+    pub keys: Vec<Key>,
+    by_hash: HashMap<KeyHash, u32, KeyHashBuilder>,
+}
+
+impl Snapshot {
+    /// Assembles a snapshot; `validate` has already refused duplicate hashes.
+    pub fn new(
+        server: Server,
+        targets: Vec<Target>,
+        consumers: Vec<Consumer>,
+        keys: Vec<Key>,
+    ) -> Snapshot {
+        let mut by_hash = HashMap::with_capacity_and_hasher(keys.len(), KeyHashBuilder::default());
+        for (i, k) in keys.iter().enumerate() {
+            by_hash.insert(k.hash, i as u32);
+        }
+        let routes = Routes::build(&targets);
+        Snapshot {
+            server,
+            targets,
+            routes,
+            consumers,
+            keys,
+            by_hash,
+        }
+    }
+
+    /// The one map lookup of the request path.
+    pub fn key_by_hash(&self, hash: &KeyHash) -> Option<&Key> {
+        self.by_hash.get(hash).map(|&i| &self.keys[i as usize])
+    }
+
+    pub fn consumer_of(&self, key: &Key) -> Option<&Consumer> {
+        key.consumer.map(|i| &self.consumers[i as usize])
+    }
+
+    pub fn target(&self, t: TargetIdx) -> &Target {
+        &self.targets[usize::from(t)]
+    }
+
+    /// A one-line summary, as `keygate check` prints it.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} targets, {} consumers, {} keys",
+            self.targets.len(),
+            self.consumers.len(),
+            self.keys.len()
+        )
+    }
+}
+
+/// The current snapshot, swapped whole; readers never wait on a writer.
+pub struct Published {
+    current: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+}
+
+impl Published {
+    pub fn new(first: Snapshot) -> Published {
+        Published {
+            current: ArcSwap::from_pointee(first),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    /// The snapshot a request uses from its start to its end. Hold it only across synchronous
+    /// work; take what must outlive an `.await` out of it first.
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// Replaces the snapshot in one atomic swap and returns the new generation number.
+    pub fn publish(&self, next: Snapshot) -> u64 {
+        self.current.store(Arc::new(next));
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_long_and_short_units() {
+        let r = Rate::parse("10/second").unwrap();
+        assert_eq!((r.count.get(), r.per), (10, Duration::from_secs(1)));
+        assert_eq!(Rate::parse("5/m").unwrap().per, Duration::from_secs(60));
+        assert_eq!(
+            Rate::parse("1/hour").unwrap().per,
+            Duration::from_secs(3600)
+        );
+        for bad in [
+            "",
+            "10",
+            "0/second",
+            "-1/second",
+            "10/day",
+            "ten/second",
+            "10/",
+        ] {
+            assert!(Rate::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_are_header_safe() {
+        assert!(Id::new("acme-reports_1.v2:eu@x").is_some());
+        for bad in [
+            "",
+            "has space",
+            "quote\"",
+            "é",
+            "new\nline",
+            &"x".repeat(129),
+        ] {
+            assert!(Id::new(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn empty_sets_allow_everything() {
+        assert!(TargetSet::default().allows(3));
+        assert!(TargetSet::new(vec![1, 2]).allows(2));
+        assert!(!TargetSet::new(vec![1, 2]).allows(3));
+        assert!(IpList::default().allows("1.2.3.4".parse().unwrap()));
+        let l = IpList::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        assert!(l.allows("10.1.2.3".parse().unwrap()));
+        assert!(!l.allows("11.1.2.3".parse().unwrap()));
+    }
+}
