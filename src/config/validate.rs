@@ -617,3 +617,219 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{LoadError, parse};
+    use std::path::Path;
+
+    const TARGET: &str =
+        "[[targets]]\nname = \"production\"\nupstream = \"http://127.0.0.1:3000\"\n";
+    const HASH_A: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    /// The error lines for `src` (after the shared target), which must fail to load.
+    fn errors(src: &str) -> Vec<String> {
+        match parse(&format!("{TARGET}{src}"), Path::new("k.toml")) {
+            Ok(_) => panic!("config was accepted:\n{src}"),
+            Err(LoadError::Invalid(e)) => e
+                .iter()
+                .filter(|p| p.severity == super::super::Severity::Error)
+                .map(ToString::to_string)
+                .collect(),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    fn one_error(src: &str) -> String {
+        let e = errors(src);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        e.into_iter().next().unwrap_or_default()
+    }
+
+    #[test]
+    fn unknown_field_names_line_column_and_field() {
+        let e = one_error("[[keys]]\nid = \"k\"\nhash = \"sha256:00\"\nalow_ips = []\n");
+        assert!(e.starts_with("k.toml:7:1: unknown field `alow_ips`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_key_ids_and_hashes() {
+        let e = errors(&format!(
+            "[[keys]]\nid = \"a\"\nhash = \"{HASH_A}\"\n[[keys]]\nid = \"a\"\nhash = \"{HASH_A}\"\n[[keys]]\nid = \"b\"\nsecret = \"test\"\n"
+        ));
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert_eq!(
+            e[0],
+            "k.toml:8:6: key \"a\": duplicate key id (first defined at line 5)"
+        );
+        assert!(
+            e[1].starts_with("k.toml:12:10: key \"b\": same secret hash as key \"a\""),
+            "{}",
+            e[1]
+        );
+    }
+
+    #[test]
+    fn references_must_exist() {
+        let e = errors(&format!(
+            "[[consumers]]\nid = \"acme\"\ntargets = [\"staging\"]\n[[keys]]\nid = \"k\"\nhash = \"{HASH_A}\"\nconsumer = \"acmee\"\ntargets = [\"prod\"]\n"
+        ));
+        assert_eq!(
+            e,
+            [
+                "k.toml:6:12: consumer \"acme\": targets: no [[targets]] is named \"staging\"",
+                "k.toml:10:12: key \"k\": consumer: no [[consumers]] has id \"acmee\"",
+                "k.toml:11:12: key \"k\": targets: no [[targets]] is named \"prod\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_cidrs_rates_and_hashes() {
+        let e = errors(
+            "[[keys]]\nid = \"k\"\nhash = \"sha256:abc\"\nallow_ips = [\"10.0.0.0/33\", \"::1\", \"nope\"]\nrate_limit = \"10/day\"\n",
+        );
+        assert_eq!(e.len(), 4, "{e:#?}");
+        assert!(
+            e[0].starts_with("k.toml:6:8: key \"k\": hash: expected \"sha256:\""),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].starts_with("k.toml:7:14: key \"k\": allow_ips: \"10.0.0.0/33\""),
+            "{}",
+            e[1]
+        );
+        assert!(
+            e[2].starts_with("k.toml:7:36: key \"k\": allow_ips: \"nope\""),
+            "{}",
+            e[2]
+        );
+        assert!(
+            e[3].contains("rate_limit: rate \"10/day\": unknown unit \"day\""),
+            "{}",
+            e[3]
+        );
+    }
+
+    #[test]
+    fn hash_xor_secret() {
+        let both = one_error(&format!(
+            "[[keys]]\nid = \"k\"\nhash = \"{HASH_A}\"\nsecret = \"s\"\n"
+        ));
+        assert!(
+            both.contains("key \"k\": has both `hash` and `secret`"),
+            "{both}"
+        );
+        let neither = one_error("[[keys]]\nid = \"k\"\n");
+        assert!(neither.contains("key \"k\": needs `hash"), "{neither}");
+    }
+
+    #[test]
+    fn unknown_status_and_access() {
+        let s = one_error(&format!(
+            "[[keys]]\nid = \"k\"\nhash = \"{HASH_A}\"\nstatus = \"actve\"\n"
+        ));
+        assert!(s.starts_with("k.toml:7:10: unknown variant `actve`"), "{s}");
+        let a = one_error(&format!(
+            "[[keys]]\nid = \"k\"\nhash = \"{HASH_A}\"\naccess = \"admin\"\n"
+        ));
+        assert!(a.starts_with("k.toml:7:10: unknown variant `admin`"), "{a}");
+    }
+
+    #[test]
+    fn local_datetimes_name_no_instant() {
+        let e = one_error(&format!(
+            "[[keys]]\nid = \"k\"\nhash = \"{HASH_A}\"\nexpires_at = 2027-01-01T00:00:00\n"
+        ));
+        assert!(
+            e.contains(
+                "key \"k\": expires_at: 2027-01-01T00:00:00 is not a date-time with an offset"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn targets_are_checked() {
+        let e = errors(
+            "[[targets]]\nname = \"production\"\nupstream = \"http://127.0.0.1:3001\"\n[[targets]]\nname = \"x\"\nupstream = \"ftp://h\"\n[[targets]]\nname = \"y\"\nupstream = \"http://h/base\"\npath_prefix = \"api\"\n",
+        );
+        assert_eq!(e.len(), 4, "{e:#?}");
+        assert!(
+            e[0].contains("target \"production\": duplicate target name (first defined at line 2)"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].contains("target \"x\": upstream: \"ftp://h\" must use http://"),
+            "{}",
+            e[1]
+        );
+        assert!(
+            e[2].contains("target \"y\": upstream: \"http://h/base\" must not have a path"),
+            "{}",
+            e[2]
+        );
+        assert!(
+            e[3].contains("target \"y\": path_prefix: \"api\" must be a path"),
+            "{}",
+            e[3]
+        );
+    }
+
+    #[test]
+    fn two_targets_on_one_route_are_ambiguous() {
+        let e = one_error(
+            "[[targets]]\nname = \"other\"\nupstream = \"http://127.0.0.1:3001\"\npath_prefix = \"/\"\n",
+        );
+        assert!(e.contains("target \"other\": any host with path_prefix \"/\" is already routed to target \"production\""), "{e}");
+    }
+
+    #[test]
+    fn no_targets_is_an_error() {
+        match parse("", Path::new("k.toml")) {
+            Err(LoadError::Invalid(e)) => assert!(e[0].message.contains("no [[targets]]")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn plaintext_secret_is_accepted_with_a_warning() {
+        let loaded = parse(
+            &format!("{TARGET}[[keys]]\nid = \"k\"\nsecret = \"test\"\n"),
+            Path::new("k.toml"),
+        )
+        .unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(
+            loaded.warnings[0]
+                .to_string()
+                .starts_with("k.toml:6:10: warning: key \"k\": secret is stored in plaintext")
+        );
+        assert_eq!(loaded.snapshot.keys[0].hash.to_string(), HASH_A);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let src = include_str!("../../config/keygate.toml");
+        let loaded = parse(src, Path::new("config/keygate.toml")).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_become_ipv4() {
+        assert_eq!(
+            super::parse_net("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            super::parse_net("198.51.100.7").unwrap().to_string(),
+            "198.51.100.7/32"
+        );
+        assert_eq!(
+            super::parse_net("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+    }
+}
