@@ -24,6 +24,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod limits;
 pub mod proxy;
 pub mod secret;
 pub mod snapshot;

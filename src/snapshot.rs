@@ -18,6 +18,7 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 pub use crate::config::raw::{Access, Status};
+use crate::limits::{Buckets, Limits};
 use crate::proxy::route::Routes;
 use crate::secret::{KeyHash, KeyHashBuilder};
 
@@ -29,7 +30,7 @@ pub type TargetIdx = u16;
 /// Ids are restricted at load time to `[A-Za-z0-9._:@-]`, so they are both valid header values
 /// and safe to print in logs; holding the `HeaderValue` lets the request path attach
 /// `X-Keygate-Key-Id` with a reference-count bump instead of an allocation.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Id(HeaderValue);
 
 impl Id {
@@ -220,6 +221,9 @@ pub struct Snapshot {
     pub consumers: Vec<Consumer>,
     pub keys: Vec<Key>,
     by_hash: HashMap<KeyHash, u32, KeyHashBuilder>,
+    /// Rate-limit buckets, indexed like `keys` and `consumers`. Fresh when built; replaced by
+    /// the surviving ones by [`Published`] so that they outlive reloads.
+    pub buckets: Buckets,
 }
 
 impl Snapshot {
@@ -235,19 +239,24 @@ impl Snapshot {
             by_hash.insert(k.hash, i as u32);
         }
         let routes = Routes::build(&targets);
-        Snapshot {
+        let mut snap = Snapshot {
             server,
             targets,
             routes,
             consumers,
             keys,
             by_hash,
-        }
+            buckets: Buckets::default(),
+        };
+        snap.buckets = Buckets::fresh(&snap);
+        snap
     }
 
-    /// The one map lookup of the request path.
-    pub fn key_by_hash(&self, hash: &KeyHash) -> Option<&Key> {
-        self.by_hash.get(hash).map(|&i| &self.keys[i as usize])
+    /// The one map lookup of the request path: the key and its index.
+    pub fn key_by_hash(&self, hash: &KeyHash) -> Option<(usize, &Key)> {
+        self.by_hash
+            .get(hash)
+            .map(|&i| (i as usize, &self.keys[i as usize]))
     }
 
     pub fn consumer_of(&self, key: &Key) -> Option<&Consumer> {
@@ -269,17 +278,24 @@ impl Snapshot {
     }
 }
 
-/// The current snapshot, swapped whole; readers never wait on a writer.
+/// The current snapshot, swapped whole; readers never wait on a writer. Also keeps the
+/// rate-limit registry, so every published snapshot shares the buckets of the one before.
 pub struct Published {
     current: ArcSwap<Snapshot>,
     generation: AtomicU64,
+    limits: Limits,
 }
 
 impl Published {
-    pub fn new(first: Snapshot) -> Published {
+    pub fn new(mut first: Snapshot) -> Published {
+        let limits = Limits::default();
+        let mut buckets = std::mem::take(&mut first.buckets);
+        limits.attach(&first, &mut buckets);
+        first.buckets = buckets;
         Published {
             current: ArcSwap::from_pointee(first),
             generation: AtomicU64::new(1),
+            limits,
         }
     }
 
@@ -290,9 +306,16 @@ impl Published {
     }
 
     /// Replaces the snapshot in one atomic swap and returns the new generation number.
-    pub fn publish(&self, next: Snapshot) -> u64 {
+    pub fn publish(&self, mut next: Snapshot) -> u64 {
+        let mut buckets = std::mem::take(&mut next.buckets);
+        self.limits.attach(&next, &mut buckets);
+        next.buckets = buckets;
         self.current.store(Arc::new(next));
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn generation(&self) -> u64 {

@@ -4,12 +4,15 @@
 //! so the contract (status, `code`, problem+json shape) lives in one screen of code.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderValue, Response, StatusCode};
+use std::fmt::Write as _;
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 use serde::Serialize;
 
 use super::Body;
+use crate::limits::{Limited, RateStatus};
 
 /// Why keygate refused or could not complete a request. `code()` strings are a contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +22,12 @@ pub enum Deny {
     KeyInvalid,
     KeyInactive,
     KeyExpired,
+    IpNotAllowed,
+    TargetNotAllowed,
+    AccessDenied,
+    RateLimited(Limited),
+    /// Too many `key_invalid` answers to this client address; retry after this many seconds.
+    TooManyFailures(u64),
     UpstreamUnavailable,
     UpstreamTimeout,
 }
@@ -27,9 +36,14 @@ impl Deny {
     pub fn status(self) -> StatusCode {
         match self {
             Deny::NoRoute => StatusCode::NOT_FOUND,
-            Deny::KeyMissing | Deny::KeyInvalid | Deny::KeyInactive | Deny::KeyExpired => {
-                StatusCode::FORBIDDEN
-            }
+            Deny::KeyMissing
+            | Deny::KeyInvalid
+            | Deny::KeyInactive
+            | Deny::KeyExpired
+            | Deny::IpNotAllowed
+            | Deny::TargetNotAllowed
+            | Deny::AccessDenied => StatusCode::FORBIDDEN,
+            Deny::RateLimited(_) | Deny::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             Deny::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Deny::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -42,6 +56,11 @@ impl Deny {
             Deny::KeyInvalid => "key_invalid",
             Deny::KeyInactive => "key_inactive",
             Deny::KeyExpired => "key_expired",
+            Deny::IpNotAllowed => "ip_not_allowed",
+            Deny::TargetNotAllowed => "target_not_allowed",
+            Deny::AccessDenied => "access_denied",
+            Deny::RateLimited(_) => "rate_limited",
+            Deny::TooManyFailures(_) => "too_many_failures",
             Deny::UpstreamUnavailable => "upstream_unavailable",
             Deny::UpstreamTimeout => "upstream_timeout",
         }
@@ -54,6 +73,11 @@ impl Deny {
             Deny::KeyInvalid => "API key invalid",
             Deny::KeyInactive => "API key inactive",
             Deny::KeyExpired => "API key expired",
+            Deny::IpNotAllowed => "Address not allowed",
+            Deny::TargetNotAllowed => "Target not allowed",
+            Deny::AccessDenied => "Access denied",
+            Deny::RateLimited(_) => "Rate limit exceeded",
+            Deny::TooManyFailures(_) => "Too many failed attempts",
             Deny::UpstreamUnavailable => "Upstream unavailable",
             Deny::UpstreamTimeout => "Upstream timeout",
         }
@@ -67,6 +91,13 @@ impl Deny {
             Deny::KeyInvalid => "The API key is not valid.",
             Deny::KeyInactive => "The API key has been switched inactive.",
             Deny::KeyExpired => "The API key has expired.",
+            Deny::IpNotAllowed => "The API key may not be used from this address.",
+            Deny::TargetNotAllowed => "The API key is not bound to this deploy target.",
+            Deny::AccessDenied => "The API key may not use this method or path.",
+            Deny::RateLimited(_) => "The API key is over its rate limit; see Retry-After.",
+            Deny::TooManyFailures(_) => {
+                "Too many requests with invalid API keys from this address; see Retry-After."
+            }
             Deny::UpstreamUnavailable => "The upstream refused or dropped the connection.",
             Deny::UpstreamTimeout => "The upstream did not answer in time.",
         }
@@ -92,9 +123,52 @@ impl Deny {
             HeaderValue::from_static("application/problem+json"),
         );
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            Deny::RateLimited(limited) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(limited.retry_after));
+                rate_headers(&limited.status, headers);
+            }
+            Deny::TooManyFailures(secs) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
+        }
         resp
     }
 }
+
+/// The rate-limit fields of every response to a rate-limited key: Kong's and the older IETF
+/// drafts' `RateLimit-Limit/-Remaining/-Reset` for the limit closest to refusing, and the current
+/// draft's structured `RateLimit-Policy` and `RateLimit` with every limit that applied, e.g.
+/// `RateLimit-Policy: "key";q=10;w=1, "consumer";q=1000;w=60` and
+/// `RateLimit: "key";r=9;t=1, "consumer";r=999;t=1`.
+pub fn rate_headers(status: &RateStatus, headers: &mut HeaderMap) {
+    let Some(binding) = status.binding() else {
+        return;
+    };
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(binding.limit));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(binding.remaining));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(binding.reset));
+    let (mut policy, mut state) = (String::new(), String::new());
+    for (i, p) in status.policies.iter().flatten().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let name = p.scope.name();
+        let _ = write!(policy, "{sep}\"{name}\";q={};w={}", p.limit, p.window);
+        let _ = write!(state, "{sep}\"{name}\";r={};t={}", p.remaining, p.reset);
+    }
+    if let Ok(v) = HeaderValue::try_from(policy) {
+        headers.insert(RATELIMIT_POLICY, v);
+    }
+    if let Ok(v) = HeaderValue::try_from(state) {
+        headers.insert(RATELIMIT, v);
+    }
+}
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 #[derive(Serialize)]
 struct Problem<'a> {

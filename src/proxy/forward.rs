@@ -68,7 +68,8 @@ pub struct Plan {
 pub struct Caller<'a> {
     pub key: &'a Key,
     pub consumer: Option<&'a Consumer>,
-    pub client_ip: IpAddr,
+    /// The TCP peer: the hop appended to `X-Forwarded-For` (the client, or the proxy before us).
+    pub peer: IpAddr,
     pub proto: &'static str,
     pub request_id: &'a HeaderValue,
 }
@@ -115,7 +116,7 @@ pub fn rewrite<B>(
     if let Some(c) = caller.consumer {
         headers.insert(X_KEYGATE_CONSUMER, c.id.header_value());
     }
-    append_forwarded_for(headers, caller.client_ip);
+    append_forwarded_for(headers, caller.peer);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(caller.proto));
     if let Some(h) = &original_host {
         headers.insert(X_FORWARDED_HOST, h.clone());

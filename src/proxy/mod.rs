@@ -4,8 +4,10 @@
 //! server      accept, HTTP/1.1 + h2c
 //! route       Host + path -> target                       (404 no_route)
 //! credential  X-API-Key header, else api_key query         (403 key_missing / key_invalid)
-//! client_ip   peer -> canonical client address
-//! policy      hash, lookup, status, expiry                 (403 key_invalid / inactive / expired)
+//! client_ip   peer + trusted X-Forwarded-For/Forwarded -> client address
+//! policy      failed attempts, hash, lookup, status, expiry, IP, target, access, rate limit
+//!             (429 too_many_failures, 403 key_invalid / key_inactive / key_expired /
+//!              ip_not_allowed / target_not_allowed / access_denied, 429 rate_limited)
 //! forward     rewrite headers + URI, stream to upstream    (502 / 504)
 //! deny        Deny -> problem+json, the one place errors become responses
 //! ```
@@ -21,25 +23,29 @@ pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::limits::{FailedAuth, RateStatus};
 use crate::snapshot::Published;
 use deny::Deny;
 use forward::{Caller, Plan};
-use policy::Facts;
+use policy::{Facts, Now};
 use request_id::X_REQUEST_ID;
 
 /// What keygate answers with: the upstream's streamed body, or a small body of its own.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
-/// The gateway's request handler: the published config and the upstream pool.
+/// The gateway's request handler: the published config, the state beside it, the upstream pool.
 pub struct Proxy {
     published: Arc<Published>,
+    failures: FailedAuth,
+    /// Start of the monotonic time the failed-attempt table counts in.
+    epoch: Instant,
     client: forward::Client,
 }
 
@@ -47,6 +53,8 @@ impl Proxy {
     pub fn new(published: Arc<Published>) -> Proxy {
         Proxy {
             published,
+            failures: FailedAuth::default(),
+            epoch: Instant::now(),
             client: forward::client(),
         }
     }
@@ -58,14 +66,17 @@ impl Proxy {
     /// Handles one request from `peer`, end to end. Never fails: every error is a response.
     pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let request_id = request_id::of(req.headers());
-        let outcome = match self.admit(&mut req, peer, &request_id) {
-            Ok(plan) => forward::send(&self.client, req, plan).await,
-            Err(deny) => Err(deny),
+        let (outcome, rate) = match self.admit(&mut req, peer, &request_id) {
+            Ok((plan, rate)) => (forward::send(&self.client, req, plan).await, rate),
+            Err(deny) => (Err(deny), None),
         };
         let mut resp = match outcome {
             Ok(resp) => resp.map(Either::Left),
             Err(deny) => deny.response(&request_id),
         };
+        if let Some(rate) = &rate {
+            deny::rate_headers(rate, resp.headers_mut());
+        }
         resp.headers_mut().insert(X_REQUEST_ID, request_id);
         resp
     }
@@ -76,9 +87,9 @@ impl Proxy {
         req: &mut Request<Incoming>,
         peer: SocketAddr,
         request_id: &HeaderValue,
-    ) -> Result<Plan, Deny> {
+    ) -> Result<(Plan, Option<RateStatus>), Deny> {
         let snap = self.published.load();
-        let result = (|| -> Result<Plan, Deny> {
+        let result = (|| -> Result<(Plan, Option<RateStatus>), Deny> {
             let target = snap.routes.find_for(req).ok_or(Deny::NoRoute)?;
             let server = &snap.server;
             let secret = credential::extract(
@@ -87,7 +98,7 @@ impl Proxy {
                 &server.key_header,
                 &server.key_query,
             )?;
-            let client_ip = client_ip::canonical(peer.ip());
+            let client_ip = client_ip::resolve(peer.ip(), req.headers(), &server.trusted_proxies);
             let facts = Facts {
                 secret: &secret,
                 target,
@@ -95,17 +106,25 @@ impl Proxy {
                 path: req.uri().path(),
                 client_ip,
             };
-            let key = policy::decide(&snap, &facts, SystemTime::now())?;
+            let now = Now {
+                wall: SystemTime::now(),
+                mono: self.epoch.elapsed(),
+            };
+            let admitted = policy::decide(&snap, &self.failures, &facts, now)?;
+            let key = admitted.key;
             let caller = Caller {
                 key,
                 consumer: snap.consumer_of(key),
-                client_ip,
+                peer: client_ip::canonical(peer.ip()),
                 proto: "http",
                 request_id,
             };
-            Ok(forward::rewrite(req, server, snap.target(target), &caller))
+            let plan = forward::rewrite(req, server, snap.target(target), &caller);
+            Ok((plan, admitted.rate))
         })();
         if let Err(deny) = &result {
+            // A 429 carries its own rate-limit headers; everything else is logged at debug only,
+            // since denials are what a gateway does all day.
             tracing::debug!(
                 code = deny.code(),
                 method = %req.method(),
