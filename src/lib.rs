@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod limits;
 pub mod proxy;
+pub mod reload;
 pub mod secret;
 pub mod snapshot;
 
@@ -38,18 +39,53 @@ use snapshot::Published;
 
 /// `keygate run`: load the config, bind, serve until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let loaded = config::load(config_path)?;
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
+    let (loaded, text) = load(config_path)?;
     let listen = loaded.snapshot.server.listen;
-    tracing::info!(config = %config_path.display(), "loaded {}", loaded.snapshot.summary());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "keygate listening");
-    let proxy = Arc::new(proxy::Proxy::new(Arc::new(Published::new(loaded.snapshot))));
-    proxy::server::serve(listener, proxy, shutdown_signal()).await;
+    serve(config_path, loaded, &text, listener, shutdown_signal()).await
+}
+
+/// Reads and validates the config, logging its warnings; also returns the text, whose hash
+/// tells the reloader what is already loaded.
+pub fn load(config_path: &Path) -> anyhow::Result<(config::Loaded, Vec<u8>)> {
+    let text = std::fs::read(config_path).map_err(|source| config::LoadError::Io {
+        file: config_path.to_path_buf(),
+        source,
+    })?;
+    let utf8 = std::str::from_utf8(&text)
+        .with_context(|| format!("{}: the file is not UTF-8 text", config_path.display()))?;
+    let loaded = config::parse(utf8, config_path)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(config = %config_path.display(), "loaded {}", loaded.snapshot.summary());
+    Ok((loaded, text))
+}
+
+/// Serves `listener` with `loaded` and keeps the config reloaded from `config_path` until
+/// `shutdown` completes. What `run` does after binding; tests call it with their own listener.
+pub async fn serve(
+    config_path: &Path,
+    loaded: config::Loaded,
+    text: &[u8],
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let configured = loaded.snapshot.server.listen;
+    let published = Arc::new(Published::new(loaded.snapshot));
+    let reloader = reload::Reloader::new(
+        config_path.to_path_buf(),
+        published.clone(),
+        configured,
+        text,
+    );
+    reload::spawn(Arc::new(reloader)).context("cannot watch the config file")?;
+    tracing::info!(%addr, "keygate listening");
+    let proxy = Arc::new(proxy::Proxy::new(published));
+    proxy::server::serve(listener, proxy, shutdown).await;
     Ok(())
 }
 

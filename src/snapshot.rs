@@ -212,6 +212,22 @@ pub struct Key {
     pub rate_limit: Option<Rate>,
 }
 
+impl Key {
+    /// Same id aside, whether `other` grants exactly what `self` does (consumer compared by the
+    /// caller, since its index depends on the snapshot).
+    pub fn same_settings(&self, other: &Key) -> bool {
+        self.name == other.name
+            && self.hash == other.hash
+            && self.status == other.status
+            && self.expires_at == other.expires_at
+            && self.targets == other.targets
+            && self.allow_ips == other.allow_ips
+            && self.access == other.access
+            && self.paths == other.paths
+            && self.rate_limit == other.rate_limit
+    }
+}
+
 /// One whole, validated configuration.
 #[derive(Debug)]
 pub struct Snapshot {

@@ -1,0 +1,285 @@
+//! Hot reload: watch -> debounce -> read -> validate -> publish, or keep the last good config.
+//!
+//! Three triggers lead to the same [`Reloader::reload`]:
+//! - a change in the config file's **directory** (notify), so that an in-place write, a
+//!   truncate-and-write, a write-temp-then-rename and Kubernetes' `..data` symlink swap are all
+//!   seen; bursts of events are coalesced by a short debounce;
+//! - SIGHUP, which reloads even when the file looks unchanged;
+//! - a periodic check of the file's content hash, in case an event is lost (network file
+//!   systems, overflowing inotify queues).
+//!
+//! A file that cannot be read, parsed or validated changes nothing: the last good snapshot keeps
+//! serving and the error is logged once per distinct bad content. Parsing runs on a blocking
+//! thread, so requests never wait on a reload.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher as _};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::config::{self, LoadError};
+use crate::snapshot::{Published, Snapshot};
+
+/// Quiet time that ends a burst of file events: editors and `kubectl` make several in a row,
+/// within a millisecond or two of each other. Short, because it delays every revocation.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
+/// Longest a burst may postpone a reload, so a file rewritten nonstop still gets picked up.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(200);
+/// How often the file's content hash is compared when no event came.
+pub const PERIODIC_CHECK: Duration = Duration::from_secs(5);
+
+/// What started a reload, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    FileEvent,
+    Signal,
+    Periodic,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The file's content is what was last loaded (or last refused).
+    Unchanged,
+    Published {
+        generation: u64,
+        added: usize,
+        removed: usize,
+        changed: usize,
+    },
+    /// The file is unreadable or invalid; the last good config keeps serving.
+    Failed,
+}
+
+/// Reloads one config file into one [`Published`].
+pub struct Reloader {
+    path: PathBuf,
+    published: Arc<Published>,
+    /// Listen address the running listener was configured with: a change needs a restart.
+    listen: SocketAddr,
+    /// Reloads are serialized; holds the content hash last seen (good or bad).
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    content: Option<[u8; 32]>,
+    failed: bool,
+}
+
+impl Reloader {
+    /// `initial` is the text the published snapshot was loaded from.
+    pub fn new(
+        path: PathBuf,
+        published: Arc<Published>,
+        listen: SocketAddr,
+        initial: &[u8],
+    ) -> Reloader {
+        let seen = Seen {
+            content: Some(Sha256::digest(initial).into()),
+            failed: false,
+        };
+        Reloader {
+            path,
+            published,
+            listen,
+            seen: Mutex::new(seen),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads, validates and publishes the file if its content changed (always, for a signal).
+    pub fn reload(&self, trigger: Trigger) -> Outcome {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(source) => {
+                // A missing file during a rename or a ConfigMap swap is normal for a moment;
+                // say it once, and keep serving.
+                if seen.content.is_some() || !seen.failed {
+                    let e = LoadError::Io {
+                        file: self.path.clone(),
+                        source,
+                    };
+                    tracing::error!(
+                        ?trigger,
+                        "config reload failed, keeping the last good config: {e}"
+                    );
+                }
+                seen.content = None;
+                seen.failed = true;
+                return Outcome::Failed;
+            }
+        };
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if seen.content == Some(digest) && trigger != Trigger::Signal {
+            return Outcome::Unchanged;
+        }
+        seen.content = Some(digest);
+        let parsed = std::str::from_utf8(&bytes)
+            .map_err(|e| LoadError::Invalid(vec![not_utf8(&self.path, &bytes, e)]))
+            .and_then(|text| config::parse(text, &self.path));
+        let loaded = match parsed {
+            Ok(l) => l,
+            Err(e) => {
+                seen.failed = true;
+                tracing::error!(
+                    ?trigger,
+                    "config reload failed, keeping the last good config:\n{e}"
+                );
+                return Outcome::Failed;
+            }
+        };
+        seen.failed = false;
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let next = loaded.snapshot;
+        if next.server.listen != self.listen {
+            tracing::warn!(
+                running = %self.listen,
+                configured = %next.server.listen,
+                "[server] listen changed: restart keygate to apply it; keeping the running listener"
+            );
+        }
+        let (added, removed, changed) = diff(&self.published.load(), &next);
+        let generation = self.published.publish(next);
+        tracing::info!(
+            generation,
+            keys_added = added,
+            keys_removed = removed,
+            keys_changed = changed,
+            elapsed = ?started.elapsed(),
+            ?trigger,
+            "config reloaded"
+        );
+        Outcome::Published {
+            generation,
+            added,
+            removed,
+            changed,
+        }
+    }
+}
+
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> config::ConfigError {
+    let valid = &bytes[..e.valid_up_to()];
+    let text = std::str::from_utf8(valid).unwrap_or_default();
+    let (line, column) = config::validate::line_col(text, text.len());
+    config::ConfigError {
+        severity: config::Severity::Error,
+        file: path.to_path_buf(),
+        line,
+        column,
+        subject: None,
+        message: "the file is not UTF-8 text".into(),
+    }
+}
+
+/// Keys added, removed and changed (same id, any field different) from `old` to `new`.
+pub fn diff(old: &Snapshot, new: &Snapshot) -> (usize, usize, usize) {
+    let before: HashMap<&str, &crate::snapshot::Key> =
+        old.keys.iter().map(|k| (k.id.as_str(), k)).collect();
+    let (mut added, mut changed, mut kept) = (0, 0, 0);
+    for k in &new.keys {
+        match before.get(k.id.as_str()) {
+            None => added += 1,
+            Some(o) => {
+                kept += 1;
+                let consumer_id =
+                    |s: &Snapshot, k: &crate::snapshot::Key| s.consumer_of(k).map(|c| c.id.clone());
+                let same_consumer = consumer_id(old, o) == consumer_id(new, k);
+                if !same_consumer || !o.same_settings(k) {
+                    changed += 1;
+                }
+            }
+        }
+    }
+    (added, old.keys.len() - kept, changed)
+}
+
+/// Starts the watchers and returns at once; reloads run until the runtime stops.
+pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let dir = match reloader.path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let event_tx = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            // A full channel already holds a pending reload: this event is covered by it.
+            let _ = event_tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+
+    tokio::spawn(async move {
+        // Owned by the task: dropping the watcher would stop the events.
+        let _watcher = watcher;
+        let mut periodic = tokio::time::interval(PERIODIC_CHECK);
+        periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        periodic.tick().await;
+        let mut hup = hangup();
+        loop {
+            let trigger = tokio::select! {
+                Some(()) = rx.recv() => {
+                    debounce(&mut rx).await;
+                    Trigger::FileEvent
+                }
+                Some(()) = hup.recv() => Trigger::Signal,
+                _ = periodic.tick() => Trigger::Periodic,
+            };
+            let r = reloader.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || r.reload(trigger)).await {
+                tracing::error!(error = %e, "config reload task failed");
+            }
+        }
+    });
+    drop(tx);
+    Ok(())
+}
+
+/// Waits until events stop for [`DEBOUNCE`] (at most [`DEBOUNCE_MAX`] in all).
+async fn debounce(rx: &mut mpsc::Receiver<()>) {
+    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let quiet = tokio::time::sleep(DEBOUNCE);
+        tokio::select! {
+            more = rx.recv() => if more.is_none() { return },
+            () = quiet => return,
+            () = tokio::time::sleep_until(deadline) => return,
+        }
+    }
+}
+
+/// SIGHUP as a stream of `()`; never yields where there is no such signal.
+fn hangup() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}
