@@ -100,6 +100,12 @@ fn check(path: &std::path::Path) -> ExitCode {
             for w in &loaded.warnings {
                 eprintln!("{w}");
             }
+            if let Some(files) = &loaded.snapshot.server.tls
+                && let Err(e) = crate::tls::load_certified_key(files)
+            {
+                eprintln!("{}: [server.tls]: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
             println!("{}: ok: {}", path.display(), loaded.snapshot.summary());
             ExitCode::SUCCESS
         }

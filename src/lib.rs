@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod reload;
 pub mod secret;
 pub mod snapshot;
+pub mod tls;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -75,17 +76,29 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let configured = loaded.snapshot.server.listen;
+    let certs = match &loaded.snapshot.server.tls {
+        None => None,
+        Some(files) => Some(Arc::new(
+            tls::CertStore::load(files).map_err(anyhow::Error::msg)?,
+        )),
+    };
+    let acceptor = match &certs {
+        None => None,
+        Some(store) => Some(tokio_rustls::TlsAcceptor::from(store.server_config()?)),
+    };
     let published = Arc::new(Published::new(loaded.snapshot));
     let reloader = reload::Reloader::new(
         config_path.to_path_buf(),
         published.clone(),
         configured,
         text,
+        certs,
     );
     reload::spawn(Arc::new(reloader)).context("cannot watch the config file")?;
-    tracing::info!(%addr, "keygate listening");
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, %scheme, "keygate listening");
     let proxy = Arc::new(proxy::Proxy::new(published));
-    proxy::server::serve(listener, proxy, shutdown).await;
+    proxy::server::serve(listener, proxy, acceptor, shutdown).await;
     Ok(())
 }
 

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, LoadError};
 use crate::snapshot::{Published, Snapshot};
+use crate::tls::CertStore;
 
 /// Quiet time that ends a burst of file events: editors and `kubectl` make several in a row,
 /// within a millisecond or two of each other. Short, because it delays every revocation.
@@ -64,6 +65,8 @@ pub struct Reloader {
     listen: SocketAddr,
     /// Reloads are serialized; holds the content hash last seen (good or bad).
     seen: Mutex<Seen>,
+    /// The listener's certificate, when it speaks TLS.
+    certs: Option<Arc<CertStore>>,
 }
 
 #[derive(Default)]
@@ -79,6 +82,7 @@ impl Reloader {
         published: Arc<Published>,
         listen: SocketAddr,
         initial: &[u8],
+        certs: Option<Arc<CertStore>>,
     ) -> Reloader {
         let seen = Seen {
             content: Some(Sha256::digest(initial).into()),
@@ -89,7 +93,43 @@ impl Reloader {
             published,
             listen,
             seen: Mutex::new(seen),
+            certs,
         }
+    }
+
+    /// Reloads the config, then the listener's certificate (which may change on its own).
+    pub fn reload_all(&self, trigger: Trigger) -> Outcome {
+        let outcome = self.reload(trigger);
+        let tls = self.published.load().server.tls.clone();
+        match (&self.certs, tls) {
+            (Some(store), Some(files)) => {
+                store.refresh(&files);
+            }
+            (None, None) => {}
+            _ if outcome != Outcome::Unchanged => tracing::warn!(
+                "[server.tls] was added or removed: restart keygate to apply it; the listener keeps its protocol"
+            ),
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Directories whose changes may need a reload: the config's and the certificate's.
+    fn watched_dirs(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        if let Some(t) = &self.published.load().server.tls {
+            files.extend([t.cert.clone(), t.key.clone()]);
+        }
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .map(|f| match f.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
     }
 
     pub fn path(&self) -> &Path {
@@ -210,10 +250,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> (usize, usize, usize) {
 /// Starts the watchers and returns at once; reloads run until the runtime stops.
 pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let dir = match reloader.path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+
     let event_tx = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
@@ -221,7 +258,9 @@ pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<()> {
             let _ = event_tx.try_send(());
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    for dir in reloader.watched_dirs() {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    }
 
     tokio::spawn(async move {
         // Owned by the task: dropping the watcher would stop the events.
@@ -240,7 +279,7 @@ pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<()> {
                 _ = periodic.tick() => Trigger::Periodic,
             };
             let r = reloader.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || r.reload(trigger)).await {
+            if let Err(e) = tokio::task::spawn_blocking(move || r.reload_all(trigger)).await {
                 tracing::error!(error = %e, "config reload task failed");
             }
         }

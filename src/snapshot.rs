@@ -21,6 +21,7 @@ pub use crate::config::raw::{Access, Status};
 use crate::limits::{Buckets, Limits};
 use crate::proxy::route::Routes;
 use crate::secret::{KeyHash, KeyHashBuilder};
+use crate::tls::TlsFiles;
 
 /// Index of a target in [`Snapshot::targets`]. A config holds at most `u16::MAX` targets.
 pub type TargetIdx = u16;
@@ -168,6 +169,8 @@ pub struct Server {
     pub key_header: HeaderName,
     pub key_query: Box<str>,
     pub failed_auth_limit: Rate,
+    /// Whether the listener speaks TLS cannot change live; the files it reads can.
+    pub tls: Option<TlsFiles>,
 }
 
 /// `[[targets]]`: a deploy target and its upstream.
@@ -182,6 +185,8 @@ pub struct Target {
     pub path_prefix: Box<str>,
     pub timeout: Duration,
     pub preserve_host: bool,
+    /// The verifier for an `https://` upstream.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// `[[consumers]]`: an account that owns keys.

@@ -30,6 +30,15 @@ pub struct RawServer {
     pub key_header: Option<Spanned<String>>,
     pub key_query: Option<Spanned<String>>,
     pub failed_auth_limit: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[server.tls]`: paths relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +50,7 @@ pub struct RawTarget {
     pub path_prefix: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub preserve_host: Option<bool>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use http::uri::{Scheme, Uri};
@@ -23,6 +23,7 @@ use crate::secret::KeyHash;
 use crate::snapshot::{
     Consumer, Id, IpList, Key, Rate, Server, Snapshot, Target, TargetIdx, TargetSet,
 };
+use crate::tls::TlsFiles;
 
 /// Where keygate listens when `[server] listen` is absent.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -229,6 +230,13 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
             name.as_str().into()
         }
     };
+    let tls = raw.tls.as_ref().map(|t| {
+        let t = t.get_ref();
+        TlsFiles {
+            cert: relative_to(c.file, t.cert.get_ref()),
+            key: relative_to(c.file, t.key.get_ref()),
+        }
+    });
     let failed_auth_limit = match &raw.failed_auth_limit {
         None => Rate::parse(DEFAULT_FAILED_AUTH_LIMIT).ok(),
         some => c.rate(some.as_ref(), S, "failed_auth_limit"),
@@ -239,6 +247,7 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
         key_header: key_header?,
         key_query,
         failed_auth_limit: failed_auth_limit?,
+        tls,
     })
 }
 
@@ -248,6 +257,9 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
     let mut first_line: HashMap<&str, usize> = HashMap::new();
     // (host or "" for any host, prefix) -> target name, to refuse two targets on one route.
     let mut routes: HashMap<(String, Box<str>), String> = HashMap::new();
+    // https authority -> ca_file: upstream connections are pooled per authority, so one
+    // authority must be verified one way.
+    let mut https_cas: HashMap<String, Option<String>> = HashMap::new();
     if raw.is_empty() {
         c.error(
             0..0,
@@ -278,6 +290,42 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
             continue;
         }
         let upstream = upstream(c, &t.upstream, &subject);
+        let tls = match (&upstream, &t.ca_file) {
+            (Some((scheme, ..)), ca) if *scheme == Scheme::HTTPS => {
+                let path = ca.as_ref().map(|p| relative_to(c.file, p.get_ref()));
+                match crate::tls::upstream_config(path.as_deref()) {
+                    Ok(config) => Some(config),
+                    Err(e) => {
+                        let span = ca.as_ref().map_or(t.upstream.span(), |p| p.span());
+                        c.error(span, &subject, format!("ca_file: {e}"));
+                        None
+                    }
+                }
+            }
+            (_, Some(ca)) => {
+                c.error(
+                    ca.span(),
+                    &subject,
+                    "ca_file: only an https:// upstream is verified against a CA",
+                );
+                None
+            }
+            _ => None,
+        };
+        if let (Some((_, authority, _)), Some(_)) = (&upstream, &tls) {
+            let ca = t.ca_file.as_ref().map(|p| p.get_ref().clone());
+            match https_cas.entry(authority.as_str().to_owned()) {
+                Entry::Occupied(o) if *o.get() != ca => c.error(
+                    t.upstream.span(),
+                    &subject,
+                    "another target reaches the same https upstream with a different ca_file",
+                ),
+                Entry::Occupied(_) => {}
+                Entry::Vacant(v) => {
+                    v.insert(ca);
+                }
+            }
+        }
         let mut hosts = Vec::new();
         for h in t.hosts.as_deref().unwrap_or_default() {
             let host = h.get_ref().trim_end_matches('.').to_ascii_lowercase();
@@ -350,6 +398,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
             path_prefix,
             timeout,
             preserve_host: t.preserve_host.unwrap_or(false),
+            tls,
         });
     }
     (out, names)
@@ -374,11 +423,8 @@ fn upstream(
             "needs a scheme and a host, e.g. \"http://127.0.0.1:3000\"",
         );
     };
-    if scheme != &Scheme::HTTP {
-        return bad(
-            c,
-            "must use http:// (https:// upstreams are not supported yet)",
-        );
+    if scheme != &Scheme::HTTP && scheme != &Scheme::HTTPS {
+        return bad(c, "must use http:// or https://");
     }
     if authority.as_str().contains('@') {
         return bad(c, "must not carry credentials");
@@ -609,6 +655,17 @@ fn to_system_time(dt: &Datetime) -> Option<SystemTime> {
     )
 }
 
+/// A path from the config, relative to the config file's directory (or to the working
+/// directory when the config comes from a device such as /dev/stdin).
+fn relative_to(config: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    match config.parent() {
+        _ if p.is_absolute() => p.to_path_buf(),
+        Some(dir) if !dir.as_os_str().is_empty() && !config.starts_with("/dev") => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
@@ -621,7 +678,7 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::super::{LoadError, parse};
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     const TARGET: &str =
         "[[targets]]\nname = \"production\"\nupstream = \"http://127.0.0.1:3000\"\n";
@@ -762,7 +819,7 @@ mod tests {
             e[0]
         );
         assert!(
-            e[1].contains("target \"x\": upstream: \"ftp://h\" must use http://"),
+            e[1].contains("target \"x\": upstream: \"ftp://h\" must use http:// or https://"),
             "{}",
             e[1]
         );

@@ -12,15 +12,17 @@ use http::header::{CONNECTION, HOST, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::credential;
 use super::deny::Deny;
 use super::request_id::X_REQUEST_ID;
-use crate::snapshot::{Consumer, Id, Key, Server, Target};
+use std::sync::Arc;
 
-pub type Client = hyper_util::client::legacy::Client<HttpConnector, Incoming>;
+use crate::snapshot::{Consumer, Id, Key, Published, Server, Target};
+use crate::tls::Connector;
+
+pub type Client = hyper_util::client::legacy::Client<Connector, Incoming>;
 
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 pub const X_KEYGATE_CONSUMER: HeaderName = HeaderName::from_static("x-keygate-consumer");
@@ -47,13 +49,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The upstream connection pool, shared by every target (pooled per scheme + authority).
-pub fn client() -> Client {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
+pub fn client(published: Arc<Published>) -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(http)
+        .build(Connector::new(published))
 }
 
 /// What `send` needs once the snapshot is released.

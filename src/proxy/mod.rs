@@ -51,11 +51,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(published: Arc<Published>) -> Proxy {
+        let client = forward::client(published.clone());
         Proxy {
             published,
             failures: FailedAuth::default(),
             epoch: Instant::now(),
-            client: forward::client(),
+            client,
         }
     }
 
@@ -64,9 +65,15 @@ impl Proxy {
     }
 
     /// Handles one request from `peer`, end to end. Never fails: every error is a response.
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// `proto` is how the client reached us: `http` or `https`.
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        proto: &'static str,
+    ) -> Response<Body> {
         let request_id = request_id::of(req.headers());
-        let (outcome, rate) = match self.admit(&mut req, peer, &request_id) {
+        let (outcome, rate) = match self.admit(&mut req, peer, proto, &request_id) {
             Ok((plan, rate)) => (forward::send(&self.client, req, plan).await, rate),
             Err(deny) => (Err(deny), None),
         };
@@ -86,6 +93,7 @@ impl Proxy {
         &self,
         req: &mut Request<Incoming>,
         peer: SocketAddr,
+        proto: &'static str,
         request_id: &HeaderValue,
     ) -> Result<(Plan, Option<RateStatus>), Deny> {
         let snap = self.published.load();
@@ -116,7 +124,7 @@ impl Proxy {
                 key,
                 consumer: snap.consumer_of(key),
                 peer: client_ip::canonical(peer.ip()),
-                proto: "http",
+                proto,
                 request_id,
             };
             let plan = forward::rewrite(req, server, snap.target(target), &caller);
