@@ -43,6 +43,8 @@ const VERSIONS: &[&rustls::SupportedProtocolVersion] =
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A handshake not done by then is dropped.
+    pub handshake_timeout: std::time::Duration,
 }
 
 /// Reads and checks a certificate chain and its key; also returns a digest of both files, so

@@ -39,6 +39,7 @@ pub struct RawServer {
 pub struct RawTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+    pub handshake_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

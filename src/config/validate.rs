@@ -31,6 +31,9 @@ pub const DEFAULT_KEY_HEADER: &str = "X-API-Key";
 pub const DEFAULT_KEY_QUERY: &str = "api_key";
 /// Enough for a person mistyping a key; far too few to guess one.
 pub const DEFAULT_FAILED_AUTH_LIMIT: &str = "30/minute";
+/// A TLS handshake that has not completed by then is dropped: a stalled client holds a socket,
+/// never a worker, but without a bound it could hold sockets forever.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long keygate waits for an upstream's response headers before answering 504.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -130,6 +133,29 @@ impl Checker<'_> {
             }
         }
         TargetSet::new(set)
+    }
+
+    fn duration(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        subject: &str,
+        field: &str,
+    ) -> Option<Duration> {
+        let raw = raw?;
+        match humantime::parse_duration(raw.get_ref()) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.error(
+                    raw.span(),
+                    subject,
+                    format!(
+                        "{field}: {:?} is not a duration such as \"30s\" or \"500ms\"",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn path(&mut self, raw: &Spanned<String>, subject: &str, field: &str) -> Option<Box<str>> {
@@ -235,6 +261,13 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
         TlsFiles {
             cert: relative_to(c.file, t.cert.get_ref()),
             key: relative_to(c.file, t.key.get_ref()),
+            handshake_timeout: c
+                .duration(
+                    t.handshake_timeout.as_ref(),
+                    "[server.tls]",
+                    "handshake_timeout",
+                )
+                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
         }
     });
     let failed_auth_limit = match &raw.failed_auth_limit {
@@ -349,20 +382,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
         };
         let timeout = match &t.timeout {
             None => Some(DEFAULT_UPSTREAM_TIMEOUT),
-            Some(d) => match humantime::parse_duration(d.get_ref()) {
-                Ok(d) if !d.is_zero() => Some(d),
-                _ => {
-                    c.error(
-                        d.span(),
-                        &subject,
-                        format!(
-                            "timeout: {:?} is not a duration such as \"30s\" or \"500ms\"",
-                            d.get_ref()
-                        ),
-                    );
-                    None
-                }
-            },
+            some => c.duration(some.as_ref(), &subject, "timeout"),
         };
         let (Some((scheme, authority, upstream_host)), Some(path_prefix), Some(timeout)) =
             (upstream, path_prefix, timeout)
