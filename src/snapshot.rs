@@ -299,6 +299,26 @@ impl Snapshot {
     }
 }
 
+/// How long `publish` waits for requests still on a replaced snapshot before leaving its
+/// freeing to the last of them. Requests hold a snapshot only while they decide (microseconds).
+pub const RETIRE_WAIT: Duration = Duration::from_millis(100);
+
+/// Frees a replaced snapshot here once no request holds it, so that no request ever pays for
+/// freeing a large key table (100,000 keys take milliseconds to drop).
+fn retire(mut old: Arc<Snapshot>) {
+    let deadline = std::time::Instant::now() + RETIRE_WAIT;
+    loop {
+        match Arc::try_unwrap(old) {
+            Ok(snapshot) => return drop(snapshot),
+            Err(shared) if std::time::Instant::now() < deadline => {
+                old = shared;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// The current snapshot, swapped whole; readers never wait on a writer. Also keeps the
 /// rate-limit registry, so every published snapshot shares the buckets of the one before.
 pub struct Published {
@@ -327,12 +347,17 @@ impl Published {
     }
 
     /// Replaces the snapshot in one atomic swap and returns the new generation number.
+    ///
+    /// Blocks until the replaced snapshot is freed (at most [`RETIRE_WAIT`]): call it from the
+    /// reload thread, never from a request.
     pub fn publish(&self, mut next: Snapshot) -> u64 {
         let mut buckets = std::mem::take(&mut next.buckets);
         self.limits.attach(&next, &mut buckets);
         next.buckets = buckets;
-        self.current.store(Arc::new(next));
-        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+        let old = self.current.swap(Arc::new(next));
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        retire(old);
+        generation
     }
 
     pub fn limits(&self) -> &Limits {
