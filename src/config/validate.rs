@@ -698,7 +698,7 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::super::{LoadError, parse};
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     const TARGET: &str =
         "[[targets]]\nname = \"production\"\nupstream = \"http://127.0.0.1:3000\"\n";
