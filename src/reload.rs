@@ -84,8 +84,9 @@ impl Reloader {
         initial: &[u8],
         certs: Option<Arc<CertStore>>,
     ) -> Reloader {
+        let keys_file = published.load().keys_file.clone();
         let seen = Seen {
-            content: Some(Sha256::digest(initial).into()),
+            content: Some(digest(initial, keys_file.as_deref())),
             failed: false,
         };
         Reloader {
@@ -117,6 +118,7 @@ impl Reloader {
     /// Directories whose changes may need a reload: the config's and the certificate's.
     fn watched_dirs(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
+        files.extend(self.published.load().keys_file.clone());
         if let Some(t) = &self.published.load().server.tls {
             files.extend([t.cert.clone(), t.key.clone()]);
         }
@@ -160,7 +162,7 @@ impl Reloader {
                 return Outcome::Failed;
             }
         };
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let digest = digest(&bytes, self.published.load().keys_file.as_deref());
         if seen.content == Some(digest) && trigger != Trigger::Signal {
             return Outcome::Unchanged;
         }
@@ -209,6 +211,16 @@ impl Reloader {
             changed,
         }
     }
+}
+
+/// What decides whether a reload is needed: the main file's bytes and the keys file's.
+fn digest(main: &[u8], keys_file: Option<&Path>) -> [u8; 32] {
+    let mut h = Sha256::new().chain_update(main);
+    if let Some(path) = keys_file {
+        // Unreadable reads as empty here; parsing reports it properly.
+        h.update(std::fs::read(path).unwrap_or_default());
+    }
+    h.finalize().into()
 }
 
 fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> config::ConfigError {

@@ -17,7 +17,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-pub use crate::config::raw::{Access, Status};
+pub use crate::config::raw::{Access, Role, Status};
 use crate::limits::{Buckets, Limits};
 use crate::proxy::route::Routes;
 use crate::secret::{KeyHash, KeyHashBuilder};
@@ -197,6 +197,10 @@ pub struct Consumer {
     pub allow_ips: IpList,
     pub targets: TargetSet,
     pub rate_limit: Option<Rate>,
+    pub max_keys: Option<u32>,
+    pub created_at: Option<SystemTime>,
+    /// Defined in the keys file (changeable through the admin API), not the main file.
+    pub managed: bool,
 }
 
 /// `[[keys]]`: one API key, by the hash of its secret.
@@ -215,6 +219,37 @@ pub struct Key {
     /// Path prefixes the key may call, matched on whole segments; empty means any path.
     pub paths: Vec<Box<str>>,
     pub rate_limit: Option<Rate>,
+    pub created_at: Option<SystemTime>,
+    /// The first characters of the secret, for people to recognise it by.
+    pub prefix: Option<Box<str>>,
+    /// After a rotation: the old secret's hash, valid until the given time.
+    pub previous: Option<(KeyHash, SystemTime)>,
+    /// Defined in the keys file (changeable through the admin API), not the main file.
+    pub managed: bool,
+}
+
+/// `[admin]` with its `[[admin_keys]]`.
+#[derive(Debug)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub key_prefix: Box<str>,
+    pub keys: HashMap<KeyHash, AdminKey>,
+}
+
+/// One `[[admin_keys]]` entry.
+#[derive(Debug, Clone)]
+pub struct AdminKey {
+    pub id: Id,
+    pub role: Role,
+}
+
+/// How a presented secret matched a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched {
+    /// The key's current secret.
+    Current,
+    /// The secret it had before its last rotation, valid until the given time.
+    Previous(SystemTime),
 }
 
 impl Key {
@@ -230,6 +265,7 @@ impl Key {
             && self.access == other.access
             && self.paths == other.paths
             && self.rate_limit == other.rate_limit
+            && self.previous == other.previous
     }
 }
 
@@ -245,7 +281,13 @@ pub struct Snapshot {
     /// Rate-limit buckets, indexed like `keys` and `consumers`. Fresh when built; replaced by
     /// the surviving ones by [`Published`] so that they outlive reloads.
     pub buckets: Buckets,
+    pub admin: Option<Admin>,
+    /// The file of managed consumers and keys, when there is one.
+    pub keys_file: Option<std::path::PathBuf>,
 }
+
+/// Marks a `by_hash` entry as a key's previous secret rather than its current one.
+const PREVIOUS: u32 = 1 << 31;
 
 impl Snapshot {
     /// Assembles a snapshot; `validate` has already refused duplicate hashes.
@@ -258,6 +300,9 @@ impl Snapshot {
         let mut by_hash = HashMap::with_capacity_and_hasher(keys.len(), KeyHashBuilder::default());
         for (i, k) in keys.iter().enumerate() {
             by_hash.insert(k.hash, i as u32);
+            if let Some((previous, _)) = k.previous {
+                by_hash.insert(previous, i as u32 | PREVIOUS);
+            }
         }
         let routes = Routes::build(&targets);
         let mut snap = Snapshot {
@@ -268,16 +313,24 @@ impl Snapshot {
             keys,
             by_hash,
             buckets: Buckets::default(),
+            admin: None,
+            keys_file: None,
         };
         snap.buckets = Buckets::fresh(&snap);
         snap
     }
 
-    /// The one map lookup of the request path: the key and its index.
-    pub fn key_by_hash(&self, hash: &KeyHash) -> Option<(usize, &Key)> {
-        self.by_hash
-            .get(hash)
-            .map(|&i| (i as usize, &self.keys[i as usize]))
+    /// The one map lookup of the request path: the key, its index, and which of its secrets
+    /// matched.
+    pub fn key_by_hash(&self, hash: &KeyHash) -> Option<(usize, &Key, Matched)> {
+        let &entry = self.by_hash.get(hash)?;
+        let index = (entry & !PREVIOUS) as usize;
+        let key = &self.keys[index];
+        let matched = match key.previous {
+            Some((_, until)) if entry & PREVIOUS != 0 => Matched::Previous(until),
+            _ => Matched::Current,
+        };
+        Some((index, key, matched))
     }
 
     pub fn consumer_of(&self, key: &Key) -> Option<&Consumer> {

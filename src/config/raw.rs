@@ -11,14 +11,55 @@ use toml::value::Datetime;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// The file of `[[consumers]]` and `[[keys]]` that keygate manages (admin API, commands).
+    pub keys_file: Option<Spanned<String>>,
     #[serde(default)]
     pub server: RawServer,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub admin_keys: Vec<RawAdminKey>,
     #[serde(default)]
     pub targets: Vec<RawTarget>,
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
     #[serde(default)]
     pub keys: Vec<RawKey>,
+}
+
+/// The keys file: only consumers and keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeysFile {
+    #[serde(default)]
+    pub consumers: Vec<RawConsumer>,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+}
+
+/// `[admin]`: the admin API's own listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Spanned<String>,
+    /// Prefix of secrets the admin API generates.
+    pub key_prefix: Option<Spanned<String>>,
+}
+
+/// `[[admin_keys]]`: who may call the admin API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminKey {
+    pub id: Spanned<String>,
+    pub hash: Spanned<String>,
+    pub role: Role,
+}
+
+/// `role = "read" | "admin"`: read may list and get; admin may also change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Admin,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +103,9 @@ pub struct RawConsumer {
     pub allow_ips: Option<Vec<Spanned<String>>>,
     pub targets: Option<Vec<Spanned<String>>>,
     pub rate_limit: Option<Spanned<String>>,
+    /// Creating one more key for this consumer through the admin API is refused.
+    pub max_keys: Option<u32>,
+    pub created_at: Option<Spanned<Datetime>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +123,14 @@ pub struct RawKey {
     pub access: Option<Access>,
     pub paths: Option<Vec<Spanned<String>>>,
     pub rate_limit: Option<Spanned<String>>,
+    /// When the key was made (the admin API sets it).
+    pub created_at: Option<Spanned<Datetime>>,
+    /// The first characters of the secret, to recognise it by.
+    pub prefix: Option<String>,
+    /// After a rotation: the hash of the old secret, which keeps working until
+    /// `previous_expires_at`.
+    pub previous_hash: Option<Spanned<String>>,
+    pub previous_expires_at: Option<Spanned<Datetime>>,
 }
 
 /// `status = "active" | "inactive"`: an inactive key is refused with `key_inactive`.

@@ -17,11 +17,14 @@ use ipnet::IpNet;
 use toml::Spanned;
 use toml::value::{Datetime, Offset};
 
-use super::raw::{RawConfig, RawConsumer, RawKey, RawServer, RawTarget};
+use super::raw::{
+    RawAdmin, RawAdminKey, RawConfig, RawConsumer, RawKey, RawKeysFile, RawServer, RawTarget,
+};
 use super::{ConfigError, Severity};
 use crate::secret::KeyHash;
 use crate::snapshot::{
-    Consumer, Id, IpList, Key, Rate, Server, Snapshot, Target, TargetIdx, TargetSet,
+    Admin, AdminKey, Consumer, Id, IpList, Key, Rate, Server, Snapshot, Target, TargetIdx,
+    TargetSet,
 };
 use crate::tls::TlsFiles;
 
@@ -29,6 +32,8 @@ use crate::tls::TlsFiles;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_KEY_HEADER: &str = "X-API-Key";
 pub const DEFAULT_KEY_QUERY: &str = "api_key";
+/// Prefix of the secrets the admin API generates, so a leaked one is recognisable in a scan.
+pub const DEFAULT_KEY_PREFIX: &str = "kg_";
 /// Enough for a person mistyping a key; far too few to guess one.
 pub const DEFAULT_FAILED_AUTH_LIMIT: &str = "30/minute";
 /// A TLS handshake that has not completed by then is dropped: a stalled client holds a socket,
@@ -37,19 +42,50 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long keygate waits for an upstream's response headers before answering 504.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// One file the config is read from: the main file, or the keys file.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
+}
+
 /// Collects problems with their positions while the raw config is checked.
 struct Checker<'a> {
-    src: &'a str,
-    file: &'a Path,
+    /// `[0]` is the main file, `[1]` the keys file when there is one.
+    sources: Vec<Source<'a>>,
+    /// The source of the item being checked: spans are positions in it.
+    cur: usize,
     problems: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
+    fn main_file(&self) -> &Path {
+        self.sources[0].file
+    }
+
+    /// Where a span of the current source is, for "first defined at" messages.
+    fn place(&self, span: Range<usize>) -> (usize, usize) {
+        (
+            self.cur,
+            line_col(self.sources[self.cur].text, span.start).0,
+        )
+    }
+
+    /// `line N` in the current file, `FILE:N` in the other one.
+    fn describe(&self, (src, line): (usize, usize)) -> String {
+        if src == self.cur {
+            format!("line {line}")
+        } else {
+            format!("{}:{line}", self.sources[src].file.display())
+        }
+    }
+
     fn report(&mut self, severity: Severity, span: Range<usize>, subject: &str, message: String) {
-        let (line, column) = line_col(self.src, span.start);
+        let source = self.sources[self.cur];
+        let (line, column) = line_col(source.text, span.start);
         self.problems.push(ConfigError {
             severity,
-            file: self.file.to_path_buf(),
+            file: source.file.to_path_buf(),
             line,
             column,
             subject: (!subject.is_empty()).then(|| subject.to_owned()),
@@ -158,6 +194,27 @@ impl Checker<'_> {
         }
     }
 
+    fn instant(
+        &mut self,
+        raw: Option<&Spanned<Datetime>>,
+        subject: &str,
+        field: &str,
+    ) -> Option<SystemTime> {
+        let raw = raw?;
+        let t = to_system_time(raw.get_ref());
+        if t.is_none() {
+            self.error(
+                raw.span(),
+                subject,
+                format!(
+                    "{field}: {} is not a date-time with an offset, e.g. 2027-01-01T00:00:00Z",
+                    raw.get_ref()
+                ),
+            );
+        }
+        t
+    }
+
     fn path(&mut self, raw: &Spanned<String>, subject: &str, field: &str) -> Option<Box<str>> {
         let p = raw.get_ref();
         if !p.starts_with('/') || p.contains(['?', '#']) || p.chars().any(char::is_whitespace) {
@@ -184,24 +241,147 @@ impl Checker<'_> {
 /// plaintext secret) are returned in both cases.
 pub fn validate(
     raw: RawConfig,
-    src: &str,
-    file: &Path,
+    main: Source<'_>,
+    keys_file: Option<(RawKeysFile, Source<'_>)>,
 ) -> Result<(Snapshot, Vec<ConfigError>), Vec<ConfigError>> {
     let mut c = Checker {
-        src,
-        file,
+        sources: vec![main],
+        cur: 0,
         problems: Vec::new(),
     };
     let server = server(&mut c, &raw.server);
+    let admin = admin(&mut c, raw.admin.as_ref(), &raw.admin_keys, server.as_ref());
     let (targets, target_names) = targets(&mut c, &raw.targets);
-    let (consumers, consumer_ids) = consumers(&mut c, &raw.consumers, &target_names);
-    let keys = keys(&mut c, &raw.keys, &target_names, &consumer_ids);
-    match server {
-        Some(server) if !c.has_errors() => {
-            Ok((Snapshot::new(server, targets, consumers, keys), c.problems))
+    let keys_path = raw
+        .keys_file
+        .as_ref()
+        .map(|k| relative_to(main.file, k.get_ref()));
+    let managed = keys_file.map(|(file, source)| {
+        c.sources.push(source);
+        file
+    });
+    let consumer_items = raw.consumers.iter().map(|r| (0, r));
+    let consumer_items = consumer_items.chain(
+        managed
+            .iter()
+            .flat_map(|m| m.consumers.iter().map(|r| (1, r))),
+    );
+    let (consumers, consumer_ids) = consumers(&mut c, consumer_items, &target_names);
+    let key_count = raw.keys.len() + managed.as_ref().map_or(0, |m| m.keys.len());
+    let key_items = raw.keys.iter().map(|r| (0, r));
+    let key_items = key_items.chain(managed.iter().flat_map(|m| m.keys.iter().map(|r| (1, r))));
+    let keys = keys(&mut c, key_items, key_count, &target_names, &consumer_ids);
+    match (server, admin) {
+        (Some(server), Some(admin)) if !c.has_errors() => {
+            let mut snap = Snapshot::new(server, targets, consumers, keys);
+            snap.admin = admin;
+            snap.keys_file = keys_path;
+            Ok((snap, c.problems))
         }
         _ => Err(c.problems),
     }
+}
+
+/// `[admin]` and `[[admin_keys]]`. `Some(None)` when there is no admin API.
+fn admin(
+    c: &mut Checker<'_>,
+    raw: Option<&RawAdmin>,
+    raw_keys: &[RawAdminKey],
+    server: Option<&Server>,
+) -> Option<Option<Admin>> {
+    const S: &str = "[admin]";
+    let mut keys = HashMap::new();
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for k in raw_keys {
+        let subject = format!("admin key {:?}", k.id.get_ref());
+        let Some(id) = c.id(&k.id, "admin key id") else {
+            continue;
+        };
+        if let Some(first) = ids.insert(
+            k.id.get_ref(),
+            line_col(c.sources[0].text, k.id.span().start).0,
+        ) {
+            c.error(
+                k.id.span(),
+                &subject,
+                format!("duplicate admin key id (first defined at line {first})"),
+            );
+            continue;
+        }
+        match KeyHash::parse(k.hash.get_ref()) {
+            None => c.error(
+                k.hash.span(),
+                &subject,
+                "hash: expected \"sha256:\" followed by 64 hex digits",
+            ),
+            Some(h) => {
+                if keys.insert(h, AdminKey { id, role: k.role }).is_some() {
+                    c.error(
+                        k.hash.span(),
+                        &subject,
+                        "same secret hash as another admin key",
+                    );
+                }
+            }
+        }
+    }
+    let Some(raw) = raw else {
+        if let Some(k) = raw_keys.first() {
+            c.warn(
+                k.id.span(),
+                "",
+                "[[admin_keys]] without [admin] listen: the admin API is off",
+            );
+        }
+        return Some(None);
+    };
+    let listen = match raw.listen.get_ref().parse::<SocketAddr>() {
+        Ok(l) => l,
+        Err(_) => {
+            c.error(
+                raw.listen.span(),
+                S,
+                format!("listen: {:?} is not IP:port", raw.listen.get_ref()),
+            );
+            return None;
+        }
+    };
+    if server.is_some_and(|s| s.listen == listen) {
+        c.error(
+            raw.listen.span(),
+            S,
+            "listen: the admin API needs its own port, never the proxy's",
+        );
+    }
+    if raw_keys.is_empty() {
+        c.warn(
+            raw.listen.span(),
+            S,
+            "no [[admin_keys]]: every admin request will be refused",
+        );
+    }
+    let key_prefix = match &raw.key_prefix {
+        None => DEFAULT_KEY_PREFIX.into(),
+        Some(p) => {
+            let ok = p.get_ref().len() <= 16
+                && p.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                c.error(
+                    p.span(),
+                    S,
+                    "key_prefix: at most 16 letters, digits, '_' or '-'",
+                );
+            }
+            p.get_ref().as_str().into()
+        }
+    };
+    Some(Some(Admin {
+        listen,
+        key_prefix,
+        keys,
+    }))
 }
 
 fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
@@ -259,8 +439,8 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
     let tls = raw.tls.as_ref().map(|t| {
         let t = t.get_ref();
         TlsFiles {
-            cert: relative_to(c.file, t.cert.get_ref()),
-            key: relative_to(c.file, t.key.get_ref()),
+            cert: relative_to(c.main_file(), t.cert.get_ref()),
+            key: relative_to(c.main_file(), t.key.get_ref()),
             handshake_timeout: c
                 .duration(
                     t.handshake_timeout.as_ref(),
@@ -313,7 +493,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
             continue;
         };
         let subject = format!("target {:?}", t.name.get_ref());
-        let line = line_col(c.src, t.name.span().start).0;
+        let line = line_col(c.sources[0].text, t.name.span().start).0;
         if let Some(first) = first_line.insert(t.name.get_ref(), line) {
             c.error(
                 t.name.span(),
@@ -325,7 +505,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
         let upstream = upstream(c, &t.upstream, &subject);
         let tls = match (&upstream, &t.ca_file) {
             (Some((scheme, ..)), ca) if *scheme == Scheme::HTTPS => {
-                let path = ca.as_ref().map(|p| relative_to(c.file, p.get_ref()));
+                let path = ca.as_ref().map(|p| relative_to(c.main_file(), p.get_ref()));
                 match crate::tls::upstream_config(path.as_deref()) {
                     Ok(config) => Some(config),
                     Err(e) => {
@@ -459,28 +639,30 @@ fn upstream(
     Some((scheme.clone(), authority.clone(), host))
 }
 
-fn consumers(
+fn consumers<'r>(
     c: &mut Checker<'_>,
-    raw: &[RawConsumer],
+    raw: impl Iterator<Item = (usize, &'r RawConsumer)>,
     target_names: &HashMap<String, TargetIdx>,
 ) -> (Vec<Consumer>, HashMap<String, u32>) {
     let mut out = Vec::new();
     let mut ids: HashMap<String, u32> = HashMap::new();
-    let mut first_line: HashMap<&str, usize> = HashMap::new();
-    for raw in raw {
+    let mut first_seen: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (source, raw) in raw {
+        c.cur = source;
         let Some(id) = c.id(&raw.id, "consumer id") else {
             continue;
         };
         let subject = format!("consumer {:?}", raw.id.get_ref());
-        let line = line_col(c.src, raw.id.span().start).0;
-        if let Some(first) = first_line.insert(raw.id.get_ref(), line) {
+        if let Some(first) = first_seen.insert(raw.id.get_ref(), c.place(raw.id.span())) {
+            let first = c.describe(first);
             c.error(
                 raw.id.span(),
                 &subject,
-                format!("duplicate consumer id (first defined at line {first})"),
+                format!("duplicate consumer id (first defined at {first})"),
             );
             continue;
         }
+        let created_at = c.instant(raw.created_at.as_ref(), &subject, "created_at");
         let allow_ips = c.nets(raw.allow_ips.as_deref(), &subject, "allow_ips");
         let targets = c.targets(raw.targets.as_deref(), target_names, &subject);
         let rate_limit = c.rate(raw.rate_limit.as_ref(), &subject, "rate_limit");
@@ -491,32 +673,38 @@ fn consumers(
             allow_ips,
             targets,
             rate_limit,
+            max_keys: raw.max_keys,
+            created_at,
+            managed: source == 1,
         });
     }
+    c.cur = 0;
     (out, ids)
 }
 
-fn keys(
+fn keys<'r>(
     c: &mut Checker<'_>,
-    raw: &[RawKey],
+    raw: impl Iterator<Item = (usize, &'r RawKey)>,
+    count: usize,
     target_names: &HashMap<String, TargetIdx>,
     consumer_ids: &HashMap<String, u32>,
 ) -> Vec<Key> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut first_line: HashMap<&str, usize> = HashMap::with_capacity(raw.len());
+    let mut out = Vec::with_capacity(count);
+    let mut first_seen: HashMap<&str, (usize, usize)> = HashMap::with_capacity(count);
     let mut hashes: HashMap<KeyHash, &str, crate::secret::KeyHashBuilder> =
-        HashMap::with_capacity_and_hasher(raw.len(), Default::default());
-    for raw in raw {
+        HashMap::with_capacity_and_hasher(count, Default::default());
+    for (source, raw) in raw {
+        c.cur = source;
         let Some(id) = c.id(&raw.id, "key id") else {
             continue;
         };
         let subject = format!("key {:?}", raw.id.get_ref());
-        let line = line_col(c.src, raw.id.span().start).0;
-        if let Some(first) = first_line.insert(raw.id.get_ref(), line) {
+        if let Some(first) = first_seen.insert(raw.id.get_ref(), c.place(raw.id.span())) {
+            let first = c.describe(first);
             c.error(
                 raw.id.span(),
                 &subject,
-                format!("duplicate key id (first defined at line {first})"),
+                format!("duplicate key id (first defined at {first})"),
             );
             continue;
         }
@@ -590,17 +778,50 @@ fn keys(
                 found
             }
         };
-        let expires_at = raw.expires_at.as_ref().and_then(|e| {
-            let t = to_system_time(e.get_ref());
-            if t.is_none() {
-                c.error(
-                    e.span(),
-                    &subject,
-                    format!("expires_at: {} is not a date-time with an offset, e.g. 2027-01-01T00:00:00Z", e.get_ref()),
-                );
+        let expires_at = c.instant(raw.expires_at.as_ref(), &subject, "expires_at");
+        let created_at = c.instant(raw.created_at.as_ref(), &subject, "created_at");
+        let previous = match (&raw.previous_hash, &raw.previous_expires_at) {
+            (None, None) => None,
+            (Some(h), Some(until)) => {
+                let until = c.instant(Some(until), &subject, "previous_expires_at");
+                match KeyHash::parse(h.get_ref()) {
+                    None => {
+                        c.error(
+                            h.span(),
+                            &subject,
+                            "previous_hash: expected \"sha256:\" followed by 64 hex digits",
+                        );
+                        None
+                    }
+                    Some(ph) => {
+                        if let Some(other) = hashes.insert(ph, raw.id.get_ref()) {
+                            c.error(
+                                h.span(),
+                                &subject,
+                                format!("previous_hash is also the hash of key {other:?}"),
+                            );
+                        }
+                        until.map(|u| (ph, u))
+                    }
+                }
             }
-            t
-        });
+            (Some(h), None) => {
+                c.error(
+                    h.span(),
+                    &subject,
+                    "previous_hash needs previous_expires_at",
+                );
+                None
+            }
+            (None, Some(u)) => {
+                c.error(
+                    u.span(),
+                    &subject,
+                    "previous_expires_at needs previous_hash",
+                );
+                None
+            }
+        };
         let targets = c.targets(raw.targets.as_deref(), target_names, &subject);
         let allow_ips = c.nets(raw.allow_ips.as_deref(), &subject, "allow_ips");
         let paths = raw
@@ -626,8 +847,13 @@ fn keys(
             access: raw.access.unwrap_or_default(),
             paths,
             rate_limit,
+            created_at,
+            prefix: raw.prefix.as_deref().map(Into::into),
+            previous,
+            managed: source == 1,
         });
     }
+    c.cur = 0;
     out
 }
 
@@ -677,7 +903,7 @@ fn to_system_time(dt: &Datetime) -> Option<SystemTime> {
 
 /// A path from the config, relative to the config file's directory (or to the working
 /// directory when the config comes from a device such as /dev/stdin).
-fn relative_to(config: &Path, p: &str) -> PathBuf {
+pub fn relative_to(config: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     match config.parent() {
         _ if p.is_absolute() => p.to_path_buf(),

@@ -12,7 +12,7 @@ use super::deny::Deny;
 use super::route::segment_prefix;
 use crate::limits::{self, FailedAuth, RateStatus};
 use crate::secret::KeyHash;
-use crate::snapshot::{Access, Key, Snapshot, Status, TargetIdx};
+use crate::snapshot::{Access, Key, Matched, Snapshot, Status, TargetIdx};
 
 /// What the policy needs to know about a request.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +55,11 @@ pub fn decide<'s>(
     failures
         .blocked(facts.client_ip, guard, now.mono)
         .map_err(Deny::TooManyFailures)?;
-    let Some((index, key)) = snap.key_by_hash(&KeyHash::of(facts.secret)) else {
+    let found = snap.key_by_hash(&KeyHash::of(facts.secret));
+    // A rotated-out secret past its grace period is as unknown as a wrong one.
+    let found =
+        found.filter(|(_, _, m)| !matches!(m, Matched::Previous(until) if now.wall >= *until));
+    let Some((index, key, _)) = found else {
         failures.record(facts.client_ip, guard, now.mono);
         return Err(Deny::KeyInvalid);
     };
@@ -369,5 +373,45 @@ consumer = "acme"
             code(decide(&snap, &f, &facts("live-secret", "192.0.2.7"), later)),
             "ok"
         );
+    }
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::secret::KeyHash;
+
+    #[test]
+    fn a_rotated_out_secret_works_until_its_grace_ends() {
+        let old = KeyHash::of(b"old-secret");
+        let config = format!(
+            "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n\n[[keys]]\nid = \"k\"\nsecret = \"new-secret\"\nprevious_hash = \"{old}\"\nprevious_expires_at = 2027-01-01T00:00:00Z\n"
+        );
+        let snap = crate::config::parse(&config, Path::new("t.toml"))
+            .unwrap()
+            .snapshot;
+        let f = FailedAuth::new(64);
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600);
+        let facts = |s: &'static str| Facts {
+            secret: s.as_bytes(),
+            target: 0,
+            method: &Method::GET,
+            path: "/",
+            client_ip: "127.0.0.1".parse().unwrap(),
+        };
+        let at = |wall| Now {
+            wall,
+            mono: Duration::from_secs(1),
+        };
+        let before = at(end - Duration::from_secs(1));
+        assert!(decide(&snap, &f, &facts("old-secret"), before).is_ok());
+        assert!(decide(&snap, &f, &facts("new-secret"), before).is_ok());
+        assert_eq!(
+            decide(&snap, &f, &facts("old-secret"), at(end)).unwrap_err(),
+            Deny::KeyInvalid
+        );
+        assert!(decide(&snap, &f, &facts("new-secret"), at(end)).is_ok());
     }
 }
