@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod reload;
 pub mod secret;
 pub mod snapshot;
+pub mod store;
 pub mod tls;
 
 use std::path::Path;

@@ -1,0 +1,1041 @@
+//! The keys file as a store: the one way the admin API and the `keys` / `consumers` commands
+//! change keys.
+//!
+//! Every change is: lock, re-read the files as they are on disk now (so a hand edit made since
+//! the last change is kept), apply the change to the keys file's TOML document (toml_edit keeps
+//! comments and layout), validate the whole resulting config with the same code that loads it,
+//! then write a temp file beside the keys file, fsync it, rename it over the keys file and fsync
+//! the directory. A change that would make the config invalid writes nothing; a crash leaves the
+//! old file or the new one, never a torn one. The caller publishes the returned snapshot (the
+//! gateway) or lets the watcher of a running gateway pick the file up (the commands).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, value};
+
+use crate::config::{self, LoadError, Loaded};
+use crate::secret::{self, KeyHash};
+use crate::snapshot::{Access, Id, Rate, Snapshot, Status};
+
+/// How many characters of a new secret are kept as its `prefix`, after the configured prefix:
+/// enough to tell keys apart in a list, far too few to help guess one.
+const SHOWN_SECRET_CHARS: usize = 4;
+
+/// Why a change was refused. Each maps to one status and `code` in the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no keys_file is configured: add `keys_file = \"keys.toml\"` to the config")]
+    NoKeysFile,
+    #[error("{what} {id:?} does not exist")]
+    NotFound { what: &'static str, id: String },
+    #[error("{what} {id:?} is defined in the main config file, which keygate never rewrites")]
+    ReadOnly { what: &'static str, id: String },
+    #[error("{what} id {id:?} is already taken")]
+    Taken { what: &'static str, id: String },
+    #[error("consumer {0:?} already has its max_keys keys")]
+    KeyLimit(String),
+    #[error("consumer {0:?} still owns keys: delete or move them first")]
+    ConsumerInUse(String),
+    #[error("{field}: {message}")]
+    BadField {
+        field: &'static str,
+        message: String,
+    },
+    #[error("the change would make the config invalid:\n{0}")]
+    Invalid(LoadError),
+    #[error("the config files are invalid now; fix them first:\n{0}")]
+    CurrentInvalid(LoadError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::BadField {
+        field,
+        message: message.into(),
+    }
+}
+
+/// What a new key is made from; `None` fields take their defaults.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub consumer: Option<String>,
+    pub status: Option<Status>,
+    pub expires_at: Option<String>,
+    pub targets: Option<Vec<String>>,
+    pub allow_ips: Option<Vec<String>>,
+    pub access: Option<Access>,
+    pub paths: Option<Vec<String>>,
+    pub rate_limit: Option<String>,
+}
+
+/// A change to a key: absent fields stay; `null` clears an optional one.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatch {
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<Option<String>>,
+    pub status: Option<Status>,
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<String>>,
+    pub targets: Option<Vec<String>>,
+    pub allow_ips: Option<Vec<String>>,
+    pub access: Option<Access>,
+    pub paths: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<Option<String>>,
+}
+
+/// What a new consumer is made from.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConsumer {
+    pub id: String,
+    pub name: Option<String>,
+    pub allow_ips: Option<Vec<String>>,
+    pub targets: Option<Vec<String>>,
+    pub rate_limit: Option<String>,
+    pub max_keys: Option<u32>,
+}
+
+/// A change to a consumer.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerPatch {
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<Option<String>>,
+    pub allow_ips: Option<Vec<String>>,
+    pub targets: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub max_keys: Option<Option<u32>>,
+}
+
+/// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+/// A change that was written: its result, and the config as it now is on disk.
+pub struct Written<T> {
+    pub value: T,
+    pub loaded: Loaded,
+    /// The main file's bytes, for the reloader's change detection.
+    pub main_text: String,
+}
+
+/// The keys file of one config.
+pub struct Store {
+    config: PathBuf,
+    /// Changes are serialized: read-modify-write must not interleave.
+    lock: Mutex<()>,
+}
+
+impl Store {
+    pub fn new(config: PathBuf) -> Store {
+        Store {
+            config,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Applies `op` to the keys file, validates, writes atomically. Blocking: call it from a
+    /// blocking thread.
+    pub fn change<T>(
+        &self,
+        op: impl FnOnce(&mut DocumentMut, &Snapshot) -> Result<T, StoreError>,
+    ) -> Result<Written<T>, StoreError> {
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let main_text = std::fs::read_to_string(&self.config).map_err(|source| StoreError::Io {
+            path: self.config.clone(),
+            source,
+        })?;
+        let current =
+            config::parse(&main_text, &self.config).map_err(StoreError::CurrentInvalid)?;
+        let path = current
+            .snapshot
+            .keys_file
+            .clone()
+            .ok_or(StoreError::NoKeysFile)?;
+        let keys_text = config::read_keys_file(&path).map_err(StoreError::CurrentInvalid)?;
+        let mut doc: DocumentMut =
+            keys_text
+                .parse()
+                .map_err(|e: toml_edit::TomlError| StoreError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        let value = op(&mut doc, &current.snapshot)?;
+        let next_text = doc.to_string();
+        let loaded = config::parse_with(&main_text, &self.config, Some(&next_text))
+            .map_err(StoreError::Invalid)?;
+        write_atomic(&path, next_text.as_bytes()).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Written {
+            value,
+            loaded,
+            main_text,
+        })
+    }
+
+    /// Creates a key and returns its id and secret (shown once, never stored).
+    pub fn create_key(
+        &self,
+        new: NewKey,
+        secret_prefix: &str,
+    ) -> Result<Written<(String, String)>, StoreError> {
+        self.change(|doc, snap| {
+            let id = match new.id {
+                Some(id) => id,
+                None => generated_id("key")?,
+            };
+            check_id(&id, "id")?;
+            if snap.keys.iter().any(|k| k.id.as_str() == id) {
+                return Err(StoreError::Taken { what: "key", id });
+            }
+            if let Some(c) = &new.consumer {
+                let consumer = snap
+                    .consumers
+                    .iter()
+                    .position(|x| x.id.as_str() == c)
+                    .ok_or_else(|| bad("consumer", format!("no consumer has id {c:?}")))?;
+                if let Some(max) = snap.consumers[consumer].max_keys {
+                    let owned = snap
+                        .keys
+                        .iter()
+                        .filter(|k| k.consumer == Some(consumer as u32))
+                        .count();
+                    if owned >= max as usize {
+                        return Err(StoreError::KeyLimit(c.clone()));
+                    }
+                }
+            }
+            let secret =
+                secret::generate(secret_prefix).map_err(|e| bad("secret", e.to_string()))?;
+            let mut t = Table::new();
+            t["id"] = value(id.as_str());
+            set_opt_str(&mut t, "name", new.name.as_deref());
+            set_opt_str(&mut t, "consumer", new.consumer.as_deref());
+            t["hash"] = value(KeyHash::of(secret.as_bytes()).to_string());
+            t["prefix"] = value(shown_prefix(&secret, secret_prefix));
+            t["created_at"] = value(datetime(SystemTime::now())?);
+            if let Some(s) = new.status {
+                t["status"] = value(status_str(s));
+            }
+            if let Some(e) = &new.expires_at {
+                t["expires_at"] = value(parse_datetime(e, "expires_at")?);
+            }
+            set_list(&mut t, "targets", new.targets.as_deref(), |v| {
+                check_target(snap, v)
+            })?;
+            set_list(&mut t, "allow_ips", new.allow_ips.as_deref(), check_cidr)?;
+            if let Some(a) = new.access {
+                t["access"] = value(access_str(a));
+            }
+            set_list(&mut t, "paths", new.paths.as_deref(), check_path)?;
+            if let Some(r) = &new.rate_limit {
+                t["rate_limit"] = value(check_rate(r)?);
+            }
+            tables(doc, "keys")?.push(t);
+            Ok((id, secret))
+        })
+    }
+
+    pub fn update_key(&self, id: &str, patch: KeyPatch) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| {
+            let t = managed_key(doc, snap, id)?;
+            if let Some(n) = &patch.name {
+                set_opt_str(t, "name", n.as_deref());
+            }
+            if let Some(s) = patch.status {
+                t["status"] = value(status_str(s));
+            }
+            match &patch.expires_at {
+                Some(Some(e)) => t["expires_at"] = value(parse_datetime(e, "expires_at")?),
+                Some(None) => {
+                    t.remove("expires_at");
+                }
+                None => {}
+            }
+            set_list(t, "targets", patch.targets.as_deref(), |v| {
+                check_target(snap, v)
+            })?;
+            set_list(t, "allow_ips", patch.allow_ips.as_deref(), check_cidr)?;
+            if let Some(a) = patch.access {
+                t["access"] = value(access_str(a));
+            }
+            set_list(t, "paths", patch.paths.as_deref(), check_path)?;
+            match &patch.rate_limit {
+                Some(Some(r)) => t["rate_limit"] = value(check_rate(r)?),
+                Some(None) => {
+                    t.remove("rate_limit");
+                }
+                None => {}
+            }
+            Ok(())
+        })
+    }
+
+    pub fn delete_key(&self, id: &str) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| {
+            managed_key(doc, snap, id)?;
+            let keys = tables(doc, "keys")?;
+            keys.retain(|t| t.get("id").and_then(Item::as_str) != Some(id));
+            Ok(())
+        })
+    }
+
+    /// Gives the key a new secret. The old one keeps working for `grace`, then stops.
+    pub fn rotate_key(
+        &self,
+        id: &str,
+        grace: Duration,
+        secret_prefix: &str,
+    ) -> Result<Written<String>, StoreError> {
+        self.change(|doc, snap| {
+            let old = snap
+                .keys
+                .iter()
+                .find(|k| k.id.as_str() == id)
+                .map(|k| k.hash);
+            let t = managed_key(doc, snap, id)?;
+            let secret =
+                secret::generate(secret_prefix).map_err(|e| bad("secret", e.to_string()))?;
+            t.remove("secret");
+            t["hash"] = value(KeyHash::of(secret.as_bytes()).to_string());
+            t["prefix"] = value(shown_prefix(&secret, secret_prefix));
+            match old {
+                Some(old) if !grace.is_zero() => {
+                    t["previous_hash"] = value(old.to_string());
+                    t["previous_expires_at"] = value(datetime(SystemTime::now() + grace)?);
+                }
+                _ => {
+                    t.remove("previous_hash");
+                    t.remove("previous_expires_at");
+                }
+            }
+            Ok(secret)
+        })
+    }
+
+    pub fn add_key_ip(&self, id: &str, cidr: &str) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| add_to_list(managed_key(doc, snap, id)?, "allow_ips", cidr))
+    }
+
+    pub fn remove_key_ip(&self, id: &str, cidr: &str) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| remove_from_list(managed_key(doc, snap, id)?, "allow_ips", cidr))
+    }
+
+    pub fn create_consumer(&self, new: NewConsumer) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| {
+            check_id(&new.id, "id")?;
+            if snap.consumers.iter().any(|c| c.id.as_str() == new.id) {
+                return Err(StoreError::Taken {
+                    what: "consumer",
+                    id: new.id.clone(),
+                });
+            }
+            let mut t = Table::new();
+            t["id"] = value(new.id.as_str());
+            set_opt_str(&mut t, "name", new.name.as_deref());
+            set_list(&mut t, "allow_ips", new.allow_ips.as_deref(), check_cidr)?;
+            set_list(&mut t, "targets", new.targets.as_deref(), |v| {
+                check_target(snap, v)
+            })?;
+            if let Some(r) = &new.rate_limit {
+                t["rate_limit"] = value(check_rate(r)?);
+            }
+            if let Some(m) = new.max_keys {
+                t["max_keys"] = value(i64::from(m));
+            }
+            t["created_at"] = value(datetime(SystemTime::now())?);
+            tables(doc, "consumers")?.push(t);
+            Ok(())
+        })
+    }
+
+    pub fn update_consumer(
+        &self,
+        id: &str,
+        patch: ConsumerPatch,
+    ) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| {
+            let t = managed_consumer(doc, snap, id)?;
+            if let Some(n) = &patch.name {
+                set_opt_str(t, "name", n.as_deref());
+            }
+            set_list(t, "allow_ips", patch.allow_ips.as_deref(), check_cidr)?;
+            set_list(t, "targets", patch.targets.as_deref(), |v| {
+                check_target(snap, v)
+            })?;
+            match &patch.rate_limit {
+                Some(Some(r)) => t["rate_limit"] = value(check_rate(r)?),
+                Some(None) => {
+                    t.remove("rate_limit");
+                }
+                None => {}
+            }
+            match patch.max_keys {
+                Some(Some(m)) => t["max_keys"] = value(i64::from(m)),
+                Some(None) => {
+                    t.remove("max_keys");
+                }
+                None => {}
+            }
+            Ok(())
+        })
+    }
+
+    pub fn delete_consumer(&self, id: &str) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| {
+            managed_consumer(doc, snap, id)?;
+            let index = snap.consumers.iter().position(|c| c.id.as_str() == id);
+            if snap
+                .keys
+                .iter()
+                .any(|k| k.consumer.is_some() && k.consumer == index.map(|i| i as u32))
+            {
+                return Err(StoreError::ConsumerInUse(id.to_owned()));
+            }
+            tables(doc, "consumers")?.retain(|t| t.get("id").and_then(Item::as_str) != Some(id));
+            Ok(())
+        })
+    }
+
+    pub fn add_consumer_ip(&self, id: &str, cidr: &str) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| add_to_list(managed_consumer(doc, snap, id)?, "allow_ips", cidr))
+    }
+
+    pub fn remove_consumer_ip(&self, id: &str, cidr: &str) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| {
+            remove_from_list(managed_consumer(doc, snap, id)?, "allow_ips", cidr)
+        })
+    }
+}
+
+/// The `[[name]]` array of the document, created if absent.
+fn tables<'d>(doc: &'d mut DocumentMut, name: &str) -> Result<&'d mut ArrayOfTables, StoreError> {
+    let item = doc
+        .entry(name)
+        .or_insert(Item::ArrayOfTables(ArrayOfTables::new()));
+    item.as_array_of_tables_mut().ok_or_else(|| {
+        bad(
+            "file",
+            format!("`{name}` in the keys file is not an array of tables ([[{name}]])"),
+        )
+    })
+}
+
+/// The key's table in the keys file; an error if it is unknown or lives in the main file.
+fn managed_key<'d>(
+    doc: &'d mut DocumentMut,
+    snap: &Snapshot,
+    id: &str,
+) -> Result<&'d mut Table, StoreError> {
+    find(
+        doc,
+        "keys",
+        snap.keys.iter().map(|k| (k.id.as_str(), k.managed)),
+        "key",
+        id,
+    )
+}
+
+fn managed_consumer<'d>(
+    doc: &'d mut DocumentMut,
+    snap: &Snapshot,
+    id: &str,
+) -> Result<&'d mut Table, StoreError> {
+    find(
+        doc,
+        "consumers",
+        snap.consumers.iter().map(|c| (c.id.as_str(), c.managed)),
+        "consumer",
+        id,
+    )
+}
+
+fn find<'d, 's>(
+    doc: &'d mut DocumentMut,
+    array: &str,
+    mut known: impl Iterator<Item = (&'s str, bool)>,
+    what: &'static str,
+    id: &str,
+) -> Result<&'d mut Table, StoreError> {
+    match known.find(|(k, _)| *k == id) {
+        None => {
+            return Err(StoreError::NotFound {
+                what,
+                id: id.to_owned(),
+            });
+        }
+        Some((_, false)) => {
+            return Err(StoreError::ReadOnly {
+                what,
+                id: id.to_owned(),
+            });
+        }
+        Some((_, true)) => {}
+    }
+    tables(doc, array)?
+        .iter_mut()
+        .find(|t| t.get("id").and_then(Item::as_str) == Some(id))
+        .ok_or_else(|| StoreError::NotFound {
+            what,
+            id: id.to_owned(),
+        })
+}
+
+fn add_to_list(t: &mut Table, field: &'static str, item: &str) -> Result<(), StoreError> {
+    let item = check_cidr(item)?;
+    let list = t.entry(field).or_insert(value(Array::new()));
+    let array = list
+        .as_array_mut()
+        .ok_or_else(|| bad(field, "is not a list in the keys file"))?;
+    if !array.iter().any(|v| v.as_str() == Some(item.as_str())) {
+        array.push(item);
+    }
+    Ok(())
+}
+
+fn remove_from_list(t: &mut Table, field: &'static str, item: &str) -> Result<(), StoreError> {
+    let wanted = crate::config::validate::parse_net(item);
+    let Some(array) = t.get_mut(field).and_then(Item::as_array_mut) else {
+        return Err(bad(field, format!("{item:?} is not in the list")));
+    };
+    let before = array.len();
+    // Match by network, so "10.0.0.1" removes "10.0.0.1/32" and the other way round.
+    array.retain(|v| {
+        let same = v.as_str().is_some_and(|s| {
+            s == item || (wanted.is_some() && crate::config::validate::parse_net(s) == wanted)
+        });
+        !same
+    });
+    if array.len() == before {
+        return Err(bad(field, format!("{item:?} is not in the list")));
+    }
+    Ok(())
+}
+
+fn set_opt_str(t: &mut Table, field: &str, v: Option<&str>) {
+    match v {
+        Some(v) => t[field] = value(v),
+        None => {
+            t.remove(field);
+        }
+    }
+}
+
+/// Sets a list field after checking each item; an empty list removes the field (= no limit).
+fn set_list(
+    t: &mut Table,
+    field: &'static str,
+    items: Option<&[String]>,
+    check: impl Fn(&str) -> Result<String, StoreError>,
+) -> Result<(), StoreError> {
+    let Some(items) = items else { return Ok(()) };
+    if items.is_empty() {
+        t.remove(field);
+        return Ok(());
+    }
+    let mut array = Array::new();
+    for item in items {
+        array.push(check(item)?);
+    }
+    t[field] = value(array);
+    Ok(())
+}
+
+fn check_id(id: &str, field: &'static str) -> Result<(), StoreError> {
+    Id::new(id).map(|_| ()).ok_or_else(|| {
+        bad(
+            field,
+            format!(
+                "{id:?} is not a valid id: use 1 to {} {}",
+                Id::MAX_LEN,
+                Id::ALLOWED
+            ),
+        )
+    })
+}
+
+fn check_cidr(s: &str) -> Result<String, StoreError> {
+    crate::config::validate::parse_net(s)
+        .map(|_| s.to_owned())
+        .ok_or_else(|| bad("allow_ips", format!("{s:?} is not an IP address or CIDR")))
+}
+
+fn check_path(s: &str) -> Result<String, StoreError> {
+    if s.starts_with('/') && !s.contains(['?', '#']) && !s.chars().any(char::is_whitespace) {
+        Ok(s.to_owned())
+    } else {
+        Err(bad(
+            "paths",
+            format!("{s:?} must be a path that starts with '/'"),
+        ))
+    }
+}
+
+fn check_rate(s: &str) -> Result<String, StoreError> {
+    Rate::parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| bad("rate_limit", e))
+}
+
+fn check_target(snap: &Snapshot, name: &str) -> Result<String, StoreError> {
+    if snap.targets.iter().any(|t| t.name.as_str() == name) {
+        Ok(name.to_owned())
+    } else {
+        Err(bad("targets", format!("no target is named {name:?}")))
+    }
+}
+
+fn status_str(s: Status) -> &'static str {
+    match s {
+        Status::Active => "active",
+        Status::Inactive => "inactive",
+    }
+}
+
+fn access_str(a: Access) -> &'static str {
+    match a {
+        Access::ReadOnly => "read-only",
+        Access::ReadWrite => "read-write",
+    }
+}
+
+/// A TOML offset date-time from RFC 3339 text, e.g. `2027-01-01T00:00:00Z`.
+fn parse_datetime(s: &str, field: &'static str) -> Result<toml_edit::Datetime, StoreError> {
+    let checked = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            bad(
+                field,
+                format!("{s:?} is not an RFC 3339 date-time such as 2027-01-01T00:00:00Z"),
+            )
+        })?;
+    datetime(checked.into())
+}
+
+/// `t` as a TOML offset date-time in UTC, to the second.
+pub fn datetime(t: SystemTime) -> Result<toml_edit::Datetime, StoreError> {
+    rfc3339(t).parse().map_err(|_| bad("time", "out of range"))
+}
+
+/// `t` as RFC 3339 in UTC, to the second: how the admin API shows times.
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `kg_AbCd` for a secret `kg_AbCd…`: recognisable, useless for guessing.
+fn shown_prefix(secret: &str, configured: &str) -> String {
+    secret
+        .chars()
+        .take(configured.chars().count() + SHOWN_SECRET_CHARS)
+        .collect()
+}
+
+/// `key_3f9a0c1d`: an id for a key created without one.
+fn generated_id(kind: &str) -> Result<String, StoreError> {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).map_err(|e| bad("id", e.to_string()))?;
+    Ok(format!("{kind}_{}", hex::encode(b)))
+}
+
+/// Replaces `path` with `bytes` so that a crash at any point leaves the old file or the new one:
+/// temp file in the same directory, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            f.set_permissions(meta.permissions())?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAIN: &str = r#"keys_file = "keys.toml"
+
+[[targets]]
+name = "production"
+upstream = "http://127.0.0.1:3000"
+
+[[targets]]
+name = "staging"
+upstream = "http://127.0.0.1:3001"
+path_prefix = "/staging"
+
+[[keys]]
+id = "static"
+secret = "static-secret"
+"#;
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(keys: &str) -> (Dir, Store) {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "keygate-store-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("keygate.toml"), MAIN).unwrap();
+        if !keys.is_empty() {
+            std::fs::write(dir.join("keys.toml"), keys).unwrap();
+        }
+        let store = Store::new(dir.join("keygate.toml"));
+        (Dir(dir), store)
+    }
+
+    fn keys_text(d: &Dir) -> String {
+        std::fs::read_to_string(d.0.join("keys.toml")).unwrap()
+    }
+
+    #[test]
+    fn create_then_use_the_secret() {
+        let (d, store) = setup("");
+        let new = NewKey {
+            id: Some("api".into()),
+            name: Some("API".into()),
+            targets: Some(vec!["staging".into()]),
+            allow_ips: Some(vec!["10.0.0.0/8".into()]),
+            rate_limit: Some("5/second".into()),
+            expires_at: Some("2030-01-01T00:00:00+02:00".into()),
+            ..Default::default()
+        };
+        let w = store.create_key(new, "kg_").unwrap();
+        let (id, secret) = w.value;
+        assert_eq!(id, "api");
+        assert!(secret.starts_with("kg_"));
+        let text = keys_text(&d);
+        assert!(!text.contains(&secret), "the secret must never be stored");
+        assert!(text.contains(&KeyHash::of(secret.as_bytes()).to_string()));
+        let snap = w.loaded.snapshot;
+        let (_, key, _) = snap.key_by_hash(&KeyHash::of(secret.as_bytes())).unwrap();
+        assert_eq!(key.id.as_str(), "api");
+        assert!(key.managed);
+        assert_eq!(key.prefix.as_deref(), Some(&secret[..7]));
+        assert!(key.created_at.is_some());
+        assert!(key.expires_at.is_some());
+        let again = store.create_key(
+            NewKey {
+                id: Some("api".into()),
+                ..Default::default()
+            },
+            "kg_",
+        );
+        assert!(matches!(again, Err(StoreError::Taken { .. })));
+        let generated = store.create_key(NewKey::default(), "kg_").unwrap().value.0;
+        assert!(generated.starts_with("key_"), "{generated}");
+    }
+
+    #[test]
+    fn main_file_keys_are_read_only() {
+        let (_d, store) = setup("");
+        let e = store.update_key(
+            "static",
+            KeyPatch {
+                status: Some(Status::Inactive),
+                ..Default::default()
+            },
+        );
+        assert!(
+            matches!(e, Err(StoreError::ReadOnly { .. })),
+            "{e:?}",
+            e = e.err()
+        );
+        assert!(matches!(
+            store.delete_key("nope"),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn hand_edits_and_comments_survive_a_change() {
+        let (d, store) = setup(
+            "# managed by keygate, edited by hand too\n[[keys]]\nid = \"a\"\nsecret = \"a-secret\" # legacy\n",
+        );
+        store
+            .create_key(
+                NewKey {
+                    id: Some("b".into()),
+                    ..Default::default()
+                },
+                "kg_",
+            )
+            .unwrap();
+        // A hand edit between two changes...
+        let edited = keys_text(&d).replace("id = \"a\"", "id = \"a\"\nname = \"by hand\"");
+        std::fs::write(d.0.join("keys.toml"), edited).unwrap();
+        store
+            .update_key(
+                "b",
+                KeyPatch {
+                    name: Some(Some("B".into())),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let text = keys_text(&d);
+        assert!(
+            text.contains("# managed by keygate, edited by hand too"),
+            "{text}"
+        );
+        assert!(text.contains("# legacy"), "{text}");
+        assert!(text.contains("name = \"by hand\""), "{text}");
+        assert!(text.contains("name = \"B\""), "{text}");
+    }
+
+    #[test]
+    fn patch_sets_and_clears() {
+        let (d, store) = setup("");
+        store
+            .create_key(
+                NewKey {
+                    id: Some("k".into()),
+                    rate_limit: Some("1/s".into()),
+                    ..Default::default()
+                },
+                "kg_",
+            )
+            .unwrap();
+        let patch = KeyPatch {
+            status: Some(Status::Inactive),
+            rate_limit: Some(None),
+            access: Some(Access::ReadOnly),
+            paths: Some(vec!["/reports".into()]),
+            ..Default::default()
+        };
+        let snap = store.update_key("k", patch).unwrap().loaded.snapshot;
+        let k = snap.keys.iter().find(|k| k.id.as_str() == "k").unwrap();
+        assert_eq!(
+            (k.status, k.access, k.rate_limit),
+            (Status::Inactive, Access::ReadOnly, None)
+        );
+        assert_eq!(k.paths, vec![Box::<str>::from("/reports")]);
+        assert!(!keys_text(&d).contains("rate_limit"));
+    }
+
+    #[test]
+    fn bad_input_names_the_field_and_writes_nothing() {
+        let (d, store) = setup("[[keys]]\nid = \"a\"\nsecret = \"a-secret\"\n");
+        let before = keys_text(&d);
+        let cases = [
+            (
+                NewKey {
+                    allow_ips: Some(vec!["10.0.0.0/33".into()]),
+                    ..Default::default()
+                },
+                "allow_ips",
+            ),
+            (
+                NewKey {
+                    rate_limit: Some("5/day".into()),
+                    ..Default::default()
+                },
+                "rate_limit",
+            ),
+            (
+                NewKey {
+                    expires_at: Some("tomorrow".into()),
+                    ..Default::default()
+                },
+                "expires_at",
+            ),
+            (
+                NewKey {
+                    targets: Some(vec!["prod".into()]),
+                    ..Default::default()
+                },
+                "targets",
+            ),
+            (
+                NewKey {
+                    consumer: Some("nobody".into()),
+                    ..Default::default()
+                },
+                "consumer",
+            ),
+            (
+                NewKey {
+                    id: Some("bad id".into()),
+                    ..Default::default()
+                },
+                "id",
+            ),
+        ];
+        for (new, field) in cases {
+            match store.create_key(new, "kg_") {
+                Err(StoreError::BadField { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {:?}", other.err()),
+            }
+        }
+        assert_eq!(keys_text(&d), before);
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_secret_for_the_grace_period() {
+        let (d, store) = setup("");
+        let (_, first) = store
+            .create_key(
+                NewKey {
+                    id: Some("k".into()),
+                    ..Default::default()
+                },
+                "kg_",
+            )
+            .unwrap()
+            .value;
+        let w = store
+            .rotate_key("k", Duration::from_secs(60), "kg_")
+            .unwrap();
+        let snap = w.loaded.snapshot;
+        let (_, _, matched) = snap.key_by_hash(&KeyHash::of(first.as_bytes())).unwrap();
+        assert!(matches!(matched, crate::snapshot::Matched::Previous(_)));
+        assert!(snap.key_by_hash(&KeyHash::of(w.value.as_bytes())).is_some());
+        let w = store.rotate_key("k", Duration::ZERO, "kg_").unwrap();
+        assert!(
+            w.loaded
+                .snapshot
+                .key_by_hash(&KeyHash::of(first.as_bytes()))
+                .is_none()
+        );
+        assert!(!keys_text(&d).contains("previous_hash"));
+    }
+
+    #[test]
+    fn allow_ips_add_and_remove() {
+        let (d, store) = setup("");
+        store
+            .create_key(
+                NewKey {
+                    id: Some("k".into()),
+                    ..Default::default()
+                },
+                "kg_",
+            )
+            .unwrap();
+        store.add_key_ip("k", "10.0.0.1").unwrap();
+        store.add_key_ip("k", "2001:db8::/32").unwrap();
+        store.add_key_ip("k", "10.0.0.1").unwrap();
+        assert_eq!(keys_text(&d).matches("10.0.0.1").count(), 1);
+        assert!(matches!(
+            store.add_key_ip("k", "nope"),
+            Err(StoreError::BadField {
+                field: "allow_ips",
+                ..
+            })
+        ));
+        store.remove_key_ip("k", "10.0.0.1/32").unwrap();
+        assert!(!keys_text(&d).contains("10.0.0.1"));
+        assert!(matches!(
+            store.remove_key_ip("k", "10.0.0.1"),
+            Err(StoreError::BadField { .. })
+        ));
+    }
+
+    #[test]
+    fn consumers_limit_and_own_their_keys() {
+        let (_d, store) = setup("");
+        let c = NewConsumer {
+            id: "acme".into(),
+            max_keys: Some(1),
+            ..Default::default()
+        };
+        store.create_consumer(c).unwrap();
+        let mine = || NewKey {
+            consumer: Some("acme".into()),
+            ..Default::default()
+        };
+        store.create_key(mine(), "kg_").unwrap();
+        assert!(matches!(
+            store.create_key(mine(), "kg_"),
+            Err(StoreError::KeyLimit(_))
+        ));
+        assert!(matches!(
+            store.delete_consumer("acme"),
+            Err(StoreError::ConsumerInUse(_))
+        ));
+        let patch = ConsumerPatch {
+            max_keys: Some(None),
+            ..Default::default()
+        };
+        store.update_consumer("acme", patch).unwrap();
+        store.create_key(mine(), "kg_").unwrap();
+        store.add_consumer_ip("acme", "192.0.2.0/24").unwrap();
+        let snap = store
+            .remove_consumer_ip("acme", "192.0.2.0/24")
+            .unwrap()
+            .loaded
+            .snapshot;
+        assert!(snap.consumers[0].allow_ips.is_empty());
+    }
+
+    #[test]
+    fn no_keys_file_no_store() {
+        let (d, _) = setup("");
+        std::fs::write(
+            d.0.join("keygate.toml"),
+            MAIN.replace("keys_file = \"keys.toml\"", ""),
+        )
+        .unwrap();
+        let store = Store::new(d.0.join("keygate.toml"));
+        assert!(matches!(
+            store.create_key(NewKey::default(), "kg_"),
+            Err(StoreError::NoKeysFile)
+        ));
+    }
+}
