@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod limits;
@@ -67,12 +68,33 @@ pub fn load(config_path: &Path) -> anyhow::Result<(config::Loaded, Vec<u8>)> {
 }
 
 /// Serves `listener` with `loaded` and keeps the config reloaded from `config_path` until
-/// `shutdown` completes. What `run` does after binding; tests call it with their own listener.
+/// `shutdown` completes; binds the admin API's listener from the config when it has one. What
+/// `run` does after binding; tests call it with their own listener.
 pub async fn serve(
     config_path: &Path,
     loaded: config::Loaded,
     text: &[u8],
     listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let admin = match &loaded.snapshot.admin {
+        None => None,
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} for the admin API", a.listen))?,
+        ),
+    };
+    serve_with_admin(config_path, loaded, text, listener, admin, shutdown).await
+}
+
+/// [`serve`] with the admin API on a listener of the caller's (tests bind port 0).
+pub async fn serve_with_admin(
+    config_path: &Path,
+    loaded: config::Loaded,
+    text: &[u8],
+    listener: tokio::net::TcpListener,
+    admin_listener: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
@@ -88,18 +110,34 @@ pub async fn serve(
         Some(store) => Some(tokio_rustls::TlsAcceptor::from(store.server_config()?)),
     };
     let published = Arc::new(Published::new(loaded.snapshot));
-    let reloader = reload::Reloader::new(
+    let reloader = Arc::new(reload::Reloader::new(
         config_path.to_path_buf(),
         published.clone(),
         configured,
         text,
         certs,
-    );
-    reload::spawn(Arc::new(reloader)).context("cannot watch the config file")?;
+    ));
+    reload::spawn(reloader.clone()).context("cannot watch the config file")?;
+    // One shutdown for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(admin_listener) = admin_listener {
+        let admin_addr = admin_listener.local_addr()?;
+        tracing::info!(addr = %admin_addr, "admin API listening");
+        let admin = Arc::new(admin::Admin::new(published.clone(), reloader));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(admin::serve(admin_listener, admin, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     tracing::info!(%addr, %scheme, "keygate listening");
     let proxy = Arc::new(proxy::Proxy::new(published));
-    proxy::server::serve(listener, proxy, acceptor, shutdown).await;
+    proxy::server::serve(listener, proxy, acceptor, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    drop(stop_rx);
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use notify::{RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::config::{self, LoadError};
+use crate::config::{self, LoadError, Loaded};
 use crate::snapshot::{Published, Snapshot};
 use crate::tls::CertStore;
 
@@ -40,6 +40,8 @@ pub enum Trigger {
     FileEvent,
     Signal,
     Periodic,
+    /// A change made through the admin API.
+    Admin,
 }
 
 /// What a reload did.
@@ -182,6 +184,24 @@ impl Reloader {
             }
         };
         seen.failed = false;
+        self.install(loaded, trigger, started)
+    }
+
+    /// Publishes a config the admin API has just validated and written, without parsing it
+    /// again; the watcher then finds nothing new.
+    pub fn adopt(&self, loaded: Loaded, main_text: &str) -> Outcome {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        seen.content = Some(digest(
+            main_text.as_bytes(),
+            loaded.snapshot.keys_file.as_deref(),
+        ));
+        seen.failed = false;
+        self.install(loaded, Trigger::Admin, started)
+    }
+
+    /// The end of every reload: warnings, restart notes, publish, one log line.
+    fn install(&self, loaded: Loaded, trigger: Trigger, started: Instant) -> Outcome {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }

@@ -82,6 +82,18 @@ pub struct Rate {
     pub per: Duration,
 }
 
+impl std::fmt::Display for Rate {
+    /// The canonical text form: `10/second`, `1000/minute`, `5/hour`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "second",
+            60 => "minute",
+            _ => "hour",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
 impl Rate {
     /// Parses `N/second|minute|hour` (also `s`, `m`, `h`, `sec`, `min`, `hr`), N > 0.
     pub fn parse(text: &str) -> Result<Rate, String> {

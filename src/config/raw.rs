@@ -55,7 +55,7 @@ pub struct RawAdminKey {
 }
 
 /// `role = "read" | "admin"`: read may list and get; admin may also change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Read,
@@ -134,7 +134,7 @@ pub struct RawKey {
 }
 
 /// `status = "active" | "inactive"`: an inactive key is refused with `key_inactive`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     #[default]
@@ -143,7 +143,7 @@ pub enum Status {
 }
 
 /// `access = "read-only" | "read-write"`: read-only allows GET, HEAD and OPTIONS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Access {
     ReadOnly,

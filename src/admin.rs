@@ -1,0 +1,720 @@
+//! The admin API: JSON over HTTP on its own listener (`[admin] listen`), never the proxy port.
+//!
+//! Callers present an `[[admin_keys]]` secret in `X-API-Key`; `read` may list and get, `admin`
+//! may also change. Reads come from the published snapshot. Writes go through the [`Store`]
+//! (validate, write temp, fsync, rename) on a blocking thread and are then published by the
+//! reloader, so a key created here works on the proxy as soon as the response is sent, and a
+//! deleted one is refused.
+//!
+//! Errors are problem+json like the proxy's, with these `code`s: `key_missing`, `key_invalid`,
+//! `role_insufficient` (403), `invalid_body`, `invalid_field`, `invalid_change` (400),
+//! `not_found` (404), `method_not_allowed` (405), `key_read_only`, `consumer_read_only`,
+//! `id_taken`, `key_limit_reached`, `consumer_in_use`, `no_keys_file`, `store_invalid` (409),
+//! `internal` (500).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+
+use crate::proxy::request_id;
+use crate::reload::Reloader;
+use crate::secret::KeyHash;
+use crate::snapshot::{Access, Consumer, Key, Published, Role, Snapshot, Status};
+use crate::store::{self, Store, StoreError, Written};
+
+/// Largest request body accepted: key and consumer documents are a few hundred bytes.
+const MAX_BODY: usize = 64 * 1024;
+/// Page size of list endpoints when `?limit=` is absent, and the most it may ask for.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+/// What the admin API works on.
+pub struct Admin {
+    published: Arc<Published>,
+    store: Arc<Store>,
+    reloader: Arc<Reloader>,
+}
+
+impl Admin {
+    pub fn new(published: Arc<Published>, reloader: Arc<Reloader>) -> Admin {
+        let store = Arc::new(Store::new(reloader.path().to_path_buf()));
+        Admin {
+            published,
+            store,
+            reloader,
+        }
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let (admin, builder) = (admin.clone(), builder.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// An admin API failure: status, `code`, and a detail for people.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    field: Option<String>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    fn not_found(what: &str, id: &str) -> Problem {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} {id:?} does not exist"),
+        )
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Problem {
+        let detail = e.to_string();
+        let (status, code) = match &e {
+            StoreError::NoKeysFile => (StatusCode::CONFLICT, "no_keys_file"),
+            StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            StoreError::ReadOnly { what: "key", .. } => (StatusCode::CONFLICT, "key_read_only"),
+            StoreError::ReadOnly { .. } => (StatusCode::CONFLICT, "consumer_read_only"),
+            StoreError::Taken { .. } => (StatusCode::CONFLICT, "id_taken"),
+            StoreError::KeyLimit(_) => (StatusCode::CONFLICT, "key_limit_reached"),
+            StoreError::ConsumerInUse(_) => (StatusCode::CONFLICT, "consumer_in_use"),
+            StoreError::BadField { field, .. } => {
+                let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid_field", detail);
+                p.field = Some((*field).to_owned());
+                return p;
+            }
+            StoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_change"),
+            StoreError::CurrentInvalid(_) => (StatusCode::CONFLICT, "store_invalid"),
+            StoreError::Io { .. } => {
+                tracing::error!("admin change failed: {e}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        Problem::new(status, code, detail)
+    }
+}
+
+type Answer = Result<Response<Full<Bytes>>, Problem>;
+
+impl Admin {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let request_id = request_id::of(req.headers());
+        let mut resp = match self.route(req).await {
+            Ok(resp) => resp,
+            Err(p) => problem(&p, &request_id),
+        };
+        resp.headers_mut()
+            .insert(request_id::X_REQUEST_ID, request_id);
+        resp.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
+    /// The caller's role, from `X-API-Key`.
+    fn role(&self, req: &Request<Incoming>) -> Result<Role, Problem> {
+        let mut values = req.headers().get_all("x-api-key").iter();
+        let secret = match (values.next(), values.next()) {
+            (Some(v), None) if !v.is_empty() => v.as_bytes(),
+            (Some(_), Some(_)) => {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "key_invalid",
+                    "X-API-Key given twice",
+                ));
+            }
+            _ => {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "key_missing",
+                    "Send an admin key in the X-API-Key header.",
+                ));
+            }
+        };
+        let snap = self.published.load();
+        let found = snap
+            .admin
+            .as_ref()
+            .and_then(|a| a.keys.get(&KeyHash::of(secret)));
+        match found {
+            Some(k) => Ok(k.role),
+            None => Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "key_invalid",
+                "The admin key is not valid.",
+            )),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Answer {
+        let role = self.role(&req)?;
+        let path = req.uri().path().to_owned();
+        let segments: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let method = req.method().clone();
+        let writes = method != Method::GET && method != Method::HEAD;
+        let known = matches!(segs.as_slice(), ["v1", "keys" | "consumers", ..]);
+        if !known {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no endpoint {path}"),
+            ));
+        }
+        if writes && role < Role::Admin {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "role_insufficient",
+                "This admin key may only read.",
+            ));
+        }
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        match (method, segs.as_slice()) {
+            (Method::GET, ["v1", "keys"]) => self.list_keys(&query),
+            (Method::POST, ["v1", "keys"]) => {
+                let new: store::NewKey = body(req).await?;
+                let prefix = self.secret_prefix();
+                let written = self.write(move |s| s.create_key(new, &prefix)).await?;
+                let (id, secret) = written;
+                let snap = self.published.load();
+                let key = find_key(&snap, &id)?;
+                json(
+                    StatusCode::CREATED,
+                    &WithSecret {
+                        key: KeyView::of(&snap, key),
+                        secret,
+                    },
+                )
+            }
+            (Method::GET, ["v1", "keys", id]) => {
+                let snap = self.published.load();
+                json(StatusCode::OK, &KeyView::of(&snap, find_key(&snap, id)?))
+            }
+            (Method::PATCH, ["v1", "keys", id]) => {
+                let patch: store::KeyPatch = body(req).await?;
+                let id = id.to_string();
+                self.write_then_key(id.clone(), move |s| s.update_key(&id, patch))
+                    .await
+            }
+            (Method::DELETE, ["v1", "keys", id]) => {
+                let id = id.to_string();
+                self.write(move |s| s.delete_key(&id)).await?;
+                no_content()
+            }
+            (Method::POST, ["v1", "keys", id, "rotate"]) => {
+                let r: Rotate = body_or_default(req).await?;
+                let (id, prefix) = (id.to_string(), self.secret_prefix());
+                let grace = Duration::from_secs(r.grace_seconds);
+                let secret = {
+                    let id = id.clone();
+                    self.write(move |s| s.rotate_key(&id, grace, &prefix))
+                        .await?
+                };
+                let snap = self.published.load();
+                json(
+                    StatusCode::OK,
+                    &WithSecret {
+                        key: KeyView::of(&snap, find_key(&snap, &id)?),
+                        secret,
+                    },
+                )
+            }
+            (Method::POST, ["v1", "keys", id, "allow_ips"]) => {
+                let c: Cidr = body(req).await?;
+                let id = id.to_string();
+                self.write_then_key(id.clone(), move |s| s.add_key_ip(&id, &c.cidr))
+                    .await
+            }
+            (Method::DELETE, ["v1", "keys", id, "allow_ips", cidr @ ..]) if !cidr.is_empty() => {
+                let (id, cidr) = (id.to_string(), cidr.join("/"));
+                self.write_then_key(id.clone(), move |s| s.remove_key_ip(&id, &cidr))
+                    .await
+            }
+            (Method::GET, ["v1", "consumers"]) => self.list_consumers(&query),
+            (Method::POST, ["v1", "consumers"]) => {
+                let new: store::NewConsumer = body(req).await?;
+                let id = new.id.clone();
+                self.write(move |s| s.create_consumer(new)).await?;
+                let snap = self.published.load();
+                json(
+                    StatusCode::CREATED,
+                    &ConsumerView::of(&snap, find_consumer(&snap, &id)?),
+                )
+            }
+            (Method::GET, ["v1", "consumers", id]) => {
+                let snap = self.published.load();
+                json(
+                    StatusCode::OK,
+                    &ConsumerView::of(&snap, find_consumer(&snap, id)?),
+                )
+            }
+            (Method::PATCH, ["v1", "consumers", id]) => {
+                let patch: store::ConsumerPatch = body(req).await?;
+                let id = id.to_string();
+                self.write_then_consumer(id.clone(), move |s| s.update_consumer(&id, patch))
+                    .await
+            }
+            (Method::DELETE, ["v1", "consumers", id]) => {
+                let id = id.to_string();
+                self.write(move |s| s.delete_consumer(&id)).await?;
+                no_content()
+            }
+            (Method::POST, ["v1", "consumers", id, "allow_ips"]) => {
+                let c: Cidr = body(req).await?;
+                let id = id.to_string();
+                self.write_then_consumer(id.clone(), move |s| s.add_consumer_ip(&id, &c.cidr))
+                    .await
+            }
+            (Method::DELETE, ["v1", "consumers", id, "allow_ips", cidr @ ..])
+                if !cidr.is_empty() =>
+            {
+                let (id, cidr) = (id.to_string(), cidr.join("/"));
+                self.write_then_consumer(id.clone(), move |s| s.remove_consumer_ip(&id, &cidr))
+                    .await
+            }
+            (m, _) => Err(Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{m} is not allowed on {path}"),
+            )),
+        }
+    }
+
+    fn secret_prefix(&self) -> String {
+        let snap = self.published.load();
+        snap.admin
+            .as_ref()
+            .map_or_else(|| "kg_".to_owned(), |a| a.key_prefix.to_string())
+    }
+
+    /// Runs a store change on a blocking thread, then publishes what it wrote.
+    async fn write<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&Store) -> Result<Written<T>, StoreError> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let (store, reloader) = (self.store.clone(), self.reloader.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let written = change(&store)?;
+            let Written {
+                value,
+                loaded,
+                main_text,
+            } = written;
+            reloader.adopt(loaded, &main_text);
+            Ok::<_, StoreError>(value)
+        })
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        Ok(done?)
+    }
+
+    async fn write_then_key(
+        &self,
+        id: String,
+        change: impl FnOnce(&Store) -> Result<Written<()>, StoreError> + Send + 'static,
+    ) -> Answer {
+        self.write(change).await?;
+        let snap = self.published.load();
+        json(StatusCode::OK, &KeyView::of(&snap, find_key(&snap, &id)?))
+    }
+
+    async fn write_then_consumer(
+        &self,
+        id: String,
+        change: impl FnOnce(&Store) -> Result<Written<()>, StoreError> + Send + 'static,
+    ) -> Answer {
+        self.write(change).await?;
+        let snap = self.published.load();
+        json(
+            StatusCode::OK,
+            &ConsumerView::of(&snap, find_consumer(&snap, &id)?),
+        )
+    }
+
+    fn list_keys(&self, query: &str) -> Answer {
+        let q = Page::parse(query)?;
+        let snap = self.published.load();
+        let consumer = match &q.consumer {
+            None => None,
+            Some(c) => Some(
+                snap.consumers
+                    .iter()
+                    .position(|x| x.id.as_str() == c)
+                    .ok_or_else(|| Problem::not_found("consumer", c))? as u32,
+            ),
+        };
+        let mut keys: Vec<&Key> = snap
+            .keys
+            .iter()
+            .filter(|k| consumer.is_none() || k.consumer == consumer)
+            .filter(|k| q.after.as_deref().is_none_or(|a| k.id.as_str() > a))
+            .collect();
+        keys.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        let more = keys.len() > q.limit;
+        keys.truncate(q.limit);
+        let next = more
+            .then(|| keys.last().map(|k| k.id.to_string()))
+            .flatten();
+        let items: Vec<KeyView<'_>> = keys.iter().map(|k| KeyView::of(&snap, k)).collect();
+        json(
+            StatusCode::OK,
+            &List {
+                items,
+                next_after: next,
+            },
+        )
+    }
+
+    fn list_consumers(&self, query: &str) -> Answer {
+        let q = Page::parse(query)?;
+        let snap = self.published.load();
+        let mut consumers: Vec<&Consumer> = snap
+            .consumers
+            .iter()
+            .filter(|c| q.after.as_deref().is_none_or(|a| c.id.as_str() > a))
+            .collect();
+        consumers.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        let more = consumers.len() > q.limit;
+        consumers.truncate(q.limit);
+        let next = more
+            .then(|| consumers.last().map(|c| c.id.to_string()))
+            .flatten();
+        let items: Vec<ConsumerView<'_>> = consumers
+            .iter()
+            .map(|c| ConsumerView::of(&snap, c))
+            .collect();
+        json(
+            StatusCode::OK,
+            &List {
+                items,
+                next_after: next,
+            },
+        )
+    }
+}
+
+/// `?limit=&after=&consumer=` of list endpoints.
+struct Page {
+    limit: usize,
+    after: Option<String>,
+    consumer: Option<String>,
+}
+
+impl Page {
+    fn parse(query: &str) -> Result<Page, Problem> {
+        let mut page = Page {
+            limit: DEFAULT_LIMIT,
+            after: None,
+            consumer: None,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned();
+            match k {
+                "limit" => {
+                    page.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            field_problem("limit", format!("limit must be 1 to {MAX_LIMIT}"))
+                        })?;
+                }
+                "after" => page.after = Some(v),
+                "consumer" => page.consumer = Some(v),
+                other => {
+                    return Err(field_problem(
+                        other,
+                        format!("unknown query parameter {other:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(page)
+    }
+}
+
+fn field_problem(field: &str, detail: String) -> Problem {
+    let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid_field", detail);
+    p.field = Some(field.to_owned());
+    p
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cidr {
+    cidr: String,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    #[serde(default)]
+    grace_seconds: u64,
+}
+
+/// Reads and parses a JSON body; errors name the field (`serde_path_to_error`).
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Problem> {
+    let bytes = read_body(req).await?;
+    parse_json(&bytes)
+}
+
+/// Like [`body`], but an empty body is the type's default.
+async fn body_or_default<T: DeserializeOwned + Default>(
+    req: Request<Incoming>,
+) -> Result<T, Problem> {
+    let bytes = read_body(req).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json(&bytes)
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Problem> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+        )),
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let mut p = Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            e.inner().to_string(),
+        );
+        // For an unknown field the path is its parent; serde's message names the field itself.
+        p.field = (path != ".").then_some(path);
+        p
+    })
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Answer {
+    let body = serde_json::to_vec(value)
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+fn no_content() -> Answer {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+fn problem(p: &Problem, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        title: &'a str,
+        status: u16,
+        detail: &'a str,
+        code: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        field: Option<&'a str>,
+        request_id: &'a str,
+    }
+    let body = Body {
+        kind: format!("tag:keygate,2026:problem:{}", p.code),
+        title: p.status.canonical_reason().unwrap_or("Error"),
+        status: p.status.as_u16(),
+        detail: &p.detail,
+        code: p.code,
+        field: p.field.as_deref(),
+        request_id: request_id.to_str().unwrap_or_default(),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )));
+    *resp.status_mut() = p.status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+fn find_key<'s>(snap: &'s Snapshot, id: &str) -> Result<&'s Key, Problem> {
+    snap.keys
+        .iter()
+        .find(|k| k.id.as_str() == id)
+        .ok_or_else(|| Problem::not_found("key", id))
+}
+
+fn find_consumer<'s>(snap: &'s Snapshot, id: &str) -> Result<&'s Consumer, Problem> {
+    snap.consumers
+        .iter()
+        .find(|c| c.id.as_str() == id)
+        .ok_or_else(|| Problem::not_found("consumer", id))
+}
+
+#[derive(Serialize)]
+struct List<T> {
+    items: Vec<T>,
+    /// Pass as `?after=` for the next page; `null` on the last one.
+    next_after: Option<String>,
+}
+
+#[derive(Serialize)]
+struct WithSecret<'a> {
+    #[serde(flatten)]
+    key: KeyView<'a>,
+    /// Shown once: keygate keeps only its hash.
+    secret: String,
+}
+
+/// A key as the API shows it: never its secret or hash.
+#[derive(Serialize)]
+struct KeyView<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    consumer: Option<&'a str>,
+    prefix: Option<&'a str>,
+    status: Status,
+    created_at: Option<String>,
+    expires_at: Option<String>,
+    last_used_at: Option<String>,
+    targets: Vec<&'a str>,
+    allow_ips: Vec<String>,
+    access: Access,
+    paths: Vec<&'a str>,
+    rate_limit: Option<String>,
+    managed: bool,
+}
+
+impl<'a> KeyView<'a> {
+    fn of(snap: &'a Snapshot, k: &'a Key) -> KeyView<'a> {
+        KeyView {
+            id: k.id.as_str(),
+            name: k.name.as_deref(),
+            consumer: snap.consumer_of(k).map(|c| c.id.as_str()),
+            prefix: k.prefix.as_deref(),
+            status: k.status,
+            created_at: k.created_at.map(store::rfc3339),
+            expires_at: k.expires_at.map(store::rfc3339),
+            last_used_at: None,
+            targets: k
+                .targets
+                .iter()
+                .map(|t| snap.target(t).name.as_str())
+                .collect(),
+            allow_ips: k.allow_ips.iter().map(ToString::to_string).collect(),
+            access: k.access,
+            paths: k.paths.iter().map(|p| &**p).collect(),
+            rate_limit: k.rate_limit.map(|r| r.to_string()),
+            managed: k.managed,
+        }
+    }
+}
+
+/// A consumer as the API shows it.
+#[derive(Serialize)]
+struct ConsumerView<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    allow_ips: Vec<String>,
+    targets: Vec<&'a str>,
+    rate_limit: Option<String>,
+    max_keys: Option<u32>,
+    keys: usize,
+    created_at: Option<String>,
+    managed: bool,
+}
+
+impl<'a> ConsumerView<'a> {
+    fn of(snap: &'a Snapshot, c: &'a Consumer) -> ConsumerView<'a> {
+        let index = snap
+            .consumers
+            .iter()
+            .position(|x| std::ptr::eq(x, c))
+            .map(|i| i as u32);
+        ConsumerView {
+            id: c.id.as_str(),
+            name: c.name.as_deref(),
+            allow_ips: c.allow_ips.iter().map(ToString::to_string).collect(),
+            targets: c
+                .targets
+                .iter()
+                .map(|t| snap.target(t).name.as_str())
+                .collect(),
+            rate_limit: c.rate_limit.map(|r| r.to_string()),
+            max_keys: c.max_keys,
+            keys: snap
+                .keys
+                .iter()
+                .filter(|k| k.consumer.is_some() && k.consumer == index)
+                .count(),
+            created_at: c.created_at.map(store::rfc3339),
+            managed: c.managed,
+        }
+    }
+}
