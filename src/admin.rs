@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use crate::proxy::request_id;
 use crate::reload::Reloader;
 use crate::secret::KeyHash;
-use crate::snapshot::{Access, Consumer, Key, Published, Role, Snapshot, Status};
+use crate::snapshot::{Access, Consumer, Published, Role, Snapshot, Status};
 use crate::store::{self, Store, StoreError, Written};
 
 /// Largest request body accepted: key and consumer documents are a few hundred bytes.
@@ -399,19 +399,18 @@ impl Admin {
                     .ok_or_else(|| Problem::not_found("consumer", c))? as u32,
             ),
         };
-        let mut keys: Vec<&Key> = snap
-            .keys
-            .iter()
-            .filter(|k| consumer.is_none() || k.consumer == consumer)
-            .filter(|k| q.after.as_deref().is_none_or(|a| k.id.as_str() > a))
+        let id = |i: &usize| snap.keys[*i].id.as_str();
+        let mut keys: Vec<usize> = (0..snap.keys.len())
+            .filter(|&i| consumer.is_none() || snap.keys[i].consumer == consumer)
+            .filter(|i| q.after.as_deref().is_none_or(|a| id(i) > a))
             .collect();
-        keys.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        keys.sort_by(|a, b| id(a).cmp(id(b)));
         let more = keys.len() > q.limit;
         keys.truncate(q.limit);
         let next = more
-            .then(|| keys.last().map(|k| k.id.to_string()))
+            .then(|| keys.last().map(|i| id(i).to_owned()))
             .flatten();
-        let items: Vec<KeyView<'_>> = keys.iter().map(|k| KeyView::of(&snap, k)).collect();
+        let items: Vec<KeyView<'_>> = keys.iter().map(|&i| KeyView::of(&snap, i)).collect();
         json(
             StatusCode::OK,
             &List {
@@ -603,10 +602,11 @@ fn problem(p: &Problem, request_id: &HeaderValue) -> Response<Full<Bytes>> {
     resp
 }
 
-fn find_key<'s>(snap: &'s Snapshot, id: &str) -> Result<&'s Key, Problem> {
+/// The index of the key `id`.
+fn find_key(snap: &Snapshot, id: &str) -> Result<usize, Problem> {
     snap.keys
         .iter()
-        .find(|k| k.id.as_str() == id)
+        .position(|k| k.id.as_str() == id)
         .ok_or_else(|| Problem::not_found("key", id))
 }
 
@@ -652,7 +652,8 @@ struct KeyView<'a> {
 }
 
 impl<'a> KeyView<'a> {
-    fn of(snap: &'a Snapshot, k: &'a Key) -> KeyView<'a> {
+    fn of(snap: &'a Snapshot, index: usize) -> KeyView<'a> {
+        let k = &snap.keys[index];
         KeyView {
             id: k.id.as_str(),
             name: k.name.as_deref(),
@@ -661,7 +662,7 @@ impl<'a> KeyView<'a> {
             status: k.status,
             created_at: k.created_at.map(store::rfc3339),
             expires_at: k.expires_at.map(store::rfc3339),
-            last_used_at: None,
+            last_used_at: snap.last_used_at(index).map(store::rfc3339),
             targets: k
                 .targets
                 .iter()

@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod last_used;
 pub mod limits;
 pub mod proxy;
 pub mod reload;
@@ -109,7 +110,10 @@ pub async fn serve_with_admin(
         None => None,
         Some(store) => Some(tokio_rustls::TlsAcceptor::from(store.server_config()?)),
     };
+    let state = last_used::path_for(&loaded.snapshot, config_path);
+    last_used::restore(&loaded.snapshot, &state);
     let published = Arc::new(Published::new(loaded.snapshot));
+    last_used::spawn(published.clone(), config_path.to_path_buf());
     let reloader = Arc::new(reload::Reloader::new(
         config_path.to_path_buf(),
         published.clone(),
@@ -131,13 +135,15 @@ pub async fn serve_with_admin(
     }
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     tracing::info!(%addr, %scheme, "keygate listening");
-    let proxy = Arc::new(proxy::Proxy::new(published));
+    let proxy = Arc::new(proxy::Proxy::new(published.clone()));
     proxy::server::serve(listener, proxy, acceptor, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     })
     .await;
     drop(stop_rx);
+    let config = config_path.to_path_buf();
+    tokio::task::spawn_blocking(move || last_used::flush(&published, &config)).await?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
@@ -296,6 +296,9 @@ pub struct Snapshot {
     pub admin: Option<Admin>,
     /// The file of managed consumers and keys, when there is one.
     pub keys_file: Option<std::path::PathBuf>,
+    /// When each key (by index) was last allowed through, in seconds since the Unix epoch;
+    /// 0 for never. Coarse on purpose: the request path stores at most once a second per key.
+    last_used: Box<[AtomicU32]>,
 }
 
 /// Marks a `by_hash` entry as a key's previous secret rather than its current one.
@@ -327,7 +330,9 @@ impl Snapshot {
             buckets: Buckets::default(),
             admin: None,
             keys_file: None,
+            last_used: Box::new([]),
         };
+        snap.last_used = snap.keys.iter().map(|_| AtomicU32::new(0)).collect();
         snap.buckets = Buckets::fresh(&snap);
         snap
     }
@@ -343,6 +348,59 @@ impl Snapshot {
             _ => Matched::Current,
         };
         Some((index, key, matched))
+    }
+
+    /// Records that the key at `index` was used at `now`: a load and, at most once a second, a
+    /// store. No lock, no allocation.
+    pub fn touch(&self, index: usize, now: SystemTime) {
+        let secs = unix_secs(now);
+        if let Some(slot) = self.last_used.get(index)
+            && slot.load(Ordering::Relaxed) != secs
+        {
+            slot.store(secs, Ordering::Relaxed);
+        }
+    }
+
+    pub fn last_used_at(&self, index: usize) -> Option<SystemTime> {
+        let secs = self.last_used.get(index)?.load(Ordering::Relaxed);
+        (secs != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(secs)))
+    }
+
+    /// Raises the last use of the key at `index` to `secs` (never lowers it).
+    pub fn merge_last_used(&self, index: usize, secs: u32) {
+        if let Some(slot) = self.last_used.get(index) {
+            slot.fetch_max(secs, Ordering::Relaxed);
+        }
+    }
+
+    /// `(key id, seconds)` of every key used so far.
+    pub fn used_keys(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.keys
+            .iter()
+            .zip(self.last_used.iter())
+            .filter_map(|(k, t)| {
+                let secs = t.load(Ordering::Relaxed);
+                (secs != 0).then(|| (k.id.as_str(), secs))
+            })
+    }
+
+    /// Copies last-use times from `old` by key id (a reload must not forget them).
+    fn carry_last_used(&self, old: &Snapshot) {
+        let mut used = old.used_keys().peekable();
+        if used.peek().is_none() {
+            return;
+        }
+        let index: HashMap<&str, usize> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.id.as_str(), i))
+            .collect();
+        for (id, secs) in used {
+            if let Some(&i) = index.get(id) {
+                self.merge_last_used(i, secs);
+            }
+        }
     }
 
     pub fn consumer_of(&self, key: &Key) -> Option<&Consumer> {
@@ -368,20 +426,30 @@ impl Snapshot {
 /// freeing to the last of them. Requests hold a snapshot only while they decide (microseconds).
 pub const RETIRE_WAIT: Duration = Duration::from_millis(100);
 
-/// Frees a replaced snapshot here once no request holds it, so that no request ever pays for
+/// Waits until no request holds the replaced snapshot, copies its last-use times into `next`
+/// (so none recorded meanwhile is lost), and frees it here, so that no request ever pays for
 /// freeing a large key table (100,000 keys take milliseconds to drop).
-fn retire(mut old: Arc<Snapshot>) {
+fn retire(mut old: Arc<Snapshot>, next: &Snapshot) {
     let deadline = std::time::Instant::now() + RETIRE_WAIT;
     loop {
         match Arc::try_unwrap(old) {
-            Ok(snapshot) => return drop(snapshot),
+            Ok(snapshot) => {
+                next.carry_last_used(&snapshot);
+                return drop(snapshot);
+            }
             Err(shared) if std::time::Instant::now() < deadline => {
                 old = shared;
                 std::thread::sleep(Duration::from_micros(200));
             }
-            Err(_) => return,
+            Err(shared) => return next.carry_last_used(&shared),
         }
     }
+}
+
+/// Seconds since the Unix epoch as stored in `last_used` (fits a `u32` until 2106).
+pub fn unix_secs(t: SystemTime) -> u32 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
 }
 
 /// The current snapshot, swapped whole; readers never wait on a writer. Also keeps the
@@ -419,10 +487,17 @@ impl Published {
         let mut buckets = std::mem::take(&mut next.buckets);
         self.limits.attach(&next, &mut buckets);
         next.buckets = buckets;
-        let old = self.current.swap(Arc::new(next));
+        let next = Arc::new(next);
+        let old = self.current.swap(next.clone());
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        retire(old);
+        retire(old, &next);
         generation
+    }
+
+    /// The current snapshot as an owned `Arc`, for work that awaits while holding it (never a
+    /// request: those use [`Published::load`]).
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
     }
 
     pub fn limits(&self) -> &Limits {

@@ -119,6 +119,7 @@ impl Proxy {
                 mono: self.epoch.elapsed(),
             };
             let admitted = policy::decide(&snap, &self.failures, &facts, now)?;
+            snap.touch(admitted.index, now.wall);
             let key = admitted.key;
             let caller = Caller {
                 key,

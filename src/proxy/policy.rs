@@ -37,6 +37,8 @@ pub struct Now {
 #[derive(Debug)]
 pub struct Admitted<'s> {
     pub key: &'s Key,
+    /// The key's index in the snapshot.
+    pub index: usize,
     pub rate: Option<RateStatus>,
 }
 
@@ -88,7 +90,7 @@ pub fn decide<'s>(
         key.consumer.and_then(|c| snap.buckets.consumer(c as usize)),
     )
     .map_err(Deny::RateLimited)?;
-    Ok(Admitted { key, rate })
+    Ok(Admitted { key, index, rate })
 }
 
 /// `access = "read-only"` allows GET, HEAD and OPTIONS; `paths` allows those prefixes, on whole
