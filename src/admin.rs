@@ -610,6 +610,21 @@ fn find_key(snap: &Snapshot, id: &str) -> Result<usize, Problem> {
         .ok_or_else(|| Problem::not_found("key", id))
 }
 
+/// A key as the API and the commands show it, with its secret when one was just made.
+pub(crate) fn key_json(snap: &Snapshot, index: usize, secret: Option<String>) -> serde_json::Value {
+    let view = KeyView::of(snap, index);
+    match secret {
+        Some(secret) => serde_json::to_value(WithSecret { key: view, secret }),
+        None => serde_json::to_value(view),
+    }
+    .unwrap_or_default()
+}
+
+/// A consumer as the API and the commands show it.
+pub(crate) fn consumer_json(snap: &Snapshot, c: &Consumer) -> serde_json::Value {
+    serde_json::to_value(ConsumerView::of(snap, c)).unwrap_or_default()
+}
+
 fn find_consumer<'s>(snap: &'s Snapshot, id: &str) -> Result<&'s Consumer, Problem> {
     snap.consumers
         .iter()

@@ -1,4 +1,5 @@
-//! The command line: `run`, `check`, `keys generate`, `keys hash`.
+//! The command line: `run`, `check`, `keys generate|hash|list|create|show|update|revoke|rotate`,
+//! `consumers list|create|show|update|delete`.
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
@@ -35,9 +36,20 @@ pub enum Command {
         #[arg(long, env = "KEYGATE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Make and hash API key secrets.
-    #[command(subcommand)]
-    Keys(Keys),
+    /// Make and hash secrets; list and change the keys in the keys file.
+    Keys {
+        #[command(subcommand)]
+        command: Keys,
+        #[command(flatten)]
+        config: crate::manage::ConfigArg,
+    },
+    /// List and change the consumers in the keys file.
+    Consumers {
+        #[command(subcommand)]
+        command: crate::manage::ConsumerCommand,
+        #[command(flatten)]
+        config: crate::manage::ConfigArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +61,8 @@ pub enum Keys {
     },
     /// Read a secret on standard input and print its `sha256:…` hash.
     Hash,
+    #[command(flatten)]
+    Manage(crate::manage::KeyCommand),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -67,7 +81,23 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Check { config } => check(&config),
-        Command::Keys(Keys::Generate { prefix }) => match secret::generate(&prefix) {
+        Command::Keys {
+            command: Keys::Manage(cmd),
+            config,
+        } => match crate::manage::keys(&config.config, cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format_args!("{e:#}")),
+        },
+        Command::Consumers { command, config } => {
+            match crate::manage::consumers(&config.config, command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format_args!("{e:#}")),
+            }
+        }
+        Command::Keys {
+            command: Keys::Generate { prefix },
+            ..
+        } => match secret::generate(&prefix) {
             Ok(s) => {
                 let hash = KeyHash::of(s.as_bytes());
                 println!("{s}");
@@ -77,7 +107,10 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(format_args!("no randomness from the OS: {e}")),
         },
-        Command::Keys(Keys::Hash) => {
+        Command::Keys {
+            command: Keys::Hash,
+            ..
+        } => {
             let mut input = Vec::new();
             if let Err(e) = std::io::stdin().read_to_end(&mut input) {
                 return fail(format_args!("cannot read standard input: {e}"));

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod last_used;
 pub mod limits;
+pub mod manage;
 pub mod proxy;
 pub mod reload;
 pub mod secret;

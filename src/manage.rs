@@ -1,0 +1,335 @@
+//! `keygate keys list|create|show|update|revoke|rotate` and `keygate consumers …`: the admin
+//! API's changes, made on the files directly through the same [`Store`], for when the gateway
+//! is down or in scripts. A running gateway picks the change up through its reload.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::admin::{consumer_json, key_json};
+use crate::snapshot::{Access, Snapshot, Status};
+use crate::store::{ConsumerPatch, KeyPatch, NewConsumer, NewKey, Store, Written};
+
+/// The fields of a key that `create` and `update` set.
+#[derive(Debug, Args)]
+pub struct KeyFields {
+    /// A name for people.
+    #[arg(long)]
+    name: Option<String>,
+    /// active or inactive.
+    #[arg(long, value_parser = parse_status)]
+    status: Option<Status>,
+    /// RFC 3339, e.g. 2027-01-01T00:00:00Z.
+    #[arg(long)]
+    expires_at: Option<String>,
+    /// A deploy target the key is bound to (repeat for several).
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// An address or CIDR the key may be used from (repeat for several).
+    #[arg(long = "allow-ip")]
+    allow_ips: Vec<String>,
+    /// read-only or read-write.
+    #[arg(long, value_parser = parse_access)]
+    access: Option<Access>,
+    /// A path prefix the key may call (repeat for several).
+    #[arg(long = "path")]
+    paths: Vec<String>,
+    /// N/second|minute|hour.
+    #[arg(long)]
+    rate_limit: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List keys as JSON.
+    List {
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Create a key in the keys file; prints it with its secret, which is shown only this once.
+    Create {
+        /// Default: a generated `key_…` id.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Prefix of the generated secret.
+        #[arg(long, default_value = "kg_")]
+        prefix: String,
+        #[command(flatten)]
+        fields: KeyFields,
+    },
+    /// Show one key.
+    Show { id: String },
+    /// Change a key; lists given replace the key's lists.
+    Update {
+        id: String,
+        #[command(flatten)]
+        fields: KeyFields,
+        /// Remove the expiry.
+        #[arg(long, conflicts_with = "expires_at")]
+        no_expiry: bool,
+        /// Remove the rate limit.
+        #[arg(long, conflicts_with = "rate_limit")]
+        no_rate_limit: bool,
+    },
+    /// Delete a key: the next request with it is refused.
+    Revoke { id: String },
+    /// Give a key a new secret; the old one keeps working for --grace-seconds.
+    Rotate {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u64,
+        #[arg(long, default_value = "kg_")]
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsumerCommand {
+    /// List consumers as JSON.
+    List,
+    /// Create a consumer in the keys file.
+    Create {
+        id: String,
+        #[command(flatten)]
+        fields: ConsumerFields,
+    },
+    /// Show one consumer.
+    Show { id: String },
+    /// Change a consumer; lists given replace its lists.
+    Update {
+        id: String,
+        #[command(flatten)]
+        fields: ConsumerFields,
+        #[arg(long, conflicts_with = "rate_limit")]
+        no_rate_limit: bool,
+        #[arg(long, conflicts_with = "max_keys")]
+        no_max_keys: bool,
+    },
+    /// Delete a consumer that owns no keys.
+    Delete { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumerFields {
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long = "allow-ip")]
+    allow_ips: Vec<String>,
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    #[arg(long)]
+    rate_limit: Option<String>,
+    #[arg(long)]
+    max_keys: Option<u32>,
+}
+
+fn parse_status(s: &str) -> Result<Status, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| "active or inactive".into())
+}
+
+fn parse_access(s: &str) -> Result<Access, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| "read-only or read-write".into())
+}
+
+/// `Some(list)` when the flag was given at least once.
+fn list(v: Vec<String>) -> Option<Vec<String>> {
+    (!v.is_empty()).then_some(v)
+}
+
+/// Runs a key command against the files of `config`; prints JSON.
+pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
+    let store = Store::new(config.to_path_buf());
+    match cmd {
+        KeyCommand::List { consumer } => {
+            let snap = crate::config::load(config)?.snapshot;
+            let owner = match &consumer {
+                None => None,
+                Some(c) => Some(
+                    snap.consumers
+                        .iter()
+                        .position(|x| x.id.as_str() == c)
+                        .ok_or_else(|| anyhow::anyhow!("no consumer has id {c:?}"))?
+                        as u32,
+                ),
+            };
+            let items: Vec<_> = (0..snap.keys.len())
+                .filter(|&i| owner.is_none() || snap.keys[i].consumer == owner)
+                .map(|i| key_json(&snap, i, None))
+                .collect();
+            print(&items)
+        }
+        KeyCommand::Show { id } => {
+            let snap = crate::config::load(config)?.snapshot;
+            print(&key_json(&snap, key_index(&snap, &id)?, None))
+        }
+        KeyCommand::Create {
+            id,
+            consumer,
+            prefix,
+            fields,
+        } => {
+            let new = NewKey {
+                id,
+                name: fields.name,
+                consumer,
+                status: fields.status,
+                expires_at: fields.expires_at,
+                targets: list(fields.targets),
+                allow_ips: list(fields.allow_ips),
+                access: fields.access,
+                paths: list(fields.paths),
+                rate_limit: fields.rate_limit,
+            };
+            let Written {
+                value: (id, secret),
+                loaded,
+                ..
+            } = store.create_key(new, &prefix)?;
+            eprintln!("Give the secret to its owner now: keygate keeps only its hash.");
+            print(&key_json(
+                &loaded.snapshot,
+                key_index(&loaded.snapshot, &id)?,
+                Some(secret),
+            ))
+        }
+        KeyCommand::Update {
+            id,
+            fields,
+            no_expiry,
+            no_rate_limit,
+        } => {
+            let patch = KeyPatch {
+                name: fields.name.map(Some),
+                status: fields.status,
+                expires_at: if no_expiry {
+                    Some(None)
+                } else {
+                    fields.expires_at.map(Some)
+                },
+                targets: list(fields.targets),
+                allow_ips: list(fields.allow_ips),
+                access: fields.access,
+                paths: list(fields.paths),
+                rate_limit: if no_rate_limit {
+                    Some(None)
+                } else {
+                    fields.rate_limit.map(Some)
+                },
+            };
+            let snap = store.update_key(&id, patch)?.loaded.snapshot;
+            print(&key_json(&snap, key_index(&snap, &id)?, None))
+        }
+        KeyCommand::Revoke { id } => {
+            store.delete_key(&id)?;
+            eprintln!("key {id:?} deleted: a running keygate refuses it once it has reloaded");
+            Ok(())
+        }
+        KeyCommand::Rotate {
+            id,
+            grace_seconds,
+            prefix,
+        } => {
+            let grace = Duration::from_secs(grace_seconds);
+            let Written {
+                value: secret,
+                loaded,
+                ..
+            } = store.rotate_key(&id, grace, &prefix)?;
+            eprintln!("Give the new secret to its owner now: keygate keeps only its hash.");
+            print(&key_json(
+                &loaded.snapshot,
+                key_index(&loaded.snapshot, &id)?,
+                Some(secret),
+            ))
+        }
+    }
+}
+
+/// Runs a consumer command against the files of `config`; prints JSON.
+pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
+    let store = Store::new(config.to_path_buf());
+    let show = |snap: &Snapshot, id: &str| -> anyhow::Result<()> {
+        let c = snap
+            .consumers
+            .iter()
+            .find(|c| c.id.as_str() == id)
+            .ok_or_else(|| anyhow::anyhow!("consumer {id:?} does not exist"))?;
+        print(&consumer_json(snap, c))
+    };
+    match cmd {
+        ConsumerCommand::List => {
+            let snap = crate::config::load(config)?.snapshot;
+            let items: Vec<_> = snap
+                .consumers
+                .iter()
+                .map(|c| consumer_json(&snap, c))
+                .collect();
+            print(&items)
+        }
+        ConsumerCommand::Show { id } => show(&crate::config::load(config)?.snapshot, &id),
+        ConsumerCommand::Create { id, fields } => {
+            let new = NewConsumer {
+                id: id.clone(),
+                name: fields.name,
+                allow_ips: list(fields.allow_ips),
+                targets: list(fields.targets),
+                rate_limit: fields.rate_limit,
+                max_keys: fields.max_keys,
+            };
+            show(&store.create_consumer(new)?.loaded.snapshot, &id)
+        }
+        ConsumerCommand::Update {
+            id,
+            fields,
+            no_rate_limit,
+            no_max_keys,
+        } => {
+            let patch = ConsumerPatch {
+                name: fields.name.map(Some),
+                allow_ips: list(fields.allow_ips),
+                targets: list(fields.targets),
+                rate_limit: if no_rate_limit {
+                    Some(None)
+                } else {
+                    fields.rate_limit.map(Some)
+                },
+                max_keys: if no_max_keys {
+                    Some(None)
+                } else {
+                    fields.max_keys.map(Some)
+                },
+            };
+            show(&store.update_consumer(&id, patch)?.loaded.snapshot, &id)
+        }
+        ConsumerCommand::Delete { id } => {
+            store.delete_consumer(&id)?;
+            eprintln!("consumer {id:?} deleted");
+            Ok(())
+        }
+    }
+}
+
+fn key_index(snap: &Snapshot, id: &str) -> anyhow::Result<usize> {
+    snap.keys
+        .iter()
+        .position(|k| k.id.as_str() == id)
+        .ok_or_else(|| anyhow::anyhow!("key {id:?} does not exist"))
+}
+
+fn print<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `--config`, as every command takes it.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The main config file (its `keys_file` is what changes).
+    #[arg(long, env = "KEYGATE_CONFIG", default_value = crate::cli::DEFAULT_CONFIG, global = true)]
+    pub config: PathBuf,
+}
