@@ -63,16 +63,16 @@ impl Checker<'_> {
         self.sources[0].file
     }
 
-    /// Where a span of the current source is, for "first defined at" messages.
+    /// Where a span of the current source starts (source, byte offset), for "first defined at"
+    /// messages. The line is only worked out when a message needs it: counting lines for every
+    /// key would make loading quadratic in the file's size.
     fn place(&self, span: Range<usize>) -> (usize, usize) {
-        (
-            self.cur,
-            line_col(self.sources[self.cur].text, span.start).0,
-        )
+        (self.cur, span.start)
     }
 
     /// `line N` in the current file, `FILE:N` in the other one.
-    fn describe(&self, (src, line): (usize, usize)) -> String {
+    fn describe(&self, (src, offset): (usize, usize)) -> String {
+        let line = line_col(self.sources[src].text, offset).0;
         if src == self.cur {
             format!("line {line}")
         } else {
@@ -291,20 +291,18 @@ fn admin(
 ) -> Option<Option<Admin>> {
     const S: &str = "[admin]";
     let mut keys = HashMap::new();
-    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut ids: HashMap<&str, (usize, usize)> = HashMap::new();
     for k in raw_keys {
         let subject = format!("admin key {:?}", k.id.get_ref());
         let Some(id) = c.id(&k.id, "admin key id") else {
             continue;
         };
-        if let Some(first) = ids.insert(
-            k.id.get_ref(),
-            line_col(c.sources[0].text, k.id.span().start).0,
-        ) {
+        if let Some(first) = ids.insert(k.id.get_ref(), c.place(k.id.span())) {
+            let first = c.describe(first);
             c.error(
                 k.id.span(),
                 &subject,
-                format!("duplicate admin key id (first defined at line {first})"),
+                format!("duplicate admin key id (first defined at {first})"),
             );
             continue;
         }
@@ -467,7 +465,7 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
 fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<String, TargetIdx>) {
     let mut out = Vec::new();
     let mut names: HashMap<String, TargetIdx> = HashMap::new();
-    let mut first_line: HashMap<&str, usize> = HashMap::new();
+    let mut first_line: HashMap<&str, (usize, usize)> = HashMap::new();
     // (host or "" for any host, prefix) -> target name, to refuse two targets on one route.
     let mut routes: HashMap<(String, Box<str>), String> = HashMap::new();
     // https authority -> ca_file: upstream connections are pooled per authority, so one
@@ -493,12 +491,12 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
             continue;
         };
         let subject = format!("target {:?}", t.name.get_ref());
-        let line = line_col(c.sources[0].text, t.name.span().start).0;
-        if let Some(first) = first_line.insert(t.name.get_ref(), line) {
+        if let Some(first) = first_line.insert(t.name.get_ref(), c.place(t.name.span())) {
+            let first = c.describe(first);
             c.error(
                 t.name.span(),
                 &subject,
-                format!("duplicate target name (first defined at line {first})"),
+                format!("duplicate target name (first defined at {first})"),
             );
             continue;
         }
