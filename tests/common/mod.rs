@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod policy;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,192 @@
+//! Deploy-target bindings: the key's and its consumer's `targets` must both include the routed target (403 target_not_allowed).
+
+mod common;
+
+use common::*;
+
+const STAGE_ONLY: &str = "kg_stage_dGFyZ2V0VGVzdFN0YWdlT25seUtleV8wMDAwMDE";
+const PROD_ONLY: &str = "kg_prod_dGFyZ2V0VGVzdFByb2RPbmx5S2V5XzAwMDAwMDE";
+const ANY_TARGET: &str = "kg_any_dGFyZ2V0VGVzdEFueVRhcmdldEtleV8wMDAwMDAx";
+const CI_PROD_STAGE: &str = "kg_ciboth_dGFyZ2V0VGVzdENpUHJvZFN0YWdlS2V5XzAx";
+const CI_PLAIN: &str = "kg_ciplain_dGFyZ2V0VGVzdENpUGxhaW5LZXlfMDAwMDAx";
+
+struct Gateway {
+    addr: std::net::SocketAddr,
+    production: Upstream,
+    staging: Upstream,
+    sandbox: Upstream,
+}
+
+impl Gateway {
+    fn hits(&self) -> [usize; 3] {
+        [
+            self.production.hits(),
+            self.staging.hits(),
+            self.sandbox.hits(),
+        ]
+    }
+}
+
+async fn gateway() -> Gateway {
+    let production = start_upstream("production").await;
+    let staging = start_upstream("staging").await;
+    let sandbox = start_upstream("sandbox").await;
+    let config = format!(
+        r#"
+[[targets]]
+name = "production"
+upstream = "http://{production}"
+
+[[targets]]
+name = "staging"
+upstream = "http://{staging}"
+hosts = ["staging.example.com"]
+
+[[targets]]
+name = "sandbox"
+upstream = "http://{sandbox}"
+path_prefix = "/sandbox"
+
+[[consumers]]
+id = "ci"
+targets = ["staging", "sandbox"]
+
+[[keys]]
+id = "stage-only"
+secret = "{STAGE_ONLY}"
+targets = ["staging"]
+
+[[keys]]
+id = "prod-only"
+secret = "{PROD_ONLY}"
+targets = ["production"]
+
+[[keys]]
+id = "any-target"
+secret = "{ANY_TARGET}"
+targets = []
+
+[[keys]]
+id = "ci-prod-stage"
+consumer = "ci"
+secret = "{CI_PROD_STAGE}"
+targets = ["production", "staging"]
+
+[[keys]]
+id = "ci-plain"
+consumer = "ci"
+secret = "{CI_PLAIN}"
+"#,
+        production = production.addr,
+        staging = staging.addr,
+        sandbox = sandbox.addr,
+    );
+    let addr = start_keygate(&config).await;
+    Gateway {
+        addr,
+        production,
+        staging,
+        sandbox,
+    }
+}
+
+/// Where a request with `secret` lands: the upstream's label, or the denial code.
+async fn lands(gw: &Gateway, target: &str, secret: &str) -> String {
+    let (host, path) = match target {
+        "production" => (HOST, "/r"),
+        "staging" => ("staging.example.com", "/r"),
+        "sandbox" => (HOST, "/sandbox/r"),
+        other => panic!("no such target {other}"),
+    };
+    let resp = get(gw.addr, path, &[("host", host), ("x-api-key", secret)]).await;
+    if resp.status.is_success() {
+        resp.echo().upstream
+    } else {
+        let json = assert_problem(&resp, 403, "target_not_allowed");
+        json["code"].as_str().unwrap().to_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_key_bound_to_staging_is_refused_on_production() {
+    let gw = gateway().await;
+    assert_eq!(
+        lands(&gw, "production", STAGE_ONLY).await,
+        "target_not_allowed"
+    );
+    assert_eq!(
+        lands(&gw, "sandbox", STAGE_ONLY).await,
+        "target_not_allowed"
+    );
+    assert_eq!(lands(&gw, "staging", STAGE_ONLY).await, "staging");
+    assert_eq!(gw.hits(), [0, 1, 0]);
+}
+
+#[tokio::test]
+async fn a_key_bound_to_production_is_refused_on_staging() {
+    let gw = gateway().await;
+    assert_eq!(lands(&gw, "production", PROD_ONLY).await, "production");
+    assert_eq!(lands(&gw, "staging", PROD_ONLY).await, "target_not_allowed");
+    assert_eq!(lands(&gw, "sandbox", PROD_ONLY).await, "target_not_allowed");
+    assert_eq!(gw.hits(), [1, 0, 0]);
+}
+
+#[tokio::test]
+async fn a_key_without_bindings_reaches_every_target() {
+    let gw = gateway().await;
+    for target in ["production", "staging", "sandbox"] {
+        assert_eq!(lands(&gw, target, ANY_TARGET).await, target);
+    }
+    assert_eq!(gw.hits(), [1, 1, 1]);
+}
+
+#[tokio::test]
+async fn consumer_bindings_apply_too() {
+    let gw = gateway().await;
+    // Key: production + staging; consumer: staging + sandbox. Only staging is in both.
+    assert_eq!(
+        lands(&gw, "production", CI_PROD_STAGE).await,
+        "target_not_allowed"
+    );
+    assert_eq!(
+        lands(&gw, "sandbox", CI_PROD_STAGE).await,
+        "target_not_allowed"
+    );
+    assert_eq!(lands(&gw, "staging", CI_PROD_STAGE).await, "staging");
+    // A key of the consumer without bindings of its own has the consumer's.
+    assert_eq!(
+        lands(&gw, "production", CI_PLAIN).await,
+        "target_not_allowed"
+    );
+    assert_eq!(lands(&gw, "staging", CI_PLAIN).await, "staging");
+    assert_eq!(lands(&gw, "sandbox", CI_PLAIN).await, "sandbox");
+    assert_eq!(gw.hits(), [0, 2, 1]);
+}
+
+/// The target is the one the request is routed to, over HTTP/2 as well (`:authority`).
+#[tokio::test]
+async fn the_routed_target_decides_over_http2_too() {
+    let gw = gateway().await;
+    let mut h2 = H2::connect(gw.addr).await;
+    let resp = h2
+        .send(h2_request(
+            "GET",
+            "staging.example.com",
+            "/r",
+            &[("x-api-key", STAGE_ONLY)],
+            empty(),
+        ))
+        .await;
+    assert_eq!(resp.echo().upstream, "staging");
+    let resp = h2
+        .send(h2_request(
+            "GET",
+            HOST,
+            "/r",
+            &[("x-api-key", STAGE_ONLY)],
+            empty(),
+        ))
+        .await;
+    assert_problem(&resp, 403, "target_not_allowed");
+    assert_eq!(gw.hits(), [0, 1, 0]);
+}
