@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod policy;
 
 use std::convert::Infallible;
