@@ -355,8 +355,11 @@ impl Admin {
                 value,
                 loaded,
                 main_text,
+                lock,
             } = written;
+            // Published under the store's lock, so two changes publish in the order written.
             reloader.adopt(loaded, &main_text);
+            drop(lock);
             Ok::<_, StoreError>(value)
         })
         .await

@@ -243,9 +243,15 @@ fn carry_over<'a>(
     for (id, slot) in slots {
         let Some(fresh) = slot else { continue };
         live.insert(id.clone());
-        match registry.get(id) {
-            Some(old) if old.rate == fresh.rate => *slot = Some(old.clone()),
-            _ => {
+        // The read guard of `get` must be gone before `insert` takes the same shard's write
+        // lock, or the reload deadlocks: hence the clone out of it first.
+        let kept = registry
+            .get(id)
+            .filter(|old| old.rate == fresh.rate)
+            .map(|old| old.clone());
+        match kept {
+            Some(old) => *slot = Some(old),
+            None => {
                 registry.insert(id.clone(), fresh.clone());
             }
         }
@@ -493,5 +499,33 @@ mod tests {
         assert_eq!(t.memory(), before);
         assert_eq!(before, 1 << 20);
         assert!(t.blocked(attacker, limit, at).is_err());
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_rate_gets_a_fresh_bucket_without_deadlock() {
+        let text = |rate: &str| {
+            format!(
+                "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n[[keys]]\nid = \"k\"\nsecret = \"s\"\nrate_limit = \"{rate}\"\n"
+            )
+        };
+        let load = |rate: &str| {
+            crate::config::parse(&text(rate), std::path::Path::new("t.toml"))
+                .unwrap()
+                .snapshot
+        };
+        let published = crate::snapshot::Published::new(load("1/minute"));
+        assert!(check(published.load().buckets.key(0), None).is_ok());
+        // Same rate: the spent bucket is kept.
+        published.publish(load("1/minute"));
+        assert!(check(published.load().buckets.key(0), None).is_err());
+        // Another rate: a fresh bucket (this used to deadlock in the registry).
+        published.publish(load("2/minute"));
+        assert!(check(published.load().buckets.key(0), None).is_ok());
+        assert_eq!(published.limits().len(), (1, 0));
     }
 }

@@ -487,6 +487,9 @@ impl Published {
         let mut buckets = std::mem::take(&mut next.buckets);
         self.limits.attach(&next, &mut buckets);
         next.buckets = buckets;
+        // Times recorded so far go in before the swap, so a reader never sees a used key as
+        // unused; those recorded between this copy and the swap follow in `retire`.
+        next.carry_last_used(&self.current.load());
         let next = Arc::new(next);
         let old = self.current.swap(next.clone());
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;

@@ -11,7 +11,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -137,21 +137,42 @@ pub struct Written<T> {
     pub loaded: Loaded,
     /// The main file's bytes, for the reloader's change detection.
     pub main_text: String,
+    /// The store stays locked until this is dropped, so that whoever publishes `loaded` does
+    /// so before the next change can be written: snapshots are published in write order.
+    pub lock: StoreLock,
+}
+
+/// An exclusive lock on the store, across threads and processes (an OS file lock on a lock
+/// file beside the keys file). Released when dropped.
+pub struct StoreLock(#[allow(dead_code)] std::fs::File);
+
+impl StoreLock {
+    fn acquire(keys_file: &Path) -> std::io::Result<StoreLock> {
+        let name = keys_file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Never deleted: removing a lock file while another process waits on it would let two
+        // writers in at once.
+        let path = keys_file.with_file_name(format!(".{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        file.lock()?;
+        Ok(StoreLock(file))
+    }
 }
 
 /// The keys file of one config.
 pub struct Store {
     config: PathBuf,
-    /// Changes are serialized: read-modify-write must not interleave.
-    lock: Mutex<()>,
 }
 
 impl Store {
     pub fn new(config: PathBuf) -> Store {
-        Store {
-            config,
-            lock: Mutex::new(()),
-        }
+        Store { config }
     }
 
     /// Applies `op` to the keys file, validates, writes atomically. Blocking: call it from a
@@ -160,7 +181,22 @@ impl Store {
         &self,
         op: impl FnOnce(&mut DocumentMut, &Snapshot) -> Result<T, StoreError>,
     ) -> Result<Written<T>, StoreError> {
-        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Changes are serialized, across processes too (the gateway and a `keygate keys` command):
+        // a read-modify-write must not interleave with another. The keys file's path comes from
+        // the main file, read once to find it and again under the lock.
+        let first = std::fs::read_to_string(&self.config).map_err(|source| StoreError::Io {
+            path: self.config.clone(),
+            source,
+        })?;
+        let keys_path = config::parse(&first, &self.config)
+            .map_err(StoreError::CurrentInvalid)?
+            .snapshot
+            .keys_file
+            .ok_or(StoreError::NoKeysFile)?;
+        let lock = StoreLock::acquire(&keys_path).map_err(|source| StoreError::Io {
+            path: keys_path.clone(),
+            source,
+        })?;
         let main_text = std::fs::read_to_string(&self.config).map_err(|source| StoreError::Io {
             path: self.config.clone(),
             source,
@@ -192,6 +228,7 @@ impl Store {
             value,
             loaded,
             main_text,
+            lock,
         })
     }
 

@@ -508,7 +508,6 @@ async fn parallel_creates(config: &std::path::Path, ids: Vec<String>) -> Vec<Str
 /// Two scripts running `keygate keys create` at the same time: every command that succeeded
 /// left its key in the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: src/store.rs Store::change serializes read-modify-write only with an in-process Mutex; concurrent keygate processes (commands, or a command and the gateway) each read the same keys.toml and the last rename wins, so changes that reported success are lost"]
 async fn parallel_key_commands_lose_no_key() {
     let f = files("parallel-cmds").await;
     let ids: Vec<String> = (0..16).map(|i| format!("cli-{i:02}")).collect();
@@ -526,7 +525,6 @@ async fn parallel_key_commands_lose_no_key() {
 /// Commands and the admin API of a running keygate writing at the same time: no change that
 /// was acknowledged (201, or exit 0) is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: src/store.rs Store::change serializes read-modify-write only with an in-process Mutex; a command's write and the gateway's admin API write race on keys.toml and one of them is silently lost"]
 async fn commands_and_the_admin_api_at_once_lose_nothing() {
     let gw = Gateway::start("cmds-and-api").await;
     let api = gw.api();

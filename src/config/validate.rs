@@ -344,7 +344,8 @@ fn admin(
             return None;
         }
     };
-    if server.is_some_and(|s| s.listen == listen) {
+    // Port 0 asks the OS for a free port on each bind, so two port-0 listeners never collide.
+    if listen.port() != 0 && server.is_some_and(|s| s.listen == listen) {
         c.error(
             raw.listen.span(),
             S,

@@ -21,16 +21,14 @@ use super::Proxy;
 
 /// A client that has not sent its request headers by then is dropped (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// A TLS handshake that has not completed by then is dropped: it holds a socket, not a worker,
-/// but without a bound a slow client could hold sockets forever.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long shutdown waits for connections in flight before it gives up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `listener` until `shutdown` completes, then drains connections. With `tls`, every
-/// connection must complete a TLS handshake within [`HANDSHAKE_TIMEOUT`] first.
+/// connection must complete a TLS handshake within `[server.tls] handshake_timeout` first.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
@@ -94,7 +92,17 @@ impl Conn {
         let Some(acceptor) = tls else {
             return self.http(TokioIo::new(stream), "http").await;
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        // Read per connection, so a reload changes it for the next handshake.
+        let limit = self
+            .proxy
+            .published()
+            .load()
+            .server
+            .tls
+            .as_ref()
+            .map(|t| t.handshake_timeout);
+        let limit = limit.unwrap_or(crate::config::validate::DEFAULT_HANDSHAKE_TIMEOUT);
+        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => self.http(TokioIo::new(stream), "https").await,
             Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
