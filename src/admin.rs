@@ -45,17 +45,17 @@ const MAX_LIMIT: usize = 1000;
 pub struct Admin {
     published: Arc<Published>,
     store: Arc<Store>,
-    reloader: Arc<Reloader>,
 }
 
 impl Admin {
     pub fn new(published: Arc<Published>, reloader: Arc<Reloader>) -> Admin {
-        let store = Arc::new(Store::new(reloader.path().to_path_buf()));
-        Admin {
-            published,
-            store,
-            reloader,
-        }
+        // The store publishes each change under its lock, so changes publish in write order.
+        let adopt = reloader.clone();
+        let publish: store::Publisher = Box::new(move |loaded, main_text| {
+            adopt.adopt(loaded, main_text);
+        });
+        let store = Arc::new(Store::publishing(reloader.path().to_path_buf(), publish));
+        Admin { published, store }
     }
 }
 
@@ -348,18 +348,10 @@ impl Admin {
         &self,
         change: impl FnOnce(&Store) -> Result<Written<T>, StoreError> + Send + 'static,
     ) -> Result<T, Problem> {
-        let (store, reloader) = (self.store.clone(), self.reloader.clone());
+        let store = self.store.clone();
         let done = tokio::task::spawn_blocking(move || {
             let written = change(&store)?;
-            let Written {
-                value,
-                loaded,
-                main_text,
-                lock,
-            } = written;
-            // Published under the store's lock, so two changes publish in the order written.
-            reloader.adopt(loaded, &main_text);
-            drop(lock);
+            let Written { value, .. } = written;
             Ok::<_, StoreError>(value)
         })
         .await

@@ -191,11 +191,8 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 ..
             } = store.create_key(new, &prefix)?;
             eprintln!("Give the secret to its owner now: keygate keeps only its hash.");
-            print(&key_json(
-                &loaded.snapshot,
-                key_index(&loaded.snapshot, &id)?,
-                Some(secret),
-            ))
+            let snap = written_snapshot(loaded)?;
+            print(&key_json(&snap, key_index(&snap, &id)?, Some(secret)))
         }
         KeyCommand::Update {
             id,
@@ -221,7 +218,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                     fields.rate_limit.map(Some)
                 },
             };
-            let snap = store.update_key(&id, patch)?.loaded.snapshot;
+            let snap = written_snapshot(store.update_key(&id, patch)?.loaded)?;
             print(&key_json(&snap, key_index(&snap, &id)?, None))
         }
         KeyCommand::Revoke { id } => {
@@ -241,11 +238,8 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 ..
             } = store.rotate_key(&id, grace, &prefix)?;
             eprintln!("Give the new secret to its owner now: keygate keeps only its hash.");
-            print(&key_json(
-                &loaded.snapshot,
-                key_index(&loaded.snapshot, &id)?,
-                Some(secret),
-            ))
+            let snap = written_snapshot(loaded)?;
+            print(&key_json(&snap, key_index(&snap, &id)?, Some(secret)))
         }
     }
 }
@@ -281,7 +275,7 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                 rate_limit: fields.rate_limit,
                 max_keys: fields.max_keys,
             };
-            show(&store.create_consumer(new)?.loaded.snapshot, &id)
+            show(&written_snapshot(store.create_consumer(new)?.loaded)?, &id)
         }
         ConsumerCommand::Update {
             id,
@@ -304,7 +298,10 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                     fields.max_keys.map(Some)
                 },
             };
-            show(&store.update_consumer(&id, patch)?.loaded.snapshot, &id)
+            show(
+                &written_snapshot(store.update_consumer(&id, patch)?.loaded)?,
+                &id,
+            )
         }
         ConsumerCommand::Delete { id } => {
             store.delete_consumer(&id)?;
@@ -312,6 +309,13 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The config a command's change produced (a command's store has no publisher, so it is there).
+fn written_snapshot(loaded: Option<crate::config::Loaded>) -> anyhow::Result<Snapshot> {
+    loaded
+        .map(|l| l.snapshot)
+        .ok_or_else(|| anyhow::anyhow!("the change was published elsewhere"))
 }
 
 fn key_index(snap: &Snapshot, id: &str) -> anyhow::Result<usize> {

@@ -134,17 +134,19 @@ where
 /// A change that was written: its result, and the config as it now is on disk.
 pub struct Written<T> {
     pub value: T,
-    pub loaded: Loaded,
+    /// `None` when the store's publisher has taken it.
+    pub loaded: Option<Loaded>,
     /// The main file's bytes, for the reloader's change detection.
     pub main_text: String,
-    /// The store stays locked until this is dropped, so that whoever publishes `loaded` does
-    /// so before the next change can be written: snapshots are published in write order.
-    pub lock: StoreLock,
 }
 
+/// What a running gateway does with each change it writes, while the store is still locked
+/// (so that changes are published in the order they were written): publish it.
+pub type Publisher = Box<dyn Fn(Loaded, &str) + Send + Sync>;
+
 /// An exclusive lock on the store, across threads and processes (an OS file lock on a lock
-/// file beside the keys file). Released when dropped.
-pub struct StoreLock(#[allow(dead_code)] std::fs::File);
+/// file beside the keys file). Released when dropped; never leaves `Store::change`.
+struct StoreLock(#[allow(dead_code)] std::fs::File);
 
 impl StoreLock {
     fn acquire(keys_file: &Path) -> std::io::Result<StoreLock> {
@@ -168,11 +170,25 @@ impl StoreLock {
 /// The keys file of one config.
 pub struct Store {
     config: PathBuf,
+    publisher: Option<Publisher>,
 }
 
 impl Store {
+    /// A store for the commands: changes are written; a running gateway reloads them.
     pub fn new(config: PathBuf) -> Store {
-        Store { config }
+        Store {
+            config,
+            publisher: None,
+        }
+    }
+
+    /// A store for the gateway: each change is also handed to `publisher` before the lock is
+    /// released. `Written::loaded` is then `None`: the publisher took it.
+    pub fn publishing(config: PathBuf, publisher: Publisher) -> Store {
+        Store {
+            config,
+            publisher: Some(publisher),
+        }
     }
 
     /// Applies `op` to the keys file, validates, writes atomically. Blocking: call it from a
@@ -224,11 +240,18 @@ impl Store {
             path: path.clone(),
             source,
         })?;
+        let loaded = match &self.publisher {
+            Some(publish) => {
+                publish(loaded, &main_text);
+                None
+            }
+            None => Some(loaded),
+        };
+        drop(lock);
         Ok(Written {
             value,
             loaded,
             main_text,
-            lock,
         })
     }
 
@@ -800,7 +823,7 @@ secret = "static-secret"
         let text = keys_text(&d);
         assert!(!text.contains(&secret), "the secret must never be stored");
         assert!(text.contains(&KeyHash::of(secret.as_bytes()).to_string()));
-        let snap = w.loaded.snapshot;
+        let snap = w.loaded.unwrap().snapshot;
         let (_, key, _) = snap.key_by_hash(&KeyHash::of(secret.as_bytes())).unwrap();
         assert_eq!(key.id.as_str(), "api");
         assert!(key.managed);
@@ -896,7 +919,12 @@ secret = "static-secret"
             paths: Some(vec!["/reports".into()]),
             ..Default::default()
         };
-        let snap = store.update_key("k", patch).unwrap().loaded.snapshot;
+        let snap = store
+            .update_key("k", patch)
+            .unwrap()
+            .loaded
+            .unwrap()
+            .snapshot;
         let k = snap.keys.iter().find(|k| k.id.as_str() == "k").unwrap();
         assert_eq!(
             (k.status, k.access, k.rate_limit),
@@ -979,13 +1007,14 @@ secret = "static-secret"
         let w = store
             .rotate_key("k", Duration::from_secs(60), "kg_")
             .unwrap();
-        let snap = w.loaded.snapshot;
+        let snap = w.loaded.unwrap().snapshot;
         let (_, _, matched) = snap.key_by_hash(&KeyHash::of(first.as_bytes())).unwrap();
         assert!(matches!(matched, crate::snapshot::Matched::Previous(_)));
         assert!(snap.key_by_hash(&KeyHash::of(w.value.as_bytes())).is_some());
         let w = store.rotate_key("k", Duration::ZERO, "kg_").unwrap();
         assert!(
             w.loaded
+                .unwrap()
                 .snapshot
                 .key_by_hash(&KeyHash::of(first.as_bytes()))
                 .is_none()
@@ -1057,6 +1086,7 @@ secret = "static-secret"
             .remove_consumer_ip("acme", "192.0.2.0/24")
             .unwrap()
             .loaded
+            .unwrap()
             .snapshot;
         assert!(snap.consumers[0].allow_ips.is_empty());
     }
