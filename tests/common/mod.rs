@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod live;
 pub mod policy;
 
 use std::convert::Infallible;
