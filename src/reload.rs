@@ -294,13 +294,15 @@ pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<()> {
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     }
 
+    // Registered before `spawn` returns, so before "keygate listening" is logged: a SIGHUP that
+    // arrives from then on reloads instead of taking the default action, which is to exit.
+    let mut hup = hangup();
     tokio::spawn(async move {
         // Owned by the task: dropping the watcher would stop the events.
         let _watcher = watcher;
         let mut periodic = tokio::time::interval(PERIODIC_CHECK);
         periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         periodic.tick().await;
-        let mut hup = hangup();
         loop {
             let trigger = tokio::select! {
                 Some(()) = rx.recv() => {
