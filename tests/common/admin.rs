@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
-use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -84,39 +83,8 @@ pub async fn poll<T>(limit: Duration, what: &str, mut probe: impl AsyncFnMut() -
 // Files
 // ---------------------------------------------------------------------------------------------
 
-/// A fresh directory under the system's temp dir, removed with everything in it when dropped.
-pub struct Dir(PathBuf);
-
-impl Dir {
-    pub fn new(name: &str) -> Dir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "keygate-admin-{}-{n}-{nanos}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Dir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A fresh temp directory, removed when dropped (the one the reload tests use).
+pub use super::live::TempDir as Dir;
 
 /// The main config: `keys_file = "keys.toml"`, `[admin]` on `admin_listen` with an admin and a
 /// read admin key, targets `main` (`/`) and `other` (`/other`) on the upstream, a main-file
