@@ -65,6 +65,8 @@ pub struct Reloader {
     published: Arc<Published>,
     /// Listen address the running listener was configured with: a change needs a restart.
     listen: SocketAddr,
+    /// The same for the admin API's listener (`None`: no admin API is running).
+    admin_listen: Option<SocketAddr>,
     /// Reloads are serialized; holds the content hash last seen (good or bad).
     seen: Mutex<Seen>,
     /// The listener's certificate, when it speaks TLS.
@@ -87,6 +89,7 @@ impl Reloader {
         certs: Option<Arc<CertStore>>,
     ) -> Reloader {
         let keys_file = published.load().keys_file.clone();
+        let admin_listen = published.load().admin.as_ref().map(|a| a.listen);
         let seen = Seen {
             content: Some(digest(initial, keys_file.as_deref())),
             failed: false,
@@ -95,6 +98,7 @@ impl Reloader {
             path,
             published,
             listen,
+            admin_listen,
             seen: Mutex::new(seen),
             certs,
         }
@@ -211,6 +215,14 @@ impl Reloader {
                 running = %self.listen,
                 configured = %next.server.listen,
                 "[server] listen changed: restart keygate to apply it; keeping the running listener"
+            );
+        }
+        let admin_listen = next.admin.as_ref().map(|a| a.listen);
+        if admin_listen != self.admin_listen {
+            tracing::warn!(
+                running = ?self.admin_listen,
+                configured = ?admin_listen,
+                "[admin] listen changed: restart keygate to apply it; keeping the running admin listener"
             );
         }
         let (added, removed, changed) = diff(&self.published.load(), &next);

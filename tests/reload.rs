@@ -535,6 +535,40 @@ async fn a_changed_listen_address_is_logged_as_needing_a_restart_and_ignored() {
     kg.stop().await;
 }
 
+/// A changed `[admin] listen` is logged as needing a restart too; the rest of the file applies.
+#[tokio::test]
+async fn a_changed_admin_listen_address_is_logged_as_needing_a_restart() {
+    let dir = TempDir::new("admin-listen");
+    let path = dir.join("keygate.toml");
+    let up = start_upstream("main").await;
+    let admin = |listen: &str| format!("\n[admin]\nlisten = \"{listen}\"\n");
+    let first = plain_config(up.addr, &(kept() + &revoked())) + &admin("127.0.0.1:0");
+    std::fs::write(&path, first).unwrap();
+    let mut kg = KeygateProcess::start(&path).await;
+    assert_admitted(kg.addr, REVOKED, "revoked").await;
+
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let elsewhere = reserved.local_addr().unwrap();
+    let moved = plain_config(up.addr, &kept()) + &admin(&elsewhere.to_string());
+    replace_file(&path, moved.as_bytes());
+
+    until_status(kg.addr, REVOKED, 403, "key_invalid").await;
+    let line = kg
+        .wait_log("the admin restart warning", |l| {
+            l.contains("[admin] listen changed")
+        })
+        .await;
+    assert!(line.contains("restart"), "{line}");
+    assert!(line.contains(&elsewhere.to_string()), "{line}");
+    assert!(
+        TcpStream::connect(elsewhere).await.is_err(),
+        "something listens on {elsewhere}"
+    );
+    kg.assert_running();
+    kg.stop().await;
+}
+
 /// A bad file is logged once, with file, line and column; writing the same bad content again
 /// logs nothing more; the next good file is reloaded.
 #[tokio::test]
