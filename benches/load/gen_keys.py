@@ -69,9 +69,19 @@ def main() -> int:
         '  wrk.headers["X-API-Key"] = keys[i]',
         "  return wrk.format()",
         "end",
+        "-- exact percentiles in microseconds, parsed by report.py (wrk prints no p99.9)",
+        "done = function(summary, latency, requests)",
+        '  io.write(string.format("KG_PCT p50=%d p99=%d p999=%d\\n",',
+        "    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))",
+        "end",
         "",
     ]
     w("keys.lua", "\n".join(lua))
+    # The same load with a new connection per request: the server closes after each answer
+    # and wrk reconnects.
+    close = [l for l in lua]
+    close[close.index('  wrk.headers["X-API-Key"] = keys[i]')] += '\n  wrk.headers["Connection"] = "close"'
+    w("keys-close.lua", "\n".join(close))
     return 0
 
 

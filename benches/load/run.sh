@@ -5,6 +5,7 @@
 #   KEYS=10000 ROUNDS=1 benches/load/run.sh # quicker
 #
 # Environment: KEYS (10000), ROUNDS (3), DURATION (wrk -d, 5s), CONNS (32), THREADS (1),
+# CASES ("keepalive close": HTTP/1.1 keep-alive, and a new connection per request),
 # LUA_KEYS (2000: distinct keys the load cycles through), TOTAL_TIMEOUT (seconds, 1800),
 # KEYGATE_LOG (warn), OUT (benches/load/results.json).
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
@@ -25,6 +26,10 @@ DURATION="${DURATION:-5s}"
 CONNS="${CONNS:-32}"
 THREADS="${THREADS:-1}"
 LUA_KEYS="${LUA_KEYS:-2000}"
+CASES="${CASES:-keepalive close}"
+for case in $CASES; do
+  [[ "$case" == keepalive || "$case" == close ]] || { echo "[load] unknown case $case (keepalive, close)" >&2; exit 2; }
+done
 OUT="${OUT:-$HERE/results.json}"
 export KEYGATE_LOG="${KEYGATE_LOG:-warn}"
 
@@ -237,20 +242,23 @@ RAW="$WORK/raw.tsv"
 for c in direct nginx haproxy keygate; do
   wrk -t1 -c4 -d1s -s "$WORK/keys.lua" "http://127.0.0.1:$(port_of "$c")/" >/dev/null 2>&1 || true
 done
+lua_of() { if [[ "$1" == close ]]; then echo "$WORK/keys-close.lua"; else echo "$WORK/keys.lua"; fi; }
 for r in $(seq 1 "$ROUNDS"); do
-  for c in direct nginx haproxy keygate; do
-    pids=$(gate_pids "$c")
-    t0=$(cpu_ticks $pids)
-    out="$WORK/wrk-$c-$r.txt"
-    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$WORK/keys.lua" \
-      "http://127.0.0.1:$(port_of "$c")/" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed against $c"; }
-    t1=$(cpu_ticks $pids)
-    rss=$(rss_kb $pids)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$r" "$((t1 - t0))" "$CLK_TCK" "$rss" "$out" >>"$RAW"
-    log "round $r/$ROUNDS $c: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')"
+  for case in $CASES; do
+    for c in direct nginx haproxy keygate; do
+      pids=$(gate_pids "$c")
+      t0=$(cpu_ticks $pids)
+      out="$WORK/wrk-$case-$c-$r.txt"
+      wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$(lua_of "$case")" \
+        "http://127.0.0.1:$(port_of "$c")/" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed against $c"; }
+      t1=$(cpu_ticks $pids)
+      rss=$(rss_kb $pids)
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$c" "$r" "$((t1 - t0))" "$CLK_TCK" "$rss" "$out" >>"$RAW"
+      log "round $r/$ROUNDS $case $c: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')"
+    done
   done
 done
 
 python3 "$HERE/report.py" "$RAW" "$OUT" \
   --keys "$KEYS" --conns "$CONNS" --threads "$THREADS" --duration "$DURATION" --rounds "$ROUNDS" \
-  --lua-keys "$LUA_KEYS"
+  --lua-keys "$LUA_KEYS" --cases "$CASES"
