@@ -305,6 +305,10 @@ pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<()> {
     for dir in reloader.watched_dirs() {
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     }
+    // A change made between reading the config and setting up the watch raised no event: check
+    // the files once now, before the listener is announced (usually they are unchanged: one
+    // read and hash), instead of leaving it to the periodic check.
+    reloader.reload_all(Trigger::FileEvent);
 
     // Registered before `spawn` returns, so before "keygate listening" is logged: a SIGHUP that
     // arrives from then on reloads instead of taking the default action, which is to exit.

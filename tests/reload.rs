@@ -569,6 +569,36 @@ async fn a_changed_admin_listen_address_is_logged_as_needing_a_restart() {
     kg.stop().await;
 }
 
+/// A change made after the config was read but before the watch was set up raises no event;
+/// it is still picked up at once, not at the next periodic check (5 s away).
+#[tokio::test]
+async fn a_change_before_the_watch_starts_is_picked_up_at_once() {
+    let dir = TempDir::new("before-watch");
+    let path = dir.join("keygate.toml");
+    let up = start_upstream("main").await;
+    std::fs::write(&path, plain_config(up.addr, &(kept() + &revoked()))).unwrap();
+    let (loaded, text) = keygate::load(&path).unwrap();
+    // The revocation lands between `load` and `serve`.
+    replace_file(&path, plain_config(up.addr, &kept()).as_bytes());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = path.clone();
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let _ = keygate::serve(&served, loaded, &text, listener, std::future::pending()).await;
+    });
+    // `until_status` gives up after 3 s: before the periodic check could have done it.
+    until_status(addr, REVOKED, 403, "key_invalid").await;
+    assert_admitted(addr, KEPT, "kept").await;
+    runtime.shutdown_background();
+}
+
 /// A bad file is logged once, with file, line and column; writing the same bad content again
 /// logs nothing more; the next good file is reloaded.
 #[tokio::test]
