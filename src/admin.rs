@@ -7,13 +7,15 @@
 //! deleted one is refused.
 //!
 //! Errors are problem+json like the proxy's, with these `code`s: `key_missing`, `key_invalid`,
-//! `role_insufficient` (403), `invalid_body`, `invalid_field`, `invalid_change` (400),
+//! `role_insufficient` (403), `too_many_failures` (429, after `[server] failed_auth_limit` wrong
+//! keys from one address), `invalid_body`, `invalid_field`, `invalid_change` (400),
 //! `not_found` (404), `method_not_allowed` (405), `key_read_only`, `consumer_read_only`,
 //! `id_taken`, `key_limit_reached`, `consumer_in_use`, `no_keys_file`, `store_invalid` (409),
 //! `internal` (500).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 
+use crate::limits::FailedAuth;
 use crate::proxy::request_id;
 use crate::reload::Reloader;
 use crate::secret::KeyHash;
@@ -45,7 +48,14 @@ const MAX_LIMIT: usize = 1000;
 pub struct Admin {
     published: Arc<Published>,
     store: Arc<Store>,
+    /// Wrong admin keys per client address, limited by `[server] failed_auth_limit` like the
+    /// proxy's: an admin key is worth more than any API key, so guessing it must be as slow.
+    failures: FailedAuth,
+    epoch: std::time::Instant,
 }
+
+/// Addresses tracked for failed admin logins (32 KiB): the admin port sees few clients.
+const ADMIN_FAILURE_SLOTS: usize = 4096;
 
 impl Admin {
     pub fn new(published: Arc<Published>, reloader: Arc<Reloader>) -> Admin {
@@ -55,7 +65,12 @@ impl Admin {
             adopt.adopt(loaded, main_text);
         });
         let store = Arc::new(Store::publishing(reloader.path().to_path_buf(), publish));
-        Admin { published, store }
+        Admin {
+            published,
+            store,
+            failures: FailedAuth::new(ADMIN_FAILURE_SLOTS),
+            epoch: std::time::Instant::now(),
+        }
     }
 }
 
@@ -64,7 +79,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Futu
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -79,7 +94,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Futu
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                async move { Ok::<_, Infallible>(admin.handle(req, peer.ip()).await) }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -95,6 +110,8 @@ pub struct Problem {
     code: &'static str,
     detail: String,
     field: Option<String>,
+    /// Seconds, for a 429.
+    retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -104,6 +121,7 @@ impl Problem {
             code,
             detail: detail.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -146,9 +164,9 @@ impl From<StoreError> for Problem {
 type Answer = Result<Response<Full<Bytes>>, Problem>;
 
 impl Admin {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
         let request_id = request_id::of(req.headers());
-        let mut resp = match self.route(req).await {
+        let mut resp = match self.route(req, peer).await {
             Ok(resp) => resp,
             Err(p) => problem(&p, &request_id),
         };
@@ -160,7 +178,21 @@ impl Admin {
     }
 
     /// The caller's role, from `X-API-Key`.
-    fn role(&self, req: &Request<Incoming>) -> Result<Role, Problem> {
+    fn role(&self, req: &Request<Incoming>, peer: IpAddr) -> Result<Role, Problem> {
+        let ip = crate::proxy::client_ip::canonical(peer);
+        let (limit, now) = (
+            self.published.load().server.failed_auth_limit,
+            self.epoch.elapsed(),
+        );
+        if let Err(secs) = self.failures.blocked(ip, limit, now) {
+            let mut p = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                "Too many requests with invalid admin keys from this address.",
+            );
+            p.retry_after = Some(secs);
+            return Err(p);
+        }
         let mut values = req.headers().get_all("x-api-key").iter();
         let secret = match (values.next(), values.next()) {
             (Some(v), None) if !v.is_empty() => v.as_bytes(),
@@ -186,16 +218,19 @@ impl Admin {
             .and_then(|a| a.keys.get(&KeyHash::of(secret)));
         match found {
             Some(k) => Ok(k.role),
-            None => Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "key_invalid",
-                "The admin key is not valid.",
-            )),
+            None => {
+                self.failures.record(ip, limit, now);
+                Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "key_invalid",
+                    "The admin key is not valid.",
+                ))
+            }
         }
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Answer {
-        let role = self.role(&req)?;
+    async fn route(&self, req: Request<Incoming>, peer: IpAddr) -> Answer {
+        let role = self.role(&req, peer)?;
         let path = req.uri().path().to_owned();
         let segments: Vec<String> = path
             .trim_matches('/')
@@ -594,6 +629,10 @@ fn problem(p: &Problem, request_id: &HeaderValue) -> Response<Full<Bytes>> {
         CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
+    if let Some(secs) = p.retry_after {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     resp
 }
 

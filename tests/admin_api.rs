@@ -1327,3 +1327,41 @@ async fn errors_are_problem_json_with_the_request_id() {
     assert_eq!(resp.header("cache-control"), Some("no-store"));
     assert_no_keygate_panic();
 }
+
+/// Wrong admin keys count against the caller's address like wrong API keys do: past
+/// `failed_auth_limit`, even a good admin key from there gets 429 with Retry-After.
+#[tokio::test]
+async fn guessing_admin_keys_is_limited_per_address() {
+    let g = Gateway::start("admin-guessing").await;
+    // Lower the shared test config's generous limit, and add a key whose arrival shows that
+    // the reload is in.
+    let text = std::fs::read_to_string(&g.files.config).unwrap();
+    let text = text.replace(
+        "failed_auth_limit = \"10000/second\"",
+        "failed_auth_limit = \"3/minute\"",
+    ) + &format!(
+        "\n[[keys]]\nid = \"probe\"\nhash = \"{}\"\n",
+        keygate_hash("probe-secret")
+    );
+    let tmp = g.files.config.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &g.files.config).unwrap();
+    until_outcome(g.proxy, "probe-secret", 200, "").await;
+
+    // A missing key is not a guess.
+    let nobody = Api::new(g.admin, None);
+    for _ in 0..5 {
+        assert_problem(&nobody.get("/v1/keys").await, 403, "key_missing");
+    }
+    let guesser = Api::new(g.admin, Some("not-an-admin-key"));
+    for _ in 0..3 {
+        assert_problem(&guesser.get("/v1/keys").await, 403, "key_invalid");
+    }
+    let blocked = g.api().get("/v1/keys").await;
+    assert_problem(&blocked, 429, "too_many_failures");
+    let retry: u64 = blocked
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=20).contains(&retry), "Retry-After {retry}");
+}
