@@ -236,6 +236,10 @@ rss_kb() { local t=0 p r; for p in "$@"; do
 
 port_of() { case "$1" in direct) echo "$UP_PORT" ;; nginx) echo "$NGX_PORT" ;; haproxy) echo "$HAP_PORT" ;; keygate) echo "$KG_PORT" ;; esac; }
 
+read -r LOAD1 _ </proc/loadavg
+if python3 -c "import sys; sys.exit(0 if float('$LOAD1') > 0.5 else 1)"; then
+  log "warning: load average $LOAD1 before the run: other work shares these cores, figures will be noisy"
+fi
 RAW="$WORK/raw.tsv"
 : >"$RAW"
 # Warm-up: a short run through each so first-connection costs are not in round 1.
