@@ -60,6 +60,7 @@ def main() -> int:
         p.add_argument(f"--{k}", type=int)
     p.add_argument("--duration")
     p.add_argument("--cases", default="keepalive")
+    p.add_argument("--keygate-start-s", type=float)
     a = p.parse_args()
 
     runs = []
@@ -122,7 +123,10 @@ def main() -> int:
                 f"{name:<16}{fmt(rr['rps']):>10}{fmt(rr['p50_ms']):>9}{fmt(rr['p99_ms']):>9}"
                 f"{fmt(rr['p999_ms']):>10}{fmt(rr['cpu_s_per_100k']):>12}{fmt(rr['rss_mb']):>9}{'':>8}"
             )
-    print("(direct has no gate process, so no CPU or RSS; CPU is the gate's processes' utime+stime)")
+    print("(direct has no gate process, so no CPU or RSS; CPU is the gate's processes' utime+stime;")
+    print(" RSS is summed over the gate's processes, so nginx's master and workers count shared pages twice)")
+    if a.keygate_start_s is not None:
+        print(f"keygate start with {a.keys} keys (launch to first answer): {a.keygate_start_s:.2f} s")
 
     result = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -131,6 +135,7 @@ def main() -> int:
         "lua_keys": a.lua_keys,
         "wrk": {"threads": a.threads, "connections": a.conns, "duration": a.duration},
         "rounds": a.rounds,
+        "keygate_start_s": a.keygate_start_s,
         "cases": cases,
         "runs": runs,
     }

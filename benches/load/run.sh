@@ -197,9 +197,12 @@ upstream = "http://127.0.0.1:$UP_PORT"
 
 CONF
 cat "$WORK/keygate-keys.toml" >>"$WORK/keygate.toml"
+KG_T0=$(date +%s.%N)
 "$KEYGATE" run --config "$WORK/keygate.toml" >"$WORK/keygate.log" 2>&1 &
 PIDS+=($!); KG_PID=$!
 wait_port "$KG_PORT" "keygate"
+KG_START_S=$(python3 -c "import time; print(round(time.time() - $KG_T0, 3))")
+log "keygate loaded $KEYS keys and listened after ${KG_START_S}s"
 
 # ---- correctness before load --------------------------------------------------------------
 check() { # name port key expected
@@ -265,4 +268,4 @@ done
 
 python3 "$HERE/report.py" "$RAW" "$OUT" \
   --keys "$KEYS" --conns "$CONNS" --threads "$THREADS" --duration "$DURATION" --rounds "$ROUNDS" \
-  --lua-keys "$LUA_KEYS" --cases "$CASES"
+  --lua-keys "$LUA_KEYS" --cases "$CASES" --keygate-start-s "$KG_START_S"
