@@ -8,7 +8,9 @@ Writes into OUTDIR:
   keygate-keys.toml  [[keys]] with id + sha256 hash only (no rate limits, IPs, expiry)
   nginx-map.conf     lines for an nginx `map $http_x_api_key $key_ok { ... }` block
   haproxy.map        one "secret 1" line per key, for HAProxy's map() converter
-  keys.lua           a wrk script that cycles the first M secrets (default 2000) over requests
+  keys.lua           a wrk script that cycles M secrets (default 2000) over requests
+  keys-close.lua     the same with `Connection: close` (a new connection per request)
+  keys-post.lua      the same with a 1 MB POST body
 Secrets look like `keygate keys generate` output ("kg_" + 43 URL-safe base64 characters) and
 are derived from the seed, so a given N and seed always give the same files. Stdlib only.
 """
@@ -82,6 +84,9 @@ def main() -> int:
     close = [l for l in lua]
     close[close.index('  wrk.headers["X-API-Key"] = keys[i]')] += '\n  wrk.headers["Connection"] = "close"'
     w("keys-close.lua", "\n".join(close))
+    # The same load with a 1 MB POST body on every request (keep-alive).
+    post = ['wrk.method = "POST"', 'wrk.body = string.rep("x", 1048576)'] + lua
+    w("keys-post.lua", "\n".join(post))
     return 0
 
 

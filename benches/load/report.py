@@ -49,7 +49,8 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
-CASE_TITLES = {"keepalive": "HTTP/1.1 keep-alive", "close": "HTTP/1.1, new connection per request"}
+CASE_TITLES = {"keepalive": "HTTP/1.1 keep-alive", "close": "HTTP/1.1, new connection per request",
+               "post": "HTTP/1.1 keep-alive, 1 MB POST body"}
 
 
 def main() -> int:

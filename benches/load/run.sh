@@ -5,7 +5,8 @@
 #   KEYS=10000 ROUNDS=1 benches/load/run.sh # quicker
 #
 # Environment: KEYS (10000), ROUNDS (3), DURATION (wrk -d, 5s), CONNS (32), THREADS (1),
-# CASES ("keepalive close": HTTP/1.1 keep-alive, and a new connection per request),
+# CASES ("keepalive close post": HTTP/1.1 keep-alive, a new connection per request, and a
+# 1 MB POST body over keep-alive),
 # LUA_KEYS (2000: distinct keys the load cycles through), TOTAL_TIMEOUT (seconds, 1800),
 # KEYGATE_LOG (warn), OUT (benches/load/results.json).
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
@@ -26,9 +27,10 @@ DURATION="${DURATION:-5s}"
 CONNS="${CONNS:-32}"
 THREADS="${THREADS:-1}"
 LUA_KEYS="${LUA_KEYS:-2000}"
-CASES="${CASES:-keepalive close}"
+CASES="${CASES:-keepalive close post}"
 for case in $CASES; do
-  [[ "$case" == keepalive || "$case" == close ]] || { echo "[load] unknown case $case (keepalive, close)" >&2; exit 2; }
+  [[ "$case" == keepalive || "$case" == close || "$case" == post ]] ||
+    { echo "[load] unknown case $case (keepalive, close, post)" >&2; exit 2; }
 done
 OUT="${OUT:-$HERE/results.json}"
 export KEYGATE_LOG="${KEYGATE_LOG:-warn}"
@@ -107,6 +109,7 @@ http {
   client_body_temp_path $WORK/up/body; proxy_temp_path $WORK/up/proxy;
   fastcgi_temp_path $WORK/up/fcgi; uwsgi_temp_path $WORK/up/uwsgi; scgi_temp_path $WORK/up/scgi;
   keepalive_requests 1000000;
+  client_max_body_size 2m;
   server {
     listen 127.0.0.1:$UP_PORT;
     location / { return 200 "ok"; }
@@ -131,6 +134,8 @@ http {
   client_body_temp_path $WORK/ngx/body; proxy_temp_path $WORK/ngx/proxy;
   fastcgi_temp_path $WORK/ngx/fcgi; uwsgi_temp_path $WORK/ngx/uwsgi; scgi_temp_path $WORK/ngx/scgi;
   keepalive_requests 1000000;
+  client_max_body_size 2m;
+  client_body_buffer_size 2m;  # 1 MB POST bodies buffered in memory, not in temp files
   map_hash_max_size $HASH_MAX;
   map_hash_bucket_size 512;
   map \$http_x_api_key \$key_ok {
@@ -249,7 +254,7 @@ RAW="$WORK/raw.tsv"
 for c in direct nginx haproxy keygate; do
   wrk -t1 -c4 -d1s -s "$WORK/keys.lua" "http://127.0.0.1:$(port_of "$c")/" >/dev/null 2>&1 || true
 done
-lua_of() { if [[ "$1" == close ]]; then echo "$WORK/keys-close.lua"; else echo "$WORK/keys.lua"; fi; }
+lua_of() { case "$1" in close) echo "$WORK/keys-close.lua" ;; post) echo "$WORK/keys-post.lua" ;; *) echo "$WORK/keys.lua" ;; esac; }
 for r in $(seq 1 "$ROUNDS"); do
   for case in $CASES; do
     for c in direct nginx haproxy keygate; do
