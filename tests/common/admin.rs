@@ -10,7 +10,6 @@ use std::process::{ExitStatus, Output, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use super::*;
 
@@ -536,8 +535,6 @@ pub async fn try_send(
 // ---------------------------------------------------------------------------------------------
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-/// Log lines kept from a child, at most.
-const MAX_LOG_LINES: usize = 100_000;
 
 /// `keygate run` as a child process, its log collected line by line. Killed when dropped.
 pub struct Process {
@@ -550,31 +547,7 @@ pub struct Process {
 impl Process {
     /// Runs the binary on `config` and waits until it logs where both listeners are.
     pub async fn start(config: &Path) -> Process {
-        let mut child = tokio::process::Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env_remove("KEYGATE_CONFIG")
-            .env_remove("RUST_LOG")
-            .env("KEYGATE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run keygate");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            for _ in 0..MAX_LOG_LINES {
-                match lines.next_line().await {
-                    Ok(Some(line)) => sink.lock().unwrap().push(line),
-                    _ => break,
-                }
-            }
-        });
+        let (child, log) = super::live::spawn_logged(config);
         let unset: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut p = Process {
             proxy: unset,

@@ -281,6 +281,37 @@ const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 /// Log lines kept from a child, at most.
 const MAX_LOG_LINES: usize = 100_000;
 
+/// Starts `keygate run --config <config>` (log level info, no colours) and collects its stderr
+/// line by line (at most [`MAX_LOG_LINES`]). The child is killed when dropped.
+pub fn spawn_logged(config: &Path) -> (tokio::process::Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env_remove("KEYGATE_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("KEYGATE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run keygate");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        for _ in 0..MAX_LOG_LINES {
+            match lines.next_line().await {
+                Ok(Some(line)) => sink.lock().unwrap().push(line),
+                _ => break,
+            }
+        }
+    });
+    (child, log)
+}
+
 /// `keygate run` as a child process, its log collected line by line. Killed when dropped.
 pub struct KeygateProcess {
     pub addr: SocketAddr,
@@ -292,31 +323,7 @@ impl KeygateProcess {
     /// Runs the binary on `config` (which must listen on `127.0.0.1:0`) and waits until it
     /// logs where it listens.
     pub async fn start(config: &Path) -> KeygateProcess {
-        let mut child = tokio::process::Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env_remove("KEYGATE_CONFIG")
-            .env_remove("RUST_LOG")
-            .env("KEYGATE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run keygate");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            for _ in 0..MAX_LOG_LINES {
-                match lines.next_line().await {
-                    Ok(Some(line)) => sink.lock().unwrap().push(line),
-                    _ => break,
-                }
-            }
-        });
+        let (child, log) = spawn_logged(config);
         let mut process = KeygateProcess {
             addr: "127.0.0.1:0".parse().unwrap(),
             child,
