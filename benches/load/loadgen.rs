@@ -1,0 +1,2 @@
+//! Placeholder: the load harness's own client (constant rate, h2c) is being written.
+fn main() {}
