@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Turns the load harness's raw runs into a table of medians with ratios, and a JSON file.
+"""Turns the load harness's raw runs into tables of medians with ratios, and a JSON file.
 
-Usage: report.py RAW.tsv OUT.json [--keys N ...]   (called by benches/load/run.sh)
-RAW.tsv lines: case, config, round, cpu ticks of the gate during the run, CLK_TCK, RSS kB, wrk output.
+Usage: report.py RAW.tsv OUT.json --meta META.tsv [--conns N ...]   (called by benches/load/run.sh)
+RAW.tsv lines: keys, case, config, round, cpu ticks of the gate during the run, CLK_TCK, RSS kB,
+tool (wrk or loadgen), the tool's output file.
+META.tsv lines (one per table size): keys, keygate start s, constant rate (or -), how the rate
+was chosen (or -), the cases run at that size.
 Exits non-zero if any request failed (non-2xx answers or socket errors). Stdlib only.
 """
 
@@ -16,7 +19,17 @@ import sys
 import time
 
 CONFIGS = ["direct", "nginx", "haproxy", "keygate"]
+GATES = ["nginx", "haproxy", "keygate"]
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+CASE_TITLES = {
+    "keepalive": "HTTP/1.1 keep-alive",
+    "close": "HTTP/1.1, new connection per request",
+    "h2c": "h2c (HTTP/2, prior knowledge), saturation",
+    "post": "HTTP/1.1 keep-alive, 1 MB POST body",
+    "rate": "HTTP/1.1 keep-alive at a constant rate",
+}
+# Below this share of the target rate a constant-rate run did not really run at that rate.
+RATE_SHORTFALL = 0.95
 
 
 def dur_ms(text: str) -> float:
@@ -38,10 +51,37 @@ def parse_wrk(path: str) -> dict:
         lat["50"], lat["99"], lat["99.9"] = (int(x) / 1000 for x in exact.groups())
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    errors = (int(non2xx.group(1)) if non2xx else 0) + (
-        sum(int(x) for x in sock.groups()) if sock else 0
-    )
-    return {"rps": rps, "requests": total, "p50_ms": lat["50"], "p99_ms": lat["99"], "p999_ms": lat.get("99.9"), "errors": errors}
+    non2xx = int(non2xx.group(1)) if non2xx else 0
+    socket = sum(int(x) for x in sock.groups()) if sock else 0
+    return {
+        "rps": rps,
+        "requests": total,
+        "p50_ms": lat["50"],
+        "p99_ms": lat["99"],
+        "p999_ms": lat.get("99.9"),
+        "non_2xx": non2xx,
+        "socket_errors": socket,
+        "errors": non2xx + socket,
+    }
+
+
+def parse_loadgen(path: str) -> dict:
+    d = json.load(open(path, encoding="utf-8"))
+    lat = d["latency_ms"]
+    return {
+        "rps": d["rps"],
+        "requests": d["requests"],
+        "p50_ms": lat["p50"],
+        "p99_ms": lat["p99"],
+        "p999_ms": lat["p999"],
+        "max_ms": lat["max"],
+        "non_2xx": d["non_2xx"],
+        "socket_errors": d["socket_errors"],
+        "errors": d["non_2xx"] + d["socket_errors"],
+        "target_rps": d["target_rps"],
+        "achieved_ratio": d["achieved_ratio"],
+        "unsent": d["unsent"],
+    }
 
 
 def med(xs):
@@ -49,105 +89,224 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
-CASE_TITLES = {"keepalive": "HTTP/1.1 keep-alive", "close": "HTTP/1.1, new connection per request",
-               "post": "HTTP/1.1 keep-alive, 1 MB POST body"}
+def fmt(x, nd=2):
+    return "-" if x is None else f"{x:,.{nd}f}"
+
+
+FIELDS = ["rps", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_100k", "rss_mb"]
+
+
+def case_table(case, rs, keys, a, rate, basis):
+    """Medians, ratios and (rate) p99 added over direct for one case at one table size; prints it."""
+    medians = {}
+    for c in CONFIGS:
+        mine = [r for r in rs if r["config"] == c]
+        m = {f: med([r[f] for r in mine]) for f in FIELDS}
+        m["errors"] = sum(r["errors"] for r in mine)
+        m["non_2xx"] = sum(r["non_2xx"] for r in mine)
+        m["socket_errors"] = sum(r["socket_errors"] for r in mine)
+        m["requests"] = sum(r["requests"] for r in mine)
+        m["runs"] = len(mine)
+        if case == "rate":
+            m["achieved_ratio"] = med([r.get("achieved_ratio") for r in mine])
+            m["unsent"] = sum(r.get("unsent") or 0 for r in mine)
+        medians[c] = m
+
+    def ratio(b, f):
+        x, y = medians["keygate"][f], medians[b][f]
+        return x / y if x is not None and y not in (None, 0) else None
+
+    ratios = {f"keygate/{b}": {f: ratio(b, f) for f in FIELDS} for b in ["direct", "nginx", "haproxy"]}
+
+    # p99 added over direct: per round, gate minus direct (adjacent runs), then the median.
+    added = {}
+    for c in GATES:
+        diffs = []
+        for r in rs:
+            if r["config"] != c:
+                continue
+            d = [x for x in rs if x["config"] == "direct" and x["round"] == r["round"]]
+            if d and r["p99_ms"] is not None and d[0]["p99_ms"] is not None:
+                diffs.append(r["p99_ms"] - d[0]["p99_ms"])
+        added[c] = med(diffs)
+
+    if case in ("keepalive", "close", "post"):
+        load = f"wrk -t{a.threads} -c{a.conns} -d{a.duration}"
+    elif case == "h2c":
+        load = f"loadgen h2c {a.h2_conns} connections x {a.h2_streams} streams, -d{a.duration}"
+    else:
+        load = f"loadgen {rate:,.0f} req/s ({basis}) over {a.conns} connections, -d{a.duration}"
+    print()
+    print(
+        f"{CASE_TITLES.get(case, case)}: {keys} keys, {load}, "
+        f"{a.lua_keys} distinct keys in the load, medians of {a.rounds} interleaved round(s)"
+    )
+    extra = case == "rate"
+    hdr = (
+        f"{'config':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+        + (f"{'p99 +ms':>9}" if extra else "")
+        + f"{'CPU s/100k':>12}{'RSS MB':>9}{'errors':>8}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for c in CONFIGS:
+        m = medians[c]
+        print(
+            f"{c:<16}{fmt(m['rps'], 0):>10}{fmt(m['p50_ms'], 3):>9}{fmt(m['p99_ms'], 3):>9}"
+            f"{fmt(m['p999_ms'], 3):>10}"
+            + (f"{fmt(added.get(c), 3):>9}" if extra else "")
+            + f"{fmt(m['cpu_s_per_100k'], 3):>12}{fmt(m['rss_mb'], 1):>9}{m['errors']:>8}"
+        )
+    for name, rr in ratios.items():
+        print(
+            f"{name:<16}{fmt(rr['rps']):>10}{fmt(rr['p50_ms']):>9}{fmt(rr['p99_ms']):>9}"
+            f"{fmt(rr['p999_ms']):>10}"
+            + (f"{'':>9}" if extra else "")
+            + f"{fmt(rr['cpu_s_per_100k']):>12}{fmt(rr['rss_mb']):>9}{'':>8}"
+        )
+    if extra:
+        print("(p99 +ms: p99 added over direct, the median over rounds of gate p99 - direct p99)")
+        for c in CONFIGS:
+            ach = medians[c].get("achieved_ratio")
+            if ach is not None and ach < RATE_SHORTFALL:
+                print(
+                    f"warning: {c} reached only {ach:.0%} of the target rate "
+                    f"({medians[c]['unsent']} requests never sent): its latencies are at overload"
+                )
+    out = {"title": CASE_TITLES.get(case, case), "medians": medians, "ratios": ratios}
+    if extra:
+        out["target_rps"] = rate
+        out["rate_basis"] = basis
+        out["p99_added_over_direct_ms"] = added
+    return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("raw")
     p.add_argument("out")
-    for k in ["keys", "conns", "threads", "rounds", "lua-keys"]:
+    p.add_argument("--meta", required=True)
+    for k in ["conns", "threads", "rounds", "lua-keys", "h2-conns", "h2-streams", "wall-s"]:
         p.add_argument(f"--{k}", type=int)
     p.add_argument("--duration")
-    p.add_argument("--cases", default="keepalive")
-    p.add_argument("--keygate-start-s", type=float)
+    p.add_argument("--smoke", action="store_true")
     a = p.parse_args()
 
     runs = []
     for line in open(a.raw, encoding="utf-8"):
-        case, c, r, ticks, tck, rss, path = line.rstrip("\n").split("\t")
-        w = parse_wrk(path)
+        keys, case, c, r, ticks, tck, rss, tool, path = line.rstrip("\n").split("\t")
+        w = parse_wrk(path) if tool == "wrk" else parse_loadgen(path)
         cpu_s = int(ticks) / int(tck)
         w.update(
+            keys=int(keys),
             case=case,
             config=c,
             round=int(r),
+            tool=tool,
             cpu_s=None if c == "direct" else cpu_s,
             cpu_s_per_100k=None if c == "direct" else cpu_s / max(w["requests"], 1) * 1e5,
             rss_mb=None if c == "direct" else int(rss) / 1024,
         )
         runs.append(w)
 
-    fields = ["rps", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_100k", "rss_mb"]
+    metas = []
+    for line in open(a.meta, encoding="utf-8"):
+        keys, start_s, rate, basis, cases = line.rstrip("\n").split("\t")
+        metas.append(
+            {
+                "keys": int(keys),
+                "keygate_start_s": float(start_s),
+                "rate": None if rate == "-" else float(rate),
+                "basis": None if basis == "-" else basis,
+                "cases": cases.split(),
+            }
+        )
 
-    def fmt(x, nd=2):
-        return "-" if x is None else f"{x:,.{nd}f}"
-
-    cases = {}
+    tables = {}
     failed = 0
-    for case in a.cases.split():
-        medians = {}
-        for c in CONFIGS:
-            rs = [r for r in runs if r["config"] == c and r["case"] == case]
-            medians[c] = {f: med([r[f] for r in rs]) for f in fields}
-            medians[c]["errors"] = sum(r["errors"] for r in rs)
-            medians[c]["runs"] = len(rs)
-            failed += medians[c]["errors"]
-
-        def ratio(b_, f):
-            x, y = medians["keygate"][f], medians[b_][f]
-            return x / y if x is not None and y not in (None, 0) else None
-
-        ratios = {f"keygate/{b}": {f: ratio(b, f) for f in fields} for b in ["direct", "nginx", "haproxy"]}
-        cases[case] = {"medians": medians, "ratios": ratios}
-
-        print()
-        print(
-            f"{CASE_TITLES.get(case, case)}: {a.keys} keys, wrk -t{a.threads} -c{a.conns} -d{a.duration}, "
-            f"{a.lua_keys} distinct keys in the load, medians of {a.rounds} interleaved round(s)"
-        )
-        hdr = (
-            f"{'config':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
-            f"{'CPU s/100k':>12}{'RSS MB':>9}{'errors':>8}"
-        )
-        print(hdr)
-        print("-" * len(hdr))
-        for c in CONFIGS:
-            m = medians[c]
-            print(
-                f"{c:<16}{fmt(m['rps'], 0):>10}{fmt(m['p50_ms'], 3):>9}{fmt(m['p99_ms'], 3):>9}"
-                f"{fmt(m['p999_ms'], 3):>10}{fmt(m['cpu_s_per_100k'], 3):>12}{fmt(m['rss_mb'], 1):>9}{m['errors']:>8}"
-            )
-        for name, rr in ratios.items():
-            print(
-                f"{name:<16}{fmt(rr['rps']):>10}{fmt(rr['p50_ms']):>9}{fmt(rr['p99_ms']):>9}"
-                f"{fmt(rr['p999_ms']):>10}{fmt(rr['cpu_s_per_100k']):>12}{fmt(rr['rss_mb']):>9}{'':>8}"
-            )
+    empty = []
+    for meta in metas:
+        n = meta["keys"]
+        cases = {}
+        for case in meta["cases"]:
+            rs = [r for r in runs if r["keys"] == n and r["case"] == case]
+            cases[case] = case_table(case, rs, n, a, meta["rate"], meta["basis"])
+            for c, m in cases[case]["medians"].items():
+                failed += m["errors"]
+                if m["requests"] == 0:
+                    empty.append(f"{case}/{c} at {n} keys")
+        tables[str(n)] = {
+            "keys": n,
+            "keygate_start_s": meta["keygate_start_s"],
+            "rate_target_rps": meta["rate"],
+            "rate_basis": meta["basis"],
+            "cases": cases,
+        }
+    print()
     print("(direct has no gate process, so no CPU or RSS; CPU is the gate's processes' utime+stime;")
     print(" RSS is summed over the gate's processes, so nginx's master and workers count shared pages twice)")
-    if a.keygate_start_s is not None:
-        print(f"keygate start with {a.keys} keys (launch to first answer): {a.keygate_start_s:.2f} s")
+    for meta in metas:
+        print(f"keygate start with {meta['keys']} keys (launch to first answer): {meta['keygate_start_s']:.2f} s")
+
+    # Cost against the table size: throughput at each larger table / at the first one.
+    scaling = {}
+    if len(metas) > 1:
+        base = metas[0]["keys"]
+        for meta in metas[1:]:
+            n = meta["keys"]
+            per_case = {}
+            for case in meta["cases"]:
+                if case == "rate" or case not in tables[str(base)]["cases"]:
+                    continue  # a constant rate is the same at every size; see its latencies
+                big = tables[str(n)]["cases"][case]["medians"]
+                small = tables[str(base)]["cases"][case]["medians"]
+                per_case[case] = {
+                    c: (big[c]["rps"] / small[c]["rps"] if big[c]["rps"] and small[c]["rps"] else None)
+                    for c in CONFIGS
+                }
+            scaling[f"{n}/{base}"] = per_case
+            print()
+            print(f"Table size: req/s at {n} keys / req/s at {base} keys (medians; 1.00 = flat)")
+            hdr = f"{'case':<16}" + "".join(f"{c:>10}" for c in CONFIGS)
+            print(hdr)
+            print("-" * len(hdr))
+            for case, row in per_case.items():
+                print(f"{case:<16}" + "".join(f"{fmt(row[c]):>10}" for c in CONFIGS))
+            if not per_case:
+                print("(no case ran at both sizes)")
 
     result = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count()},
-        "keys": a.keys,
-        "lua_keys": a.lua_keys,
-        "wrk": {"threads": a.threads, "connections": a.conns, "duration": a.duration},
-        "rounds": a.rounds,
-        "keygate_start_s": a.keygate_start_s,
-        "cases": cases,
+        "smoke": a.smoke,
+        "wall_s": a.wall_s,
+        "settings": {
+            "keys": [m["keys"] for m in metas],
+            "rounds": a.rounds,
+            "duration": a.duration,
+            "lua_keys": a.lua_keys,
+            "wrk": {"threads": a.threads, "connections": a.conns},
+            "h2c": {"connections": a.h2_conns, "streams": a.h2_streams, "threads": a.threads},
+            "rate": {"connections": a.conns, "threads": a.threads},
+        },
+        "tables": tables,
+        "scaling": scaling,
         "runs": runs,
     }
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
     print(f"JSON: {a.out}")
+    if a.wall_s is not None:
+        print(f"wall time so far: {a.wall_s} s")
+    rc = 0
     if failed:
         print(f"FAIL: {failed} requests failed (non-2xx or socket errors)", file=sys.stderr)
-        return 1
-    return 0
+        rc = 1
+    if empty:
+        print(f"FAIL: no request completed in {', '.join(empty)}", file=sys.stderr)
+        rc = 1
+    return rc
 
 
 if __name__ == "__main__":

@@ -1,39 +1,74 @@
 #!/usr/bin/env bash
 # keygate load harness: direct vs nginx vs HAProxy vs keygate, same N keys, one command.
 #
-#   benches/load/run.sh                     # KEYS=10000 ROUNDS=3 DURATION=5s CONNS=32
-#   KEYS=10000 ROUNDS=1 benches/load/run.sh # quicker
+#   benches/load/run.sh                          # the standard run (see docs/performance.md)
+#   KEYS=10000 ROUNDS=1 benches/load/run.sh      # quicker: one table size, one round
+#   SMOKE=1 benches/load/run.sh                  # every code path in ~40 s: 1 s runs, tiny tables
 #
-# Environment: KEYS (10000), ROUNDS (3), DURATION (wrk -d, 5s), CONNS (32), THREADS (1),
-# CASES ("keepalive close post": HTTP/1.1 keep-alive, a new connection per request, and a
-# 1 MB POST body over keep-alive),
-# LUA_KEYS (2000: distinct keys the load cycles through), TOTAL_TIMEOUT (seconds, 1800),
-# KEYGATE_LOG (warn), OUT (benches/load/results.json).
+# Environment (defaults in brackets; SMOKE=1 changes the ones marked *):
+#   KEYS*        table sizes, each measured with every gate restarted ["10000 1000000"]
+#   CASES        ["keepalive close h2c post rate"]: HTTP/1.1 keep-alive (wrk), a new connection
+#                per request (wrk), h2c at saturation (loadgen), a 1 MB POST body over keep-alive
+#                (wrk), a constant rate over HTTP/1.1 keep-alive (loadgen)
+#   BIG_CASES*   the cases run at the table sizes after the first [= CASES]
+#   ROUNDS* [3]  DURATION* [5s]  CONNS [32]  THREADS [1] (wrk -t, loadgen --threads)
+#   H2_CONNS [4] H2_STREAMS [8]  h2c: connections x concurrent streams (32 in flight, like CONNS)
+#   RATE         constant rate in req/s [unset: RATE_FRACTION of nginx's keep-alive throughput,
+#                the median of the same table size's keepalive case]  RATE_FRACTION [0.5]
+#   RATE_MAX*    cap on the derived rate [none]
+#   LUA_KEYS* [2000]  distinct keys the load cycles through, spread over the whole table
+#   WARMUP* [1s] a short wrk run through each config before the first round (0: none)
+#   KEYGATE_BIN, LOADGEN_BIN  prebuilt binaries [unset: cargo build --release (SMOKE: debug)]
+#   KEY_CACHE [target/load-keys]  generated key sets, reused by N and generator ("" = no cache)
+#   TOTAL_TIMEOUT* [2400 s] bound on the whole script   KEEP_WORK=1 keeps configs and logs
+#   NO_INSTALL=1 skips (exit 0) instead of apt-get installing nginx-light, haproxy, wrk
+#   KEYGATE_LOG [warn]  OUT [benches/load/results.json; SMOKE: benches/load/results-smoke.json]
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 
+SMOKE="${SMOKE:-}"
+[[ "$SMOKE" == 0 ]] && SMOKE=""
+if [[ -n "$SMOKE" ]]; then
+  : "${KEYS:=100 1000}" "${BIG_CASES:=keepalive}" "${ROUNDS:=1}" "${DURATION:=1s}"
+  : "${LUA_KEYS:=100}" "${WARMUP:=0}" "${RATE_MAX:=1000}" "${TOTAL_TIMEOUT:=300}"
+  : "${OUT:=$HERE/results-smoke.json}"
+fi
+
 # Bound the whole run: re-exec under timeout once.
 if [[ -z "${KG_LOAD_INNER:-}" ]]; then
   export KG_LOAD_INNER=1
-  exec timeout -k 15 "${TOTAL_TIMEOUT:-1800}" "$0" "$@"
+  exec timeout -k 15 "${TOTAL_TIMEOUT:-2400}" "$0" "$@"
 fi
 
-KEYS="${KEYS:-10000}"
+KEYS="${KEYS:-10000 1000000}"
+CASES="${CASES:-keepalive close h2c post rate}"
+BIG_CASES="${BIG_CASES:-$CASES}"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5s}"
 CONNS="${CONNS:-32}"
 THREADS="${THREADS:-1}"
+H2_CONNS="${H2_CONNS:-4}"
+H2_STREAMS="${H2_STREAMS:-8}"
+RATE="${RATE:-}"
+RATE_FRACTION="${RATE_FRACTION:-0.5}"
+RATE_MAX="${RATE_MAX:-}"
 LUA_KEYS="${LUA_KEYS:-2000}"
-CASES="${CASES:-keepalive close post}"
-for case in $CASES; do
-  [[ "$case" == keepalive || "$case" == close || "$case" == post ]] ||
-    { echo "[load] unknown case $case (keepalive, close, post)" >&2; exit 2; }
-done
+WARMUP="${WARMUP:-1s}"
+KEY_CACHE="${KEY_CACHE-$ROOT/target/load-keys}"
 OUT="${OUT:-$HERE/results.json}"
 export KEYGATE_LOG="${KEYGATE_LOG:-warn}"
+ALL_CASES="keepalive close h2c post rate"
+for case in $CASES $BIG_CASES; do
+  [[ " $ALL_CASES " == *" $case "* ]] || { echo "[load] unknown case $case ($ALL_CASES)" >&2; exit 2; }
+done
+for n in $KEYS; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "[load] KEYS must be positive integers, got $n" >&2; exit 2; }
+done
+[[ -n "$KEYS" && -n "$CASES" ]] || { echo "[load] KEYS and CASES must not be empty" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "[load] ROUNDS must be a positive integer" >&2; exit 2; }
 
 log() { echo "[load] $*" >&2; }
 die() { echo "[load] FAIL: $*" >&2; exit 1; }
@@ -45,24 +80,50 @@ command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_install+=(n
 command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || need_install+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need_install+=(wrk)
 if ((${#need_install[@]})); then
+  [[ -n "${NO_INSTALL:-}" ]] && skip "${need_install[*]} not installed (NO_INSTALL is set)"
   log "installing ${need_install[*]}"
   if ! { apt-get update && apt-get install -y "${need_install[@]}"; } >&2; then
     skip "could not install ${need_install[*]} (need root and Debian/Ubuntu apt); install them and rerun"
   fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
-for t in nginx haproxy wrk curl python3 cargo; do
+for t in nginx haproxy wrk curl python3; do
   command -v "$t" >/dev/null 2>&1 || skip "$t not found"
 done
+CARGO="${CARGO:-cargo}"
+if [[ -z "${KEYGATE_BIN:-}" || -z "${LOADGEN_BIN:-}" ]]; then
+  command -v "$CARGO" >/dev/null 2>&1 || skip "cargo not found (or set KEYGATE_BIN and LOADGEN_BIN)"
+fi
+if [[ " $CASES $BIG_CASES " == *" h2c "* ]] && ! curl -V | grep -qw HTTP2; then
+  skip "this curl has no HTTP/2, which the h2c checks need (or leave h2c out of CASES)"
+fi
 
 # ---- work dir and cleanup -----------------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/keygate-load.XXXXXX")"
 PIDS=()
+alive() { # pid: running (not gone, not a zombie)
+  local s
+  s=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ "${s:0:1}" != Z ]]
+}
+stop_pids() { # pids: TERM them and their children, wait up to 5 s, then KILL what is left
+  local all=() p i left
+  for p in "$@"; do all+=("$p" $(pgrep -P "$p" 2>/dev/null || true)); done
+  ((${#all[@]})) || return 0
+  for p in "${all[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for i in $(seq 1 50); do
+    left=0
+    for p in "${all[@]}"; do alive "$p" && left=1; done
+    ((left)) || break
+    sleep 0.1
+  done
+  for p in "${all[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
 cleanup() {
   local rc=$?
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  trap - EXIT TERM INT
+  ((${#PIDS[@]})) && stop_pids "${PIDS[@]}"
   if [[ -n "${KEEP_WORK:-}" ]]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
   exit "$rc"
 }
@@ -73,31 +134,73 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-wait_port() { # port name
+wait_port() { # port name pid
   local i
-  for i in $(seq 1 200); do
+  for i in $(seq 1 600); do
     if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/"; then return 0; fi
+    alive "$3" || die "$2 exited before it listened on 127.0.0.1:$1 (logs in $WORK; KEEP_WORK=1 keeps them)"
     sleep 0.05
   done
-  die "$2 did not start listening on 127.0.0.1:$1 (logs in $WORK)"
+  die "$2 did not start listening on 127.0.0.1:$1 within 30 s (logs in $WORK)"
 }
 
-# ---- build and keys -------------------------------------------------------------------------
-log "cargo build --release"
-(cd "$ROOT" && cargo build --release --quiet) >&2 || die "cargo build --release failed"
-KEYGATE="$ROOT/target/release/keygate"
-[[ -x "$KEYGATE" ]] || die "$KEYGATE not built"
+# ---- build --------------------------------------------------------------------------------
+T_START=$SECONDS
+PROFILE_ARGS=(--release); PROFILE=release
+[[ -n "$SMOKE" ]] && { PROFILE_ARGS=(); PROFILE=debug; }
+cargo_build() { # args...: prints the executables cargo built, one a line
+  (cd "$ROOT" && "$CARGO" build "${PROFILE_ARGS[@]}" --message-format=json-render-diagnostics "$@") |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l) if l.startswith("{") else {}
+    if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])'
+}
+if [[ -z "${KEYGATE_BIN:-}" ]]; then
+  log "cargo build ($PROFILE) keygate"
+  KEYGATE_BIN=$(cargo_build --bin keygate | grep '/keygate$' | head -n1) || die "cargo build of keygate failed"
+fi
+if [[ -z "${LOADGEN_BIN:-}" ]]; then
+  log "cargo build ($PROFILE) --example loadgen"
+  LOADGEN_BIN=$(cargo_build --example loadgen | grep '/loadgen$' | head -n1) || die "cargo build of loadgen failed"
+fi
+[[ -x "$KEYGATE_BIN" ]] || die "keygate binary $KEYGATE_BIN not found"
+[[ -x "$LOADGEN_BIN" ]] || die "loadgen binary $LOADGEN_BIN not found"
+log "keygate: $KEYGATE_BIN; loadgen: $LOADGEN_BIN"
 
-log "generating $KEYS keys"
-python3 "$HERE/gen_keys.py" "$KEYS" "$WORK" --lua-keys "$LUA_KEYS"
-GOOD="$(head -n1 "$WORK/secrets.txt")"
-BAD="kg_this_key_is_not_in_any_table_0000000000000"
+# ---- keys (cached by N, LUA_KEYS and the generator's own text) ----------------------------
+keys_dir() { # N -> prints the directory with gen_keys.py's files for N keys
+  local n=$1 dir tmp tag
+  if [[ -z "$KEY_CACHE" ]]; then
+    dir="$WORK/keys-$n"
+    python3 "$HERE/gen_keys.py" "$n" "$dir" --lua-keys "$LUA_KEYS" >&2 || die "gen_keys.py $n"
+    echo "$dir"; return
+  fi
+  tag=$(sha256sum "$HERE/gen_keys.py" | cut -c1-12)
+  dir="$KEY_CACHE/n$n-lua$LUA_KEYS-$tag"
+  if [[ ! -f "$dir/done" ]]; then
+    log "generating $n keys into $dir"
+    mkdir -p "$KEY_CACHE"
+    tmp="$dir.tmp.$$"
+    rm -rf "$tmp"
+    python3 "$HERE/gen_keys.py" "$n" "$tmp" --lua-keys "$LUA_KEYS" >&2 || die "gen_keys.py $n"
+    touch "$tmp/done"
+    mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"  # a concurrent run got there first
+    [[ -f "$dir/done" ]] || die "could not write the key cache $dir"
+  else
+    log "reusing $n keys from $dir"
+  fi
+  echo "$dir"
+}
 
-UP_PORT=$(free_port); NGX_PORT=$(free_port); HAP_PORT=$(free_port); KG_PORT=$(free_port)
 ROOT_USER=""; [[ $EUID -eq 0 ]] && ROOT_USER="user root;"
+temp_paths() { # dir: nginx's temp paths inside the work dir
+  echo "client_body_temp_path $1/body; proxy_temp_path $1/proxy; fastcgi_temp_path $1/fcgi;"
+  echo "uwsgi_temp_path $1/uwsgi; scgi_temp_path $1/scgi;"
+}
 
-# ---- upstream: nginx return 200 -----------------------------------------------------------
-mkdir -p "$WORK/up" "$WORK/ngx"
+# ---- upstream: nginx return 200 (HTTP/1.1 and h2c), one for the whole run -------------------
+UP_PORT=$(free_port); UP_H2_PORT=$(free_port)
+mkdir -p "$WORK/up"
 cat >"$WORK/up/nginx.conf" <<CONF
 $ROOT_USER
 worker_processes 1;
@@ -106,12 +209,15 @@ error_log $WORK/up/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path $WORK/up/body; proxy_temp_path $WORK/up/proxy;
-  fastcgi_temp_path $WORK/up/fcgi; uwsgi_temp_path $WORK/up/uwsgi; scgi_temp_path $WORK/up/scgi;
+  $(temp_paths "$WORK/up")
   keepalive_requests 1000000;
   client_max_body_size 2m;
   server {
     listen 127.0.0.1:$UP_PORT;
+    location / { return 200 "ok"; }
+  }
+  server {
+    listen 127.0.0.1:$UP_H2_PORT http2;  # h2c with prior knowledge
     location / { return 200 "ok"; }
   }
 }
@@ -119,28 +225,41 @@ CONF
 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -t 2>"$WORK/up/t.log" || { cat "$WORK/up/t.log" >&2; die "upstream nginx -t"; }
 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -g 'daemon off;' 2>>"$WORK/up/error.log" &
 PIDS+=($!); UP_PID=$!
-wait_port "$UP_PORT" "upstream nginx"
+wait_port "$UP_PORT" "upstream nginx" "$UP_PID"
 
-# ---- gate: nginx with a map ---------------------------------------------------------------
-HASH_MAX=$((KEYS * 2)); ((HASH_MAX < 1024)) && HASH_MAX=1024
-cat >"$WORK/ngx/nginx.conf" <<CONF
+# ---- the gates, started afresh for each table size -----------------------------------------
+start_gates() { # N keysdir
+  local n=$1 kd=$2 w="$WORK/n$1" hash_max t0
+  mkdir -p "$w/ngx"
+  NGX_PORT=$(free_port); NGX_H2_PORT=$(free_port); HAP_PORT=$(free_port); HAP_H2_PORT=$(free_port)
+  KG_PORT=$(free_port)
+
+  # nginx with a map
+  hash_max=$((n * 2)); ((hash_max < 1024)) && hash_max=1024
+  local loc='location / {
+      if ($key_ok = 0) { return 403; }
+      proxy_set_header X-API-Key "";
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://backend;
+    }'
+  cat >"$w/ngx/nginx.conf" <<CONF
 $ROOT_USER
 worker_processes auto;
-pid $WORK/ngx/nginx.pid;
-error_log $WORK/ngx/error.log warn;
+pid $w/ngx/nginx.pid;
+error_log $w/ngx/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path $WORK/ngx/body; proxy_temp_path $WORK/ngx/proxy;
-  fastcgi_temp_path $WORK/ngx/fcgi; uwsgi_temp_path $WORK/ngx/uwsgi; scgi_temp_path $WORK/ngx/scgi;
+  $(temp_paths "$w/ngx")
   keepalive_requests 1000000;
   client_max_body_size 2m;
   client_body_buffer_size 2m;  # 1 MB POST bodies buffered in memory, not in temp files
-  map_hash_max_size $HASH_MAX;
+  map_hash_max_size $hash_max;
   map_hash_bucket_size 512;
   map \$http_x_api_key \$key_ok {
     default 0;
-    include $WORK/nginx-map.conf;
+    include $kd/nginx-map.conf;
   }
   upstream backend {
     server 127.0.0.1:$UP_PORT;
@@ -149,25 +268,23 @@ http {
   }
   server {
     listen 127.0.0.1:$NGX_PORT;
-    location / {
-      if (\$key_ok = 0) { return 403; }
-      proxy_set_header X-API-Key "";
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://backend;
-    }
+    $loc
+  }
+  server {
+    listen 127.0.0.1:$NGX_H2_PORT http2;  # h2c with prior knowledge
+    $loc
   }
 }
 CONF
-nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" -t 2>"$WORK/ngx/t.log" || { cat "$WORK/ngx/t.log" >&2; die "gate nginx -t"; }
-if grep -qi "hash" "$WORK/ngx/t.log"; then cat "$WORK/ngx/t.log" >&2; die "nginx warns about its map hash sizes"; fi
-nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" -g 'daemon off;' 2>>"$WORK/ngx/error.log" &
-PIDS+=($!); NGX_PID=$!
-wait_port "$NGX_PORT" "nginx gate"
-if grep -qi "hash" "$WORK/ngx/error.log"; then cat "$WORK/ngx/error.log" >&2; die "nginx warns about its map hash sizes"; fi
+  nginx -p "$w/ngx" -c "$w/ngx/nginx.conf" -t 2>"$w/ngx/t.log" || { cat "$w/ngx/t.log" >&2; die "gate nginx -t"; }
+  if grep -qi "hash" "$w/ngx/t.log"; then cat "$w/ngx/t.log" >&2; die "nginx warns about its map hash sizes"; fi
+  nginx -p "$w/ngx" -c "$w/ngx/nginx.conf" -g 'daemon off;' 2>>"$w/ngx/error.log" &
+  PIDS+=($!); NGX_PID=$!
+  wait_port "$NGX_PORT" "nginx gate" "$NGX_PID"
+  if grep -qi "hash" "$w/ngx/error.log"; then cat "$w/ngx/error.log" >&2; die "nginx warns about its map hash sizes"; fi
 
-# ---- gate: HAProxy with a map file --------------------------------------------------------
-cat >"$WORK/haproxy.cfg" <<CONF
+  # HAProxy with a map file
+  cat >"$w/haproxy.cfg" <<CONF
 global
   maxconn 4000
 defaults
@@ -178,20 +295,21 @@ defaults
   option http-keep-alive
 frontend gate
   bind 127.0.0.1:$HAP_PORT
-  http-request deny deny_status 403 unless { req.hdr(x-api-key),map($WORK/haproxy.map) -m found }
+  bind 127.0.0.1:$HAP_H2_PORT proto h2
+  http-request deny deny_status 403 unless { req.hdr(x-api-key),map($kd/haproxy.map) -m found }
   http-request del-header x-api-key
   default_backend up
 backend up
   http-reuse always
   server s1 127.0.0.1:$UP_PORT maxconn 1000
 CONF
-haproxy -c -f "$WORK/haproxy.cfg" >"$WORK/haproxy-check.log" 2>&1 || { cat "$WORK/haproxy-check.log" >&2; die "haproxy -c"; }
-haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
-PIDS+=($!); HAP_PID=$!
-wait_port "$HAP_PORT" "haproxy gate"
+  haproxy -c -f "$w/haproxy.cfg" >"$w/haproxy-check.log" 2>&1 || { cat "$w/haproxy-check.log" >&2; die "haproxy -c"; }
+  haproxy -db -f "$w/haproxy.cfg" >"$w/haproxy.log" 2>&1 &
+  PIDS+=($!); HAP_PID=$!
+  wait_port "$HAP_PORT" "haproxy gate" "$HAP_PID"
 
-# ---- gate: keygate ------------------------------------------------------------------------
-cat >"$WORK/keygate.toml" <<CONF
+  # keygate (HTTP/1.1 and h2c on the same port)
+  cat >"$w/keygate.toml" <<CONF
 [server]
 listen = "127.0.0.1:$KG_PORT"
 failed_auth_limit = "1000000/second"
@@ -201,28 +319,62 @@ name = "up"
 upstream = "http://127.0.0.1:$UP_PORT"
 
 CONF
-cat "$WORK/keygate-keys.toml" >>"$WORK/keygate.toml"
-KG_T0=$(date +%s.%N)
-"$KEYGATE" run --config "$WORK/keygate.toml" >"$WORK/keygate.log" 2>&1 &
-PIDS+=($!); KG_PID=$!
-wait_port "$KG_PORT" "keygate"
-KG_START_S=$(python3 -c "import time; print(round(time.time() - $KG_T0, 3))")
-log "keygate loaded $KEYS keys and listened after ${KG_START_S}s"
+  cat "$kd/keygate-keys.toml" >>"$w/keygate.toml"
+  t0=$(date +%s.%N)
+  "$KEYGATE_BIN" run --config "$w/keygate.toml" >"$w/keygate.log" 2>&1 &
+  PIDS+=($!); KG_PID=$!
+  wait_port "$KG_PORT" "keygate" "$KG_PID"
+  KG_START_S=$(python3 -c "import time; print(round(time.time() - $t0, 3))")
+  log "keygate loaded $n keys and listened after ${KG_START_S}s"
+}
+
+stop_gates() {
+  stop_pids "$NGX_PID" "$HAP_PID" "$KG_PID"
+  local keep=() p
+  for p in "${PIDS[@]}"; do [[ "$p" == "$NGX_PID" || "$p" == "$HAP_PID" || "$p" == "$KG_PID" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+port_of() { # config proto(h1|h2c)
+  case "$1:$2" in
+    direct:h1) echo "$UP_PORT" ;; direct:h2c) echo "$UP_H2_PORT" ;;
+    nginx:h1) echo "$NGX_PORT" ;; nginx:h2c) echo "$NGX_H2_PORT" ;;
+    haproxy:h1) echo "$HAP_PORT" ;; haproxy:h2c) echo "$HAP_H2_PORT" ;;
+    keygate:*) echo "$KG_PORT" ;;
+  esac
+}
 
 # ---- correctness before load --------------------------------------------------------------
-check() { # name port key expected
-  local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "X-API-Key: $3" "http://127.0.0.1:$2/") || true
-  [[ "$code" == "$4" ]] || die "$1 answered $code (expected $4) for key ${3:0:12}...; a misconfigured gate cannot be measured"
+BAD="kg_this_key_is_not_in_any_table_0000000000000"
+check() { # name port key expected-status proto(h1|h2c|post)
+  local got want="$4" args=()
+  case "$5" in
+    h2c) args=(--http2-prior-knowledge); want="$4 2" ;;
+    post) args=(--data-binary "x") ; want="$4 1.1" ;;
+    *) args=(--http1.1); want="$4 1.1" ;;
+  esac
+  got=$(curl -s -o /dev/null -w '%{http_code} %{http_version}' --max-time 5 "${args[@]}" \
+    -H "X-API-Key: $3" "http://127.0.0.1:$2/") || true
+  [[ "$got" == "$want" ]] ||
+    die "$1 ($5) answered '$got' (expected '$want': status, HTTP version) for key ${3:0:12}...; a misconfigured gate cannot be measured"
 }
-check direct "$UP_PORT" "$GOOD" 200
-for g in "nginx $NGX_PORT" "haproxy $HAP_PORT" "keygate $KG_PORT"; do
-  set -- $g
-  check "$1" "$2" "$GOOD" 200
-  check "$1" "$2" "$BAD" 403
-  check "$1" "$2" "$(sed -n '$p' "$WORK/secrets.txt")" 200
-done
-log "all gates answer 200 to a valid key and 403 to a wrong one"
+check_all() { # keysdir cases
+  local kd=$1 cases=$2 protos=(h1) good last c p
+  [[ " $cases " == *" h2c "* ]] && protos+=(h2c)
+  [[ " $cases " == *" post "* ]] && protos+=(post)
+  good="$(head -n1 "$kd/secrets.txt")"
+  last="$(sed -n '$p' "$kd/secrets.txt")"
+  for p in "${protos[@]}"; do
+    local pp=$p; [[ $p == post ]] && pp=h1
+    check direct "$(port_of direct "$pp")" "$good" 200 "$p"
+    for c in nginx haproxy keygate; do
+      check "$c" "$(port_of "$c" "$pp")" "$good" 200 "$p"
+      check "$c" "$(port_of "$c" "$pp")" "$BAD" 403 "$p"
+      check "$c" "$(port_of "$c" "$pp")" "$last" 200 "$p"
+    done
+  done
+  log "every gate answers 200 to a valid key and 403 to a wrong one (${protos[*]})"
+}
 
 # ---- measurement --------------------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
@@ -242,35 +394,120 @@ rss_kb() { local t=0 p r; for p in "$@"; do
   r=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
   t=$((t + ${r:-0})); done; echo "$t"; }
 
-port_of() { case "$1" in direct) echo "$UP_PORT" ;; nginx) echo "$NGX_PORT" ;; haproxy) echo "$HAP_PORT" ;; keygate) echo "$KG_PORT" ;; esac; }
+RAW="$WORK/raw.tsv"; : >"$RAW"
+META="$WORK/meta.tsv"; : >"$META"
+
+run_one() { # n keysdir case config round [rate]
+  local n=$1 kd=$2 case=$3 c=$4 r=$5 rate=${6:-} pids t0 t1 rss out tool
+  pids=$(gate_pids "$c")
+  out="$WORK/n$n/$case-$c-$r.out"
+  t0=$(cpu_ticks $pids)
+  case "$case" in
+    keepalive | close | post)
+      tool=wrk
+      local lua="$kd/keys.lua"
+      [[ $case == close ]] && lua="$kd/keys-close.lua"
+      [[ $case == post ]] && lua="$kd/keys-post.lua"
+      wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$lua" \
+        "http://127.0.0.1:$(port_of "$c" h1)/" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed against $c"; }
+      ;;
+    h2c)
+      tool=loadgen
+      "$LOADGEN_BIN" --url "http://127.0.0.1:$(port_of "$c" h2c)/" --proto h2c --keys "$kd/load-keys.txt" \
+        --connections "$H2_CONNS" --streams "$H2_STREAMS" --threads "$THREADS" --duration "$DURATION" \
+        >"$out" 2>"$out.err" || { cat "$out" "$out.err" >&2; die "loadgen failed against $c"; }
+      ;;
+    rate)
+      tool=loadgen
+      "$LOADGEN_BIN" --url "http://127.0.0.1:$(port_of "$c" h1)/" --proto h1 --keys "$kd/load-keys.txt" \
+        --connections "$CONNS" --rate "$rate" --threads "$THREADS" --duration "$DURATION" \
+        >"$out" 2>"$out.err" || { cat "$out" "$out.err" >&2; die "loadgen failed against $c"; }
+      ;;
+  esac
+  t1=$(cpu_ticks $pids)
+  rss=$(rss_kb $pids)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$case" "$c" "$r" "$((t1 - t0))" "$CLK_TCK" "$rss" "$tool" "$out" >>"$RAW"
+  if [[ $tool == wrk ]]; then
+    log "n=$n round $r/$ROUNDS $case $c: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')"
+  else
+    log "n=$n round $r/$ROUNDS $case $c: $(python3 -c 'import json,sys
+d = json.load(open(sys.argv[1]))
+print("%.0f req/s, p99 %s ms, non-2xx %d, socket errors %d" % (d["rps"], d["latency_ms"]["p99"], d["non_2xx"], d["socket_errors"]))' "$out")"
+  fi
+}
+
+# Median requests/s of nginx's keepalive runs for table size N (from wrk's output).
+nginx_keepalive_rps() {
+  python3 - "$RAW" "$1" <<'PY'
+import re, statistics, sys
+raw, n = sys.argv[1], sys.argv[2]
+xs = []
+for line in open(raw, encoding="utf-8"):
+    f = line.rstrip("\n").split("\t")
+    if f[0] == n and f[1] == "keepalive" and f[2] == "nginx":
+        xs.append(float(re.search(r"Requests/sec:\s+([\d.]+)", open(f[8]).read()).group(1)))
+print(statistics.median(xs) if xs else "")
+PY
+}
 
 read -r LOAD1 _ </proc/loadavg
 if python3 -c "import sys; sys.exit(0 if float('$LOAD1') > 0.5 else 1)"; then
   log "warning: load average $LOAD1 before the run: other work shares these cores, figures will be noisy"
 fi
-RAW="$WORK/raw.tsv"
-: >"$RAW"
-# Warm-up: a short run through each so first-connection costs are not in round 1.
-for c in direct nginx haproxy keygate; do
-  wrk -t1 -c4 -d1s -s "$WORK/keys.lua" "http://127.0.0.1:$(port_of "$c")/" >/dev/null 2>&1 || true
-done
-lua_of() { case "$1" in close) echo "$WORK/keys-close.lua" ;; post) echo "$WORK/keys-post.lua" ;; *) echo "$WORK/keys.lua" ;; esac; }
-for r in $(seq 1 "$ROUNDS"); do
-  for case in $CASES; do
+
+FIRST_N=""
+for N in $KEYS; do
+  if [[ -z "$FIRST_N" ]]; then FIRST_N=$N; NCASES="$CASES"; else NCASES="$BIG_CASES"; fi
+  KD=$(keys_dir "$N")
+  start_gates "$N" "$KD"
+  check_all "$KD" "$NCASES"
+
+  # Warm-up: a short run through each so first-connection costs are not in round 1.
+  if [[ "$WARMUP" != 0 ]]; then
     for c in direct nginx haproxy keygate; do
-      pids=$(gate_pids "$c")
-      t0=$(cpu_ticks $pids)
-      out="$WORK/wrk-$case-$c-$r.txt"
-      wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$(lua_of "$case")" \
-        "http://127.0.0.1:$(port_of "$c")/" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed against $c"; }
-      t1=$(cpu_ticks $pids)
-      rss=$(rss_kb $pids)
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$c" "$r" "$((t1 - t0))" "$CLK_TCK" "$rss" "$out" >>"$RAW"
-      log "round $r/$ROUNDS $case $c: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')"
+      wrk -t1 -c4 -d"$WARMUP" -s "$KD/keys.lua" "http://127.0.0.1:$(port_of "$c" h1)/" >/dev/null 2>&1 || true
+    done
+  fi
+
+  # Every case but rate: ROUNDS rounds, each through direct, nginx, haproxy, keygate in turn.
+  SAT_CASES=""
+  for case in $NCASES; do [[ $case == rate ]] || SAT_CASES+="$case "; done
+  for r in $(seq 1 "$ROUNDS"); do
+    for case in $SAT_CASES; do
+      for c in direct nginx haproxy keygate; do run_one "$N" "$KD" "$case" "$c" "$r"; done
     done
   done
+
+  # The constant-rate case, once nginx's saturation throughput for this table size is known.
+  RATE_N="" RATE_BASIS=""
+  if [[ " $NCASES " == *" rate "* ]]; then
+    if [[ -n "$RATE" ]]; then
+      RATE_N=$RATE; RATE_BASIS="RATE"
+    else
+      NGX_RPS=$(nginx_keepalive_rps "$N")
+      if [[ -z "$NGX_RPS" ]]; then  # keepalive not among the cases: measure nginx once
+        out="$WORK/n$N/calibrate-nginx.out"
+        wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$KD/keys.lua" "http://127.0.0.1:$NGX_PORT/" >"$out" 2>&1 ||
+          { cat "$out" >&2; die "wrk failed against nginx"; }
+        NGX_RPS=$(sed -n 's/^Requests\/sec:[[:space:]]*//p' "$out")
+      fi
+      RATE_N=$(python3 -c "print(max(1, round(float('$NGX_RPS') * float('$RATE_FRACTION'))))")
+      RATE_BASIS="$RATE_FRACTION x nginx keep-alive $NGX_RPS req/s"
+      if [[ -n "$RATE_MAX" ]] && ((RATE_N > RATE_MAX)); then
+        RATE_N=$RATE_MAX; RATE_BASIS+=", capped by RATE_MAX"
+      fi
+    fi
+    log "n=$N constant rate: $RATE_N req/s ($RATE_BASIS)"
+    for r in $(seq 1 "$ROUNDS"); do
+      for c in direct nginx haproxy keygate; do run_one "$N" "$KD" rate "$c" "$r" "$RATE_N"; done
+    done
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\n' "$N" "$KG_START_S" "${RATE_N:--}" "${RATE_BASIS:--}" "$NCASES" >>"$META"
+  stop_gates
 done
 
-python3 "$HERE/report.py" "$RAW" "$OUT" \
-  --keys "$KEYS" --conns "$CONNS" --threads "$THREADS" --duration "$DURATION" --rounds "$ROUNDS" \
-  --lua-keys "$LUA_KEYS" --cases "$CASES" --keygate-start-s "$KG_START_S"
+python3 "$HERE/report.py" "$RAW" "$OUT" --meta "$META" \
+  --conns "$CONNS" --threads "$THREADS" --duration "$DURATION" --rounds "$ROUNDS" \
+  --h2-conns "$H2_CONNS" --h2-streams "$H2_STREAMS" --lua-keys "$LUA_KEYS" \
+  --wall-s "$((SECONDS - T_START))" ${SMOKE:+--smoke}
+log "done in $((SECONDS - T_START)) s"
