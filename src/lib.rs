@@ -44,12 +44,13 @@ use snapshot::Published;
 
 /// `keygate run`: load the config, bind, serve until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let (loaded, text) = load(config_path)?;
     let listen = loaded.snapshot.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    serve(config_path, loaded, &text, listener, shutdown_signal()).await
+    serve(config_path, loaded, &text, listener, shutdown).await
 }
 
 /// Reads and validates the config, logging its warnings; also returns the text, whose hash
@@ -136,37 +137,49 @@ pub async fn serve_with_admin(
     }
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     tracing::info!(%addr, %scheme, "keygate listening");
-    let proxy = Arc::new(proxy::Proxy::new(published.clone()));
-    proxy::server::serve(listener, proxy, acceptor, async move {
+    let proxy = proxy::Proxy::new(published.clone());
+    let workers = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
+    proxy::server::serve_workers(listener, workers, &proxy, acceptor, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     })
-    .await;
+    .await
+    .context("cannot start the server workers")?;
     drop(stop_rx);
     let config = config_path.to_path_buf();
     tokio::task::spawn_blocking(move || last_used::flush(&published, &config)).await?;
     Ok(())
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled, so a signal sent as soon as "listening" is logged is
+/// never met by the default action (death by signal instead of a clean exit).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = signals;
+            let recv = async |s: &mut Option<tokio::signal::unix::Signal>| match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            };
+            tokio::select! {
+                () = recv(&mut term) => {},
+                () = recv(&mut int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }

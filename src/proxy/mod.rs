@@ -41,9 +41,13 @@ use request_id::X_REQUEST_ID;
 pub type Body = Either<Incoming, Full<Bytes>>;
 
 /// The gateway's request handler: the published config, the state beside it, the upstream pool.
+///
+/// Each server worker thread has its own (see [`Proxy::worker`]): the config and the
+/// failed-attempt table are shared, the upstream pool is the worker's, so an upstream connection
+/// is only ever driven by the thread whose requests use it.
 pub struct Proxy {
     published: Arc<Published>,
-    failures: FailedAuth,
+    failures: Arc<FailedAuth>,
     /// Start of the monotonic time the failed-attempt table counts in.
     epoch: Instant,
     client: forward::Client,
@@ -54,9 +58,20 @@ impl Proxy {
         let client = forward::client(published.clone());
         Proxy {
             published,
-            failures: FailedAuth::default(),
+            failures: Arc::new(FailedAuth::default()),
             epoch: Instant::now(),
             client,
+        }
+    }
+
+    /// A sibling for another worker thread: same config, same failed-attempt counts (a guesser
+    /// gets no more tries by landing on another worker), its own upstream pool.
+    pub fn worker(&self) -> Proxy {
+        Proxy {
+            published: self.published.clone(),
+            failures: self.failures.clone(),
+            epoch: self.epoch,
+            client: forward::client(self.published.clone()),
         }
     }
 

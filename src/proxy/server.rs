@@ -2,10 +2,17 @@
 //! HTTP/2 (h2 over TLS, h2c with prior knowledge in clear) on the same port, then hand each
 //! request to [`Proxy::handle`]. Stops accepting on shutdown and lets connections in flight
 //! finish, up to a grace period.
+//!
+//! [`serve_workers`] runs that loop on one thread per core, each a single-threaded tokio runtime
+//! accepting from the same listening socket, the way nginx runs worker processes: a connection
+//! and everything it does (its requests, its upstream connections from the worker's own pool)
+//! stay on one thread, so no task is stolen, no waker crosses threads and no upstream connection
+//! is shared between threads.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +33,59 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves `listener` on `workers` threads until `shutdown` completes, then drains every
+/// worker's connections and returns once all workers have stopped.
+pub async fn serve_workers(
+    listener: TcpListener,
+    workers: NonZeroUsize,
+    proxy: &Proxy,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    // Out of this runtime's reactor, so each worker can register its own handle to the socket.
+    let socket = listener.into_std()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stopped = Vec::with_capacity(workers.get());
+    for i in 0..workers.get() {
+        let socket = socket.try_clone()?;
+        let proxy = Arc::new(proxy.worker());
+        let tls = tls.clone();
+        let mut stop = stop_rx.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("keygate-worker-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(socket) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(worker = i, error = %e, "worker cannot use the listener");
+                            return;
+                        }
+                    };
+                    let stop = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    serve(listener, proxy, tls, stop).await;
+                });
+                // Dropping the runtime here ends what is left (idle upstream connections).
+                drop(runtime);
+                let _ = done_tx.send(());
+            })?;
+        stopped.push(done_rx);
+    }
+    drop(socket);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for done in stopped {
+        let _ = done.await;
+    }
+    Ok(())
+}
 
 /// Serves `listener` until `shutdown` completes, then drains connections. With `tls`, every
 /// connection must complete a TLS handshake within `[server.tls] handshake_timeout` first.
