@@ -1,0 +1,253 @@
+//! The load harness (benches/load/run.sh) in its smoke mode, so it cannot silently rot: 1-second
+//! runs, tables of 100 and 1,000 keys, one round, every case and every gate, this build's keygate
+//! binary and a debug build of benches/load/loadgen.rs. It checks that the script exits 0, that
+//! its JSON has every case and gate with requests and no errors, and that it left no process
+//! behind. Skips (passes, saying why) where nginx, haproxy, wrk, curl or python3 is missing; CI
+//! installs them (.ci/run). The figures themselves are not looked at: this is not a benchmark.
+//!
+//! Also runs the unit tests of loadgen.rs (its histogram, target and duration parsing), which
+//! cargo does not run for an example.
+
+#[allow(dead_code)]
+#[path = "../benches/load/loadgen.rs"]
+mod loadgen;
+
+use std::fs::File;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The script bounds itself (TOTAL_TIMEOUT); this is the test's own bound on top of it.
+const SCRIPT_TIMEOUT_S: u64 = 240;
+const TEST_TIMEOUT: Duration = Duration::from_secs(SCRIPT_TIMEOUT_S + 30);
+const CASES: [&str; 5] = ["keepalive", "close", "h2c", "post", "rate"];
+const CONFIGS: [&str; 4] = ["direct", "nginx", "haproxy", "keygate"];
+
+fn have(tool: &str) -> bool {
+    let in_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    in_path || Path::new("/usr/sbin").join(tool).is_file()
+}
+
+/// A temp dir for this test only, removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Processes whose process group is `pgid` (the script runs in its own group, and so does
+/// everything it starts: nginx, haproxy, keygate, wrk, loadgen).
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // fields after "comm)": state ppid pgrp ...
+                    let rest = &s[s.rfind(')')? + 2..];
+                    let mut f = rest.split(' ');
+                    let state = f.next()?;
+                    let pgrp: u32 = f.nth(1)?.parse().ok()?;
+                    Some(pgrp == pgid && state != "Z")
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn kill_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Stops the script and everything it started, if it is still running when the test ends.
+struct Script(Child);
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pgid = self.0.id();
+            kill_group(pgid, "-TERM");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            kill_group(pgid, "-KILL");
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn smoke_run_of_the_load_harness() {
+    let missing: Vec<&str> = ["bash", "nginx", "haproxy", "wrk", "curl", "python3"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "SKIP: the load harness needs {} (apt-get install -y nginx-light haproxy wrk curl python3; \
+             .ci/run does this in CI)",
+            missing.join(", ")
+        );
+        return;
+    }
+
+    let tmp = TempDir(std::env::temp_dir().join(format!(
+        "keygate-load-harness-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )));
+    std::fs::create_dir_all(&tmp.0).unwrap();
+    let out = tmp.0.join("results.json");
+    let log_path = tmp.0.join("run.log");
+    let log = File::create(&log_path).unwrap();
+
+    let started = Instant::now();
+    let child = Command::new("bash")
+        .arg(Path::new(ROOT).join("benches/load/run.sh"))
+        .current_dir(ROOT)
+        .env("SMOKE", "1")
+        .env("NO_INSTALL", "1")
+        .env("KEYGATE_BIN", BIN)
+        .env("OUT", &out)
+        .env("TMPDIR", &tmp.0)
+        .env("KEY_CACHE", tmp.0.join("key-cache"))
+        .env("TOTAL_TIMEOUT", SCRIPT_TIMEOUT_S.to_string())
+        .env_remove("KG_LOAD_INNER")
+        .env_remove("LOADGEN_BIN")
+        .env_remove("KEYS")
+        .env_remove("CASES")
+        .env_remove("BIG_CASES")
+        .env_remove("RATE")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("run benches/load/run.sh");
+    let pgid = child.id();
+    let mut script = Script(child);
+    let status = loop {
+        if let Some(status) = script.0.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > TEST_TIMEOUT {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let Some(status) = status else {
+        drop(script);
+        panic!("the smoke run did not finish within {TEST_TIMEOUT:?}:\n{output}");
+    };
+    eprintln!(
+        "smoke run of benches/load/run.sh: {status} after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Nothing the script started may outlive it.
+    let mut left = group_members(pgid);
+    for _ in 0..20 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = group_members(pgid);
+    }
+    if !left.is_empty() {
+        kill_group(pgid, "-KILL");
+        panic!("the smoke run left processes behind: {left:?}\n{output}");
+    }
+
+    assert!(
+        status.success(),
+        "the smoke run failed ({status}):\n{output}"
+    );
+    if output.contains("[load] SKIP:") {
+        eprintln!("SKIP: the harness skipped itself:\n{output}");
+        return;
+    }
+
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(&out)
+            .unwrap_or_else(|e| panic!("no {} ({e}):\n{output}", out.display())),
+    )
+    .expect("results.json is JSON");
+    assert_eq!(json["smoke"], true);
+    let tables = json["tables"].as_object().expect("tables");
+    assert_eq!(
+        tables.keys().collect::<Vec<_>>(),
+        ["100", "1000"],
+        "smoke mode measures two table sizes"
+    );
+    for (size, table) in tables {
+        let cases = table["cases"].as_object().expect("cases");
+        // All cases at the first size; at least keep-alive at the second.
+        let expected: &[&str] = if size == "100" { &CASES } else { &CASES[..1] };
+        for case in expected {
+            let medians = &cases
+                .get(*case)
+                .unwrap_or_else(|| panic!("no case {case} at {size} keys:\n{output}"))["medians"];
+            for config in CONFIGS {
+                let m = &medians[config];
+                let requests = m["requests"].as_u64().unwrap_or(0);
+                assert!(
+                    requests > 0,
+                    "{case}/{config} at {size} keys: no requests:\n{output}"
+                );
+                for field in ["errors", "non_2xx", "socket_errors"] {
+                    assert_eq!(
+                        m[field].as_u64(),
+                        Some(0),
+                        "{case}/{config} at {size} keys: {field}:\n{output}"
+                    );
+                }
+                assert!(
+                    m["rps"].as_f64().is_some_and(|r| r > 0.0),
+                    "{case}/{config}"
+                );
+                assert!(m["p99_ms"].as_f64().is_some(), "{case}/{config}: p99");
+            }
+        }
+        assert!(
+            table["keygate_start_s"].as_f64().is_some(),
+            "keygate start time at {size} keys"
+        );
+    }
+    assert!(
+        tables["100"]["cases"]["rate"]["target_rps"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "the constant-rate case has a target rate"
+    );
+    assert!(
+        json["scaling"]["1000/100"]["keepalive"]["keygate"]
+            .as_f64()
+            .is_some(),
+        "the table-size ratio for keep-alive"
+    );
+    for needle in ["h2c (HTTP/2", "constant rate", "p99 +ms", "Table size:"] {
+        assert!(
+            output.contains(needle),
+            "the printed report has {needle:?}:\n{output}"
+        );
+    }
+}
