@@ -6,34 +6,27 @@
 //! byte tunnel.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use super::credential;
 use super::deny::Deny;
+use super::pool::{Pool, PooledBody, Upstream};
 use super::request_id::X_REQUEST_ID;
-use std::sync::Arc;
 
-use crate::snapshot::{Consumer, Id, Key, Published, Server, Target};
-use crate::tls::Connector;
-
-pub type Client = hyper_util::client::legacy::Client<Connector, Incoming>;
+use crate::snapshot::{Consumer, Id, Key, Server, Target};
 
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 pub const X_KEYGATE_CONSUMER: HeaderName = HeaderName::from_static("x-keygate-consumer");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Idle upstream connections are kept this long: long enough to carry bursts, short enough to
-/// be closed by us before a typical upstream's own idle timeout (60 s in nginx) closes them under
-/// a request in flight.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
 /// non-standard ones that clients still send.
@@ -48,18 +41,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     http::header::TRANSFER_ENCODING,
 ];
 
-/// The upstream connection pool, shared by every target (pooled per scheme + authority).
-pub fn client(published: Arc<Published>) -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(Connector::new(published))
-}
-
 /// What `send` needs once the snapshot is released.
 #[derive(Debug)]
 pub struct Plan {
     pub target: Id,
+    pub upstream: Upstream,
     pub timeout: Duration,
     pub upgrade: bool,
 }
@@ -127,30 +113,33 @@ pub fn rewrite<B>(
         _ => headers.insert(HOST, target.upstream_host.clone()),
     };
 
-    let path_and_query = req.uri().path_and_query().and_then(|pq| {
-        let q = pq.query()?;
-        let stripped = credential::strip(q, &server.key_query)?;
-        let text = if stripped.is_empty() {
-            pq.path().to_owned()
-        } else {
-            format!("{}?{stripped}", pq.path())
-        };
-        PathAndQuery::try_from(text).ok()
-    });
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(target.scheme.clone());
-    parts.authority = Some(target.authority.clone());
-    if let Some(pq) = path_and_query {
-        parts.path_and_query = Some(pq);
-    } else if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    // Scheme, authority and path are all set, so the parts always form a valid URI.
-    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    // Origin-form (`/path?query`): the connection already says which upstream this is.
+    let path_and_query = match req.uri().path_and_query() {
+        None => PathAndQuery::from_static("/"),
+        Some(pq) => match pq
+            .query()
+            .and_then(|q| credential::strip(q, &server.key_query))
+        {
+            None => pq.clone(),
+            Some(stripped) => {
+                let text = if stripped.is_empty() {
+                    pq.path().to_owned()
+                } else {
+                    format!("{}?{stripped}", pq.path())
+                };
+                PathAndQuery::try_from(text).unwrap_or_else(|_| pq.clone())
+            }
+        },
+    };
+    *req.uri_mut() = Uri::from(path_and_query);
     *req.version_mut() = Version::HTTP_11;
 
     Plan {
         target: target.name.clone(),
+        upstream: Upstream {
+            scheme: target.scheme.clone(),
+            authority: target.authority.clone(),
+        },
         timeout: target.timeout,
         upgrade,
     }
@@ -158,18 +147,19 @@ pub fn rewrite<B>(
 
 /// Sends the request and returns the upstream's response with its body still streaming.
 pub async fn send(
-    client: &Client,
+    pool: &Arc<Pool>,
     mut req: Request<Incoming>,
     plan: Plan,
-) -> Result<Response<Incoming>, Deny> {
+) -> Result<Response<PooledBody>, Deny> {
     let client_side = plan.upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut resp = match tokio::time::timeout(plan.timeout, client.request(req)).await {
+    let exchange = pool.send(&plan.upstream, req);
+    let mut resp = match tokio::time::timeout(plan.timeout, exchange).await {
         Err(_) => {
             tracing::warn!(target = %plan.target, timeout = ?plan.timeout, "upstream timed out");
             return Err(Deny::UpstreamTimeout);
         }
         Ok(Err(e)) => {
-            tracing::warn!(target = %plan.target, error = %error_chain(&e), "upstream unavailable");
+            tracing::warn!(target = %plan.target, error = %error_chain(&*e), "upstream unavailable");
             return Err(Deny::UpstreamUnavailable);
         }
         Ok(Ok(resp)) => resp,

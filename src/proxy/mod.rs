@@ -17,6 +17,7 @@ pub mod credential;
 pub mod deny;
 pub mod forward;
 pub mod policy;
+pub mod pool;
 pub mod request_id;
 pub mod route;
 pub mod server;
@@ -32,13 +33,14 @@ use hyper::body::Incoming;
 
 use crate::limits::{FailedAuth, RateStatus};
 use crate::snapshot::Published;
+use crate::tls::Connector;
 use deny::Deny;
 use forward::{Caller, Plan};
 use policy::{Facts, Now};
 use request_id::X_REQUEST_ID;
 
 /// What keygate answers with: the upstream's streamed body, or a small body of its own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<pool::PooledBody, Full<Bytes>>;
 
 /// The gateway's request handler: the published config, the state beside it, the upstream pool.
 ///
@@ -50,17 +52,17 @@ pub struct Proxy {
     failures: Arc<FailedAuth>,
     /// Start of the monotonic time the failed-attempt table counts in.
     epoch: Instant,
-    client: forward::Client,
+    pool: Arc<pool::Pool>,
 }
 
 impl Proxy {
     pub fn new(published: Arc<Published>) -> Proxy {
-        let client = forward::client(published.clone());
+        let pool = pool::Pool::new(Connector::new(published.clone()));
         Proxy {
             published,
             failures: Arc::new(FailedAuth::default()),
             epoch: Instant::now(),
-            client,
+            pool,
         }
     }
 
@@ -71,12 +73,17 @@ impl Proxy {
             published: self.published.clone(),
             failures: self.failures.clone(),
             epoch: self.epoch,
-            client: forward::client(self.published.clone()),
+            pool: pool::Pool::new(Connector::new(self.published.clone())),
         }
     }
 
     pub fn published(&self) -> &Arc<Published> {
         &self.published
+    }
+
+    /// This worker's upstream connections.
+    pub fn pool(&self) -> &Arc<pool::Pool> {
+        &self.pool
     }
 
     /// Handles one request from `peer`, end to end. Never fails: every error is a response.
@@ -89,7 +96,7 @@ impl Proxy {
     ) -> Response<Body> {
         let request_id = request_id::of(req.headers());
         let (outcome, rate) = match self.admit(&mut req, peer, proto, &request_id) {
-            Ok((plan, rate)) => (forward::send(&self.client, req, plan).await, rate),
+            Ok((plan, rate)) => (forward::send(&self.pool, req, plan).await, rate),
             Err(deny) => (Err(deny), None),
         };
         let mut resp = match outcome {

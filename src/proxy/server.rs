@@ -103,6 +103,8 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    // Ends with the pool, or with this worker's runtime.
+    tokio::spawn(super::pool::reaper(Arc::downgrade(proxy.pool())));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
