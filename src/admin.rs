@@ -705,22 +705,22 @@ impl<'a> KeyView<'a> {
         let k = &snap.keys[index];
         KeyView {
             id: k.id.as_str(),
-            name: k.name.as_deref(),
+            name: k.name(),
             consumer: snap.consumer_of(k).map(|c| c.id.as_str()),
-            prefix: k.prefix.as_deref(),
+            prefix: k.prefix(),
             status: k.status,
-            created_at: k.created_at.map(store::rfc3339),
+            created_at: k.created_at().map(store::rfc3339),
             expires_at: k.expires_at.map(store::rfc3339),
             last_used_at: snap.last_used_at(index).map(store::rfc3339),
             targets: k
-                .targets
+                .targets()
                 .iter()
                 .map(|t| snap.target(t).name.as_str())
                 .collect(),
-            allow_ips: k.allow_ips.iter().map(ToString::to_string).collect(),
+            allow_ips: k.allow_ips().iter().map(ToString::to_string).collect(),
             access: k.access,
-            paths: k.paths.iter().map(|p| &**p).collect(),
-            rate_limit: k.rate_limit.map(|r| r.to_string()),
+            paths: k.paths().iter().map(|p| &**p).collect(),
+            rate_limit: k.rate_limit().map(|r| r.to_string()),
             managed: k.managed,
         }
     }

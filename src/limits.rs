@@ -189,7 +189,7 @@ impl Buckets {
             keys: snap
                 .keys
                 .iter()
-                .map(|k| k.rate_limit.map(|r| Arc::new(Bucket::new(r))))
+                .map(|k| k.rate_limit().map(|r| Arc::new(Bucket::new(r))))
                 .collect(),
             consumers: snap
                 .consumers

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
+use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
@@ -29,10 +30,11 @@ pub type TargetIdx = u16;
 /// A validated id (key, consumer or target), kept ready to send as a header value.
 ///
 /// Ids are restricted at load time to `[A-Za-z0-9._:@-]`, so they are both valid header values
-/// and safe to print in logs; holding the `HeaderValue` lets the request path attach
-/// `X-Keygate-Key-Id` with a reference-count bump instead of an allocation.
+/// and safe to print in logs; holding them as `Bytes` lets the request path attach
+/// `X-Keygate-Key-Id` with a reference-count bump instead of an allocation. (Not as a
+/// `HeaderValue`, which is 8 bytes larger: a million keys each hold one.)
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Id(HeaderValue);
+pub struct Id(Bytes);
 
 impl Id {
     /// The characters an id may contain, for error messages.
@@ -42,24 +44,25 @@ impl Id {
 
     /// `None` unless `s` is 1..=[`Id::MAX_LEN`] characters of [`Id::ALLOWED`].
     pub fn new(s: &str) -> Option<Id> {
-        let ok = !s.is_empty()
+        Self::valid(s).then(|| Id(Bytes::copy_from_slice(s.as_bytes())))
+    }
+
+    fn valid(s: &str) -> bool {
+        !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-')
-            });
-        if !ok {
-            return None;
-        }
-        HeaderValue::from_str(s).ok().map(Id)
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
     }
 
     pub fn as_str(&self) -> &str {
         // Checked ASCII in `new`, so this never falls back.
-        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     pub fn header_value(&self) -> HeaderValue {
-        self.0.clone()
+        // Checked in `new` (a byte loop over a short id here); never the empty fallback.
+        HeaderValue::from_maybe_shared(self.0.clone())
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 
@@ -72,6 +75,32 @@ impl std::fmt::Debug for Id {
 impl std::fmt::Display for Id {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Makes the ids of many keys without an allocation each: an id is a slice of a shared buffer
+/// of [`IdArena::CHUNK`] bytes (a `Bytes` view, so sending it as a header is still a reference
+/// count bump). Chunks are small so that an id kept after its snapshot is gone (the rate-limit
+/// registry keeps the ids of buckets it carries over) keeps little else alive with it, and so
+/// that the reference counts of busy keys are spread over many chunks.
+#[derive(Default)]
+pub struct IdArena {
+    buf: BytesMut,
+}
+
+impl IdArena {
+    pub const CHUNK: usize = 1024;
+
+    /// Like [`Id::new`], with the bytes in the arena.
+    pub fn id(&mut self, s: &str) -> Option<Id> {
+        if !Id::valid(s) {
+            return None;
+        }
+        if self.buf.capacity() - self.buf.len() < s.len() {
+            self.buf = BytesMut::with_capacity(Self::CHUNK);
+        }
+        self.buf.extend_from_slice(s.as_bytes());
+        Some(Id(self.buf.split().freeze()))
     }
 }
 
@@ -123,20 +152,81 @@ impl Rate {
     }
 }
 
+/// A list that a key holds in one pointer: nothing when empty, else a list that keys with the
+/// same one share (see `config::validate`, which makes each distinct list once).
+#[derive(Debug)]
+pub struct List<T>(Option<Arc<Box<[T]>>>);
+
+impl<T> List<T> {
+    pub fn new(items: Vec<T>) -> List<T> {
+        List((!items.is_empty()).then(|| Arc::new(items.into_boxed_slice())))
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        self.0.as_deref().map_or(&[], |b| &b[..])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.as_slice().iter()
+    }
+}
+
+impl<T> Default for List<T> {
+    fn default() -> Self {
+        List(None)
+    }
+}
+
+impl<T> Clone for List<T> {
+    fn clone(&self) -> Self {
+        List(self.0.clone())
+    }
+}
+
+impl<T: PartialEq> PartialEq for List<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: Eq> Eq for List<T> {}
+
+impl<T: std::hash::Hash> std::hash::Hash for List<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+/// So that a set of lists can be searched by a slice.
+impl<T> std::borrow::Borrow<[T]> for List<T> {
+    fn borrow(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
 /// The deploy targets a key or consumer is bound to; empty means every target.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TargetSet(Box<[TargetIdx]>);
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TargetSet(List<TargetIdx>);
 
 impl TargetSet {
     pub fn new(mut targets: Vec<TargetIdx>) -> TargetSet {
         targets.sort_unstable();
         targets.dedup();
-        TargetSet(targets.into_boxed_slice())
+        TargetSet(List::new(targets))
+    }
+
+    /// Shares `list`, which [`TargetSet::new`] has already sorted and deduplicated.
+    pub fn from_list(list: List<TargetIdx>) -> TargetSet {
+        TargetSet(list)
     }
 
     /// True when unrestricted, or when `t` is one of the bound targets.
     pub fn allows(&self, t: TargetIdx) -> bool {
-        self.0.is_empty() || self.0.contains(&t)
+        self.0.is_empty() || self.0.as_slice().contains(&t)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,12 +239,16 @@ impl TargetSet {
 }
 
 /// An IP allow-list; empty means any address.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IpList(Box<[IpNet]>);
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct IpList(List<IpNet>);
 
 impl IpList {
     pub fn new(nets: Vec<IpNet>) -> IpList {
-        IpList(nets.into_boxed_slice())
+        IpList(List::new(nets))
+    }
+
+    pub fn from_list(list: List<IpNet>) -> IpList {
+        IpList(list)
     }
 
     /// True when unrestricted, or when `ip` falls in one of the networks. `ip` must already be
@@ -171,6 +265,32 @@ impl IpList {
         self.0.iter()
     }
 }
+
+/// Path prefixes a key may call (stored without a trailing `/`); empty means any path.
+pub type Paths = List<Box<str>>;
+
+/// A key's restrictions beyond its status and expiry: which targets, addresses and paths. Held
+/// behind one pointer, shared by the keys that have the same ones (and none for a key without).
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
+pub struct Rules {
+    pub targets: TargetSet,
+    pub allow_ips: IpList,
+    pub paths: Paths,
+}
+
+impl Rules {
+    const NONE: Rules = Rules {
+        targets: TargetSet(List(None)),
+        allow_ips: IpList(List(None)),
+        paths: List(None),
+    };
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty() && self.allow_ips.is_empty() && self.paths.is_empty()
+    }
+}
+
+static NO_RULES: Rules = Rules::NONE;
 
 /// `[server]`.
 #[derive(Debug)]
@@ -216,28 +336,254 @@ pub struct Consumer {
 }
 
 /// `[[keys]]`: one API key, by the hash of its secret.
+///
+/// A million of these are held at once, so the fields that requests read are kept in the struct
+/// (lists as one shared pointer each) and the rest, which only the admin API and the commands
+/// read, in one allocation of their own that keys without any of them do not have: see
+/// [`Key::name`], [`Key::prefix`], [`Key::created_at`], [`Key::previous`], [`Key::rate_limit`].
 #[derive(Debug)]
 pub struct Key {
     pub id: Id,
-    pub name: Option<Box<str>>,
     /// Index into [`Snapshot::consumers`].
     pub consumer: Option<u32>,
     pub hash: KeyHash,
     pub status: Status,
     pub expires_at: Option<SystemTime>,
-    pub targets: TargetSet,
-    pub allow_ips: IpList,
     pub access: Access,
-    /// Path prefixes the key may call, matched on whole segments; empty means any path.
-    pub paths: Vec<Box<str>>,
-    pub rate_limit: Option<Rate>,
-    pub created_at: Option<SystemTime>,
-    /// The first characters of the secret, for people to recognise it by.
-    pub prefix: Option<Box<str>>,
-    /// After a rotation: the old secret's hash, valid until the given time.
-    pub previous: Option<(KeyHash, SystemTime)>,
     /// Defined in the keys file (changeable through the admin API), not the main file.
     pub managed: bool,
+    rules: Option<Arc<Rules>>,
+    cold: Cold,
+}
+
+/// Everything a [`Key`] is made of.
+#[derive(Debug, Default)]
+pub struct KeyParts<'a> {
+    pub id: Option<Id>,
+    pub name: Option<&'a str>,
+    pub consumer: Option<u32>,
+    pub hash: Option<KeyHash>,
+    pub status: Status,
+    pub expires_at: Option<SystemTime>,
+    /// `None` for none (what [`Rules::default`] also means); validate shares equal ones.
+    pub rules: Option<Arc<Rules>>,
+    pub access: Access,
+    pub rate_limit: Option<Rate>,
+    pub created_at: Option<SystemTime>,
+    pub prefix: Option<&'a str>,
+    pub previous: Option<(KeyHash, SystemTime)>,
+    pub managed: bool,
+}
+
+impl Key {
+    /// `None` without an id or a hash.
+    pub fn new(p: KeyParts<'_>) -> Option<Key> {
+        let cold = Cold::new(&p);
+        Some(Key {
+            id: p.id?,
+            consumer: p.consumer,
+            hash: p.hash?,
+            status: p.status,
+            expires_at: p.expires_at,
+            access: p.access,
+            managed: p.managed,
+            rules: p.rules.filter(|r| !r.is_empty()),
+            cold,
+        })
+    }
+
+    pub fn rules(&self) -> &Rules {
+        self.rules.as_deref().unwrap_or(&NO_RULES)
+    }
+
+    /// The deploy targets the key is bound to; empty means every target.
+    pub fn targets(&self) -> &TargetSet {
+        &self.rules().targets
+    }
+
+    pub fn allow_ips(&self) -> &IpList {
+        &self.rules().allow_ips
+    }
+
+    /// Path prefixes the key may call, matched on whole segments; empty means any path.
+    pub fn paths(&self) -> &Paths {
+        &self.rules().paths
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.cold.text(Cold::NAME)
+    }
+
+    /// The first characters of the secret, for people to recognise it by.
+    pub fn prefix(&self) -> Option<&str> {
+        self.cold.text(Cold::PREFIX)
+    }
+
+    pub fn created_at(&self) -> Option<SystemTime> {
+        self.cold.get(Cold::CREATED).map(decode_time)
+    }
+
+    /// After a rotation: the old secret's hash, valid until the given time.
+    pub fn previous(&self) -> Option<(KeyHash, SystemTime)> {
+        let b = self.cold.get(Cold::PREVIOUS)?;
+        let mut hash = [0; 32];
+        hash.copy_from_slice(&b[..32]);
+        Some((KeyHash(hash), decode_time(&b[32..])))
+    }
+
+    pub fn rate_limit(&self) -> Option<Rate> {
+        let b = self.cold.get(Cold::RATE)?;
+        Some(Rate {
+            count: NonZeroU32::new(u32_at(b, 0))?,
+            per: Duration::new(u64_at(b, 4), u32_at(b, 12)),
+        })
+    }
+}
+
+/// The fields of a key that requests do not read, encoded in one allocation: a byte of flags,
+/// then the fixed-size fields present (`PREVIOUS`, `CREATED`, `RATE`, in that order), then the
+/// name (a `u32` length and its bytes) and the prefix (the rest).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Cold(Option<Box<[u8]>>);
+
+/// A time as seconds since the epoch (negative before it) and nanoseconds.
+const TIME_LEN: usize = 12;
+
+impl Cold {
+    const PREVIOUS: u8 = 1;
+    const CREATED: u8 = 2;
+    const RATE: u8 = 4;
+    const NAME: u8 = 8;
+    const PREFIX: u8 = 16;
+    /// The fixed-size fields, in their order.
+    const FIXED: [(u8, usize); 3] = [
+        (Cold::PREVIOUS, 32 + TIME_LEN),
+        (Cold::CREATED, TIME_LEN),
+        (Cold::RATE, 16),
+    ];
+
+    fn new(p: &KeyParts<'_>) -> Cold {
+        let fields = [
+            (Cold::PREVIOUS, p.previous.is_some()),
+            (Cold::CREATED, p.created_at.is_some()),
+            (Cold::RATE, p.rate_limit.is_some()),
+            (Cold::NAME, p.name.is_some()),
+            (Cold::PREFIX, p.prefix.is_some()),
+        ];
+        let flags = fields
+            .iter()
+            .filter(|(_, present)| *present)
+            .fold(0, |acc, (f, _)| acc | f);
+        if flags == 0 {
+            return Cold(None);
+        }
+        // A name is stored with a 32-bit length (a longer one, which no file of 4 GiB could
+        // hold anyway, would lose its end).
+        let name = p
+            .name
+            .map(|n| &n[..n.floor_char_boundary(u32::MAX as usize)]);
+        let len = 1
+            + Cold::FIXED
+                .iter()
+                .filter(|(f, _)| flags & f != 0)
+                .map(|(_, len)| len)
+                .sum::<usize>()
+            + name.map_or(0, |n| 4 + n.len())
+            + p.prefix.map_or(0, str::len);
+        let mut out = Vec::with_capacity(len);
+        out.push(flags);
+        if let Some((hash, until)) = p.previous {
+            out.extend_from_slice(&hash.0);
+            encode_time(until, &mut out);
+        }
+        if let Some(t) = p.created_at {
+            encode_time(t, &mut out);
+        }
+        if let Some(r) = p.rate_limit {
+            out.extend_from_slice(&r.count.get().to_le_bytes());
+            out.extend_from_slice(&r.per.as_secs().to_le_bytes());
+            out.extend_from_slice(&r.per.subsec_nanos().to_le_bytes());
+        }
+        if let Some(name) = name {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+        }
+        if let Some(prefix) = p.prefix {
+            out.extend_from_slice(prefix.as_bytes());
+        }
+        Cold(Some(out.into_boxed_slice()))
+    }
+
+    /// The bytes of one field, when present.
+    fn get(&self, field: u8) -> Option<&[u8]> {
+        let b = self.0.as_deref()?;
+        let flags = b[0];
+        if flags & field == 0 {
+            return None;
+        }
+        let mut at = 1;
+        for (f, len) in Cold::FIXED {
+            if f == field {
+                return b.get(at..at + len);
+            }
+            if flags & f != 0 {
+                at += len;
+            }
+        }
+        let mut name = 0..0;
+        if flags & Cold::NAME != 0 {
+            let len = u32_at(b.get(at..)?, 0) as usize;
+            name = at + 4..at + 4 + len;
+            at = name.end;
+        }
+        match field {
+            Cold::NAME => b.get(name),
+            _ => b.get(at..),
+        }
+    }
+
+    fn text(&self, field: u8) -> Option<&str> {
+        // Written from a `&str`, so this never fails.
+        std::str::from_utf8(self.get(field)?).ok()
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut v = [0; 4];
+    v.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(v)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut v = [0; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+fn encode_time(t: SystemTime, out: &mut Vec<u8>) {
+    let (secs, nanos) = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        // Before the epoch: whole seconds down, nanoseconds up, so that both add.
+        Err(e) => {
+            let d = e.duration();
+            match d.subsec_nanos() {
+                0 => (-(d.as_secs() as i64), 0),
+                n => (-(d.as_secs() as i64) - 1, 1_000_000_000 - n),
+            }
+        }
+    };
+    out.extend_from_slice(&secs.to_le_bytes());
+    out.extend_from_slice(&nanos.to_le_bytes());
+}
+
+fn decode_time(b: &[u8]) -> SystemTime {
+    let secs = u64_at(b, 0) as i64;
+    let nanos = Duration::from_nanos(u64::from(u32_at(b, 8)));
+    if secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + nanos
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nanos
+    }
 }
 
 /// `[admin]` with its `[[admin_keys]]`.
@@ -268,16 +614,14 @@ impl Key {
     /// Same id aside, whether `other` grants exactly what `self` does (consumer compared by the
     /// caller, since its index depends on the snapshot).
     pub fn same_settings(&self, other: &Key) -> bool {
-        self.name == other.name
+        self.name() == other.name()
             && self.hash == other.hash
             && self.status == other.status
             && self.expires_at == other.expires_at
-            && self.targets == other.targets
-            && self.allow_ips == other.allow_ips
+            && self.rules() == other.rules()
             && self.access == other.access
-            && self.paths == other.paths
-            && self.rate_limit == other.rate_limit
-            && self.previous == other.previous
+            && self.rate_limit() == other.rate_limit()
+            && self.previous() == other.previous()
     }
 }
 
@@ -309,13 +653,25 @@ impl Snapshot {
         consumers: Vec<Consumer>,
         keys: Vec<Key>,
     ) -> Snapshot {
-        let mut by_hash = KeyTable::with_capacity(keys.len());
+        let mut table = KeyTable::with_capacity(keys.len());
         for (i, k) in keys.iter().enumerate() {
-            by_hash.insert(&keys, k.hash, i, false);
-            if let Some((previous, _)) = k.previous {
-                by_hash.insert(&keys, previous, i, true);
+            table.insert(&keys, k.hash, i, false);
+            if let Some((previous, _)) = k.previous() {
+                table.insert(&keys, previous, i, true);
             }
         }
+        Snapshot::with_table(server, targets, consumers, keys, table)
+    }
+
+    /// [`Snapshot::new`] with the table of `keys` already built (by `validate`, which fills it
+    /// as it goes to find duplicate hashes).
+    pub fn with_table(
+        server: Server,
+        targets: Vec<Target>,
+        consumers: Vec<Consumer>,
+        keys: Vec<Key>,
+        by_hash: KeyTable,
+    ) -> Snapshot {
         let routes = Routes::build(&targets);
         let mut snap = Snapshot {
             server,
@@ -339,9 +695,9 @@ impl Snapshot {
     pub fn key_by_hash(&self, hash: &KeyHash) -> Option<(usize, &Key, Matched)> {
         let (index, previous) = self.by_hash.get(&self.keys, hash)?;
         let key = &self.keys[index];
-        let matched = match key.previous {
-            Some((_, until)) if previous => Matched::Previous(until),
-            _ => Matched::Current,
+        let matched = match previous {
+            true => Matched::Previous(key.previous()?.1),
+            false => Matched::Current,
         };
         Some((index, key, matched))
     }
@@ -575,7 +931,7 @@ fn entry_hash(keys: &[Key], entry: u32) -> Option<KeyHash> {
     let key = keys.get((entry & INDEX_MASK) as usize)?;
     match entry & PREVIOUS {
         0 => Some(key.hash),
-        _ => key.previous.map(|(h, _)| h),
+        _ => key.previous().map(|(h, _)| h),
     }
 }
 
@@ -708,6 +1064,137 @@ mod tests {
         ] {
             assert!(Id::new(bad).is_none(), "{bad:?}");
         }
+    }
+
+    fn key(i: u32, parts: KeyParts<'_>) -> Key {
+        Key::new(KeyParts {
+            id: Id::new(&format!("k{i}")),
+            hash: Some(KeyHash::of(&i.to_le_bytes())),
+            ..parts
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn cold_fields_round_trip() {
+        let before_epoch = SystemTime::UNIX_EPOCH - Duration::new(86_400, 250_000_000);
+        let later = SystemTime::UNIX_EPOCH + Duration::new(1_800_000_000, 999_999_999);
+        let rate = Rate::parse("5/minute").unwrap();
+        let previous = (KeyHash::of(b"old"), later);
+        let full = key(
+            1,
+            KeyParts {
+                name: Some("Ünïcode name"),
+                prefix: Some("kg_ab"),
+                created_at: Some(before_epoch),
+                previous: Some(previous),
+                rate_limit: Some(rate),
+                ..KeyParts::default()
+            },
+        );
+        assert_eq!(full.name(), Some("Ünïcode name"));
+        assert_eq!(full.prefix(), Some("kg_ab"));
+        assert_eq!(full.created_at(), Some(before_epoch));
+        assert_eq!(full.previous(), Some(previous));
+        assert_eq!(full.rate_limit(), Some(rate));
+        let some = key(
+            2,
+            KeyParts {
+                prefix: Some(""),
+                created_at: Some(SystemTime::UNIX_EPOCH),
+                ..KeyParts::default()
+            },
+        );
+        assert_eq!(some.name(), None);
+        assert_eq!(some.prefix(), Some(""));
+        assert_eq!(some.created_at(), Some(SystemTime::UNIX_EPOCH));
+        assert_eq!((some.previous(), some.rate_limit()), (None, None));
+        let none = key(3, KeyParts::default());
+        assert_eq!(none.cold, Cold(None));
+        assert_eq!(
+            (none.name(), none.prefix(), none.created_at()),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn the_key_table_finds_current_and_previous_hashes() {
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let keys: Vec<Key> = (0..5000u32)
+            .map(|i| {
+                let previous =
+                    (i % 3 == 0).then(|| (KeyHash::of(&(i + 1_000_000).to_le_bytes()), until));
+                key(
+                    i,
+                    KeyParts {
+                        previous,
+                        ..KeyParts::default()
+                    },
+                )
+            })
+            .collect();
+        // Built from too small a start, so that it grows on the way.
+        let mut table = KeyTable::with_capacity(10);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(table.try_insert(&keys, k.hash, i, false), None);
+            if let Some((h, _)) = k.previous() {
+                assert_eq!(table.try_insert(&keys, h, i, true), None);
+            }
+        }
+        assert!(
+            table.slots.len() * 10 >= table.len * 13,
+            "at least 1.3 slots per entry"
+        );
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(table.get(&keys, &k.hash), Some((i, false)));
+            if let Some((h, _)) = k.previous() {
+                assert_eq!(table.get(&keys, &h), Some((i, true)));
+            }
+        }
+        for miss in 0..5000u32 {
+            assert_eq!(
+                table.get(&keys, &KeyHash::of(&(miss + 9_000_000).to_le_bytes())),
+                None
+            );
+        }
+        // A hash already there: kept by `try_insert`, replaced by `insert`.
+        assert_eq!(
+            table.try_insert(&keys, keys[7].hash, 8, false),
+            Some((7, false))
+        );
+        assert_eq!(table.get(&keys, &keys[7].hash), Some((7, false)));
+        assert_eq!(
+            table.insert(&keys, keys[7].hash, 7, false),
+            Some((7, false))
+        );
+    }
+
+    #[test]
+    fn equal_lists_compare_equal_however_they_are_held() {
+        let a = IpList::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let b = IpList::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(a, b);
+        assert_eq!(a.clone(), a);
+        assert_ne!(a, IpList::default());
+        assert!(IpList::new(vec![]).is_empty());
+        assert_eq!(
+            TargetSet::new(vec![3, 1, 3]).iter().collect::<Vec<_>>(),
+            [1, 3]
+        );
+    }
+
+    #[test]
+    fn ids_in_an_arena_are_ids() {
+        let mut arena = IdArena::default();
+        let ids: Vec<Id> = (0..500)
+            .map(|i| arena.id(&format!("key-{i:07}")).unwrap())
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(id, &Id::new(&format!("key-{i:07}")).unwrap());
+            assert_eq!(id.header_value(), format!("key-{i:07}").as_str());
+        }
+        assert!(arena.id("not valid").is_none());
+        assert!(arena.id(&"x".repeat(Id::MAX_LEN)).is_some());
     }
 
     #[test]

@@ -827,8 +827,8 @@ secret = "static-secret"
         let (_, key, _) = snap.key_by_hash(&KeyHash::of(secret.as_bytes())).unwrap();
         assert_eq!(key.id.as_str(), "api");
         assert!(key.managed);
-        assert_eq!(key.prefix.as_deref(), Some(&secret[..7]));
-        assert!(key.created_at.is_some());
+        assert_eq!(key.prefix(), Some(&secret[..7]));
+        assert!(key.created_at().is_some());
         assert!(key.expires_at.is_some());
         let again = store.create_key(
             NewKey {
@@ -927,10 +927,10 @@ secret = "static-secret"
             .snapshot;
         let k = snap.keys.iter().find(|k| k.id.as_str() == "k").unwrap();
         assert_eq!(
-            (k.status, k.access, k.rate_limit),
+            (k.status, k.access, k.rate_limit()),
             (Status::Inactive, Access::ReadOnly, None)
         );
-        assert_eq!(k.paths, vec![Box::<str>::from("/reports")]);
+        assert_eq!(k.paths().as_slice(), [Box::<str>::from("/reports")]);
         assert!(!keys_text(&d).contains("rate_limit"));
     }
 

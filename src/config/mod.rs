@@ -199,8 +199,8 @@ secret = "static-secret"
         assert!(!s.keys[0].managed);
         assert!(s.keys[1].managed && s.consumers[0].managed);
         assert_eq!(s.consumers[0].max_keys, Some(2));
-        assert_eq!(s.keys[1].prefix.as_deref(), Some("kg_ab"));
-        assert!(s.keys[1].created_at.is_some());
+        assert_eq!(s.keys[1].prefix(), Some("kg_ab"));
+        assert!(s.keys[1].created_at().is_some());
         let admin = s.admin.as_ref().unwrap();
         assert_eq!(admin.listen.port(), 9901);
         assert_eq!(&*admin.key_prefix, "kg_");

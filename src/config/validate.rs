@@ -4,11 +4,12 @@
 //! and the key, consumer or target it belongs to, so one `keygate check` run shows everything
 //! that needs fixing.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::uri::{Scheme, Uri};
@@ -23,8 +24,8 @@ use super::raw::{
 use super::{ConfigError, Severity};
 use crate::secret::KeyHash;
 use crate::snapshot::{
-    Admin, AdminKey, Consumer, Id, IpList, Key, Rate, Server, Snapshot, Target, TargetIdx,
-    TargetSet,
+    Admin, AdminKey, Consumer, Id, IdArena, IpList, Key, KeyParts, List, Rate, Rules, Server,
+    Snapshot, Target, TargetIdx, TargetSet,
 };
 use crate::tls::TlsFiles;
 
@@ -105,8 +106,12 @@ impl Checker<'_> {
         self.problems.iter().any(|p| p.severity == Severity::Error)
     }
 
-    fn id(&mut self, raw: &Spanned<String>, what: &str) -> Option<Id> {
-        let id = Id::new(raw.get_ref());
+    /// The id in `raw`, made in `arena` when one is given.
+    fn id(&mut self, raw: &Spanned<String>, what: &str, arena: Option<&mut IdArena>) -> Option<Id> {
+        let id = match arena {
+            Some(arena) => arena.id(raw.get_ref()),
+            None => Id::new(raw.get_ref()),
+        };
         if id.is_none() {
             self.error(
                 raw.span(),
@@ -294,7 +299,7 @@ fn admin(
     let mut ids: HashMap<&str, (usize, usize)> = HashMap::new();
     for k in raw_keys {
         let subject = format!("admin key {:?}", k.id.get_ref());
-        let Some(id) = c.id(&k.id, "admin key id") else {
+        let Some(id) = c.id(&k.id, "admin key id", None) else {
             continue;
         };
         if let Some(first) = ids.insert(k.id.get_ref(), c.place(k.id.span())) {
@@ -488,7 +493,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
         return (out, names);
     }
     for t in raw {
-        let Some(name) = c.id(&t.name, "target name") else {
+        let Some(name) = c.id(&t.name, "target name", None) else {
             continue;
         };
         let subject = format!("target {:?}", t.name.get_ref());
@@ -648,7 +653,7 @@ fn consumers<'r>(
     let mut first_seen: HashMap<&str, (usize, usize)> = HashMap::new();
     for (source, raw) in raw {
         c.cur = source;
-        let Some(id) = c.id(&raw.id, "consumer id") else {
+        let Some(id) = c.id(&raw.id, "consumer id", None) else {
             continue;
         };
         let subject = format!("consumer {:?}", raw.id.get_ref());
@@ -689,12 +694,15 @@ fn keys<'r>(
     consumer_ids: &HashMap<String, u32>,
 ) -> Vec<Key> {
     let mut out = Vec::with_capacity(count);
+    let mut arena = IdArena::default();
+    // Each distinct set of rules once, shared by the keys that have it.
+    let mut shared: HashSet<Arc<Rules>> = HashSet::new();
     let mut first_seen: HashMap<&str, (usize, usize)> = HashMap::with_capacity(count);
     let mut hashes: HashMap<KeyHash, &str, crate::secret::KeyHashBuilder> =
         HashMap::with_capacity_and_hasher(count, Default::default());
     for (source, raw) in raw {
         c.cur = source;
-        let Some(id) = c.id(&raw.id, "key id") else {
+        let Some(id) = c.id(&raw.id, "key id", Some(&mut arena)) else {
             continue;
         };
         let subject = format!("key {:?}", raw.id.get_ref());
@@ -834,23 +842,35 @@ fn keys<'r>(
         let (Some((hash, _)), true) = (hash, raw.consumer.is_none() || consumer.is_some()) else {
             continue;
         };
-        out.push(Key {
-            id,
-            name: raw.name.as_deref().map(Into::into),
-            consumer,
-            hash,
-            status: raw.status.unwrap_or_default(),
-            expires_at,
+        let rules = Rules {
             targets,
             allow_ips,
+            paths: List::new(paths),
+        };
+        let rules = match shared.get(&rules) {
+            _ if rules.is_empty() => None,
+            Some(same) => Some(same.clone()),
+            None => {
+                let rules = Arc::new(rules);
+                shared.insert(rules.clone());
+                Some(rules)
+            }
+        };
+        out.extend(Key::new(KeyParts {
+            id: Some(id),
+            name: raw.name.as_deref(),
+            consumer,
+            hash: Some(hash),
+            status: raw.status.unwrap_or_default(),
+            expires_at,
+            rules,
             access: raw.access.unwrap_or_default(),
-            paths,
             rate_limit,
             created_at,
-            prefix: raw.prefix.as_deref().map(Into::into),
+            prefix: raw.prefix.as_deref(),
             previous,
             managed: source == 1,
-        });
+        }));
     }
     c.cur = 0;
     out

@@ -72,12 +72,12 @@ pub fn decide<'s>(
         return Err(Deny::KeyExpired);
     }
     let consumer = snap.consumer_of(key);
-    if !key.allow_ips.allows(facts.client_ip)
+    if !key.allow_ips().allows(facts.client_ip)
         || consumer.is_some_and(|c| !c.allow_ips.allows(facts.client_ip))
     {
         return Err(Deny::IpNotAllowed);
     }
-    if !key.targets.allows(facts.target)
+    if !key.targets().allows(facts.target)
         || consumer.is_some_and(|c| !c.targets.allows(facts.target))
     {
         return Err(Deny::TargetNotAllowed);
@@ -101,8 +101,8 @@ fn access_allows(key: &Key, method: &Method, path: &str) -> bool {
     {
         return false;
     }
-    key.paths.is_empty()
-        || (is_unambiguous(path) && key.paths.iter().any(|p| segment_prefix(path, p)))
+    key.paths().is_empty()
+        || (is_unambiguous(path) && key.paths().iter().any(|p| segment_prefix(path, p)))
 }
 
 /// False for paths an upstream may normalise into another one: dot segments (`/reports/../admin`),
