@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
@@ -77,6 +77,10 @@ pub struct Reloader {
 struct Seen {
     content: Option<[u8; 32]>,
     failed: bool,
+    /// The files' metadata taken just before `content` was read: while it is unchanged, the
+    /// periodic check skips reading and hashing (a 1,000,000-key file is ~100 MB, which would
+    /// otherwise be read and hashed every few seconds for nothing).
+    stamp: Option<Stamp>,
 }
 
 impl Reloader {
@@ -93,6 +97,7 @@ impl Reloader {
         let seen = Seen {
             content: Some(digest(initial, keys_file.as_deref())),
             failed: false,
+            stamp: None,
         };
         Reloader {
             path,
@@ -146,8 +151,20 @@ impl Reloader {
 
     /// Reads, validates and publishes the file if its content changed (always, for a signal).
     pub fn reload(&self, trigger: Trigger) -> Outcome {
+        self.reload_at(trigger, SystemTime::now())
+    }
+
+    /// [`Self::reload`] at `now`, which decides whether the files' metadata is old enough to
+    /// be trusted.
+    fn reload_at(&self, trigger: Trigger, now: SystemTime) -> Outcome {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
+        let keys_file = self.published.load().keys_file.clone();
+        let stamp = Stamp::of(&self.path, keys_file.as_deref(), now);
+        if trigger == Trigger::Periodic && stamp.is_some() && seen.stamp == stamp {
+            return Outcome::Unchanged;
+        }
+        seen.stamp = stamp;
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(source) => {
@@ -168,7 +185,7 @@ impl Reloader {
                 return Outcome::Failed;
             }
         };
-        let digest = digest(&bytes, self.published.load().keys_file.as_deref());
+        let digest = digest(&bytes, keys_file.as_deref());
         if seen.content == Some(digest) && trigger != Trigger::Signal {
             return Outcome::Unchanged;
         }
@@ -200,6 +217,8 @@ impl Reloader {
             main_text.as_bytes(),
             loaded.snapshot.keys_file.as_deref(),
         ));
+        // Written just now: the next periodic check reads the files once more.
+        seen.stamp = None;
         seen.failed = false;
         self.install(loaded, Trigger::Admin, started)
     }
@@ -242,6 +261,57 @@ impl Reloader {
             removed,
             changed,
         }
+    }
+}
+
+/// Size, modification and change times, inode and device of the main file and the keys file
+/// (following symlinks, so a Kubernetes `..data` swap changes it). `None` where unknown, and
+/// for a file changed in the last [`STAMP_SETTLE`]: file times have a granularity of a few
+/// milliseconds, so an edit made just after the stamp was taken could carry the same times
+/// and size, and would be missed (git's "racily clean" index entries, same cure).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp([FileStamp; 2]);
+
+type FileStamp = (u64, i64, i64, i64, i64, u64, u64);
+
+/// How old a file's last change must be before its metadata alone is trusted.
+const STAMP_SETTLE: Duration = Duration::from_secs(2);
+
+impl Stamp {
+    #[cfg(unix)]
+    fn of(main: &Path, keys_file: Option<&Path>, now: SystemTime) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt as _;
+        let settled = now.checked_sub(STAMP_SETTLE)?;
+        let one = |p: &Path| -> Option<FileStamp> {
+            let m = std::fs::metadata(p).ok()?;
+            let changed = SystemTime::UNIX_EPOCH
+                + Duration::new(
+                    u64::try_from(m.ctime().max(m.mtime())).ok()?,
+                    u32::try_from(m.ctime_nsec().max(m.mtime_nsec())).ok()?,
+                );
+            (changed < settled).then(|| {
+                let (len, ino, dev) = (m.len(), m.ino(), m.dev());
+                (
+                    len,
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                    ino,
+                    dev,
+                )
+            })
+        };
+        let keys = match keys_file {
+            None => (0, 0, 0, 0, 0, 0, 0),
+            Some(k) => one(k)?,
+        };
+        Some(Stamp([one(main)?, keys]))
+    }
+
+    #[cfg(not(unix))]
+    fn of(_: &Path, _: Option<&Path>, _: SystemTime) -> Option<Stamp> {
+        None
     }
 }
 
@@ -371,4 +441,80 @@ fn hangup() -> mpsc::Receiver<()> {
     #[cfg(not(unix))]
     drop(tx);
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[targets]]
+name = "up"
+upstream = "http://127.0.0.1:9"
+
+[[keys]]
+id = "k1"
+hash = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
+"#;
+
+    fn reloader(dir: &Path) -> Reloader {
+        let path = dir.join("keygate.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let loaded = config::parse(CONFIG, &path).unwrap();
+        let listen = loaded.snapshot.server.listen;
+        let published = Arc::new(Published::new(loaded.snapshot));
+        Reloader::new(path, published, listen, CONFIG.as_bytes(), None)
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("keygate-reload-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The periodic check skips unchanged files by their metadata, but an edit that keeps the
+    /// size (a changed hash digit) is still seen: its modification and change times differ.
+    /// Metadata of a file changed within the last 2 s is not trusted at all.
+    #[test]
+    fn periodic_check_sees_a_same_size_edit_and_skips_unchanged_files() {
+        let dir = temp_dir("stamp");
+        let r = reloader(&dir);
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(10);
+        assert_eq!(r.reload_at(Trigger::Periodic, now), Outcome::Unchanged);
+        assert_eq!(
+            r.seen.lock().unwrap().stamp,
+            None,
+            "just written: not trusted"
+        );
+        assert_eq!(r.reload_at(Trigger::Periodic, later), Outcome::Unchanged);
+        assert!(r.seen.lock().unwrap().stamp.is_some());
+
+        // A same-size edit just now: recent, so the file is read whatever its metadata says.
+        let path = dir.join("keygate.toml");
+        let edited = CONFIG.replace("0001\"", "0002\"");
+        assert_eq!(edited.len(), CONFIG.len());
+        std::fs::write(&path, &edited).unwrap();
+        assert!(matches!(
+            r.reload_at(Trigger::Periodic, now),
+            Outcome::Published { changed: 1, .. }
+        ));
+        // Seen later, after it settled: read once more, and its metadata trusted from then on.
+        assert_eq!(r.reload_at(Trigger::Periodic, later), Outcome::Unchanged);
+        assert!(r.seen.lock().unwrap().stamp.is_some());
+        // Another same-size edit with other times: seen from the metadata alone.
+        std::fs::write(&path, CONFIG).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(now - Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            r.reload_at(Trigger::Periodic, later),
+            Outcome::Published { changed: 1, .. }
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
