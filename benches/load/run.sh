@@ -134,14 +134,14 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-wait_port() { # port name pid
-  local i
-  for i in $(seq 1 600); do
+wait_port() { # port name pid: up to 120 s (a million keys on a busy machine take a while)
+  local deadline=$((SECONDS + 120))
+  while ((SECONDS < deadline)); do
     if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/"; then return 0; fi
-    alive "$3" || die "$2 exited before it listened on 127.0.0.1:$1 (logs in $WORK; KEEP_WORK=1 keeps them)"
+    alive "$3" || die "$2 exited before it listened on 127.0.0.1:$1 (KEEP_WORK=1 keeps its logs)"
     sleep 0.05
   done
-  die "$2 did not start listening on 127.0.0.1:$1 within 30 s (logs in $WORK)"
+  die "$2 did not start listening on 127.0.0.1:$1 within 120 s (KEEP_WORK=1 keeps its logs)"
 }
 
 # ---- build --------------------------------------------------------------------------------
