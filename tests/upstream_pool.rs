@@ -437,9 +437,6 @@ async fn a_chunked_response_streams_whole_and_its_connection_is_reused() {
 
 /// A trailer section is the last thing of a chunked body; the exchange is over after it.
 #[tokio::test]
-#[ignore = "BUG: pool.rs never returns a connection whose chunked response ended with trailers: \
-            PooledBody marks the end only on Ready(None) or is_end_stream(), and hyper's server \
-            drops the body right after the trailers frame without polling again"]
 async fn a_chunked_response_with_trailers_leaves_its_connection_reusable() {
     let (addr, up) = gateway().await;
     let mut h1 = H1::connect(addr).await;
@@ -735,9 +732,6 @@ async fn fifty_concurrent_requests_all_succeed_on_at_most_fifty_connections() {
 /// does), while the client is still sending it. That connection cannot carry another request
 /// until the upload ends, so an unrelated request must not wait for it.
 #[tokio::test]
-#[ignore = "BUG: pool.rs pools a connection when its response body ends even if the request \
-            body is still being sent; the next request takes it and waits in checkout's \
-            ready() for that upload, here until the target timeout (504)"]
 async fn a_request_does_not_wait_for_another_clients_unfinished_upload() {
     let up = start_scripted(kinds).await;
     let addr = start_keygate(&target_with(up.addr, "timeout = \"3s\"")).await;

@@ -97,7 +97,7 @@ impl Pool {
                 continue;
             }
             let mut sender = idle.sender;
-            // Returned as soon as its body ended: hyper may still be finishing that exchange.
+            // Pooled only when ready (see `PooledBody`'s drop); this only notices a close.
             if sender.ready().await.is_ok() {
                 return Some(sender);
             }
@@ -207,7 +207,13 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || this.body.is_end_stream() {
+        // Trailers are the last frame of a chunked body, and a server stops reading after them.
+        let last = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            _ => false,
+        };
+        if last || this.body.is_end_stream() {
             this.ended = true;
         }
         polled
@@ -224,11 +230,35 @@ impl Body for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if let Some(home) = self.home.take()
-            && (self.ended || self.body.is_end_stream())
-            && let Some(pool) = home.pool.upgrade()
-        {
-            pool.put_back(home.upstream, home.sender);
+        let Some(home) = self.home.take() else {
+            return;
+        };
+        if !(self.ended || self.body.is_end_stream()) {
+            // Abandoned mid-body: hyper closes the connection; it is not reused.
+            return;
+        }
+        if home.sender.is_ready() {
+            if let Some(pool) = home.pool.upgrade() {
+                pool.put_back(home.upstream, home.sender);
+            }
+            return;
+        }
+        // The response ended but the exchange has not (the request body is still being sent,
+        // which an upstream that answers early allows): pool the connection only once it is
+        // free, so no other request waits behind someone else's upload.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let Home {
+                    pool,
+                    upstream,
+                    mut sender,
+                } = home;
+                if sender.ready().await.is_ok()
+                    && let Some(pool) = pool.upgrade()
+                {
+                    pool.put_back(upstream, sender);
+                }
+            });
         }
     }
 }
