@@ -209,6 +209,11 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Removes the fixed hop-by-hop headers and every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the few names a message has, instead of a hashed lookup for each of the
+    // eight names: almost no message carries any of them (1% of CPU per request, twice).
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
