@@ -4,6 +4,7 @@
 //! (later) reload, so every way in applies the same rules.
 
 pub mod raw;
+pub mod scan;
 pub mod validate;
 
 use std::fmt;
@@ -97,32 +98,90 @@ pub fn parse(src: &str, file: &Path) -> Result<Loaded, LoadError> {
 
 /// Like [`parse`], but with the keys file's text given instead of read: how the store checks a
 /// change before it writes it.
+///
+/// Each file is split first (`scan::split`): the `[[keys]]` tables are read one at a time as
+/// they are validated, and only the rest goes through `toml` as a whole, so that a large key
+/// table never exists as a TOML tree. Whenever a piece is not valid TOML on its own, that file
+/// is parsed whole instead, the way it always was, so that errors read the same.
 pub fn parse_with(src: &str, file: &Path, keys_text: Option<&str>) -> Result<Loaded, LoadError> {
-    let raw: raw::RawConfig = from_toml(src, file)?;
-    let keys = match &raw.keys_file {
-        None => None,
-        Some(k) => {
+    parse_files(src, file, keys_text, [false; 2])
+}
+
+/// [`parse_with`]; `whole` says which files (main, keys) to parse whole from the start.
+fn parse_files(
+    src: &str,
+    file: &Path,
+    keys_text: Option<&str>,
+    mut whole: [bool; 2],
+) -> Result<Loaded, LoadError> {
+    let main_split = scan::split(src);
+    let mut keys: Option<(PathBuf, std::borrow::Cow<'_, str>)> = None;
+    let mut keys_split = None;
+    loop {
+        let main =
+            read::<raw::RawConfig<'_>>(src, file, main_split.as_ref().filter(|_| !whole[0]))?;
+        if keys.is_none()
+            && let Some(k) = &main.raw.keys_file
+        {
             let path = validate::relative_to(file, k.get_ref());
             let text = match keys_text {
-                Some(t) => t.to_owned(),
-                None => read_keys_file(&path)?,
+                Some(t) => std::borrow::Cow::Borrowed(t),
+                None => std::borrow::Cow::Owned(read_keys_file(&path)?),
             };
-            Some((path, text))
+            keys_split = scan::split(&text);
+            keys = Some((path, text));
         }
-    };
-    let managed = match &keys {
-        None => None,
-        Some((path, text)) => Some((from_toml::<raw::RawKeysFile>(text, path)?, path, text)),
-    };
-    let main = validate::Source { file, text: src };
-    let managed = managed.map(|(raw, path, text)| (raw, validate::Source { file: path, text }));
-    match validate::validate(raw, main, managed) {
-        Ok((snapshot, warnings)) => Ok(Loaded { snapshot, warnings }),
-        Err(mut problems) => {
-            problems.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
-            Err(LoadError::Invalid(problems))
+        let managed = match (&main.raw.keys_file, &keys) {
+            (Some(_), Some((path, text))) => Some(read::<raw::RawKeysFile<'_>>(
+                text,
+                path,
+                keys_split.as_ref().filter(|_| !whole[1]),
+            )?),
+            _ => None,
+        };
+        match validate::validate(&main, managed.as_ref()) {
+            Ok((snapshot, warnings)) => return Ok(Loaded { snapshot, warnings }),
+            Err(validate::Failure::Invalid(mut problems)) => {
+                problems
+                    .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+                return Err(LoadError::Invalid(problems));
+            }
+            // Parsing the whole file either fails (with toml's error, as before) or gives the
+            // keys in it: a file parsed whole has no split-off keys, so this happens once.
+            Err(validate::Failure::Reparse(i)) => whole[i] = true,
         }
     }
+}
+
+/// A file as `toml` reads it: its `[[keys]]` cut out by `split` where that works, else whole.
+fn read<'a, R>(
+    text: &'a str,
+    file: &'a Path,
+    split: Option<&'a scan::Split>,
+) -> Result<validate::File<'a, R>, LoadError>
+where
+    R: serde::Deserialize<'a> + raw::HasKeys<'a>,
+{
+    let source = validate::Source { file, text };
+    if let Some(split) = split.filter(|s| !s.keys.is_empty())
+        && let Ok(raw) = toml::from_str::<R>(&split.rest)
+        // Keys both in the rest and in split-off tables: only the whole file says how they go
+        // together (or that they cannot).
+        && raw.keys().is_none()
+    {
+        return Ok(validate::File {
+            source,
+            raw,
+            map: &split.map,
+            chunks: &split.keys,
+        });
+    }
+    Ok(validate::File {
+        source,
+        raw: from_toml(text, file)?,
+        map: &[],
+        chunks: &[],
+    })
 }
 
 /// The keys file's text; a file that does not exist yet is an empty store (the first change
@@ -138,7 +197,7 @@ pub fn read_keys_file(path: &Path) -> Result<String, LoadError> {
     }
 }
 
-fn from_toml<T: serde::de::DeserializeOwned>(src: &str, file: &Path) -> Result<T, LoadError> {
+fn from_toml<'a, T: serde::Deserialize<'a>>(src: &'a str, file: &Path) -> Result<T, LoadError> {
     toml::from_str(src).map_err(|e| {
         let (line, column) = validate::line_col(src, e.span().map_or(0, |s| s.start));
         LoadError::Invalid(vec![ConfigError {
@@ -249,6 +308,101 @@ secret = "static-secret"
             e[0].contains("previous_hash needs previous_expires_at"),
             "{e:?}"
         );
+    }
+
+    /// Everything a load gives, as text: each key's fields, warnings, or the errors.
+    fn outcome(r: Result<Loaded, LoadError>) -> Vec<String> {
+        match r {
+            Err(e) => vec![e.to_string()],
+            Ok(l) => {
+                let s = &l.snapshot;
+                let mut out = vec![s.summary()];
+                out.extend(l.warnings.iter().map(ToString::to_string));
+                for (i, k) in s.keys.iter().enumerate() {
+                    out.push(format!(
+                        "{i} {} {} {:?} {:?} {:?} {:?} {:?} {:?} {} {:?} {:?} {:?} {:?} {:?}",
+                        k.id,
+                        k.hash,
+                        s.consumer_of(k).map(|c| &c.id),
+                        k.status,
+                        k.expires_at,
+                        k.rules(),
+                        k.access,
+                        k.name(),
+                        k.managed,
+                        k.prefix(),
+                        k.created_at(),
+                        k.previous(),
+                        k.rate_limit(),
+                        s.key_by_hash(&k.hash).map(|(i, _, m)| (i, m)),
+                    ));
+                }
+                out.extend(s.consumers.iter().map(|c| format!("{c:?}")));
+                out.push(format!(
+                    "{:?} {:?}",
+                    s.server.trusted_proxies, s.server.failed_auth_limit
+                ));
+                out
+            }
+        }
+    }
+
+    #[test]
+    fn split_files_load_exactly_as_whole_files() {
+        const H: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let key = |i: u32| {
+            format!(
+                "[[keys]]\nid = \"k{i}\"\nhash = \"sha256:{}\"\n",
+                crate::secret::KeyHash::of(&i.to_le_bytes()).to_string()[7..].to_owned()
+            )
+        };
+        let target = "[[targets]]\nname = \"production\"\nupstream = \"http://127.0.0.1:3000\"\n";
+        let consumer = "[[consumers]]\nid = \"acme\"\nallow_ips = [\"10.0.0.0/8\"]\n";
+        let mains = [
+            // Keys before, between and after the other tables; every kind of field.
+            format!(
+                "{}\n{target}{}name = \"N\"\nconsumer = \"acme\"\nstatus = \"inactive\"\nexpires_at = 2030-01-01T00:00:00.5+01:00\ntargets = [\"production\"]\nallow_ips = [\"10.1.0.0/16\", \"::1\"]\naccess = \"read-only\"\npaths = [\"/a/\", \"/b\"]\nrate_limit = \"5/s\"\ncreated_at = 2026-01-01T00:00:00Z\nprefix = \"kg_x\"\nprevious_hash = \"sha256:{H}\"\nprevious_expires_at = 2027-01-01T00:00:00Z\n\n{consumer}\n[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n{}",
+                key(1),
+                key(2),
+                key(3)
+            ),
+            // Tables that only toml reads: escapes, a multi-line array, a dotted key, CRLF.
+            format!(
+                "{target}[[keys]]\nid = \"k\\u0031\"\nsecret = \"s1\"\n[[keys]]\r\nid = 'k2'\r\nsecret = \"s2\"\r\nallow_ips = [\n  \"10.0.0.1\", # one\n]\n{}",
+                key(3)
+            ),
+            // Problems in split-off keys and in the rest after them.
+            format!(
+                "{}{}id = \"k9\"\nhash = \"sha256:{H}\"\nallow_ips = [\"nope\"]\nconsumer = \"who\"\n{target}[[targets]]\nname = \"x\"\nupstream = \"ftp://h\"\n{}{}previous_hash = \"sha256:{H}\"\nprevious_expires_at = 2027-01-01T00:00:00\n[[keys]]\nid = \"bad id\"\n",
+                key(1),
+                "[[keys]]\n",
+                key(2),
+                key(3)
+            ),
+            // Not valid TOML on its own: the whole file says what is wrong.
+            format!("{target}{}alow_ips = []\n{}", key(1), key(2)),
+            format!("{target}{}id = 5\n", "[[keys]]\n"),
+            format!("{target}{}[keys.x]\na = 1\n", key(1)),
+            format!("keys = []\n{target}{}", key(1)),
+            format!("{target}{}", "[[keys]]\n"),
+        ];
+        let keys_files = [
+            "",
+            "[[consumers]]\nid = \"c2\"\n",
+            &format!("{}{}", key(4), key(1)),
+        ];
+        let file = Path::new("/etc/keygate/keygate.toml");
+        for main in &mains {
+            let fast = outcome(parse_files(main, file, None, [false; 2]));
+            let whole = outcome(parse_files(main, file, None, [true; 2]));
+            assert_eq!(fast, whole, "{main}");
+            let with_keys_file = format!("keys_file = \"keys.toml\"\n{main}");
+            for keys in keys_files {
+                let fast = outcome(parse_files(&with_keys_file, file, Some(keys), [false; 2]));
+                let whole = outcome(parse_files(&with_keys_file, file, Some(keys), [true; 2]));
+                assert_eq!(fast, whole, "{main}\n---\n{keys}");
+            }
+        }
     }
 
     #[test]

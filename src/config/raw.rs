@@ -3,14 +3,61 @@
 //! Every struct denies unknown fields, so a typo such as `alow_ips` is an error instead of a
 //! silently dropped restriction. Values that need checking beyond their TOML type are kept as
 //! [`Spanned`] so that `validate` can point at their line and column.
+//!
+//! A key's strings are [`Text`]: borrowed from the file's text wherever they need no unescaping,
+//! so that reading a million keys does not copy each of their strings.
+
+use std::borrow::Cow;
+use std::fmt;
 
 use serde::Deserialize;
 use toml::Spanned;
 use toml::value::Datetime;
 
+/// A string of the config: borrowed from the file when it is written without escapes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Text<'a>;
+
+            // As `String` says it, so that a wrong type reads as before.
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+
+        d.deserialize_string(Visitor(std::marker::PhantomData))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub struct RawConfig<'a> {
     /// The file of `[[consumers]]` and `[[keys]]` that keygate manages (admin API, commands).
     pub keys_file: Option<Spanned<String>>,
     #[serde(default)]
@@ -22,18 +69,36 @@ pub struct RawConfig {
     pub targets: Vec<RawTarget>,
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
-    #[serde(default)]
-    pub keys: Vec<RawKey>,
+    /// `None` when the file has no `keys` at all (then a split-off `[[keys]]` may not meet one).
+    #[serde(borrow)]
+    pub keys: Option<Vec<RawKey<'a>>>,
 }
 
 /// The keys file: only consumers and keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawKeysFile {
+pub struct RawKeysFile<'a> {
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
-    #[serde(default)]
-    pub keys: Vec<RawKey>,
+    #[serde(borrow)]
+    pub keys: Option<Vec<RawKey<'a>>>,
+}
+
+/// What [`RawConfig`] and [`RawKeysFile`] share: their keys.
+pub trait HasKeys<'a> {
+    fn keys(&self) -> Option<&[RawKey<'a>]>;
+}
+
+impl<'a> HasKeys<'a> for RawConfig<'a> {
+    fn keys(&self) -> Option<&[RawKey<'a>]> {
+        self.keys.as_deref()
+    }
+}
+
+impl<'a> HasKeys<'a> for RawKeysFile<'a> {
+    fn keys(&self) -> Option<&[RawKey<'a>]> {
+        self.keys.as_deref()
+    }
 }
 
 /// `[admin]`: the admin API's own listener.
@@ -108,28 +173,40 @@ pub struct RawConsumer {
     pub created_at: Option<Spanned<Datetime>>,
 }
 
+/// One `[[keys]]` table. `scan::key` reads the same fields: a field added here goes there too.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawKey {
-    pub id: Spanned<String>,
-    pub name: Option<String>,
-    pub consumer: Option<Spanned<String>>,
-    pub hash: Option<Spanned<String>>,
-    pub secret: Option<Spanned<String>>,
+pub struct RawKey<'a> {
+    #[serde(borrow)]
+    pub id: Spanned<Text<'a>>,
+    #[serde(borrow)]
+    pub name: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub consumer: Option<Spanned<Text<'a>>>,
+    #[serde(borrow)]
+    pub hash: Option<Spanned<Text<'a>>>,
+    #[serde(borrow)]
+    pub secret: Option<Spanned<Text<'a>>>,
     pub status: Option<Status>,
     pub expires_at: Option<Spanned<Datetime>>,
-    pub targets: Option<Vec<Spanned<String>>>,
-    pub allow_ips: Option<Vec<Spanned<String>>>,
+    #[serde(borrow)]
+    pub targets: Option<Vec<Spanned<Text<'a>>>>,
+    #[serde(borrow)]
+    pub allow_ips: Option<Vec<Spanned<Text<'a>>>>,
     pub access: Option<Access>,
-    pub paths: Option<Vec<Spanned<String>>>,
-    pub rate_limit: Option<Spanned<String>>,
+    #[serde(borrow)]
+    pub paths: Option<Vec<Spanned<Text<'a>>>>,
+    #[serde(borrow)]
+    pub rate_limit: Option<Spanned<Text<'a>>>,
     /// When the key was made (the admin API sets it).
     pub created_at: Option<Spanned<Datetime>>,
     /// The first characters of the secret, to recognise it by.
-    pub prefix: Option<String>,
+    #[serde(borrow)]
+    pub prefix: Option<Text<'a>>,
     /// After a rotation: the hash of the old secret, which keeps working until
     /// `previous_expires_at`.
-    pub previous_hash: Option<Spanned<String>>,
+    #[serde(borrow)]
+    pub previous_hash: Option<Spanned<Text<'a>>>,
     pub previous_expires_at: Option<Spanned<Datetime>>,
 }
 

@@ -6,8 +6,10 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::BuildHasher as _;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
+use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,13 +21,14 @@ use toml::Spanned;
 use toml::value::{Datetime, Offset};
 
 use super::raw::{
-    RawAdmin, RawAdminKey, RawConfig, RawConsumer, RawKey, RawKeysFile, RawServer, RawTarget,
+    HasKeys, RawAdmin, RawAdminKey, RawConfig, RawConsumer, RawKey, RawKeysFile, RawServer,
+    RawTarget,
 };
-use super::{ConfigError, Severity};
+use super::{ConfigError, Severity, scan};
 use crate::secret::KeyHash;
 use crate::snapshot::{
-    Admin, AdminKey, Consumer, Id, IdArena, IpList, Key, KeyParts, List, Rate, Rules, Server,
-    Snapshot, Target, TargetIdx, TargetSet,
+    Admin, AdminKey, Consumer, Id, IdArena, IpList, Key, KeyParts, KeyTable, List, Paths, Rate,
+    Rules, Server, Snapshot, Target, TargetIdx, TargetSet,
 };
 use crate::tls::TlsFiles;
 
@@ -50,12 +53,66 @@ pub struct Source<'a> {
     pub text: &'a str,
 }
 
+/// A file as `config::parse` read it: `raw` is what `toml` parsed, either the whole text or
+/// (when `scan::split` cut the `[[keys]]` tables out) the rest, and then `chunks` are the
+/// bodies of those tables, which `validate` reads one at a time.
+#[derive(Debug)]
+pub struct File<'a, R> {
+    pub source: Source<'a>,
+    pub raw: R,
+    /// Where the pieces of the text `raw` comes from are in the file (`scan::Split::map`);
+    /// empty when it is the whole file.
+    pub map: &'a [(usize, usize)],
+    pub chunks: &'a [(u32, u32)],
+}
+
+/// Why `validate` gave no snapshot.
+#[derive(Debug)]
+pub enum Failure {
+    /// Every problem found.
+    Invalid(Vec<ConfigError>),
+    /// A `[[keys]]` table of this file (0: main, 1: keys file) is not valid TOML on its own:
+    /// the caller parses the whole file with `toml`, which says what is wrong.
+    Reparse(usize),
+}
+
+/// Who a problem is about (`[server]`, `key "acme"`, or nobody), put into words only when there
+/// is a problem: a million keys are checked without formatting a million names.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'s>(&'static str, Option<&'s str>);
+
+impl<'s> Subject<'s> {
+    fn item(kind: &'static str, id: &'s str) -> Subject<'s> {
+        Subject(kind, Some(id))
+    }
+}
+
+impl From<&'static str> for Subject<'_> {
+    fn from(section: &'static str) -> Self {
+        Subject(section, None)
+    }
+}
+
+impl fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            None => f.write_str(self.0),
+            Some(id) => write!(f, "{} {id:?}", self.0),
+        }
+    }
+}
+
 /// Collects problems with their positions while the raw config is checked.
 struct Checker<'a> {
     /// `[0]` is the main file, `[1]` the keys file when there is one.
     sources: Vec<Source<'a>>,
+    /// For each source, [`File::map`].
+    maps: Vec<&'a [(usize, usize)]>,
     /// The source of the item being checked: spans are positions in it.
     cur: usize,
+    /// While a `[[keys]]` table read on its own is checked: the file offset its spans count
+    /// from. `None`: spans are offsets in the text of [`File::raw`].
+    base: Option<usize>,
     problems: Vec<ConfigError>,
 }
 
@@ -64,11 +121,19 @@ impl Checker<'_> {
         self.sources[0].file
     }
 
-    /// Where a span of the current source starts (source, byte offset), for "first defined at"
+    /// Where in its file a span of the current item starts.
+    fn offset(&self, span_start: usize) -> usize {
+        match self.base {
+            Some(base) => base + span_start,
+            None => scan::file_offset(self.maps[self.cur], span_start),
+        }
+    }
+
+    /// Where a span of the current source starts (source, file offset), for "first defined at"
     /// messages. The line is only worked out when a message needs it: counting lines for every
     /// key would make loading quadratic in the file's size.
     fn place(&self, span: Range<usize>) -> (usize, usize) {
-        (self.cur, span.start)
+        (self.cur, self.offset(span.start))
     }
 
     /// `line N` in the current file, `FILE:N` in the other one.
@@ -81,25 +146,42 @@ impl Checker<'_> {
         }
     }
 
-    fn report(&mut self, severity: Severity, span: Range<usize>, subject: &str, message: String) {
+    fn report(
+        &mut self,
+        severity: Severity,
+        span: Range<usize>,
+        subject: Subject,
+        message: String,
+    ) {
         let source = self.sources[self.cur];
-        let (line, column) = line_col(source.text, span.start);
+        let (line, column) = line_col(source.text, self.offset(span.start));
+        let subject = subject.to_string();
         self.problems.push(ConfigError {
             severity,
             file: source.file.to_path_buf(),
             line,
             column,
-            subject: (!subject.is_empty()).then(|| subject.to_owned()),
+            subject: (!subject.is_empty()).then_some(subject),
             message,
         });
     }
 
-    fn error(&mut self, span: Range<usize>, subject: &str, message: impl Into<String>) {
-        self.report(Severity::Error, span, subject, message.into());
+    fn error<'s>(
+        &mut self,
+        span: Range<usize>,
+        subject: impl Into<Subject<'s>>,
+        message: impl Into<String>,
+    ) {
+        self.report(Severity::Error, span, subject.into(), message.into());
     }
 
-    fn warn(&mut self, span: Range<usize>, subject: &str, message: impl Into<String>) {
-        self.report(Severity::Warning, span, subject, message.into());
+    fn warn<'s>(
+        &mut self,
+        span: Range<usize>,
+        subject: impl Into<Subject<'s>>,
+        message: impl Into<String>,
+    ) {
+        self.report(Severity::Warning, span, subject.into(), message.into());
     }
 
     fn has_errors(&self) -> bool {
@@ -107,18 +189,23 @@ impl Checker<'_> {
     }
 
     /// The id in `raw`, made in `arena` when one is given.
-    fn id(&mut self, raw: &Spanned<String>, what: &str, arena: Option<&mut IdArena>) -> Option<Id> {
+    fn id<S: Deref<Target = str>>(
+        &mut self,
+        raw: &Spanned<S>,
+        what: &str,
+        arena: Option<&mut IdArena>,
+    ) -> Option<Id> {
+        let text: &str = raw.get_ref();
         let id = match arena {
-            Some(arena) => arena.id(raw.get_ref()),
-            None => Id::new(raw.get_ref()),
+            Some(arena) => arena.id(text),
+            None => Id::new(text),
         };
         if id.is_none() {
             self.error(
                 raw.span(),
                 "",
                 format!(
-                    "{what} {:?} is not a valid id: use 1 to {} {}",
-                    raw.get_ref(),
+                    "{what} {text:?} is not a valid id: use 1 to {} {}",
                     Id::MAX_LEN,
                     Id::ALLOWED
                 ),
@@ -127,25 +214,36 @@ impl Checker<'_> {
         id
     }
 
-    fn nets(&mut self, raw: Option<&[Spanned<String>]>, subject: &str, field: &str) -> IpList {
+    fn nets<'s, S: Deref<Target = str>>(
+        &mut self,
+        raw: Option<&[Spanned<S>]>,
+        subject: impl Into<Subject<'s>>,
+        field: &str,
+    ) -> Vec<IpNet> {
+        let subject = subject.into();
         let mut nets = Vec::new();
         for item in raw.unwrap_or_default() {
-            match parse_net(item.get_ref()) {
+            let text: &str = item.get_ref();
+            match parse_net(text) {
                 Some(n) => nets.push(n),
                 None => self.error(
                     item.span(),
                     subject,
                     format!(
-                        "{field}: {:?} is not an IP address or CIDR (e.g. \"203.0.113.0/24\", \"2001:db8::/32\")",
-                        item.get_ref()
+                        "{field}: {text:?} is not an IP address or CIDR (e.g. \"203.0.113.0/24\", \"2001:db8::/32\")",
                     ),
                 ),
             }
         }
-        IpList::new(nets)
+        nets
     }
 
-    fn rate(&mut self, raw: Option<&Spanned<String>>, subject: &str, field: &str) -> Option<Rate> {
+    fn rate<'s, S: Deref<Target = str>>(
+        &mut self,
+        raw: Option<&Spanned<S>>,
+        subject: impl Into<Subject<'s>>,
+        field: &str,
+    ) -> Option<Rate> {
         let raw = raw?;
         match Rate::parse(raw.get_ref()) {
             Ok(r) => Some(r),
@@ -156,30 +254,32 @@ impl Checker<'_> {
         }
     }
 
-    fn targets(
+    fn targets<'s, S: Deref<Target = str>>(
         &mut self,
-        raw: Option<&[Spanned<String>]>,
+        raw: Option<&[Spanned<S>]>,
         names: &HashMap<String, TargetIdx>,
-        subject: &str,
-    ) -> TargetSet {
+        subject: impl Into<Subject<'s>>,
+    ) -> Vec<TargetIdx> {
+        let subject = subject.into();
         let mut set = Vec::new();
         for t in raw.unwrap_or_default() {
-            match names.get(t.get_ref()) {
+            let name: &str = t.get_ref();
+            match names.get(name) {
                 Some(&i) => set.push(i),
                 None => self.error(
                     t.span(),
                     subject,
-                    format!("targets: no [[targets]] is named {:?}", t.get_ref()),
+                    format!("targets: no [[targets]] is named {name:?}"),
                 ),
             }
         }
-        TargetSet::new(set)
+        set
     }
 
-    fn duration(
+    fn duration<'s>(
         &mut self,
         raw: Option<&Spanned<String>>,
-        subject: &str,
+        subject: impl Into<Subject<'s>>,
         field: &str,
     ) -> Option<Duration> {
         let raw = raw?;
@@ -199,10 +299,10 @@ impl Checker<'_> {
         }
     }
 
-    fn instant(
+    fn instant<'s>(
         &mut self,
         raw: Option<&Spanned<Datetime>>,
-        subject: &str,
+        subject: impl Into<Subject<'s>>,
         field: &str,
     ) -> Option<SystemTime> {
         let raw = raw?;
@@ -220,8 +320,13 @@ impl Checker<'_> {
         t
     }
 
-    fn path(&mut self, raw: &Spanned<String>, subject: &str, field: &str) -> Option<Box<str>> {
-        let p = raw.get_ref();
+    fn path<'s, S: Deref<Target = str>>(
+        &mut self,
+        raw: &Spanned<S>,
+        subject: impl Into<Subject<'s>>,
+        field: &str,
+    ) -> Option<Box<str>> {
+        let p: &str = raw.get_ref();
         if !p.starts_with('/') || p.contains(['?', '#']) || p.chars().any(char::is_whitespace) {
             self.error(
                 raw.span(),
@@ -242,49 +347,59 @@ impl Checker<'_> {
     }
 }
 
-/// Turns a parsed file into a snapshot, or into every problem found in it. Warnings (such as a
-/// plaintext secret) are returned in both cases.
+/// Turns parsed files into a snapshot, or into every problem found in them. Warnings (such as
+/// a plaintext secret) are returned in both cases.
 pub fn validate(
-    raw: RawConfig,
-    main: Source<'_>,
-    keys_file: Option<(RawKeysFile, Source<'_>)>,
-) -> Result<(Snapshot, Vec<ConfigError>), Vec<ConfigError>> {
+    main: &File<'_, RawConfig<'_>>,
+    keys_file: Option<&File<'_, RawKeysFile<'_>>>,
+) -> Result<(Snapshot, Vec<ConfigError>), Failure> {
     let mut c = Checker {
-        sources: vec![main],
+        sources: vec![main.source],
+        maps: vec![main.map],
         cur: 0,
+        base: None,
         problems: Vec::new(),
     };
+    let raw = &main.raw;
     let server = server(&mut c, &raw.server);
     let admin = admin(&mut c, raw.admin.as_ref(), &raw.admin_keys, server.as_ref());
     let (targets, target_names) = targets(&mut c, &raw.targets);
     let keys_path = raw
         .keys_file
         .as_ref()
-        .map(|k| relative_to(main.file, k.get_ref()));
-    let managed = keys_file.map(|(file, source)| {
-        c.sources.push(source);
-        file
-    });
+        .map(|k| relative_to(main.source.file, k.get_ref()));
+    if let Some(k) = keys_file {
+        c.sources.push(k.source);
+        c.maps.push(k.map);
+    }
     let consumer_items = raw.consumers.iter().map(|r| (0, r));
     let consumer_items = consumer_items.chain(
-        managed
+        keys_file
             .iter()
-            .flat_map(|m| m.consumers.iter().map(|r| (1, r))),
+            .flat_map(|m| m.raw.consumers.iter().map(|r| (1, r))),
     );
     let (consumers, consumer_ids) = consumers(&mut c, consumer_items, &target_names);
-    let key_count = raw.keys.len() + managed.as_ref().map_or(0, |m| m.keys.len());
-    let key_items = raw.keys.iter().map(|r| (0, r));
-    let key_items = key_items.chain(managed.iter().flat_map(|m| m.keys.iter().map(|r| (1, r))));
-    let keys = keys(&mut c, key_items, key_count, &target_names, &consumer_ids);
+    let count = key_count(main) + keys_file.map_or(0, key_count);
+    let mut pass = KeyPass::new(count, &target_names, &consumer_ids);
+    pass.file(&mut c, 0, main)?;
+    if let Some(k) = keys_file {
+        pass.file(&mut c, 1, k)?;
+    }
+    c.cur = 0;
+    c.base = None;
     match (server, admin) {
         (Some(server), Some(admin)) if !c.has_errors() => {
-            let mut snap = Snapshot::new(server, targets, consumers, keys);
+            let mut snap = Snapshot::with_table(server, targets, consumers, pass.keys, pass.table);
             snap.admin = admin;
             snap.keys_file = keys_path;
             Ok((snap, c.problems))
         }
-        _ => Err(c.problems),
+        _ => Err(Failure::Invalid(c.problems)),
     }
+}
+
+fn key_count<'a, R: HasKeys<'a>>(f: &File<'_, R>) -> usize {
+    f.raw.keys().map_or(0, <[_]>::len) + f.chunks.len()
 }
 
 /// `[admin]` and `[[admin_keys]]`. `Some(None)` when there is no admin API.
@@ -298,7 +413,7 @@ fn admin(
     let mut keys = HashMap::new();
     let mut ids: HashMap<&str, (usize, usize)> = HashMap::new();
     for k in raw_keys {
-        let subject = format!("admin key {:?}", k.id.get_ref());
+        let subject = Subject::item("admin key", k.id.get_ref());
         let Some(id) = c.id(&k.id, "admin key id", None) else {
             continue;
         };
@@ -306,7 +421,7 @@ fn admin(
             let first = c.describe(first);
             c.error(
                 k.id.span(),
-                &subject,
+                subject,
                 format!("duplicate admin key id (first defined at {first})"),
             );
             continue;
@@ -314,14 +429,14 @@ fn admin(
         match KeyHash::parse(k.hash.get_ref()) {
             None => c.error(
                 k.hash.span(),
-                &subject,
+                subject,
                 "hash: expected \"sha256:\" followed by 64 hex digits",
             ),
             Some(h) => {
                 if keys.insert(h, AdminKey { id, role: k.role }).is_some() {
                     c.error(
                         k.hash.span(),
-                        &subject,
+                        subject,
                         "same secret hash as another admin key",
                     );
                 }
@@ -407,7 +522,7 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
             parsed
         }
     };
-    let trusted_proxies = c.nets(Some(&raw.trusted_proxies), S, "trusted_proxies");
+    let trusted_proxies = IpList::new(c.nets(Some(&raw.trusted_proxies), S, "trusted_proxies"));
     let key_header = match &raw.key_header {
         None => Some(HeaderName::from_static("x-api-key")),
         Some(h) => {
@@ -496,17 +611,17 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
         let Some(name) = c.id(&t.name, "target name", None) else {
             continue;
         };
-        let subject = format!("target {:?}", t.name.get_ref());
+        let subject = Subject::item("target", t.name.get_ref());
         if let Some(first) = first_line.insert(t.name.get_ref(), c.place(t.name.span())) {
             let first = c.describe(first);
             c.error(
                 t.name.span(),
-                &subject,
+                subject,
                 format!("duplicate target name (first defined at {first})"),
             );
             continue;
         }
-        let upstream = upstream(c, &t.upstream, &subject);
+        let upstream = upstream(c, &t.upstream, subject);
         let tls = match (&upstream, &t.ca_file) {
             (Some((scheme, ..)), ca) if *scheme == Scheme::HTTPS => {
                 let path = ca.as_ref().map(|p| relative_to(c.main_file(), p.get_ref()));
@@ -514,7 +629,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
                     Ok(config) => Some(config),
                     Err(e) => {
                         let span = ca.as_ref().map_or(t.upstream.span(), |p| p.span());
-                        c.error(span, &subject, format!("ca_file: {e}"));
+                        c.error(span, subject, format!("ca_file: {e}"));
                         None
                     }
                 }
@@ -522,7 +637,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
             (_, Some(ca)) => {
                 c.error(
                     ca.span(),
-                    &subject,
+                    subject,
                     "ca_file: only an https:// upstream is verified against a CA",
                 );
                 None
@@ -534,7 +649,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
             match https_cas.entry(authority.as_str().to_owned()) {
                 Entry::Occupied(o) if *o.get() != ca => c.error(
                     t.upstream.span(),
-                    &subject,
+                    subject,
                     "another target reaches the same https upstream with a different ca_file",
                 ),
                 Entry::Occupied(_) => {}
@@ -553,7 +668,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
             if host.is_empty() || host.contains(['/', ' ', '*']) || bad_port {
                 c.error(
                     h.span(),
-                    &subject,
+                    subject,
                     format!("hosts: {:?} must be a plain host name without port or wildcard (the port is ignored when matching)", h.get_ref()),
                 );
                 continue;
@@ -562,11 +677,11 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
         }
         let path_prefix = match &t.path_prefix {
             None => Some("/".into()),
-            Some(p) => c.path(p, &subject, "path_prefix"),
+            Some(p) => c.path(p, subject, "path_prefix"),
         };
         let timeout = match &t.timeout {
             None => Some(DEFAULT_UPSTREAM_TIMEOUT),
-            some => c.duration(some.as_ref(), &subject, "timeout"),
+            some => c.duration(some.as_ref(), subject, "timeout"),
         };
         let (Some((scheme, authority, upstream_host)), Some(path_prefix), Some(timeout)) =
             (upstream, path_prefix, timeout)
@@ -587,7 +702,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
             if let Some(other) = routes.insert((h, path_prefix.clone()), t.name.get_ref().clone()) {
                 c.error(
                     t.name.span(),
-                    &subject,
+                    subject,
                     format!("{shown} with path_prefix {path_prefix:?} is already routed to target {other:?}"),
                 );
             }
@@ -611,7 +726,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
 fn upstream(
     c: &mut Checker<'_>,
     raw: &Spanned<String>,
-    subject: &str,
+    subject: Subject<'_>,
 ) -> Option<(Scheme, http::uri::Authority, HeaderValue)> {
     let text = raw.get_ref();
     let bad = |c: &mut Checker<'_>, why: &str| {
@@ -656,20 +771,20 @@ fn consumers<'r>(
         let Some(id) = c.id(&raw.id, "consumer id", None) else {
             continue;
         };
-        let subject = format!("consumer {:?}", raw.id.get_ref());
+        let subject = Subject::item("consumer", raw.id.get_ref());
         if let Some(first) = first_seen.insert(raw.id.get_ref(), c.place(raw.id.span())) {
             let first = c.describe(first);
             c.error(
                 raw.id.span(),
-                &subject,
+                subject,
                 format!("duplicate consumer id (first defined at {first})"),
             );
             continue;
         }
-        let created_at = c.instant(raw.created_at.as_ref(), &subject, "created_at");
-        let allow_ips = c.nets(raw.allow_ips.as_deref(), &subject, "allow_ips");
-        let targets = c.targets(raw.targets.as_deref(), target_names, &subject);
-        let rate_limit = c.rate(raw.rate_limit.as_ref(), &subject, "rate_limit");
+        let created_at = c.instant(raw.created_at.as_ref(), subject, "created_at");
+        let allow_ips = IpList::new(c.nets(raw.allow_ips.as_deref(), subject, "allow_ips"));
+        let targets = TargetSet::new(c.targets(raw.targets.as_deref(), target_names, subject));
+        let rate_limit = c.rate(raw.rate_limit.as_ref(), subject, "rate_limit");
         ids.insert(raw.id.get_ref().clone(), out.len() as u32);
         out.push(Consumer {
             id,
@@ -686,51 +801,120 @@ fn consumers<'r>(
     (out, ids)
 }
 
-fn keys<'r>(
-    c: &mut Checker<'_>,
-    raw: impl Iterator<Item = (usize, &'r RawKey)>,
-    count: usize,
-    target_names: &HashMap<String, TargetIdx>,
-    consumer_ids: &HashMap<String, u32>,
-) -> Vec<Key> {
-    let mut out = Vec::with_capacity(count);
-    let mut arena = IdArena::default();
-    // Each distinct set of rules once, shared by the keys that have it.
-    let mut shared: HashSet<Arc<Rules>> = HashSet::new();
-    let mut first_seen: HashMap<&str, (usize, usize)> = HashMap::with_capacity(count);
-    let mut hashes: HashMap<KeyHash, &str, crate::secret::KeyHashBuilder> =
-        HashMap::with_capacity_and_hasher(count, Default::default());
-    for (source, raw) in raw {
-        c.cur = source;
-        let Some(id) = c.id(&raw.id, "key id", Some(&mut arena)) else {
-            continue;
-        };
-        let subject = format!("key {:?}", raw.id.get_ref());
-        if let Some(first) = first_seen.insert(raw.id.get_ref(), c.place(raw.id.span())) {
-            let first = c.describe(first);
-            c.error(
-                raw.id.span(),
-                &subject,
-                format!("duplicate key id (first defined at {first})"),
-            );
-            continue;
+/// The `[[keys]]` of both files, checked one at a time as they are read, into the snapshot's
+/// keys and key table; what else is kept while loading is a few bytes per key.
+struct KeyPass<'t> {
+    target_names: &'t HashMap<String, TargetIdx>,
+    consumer_ids: &'t HashMap<String, u32>,
+    keys: Vec<Key>,
+    table: KeyTable,
+    /// For each key, where its id is (source, offset), for "first defined at" messages.
+    first: Vec<(u32, usize)>,
+    /// Key indices by id, to find duplicates.
+    ids: IdIndex,
+    arena: IdArena,
+    /// Each distinct list and set of rules once, shared by the keys that have it.
+    nets: HashSet<List<IpNet>>,
+    target_sets: HashSet<List<TargetIdx>>,
+    paths: HashSet<Paths>,
+    rules: HashSet<Arc<Rules>>,
+    too_many: bool,
+}
+
+impl<'t> KeyPass<'t> {
+    fn new(
+        count: usize,
+        target_names: &'t HashMap<String, TargetIdx>,
+        consumer_ids: &'t HashMap<String, u32>,
+    ) -> KeyPass<'t> {
+        KeyPass {
+            target_names,
+            consumer_ids,
+            keys: Vec::with_capacity(count),
+            table: KeyTable::with_capacity(count),
+            first: Vec::with_capacity(count),
+            ids: IdIndex::with_capacity(count),
+            arena: IdArena::default(),
+            nets: HashSet::new(),
+            target_sets: HashSet::new(),
+            paths: HashSet::new(),
+            rules: HashSet::new(),
+            too_many: false,
         }
+    }
+
+    /// Every key of one file: those `toml` parsed with the file, then the split-off tables.
+    fn file<'a, R: HasKeys<'a>>(
+        &mut self,
+        c: &mut Checker<'_>,
+        source: usize,
+        file: &File<'_, R>,
+    ) -> Result<(), Failure> {
+        c.cur = source;
+        c.base = None;
+        for raw in file.raw.keys().unwrap_or_default() {
+            self.key(c, raw, source);
+        }
+        let text = file.source.text;
+        for &(start, end) in file.chunks {
+            let (start, end) = (start as usize, end as usize);
+            match scan::key(text, start, end) {
+                Some(raw) => {
+                    c.base = Some(0);
+                    self.key(c, &raw, source);
+                }
+                None => match toml::from_str::<RawKey<'_>>(&text[start..end]) {
+                    Ok(raw) => {
+                        c.base = Some(start);
+                        self.key(c, &raw, source);
+                    }
+                    Err(_) => return Err(Failure::Reparse(source)),
+                },
+            }
+        }
+        c.base = None;
+        Ok(())
+    }
+
+    fn key(&mut self, c: &mut Checker<'_>, raw: &RawKey<'_>, source: usize) {
+        let Some(id) = c.id(&raw.id, "key id", Some(&mut self.arena)) else {
+            return;
+        };
+        let subject = Subject::item("key", raw.id.get_ref());
+        let id_hash = self.ids.hash(id.as_str());
+        let keys = &self.keys;
+        let id_slot = match self
+            .ids
+            .find(id_hash, |i| keys[i].id.as_str() == id.as_str())
+        {
+            Ok(first) => {
+                let (src, offset) = self.first[first];
+                let first = c.describe((src as usize, offset));
+                c.error(
+                    raw.id.span(),
+                    subject,
+                    format!("duplicate key id (first defined at {first})"),
+                );
+                return;
+            }
+            Err(slot) => slot,
+        };
         let hash = match (&raw.hash, &raw.secret) {
             (Some(h), None) => {
                 let parsed = KeyHash::parse(h.get_ref());
                 if parsed.is_none() {
-                    c.error(h.span(), &subject, "hash: expected \"sha256:\" followed by 64 hex digits (see `keygate keys hash`)");
+                    c.error(h.span(), subject, "hash: expected \"sha256:\" followed by 64 hex digits (see `keygate keys hash`)");
                 }
                 parsed.map(|p| (p, h.span()))
             }
             (None, Some(s)) => {
                 if s.get_ref().is_empty() {
-                    c.error(s.span(), &subject, "secret: must not be empty");
+                    c.error(s.span(), subject, "secret: must not be empty");
                     None
                 } else {
                     c.warn(
                         s.span(),
-                        &subject,
+                        subject,
                         "secret is stored in plaintext; replace it with the `hash = \"sha256:…\"` line that `keygate keys hash` prints",
                     );
                     Some((KeyHash::of(s.get_ref().as_bytes()), s.span()))
@@ -739,7 +923,7 @@ fn keys<'r>(
             (Some(h), Some(_)) => {
                 c.error(
                     h.span(),
-                    &subject,
+                    subject,
                     "has both `hash` and `secret`: keep only `hash`",
                 );
                 None
@@ -747,120 +931,101 @@ fn keys<'r>(
             (None, None) => {
                 c.error(
                     raw.id.span(),
-                    &subject,
+                    subject,
                     "needs `hash = \"sha256:…\"` (or `secret`)",
                 );
                 None
             }
         };
-        if let Some((h, span)) = &hash {
-            let (h, span) = (*h, span.clone());
-            match hashes.entry(h) {
-                Entry::Occupied(other) => {
-                    c.error(
-                        span,
-                        &subject,
-                        format!(
-                            "same secret hash as key {:?}: every key needs its own secret",
-                            other.get()
-                        ),
-                    );
-                }
-                Entry::Vacant(v) => {
-                    v.insert(raw.id.get_ref());
-                }
-            }
-        }
         let consumer = match &raw.consumer {
             None => None,
             Some(name) => {
-                let found = consumer_ids.get(name.get_ref()).copied();
+                let found = self.consumer_ids.get(&**name.get_ref()).copied();
                 if found.is_none() {
                     c.error(
                         name.span(),
-                        &subject,
-                        format!("consumer: no [[consumers]] has id {:?}", name.get_ref()),
+                        subject,
+                        format!("consumer: no [[consumers]] has id {:?}", &**name.get_ref()),
                     );
                 }
                 found
             }
         };
-        let expires_at = c.instant(raw.expires_at.as_ref(), &subject, "expires_at");
-        let created_at = c.instant(raw.created_at.as_ref(), &subject, "created_at");
+        let expires_at = c.instant(raw.expires_at.as_ref(), subject, "expires_at");
+        let created_at = c.instant(raw.created_at.as_ref(), subject, "created_at");
+        // A previous hash takes part in the duplicate checks as soon as it parses; it is kept
+        // with its time, or with a stand-in when that is wrong (the config is refused then).
         let previous = match (&raw.previous_hash, &raw.previous_expires_at) {
             (None, None) => None,
             (Some(h), Some(until)) => {
-                let until = c.instant(Some(until), &subject, "previous_expires_at");
+                let until = c.instant(Some(until), subject, "previous_expires_at");
                 match KeyHash::parse(h.get_ref()) {
                     None => {
                         c.error(
                             h.span(),
-                            &subject,
+                            subject,
                             "previous_hash: expected \"sha256:\" followed by 64 hex digits",
                         );
                         None
                     }
-                    Some(ph) => {
-                        if let Some(other) = hashes.insert(ph, raw.id.get_ref()) {
-                            c.error(
-                                h.span(),
-                                &subject,
-                                format!("previous_hash is also the hash of key {other:?}"),
-                            );
-                        }
-                        until.map(|u| (ph, u))
-                    }
+                    Some(ph) => Some((ph, until.unwrap_or(SystemTime::UNIX_EPOCH), h.span())),
                 }
             }
             (Some(h), None) => {
-                c.error(
-                    h.span(),
-                    &subject,
-                    "previous_hash needs previous_expires_at",
-                );
+                c.error(h.span(), subject, "previous_hash needs previous_expires_at");
                 None
             }
             (None, Some(u)) => {
-                c.error(
-                    u.span(),
-                    &subject,
-                    "previous_expires_at needs previous_hash",
-                );
+                c.error(u.span(), subject, "previous_expires_at needs previous_hash");
                 None
             }
         };
-        let targets = c.targets(raw.targets.as_deref(), target_names, &subject);
-        let allow_ips = c.nets(raw.allow_ips.as_deref(), &subject, "allow_ips");
-        let paths = raw
+        let targets = c.targets(raw.targets.as_deref(), self.target_names, subject);
+        let nets = c.nets(raw.allow_ips.as_deref(), subject, "allow_ips");
+        let paths: Vec<Box<str>> = raw
             .paths
             .as_deref()
             .unwrap_or_default()
             .iter()
-            .filter_map(|p| c.path(p, &subject, "paths"))
+            .filter_map(|p| c.path(p, subject, "paths"))
             .collect();
-        let rate_limit = c.rate(raw.rate_limit.as_ref(), &subject, "rate_limit");
-        let (Some((hash, _)), true) = (hash, raw.consumer.is_none() || consumer.is_some()) else {
-            continue;
-        };
+        let rate_limit = c.rate(raw.rate_limit.as_ref(), subject, "rate_limit");
+        if self.keys.len() >= KeyTable::MAX_KEYS {
+            if !self.too_many {
+                self.too_many = true;
+                c.error(
+                    raw.id.span(),
+                    "",
+                    format!("at most {} [[keys]] are supported", KeyTable::MAX_KEYS),
+                );
+            }
+            return;
+        }
+        // Every key with a new, valid id is kept from here on, even one with a problem (that
+        // config is refused anyway), so that the tables can point at it.
+        let index = self.keys.len();
+        let mut targets = targets;
+        targets.sort_unstable();
+        targets.dedup();
         let rules = Rules {
-            targets,
-            allow_ips,
-            paths: List::new(paths),
+            targets: TargetSet::from_list(intern(&mut self.target_sets, targets)),
+            allow_ips: IpList::from_list(intern(&mut self.nets, nets)),
+            paths: intern(&mut self.paths, paths),
         };
-        let rules = match shared.get(&rules) {
+        let rules = match self.rules.get(&rules) {
             _ if rules.is_empty() => None,
-            Some(same) => Some(same.clone()),
+            Some(shared) => Some(shared.clone()),
             None => {
                 let rules = Arc::new(rules);
-                shared.insert(rules.clone());
+                self.rules.insert(rules.clone());
                 Some(rules)
             }
         };
-        out.extend(Key::new(KeyParts {
+        let key = Key::new(KeyParts {
             id: Some(id),
             name: raw.name.as_deref(),
             consumer,
-            hash: Some(hash),
+            hash: Some(hash.as_ref().map_or(KeyHash([0; 32]), |h| h.0)),
             status: raw.status.unwrap_or_default(),
             expires_at,
             rules,
@@ -868,12 +1033,106 @@ fn keys<'r>(
             rate_limit,
             created_at,
             prefix: raw.prefix.as_deref(),
-            previous,
+            previous: previous.as_ref().map(|&(h, until, _)| (h, until)),
             managed: source == 1,
-        }));
+        });
+        let Some(key) = key else { return };
+        self.keys.push(key);
+        self.first
+            .push((source as u32, c.offset(raw.id.span().start)));
+        self.ids.set(id_slot, id_hash, index);
+        if let Some((h, span)) = hash
+            && let Some((other, _)) = self.table.try_insert(&self.keys, h, index, false)
+        {
+            c.error(
+                span,
+                subject,
+                format!(
+                    "same secret hash as key {:?}: every key needs its own secret",
+                    self.keys[other].id.as_str()
+                ),
+            );
+        }
+        if let Some((ph, _, span)) = previous
+            && let Some((other, _)) = self.table.insert(&self.keys, ph, index, true)
+        {
+            c.error(
+                span,
+                subject,
+                format!(
+                    "previous_hash is also the hash of key {:?}",
+                    self.keys[other].id.as_str()
+                ),
+            );
+        }
     }
-    c.cur = 0;
-    out
+}
+
+/// The list already made that equals `items`, or a new one.
+fn intern<T: Eq + std::hash::Hash>(set: &mut HashSet<List<T>>, items: Vec<T>) -> List<T> {
+    if items.is_empty() {
+        return List::default();
+    }
+    if let Some(l) = set.get(&items[..]) {
+        return l.clone();
+    }
+    let l = List::new(items);
+    set.insert(l.clone());
+    l
+}
+
+/// Key indices by id while loading: open addressing over `u32` slots, each a key index with
+/// 8 bits of the id's hash above it (so that another id's slot rarely costs a look at that
+/// key), `u32::MAX` for none. Ids may be chosen by whoever may create keys, so they are hashed
+/// with a random seed.
+struct IdIndex {
+    slots: Box<[u32]>,
+    len: usize,
+    seed: std::hash::RandomState,
+}
+
+impl IdIndex {
+    fn with_capacity(n: usize) -> IdIndex {
+        IdIndex {
+            slots: vec![u32::MAX; IdIndex::slots_for(n)].into_boxed_slice(),
+            len: 0,
+            seed: std::hash::RandomState::new(),
+        }
+    }
+
+    fn slots_for(n: usize) -> usize {
+        (n + n.div_ceil(3) + 1).next_power_of_two().max(8)
+    }
+
+    fn hash(&self, id: &str) -> u64 {
+        self.seed.hash_one(id)
+    }
+
+    /// `Ok(index)` of the key the id belongs to, else `Err(slot)` where it would go.
+    fn find(&self, hash: u64, same: impl Fn(usize) -> bool) -> Result<usize, usize> {
+        let mask = self.slots.len() - 1;
+        let tag = (hash >> 56) as u32;
+        let mut slot = hash as usize & mask;
+        loop {
+            match self.slots[slot] {
+                u32::MAX => return Err(slot),
+                e if e >> 24 == tag && same((e & 0xff_ffff) as usize) => {
+                    return Ok((e & 0xff_ffff) as usize);
+                }
+                _ => slot = (slot + 1) & mask,
+            }
+        }
+    }
+
+    /// Fills the slot `find` gave (with no insert in between). The table was made for every
+    /// key of the files (`key_count`), so it never fills up; an index fits in 24 bits because
+    /// the key table holds fewer keys.
+    fn set(&mut self, slot: usize, hash: u64, index: usize) {
+        debug_assert!(index < KeyTable::MAX_KEYS);
+        self.slots[slot] = ((hash >> 56) as u32) << 24 | index as u32;
+        self.len += 1;
+        assert!(self.len < self.slots.len(), "more keys than counted");
+    }
 }
 
 /// A bare address is a single host (/32 or /128). An IPv4-mapped IPv6 network becomes the IPv4
