@@ -14,6 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::rt::{Read, Write};
@@ -22,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use super::Proxy;
@@ -33,6 +35,47 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Open connections per worker, and each worker's inbox for connections handed to it.
+///
+/// All workers accept from one socket, and the kernel wakes whichever is waiting: often the one
+/// that is already busy, so a burst of new connections can land 3:1 on one thread while the
+/// other idles (seen with wrk's 32 connections). A worker that holds at least two connections
+/// more than the least loaded one passes a new connection over instead of serving it.
+struct Balance {
+    load: Box<[AtomicUsize]>,
+    inbox: Box<[mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>]>,
+}
+
+impl Balance {
+    /// The worker to hand a new connection to, if `me` is too busy for it.
+    fn elsewhere(&self, me: usize) -> Option<usize> {
+        let mine = self.load[me].load(Ordering::Relaxed);
+        let (least, load) = self
+            .load
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, l)| l)?;
+        (least != me && mine >= load + 2).then_some(least)
+    }
+}
+
+/// A worker's place in a [`Balance`].
+struct Seat {
+    balance: Arc<Balance>,
+    me: usize,
+    inbox: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+}
+
+/// Counts one open connection of a worker while it lives.
+struct Occupied(Arc<Balance>, usize);
+
+impl Drop for Occupied {
+    fn drop(&mut self) {
+        self.0.load[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Serves `listener` on `workers` threads until `shutdown` completes, then drains every
 /// worker's connections and returns once all workers have stopped.
@@ -46,12 +89,24 @@ pub async fn serve_workers(
     // Out of this runtime's reactor, so each worker can register its own handle to the socket.
     let socket = listener.into_std()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (senders, mut inboxes): (Vec<_>, Vec<_>) = (0..workers.get())
+        .map(|_| mpsc::unbounded_channel())
+        .unzip();
+    let balance = Arc::new(Balance {
+        load: (0..workers.get()).map(|_| AtomicUsize::new(0)).collect(),
+        inbox: senders.into(),
+    });
     let mut stopped = Vec::with_capacity(workers.get());
-    for i in 0..workers.get() {
+    for (i, inbox) in inboxes.drain(..).enumerate() {
         let socket = socket.try_clone()?;
         let proxy = Arc::new(proxy.worker());
         let tls = tls.clone();
         let mut stop = stop_rx.clone();
+        let seat = Seat {
+            balance: balance.clone(),
+            me: i,
+            inbox,
+        };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -70,7 +125,7 @@ pub async fn serve_workers(
                     let stop = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
-                    serve(listener, proxy, tls, stop).await;
+                    accept_loop(listener, proxy, tls, stop, Some(seat)).await;
                 });
                 // Dropping the runtime here ends what is left (idle upstream connections).
                 drop(runtime);
@@ -95,6 +150,17 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
+    accept_loop(listener, proxy, tls, shutdown, None).await;
+}
+
+/// [`serve`], as one of several workers when `seat` is given.
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+    mut seat: Option<Seat>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -107,26 +173,54 @@ pub async fn serve(
     tokio::spawn(super::pool::reaper(Arc::downgrade(proxy.pool())));
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let handed_over = async {
+            match seat.as_mut() {
+                Some(seat) => seat.inbox.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (stream, peer, accepted_here) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, peer)) => (stream, peer, true),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
+            Some((stream, peer)) = handed_over => match TcpStream::from_std(stream) {
+                Ok(stream) => (stream, peer, false),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take over a connection");
+                    continue;
+                }
+            },
             () = &mut shutdown => break,
+        };
+        let stream = match (&seat, accepted_here) {
+            (Some(seat), true) => match pass_on(seat, stream, peer) {
+                Some(stream) => stream,
+                None => continue,
+            },
+            _ => stream,
         };
         // Small responses must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
+        let occupied = seat.as_ref().map(|seat| {
+            seat.balance.load[seat.me].fetch_add(1, Ordering::Relaxed);
+            Occupied(seat.balance.clone(), seat.me)
+        });
         let conn = Conn {
             proxy: proxy.clone(),
             builder: builder.clone(),
             watcher: graceful.watcher(),
             peer,
         };
-        tokio::spawn(conn.run(stream, tls.clone()));
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            conn.run(stream, tls).await;
+            drop(occupied);
+        });
     }
     drop(listener);
     tracing::info!(
@@ -138,6 +232,25 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown grace period over; closing remaining connections");
+    }
+}
+
+/// Hands `stream` to a less busy worker; gives it back when it is ours to serve.
+fn pass_on(seat: &Seat, stream: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+    let Some(to) = seat.balance.elsewhere(seat.me) else {
+        return Some(stream);
+    };
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot pass a connection on");
+            return None;
+        }
+    };
+    match seat.balance.inbox[to].send((stream, peer)) {
+        Ok(()) => None,
+        // That worker has stopped: serve it here after all.
+        Err(mpsc::error::SendError((stream, _))) => TcpStream::from_std(stream).ok(),
     }
 }
 
@@ -189,5 +302,63 @@ impl Conn {
         if let Err(e) = watcher.watch(conn).await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balance(loads: &[usize]) -> Balance {
+        Balance {
+            load: loads.iter().map(|&l| AtomicUsize::new(l)).collect(),
+            inbox: loads.iter().map(|_| mpsc::unbounded_channel().0).collect(),
+        }
+    }
+
+    /// A worker keeps a new connection unless it holds two or more than the least loaded one.
+    #[test]
+    fn connections_go_to_the_least_loaded_worker_only_when_the_gap_is_two() {
+        assert_eq!(balance(&[0, 0]).elsewhere(0), None);
+        assert_eq!(balance(&[1, 0]).elsewhere(0), None);
+        assert_eq!(balance(&[2, 0]).elsewhere(0), Some(1));
+        assert_eq!(balance(&[5, 3, 1]).elsewhere(0), Some(2));
+        assert_eq!(balance(&[5, 3, 1]).elsewhere(2), None);
+        assert_eq!(balance(&[7]).elsewhere(0), None);
+    }
+
+    /// A connection passed to a worker that has stopped comes back to be served here.
+    #[tokio::test]
+    async fn a_connection_for_a_stopped_worker_is_served_by_the_one_that_accepted_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(TcpStream::connect(addr));
+        let (stream, peer) = listener.accept().await.unwrap();
+        let _client = client.await.unwrap().unwrap();
+        let (tx0, rx0) = mpsc::unbounded_channel();
+        let (tx1, rx1) = mpsc::unbounded_channel();
+        let b = Arc::new(Balance {
+            load: vec![AtomicUsize::new(3), AtomicUsize::new(0)].into(),
+            inbox: vec![tx0, tx1].into(),
+        });
+        let seat = Seat {
+            balance: b.clone(),
+            me: 0,
+            inbox: rx0,
+        };
+        drop(rx1);
+        assert!(pass_on(&seat, stream, peer).is_some(), "worker 1 is gone");
+
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let b = Arc::new(Balance {
+            load: vec![AtomicUsize::new(3), AtomicUsize::new(0)].into(),
+            inbox: vec![seat.balance.inbox[0].clone(), tx1].into(),
+        });
+        let seat = Seat { balance: b, ..seat };
+        let client = tokio::spawn(TcpStream::connect(addr));
+        let (stream, peer) = listener.accept().await.unwrap();
+        let _client = client.await.unwrap().unwrap();
+        assert!(pass_on(&seat, stream, peer).is_none(), "handed to worker 1");
+        assert_eq!(rx1.recv().await.unwrap().1, peer);
     }
 }
