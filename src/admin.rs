@@ -17,6 +17,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,6 +53,8 @@ pub struct Admin {
     /// proxy's: an admin key is worth more than any API key, so guessing it must be as slow.
     failures: FailedAuth,
     epoch: std::time::Instant,
+    /// The proxy listener is serving: set once its workers run, cleared when draining starts.
+    ready: Arc<AtomicBool>,
 }
 
 /// Addresses tracked for failed admin logins (32 KiB): the admin port sees few clients.
@@ -70,7 +73,49 @@ impl Admin {
             store,
             failures: FailedAuth::new(ADMIN_FAILURE_SLOTS),
             epoch: std::time::Instant::now(),
+            ready: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The flag `GET /readyz` reports: the caller sets it when the proxy serves and clears it
+    /// when it stops accepting.
+    pub fn readiness(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// `GET /healthz` and `GET /readyz`, for load balancers and Kubernetes probes: no key, no
+    /// secret in the answer. `None` for any other request.
+    fn probe(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return None;
+        }
+        let (status, body) = match req.uri().path() {
+            "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+            "/readyz" => {
+                let snap = self.published.load();
+                if self.ready.load(Ordering::Relaxed) {
+                    let body = serde_json::json!({
+                        "status": "ready",
+                        "generation": self.published.generation(),
+                        "keys": snap.keys.len(),
+                    });
+                    (StatusCode::OK, body)
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"status": "not_ready"}),
+                    )
+                }
+            }
+            _ => return None,
+        };
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Some(resp)
     }
 }
 
@@ -166,7 +211,11 @@ type Answer = Result<Response<Full<Bytes>>, Problem>;
 impl Admin {
     async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
         let request_id = request_id::of(req.headers());
-        let mut resp = match self.route(req, peer).await {
+        let answer = match self.probe(&req) {
+            Some(resp) => Ok(resp),
+            None => self.route(req, peer).await,
+        };
+        let mut resp = match answer {
             Ok(resp) => resp,
             Err(p) => problem(&p, &request_id),
         };

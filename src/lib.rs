@@ -127,12 +127,15 @@ pub async fn serve_with_admin(
     // would stay resident beside the keys parsed from it.
     drop(text);
     reload::spawn(reloader.clone()).context("cannot watch the config file")?;
+    // `/readyz` on the admin API: true while the proxy's workers accept.
+    let mut ready: Option<Arc<std::sync::atomic::AtomicBool>> = None;
     // One shutdown for both listeners.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(admin_listener) = admin_listener {
         let admin_addr = admin_listener.local_addr()?;
         tracing::info!(addr = %admin_addr, "admin API listening");
         let admin = Arc::new(admin::Admin::new(published.clone(), reloader));
+        ready = Some(admin.readiness());
         let mut stop = stop_rx.clone();
         tokio::spawn(admin::serve(admin_listener, admin, async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -142,8 +145,16 @@ pub async fn serve_with_admin(
     tracing::info!(%addr, %scheme, "keygate listening");
     let proxy = proxy::Proxy::new(published.clone());
     let workers = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
+    // First polled once every worker runs: ready from then until the shutdown begins.
     proxy::server::serve_workers(listener, workers, &proxy, acceptor, async move {
+        let set = |v| {
+            if let Some(r) = &ready {
+                r.store(v, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        set(true);
         shutdown.await;
+        set(false);
         let _ = stop_tx.send(true);
     })
     .await

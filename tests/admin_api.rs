@@ -1365,3 +1365,48 @@ async fn guessing_admin_keys_is_limited_per_address() {
         .unwrap_or(0);
     assert!((1..=20).contains(&retry), "Retry-After {retry}");
 }
+
+// --- probes ----------------------------------------------------------------------------------
+
+/// `/healthz` and `/readyz` answer load balancers and Kubernetes without a key and without any
+/// secret in the answer; every other path still needs one, and only GET/HEAD are probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_probes_need_no_key() {
+    let files = Files::new(
+        "probes",
+        Some("127.0.0.1:0"),
+        "127.0.0.1:0",
+        Some(INITIAL_KEYS),
+    )
+    .await;
+    let kg = Process::start(&files.config).await;
+    let anon = Api::new(kg.admin, None);
+
+    let health = anon.get("/healthz").await;
+    assert_eq!(expect(&health, 200), json!({"status": "ok"}));
+    assert_eq!(health.header("content-type"), Some("application/json"));
+
+    // Polled: the process announces the proxy listener just before its workers run.
+    let ready = poll(Duration::from_secs(5), "/readyz 200", async || {
+        let r = anon.get("/readyz").await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    let body = ready.json();
+    assert_eq!(body["status"], "ready");
+    assert!(body["generation"].as_u64().is_some(), "{body}");
+    assert!(body["keys"].as_u64().unwrap() >= 1, "{body}");
+    assert!(!ready.text().contains("sha256"), "{}", ready.text());
+
+    assert_eq!(anon.send("HEAD", "/healthz", None).await.status, 200);
+    assert_problem(
+        &anon.send("POST", "/healthz", None).await,
+        403,
+        "key_missing",
+    );
+    assert_problem(&anon.get("/v1/keys").await, 403, "key_missing");
+    expect(&kg.api().get("/v1/keys").await, 200);
+
+    let (status, _) = kg.terminate().await;
+    assert!(status.success());
+}

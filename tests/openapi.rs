@@ -182,6 +182,9 @@ async fn every_answer_matches_the_document() {
     let mut s = start().await;
     let a = Some(ADMIN);
     use Method as M;
+    // Probes, without a key.
+    s.call(M::GET, "/healthz", "/healthz", None, None).await;
+    s.call(M::GET, "/readyz", "/readyz", None, None).await;
     // Consumers.
     s.call(
         M::POST,
