@@ -139,14 +139,16 @@ fn configmap_is_the_example_config_listening_on_all_addresses() {
     assert_eq!(
         a.len(),
         b.len(),
-        "the ConfigMap's keygate.toml has drifted from config/keygate.toml"
+        "the ConfigMap's keygate.toml has drifted from config/keygate.toml: \
+         run deploy/kubernetes/sync-configmap.sh"
     );
     let mut changed = Vec::new();
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         if x != y {
             assert!(
                 allowed.contains(&(*x, *y)),
-                "line {}: config/keygate.toml has\n  {x}\nbut the ConfigMap has\n  {y}",
+                "line {}: config/keygate.toml has\n  {x}\nbut the ConfigMap has\n  {y}\n\
+                 (run deploy/kubernetes/sync-configmap.sh)",
                 i + 1
             );
             changed.push(*x);
