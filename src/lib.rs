@@ -165,12 +165,13 @@ pub async fn serve_with_admin(
     Ok(())
 }
 
-/// Completes on the first SIGINT or SIGTERM. The handlers are installed when this is called,
-/// not when the future is first polled, so a signal sent as soon as "listening" is logged is
-/// never met by the default action (death by signal instead of a clean exit).
+/// Completes on the first SIGINT or SIGTERM; a second one exits the process at once, without
+/// waiting for connections in flight. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal sent as soon as "listening" is logged is never met
+/// by the default action (death by signal instead of a clean exit).
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let signals = {
+    let mut signals = {
         use tokio::signal::unix::{SignalKind, signal};
         (
             signal(SignalKind::terminate()).ok(),
@@ -180,20 +181,41 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     async move {
         #[cfg(unix)]
         {
-            let (mut term, mut int) = signals;
-            let recv = async |s: &mut Option<tokio::signal::unix::Signal>| match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            };
-            tokio::select! {
-                () = recv(&mut term) => {},
-                () = recv(&mut int) => {},
-            }
+            either_signal(&mut signals).await;
+            tracing::info!("shutdown signal received; a second one exits at once");
+            tokio::spawn(async move {
+                either_signal(&mut signals).await;
+                tracing::warn!("second shutdown signal: exiting without waiting for connections");
+                std::process::exit(1);
+            });
         }
         #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown signal received");
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutdown signal received");
+        }
+    }
+}
+
+#[cfg(unix)]
+type Signals = (
+    Option<tokio::signal::unix::Signal>,
+    Option<tokio::signal::unix::Signal>,
+);
+
+/// The next SIGTERM or SIGINT (never, for one whose handler could not be installed).
+#[cfg(unix)]
+async fn either_signal((term, int): &mut Signals) {
+    async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    tokio::select! {
+        () = one(term) => {},
+        () = one(int) => {},
     }
 }

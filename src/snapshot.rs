@@ -301,6 +301,8 @@ pub struct Server {
     pub key_header: HeaderName,
     pub key_query: Box<str>,
     pub failed_auth_limit: Rate,
+    /// How long a shutdown waits for requests and upgraded connections in flight.
+    pub shutdown_timeout: Duration,
     /// Whether the listener speaks TLS cannot change live; the files it reads can.
     pub tls: Option<TlsFiles>,
 }

@@ -136,6 +136,7 @@ pub struct RawServer {
     pub key_header: Option<Spanned<String>>,
     pub key_query: Option<Spanned<String>>,
     pub failed_auth_limit: Option<Spanned<String>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawTls>>,
 }
 

@@ -43,6 +43,8 @@ pub const DEFAULT_FAILED_AUTH_LIMIT: &str = "30/minute";
 /// A TLS handshake that has not completed by then is dropped: a stalled client holds a socket,
 /// never a worker, but without a bound it could hold sockets forever.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[server] shutdown_timeout`: time for requests in flight after SIGTERM or SIGINT.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long keygate waits for an upstream's response headers before answering 504.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -573,8 +575,12 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
         None => Rate::parse(DEFAULT_FAILED_AUTH_LIMIT).ok(),
         some => c.rate(some.as_ref(), S, "failed_auth_limit"),
     };
+    let shutdown_timeout = c
+        .duration(raw.shutdown_timeout.as_ref(), S, "shutdown_timeout")
+        .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
     Some(Server {
         listen: listen?,
+        shutdown_timeout,
         trusted_proxies,
         key_header: key_header?,
         key_query,

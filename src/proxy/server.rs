@@ -31,8 +31,6 @@ use super::Proxy;
 /// A client that has not sent its request headers by then is dropped (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long shutdown waits for connections in flight before it gives up on them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -227,7 +225,9 @@ async fn accept_loop(
         connections = graceful.count(),
         "stopped accepting; draining"
     );
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    // Read now, so a reload before the shutdown applies.
+    let grace = proxy.published().load().server.shutdown_timeout;
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {

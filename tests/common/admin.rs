@@ -626,6 +626,12 @@ impl Process {
         (exit, self.log())
     }
 
+    /// Waits (bounded) for an exit that the test's own signals caused.
+    pub async fn wait_exit(mut self) -> (ExitStatus, Vec<String>) {
+        let exit = within("keygate's exit", self.child.wait()).await.unwrap();
+        (exit, self.log())
+    }
+
     /// Sends SIGKILL and waits (bounded) for the exit.
     pub async fn kill(mut self) -> ExitStatus {
         self.child.start_kill().expect("SIGKILL");

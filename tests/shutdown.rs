@@ -1,0 +1,159 @@
+//! SIGTERM and SIGINT on the real binary: stop accepting, let requests in flight finish within
+//! `[server] shutdown_timeout`, exit 0; a second signal exits at once.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use common::admin::*;
+use common::*;
+
+/// An upstream that tells the test when a request arrived and answers it only when released.
+struct HeldUpstream {
+    addr: SocketAddr,
+    arrived: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+}
+
+async fn held_upstream() -> HeldUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, arrived) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let (release, released) = oneshot::channel();
+                let _ = tx.send(release);
+                let _ = released.await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nslow-done")
+                    .await;
+                let _ = s.flush().await;
+                // Keep the connection open like a keep-alive upstream.
+                let _ = s.read(&mut chunk).await;
+            });
+        }
+    });
+    HeldUpstream { addr, arrived }
+}
+
+/// Files whose only upstream is `up`, with `shutdown_timeout = "10s"`.
+async fn files(name: &str, up: SocketAddr) -> Files {
+    let files = Files::for_binary(name, Some(INITIAL_KEYS)).await;
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    let text = text
+        .replace(&files.up.addr.to_string(), &up.to_string())
+        .replace("[server]\n", "[server]\nshutdown_timeout = \"10s\"\n");
+    std::fs::write(&files.config, text).unwrap();
+    files
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// A request in flight when SIGTERM arrives still gets its 200; meanwhile new connections are
+/// refused; then the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections() {
+    let mut up = held_upstream().await;
+    let files = files("shutdown-drain", up.addr).await;
+    let kg = Process::start(&files.config).await;
+    let proxy = kg.proxy;
+
+    let in_flight = tokio::spawn(async move {
+        H1::connect(proxy)
+            .await
+            .send(request(
+                "GET",
+                "/slow",
+                &[("x-api-key", STATIC_SECRET)],
+                empty(),
+            ))
+            .await
+    });
+    let release = tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
+        .await
+        .expect("the request reaches the upstream")
+        .unwrap();
+
+    signal(kg.pid(), "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(proxy).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let _ = release.send(());
+    let resp = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .expect("the request in flight is answered")
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "slow-done");
+
+    let (status, log) = kg.wait_exit().await;
+    assert!(
+        status.success(),
+        "exit after a drained SIGTERM: {status}: {log:#?}"
+    );
+}
+
+/// A second SIGTERM while a request is still in flight exits at once (well before the 10 s
+/// `shutdown_timeout`), with a non-zero status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let mut up = held_upstream().await;
+    let files = files("shutdown-twice", up.addr).await;
+    let kg = Process::start(&files.config).await;
+    let proxy = kg.proxy;
+    let _in_flight = tokio::spawn(async move {
+        H1::connect(proxy)
+            .await
+            .send(request(
+                "GET",
+                "/slow",
+                &[("x-api-key", STATIC_SECRET)],
+                empty(),
+            ))
+            .await
+    });
+    let _release = tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
+        .await
+        .expect("the request reaches the upstream")
+        .unwrap();
+
+    let started = Instant::now();
+    signal(kg.pid(), "-TERM");
+    // The first one must have been taken before the second is sent.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(proxy).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(kg.pid(), "-INT");
+    let (status, log) = kg.wait_exit().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(1), "{log:#?}");
+}
