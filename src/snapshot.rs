@@ -303,6 +303,8 @@ pub struct Server {
     pub failed_auth_limit: Rate,
     /// How long a shutdown waits for requests and upgraded connections in flight.
     pub shutdown_timeout: Duration,
+    /// Client connections served at once, over all workers; more wait in the listen backlog.
+    pub max_connections: u32,
     /// Whether the listener speaks TLS cannot change live; the files it reads can.
     pub tls: Option<TlsFiles>,
 }

@@ -137,6 +137,7 @@ pub struct RawServer {
     pub key_query: Option<Spanned<String>>,
     pub failed_auth_limit: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u32>>,
     pub tls: Option<Spanned<RawTls>>,
 }
 

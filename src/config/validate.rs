@@ -43,6 +43,9 @@ pub const DEFAULT_FAILED_AUTH_LIMIT: &str = "30/minute";
 /// A TLS handshake that has not completed by then is dropped: a stalled client holds a socket,
 /// never a worker, but without a bound it could hold sockets forever.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[server] max_connections`: well under the usual 65,536 open-files limit, which also has to
+/// cover one upstream connection per request in flight, the config files and the admin API.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16_384;
 /// `[server] shutdown_timeout`: time for requests in flight after SIGTERM or SIGINT.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long keygate waits for an upstream's response headers before answering 504.
@@ -578,9 +581,22 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
     let shutdown_timeout = c
         .duration(raw.shutdown_timeout.as_ref(), S, "shutdown_timeout")
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+    let max_connections = match &raw.max_connections {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(n) if *n.get_ref() == 0 => {
+            c.error(
+                n.span(),
+                S,
+                "max_connections: must be at least 1".to_owned(),
+            );
+            DEFAULT_MAX_CONNECTIONS
+        }
+        Some(n) => *n.get_ref(),
+    };
     Some(Server {
         listen: listen?,
         shutdown_timeout,
+        max_connections,
         trusted_proxies,
         key_header: key_header?,
         key_query,

@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 
 use super::Proxy;
@@ -42,7 +42,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// more than the least loaded one passes a new connection over instead of serving it.
 struct Balance {
     load: Box<[AtomicUsize]>,
-    inbox: Box<[mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>]>,
+    inbox: Box<[mpsc::UnboundedSender<Handed>]>,
 }
 
 impl Balance {
@@ -59,11 +59,14 @@ impl Balance {
     }
 }
 
+/// A connection passed to another worker, with its place under `max_connections`.
+type Handed = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
 /// A worker's place in a [`Balance`].
 struct Seat {
     balance: Arc<Balance>,
     me: usize,
-    inbox: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    inbox: mpsc::UnboundedReceiver<Handed>,
 }
 
 /// Counts one open connection of a worker while it lives.
@@ -86,6 +89,7 @@ pub async fn serve_workers(
 ) -> std::io::Result<()> {
     // Out of this runtime's reactor, so each worker can register its own handle to the socket.
     let socket = listener.into_std()?;
+    let limit = connection_limit(proxy);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (senders, mut inboxes): (Vec<_>, Vec<_>) = (0..workers.get())
         .map(|_| mpsc::unbounded_channel())
@@ -99,6 +103,7 @@ pub async fn serve_workers(
         let socket = socket.try_clone()?;
         let proxy = Arc::new(proxy.worker());
         let tls = tls.clone();
+        let limit = limit.clone();
         let mut stop = stop_rx.clone();
         let seat = Seat {
             balance: balance.clone(),
@@ -123,7 +128,7 @@ pub async fn serve_workers(
                     let stop = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
-                    accept_loop(listener, proxy, tls, stop, Some(seat)).await;
+                    accept_loop(listener, proxy, tls, stop, limit, Some(seat)).await;
                 });
                 // Dropping the runtime here ends what is left (idle upstream connections).
                 drop(runtime);
@@ -148,7 +153,29 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, proxy, tls, shutdown, None).await;
+    let limit = connection_limit(&proxy);
+    accept_loop(listener, proxy, tls, shutdown, limit, None).await;
+}
+
+/// `[server] max_connections`, shared by all workers. Read at start: changing it needs a restart.
+fn connection_limit(proxy: &Proxy) -> Arc<Semaphore> {
+    let max = proxy.published().load().server.max_connections;
+    Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(usize::MAX)))
+}
+
+/// The next connection, once there is room for it: at `max_connections`, new clients wait in
+/// the kernel's listen backlog instead of costing us file descriptors. Cancel-safe.
+async fn accept_within(
+    listener: &TcpListener,
+    limit: &Arc<Semaphore>,
+) -> std::io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let permit = match limit.clone().acquire_owned().await {
+        Ok(p) => p,
+        // Never closed; wait for the shutdown instead of spinning.
+        Err(_) => std::future::pending().await,
+    };
+    let (stream, peer) = listener.accept().await?;
+    Ok((stream, peer, permit))
 }
 
 /// [`serve`], as one of several workers when `seat` is given.
@@ -157,6 +184,7 @@ async fn accept_loop(
     proxy: Arc<Proxy>,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
+    limit: Arc<Semaphore>,
     mut seat: Option<Seat>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -177,17 +205,17 @@ async fn accept_loop(
                 None => std::future::pending().await,
             }
         };
-        let (stream, peer, accepted_here) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => (stream, peer, true),
+        let (stream, peer, permit, accepted_here) = tokio::select! {
+            accepted = accept_within(&listener, &limit) => match accepted {
+                Ok((stream, peer, permit)) => (stream, peer, permit, true),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
-            Some((stream, peer)) = handed_over => match TcpStream::from_std(stream) {
-                Ok(stream) => (stream, peer, false),
+            Some((stream, peer, permit)) = handed_over => match TcpStream::from_std(stream) {
+                Ok(stream) => (stream, peer, permit, false),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take over a connection");
                     continue;
@@ -195,12 +223,12 @@ async fn accept_loop(
             },
             () = &mut shutdown => break,
         };
-        let stream = match (&seat, accepted_here) {
-            (Some(seat), true) => match pass_on(seat, stream, peer) {
-                Some(stream) => stream,
+        let (stream, permit) = match (&seat, accepted_here) {
+            (Some(seat), true) => match pass_on(seat, stream, peer, permit) {
+                Some(kept) => kept,
                 None => continue,
             },
-            _ => stream,
+            _ => (stream, permit),
         };
         // Small responses must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
@@ -218,6 +246,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             conn.run(stream, tls).await;
             drop(occupied);
+            drop(permit);
         });
     }
     drop(listener);
@@ -236,9 +265,14 @@ async fn accept_loop(
 }
 
 /// Hands `stream` to a less busy worker; gives it back when it is ours to serve.
-fn pass_on(seat: &Seat, stream: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+fn pass_on(
+    seat: &Seat,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) -> Option<(TcpStream, OwnedSemaphorePermit)> {
     let Some(to) = seat.balance.elsewhere(seat.me) else {
-        return Some(stream);
+        return Some((stream, permit));
     };
     let stream = match stream.into_std() {
         Ok(s) => s,
@@ -247,10 +281,12 @@ fn pass_on(seat: &Seat, stream: TcpStream, peer: SocketAddr) -> Option<TcpStream
             return None;
         }
     };
-    match seat.balance.inbox[to].send((stream, peer)) {
+    match seat.balance.inbox[to].send((stream, peer, permit)) {
         Ok(()) => None,
         // That worker has stopped: serve it here after all.
-        Err(mpsc::error::SendError((stream, _))) => TcpStream::from_std(stream).ok(),
+        Err(mpsc::error::SendError((stream, _, permit))) => {
+            TcpStream::from_std(stream).ok().map(|s| (s, permit))
+        }
     }
 }
 
@@ -347,7 +383,16 @@ mod tests {
             inbox: rx0,
         };
         drop(rx1);
-        assert!(pass_on(&seat, stream, peer).is_some(), "worker 1 is gone");
+        let limit = Arc::new(Semaphore::new(2));
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let kept = pass_on(&seat, stream, peer, permit);
+        assert!(kept.is_some(), "worker 1 is gone");
+        assert_eq!(
+            limit.available_permits(),
+            1,
+            "the place goes with the connection"
+        );
+        drop(kept);
 
         let (tx1, mut rx1) = mpsc::unbounded_channel();
         let b = Arc::new(Balance {
@@ -358,7 +403,17 @@ mod tests {
         let client = tokio::spawn(TcpStream::connect(addr));
         let (stream, peer) = listener.accept().await.unwrap();
         let _client = client.await.unwrap().unwrap();
-        assert!(pass_on(&seat, stream, peer).is_none(), "handed to worker 1");
-        assert_eq!(rx1.recv().await.unwrap().1, peer);
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        assert!(
+            pass_on(&seat, stream, peer, permit).is_none(),
+            "handed to worker 1"
+        );
+        let handed = rx1.recv().await.unwrap();
+        assert_eq!(handed.1, peer);
+        assert_eq!(
+            limit.available_permits(),
+            1,
+            "the handed connection keeps its place"
+        );
     }
 }
