@@ -305,6 +305,10 @@ pub struct Server {
     pub shutdown_timeout: Duration,
     /// Client connections served at once, over all workers; more wait in the listen backlog.
     pub max_connections: u32,
+    /// A client must send a request's whole head within this (slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) read; larger gets 431.
+    pub max_header_bytes: u32,
     /// Whether the listener speaks TLS cannot change live; the files it reads can.
     pub tls: Option<TlsFiles>,
 }

@@ -59,3 +59,89 @@ async fn max_connections_must_be_at_least_one() {
     assert!(err.contains("max_connections: must be at least 1"), "{err}");
     assert!(err.contains("keygate.toml:"), "{err}");
 }
+
+/// Reads what the server sends until it closes the connection (bounded).
+async fn read_until_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "still open after 5 s; got {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+}
+
+/// A client that starts a request head and never finishes it is dropped after
+/// `header_read_timeout` (slowloris), and keygate goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_sent_too_slowly_is_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let files = files("slow-head", "header_read_timeout = \"300ms\"").await;
+    let kg = Process::start(&files.config).await;
+    let mut s = tokio::net::TcpStream::connect(kg.proxy).await.unwrap();
+    s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_until_close(&mut s).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed too early"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert_eq!(H1::connect(kg.proxy).await.send(probe()).await.status, 200);
+    let (status, _) = kg.terminate().await;
+    assert!(status.success());
+}
+
+/// A request head over `max_header_bytes` gets 431 and a close; smaller heads still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_max_header_bytes_gets_431() {
+    use tokio::io::AsyncWriteExt;
+    let files = files("big-head", "max_header_bytes = 16384").await;
+    let kg = Process::start(&files.config).await;
+    let mut s = tokio::net::TcpStream::connect(kg.proxy).await.unwrap();
+    let big = "a".repeat(20_000);
+    let head = format!(
+        "GET /live HTTP/1.1\r\nHost: x\r\nX-API-Key: {STATIC_SECRET}\r\nX-Big: {big}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_close(&mut s).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+
+    let fits = "a".repeat(8_000);
+    let resp = H1::connect(kg.proxy)
+        .await
+        .send(request(
+            "GET",
+            PROBE,
+            &[("x-api-key", STATIC_SECRET), ("x-fits", fits.as_str())],
+            empty(),
+        ))
+        .await;
+    assert_eq!(resp.status, 200);
+    let (status, _) = kg.terminate().await;
+    assert!(status.success());
+}
+
+/// `max_header_bytes` below hyper's smallest buffer is refused at load.
+#[tokio::test]
+async fn max_header_bytes_has_a_floor() {
+    let files = files("big-head-floor", "max_header_bytes = 100").await;
+    let err = keygate::load(&files.config).unwrap_err().to_string();
+    assert!(
+        err.contains("max_header_bytes: must be at least 8192"),
+        "{err}"
+    );
+}

@@ -138,6 +138,8 @@ pub struct RawServer {
     pub failed_auth_limit: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<u32>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<u32>>,
     pub tls: Option<Spanned<RawTls>>,
 }
 

@@ -46,6 +46,13 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `[server] max_connections`: well under the usual 65,536 open-files limit, which also has to
 /// cover one upstream connection per request in flight, the config files and the admin API.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16_384;
+/// `[server] header_read_timeout`: time to send a request's head (slowloris).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[server] max_header_bytes`: nginx's default head buffers hold 4 x 8 KiB; keys and tokens
+/// make heads bigger than they used to be.
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// hyper's smallest read buffer.
+const MIN_MAX_HEADER_BYTES: u32 = 8192;
 /// `[server] shutdown_timeout`: time for requests in flight after SIGTERM or SIGINT.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long keygate waits for an upstream's response headers before answering 504.
@@ -593,8 +600,25 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
         }
         Some(n) => *n.get_ref(),
     };
+    let header_read_timeout = c
+        .duration(raw.header_read_timeout.as_ref(), S, "header_read_timeout")
+        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT);
+    let max_header_bytes = match &raw.max_header_bytes {
+        None => DEFAULT_MAX_HEADER_BYTES,
+        Some(n) if *n.get_ref() < MIN_MAX_HEADER_BYTES => {
+            c.error(
+                n.span(),
+                S,
+                format!("max_header_bytes: must be at least {MIN_MAX_HEADER_BYTES}"),
+            );
+            DEFAULT_MAX_HEADER_BYTES
+        }
+        Some(n) => *n.get_ref(),
+    };
     Some(Server {
         listen: listen?,
+        header_read_timeout,
+        max_header_bytes,
         shutdown_timeout,
         max_connections,
         trusted_proxies,

@@ -28,9 +28,6 @@ use tokio_rustls::TlsAcceptor;
 
 use super::Proxy;
 
-/// A client that has not sent its request headers by then is dropped (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -187,12 +184,25 @@ async fn accept_loop(
     limit: Arc<Semaphore>,
     mut seat: Option<Seat>,
 ) {
+    // Read at start, like the listener itself: changing them needs a restart.
+    let (head_timeout, max_head) = {
+        let snap = proxy.published().load();
+        (
+            snap.server.header_read_timeout,
+            snap.server.max_header_bytes,
+        )
+    };
+    let max_head = usize::try_from(max_head).unwrap_or(usize::MAX);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(head_timeout)
+        .max_buf_size(max_head);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     // Ends with the pool, or with this worker's runtime.
