@@ -309,6 +309,8 @@ pub struct Server {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers) read; larger gets 431.
     pub max_header_bytes: u32,
+    /// HTTP/2 streams one client connection may have open at once.
+    pub max_streams: u32,
     /// Whether the listener speaks TLS cannot change live; the files it reads can.
     pub tls: Option<TlsFiles>,
 }

@@ -145,3 +145,80 @@ async fn max_header_bytes_has_a_floor() {
         "{err}"
     );
 }
+
+/// With `max_streams = 2`, a client's third concurrent HTTP/2 request waits (the client honours
+/// the advertised limit) until one of the first two is answered; all three then succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_past_max_streams_wait_for_a_free_one() {
+    let mut up = held_upstream().await;
+    let files = files("max-streams", "max_streams = 2").await;
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    std::fs::write(
+        &files.config,
+        text.replace(&files.up.addr.to_string(), &up.addr.to_string()),
+    )
+    .unwrap();
+    let kg = Process::start(&files.config).await;
+    let h2 = H2::connect(kg.proxy).await;
+    let authority = kg.proxy.to_string();
+    // One exchange first, so the client has the server's SETTINGS (a stream opened before them
+    // may be refused instead, which is also allowed).
+    let warm = {
+        let (mut h2, authority) = (h2.clone(), authority.clone());
+        tokio::spawn(async move {
+            h2.send(h2_request(
+                "GET",
+                &authority,
+                PROBE,
+                &[("x-api-key", STATIC_SECRET)],
+                empty(),
+            ))
+            .await
+        })
+    };
+    let release = tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
+        .await
+        .expect("the first request reaches the upstream")
+        .unwrap();
+    let _ = release.send(());
+    assert_eq!(warm.await.unwrap().status, 200);
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        let mut h2 = h2.clone();
+        let authority = authority.clone();
+        sent.push(tokio::spawn(async move {
+            h2.send(h2_request(
+                "GET",
+                &authority,
+                PROBE,
+                &[("x-api-key", STATIC_SECRET)],
+                empty(),
+            ))
+            .await
+        }));
+    }
+    let arrive = async |up: &mut HeldUpstream| {
+        tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
+            .await
+            .expect("a request reaches the upstream")
+            .unwrap()
+    };
+    let first = arrive(&mut up).await;
+    let _second = arrive(&mut up).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), up.arrived.recv())
+            .await
+            .is_err(),
+        "a third stream was open at once"
+    );
+    let _ = first.send(());
+    let third = arrive(&mut up).await;
+    drop((_second, third));
+    for s in sent {
+        // Released or dropped by the upstream: either way answered, none refused or lost.
+        let resp = s.await.unwrap();
+        assert!(resp.status == 200 || resp.status == 502, "{}", resp.status);
+    }
+    let (status, _) = kg.terminate().await;
+    assert!(status.success());
+}

@@ -6,49 +6,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpStream;
 
 use common::admin::*;
 use common::*;
-
-/// An upstream that tells the test when a request arrived and answers it only when released.
-struct HeldUpstream {
-    addr: SocketAddr,
-    arrived: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
-}
-
-async fn held_upstream() -> HeldUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, arrived) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let (release, released) = oneshot::channel();
-                let _ = tx.send(release);
-                let _ = released.await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nslow-done")
-                    .await;
-                let _ = s.flush().await;
-                // Keep the connection open like a keep-alive upstream.
-                let _ = s.read(&mut chunk).await;
-            });
-        }
-    });
-    HeldUpstream { addr, arrived }
-}
 
 /// Files whose only upstream is `up`, with `shutdown_timeout = "10s"`.
 async fn files(name: &str, up: SocketAddr) -> Files {

@@ -140,6 +140,7 @@ pub struct RawServer {
     pub max_connections: Option<Spanned<u32>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<u32>>,
+    pub max_streams: Option<Spanned<u32>>,
     pub tls: Option<Spanned<RawTls>>,
 }
 

@@ -51,6 +51,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// `[server] max_header_bytes`: nginx's default head buffers hold 4 x 8 KiB; keys and tokens
 /// make heads bigger than they used to be.
 pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// `[server] max_streams`: HTTP/2 streams per connection (nginx's `http2_max_concurrent_streams`).
+pub const DEFAULT_MAX_STREAMS: u32 = 128;
 /// hyper's smallest read buffer.
 const MIN_MAX_HEADER_BYTES: u32 = 8192;
 /// `[server] shutdown_timeout`: time for requests in flight after SIGTERM or SIGINT.
@@ -615,8 +617,17 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
         }
         Some(n) => *n.get_ref(),
     };
+    let max_streams = match &raw.max_streams {
+        None => DEFAULT_MAX_STREAMS,
+        Some(n) if *n.get_ref() == 0 => {
+            c.error(n.span(), S, "max_streams: must be at least 1".to_owned());
+            DEFAULT_MAX_STREAMS
+        }
+        Some(n) => *n.get_ref(),
+    };
     Some(Server {
         listen: listen?,
+        max_streams,
         header_read_timeout,
         max_header_bytes,
         shutdown_timeout,

@@ -185,12 +185,10 @@ async fn accept_loop(
     mut seat: Option<Seat>,
 ) {
     // Read at start, like the listener itself: changing them needs a restart.
-    let (head_timeout, max_head) = {
+    let (head_timeout, max_head, max_streams) = {
         let snap = proxy.published().load();
-        (
-            snap.server.header_read_timeout,
-            snap.server.max_header_bytes,
-        )
+        let s = &snap.server;
+        (s.header_read_timeout, s.max_header_bytes, s.max_streams)
     };
     let max_head = usize::try_from(max_head).unwrap_or(usize::MAX);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -202,7 +200,8 @@ async fn accept_loop(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .max_concurrent_streams(max_streams);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     // Ends with the pool, or with this worker's runtime.

@@ -958,3 +958,44 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Resp {
     raw.write(request).await;
     raw.read_response().await
 }
+
+/// An upstream that tells the test when a request arrived and answers it only when released.
+pub struct HeldUpstream {
+    pub addr: SocketAddr,
+    pub arrived: tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub async fn held_upstream() -> HeldUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // Keep-alive: one bodiless request after another, each held until released.
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let mut buf = Vec::new();
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::io::AsyncReadExt::read(&mut s, &mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let (release, released) = tokio::sync::oneshot::channel();
+                    let _ = tx.send(release);
+                    let _ = released.await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nslow-done";
+                    if tokio::io::AsyncWriteExt::write_all(&mut s, answer)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    HeldUpstream { addr, arrived }
+}
