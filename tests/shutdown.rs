@@ -30,6 +30,36 @@ fn signal(pid: u32, sig: &str) {
     assert!(status.success());
 }
 
+/// Starts a request through `proxy` and waits until `up` holds it; returns the request's task
+/// and the upstream's release.
+async fn held_request(
+    proxy: SocketAddr,
+    up: &mut HeldUpstream,
+) -> (
+    tokio::task::JoinHandle<Resp>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let in_flight = tokio::spawn(async move {
+        let req = request("GET", "/slow", &[("x-api-key", STATIC_SECRET)], empty());
+        H1::connect(proxy).await.send(req).await
+    });
+    let release = tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
+        .await
+        .expect("the request reaches the upstream")
+        .unwrap();
+    (in_flight, release)
+}
+
+/// Sends `sig` and waits (bounded) until the proxy port refuses connections.
+async fn signal_and_wait_refused(pid: u32, sig: &str, proxy: SocketAddr) {
+    signal(pid, sig);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(proxy).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after {sig}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A request in flight when SIGTERM arrives still gets its 200; meanwhile new connections are
 /// refused; then the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,28 +69,8 @@ async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections()
     let kg = Process::start(&files.config).await;
     let proxy = kg.proxy;
 
-    let in_flight = tokio::spawn(async move {
-        H1::connect(proxy)
-            .await
-            .send(request(
-                "GET",
-                "/slow",
-                &[("x-api-key", STATIC_SECRET)],
-                empty(),
-            ))
-            .await
-    });
-    let release = tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
-        .await
-        .expect("the request reaches the upstream")
-        .unwrap();
-
-    signal(kg.pid(), "-TERM");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(proxy).await.is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (in_flight, release) = held_request(proxy, &mut up).await;
+    signal_and_wait_refused(kg.pid(), "-TERM", proxy).await;
 
     let _ = release.send(());
     let resp = tokio::time::timeout(Duration::from_secs(5), in_flight)
@@ -85,30 +95,10 @@ async fn a_second_signal_exits_at_once() {
     let files = files("shutdown-twice", up.addr).await;
     let kg = Process::start(&files.config).await;
     let proxy = kg.proxy;
-    let _in_flight = tokio::spawn(async move {
-        H1::connect(proxy)
-            .await
-            .send(request(
-                "GET",
-                "/slow",
-                &[("x-api-key", STATIC_SECRET)],
-                empty(),
-            ))
-            .await
-    });
-    let _release = tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
-        .await
-        .expect("the request reaches the upstream")
-        .unwrap();
-
+    let (_in_flight, _release) = held_request(proxy, &mut up).await;
     let started = Instant::now();
-    signal(kg.pid(), "-TERM");
     // The first one must have been taken before the second is sent.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(proxy).await.is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    signal_and_wait_refused(kg.pid(), "-TERM", proxy).await;
     signal(kg.pid(), "-INT");
     let (status, log) = kg.wait_exit().await;
     assert!(
