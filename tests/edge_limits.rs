@@ -10,11 +10,7 @@ use common::*;
 
 /// Files whose `[server]` section starts with `lines`.
 async fn files(name: &str, lines: &str) -> Files {
-    let files = Files::for_binary(name, Some(INITIAL_KEYS)).await;
-    let text = std::fs::read_to_string(&files.config).unwrap();
-    let text = text.replace("[server]\n", &format!("[server]\n{lines}\n"));
-    std::fs::write(&files.config, text).unwrap();
-    files
+    Files::for_binary_with(name, lines, None).await
 }
 
 fn probe() -> hyper::Request<TestBody> {
@@ -151,13 +147,7 @@ async fn max_header_bytes_has_a_floor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_streams_past_max_streams_wait_for_a_free_one() {
     let mut up = held_upstream().await;
-    let files = files("max-streams", "max_streams = 2").await;
-    let text = std::fs::read_to_string(&files.config).unwrap();
-    std::fs::write(
-        &files.config,
-        text.replace(&files.up.addr.to_string(), &up.addr.to_string()),
-    )
-    .unwrap();
+    let files = Files::for_binary_with("max-streams", "max_streams = 2", Some(up.addr)).await;
     let kg = Process::start(&files.config).await;
     let h2 = H2::connect(kg.proxy).await;
     let authority = kg.proxy.to_string();

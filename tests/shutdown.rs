@@ -13,13 +13,7 @@ use common::*;
 
 /// Files whose only upstream is `up`, with `shutdown_timeout = "10s"`.
 async fn files(name: &str, up: SocketAddr) -> Files {
-    let files = Files::for_binary(name, Some(INITIAL_KEYS)).await;
-    let text = std::fs::read_to_string(&files.config).unwrap();
-    let text = text
-        .replace(&files.up.addr.to_string(), &up.to_string())
-        .replace("[server]\n", "[server]\nshutdown_timeout = \"10s\"\n");
-    std::fs::write(&files.config, text).unwrap();
-    files
+    Files::for_binary_with(name, "shutdown_timeout = \"10s\"", Some(up)).await
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -174,6 +174,19 @@ impl Files {
         Files::new(name, Some("127.0.0.1:0"), &admin.to_string(), keys).await
     }
 
+    /// Files for the binary with `lines` at the top of `[server]` and every target on `up`
+    /// (`None`: the echo upstream).
+    pub async fn for_binary_with(name: &str, lines: &str, up: Option<SocketAddr>) -> Files {
+        let files = Files::for_binary(name, Some(INITIAL_KEYS)).await;
+        let mut text = std::fs::read_to_string(&files.config).unwrap();
+        text = text.replace("[server]\n", &format!("[server]\n{lines}\n"));
+        if let Some(up) = up {
+            text = text.replace(&files.up.addr.to_string(), &up.to_string());
+        }
+        std::fs::write(&files.config, text).unwrap();
+        files
+    }
+
     /// The keys file's text ("" when it does not exist).
     pub fn keys_text(&self) -> String {
         std::fs::read_to_string(&self.keys).unwrap_or_default()
