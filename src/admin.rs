@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 
 use crate::limits::FailedAuth;
+use crate::metrics::{self, Metrics};
 use crate::proxy::request_id;
 use crate::reload::Reloader;
 use crate::secret::KeyHash;
@@ -55,13 +56,15 @@ pub struct Admin {
     epoch: std::time::Instant,
     /// The proxy listener is serving: set once its workers run, cleared when draining starts.
     ready: Arc<AtomicBool>,
+    /// What `GET /metrics` reports.
+    metrics: Arc<Metrics>,
 }
 
 /// Addresses tracked for failed admin logins (32 KiB): the admin port sees few clients.
 const ADMIN_FAILURE_SLOTS: usize = 4096;
 
 impl Admin {
-    pub fn new(published: Arc<Published>, reloader: Arc<Reloader>) -> Admin {
+    pub fn new(published: Arc<Published>, reloader: Arc<Reloader>, metrics: Arc<Metrics>) -> Admin {
         // The store publishes each change under its lock, so changes publish in write order.
         let adopt = reloader.clone();
         let publish: store::Publisher = Box::new(move |loaded, main_text| {
@@ -74,6 +77,7 @@ impl Admin {
             failures: FailedAuth::new(ADMIN_FAILURE_SLOTS),
             epoch: std::time::Instant::now(),
             ready: Arc::new(AtomicBool::new(false)),
+            metrics,
         }
     }
 
@@ -83,13 +87,14 @@ impl Admin {
         self.ready.clone()
     }
 
-    /// `GET /healthz` and `GET /readyz`, for load balancers and Kubernetes probes: no key, no
-    /// secret in the answer. `None` for any other request.
+    /// `GET /healthz`, `GET /readyz` and `GET /metrics`, for load balancers, Kubernetes probes
+    /// and Prometheus: no key, no secret in the answer. `None` for any other request.
     fn probe(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
             return None;
         }
         let (status, body) = match req.uri().path() {
+            "/metrics" => return Some(metrics::response(&self.metrics, &self.published)),
             "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/readyz" => {
                 let snap = self.published.load();

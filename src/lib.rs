@@ -28,6 +28,7 @@ pub mod config;
 pub mod last_used;
 pub mod limits;
 pub mod manage;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod secret;
@@ -114,6 +115,21 @@ pub async fn serve_with_admin(
     };
     let state = last_used::path_for(&loaded.snapshot, config_path);
     last_used::restore(&loaded.snapshot, &state);
+    let access_log = proxy::observe::AccessLog::open(&loaded.snapshot.log).with_context(|| {
+        format!(
+            "cannot open the access log {:?}",
+            loaded.snapshot.log.access
+        )
+    })?;
+    let metrics_listener = match loaded.snapshot.metrics_listen {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        ),
+    };
+    let metrics = metrics::Metrics::new();
     let published = Arc::new(Published::new(loaded.snapshot));
     last_used::spawn(published.clone(), config_path.to_path_buf());
     let reloader = Arc::new(reload::Reloader::new(
@@ -122,6 +138,7 @@ pub async fn serve_with_admin(
         configured,
         text.as_ref(),
         certs,
+        metrics.clone(),
     ));
     // Only that first hash needs the text: held to the end, a 1,000,000-key config (~160 MB)
     // would stay resident beside the keys parsed from it.
@@ -134,7 +151,11 @@ pub async fn serve_with_admin(
     if let Some(admin_listener) = admin_listener {
         let admin_addr = admin_listener.local_addr()?;
         tracing::info!(addr = %admin_addr, "admin API listening");
-        let admin = Arc::new(admin::Admin::new(published.clone(), reloader));
+        let admin = Arc::new(admin::Admin::new(
+            published.clone(),
+            reloader,
+            metrics.clone(),
+        ));
         ready = Some(admin.readiness());
         let mut stop = stop_rx.clone();
         tokio::spawn(admin::serve(admin_listener, admin, async move {
@@ -143,7 +164,23 @@ pub async fn serve_with_admin(
     }
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     tracing::info!(%addr, %scheme, "keygate listening");
-    let proxy = proxy::Proxy::new(published.clone());
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            published.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
+    let observer = proxy::observe::Observer {
+        metrics,
+        access: access_log,
+    };
+    let proxy = proxy::Proxy::observed(published.clone(), observer);
     let workers = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
     // First polled once every worker runs: ready from then until the shutdown begins.
     proxy::server::serve_workers(listener, workers, &proxy, acceptor, async move {

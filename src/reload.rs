@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::{self, LoadError, Loaded};
+use crate::metrics::Metrics;
 use crate::snapshot::{Published, Snapshot};
 use crate::tls::CertStore;
 
@@ -71,6 +72,8 @@ pub struct Reloader {
     seen: Mutex<Seen>,
     /// The listener's certificate, when it speaks TLS.
     certs: Option<Arc<CertStore>>,
+    /// Told of every reload that publishes or fails.
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -91,6 +94,7 @@ impl Reloader {
         listen: SocketAddr,
         initial: &[u8],
         certs: Option<Arc<CertStore>>,
+        metrics: Arc<Metrics>,
     ) -> Reloader {
         let keys_file = published.load().keys_file.clone();
         let admin_listen = published.load().admin.as_ref().map(|a| a.listen);
@@ -106,6 +110,7 @@ impl Reloader {
             admin_listen,
             seen: Mutex::new(seen),
             certs,
+            metrics,
         }
     }
 
@@ -182,6 +187,7 @@ impl Reloader {
                 }
                 seen.content = None;
                 seen.failed = true;
+                self.metrics.reloaded(now, false);
                 return Outcome::Failed;
             }
         };
@@ -197,6 +203,7 @@ impl Reloader {
             Ok(l) => l,
             Err(e) => {
                 seen.failed = true;
+                self.metrics.reloaded(now, false);
                 tracing::error!(
                     ?trigger,
                     "config reload failed, keeping the last good config:\n{e}"
@@ -246,6 +253,7 @@ impl Reloader {
         }
         let (added, removed, changed) = diff(&self.published.load(), &next);
         let generation = self.published.publish(next);
+        self.metrics.reloaded(SystemTime::now(), true);
         tracing::info!(
             generation,
             keys_added = added,
@@ -466,7 +474,14 @@ hash = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
         let loaded = config::parse(CONFIG, &path).unwrap();
         let listen = loaded.snapshot.server.listen;
         let published = Arc::new(Published::new(loaded.snapshot));
-        Reloader::new(path, published, listen, CONFIG.as_bytes(), None)
+        Reloader::new(
+            path,
+            published,
+            listen,
+            CONFIG.as_bytes(),
+            None,
+            Metrics::new(),
+        )
     }
 
     fn temp_dir(name: &str) -> PathBuf {

@@ -311,8 +311,35 @@ pub struct Server {
     pub max_header_bytes: u32,
     /// HTTP/2 streams one client connection may have open at once.
     pub max_streams: u32,
+    /// A client connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
     /// Whether the listener speaks TLS cannot change live; the files it reads can.
     pub tls: Option<TlsFiles>,
+}
+
+/// `[log]`: the access log, one line per request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Log {
+    pub access: AccessTo,
+    pub format: LogFormat,
+}
+
+/// `[log] access`: where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessTo {
+    Off,
+    #[default]
+    Stdout,
+    /// Appended to; resolved against the config file's directory.
+    File(std::path::PathBuf),
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
 }
 
 /// `[[targets]]`: a deploy target and its upstream.
@@ -326,6 +353,8 @@ pub struct Target {
     pub hosts: Vec<Box<str>>,
     pub path_prefix: Box<str>,
     pub timeout: Duration,
+    /// Largest request body in bytes (`None`: unlimited); more gets 413 `body_too_large`.
+    pub max_body: Option<u64>,
     pub preserve_host: bool,
     /// The verifier for an `https://` upstream.
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -639,6 +668,10 @@ impl Key {
 #[derive(Debug)]
 pub struct Snapshot {
     pub server: Server,
+    /// `[log]`: read at start; changing it needs a restart.
+    pub log: Log,
+    /// `[metrics] listen`: read at start; changing it needs a restart.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub targets: Vec<Target>,
     pub routes: Routes,
     pub consumers: Vec<Consumer>,
@@ -685,6 +718,8 @@ impl Snapshot {
         let routes = Routes::build(&targets);
         let mut snap = Snapshot {
             server,
+            log: Log::default(),
+            metrics_listen: None,
             targets,
             routes,
             consumers,

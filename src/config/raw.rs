@@ -63,6 +63,10 @@ pub struct RawConfig<'a> {
     #[serde(default)]
     pub server: RawServer,
     pub admin: Option<RawAdmin>,
+    /// `[log]`: the access log.
+    pub log: Option<RawLog>,
+    /// `[metrics]`: a listener of its own for `/metrics` (the admin API serves it too).
+    pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub admin_keys: Vec<RawAdminKey>,
     #[serde(default)]
@@ -110,6 +114,23 @@ pub struct RawAdmin {
     pub key_prefix: Option<Spanned<String>>,
 }
 
+/// `[log]`: where the access log goes and in which format.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `"stdout"`, `"off"` or a file path (relative to the config file).
+    pub access: Option<Spanned<String>>,
+    /// `"json"` or `"text"`.
+    pub format: Option<Spanned<String>>,
+}
+
+/// `[metrics]`: Prometheus metrics on their own listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Spanned<String>,
+}
+
 /// `[[admin_keys]]`: who may call the admin API.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +162,7 @@ pub struct RawServer {
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<u32>>,
     pub max_streams: Option<Spanned<u32>>,
+    pub idle_timeout: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawTls>>,
 }
 
@@ -161,6 +183,8 @@ pub struct RawTarget {
     pub hosts: Option<Vec<Spanned<String>>>,
     pub path_prefix: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+    /// Largest request body, e.g. `"10MB"`, or `"unlimited"`.
+    pub max_body: Option<Spanned<String>>,
     pub preserve_host: Option<bool>,
     pub ca_file: Option<Spanned<String>>,
 }

@@ -21,14 +21,14 @@ use toml::Spanned;
 use toml::value::{Datetime, Offset};
 
 use super::raw::{
-    HasKeys, RawAdmin, RawAdminKey, RawConfig, RawConsumer, RawKey, RawKeysFile, RawServer,
-    RawTarget,
+    HasKeys, RawAdmin, RawAdminKey, RawConfig, RawConsumer, RawKey, RawKeysFile, RawLog,
+    RawMetrics, RawServer, RawTarget,
 };
 use super::{ConfigError, Severity, scan};
 use crate::secret::KeyHash;
 use crate::snapshot::{
-    Admin, AdminKey, Consumer, Id, IdArena, IpList, Key, KeyParts, KeyTable, List, Paths, Rate,
-    Rules, Server, Snapshot, Target, TargetIdx, TargetSet,
+    AccessTo, Admin, AdminKey, Consumer, Id, IdArena, IpList, Key, KeyParts, KeyTable, List, Log,
+    LogFormat, Paths, Rate, Rules, Server, Snapshot, Target, TargetIdx, TargetSet,
 };
 use crate::tls::TlsFiles;
 
@@ -53,6 +53,11 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
 /// `[server] max_streams`: HTTP/2 streams per connection (nginx's `http2_max_concurrent_streams`).
 pub const DEFAULT_MAX_STREAMS: u32 = 128;
+/// `[server] idle_timeout`: a connection with no request in flight is closed after this
+/// (nginx's `keepalive_timeout` is 75 s).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `[[targets]] max_body`: largest request body; `"unlimited"` lifts it.
+pub const DEFAULT_MAX_BODY: u64 = 10_000_000;
 /// hyper's smallest read buffer.
 const MIN_MAX_HEADER_BYTES: u32 = 8192;
 /// `[server] shutdown_timeout`: time for requests in flight after SIGTERM or SIGINT.
@@ -313,6 +318,33 @@ impl Checker<'_> {
         }
     }
 
+    /// A byte size such as `"10MB"` (10,000,000), `"4MiB"` or `"512"`; `"unlimited"` is `None`.
+    fn size<'s>(
+        &mut self,
+        raw: &Spanned<String>,
+        subject: impl Into<Subject<'s>>,
+        field: &str,
+    ) -> Option<Option<u64>> {
+        let text = raw.get_ref().trim();
+        if text == "unlimited" {
+            return Some(None);
+        }
+        match text.parse::<bytesize::ByteSize>() {
+            Ok(b) => Some(Some(b.as_u64())),
+            Err(_) => {
+                self.error(
+                    raw.span(),
+                    subject,
+                    format!(
+                        "{field}: {:?} is not a size such as \"10MB\", \"512KiB\" or \"unlimited\"",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn instant<'s>(
         &mut self,
         raw: Option<&Spanned<Datetime>>,
@@ -377,6 +409,13 @@ pub fn validate(
     let raw = &main.raw;
     let server = server(&mut c, &raw.server);
     let admin = admin(&mut c, raw.admin.as_ref(), &raw.admin_keys, server.as_ref());
+    let log = log(&mut c, raw.log.as_ref(), main.source.file);
+    let metrics_listen = metrics(
+        &mut c,
+        raw.metrics.as_ref(),
+        server.as_ref(),
+        admin.as_ref(),
+    );
     let (targets, target_names) = targets(&mut c, &raw.targets);
     let keys_path = raw
         .keys_file
@@ -406,6 +445,8 @@ pub fn validate(
             let mut snap = Snapshot::with_table(server, targets, consumers, pass.keys, pass.table);
             snap.admin = admin;
             snap.keys_file = keys_path;
+            snap.log = log;
+            snap.metrics_listen = metrics_listen;
             Ok((snap, c.problems))
         }
         _ => Err(Failure::Invalid(c.problems)),
@@ -414,6 +455,72 @@ pub fn validate(
 
 fn key_count<'a, R: HasKeys<'a>>(f: &File<'_, R>) -> usize {
     f.raw.keys().map_or(0, <[_]>::len) + f.chunks.len()
+}
+
+/// `[log]`: the access log's destination and format.
+fn log(c: &mut Checker<'_>, raw: Option<&RawLog>, config: &Path) -> Log {
+    const S: &str = "[log]";
+    let Some(raw) = raw else {
+        return Log::default();
+    };
+    let access = match &raw.access {
+        None => AccessTo::default(),
+        Some(a) => match a.get_ref().as_str() {
+            "stdout" => AccessTo::Stdout,
+            "off" => AccessTo::Off,
+            "" => {
+                c.error(
+                    a.span(),
+                    S,
+                    "access: expected \"stdout\", \"off\" or a file path",
+                );
+                AccessTo::default()
+            }
+            path => AccessTo::File(relative_to(config, path)),
+        },
+    };
+    let format = match raw.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+        None | Some((_, "json")) => LogFormat::Json,
+        Some((_, "text")) => LogFormat::Text,
+        Some((f, other)) => {
+            c.error(
+                f.span(),
+                S,
+                format!("format: {other:?} is not \"json\" or \"text\""),
+            );
+            LogFormat::Json
+        }
+    };
+    Log { access, format }
+}
+
+/// `[metrics] listen`: its own port, never the proxy's or the admin API's.
+fn metrics(
+    c: &mut Checker<'_>,
+    raw: Option<&RawMetrics>,
+    server: Option<&Server>,
+    admin: Option<&Option<Admin>>,
+) -> Option<SocketAddr> {
+    const S: &str = "[metrics]";
+    let raw = raw?;
+    let Ok(listen) = raw.listen.get_ref().parse::<SocketAddr>() else {
+        c.error(
+            raw.listen.span(),
+            S,
+            format!("listen: {:?} is not IP:port", raw.listen.get_ref()),
+        );
+        return None;
+    };
+    let taken = server.is_some_and(|s| s.listen == listen)
+        || admin.is_some_and(|a| a.as_ref().is_some_and(|a| a.listen == listen));
+    if listen.port() != 0 && taken {
+        c.error(
+            raw.listen.span(),
+            S,
+            "listen: the metrics listener needs its own port",
+        );
+    }
+    Some(listen)
 }
 
 /// `[admin]` and `[[admin_keys]]`. `Some(None)` when there is no admin API.
@@ -625,9 +732,13 @@ fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
         }
         Some(n) => *n.get_ref(),
     };
+    let idle_timeout = c
+        .duration(raw.idle_timeout.as_ref(), S, "idle_timeout")
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
     Some(Server {
         listen: listen?,
         max_streams,
+        idle_timeout,
         header_read_timeout,
         max_header_bytes,
         shutdown_timeout,
@@ -740,8 +851,16 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
             None => Some(DEFAULT_UPSTREAM_TIMEOUT),
             some => c.duration(some.as_ref(), subject, "timeout"),
         };
-        let (Some((scheme, authority, upstream_host)), Some(path_prefix), Some(timeout)) =
-            (upstream, path_prefix, timeout)
+        let max_body = match &t.max_body {
+            None => Some(Some(DEFAULT_MAX_BODY)),
+            Some(m) => c.size(m, subject, "max_body"),
+        };
+        let (
+            Some((scheme, authority, upstream_host)),
+            Some(path_prefix),
+            Some(timeout),
+            Some(max_body),
+        ) = (upstream, path_prefix, timeout, max_body)
         else {
             continue;
         };
@@ -773,6 +892,7 @@ fn targets(c: &mut Checker<'_>, raw: &[RawTarget]) -> (Vec<Target>, HashMap<Stri
             hosts,
             path_prefix,
             timeout,
+            max_body,
             preserve_host: t.preserve_host.unwrap_or(false),
             tls,
         });

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 use serde::Serialize;
 
-use super::Body;
+use super::Inner;
 use crate::limits::{Limited, RateStatus};
 
 /// Why keygate refused or could not complete a request. `code()` strings are a contract.
@@ -25,6 +25,8 @@ pub enum Deny {
     IpNotAllowed,
     TargetNotAllowed,
     AccessDenied,
+    /// The request body is larger than the target's `max_body`.
+    BodyTooLarge,
     RateLimited(Limited),
     /// Too many `key_invalid` answers to this client address; retry after this many seconds.
     TooManyFailures(u64),
@@ -43,6 +45,7 @@ impl Deny {
             | Deny::IpNotAllowed
             | Deny::TargetNotAllowed
             | Deny::AccessDenied => StatusCode::FORBIDDEN,
+            Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Deny::RateLimited(_) | Deny::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             Deny::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Deny::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -59,6 +62,7 @@ impl Deny {
             Deny::IpNotAllowed => "ip_not_allowed",
             Deny::TargetNotAllowed => "target_not_allowed",
             Deny::AccessDenied => "access_denied",
+            Deny::BodyTooLarge => "body_too_large",
             Deny::RateLimited(_) => "rate_limited",
             Deny::TooManyFailures(_) => "too_many_failures",
             Deny::UpstreamUnavailable => "upstream_unavailable",
@@ -76,6 +80,7 @@ impl Deny {
             Deny::IpNotAllowed => "Address not allowed",
             Deny::TargetNotAllowed => "Target not allowed",
             Deny::AccessDenied => "Access denied",
+            Deny::BodyTooLarge => "Request body too large",
             Deny::RateLimited(_) => "Rate limit exceeded",
             Deny::TooManyFailures(_) => "Too many failed attempts",
             Deny::UpstreamUnavailable => "Upstream unavailable",
@@ -94,6 +99,7 @@ impl Deny {
             Deny::IpNotAllowed => "The API key may not be used from this address.",
             Deny::TargetNotAllowed => "The API key is not bound to this deploy target.",
             Deny::AccessDenied => "The API key may not use this method or path.",
+            Deny::BodyTooLarge => "The request body is larger than this target accepts.",
             Deny::RateLimited(_) => "The API key is over its rate limit; see Retry-After.",
             Deny::TooManyFailures(_) => {
                 "Too many requests with invalid API keys from this address; see Retry-After."
@@ -104,7 +110,7 @@ impl Deny {
     }
 
     /// The RFC 9457 problem+json response for this denial.
-    pub fn response(self, request_id: &HeaderValue) -> Response<Body> {
+    pub fn response(self, request_id: &HeaderValue) -> Response<Inner> {
         let problem = Problem {
             kind: self.code(),
             title: self.title(),

@@ -6,8 +6,14 @@
 //! byte tunnel.
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
@@ -17,6 +23,7 @@ use hyper_util::rt::TokioIo;
 
 use super::credential;
 use super::deny::Deny;
+use super::observe::Activity;
 use super::pool::{Pool, PooledBody, Upstream};
 use super::request_id::X_REQUEST_ID;
 
@@ -146,18 +153,29 @@ pub fn rewrite<B>(
 }
 
 /// Sends the request and returns the upstream's response with its body still streaming.
+/// `max_body` bounds the request body (`Content-Length` was checked already; this catches a
+/// chunked one as it streams).
 pub async fn send(
     pool: &Arc<Pool>,
     mut req: Request<Incoming>,
     plan: Plan,
+    max_body: Option<u64>,
+    counted: Option<Arc<AtomicU64>>,
+    connection: Option<Arc<Activity>>,
 ) -> Result<Response<PooledBody>, Deny> {
     let client_side = plan.upgrade.then(|| hyper::upgrade::on(&mut req));
+    let req = req.map(|body| Upload {
+        body,
+        left: max_body.unwrap_or(u64::MAX),
+        counted,
+    });
     let exchange = pool.send(&plan.upstream, req);
     let mut resp = match tokio::time::timeout(plan.timeout, exchange).await {
         Err(_) => {
             tracing::warn!(target = %plan.target, timeout = ?plan.timeout, "upstream timed out");
             return Err(Deny::UpstreamTimeout);
         }
+        Ok(Err(e)) if caused_by_too_large(&*e) => return Err(Deny::BodyTooLarge),
         Ok(Err(e)) => {
             tracing::warn!(target = %plan.target, error = %error_chain(&*e), "upstream unavailable");
             return Err(Deny::UpstreamUnavailable);
@@ -168,12 +186,85 @@ pub async fn send(
         && let Some(client_side) = client_side
     {
         let upstream_side = hyper::upgrade::on(&mut resp);
-        tokio::spawn(tunnel(client_side, upstream_side, plan.target));
+        tokio::spawn(async move {
+            tunnel(client_side, upstream_side, plan.target).await;
+            // Held until here, so a shutdown waits for the tunnel too.
+            drop(connection);
+        });
         return Ok(resp);
     }
     strip_hop_by_hop(resp.headers_mut());
     resp.headers_mut().remove(UPGRADE);
     Ok(resp)
+}
+
+/// The client's request body on its way upstream: ends in an error past the target's
+/// `max_body`, which [`send`] answers with 413 `body_too_large`.
+pub struct Upload {
+    body: Incoming,
+    /// Bytes still allowed.
+    left: u64,
+    /// Counts the bytes of a body of unknown length, for the access log and metrics.
+    counted: Option<Arc<AtomicU64>>,
+}
+
+/// The error an [`Upload`] ends with past `max_body`.
+#[derive(Debug)]
+pub struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body larger than the target's max_body")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let n = data.len() as u64;
+            if n > this.left {
+                this.left = 0;
+                return Poll::Ready(Some(Err(Box::new(TooLarge))));
+            }
+            this.left -= n;
+            if let Some(c) = &this.counted {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(polled.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Whether an upstream exchange failed because the request body passed `max_body`.
+fn caused_by_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<TooLarge>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// Copies bytes both ways between an upgraded client and upstream until either side closes.

@@ -10,12 +10,14 @@
 //!              ip_not_allowed / target_not_allowed / access_denied, 429 rate_limited)
 //! forward     rewrite headers + URI, stream to upstream    (502 / 504)
 //! deny        Deny -> problem+json, the one place errors become responses
+//! observe     metrics and the access log line, once the response body is done
 //! ```
 
 pub mod client_ip;
 pub mod credential;
 pub mod deny;
 pub mod forward;
+pub mod observe;
 pub mod policy;
 pub mod pool;
 pub mod request_id;
@@ -29,52 +31,75 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::limits::{FailedAuth, RateStatus};
+use crate::metrics::Metrics;
 use crate::snapshot::Published;
 use crate::tls::Connector;
 use deny::Deny;
 use forward::{Caller, Plan};
+use observe::{Activity, Exchange, Observer};
 use policy::{Facts, Now};
 use request_id::X_REQUEST_ID;
 
-/// What keygate answers with: the upstream's streamed body, or a small body of its own.
-pub type Body = Either<pool::PooledBody, Full<Bytes>>;
+/// A response body before [`observe::Body`] wraps it: the upstream's, streamed, or keygate's own.
+pub type Inner = Either<pool::PooledBody, Full<Bytes>>;
+pub use observe::Body;
 
 /// The gateway's request handler: the published config, the state beside it, the upstream pool.
 ///
-/// Each server worker thread has its own (see [`Proxy::worker`]): the config and the
-/// failed-attempt table are shared, the upstream pool is the worker's, so an upstream connection
-/// is only ever driven by the thread whose requests use it.
+/// Each server worker thread has its own (see [`Proxy::worker`]): the config, the failed-attempt
+/// table and the metrics are shared, the upstream pool is the worker's, so an upstream
+/// connection is only ever driven by the thread whose requests use it.
 pub struct Proxy {
     published: Arc<Published>,
     failures: Arc<FailedAuth>,
     /// Start of the monotonic time the failed-attempt table counts in.
     epoch: Instant,
     pool: Arc<pool::Pool>,
+    observer: Observer,
 }
 
 impl Proxy {
+    /// A handler with metrics of its own and no access log (tests, benches).
     pub fn new(published: Arc<Published>) -> Proxy {
+        Proxy::observed(
+            published,
+            Observer {
+                metrics: Metrics::new(),
+                access: None,
+            },
+        )
+    }
+
+    /// A handler that counts into `observer`'s metrics and writes its access log.
+    pub fn observed(published: Arc<Published>, observer: Observer) -> Proxy {
         let pool = pool::Pool::new(Connector::new(published.clone()));
         Proxy {
             published,
             failures: Arc::new(FailedAuth::default()),
             epoch: Instant::now(),
             pool,
+            observer,
         }
     }
 
     /// A sibling for another worker thread: same config, same failed-attempt counts (a guesser
-    /// gets no more tries by landing on another worker), its own upstream pool.
+    /// gets no more tries by landing on another worker), same metrics and access log, its own
+    /// upstream pool.
     pub fn worker(&self) -> Proxy {
         Proxy {
             published: self.published.clone(),
             failures: self.failures.clone(),
             epoch: self.epoch,
             pool: pool::Pool::new(Connector::new(self.published.clone())),
+            observer: self.observer.clone(),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.observer.metrics
     }
 
     pub fn published(&self) -> &Arc<Published> {
@@ -87,40 +112,75 @@ impl Proxy {
     }
 
     /// Handles one request from `peer`, end to end. Never fails: every error is a response.
-    /// `proto` is how the client reached us: `http` or `https`.
+    /// `proto` is how the client reached us: `http` or `https`. `activity` is the connection's,
+    /// for its idle timeout.
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         proto: &'static str,
+        activity: Option<&Arc<Activity>>,
     ) -> Response<Body> {
+        let started = Instant::now();
         let request_id = request_id::of(req.headers());
-        let (outcome, rate) = match self.admit(&mut req, peer, proto, &request_id) {
-            Ok((plan, rate)) => (forward::send(&self.pool, req, plan).await, rate),
+        let mut exchange = Exchange::begin(&self.observer, &req, &request_id, started, activity);
+        let (outcome, rate) = match self.admit(&mut req, peer, proto, &request_id, &mut exchange) {
+            Ok((plan, rate, max_body)) => {
+                // Only an upgraded connection's tunnel outlives the exchange and holds it.
+                let upgrade = plan.upgrade;
+                let counted =
+                    exchange.body_size(req.body().size_hint().exact(), req.body().is_end_stream());
+                let sent = Instant::now();
+                let outcome = forward::send(
+                    &self.pool,
+                    req,
+                    plan,
+                    max_body,
+                    counted,
+                    activity.filter(|_| upgrade).cloned(),
+                )
+                .await;
+                if outcome.is_ok() {
+                    exchange.upstream_answered(sent.elapsed());
+                }
+                (outcome, rate)
+            }
             Err(deny) => (Err(deny), None),
         };
         let mut resp = match outcome {
             Ok(resp) => resp.map(Either::Left),
-            Err(deny) => deny.response(&request_id),
+            Err(deny) => {
+                if !matches!(deny, Deny::RateLimited(_)) {
+                    exchange.denied(deny.code(), None);
+                }
+                deny.response(&request_id)
+            }
         };
         if let Some(rate) = &rate {
             deny::rate_headers(rate, resp.headers_mut());
         }
         resp.headers_mut().insert(X_REQUEST_ID, request_id);
-        resp
+        exchange.status(resp.status().as_u16());
+        resp.map(|inner| Body::new(inner, exchange))
     }
 
     /// Phases 1-6a under one snapshot load; the snapshot is released before anything awaits.
+    /// Returns the plan, the rate-limit state to report and the target's `max_body`.
     fn admit(
         &self,
         req: &mut Request<Incoming>,
         peer: SocketAddr,
         proto: &'static str,
         request_id: &HeaderValue,
-    ) -> Result<(Plan, Option<RateStatus>), Deny> {
+        exchange: &mut Exchange,
+    ) -> Result<(Plan, Option<RateStatus>, Option<u64>), Deny> {
         let snap = self.published.load();
-        let result = (|| -> Result<(Plan, Option<RateStatus>), Deny> {
+        let mut found_key = None;
+        exchange.path(req.uri(), &snap.server.key_query);
+        let result = (|| -> Result<(Plan, Option<RateStatus>, Option<u64>), Deny> {
             let target = snap.routes.find_for(req).ok_or(Deny::NoRoute)?;
+            let t = snap.target(target);
+            exchange.routed(&t.name);
             let server = &snap.server;
             let secret = credential::extract(
                 req.headers(),
@@ -129,6 +189,7 @@ impl Proxy {
                 &server.key_query,
             )?;
             let client_ip = client_ip::resolve(peer.ip(), req.headers(), &server.trusted_proxies);
+            exchange.client(client_ip);
             let facts = Facts {
                 secret: &secret,
                 target,
@@ -138,10 +199,18 @@ impl Proxy {
             };
             let now = Now {
                 wall: SystemTime::now(),
-                mono: self.epoch.elapsed(),
+                mono: exchange.started().saturating_duration_since(self.epoch),
             };
-            let admitted = policy::decide(&snap, &self.failures, &facts, now)?;
+            let admitted =
+                policy::decide_noting(&snap, &self.failures, &facts, now, &mut found_key)?;
             snap.touch(admitted.index, now.wall);
+            // Known from `Content-Length` before a byte of the body is read; a chunked body is
+            // counted as it streams (`forward::Upload`).
+            if let Some(max) = t.max_body
+                && req.body().size_hint().lower() > max
+            {
+                return Err(Deny::BodyTooLarge);
+            }
             let key = admitted.key;
             let caller = Caller {
                 key,
@@ -150,9 +219,19 @@ impl Proxy {
                 proto,
                 request_id,
             };
-            let plan = forward::rewrite(req, server, snap.target(target), &caller);
-            Ok((plan, admitted.rate))
+            let plan = forward::rewrite(req, server, t, &caller);
+            Ok((plan, admitted.rate, t.max_body))
         })();
+        if let Some(index) = found_key
+            && let Some(key) = snap.keys.get(index)
+        {
+            if exchange.logging() {
+                exchange.key(&key.id, snap.consumer_of(key).map(|c| &c.id));
+            }
+            if let Err(deny @ Deny::RateLimited(_)) = &result {
+                exchange.denied(deny.code(), Some(&key.id));
+            }
+        }
         if let Err(deny) = &result {
             // A 429 carries its own rate-limit headers; everything else is logged at debug only,
             // since denials are what a gateway does all day.

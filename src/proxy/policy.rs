@@ -53,6 +53,18 @@ pub fn decide<'s>(
     facts: &Facts<'_>,
     now: Now,
 ) -> Result<Admitted<'s>, Deny> {
+    decide_noting(snap, failures, facts, now, &mut None)
+}
+
+/// [`decide`], which also notes the index of the key the secret matched, refused or not: the
+/// access log and the per-key rate-limit metric name the key of a refusal.
+pub fn decide_noting<'s>(
+    snap: &'s Snapshot,
+    failures: &FailedAuth,
+    facts: &Facts<'_>,
+    now: Now,
+    found_key: &mut Option<usize>,
+) -> Result<Admitted<'s>, Deny> {
     let guard = snap.server.failed_auth_limit;
     failures
         .blocked(facts.client_ip, guard, now.mono)
@@ -65,6 +77,7 @@ pub fn decide<'s>(
         failures.record(facts.client_ip, guard, now.mono);
         return Err(Deny::KeyInvalid);
     };
+    *found_key = Some(index);
     if key.status == Status::Inactive {
         return Err(Deny::KeyInactive);
     }

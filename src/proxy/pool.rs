@@ -22,6 +22,8 @@ use bytes::Bytes;
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::forward::Upload;
 use hyper::client::conn::http1::SendRequest;
 use tower_service::Service as _;
 
@@ -51,7 +53,7 @@ pub struct Pool {
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Upload>,
     since: Instant,
 }
 
@@ -68,7 +70,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Upstream,
-        req: Request<Incoming>,
+        req: Request<Upload>,
     ) -> Result<Response<PooledBody>, BoxError> {
         let mut req = req;
         if let Some(mut sender) = self.checkout(upstream).await {
@@ -87,7 +89,7 @@ impl Pool {
     }
 
     /// The newest idle connection to `upstream` that is still open and ready.
-    async fn checkout(&self, upstream: &Upstream) -> Option<SendRequest<Incoming>> {
+    async fn checkout(&self, upstream: &Upstream) -> Option<SendRequest<Upload>> {
         loop {
             let idle = {
                 let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,7 +106,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<Incoming>, BoxError> {
+    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<Upload>, BoxError> {
         let uri = Uri::builder()
             .scheme(upstream.scheme.clone())
             .authority(upstream.authority.clone())
@@ -124,7 +126,7 @@ impl Pool {
     fn wrap(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        sender: SendRequest<Incoming>,
+        sender: SendRequest<Upload>,
         upstream: &Upstream,
     ) -> Response<PooledBody> {
         let reuse = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
@@ -139,7 +141,7 @@ impl Pool {
         })
     }
 
-    fn put_back(&self, upstream: Upstream, sender: SendRequest<Incoming>) {
+    fn put_back(&self, upstream: Upstream, sender: SendRequest<Upload>) {
         if sender.is_closed() {
             return;
         }
@@ -194,7 +196,7 @@ pub struct PooledBody {
 struct Home {
     pool: Weak<Pool>,
     upstream: Upstream,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Upload>,
 }
 
 impl Body for PooledBody {

@@ -21,12 +21,13 @@ use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::Proxy;
+use super::observe::Activity;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -185,10 +186,15 @@ async fn accept_loop(
     mut seat: Option<Seat>,
 ) {
     // Read at start, like the listener itself: changing them needs a restart.
-    let (head_timeout, max_head, max_streams) = {
+    let (head_timeout, max_head, max_streams, idle_timeout) = {
         let snap = proxy.published().load();
         let s = &snap.server;
-        (s.header_read_timeout, s.max_header_bytes, s.max_streams)
+        (
+            s.header_read_timeout,
+            s.max_header_bytes,
+            s.max_streams,
+            s.idle_timeout,
+        )
     };
     let max_head = usize::try_from(max_head).unwrap_or(usize::MAX);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -203,7 +209,8 @@ async fn accept_loop(
         .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
         .max_concurrent_streams(max_streams);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: `closed()` on the sender is the end of the drain.
+    let (drain, _) = watch::channel(false);
     // Ends with the pool, or with this worker's runtime.
     tokio::spawn(super::pool::reaper(Arc::downgrade(proxy.pool())));
     tokio::pin!(shutdown);
@@ -248,8 +255,9 @@ async fn accept_loop(
         let conn = Conn {
             proxy: proxy.clone(),
             builder: builder.clone(),
-            watcher: graceful.watcher(),
+            stop: drain.subscribe(),
             peer,
+            idle_timeout,
         };
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -260,15 +268,13 @@ async fn accept_loop(
     }
     drop(listener);
     tracing::info!(
-        connections = graceful.count(),
+        connections = drain.receiver_count(),
         "stopped accepting; draining"
     );
+    let _ = drain.send(true);
     // Read now, so a reload before the shutdown applies.
     let grace = proxy.published().load().server.shutdown_timeout;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, drain.closed()).await.is_err() {
         tracing::warn!("shutdown grace period over; closing remaining connections");
     }
 }
@@ -303,12 +309,22 @@ fn pass_on(
 struct Conn {
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    /// Becomes true when the server shuts down. Held (here, by the connection's requests and
+    /// by an upgraded tunnel) for as long as the shutdown should wait for it.
+    stop: watch::Receiver<bool>,
     peer: SocketAddr,
+    idle_timeout: Duration,
 }
 
 impl Conn {
     async fn run(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+        let metrics = self.proxy.metrics().clone();
+        metrics.connection_opened();
+        self.serve(stream, tls).await;
+        metrics.connection_closed();
+    }
+
+    async fn serve(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
         let Some(acceptor) = tls else {
             return self.http(TokioIo::new(stream), "http").await;
         };
@@ -329,6 +345,9 @@ impl Conn {
         }
     }
 
+    /// Serves HTTP on `io` until the client closes, the connection stays idle for
+    /// `idle_timeout` (no request in flight: HTTP/1.1 closes, HTTP/2 sends GOAWAY), or the
+    /// server shuts down (the same, once the requests in flight are answered).
     async fn http<I>(self, io: I, proto: &'static str)
     where
         I: Read + Write + Unpin + Send + 'static,
@@ -336,16 +355,50 @@ impl Conn {
         let Conn {
             proxy,
             builder,
-            watcher,
+            mut stop,
             peer,
+            idle_timeout,
         } = self;
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer, proto).await) }
-        });
+        let activity = Arc::new(Activity::new(Instant::now().into_std(), stop.clone()));
+        let service = {
+            let activity = activity.clone();
+            service_fn(move |req| {
+                let proxy = proxy.clone();
+                let activity = activity.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer, proto, Some(&activity)).await) }
+            })
+        };
         let conn = builder.serve_connection_with_upgrades(io, service);
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        tokio::pin!(conn);
+        let mut closing = false;
+        loop {
+            // Busy: look again in a full period; idle: when the period since it went idle ends.
+            let check = match activity.idle_since() {
+                Some(since) => Instant::from_std(since) + idle_timeout,
+                None => Instant::now() + idle_timeout,
+            };
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = stop.wait_for(|s| *s), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = tokio::time::sleep_until(check), if !closing => {
+                    if activity
+                        .idle_since()
+                        .is_some_and(|since| since.elapsed() >= idle_timeout)
+                    {
+                        tracing::debug!(%peer, "closing an idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
         }
     }
 }

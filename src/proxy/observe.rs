@@ -1,0 +1,370 @@
+//! After the answer: every request's metrics and access log line, written once its response
+//! body has been sent (or dropped), and the activity that tells an idle connection.
+//!
+//! [`Exchange`] gathers what the phases learn about a request as they go; [`Body`] carries it
+//! beside the response and finishes it when hyper drops the body, so the total latency and the
+//! bytes sent cover the whole response, streamed or not.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+
+use super::Inner;
+use crate::metrics::{Finished, MethodClass, Metrics, TargetName};
+use crate::snapshot::{AccessTo, Id, Log, LogFormat};
+
+/// Where access log lines go: a tracing dispatcher of its own, so they never mix with the
+/// diagnostic log on stderr, written by a background thread so no request waits on the disk.
+pub struct AccessLog {
+    dispatch: tracing::Dispatch,
+    /// Flushes what is queued when the last worker lets go of the log.
+    _flush: WorkerGuard,
+}
+
+impl AccessLog {
+    /// `None` for `access = "off"`.
+    pub fn open(log: &Log) -> std::io::Result<Option<Arc<AccessLog>>> {
+        let writer: Box<dyn Write + Send> = match &log.access {
+            AccessTo::Off => return Ok(None),
+            AccessTo::Stdout => Box::new(std::io::stdout()),
+            AccessTo::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        // Not lossy: under a burst, requests wait for the log rather than lose lines.
+        let (writer, guard) = NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("keygate-access-log")
+            .finish(writer);
+        Ok(Some(Arc::new(AccessLog {
+            dispatch: dispatch(writer, log.format),
+            _flush: guard,
+        })))
+    }
+}
+
+fn dispatch(writer: NonBlocking, format: LogFormat) -> tracing::Dispatch {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .without_time()
+        .with_level(false)
+        .with_target(false);
+    match format {
+        LogFormat::Json => tracing::Dispatch::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .finish(),
+        ),
+        LogFormat::Text => tracing::Dispatch::new(builder.finish()),
+    }
+}
+
+/// Per worker: where finished requests are counted and logged.
+#[derive(Clone)]
+pub struct Observer {
+    pub metrics: Arc<Metrics>,
+    pub access: Option<Arc<AccessLog>>,
+}
+
+/// A client connection's requests in flight, and when the last one ended, for
+/// `[server] idle_timeout`.
+pub struct Activity {
+    active: AtomicUsize,
+    /// Nanoseconds after `since` at which the last request ended.
+    ended_at: AtomicU64,
+    since: Option<Instant>,
+    /// The server's shutdown waits while this is held: by the connection, by each request
+    /// until its response is sent, and by an upgraded connection's tunnel.
+    _drain: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Activity {
+    pub fn new(now: Instant, drain: tokio::sync::watch::Receiver<bool>) -> Activity {
+        Activity {
+            active: AtomicUsize::new(0),
+            ended_at: AtomicU64::new(0),
+            since: Some(now),
+            _drain: drain,
+        }
+    }
+
+    /// `None` while a request is in flight; else when the connection became idle.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.since?;
+        Some(since + Duration::from_nanos(self.ended_at.load(Ordering::Acquire)))
+    }
+
+    fn begin(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self, at: Instant) {
+        if let Some(since) = self.since {
+            let nanos = u64::try_from(at.saturating_duration_since(since).as_nanos());
+            self.ended_at
+                .store(nanos.unwrap_or(u64::MAX), Ordering::Release);
+        }
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the access log says of a request beyond what metrics need; built only when it is on.
+struct Line {
+    request_id: HeaderValue,
+    method: Method,
+    host: Option<HeaderValue>,
+    /// Path and query, the credential redacted.
+    path: Box<str>,
+    client_ip: Option<IpAddr>,
+    key: Option<Id>,
+    consumer: Option<Id>,
+}
+
+/// One request, from its head to the end of its response.
+pub struct Exchange {
+    observer: Observer,
+    activity: Option<Arc<Activity>>,
+    started: Instant,
+    method: MethodClass,
+    target: TargetName,
+    status: u16,
+    code: Option<&'static str>,
+    upstream: Option<Duration>,
+    bytes_in: u64,
+    /// The count of a request body of unknown length, as it streams upstream.
+    counted: Option<Arc<AtomicU64>>,
+    line: Option<Box<Line>>,
+}
+
+impl Exchange {
+    pub fn begin(
+        observer: &Observer,
+        req: &Request<Incoming>,
+        request_id: &HeaderValue,
+        started: Instant,
+        activity: Option<&Arc<Activity>>,
+    ) -> Exchange {
+        observer.metrics.started();
+        if let Some(a) = activity {
+            a.begin();
+        }
+        let line = observer.access.as_ref().map(|_| {
+            Box::new(Line {
+                request_id: request_id.clone(),
+                method: req.method().clone(),
+                host: req.headers().get(http::header::HOST).cloned().or_else(|| {
+                    req.uri()
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                }),
+                path: Box::default(),
+                client_ip: None,
+                key: None,
+                consumer: None,
+            })
+        });
+        Exchange {
+            observer: observer.clone(),
+            activity: activity.cloned(),
+            started,
+            method: MethodClass::of(req.method()),
+            target: TargetName::default(),
+            status: 0,
+            code: None,
+            upstream: None,
+            bytes_in: 0,
+            counted: None,
+            line,
+        }
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn logging(&self) -> bool {
+        self.line.is_some()
+    }
+
+    /// The request's path and query, the credential redacted (before `forward` rewrites them).
+    pub fn path(&mut self, uri: &http::Uri, key_query: &str) {
+        if let Some(l) = &mut self.line {
+            let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            l.path = super::credential::redact(pq, key_query).into();
+        }
+    }
+
+    pub fn routed(&mut self, target: &Id) {
+        self.target = TargetName(Some(target.clone()));
+    }
+
+    pub fn client(&mut self, ip: IpAddr) {
+        if let Some(l) = &mut self.line {
+            l.client_ip = Some(ip);
+        }
+    }
+
+    /// The key the secret matched (admitted or not) and its consumer.
+    pub fn key(&mut self, key: &Id, consumer: Option<&Id>) {
+        if let Some(l) = &mut self.line {
+            l.key = Some(key.clone());
+            l.consumer = consumer.cloned();
+        }
+    }
+
+    /// The request body's size when its head says it; otherwise a counter it fills as it is
+    /// sent upstream.
+    pub fn body_size(&mut self, exact: Option<u64>, empty: bool) -> Option<Arc<AtomicU64>> {
+        match exact {
+            Some(n) => {
+                self.bytes_in = n;
+                None
+            }
+            None if empty => None,
+            None => {
+                let c = Arc::new(AtomicU64::new(0));
+                self.counted = Some(c.clone());
+                Some(c)
+            }
+        }
+    }
+
+    pub fn upstream_answered(&mut self, took: Duration) {
+        self.upstream = Some(took);
+        if let Some(t) = &self.target.0 {
+            self.observer.metrics.upstream(t, took);
+        }
+    }
+
+    pub fn denied(&mut self, code: &'static str, rate_limited_key: Option<&Id>) {
+        self.code = Some(code);
+        self.observer.metrics.denied(code);
+        if let Some(k) = rate_limited_key {
+            self.observer.metrics.rate_limited(k);
+        }
+    }
+
+    pub fn status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    fn finish(&mut self, bytes_out: u64) {
+        let now = Instant::now();
+        let total = now.saturating_duration_since(self.started);
+        if let Some(c) = &self.counted {
+            self.bytes_in = c.load(Ordering::Relaxed);
+        }
+        self.observer.metrics.finished(&Finished {
+            target: &self.target,
+            method: self.method,
+            status: self.status,
+            total,
+            bytes_in: self.bytes_in,
+            bytes_out,
+        });
+        if let Some(a) = &self.activity {
+            a.end(now);
+        }
+        if let (Some(log), Some(line)) = (&self.observer.access, self.line.take()) {
+            self.log(log, &line, total, bytes_out);
+        }
+    }
+
+    fn log(&self, log: &AccessLog, l: &Line, total: Duration, bytes_out: u64) {
+        let time = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // Every value here is the config's or keygate's own, or redacted: never the secret.
+        tracing::dispatcher::with_default(&log.dispatch, || {
+            tracing::info!(
+                time = %time,
+                request_id = l.request_id.to_str().unwrap_or_default(),
+                client_ip = l.client_ip.map(tracing::field::display),
+                method = l.method.as_str(),
+                host = l.host.as_ref().and_then(|h| h.to_str().ok()),
+                path = &*l.path,
+                "target" = self.target.0.as_ref().map(Id::as_str),
+                key_id = l.key.as_ref().map(Id::as_str),
+                consumer = l.consumer.as_ref().map(Id::as_str),
+                status = self.status,
+                code = self.code,
+                upstream_ms = self.upstream.map(ms),
+                total_ms = ms(total),
+                bytes_in = self.bytes_in,
+                bytes_out,
+            );
+        });
+    }
+}
+
+/// What keygate answers with, carrying its [`Exchange`] to the end of the response.
+pub struct Body {
+    inner: Inner,
+    exchange: Option<Exchange>,
+    sent: u64,
+}
+
+impl Body {
+    pub fn new(inner: Inner, exchange: Exchange) -> Body {
+        Body {
+            inner,
+            exchange: Some(exchange),
+            sent: 0,
+        }
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.sent += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Some(mut e) = self.exchange.take() {
+            e.finish(self.sent);
+        }
+    }
+}
