@@ -68,8 +68,16 @@ impl Routes {
     }
 
     /// Routes a request by its `Host` header (HTTP/1.1) or its URI authority (HTTP/2).
+    ///
+    /// A request target without a path has no route: the authority-form of `CONNECT host:port`
+    /// (and a `GET host`, which parses the same way). keygate is no forward proxy, and forwarding
+    /// one would invent the path `/` for the upstream.
     pub fn find_for<B>(&self, req: &Request<B>) -> Option<TargetIdx> {
-        self.find(request_host(req), req.uri().path())
+        let path = req.uri().path();
+        if path.is_empty() {
+            return None;
+        }
+        self.find(request_host(req), path)
     }
 }
 
