@@ -182,14 +182,15 @@ impl Proxy {
             let t = snap.target(target);
             exchange.routed(&t.name);
             let server = &snap.server;
+            // Before the credential, so the access log names the client of a `key_missing`.
+            let client_ip = client_ip::resolve(peer.ip(), req.headers(), &server.trusted_proxies);
+            exchange.client(client_ip);
             let secret = credential::extract(
                 req.headers(),
                 req.uri().query(),
                 &server.key_header,
                 &server.key_query,
             )?;
-            let client_ip = client_ip::resolve(peer.ip(), req.headers(), &server.trusted_proxies);
-            exchange.client(client_ip);
             let facts = Facts {
                 secret: &secret,
                 target,

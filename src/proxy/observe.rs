@@ -293,7 +293,8 @@ impl Exchange {
         let time = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // Milliseconds to the microsecond: 0.213, not 0.21300000000000002.
+        let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
         // Every value here is the config's or keygate's own, or redacted: never the secret.
         tracing::dispatcher::with_default(&log.dispatch, || {
             tracing::info!(
