@@ -22,6 +22,7 @@
 #   KEY_CACHE [target/load-keys]  generated key sets, reused by N and generator ("" = no cache)
 #   TOTAL_TIMEOUT* [2400 s] bound on the whole script   KEEP_WORK=1 keeps configs and logs
 #   NO_INSTALL=1 skips (exit 0) instead of apt-get installing nginx-light, haproxy, wrk
+#   KG_ACCESS_LOG=1 writes keygate's JSON access log to a file [off, like the nginx and HAProxy gates]
 #   KEYGATE_LOG [warn]  OUT [benches/load/results.json; SMOKE: benches/load/results-smoke.json]
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
@@ -313,6 +314,11 @@ CONF
 [server]
 listen = "127.0.0.1:$KG_PORT"
 failed_auth_limit = "1000000/second"
+
+# The nginx and HAProxy gates log nothing either; KG_ACCESS_LOG=1 measures keygate with its
+# JSON access log written to a file.
+[log]
+access = "$( [ "${KG_ACCESS_LOG:-0}" = 1 ] && echo "$w/access.log" || echo off )"
 
 [[targets]]
 name = "up"
