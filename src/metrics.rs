@@ -29,8 +29,9 @@ use tokio::net::TcpListener;
 
 use crate::snapshot::{Id, Published};
 
-/// The content type of Prometheus' text exposition format.
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of what the encoder writes: OpenMetrics text, which Prometheus scrapes
+/// (and which reads as the classic text format too: its `# UNIT` and `# EOF` lines are comments).
+pub const TEXT_FORMAT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets, in seconds: a gateway adds well under a millisecond, upstreams take up to
 /// their timeout (30 s by default).

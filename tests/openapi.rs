@@ -117,6 +117,9 @@ impl Session {
         }
         let json: Value = if bytes.is_empty() {
             Value::Null
+        } else if ctype.as_deref().is_some_and(|c| !c.contains("json")) {
+            // The metrics' text format, which the document describes as a string.
+            Value::String(String::from_utf8(bytes.to_vec()).unwrap())
         } else {
             serde_json::from_slice(&bytes).unwrap()
         };
@@ -185,6 +188,13 @@ async fn every_answer_matches_the_document() {
     // Probes, without a key.
     s.call(M::GET, "/healthz", "/healthz", None, None).await;
     s.call(M::GET, "/readyz", "/readyz", None, None).await;
+    let (_, metrics) = s.call(M::GET, "/metrics", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .as_str()
+            .is_some_and(|m| m.contains("\nkeygate_config_generation 1\n")),
+        "{metrics}"
+    );
     // Consumers.
     s.call(
         M::POST,
