@@ -12,7 +12,8 @@
 //! serving and the error is logged once per distinct bad content. Parsing runs on a blocking
 //! thread, so requests never wait on a reload.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -148,6 +149,22 @@ impl Reloader {
         dirs.sort();
         dirs.dedup();
         dirs
+    }
+
+    /// The file names whose changes [`concerns`] a reload: the config's, the keys file's and
+    /// the certificate's (known at start, like the directories watched; the periodic check
+    /// covers files a later reload names).
+    fn watched_names(&self) -> HashSet<OsString> {
+        let snap = self.published.load();
+        let mut files = vec![self.path.clone()];
+        files.extend(snap.keys_file.clone());
+        if let Some(t) = &snap.server.tls {
+            files.extend([t.cert.clone(), t.key.clone()]);
+        }
+        files
+            .iter()
+            .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+            .collect()
     }
 
     pub fn path(&self) -> &Path {
@@ -370,12 +387,29 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> (usize, usize, usize) {
 }
 
 /// Starts the watchers and returns at once; reloads run until the runtime stops.
+/// Whether a change in a watched directory may concern the config: an event on one of its
+/// files (by name), on a Kubernetes `..data` swap, or one that lost track (a rescan). Other
+/// files in those directories (an access log or the last-used state written beside the config,
+/// an editor's swap file) would otherwise make every write a read and hash of the config.
+fn concerns(names: &HashSet<OsString>, event: &notify::Event) -> bool {
+    if event.kind.is_access() {
+        return false;
+    }
+    event.need_rescan()
+        || event.paths.is_empty()
+        || event.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| names.contains(n) || n.as_encoded_bytes().starts_with(b".."))
+        })
+}
+
 pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
 
     let event_tx = tx.clone();
+    let names = reloader.watched_names();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        if event.is_ok_and(|e| concerns(&names, &e)) {
             // A full channel already holds a pending reload: this event is covered by it.
             let _ = event_tx.try_send(());
         }
@@ -490,6 +524,45 @@ hash = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// Files written beside the config (an access log, the last-used state, an editor's swap
+    /// file) do not make the watcher read the config; its own files and a Kubernetes `..data`
+    /// swap do.
+    #[test]
+    fn only_events_on_the_configs_files_trigger_a_reload() {
+        use notify::event::{CreateKind, EventKind, ModifyKind, RenameMode};
+        let dir = temp_dir("names");
+        let r = reloader(&dir);
+        let names = r.watched_names();
+        let event = |kind, files: &[&str]| {
+            let mut e = notify::Event::new(kind);
+            for f in files {
+                e = e.add_path(dir.join(f));
+            }
+            e
+        };
+        let write = EventKind::Modify(ModifyKind::Any);
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        for ignored in [
+            "access.log",
+            "keygate.last_used.json",
+            ".keygate.toml.swp",
+            "keygate.toml~",
+        ] {
+            assert!(!concerns(&names, &event(write, &[ignored])), "{ignored}");
+        }
+        assert!(concerns(&names, &event(write, &["keygate.toml"])));
+        assert!(concerns(
+            &names,
+            &event(rename, &["keygate.toml.tmp", "keygate.toml"])
+        ));
+        assert!(concerns(
+            &names,
+            &event(EventKind::Create(CreateKind::Any), &["..data"])
+        ));
+        assert!(concerns(&names, &event(write, &[])), "no path: look");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The periodic check skips unchanged files by their metadata, but an edit that keeps the
