@@ -482,3 +482,45 @@ impl Drop for Body {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever a field holds, the line is one JSON object that reads back to the same values:
+    /// quotes, backslashes, newlines and other control bytes are escaped; other text is kept.
+    #[test]
+    fn json_lines_escape_what_json_requires_and_keep_the_rest() {
+        let path = std::env::temp_dir().join(format!("keygate-json-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let log = AccessLog::open(&Log {
+            access: AccessTo::File(path.clone()),
+            format: LogFormat::Json,
+        })
+        .unwrap()
+        .unwrap();
+        let nasty = "a\"b\\c\nd\re\tf\u{1}g\u{7f}h é 中 /?x=1&y=\"2\"";
+        tracing::dispatcher::with_default(&log.dispatch, || {
+            tracing::info!(
+                text = nasty,
+                n = 7u64,
+                neg = -3i64,
+                ms = 0.25f64,
+                flag = true,
+                ip = %std::net::IpAddr::from([10, 0, 0, 1]),
+                absent = None::<&str>,
+            );
+        });
+        drop(log);
+        let written = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(written.lines().count(), 1, "{written}");
+        let v: serde_json::Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "text": nasty, "n": 7, "neg": -3, "ms": 0.25, "flag": true, "ip": "10.0.0.1"
+            })
+        );
+    }
+}
