@@ -32,10 +32,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 
+use crate::cluster::Cluster;
 use crate::limits::FailedAuth;
 use crate::metrics::{self, Metrics};
 use crate::proxy::request_id;
-use crate::reload::Reloader;
+use crate::reload::{Outcome, Reloader};
 use crate::secret::KeyHash;
 use crate::snapshot::{Access, Consumer, Published, Role, Snapshot, Status};
 use crate::store::{self, Store, StoreError, Written};
@@ -64,11 +65,24 @@ pub struct Admin {
 const ADMIN_FAILURE_SLOTS: usize = 4096;
 
 impl Admin {
-    pub fn new(published: Arc<Published>, reloader: Arc<Reloader>, metrics: Arc<Metrics>) -> Admin {
+    /// With a `cluster`, every change is announced to the other instances once published here.
+    pub fn new(
+        published: Arc<Published>,
+        reloader: Arc<Reloader>,
+        metrics: Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Admin {
         // The store publishes each change under its lock, so changes publish in write order.
         let adopt = reloader.clone();
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let publish: store::Publisher = Box::new(move |loaded, main_text| {
-            adopt.adopt(loaded, main_text);
+            let outcome = adopt.adopt(loaded, main_text);
+            if let (Some(cluster), Some(runtime), Outcome::Published { generation, .. }) =
+                (&cluster, &runtime, outcome)
+            {
+                let cluster = cluster.clone();
+                runtime.spawn(async move { cluster.announce(generation).await });
+            }
         });
         let store = Arc::new(Store::publishing(reloader.path().to_path_buf(), publish));
         Admin {

@@ -3,12 +3,13 @@
 //! every [`FLUSH_EVERY`] when something changed, and once more at shutdown. The TOML files are
 //! never rewritten for it; the request path only stores into an atomic (see `Snapshot::touch`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::snapshot::{Published, Snapshot};
+use crate::cluster::Cluster;
+use crate::snapshot::{Id, Published, Snapshot};
 
 /// How often recorded uses reach the disk: what a crash (not a shutdown) can lose.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -73,15 +74,21 @@ fn fingerprint(snap: &Snapshot) -> u64 {
         .fold(0u64, |acc, (_, t)| acc.wrapping_add(u64::from(t)))
 }
 
-/// Flushes every [`FLUSH_EVERY`] while the process runs; call [`flush`] at shutdown.
-pub fn spawn(published: Arc<Published>, config: PathBuf) {
+/// Flushes every [`FLUSH_EVERY`] while the process runs; call [`flush`] at shutdown. With a
+/// `cluster`, each flush first merges the times into the fleet's (the max per key, in one
+/// batch) and takes the fleet's back.
+pub fn spawn(published: Arc<Published>, config: PathBuf, cluster: Option<Arc<Cluster>>) {
     tokio::spawn(async move {
         let mut written = fingerprint(&published.load());
+        let mut shared: HashMap<Id, u32> = HashMap::new();
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let snap = published.load_full();
+            if let Some(cluster) = &cluster {
+                share(cluster, &snap, &mut shared).await;
+            }
             if fingerprint(&snap) == written {
                 continue;
             }
@@ -98,6 +105,34 @@ pub fn spawn(published: Arc<Published>, config: PathBuf) {
             }
         }
     });
+}
+
+/// Sends the times that changed since the last call to the fleet and raises the snapshot's
+/// to the fleet's max. Only keys used here are sent; the admin API asks the fleet for the
+/// keys it shows.
+async fn share(cluster: &Cluster, snap: &Snapshot, sent: &mut HashMap<Id, u32>) {
+    let changed: Vec<(Id, u32)> = snap
+        .keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| {
+            let t = snap.last_used_secs(i);
+            (t != 0 && sent.get(&k.id) != Some(&t)).then(|| (k.id.clone(), t))
+        })
+        .collect();
+    for batch in changed.chunks(10_000) {
+        let Some(fleet) = cluster.merge_last_used(batch).await else {
+            return;
+        };
+        for (id, t) in batch {
+            sent.insert(id.clone(), *t);
+        }
+        for (i, k) in snap.keys.iter().enumerate() {
+            if let Some(&t) = fleet.get(&k.id) {
+                snap.merge_last_used(i, t);
+            }
+        }
+    }
 }
 
 /// One last write, at shutdown.

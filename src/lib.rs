@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod last_used;
 pub mod limits;
@@ -130,8 +131,19 @@ pub async fn serve_with_admin(
         ),
     };
     let metrics = metrics::Metrics::new();
+    let cluster = match &loaded.snapshot.cluster {
+        None => None,
+        Some(c) => Some(
+            cluster::Cluster::new(c.clone(), metrics.clone())
+                .with_context(|| format!("[cluster] redis = {:?}", c.redis))?,
+        ),
+    };
     let published = Arc::new(Published::new(loaded.snapshot));
-    last_used::spawn(published.clone(), config_path.to_path_buf());
+    last_used::spawn(
+        published.clone(),
+        config_path.to_path_buf(),
+        cluster.clone(),
+    );
     let reloader = Arc::new(reload::Reloader::new(
         config_path.to_path_buf(),
         published.clone(),
@@ -144,6 +156,16 @@ pub async fn serve_with_admin(
     // would stay resident beside the keys parsed from it.
     drop(text);
     reload::spawn(reloader.clone()).context("cannot watch the config file")?;
+    if let Some(c) = &cluster {
+        tracing::info!(mode = ?c.config().mode, on_redis_error = ?c.on_error(), "rate limits and key changes shared through Redis");
+        tokio::spawn(c.clone().warm());
+        tokio::spawn(c.clone().run_sync());
+        let r = reloader.clone();
+        tokio::spawn(c.clone().listen(move || {
+            let r = r.clone();
+            tokio::task::spawn_blocking(move || r.reload_all(reload::Trigger::Cluster));
+        }));
+    }
     // `/readyz` on the admin API: true while the proxy's workers accept.
     let mut ready: Option<Arc<std::sync::atomic::AtomicBool>> = None;
     // One shutdown for both listeners.
@@ -155,6 +177,7 @@ pub async fn serve_with_admin(
             published.clone(),
             reloader,
             metrics.clone(),
+            cluster.clone(),
         ));
         ready = Some(admin.readiness());
         let mut stop = stop_rx.clone();
@@ -180,7 +203,7 @@ pub async fn serve_with_admin(
         metrics,
         access: access_log,
     };
-    let proxy = proxy::Proxy::observed(published.clone(), observer);
+    let proxy = proxy::Proxy::observed(published.clone(), observer).with_cluster(cluster);
     let workers = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
     // First polled once every worker runs: ready from then until the shutdown begins.
     proxy::server::serve_workers(listener, workers, &proxy, acceptor, async move {

@@ -121,6 +121,9 @@ pub struct Metrics {
     response_bytes: Family<TargetLabels, Counter>,
     in_flight: Gauge,
     connections: Gauge,
+    /// `[cluster]`: failed or timed-out Redis calls, and whether Redis answers now.
+    redis_errors: Counter,
+    redis_up: Gauge,
     /// The last reload attempt: when (seconds since the epoch, as f64 bits) and whether it
     /// published a config. Starts as the load at start.
     reload_time: AtomicU64,
@@ -140,6 +143,8 @@ impl Default for Metrics {
             response_bytes: Family::default(),
             in_flight: Gauge::default(),
             connections: Gauge::default(),
+            redis_errors: Counter::default(),
+            redis_up: Gauge::default(),
             reload_time: AtomicU64::new(0),
             reload_ok: AtomicU64::new(1),
         };
@@ -216,6 +221,14 @@ impl Metrics {
             .inc();
     }
 
+    pub fn redis_error(&self) {
+        self.redis_errors.inc();
+    }
+
+    pub fn redis_up(&self, up: bool) {
+        self.redis_up.set(i64::from(up));
+    }
+
     pub fn connection_opened(&self) {
         self.connections.inc();
     }
@@ -285,6 +298,16 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
             self.connections.clone(),
+        );
+        r.register(
+            "redis_errors",
+            "[cluster] Redis calls that failed or timed out",
+            self.redis_errors.clone(),
+        );
+        r.register(
+            "redis_up",
+            "[cluster] 1 while Redis answers, 0 during an outage (0 without [cluster])",
+            self.redis_up.clone(),
         );
         let snap = published.load();
         let gauge = |v: i64| {

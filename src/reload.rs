@@ -44,6 +44,8 @@ pub enum Trigger {
     Periodic,
     /// A change made through the admin API.
     Admin,
+    /// Another instance announced a change (`[cluster]`).
+    Cluster,
 }
 
 /// What a reload did.

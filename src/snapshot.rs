@@ -317,6 +317,38 @@ pub struct Server {
     pub tls: Option<TlsFiles>,
 }
 
+/// `[cluster]`: Redis shared by several instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub redis: String,
+    pub mode: ClusterMode,
+    pub on_redis_error: OnRedisError,
+    pub timeout: Duration,
+    pub sync_interval: Duration,
+    pub prefix: String,
+}
+
+/// `[cluster] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// Every rate-limited request asks Redis: exact across the fleet, one round trip each.
+    Strict,
+    /// Decide locally and reconcile with Redis every `sync_interval`: no round trip on the
+    /// request path, an overshoot of at most what the other instances admit in one interval.
+    LocalSync,
+}
+
+/// `[cluster] on_redis_error`: what a rate-limited request gets while Redis fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Not limited at all.
+    Allow,
+    /// Refused with 503 `rate_limit_unavailable`.
+    Deny,
+    /// Limited by this instance's own buckets.
+    Local,
+}
+
 /// `[log]`: the access log, one line per request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Log {
@@ -672,6 +704,8 @@ pub struct Snapshot {
     pub log: Log,
     /// `[metrics] listen`: read at start; changing it needs a restart.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[cluster]`: read at start; changing it needs a restart.
+    pub cluster: Option<ClusterConfig>,
     pub targets: Vec<Target>,
     pub routes: Routes,
     pub consumers: Vec<Consumer>,
@@ -720,6 +754,7 @@ impl Snapshot {
             server,
             log: Log::default(),
             metrics_listen: None,
+            cluster: None,
             targets,
             routes,
             consumers,
@@ -761,6 +796,13 @@ impl Snapshot {
     pub fn last_used_at(&self, index: usize) -> Option<SystemTime> {
         let secs = self.last_used.get(index)?.load(Ordering::Relaxed);
         (secs != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(secs)))
+    }
+
+    /// The last use of the key at `index` in seconds since the epoch; 0 for never.
+    pub fn last_used_secs(&self, index: usize) -> u32 {
+        self.last_used
+            .get(index)
+            .map_or(0, |s| s.load(Ordering::Relaxed))
     }
 
     /// Raises the last use of the key at `index` to `secs` (never lowers it).

@@ -67,6 +67,8 @@ pub struct RawConfig<'a> {
     pub log: Option<RawLog>,
     /// `[metrics]`: a listener of its own for `/metrics` (the admin API serves it too).
     pub metrics: Option<RawMetrics>,
+    /// `[cluster]`: rate limits and key changes shared through Redis.
+    pub cluster: Option<RawCluster>,
     #[serde(default)]
     pub admin_keys: Vec<RawAdminKey>,
     #[serde(default)]
@@ -129,6 +131,24 @@ pub struct RawLog {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Spanned<String>,
+}
+
+/// `[cluster]`: several keygate instances sharing rate limits and key changes through Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// `redis://` or `rediss://` URL.
+    pub redis: Spanned<String>,
+    /// `"strict"` or `"local-sync"`.
+    pub mode: Option<Spanned<String>>,
+    /// `"allow"`, `"deny"` or `"local"`.
+    pub on_redis_error: Option<Spanned<String>>,
+    /// Bound on every Redis call.
+    pub timeout: Option<Spanned<String>>,
+    /// `local-sync`: how often counts are reconciled.
+    pub sync_interval: Option<Spanned<String>>,
+    /// Prefix of every Redis key and channel keygate uses.
+    pub prefix: Option<Spanned<String>>,
 }
 
 /// `[[admin_keys]]`: who may call the admin API.

@@ -21,14 +21,15 @@ use toml::Spanned;
 use toml::value::{Datetime, Offset};
 
 use super::raw::{
-    HasKeys, RawAdmin, RawAdminKey, RawConfig, RawConsumer, RawKey, RawKeysFile, RawLog,
-    RawMetrics, RawServer, RawTarget,
+    HasKeys, RawAdmin, RawAdminKey, RawCluster, RawConfig, RawConsumer, RawKey, RawKeysFile,
+    RawLog, RawMetrics, RawServer, RawTarget,
 };
 use super::{ConfigError, Severity, scan};
 use crate::secret::KeyHash;
 use crate::snapshot::{
-    AccessTo, Admin, AdminKey, Consumer, Id, IdArena, IpList, Key, KeyParts, KeyTable, List, Log,
-    LogFormat, Paths, Rate, Rules, Server, Snapshot, Target, TargetIdx, TargetSet,
+    AccessTo, Admin, AdminKey, ClusterConfig, ClusterMode, Consumer, Id, IdArena, IpList, Key,
+    KeyParts, KeyTable, List, Log, LogFormat, OnRedisError, Paths, Rate, Rules, Server, Snapshot,
+    Target, TargetIdx, TargetSet,
 };
 use crate::tls::TlsFiles;
 
@@ -416,6 +417,7 @@ pub fn validate(
         server.as_ref(),
         admin.as_ref(),
     );
+    let cluster = raw.cluster.as_ref().and_then(|r| cluster(&mut c, r));
     let (targets, target_names) = targets(&mut c, &raw.targets);
     let keys_path = raw
         .keys_file
@@ -447,6 +449,7 @@ pub fn validate(
             snap.keys_file = keys_path;
             snap.log = log;
             snap.metrics_listen = metrics_listen;
+            snap.cluster = cluster;
             Ok((snap, c.problems))
         }
         _ => Err(Failure::Invalid(c.problems)),
@@ -492,6 +495,84 @@ fn log(c: &mut Checker<'_>, raw: Option<&RawLog>, config: &Path) -> Log {
         }
     };
     Log { access, format }
+}
+
+/// `[cluster] on_redis_error` default: an outage falls back to each instance's own limits.
+pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_millis(50);
+/// `[cluster] sync_interval`: how stale a `local-sync` instance's view of the others may be.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(10);
+
+/// `[cluster]`: the Redis URL and how rate limits use it.
+fn cluster(c: &mut Checker<'_>, raw: &RawCluster) -> Option<ClusterConfig> {
+    const S: &str = "[cluster]";
+    let url = raw.redis.get_ref();
+    let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+        && redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_ok();
+    if !ok {
+        c.error(
+            raw.redis.span(),
+            S,
+            format!("redis: {url:?} is not a redis:// or rediss:// URL"),
+        );
+    }
+    let mode = match raw.mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
+        None | Some((_, "strict")) => ClusterMode::Strict,
+        Some((_, "local-sync")) => ClusterMode::LocalSync,
+        Some((m, other)) => {
+            c.error(
+                m.span(),
+                S,
+                format!("mode: {other:?} is not \"strict\" or \"local-sync\""),
+            );
+            ClusterMode::Strict
+        }
+    };
+    let on_redis_error = match raw
+        .on_redis_error
+        .as_ref()
+        .map(|m| (m, m.get_ref().as_str()))
+    {
+        None | Some((_, "local")) => OnRedisError::Local,
+        Some((_, "allow")) => OnRedisError::Allow,
+        Some((_, "deny")) => OnRedisError::Deny,
+        Some((m, other)) => {
+            c.error(
+                m.span(),
+                S,
+                format!("on_redis_error: {other:?} is not \"allow\", \"deny\" or \"local\""),
+            );
+            OnRedisError::Local
+        }
+    };
+    let timeout = c
+        .duration(raw.timeout.as_ref(), S, "timeout")
+        .unwrap_or(DEFAULT_CLUSTER_TIMEOUT);
+    let sync_interval = c
+        .duration(raw.sync_interval.as_ref(), S, "sync_interval")
+        .unwrap_or(DEFAULT_SYNC_INTERVAL);
+    let prefix = match &raw.prefix {
+        None => "keygate:".to_owned(),
+        Some(p) => {
+            if p.get_ref().is_empty() || p.get_ref().contains(['{', '}', ' ']) {
+                c.error(
+                    p.span(),
+                    S,
+                    "prefix: must be non-empty, without braces or spaces",
+                );
+            }
+            p.get_ref().clone()
+        }
+    };
+    ok.then_some(ClusterConfig {
+        redis: url.clone(),
+        mode,
+        on_redis_error,
+        timeout,
+        sync_interval,
+        prefix,
+    })
 }
 
 /// `[metrics] listen`: its own port, never the proxy's or the admin API's.

@@ -32,6 +32,8 @@ pub enum Deny {
     TooManyFailures(u64),
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// `[cluster] on_redis_error = "deny"` while Redis does not answer.
+    RateLimitUnavailable,
 }
 
 impl Deny {
@@ -49,6 +51,7 @@ impl Deny {
             Deny::RateLimited(_) | Deny::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             Deny::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Deny::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Deny::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -67,6 +70,7 @@ impl Deny {
             Deny::TooManyFailures(_) => "too_many_failures",
             Deny::UpstreamUnavailable => "upstream_unavailable",
             Deny::UpstreamTimeout => "upstream_timeout",
+            Deny::RateLimitUnavailable => "rate_limit_unavailable",
         }
     }
 
@@ -85,6 +89,7 @@ impl Deny {
             Deny::TooManyFailures(_) => "Too many failed attempts",
             Deny::UpstreamUnavailable => "Upstream unavailable",
             Deny::UpstreamTimeout => "Upstream timeout",
+            Deny::RateLimitUnavailable => "Rate limit unavailable",
         }
     }
 
@@ -106,6 +111,9 @@ impl Deny {
             }
             Deny::UpstreamUnavailable => "The upstream refused or dropped the connection.",
             Deny::UpstreamTimeout => "The upstream did not answer in time.",
+            Deny::RateLimitUnavailable => {
+                "The shared rate limit cannot be checked right now; retry shortly."
+            }
         }
     }
 

@@ -33,9 +33,11 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Incoming};
 
-use crate::limits::{FailedAuth, RateStatus};
+use crate::cluster::{Cluster, Shared, Unavailable};
+use crate::limits::{self, FailedAuth, RateStatus};
 use crate::metrics::Metrics;
 use crate::snapshot::Published;
+use crate::snapshot::{OnRedisError, Snapshot};
 use crate::tls::Connector;
 use deny::Deny;
 use forward::{Caller, Plan};
@@ -59,6 +61,8 @@ pub struct Proxy {
     epoch: Instant,
     pool: Arc<pool::Pool>,
     observer: Observer,
+    /// `[cluster]`: rate limits shared with the other instances.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Proxy {
@@ -82,7 +86,14 @@ impl Proxy {
             epoch: Instant::now(),
             pool,
             observer,
+            cluster: None,
         }
+    }
+
+    /// Shares rate limits through `cluster`.
+    pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Proxy {
+        self.cluster = cluster;
+        self
     }
 
     /// A sibling for another worker thread: same config, same failed-attempt counts (a guesser
@@ -95,6 +106,7 @@ impl Proxy {
             epoch: self.epoch,
             pool: pool::Pool::new(Connector::new(self.published.clone())),
             observer: self.observer.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 
@@ -124,7 +136,20 @@ impl Proxy {
         let started = Instant::now();
         let request_id = request_id::of(req.headers());
         let mut exchange = Exchange::begin(&self.observer, &req, &request_id, started, activity);
-        let (outcome, rate) = match self.admit(&mut req, peer, proto, &request_id, &mut exchange) {
+        let admitted = match self.admit(&mut req, peer, proto, &request_id, &mut exchange) {
+            Ok(Admission {
+                fleet: Some(fleet),
+                plan,
+                max_body,
+                ..
+            }) => self
+                .ask_fleet(fleet, &mut exchange)
+                .await
+                .map(|rate| (plan, rate, max_body)),
+            Ok(a) => Ok((a.plan, a.rate, a.max_body)),
+            Err(deny) => Err(deny),
+        };
+        let (outcome, rate) = match admitted {
             Ok((plan, rate, max_body)) => {
                 // Only an upgraded connection's tunnel outlives the exchange and holds it.
                 let upgrade = plan.upgrade;
@@ -164,8 +189,42 @@ impl Proxy {
         resp.map(|inner| Body::new(inner, exchange))
     }
 
+    /// `[cluster] mode = "strict"`: the fleet's decision on the limits `admit` left to it, one
+    /// Redis round trip; without Redis, what `on_redis_error` says.
+    async fn ask_fleet(
+        &self,
+        fleet: Fleet,
+        exchange: &mut Exchange,
+    ) -> Result<Option<RateStatus>, Deny> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        let decided = match cluster.decide(&fleet.shared).await {
+            Ok(decided) => decided.map(Some),
+            Err(Unavailable) => match cluster.on_error() {
+                OnRedisError::Allow => Ok(None),
+                OnRedisError::Deny => return Err(Deny::RateLimitUnavailable),
+                OnRedisError::Local => limits::check(
+                    fleet.snap.buckets.key(fleet.index),
+                    fleet.consumer.and_then(|c| fleet.snap.buckets.consumer(c)),
+                ),
+            },
+        };
+        match decided {
+            Ok(status) => {
+                fleet.snap.touch(fleet.index, SystemTime::now());
+                Ok(status)
+            }
+            Err(limited) => {
+                if let Some(key) = fleet.snap.keys.get(fleet.index) {
+                    exchange.denied("rate_limited", Some(&key.id));
+                }
+                Err(Deny::RateLimited(limited))
+            }
+        }
+    }
+
     /// Phases 1-6a under one snapshot load; the snapshot is released before anything awaits.
-    /// Returns the plan, the rate-limit state to report and the target's `max_body`.
     fn admit(
         &self,
         req: &mut Request<Incoming>,
@@ -173,11 +232,12 @@ impl Proxy {
         proto: &'static str,
         request_id: &HeaderValue,
         exchange: &mut Exchange,
-    ) -> Result<(Plan, Option<RateStatus>, Option<u64>), Deny> {
+    ) -> Result<Admission, Deny> {
         let snap = self.published.load();
         let mut found_key = None;
+        let mut fleet = None;
         exchange.path(req.uri(), &snap.server.key_query);
-        let result = (|| -> Result<(Plan, Option<RateStatus>, Option<u64>), Deny> {
+        let result = (|| -> Result<Admission, Deny> {
             let target = snap.routes.find_for(req).ok_or(Deny::NoRoute)?;
             let t = snap.target(target);
             exchange.routed(&t.name);
@@ -202,9 +262,33 @@ impl Proxy {
                 wall: SystemTime::now(),
                 mono: exchange.started().saturating_duration_since(self.epoch),
             };
-            let admitted =
-                policy::decide_noting(&snap, &self.failures, &facts, now, &mut found_key)?;
-            snap.touch(admitted.index, now.wall);
+            let mut shared = self.cluster.as_ref().map(|_| Shared::default());
+            let mut admitted = policy::decide_noting(
+                &snap,
+                &self.failures,
+                &facts,
+                now,
+                &mut found_key,
+                shared.as_mut(),
+            )?;
+            match (&self.cluster, shared) {
+                (Some(cluster), Some(shared)) if !shared.is_empty() => {
+                    if cluster.strict() {
+                        // Decided once the snapshot guard is released (`ask_fleet`), which then
+                        // marks the key used: this keeps the snapshot its index points into.
+                        fleet = Some(Fleet {
+                            shared,
+                            snap: Arc::clone(&snap),
+                            index: admitted.index,
+                            consumer: admitted.key.consumer.map(|c| c as usize),
+                        });
+                    } else {
+                        admitted.rate = decide_locally(cluster, &shared)?;
+                        snap.touch(admitted.index, now.wall);
+                    }
+                }
+                _ => snap.touch(admitted.index, now.wall),
+            }
             // Known from `Content-Length` before a byte of the body is read; a chunked body is
             // counted as it streams (`forward::Upload`).
             if let Some(max) = t.max_body
@@ -221,7 +305,12 @@ impl Proxy {
                 request_id,
             };
             let plan = forward::rewrite(req, server, t, &caller);
-            Ok((plan, admitted.rate, t.max_body))
+            Ok(Admission {
+                plan,
+                rate: admitted.rate,
+                max_body: t.max_body,
+                fleet: fleet.take(),
+            })
         })();
         if let Some(index) = found_key
             && let Some(key) = snap.keys.get(index)
@@ -248,4 +337,38 @@ impl Proxy {
         }
         result
     }
+}
+
+/// `[cluster] mode = "local-sync"`: this instance's view of the fleet's buckets; during an
+/// outage, what `on_redis_error` says.
+fn decide_locally(cluster: &Cluster, shared: &Shared) -> Result<Option<RateStatus>, Deny> {
+    if !cluster.available() {
+        match cluster.on_error() {
+            OnRedisError::Allow => return Ok(None),
+            OnRedisError::Deny => return Err(Deny::RateLimitUnavailable),
+            // The view keeps deciding: during an outage it holds only this instance's counts.
+            OnRedisError::Local => {}
+        }
+    }
+    cluster
+        .decide_locally(shared)
+        .map(Some)
+        .map_err(Deny::RateLimited)
+}
+
+/// What `admit` lets through: the request's plan, and either its rate-limit state or the
+/// limits the fleet still has to decide.
+struct Admission {
+    plan: Plan,
+    rate: Option<RateStatus>,
+    max_body: Option<u64>,
+    fleet: Option<Fleet>,
+}
+
+/// Limits for Redis to decide (`strict`), with the snapshot whose key and buckets they are.
+struct Fleet {
+    shared: Shared,
+    snap: Arc<Snapshot>,
+    index: usize,
+    consumer: Option<usize>,
 }

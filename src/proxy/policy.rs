@@ -10,6 +10,7 @@ use http::Method;
 
 use super::deny::Deny;
 use super::route::segment_prefix;
+use crate::cluster::Shared;
 use crate::limits::{self, FailedAuth, RateStatus};
 use crate::secret::KeyHash;
 use crate::snapshot::{Access, Key, Matched, Snapshot, Status, TargetIdx};
@@ -53,17 +54,20 @@ pub fn decide<'s>(
     facts: &Facts<'_>,
     now: Now,
 ) -> Result<Admitted<'s>, Deny> {
-    decide_noting(snap, failures, facts, now, &mut None)
+    decide_noting(snap, failures, facts, now, &mut None, None)
 }
 
 /// [`decide`], which also notes the index of the key the secret matched, refused or not: the
-/// access log and the per-key rate-limit metric name the key of a refusal.
+/// access log and the per-key rate-limit metric name the key of a refusal. With `shared` (a
+/// `[cluster]`), the rate limits are not applied here but handed back in it, for the fleet to
+/// decide; `rate` is then `None`.
 pub fn decide_noting<'s>(
     snap: &'s Snapshot,
     failures: &FailedAuth,
     facts: &Facts<'_>,
     now: Now,
     found_key: &mut Option<usize>,
+    shared: Option<&mut Shared>,
 ) -> Result<Admitted<'s>, Deny> {
     let guard = snap.server.failed_auth_limit;
     failures
@@ -97,6 +101,15 @@ pub fn decide_noting<'s>(
     }
     if !access_allows(key, facts.method, facts.path) {
         return Err(Deny::AccessDenied);
+    }
+    if let Some(shared) = shared {
+        shared.key = key.rate_limit().map(|r| (key.id.clone(), r));
+        shared.consumer = consumer.and_then(|c| c.rate_limit.map(|r| (c.id.clone(), r)));
+        return Ok(Admitted {
+            key,
+            index,
+            rate: None,
+        });
     }
     let rate = limits::check(
         snap.buckets.key(index),

@@ -1,0 +1,640 @@
+//! Several keygate instances as one: rate limits and key changes shared through Redis
+//! (`[cluster]`).
+//!
+//! Rate limits are GCRA, as on one instance, with the theoretical arrival time (TAT) of each
+//! bucket kept in Redis in microseconds of Redis' own clock (`TIME`), so instances' clocks
+//! never have to agree:
+//!
+//! - `strict`: each rate-limited request runs [`DECIDE`] (one `EVALSHA`, one round trip): exact
+//!   across the fleet. Both the key's and its consumer's buckets are judged in the same script
+//!   and only taken when both allow.
+//! - `local-sync`: each instance decides alone against its last view of the fleet's TAT plus
+//!   what it admitted since, and every `sync_interval` sends those counts to Redis ([`ADD`]) and
+//!   takes back the fleet's TAT. Overshoot: at most what the other instances admit in one
+//!   interval (plus the burst each may take in its first interval).
+//!
+//! Redis failing or slower than `timeout` never holds a request: it gets what
+//! `on_redis_error` says (`local` by default: this instance's own buckets), the outage is
+//! logged once, counted in `keygate_redis_errors_total` and shown by `keygate_redis_up`, and the
+//! next call after Redis is back uses it again.
+//!
+//! Keys without a rate limit never touch Redis. Key changes made through one instance's admin
+//! API are announced on `<prefix>changes`; every instance reloads its config when it hears one
+//! (the keys file is shared: a volume all instances mount).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::limits::{Limited, PolicyState, RateStatus, Scope};
+use crate::metrics::Metrics;
+use crate::snapshot::{ClusterConfig, Id, OnRedisError, Rate};
+
+/// Judges every bucket in KEYS (ARGV: emission interval in µs and burst, per bucket) at Redis'
+/// `TIME`; takes one request from each only when all allow. Returns
+/// `{allowed, now, tat_1, …, tat_n}`: each bucket's TAT as it would be after this request.
+const DECIDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {1, string.format('%.0f', now)}
+local tats = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  if new_tat - burst * interval > now then out[1] = 0 end
+  tats[i] = new_tat
+  out[#out + 1] = string.format('%.0f', new_tat)
+end
+if out[1] == 1 then
+  for i = 1, #KEYS do
+    local ttl = math.ceil((tats[i] - now) / 1000) + 1000
+    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+  end
+end
+return out
+";
+
+/// Adds what an instance admitted to each bucket in KEYS (ARGV: interval in µs and count, per
+/// bucket) and returns `{now, tat_1, …, tat_n}`, the fleet's TATs after it.
+const ADD: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {string.format('%.0f', now)}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local count = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  if count > 0 then
+    tat = tat + count * interval
+    local ttl = math.ceil((tat - now) / 1000) + 1000
+    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', ttl)
+  end
+  out[#out + 1] = string.format('%.0f', tat)
+end
+return out
+";
+
+/// The limits of one request that the fleet shares: its key's and its consumer's.
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    pub key: Option<(Id, Rate)>,
+    pub consumer: Option<(Id, Rate)>,
+}
+
+impl Shared {
+    pub fn is_empty(&self) -> bool {
+        self.key.is_none() && self.consumer.is_none()
+    }
+
+    fn buckets(&self) -> impl Iterator<Item = (Scope, &Id, Rate)> {
+        let key = self.key.as_ref().map(|(id, r)| (Scope::Key, id, *r));
+        let consumer = self
+            .consumer
+            .as_ref()
+            .map(|(id, r)| (Scope::Consumer, id, *r));
+        key.into_iter().chain(consumer)
+    }
+}
+
+/// Redis could not answer in time; what to do is `on_redis_error`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// A rate in the units the scripts use.
+fn interval_us(rate: Rate) -> u64 {
+    let us = rate.per.as_micros() / u128::from(rate.count.get());
+    u64::try_from(us).unwrap_or(u64::MAX).max(1)
+}
+
+/// One bucket of the fleet as a `local-sync` instance sees it.
+struct Mirror {
+    interval: u64,
+    burst: u32,
+    /// The fleet's TAT at the last sync, in Redis µs.
+    fleet_tat: AtomicU64,
+    /// Requests this instance admitted since the last sync.
+    pending: AtomicU32,
+    /// Used since the last sync (or pending): worth syncing.
+    active: AtomicBool,
+}
+
+impl Mirror {
+    /// Takes one request at `now` (Redis µs): `Ok(remaining)` or `Err(wait in µs)`.
+    fn take(&self, now: u64) -> Result<u32, u64> {
+        self.active.store(true, Ordering::Relaxed);
+        let mut pending = self.pending.load(Ordering::Acquire);
+        loop {
+            let base = self.fleet_tat.load(Ordering::Acquire).max(now);
+            let tat = base + (u64::from(pending) + 1) * self.interval;
+            let allow_at = tat.saturating_sub(u64::from(self.burst) * self.interval);
+            if allow_at > now {
+                return Err(allow_at - now);
+            }
+            match self.pending.compare_exchange_weak(
+                pending,
+                pending + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    let remaining = (now - allow_at) / self.interval;
+                    return Ok(u32::try_from(remaining).unwrap_or(u32::MAX).min(self.burst));
+                }
+                Err(p) => pending = p,
+            }
+        }
+    }
+
+    fn give_back(&self) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
+    }
+
+    /// Seconds until the bucket is full again, as of `now`.
+    fn reset(&self, now: u64) -> u64 {
+        let tat = self.fleet_tat.load(Ordering::Acquire).max(now)
+            + u64::from(self.pending.load(Ordering::Acquire)) * self.interval;
+        (tat - now).div_ceil(1_000_000)
+    }
+}
+
+/// The fleet's shared state: one per process.
+pub struct Cluster {
+    config: ClusterConfig,
+    redis: ConnectionManager,
+    client: redis::Client,
+    decide: redis::Script,
+    add: redis::Script,
+    /// `local-sync` buckets by their Redis key.
+    mirrors: DashMap<String, Arc<Mirror>>,
+    /// Redis µs minus this host's wall-clock µs, learned at each sync.
+    offset: AtomicI64,
+    up: AtomicBool,
+    /// During an outage, no request waits on Redis before this (ms since `epoch`): one call
+    /// at most every [`RETRY_EVERY`] finds out whether it is back.
+    retry_at: AtomicU64,
+    epoch: Instant,
+    metrics: Arc<Metrics>,
+}
+
+/// How often, during an outage, a request tries Redis again instead of falling back at once.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+impl Cluster {
+    /// Connects lazily: keygate starts and serves while Redis is down (per `on_redis_error`).
+    pub fn new(config: ClusterConfig, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Cluster>> {
+        // Small commands, one at a time per request: Nagle's algorithm would hold each back
+        // until the previous one's ACK (40 ms with delayed ACKs).
+        let info = redis::IntoConnectionInfo::into_connection_info(config.redis.as_str())?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = ConnectionManager::new_lazy_with_config(client.clone(), manager)?;
+        metrics.redis_up(true);
+        Ok(Arc::new(Cluster {
+            config,
+            redis,
+            client,
+            decide: redis::Script::new(DECIDE),
+            add: redis::Script::new(ADD),
+            mirrors: DashMap::new(),
+            offset: AtomicI64::new(0),
+            up: AtomicBool::new(true),
+            retry_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            metrics,
+        }))
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Whether requests are decided against Redis on the request path.
+    pub fn strict(&self) -> bool {
+        self.config.mode == crate::snapshot::ClusterMode::Strict
+    }
+
+    /// False from a failed call until one succeeds again.
+    pub fn available(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn on_error(&self) -> OnRedisError {
+        self.config.on_redis_error
+    }
+
+    /// `<prefix>rl:{<consumer or key>}:<scope>:<id>:<count>/<per ms>`: a changed rate starts a
+    /// new bucket (as a reload does locally), and a key's and its consumer's buckets share a
+    /// hash tag, so one script may touch both on a Redis Cluster.
+    fn bucket_key(&self, shared: &Shared, scope: Scope, id: &Id, rate: Rate) -> String {
+        let tag = shared
+            .consumer
+            .as_ref()
+            .map_or(id.as_str(), |(c, _)| c.as_str());
+        format!(
+            "{}rl:{{{tag}}}:{}:{}:{}/{}",
+            self.config.prefix,
+            scope.name(),
+            id.as_str(),
+            rate.count,
+            rate.per.as_millis()
+        )
+    }
+
+    /// `strict`: one round trip deciding every limit of `shared`.
+    pub async fn decide(
+        &self,
+        shared: &Shared,
+    ) -> Result<Result<RateStatus, Limited>, Unavailable> {
+        if !self.worth_trying() {
+            return Err(Unavailable);
+        }
+        let mut call = self.decide.prepare_invoke();
+        for (scope, id, rate) in shared.buckets() {
+            call.key(self.bucket_key(shared, scope, id, rate));
+            call.arg(interval_us(rate)).arg(rate.count.get());
+        }
+        let mut conn = self.redis.clone();
+        let answer: Result<Vec<u64>, _> =
+            tokio::time::timeout(self.config.timeout, call.invoke_async(&mut conn))
+                .await
+                .map_err(|_| ())
+                .and_then(|r| {
+                    r.map_err(|e| {
+                        self.failed(&e);
+                    })
+                });
+        let Ok(answer) = answer else {
+            self.outage("timed out");
+            return Err(Unavailable);
+        };
+        self.recovered();
+        let (Some(&allowed), Some(&now)) = (answer.first(), answer.get(1)) else {
+            return Err(Unavailable);
+        };
+        let mut status = RateStatus::default();
+        let mut wait = 0;
+        for (slot, ((scope, _, rate), &tat)) in shared.buckets().zip(&answer[2..]).enumerate() {
+            let interval = interval_us(rate);
+            let burst = u64::from(rate.count.get());
+            let allow_at = tat.saturating_sub(burst * interval);
+            let (remaining, reset) = if allow_at > now {
+                wait = wait.max(allow_at - now);
+                (0, (allow_at - now).div_ceil(1_000_000).max(1))
+            } else {
+                (
+                    ((now - allow_at) / interval).min(burst),
+                    (tat - now).div_ceil(1_000_000),
+                )
+            };
+            status.policies[slot] = Some(PolicyState {
+                scope,
+                limit: rate.count.get(),
+                window: rate.per.as_secs(),
+                remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                reset,
+            });
+        }
+        if allowed == 1 {
+            Ok(Ok(status))
+        } else {
+            Ok(Err(Limited {
+                status,
+                retry_after: wait.div_ceil(1_000_000).max(1),
+            }))
+        }
+    }
+
+    /// `local-sync`: decides against this instance's view of the fleet.
+    pub fn decide_locally(&self, shared: &Shared) -> Result<RateStatus, Limited> {
+        let now = self.now_us();
+        let mut status = RateStatus::default();
+        let mut taken: Vec<Arc<Mirror>> = Vec::with_capacity(2);
+        for (slot, (scope, id, rate)) in shared.buckets().enumerate() {
+            let mirror = self.mirror(shared, scope, id, rate);
+            let state = |remaining, reset| PolicyState {
+                scope,
+                limit: rate.count.get(),
+                window: rate.per.as_secs(),
+                remaining,
+                reset,
+            };
+            match mirror.take(now) {
+                Ok(remaining) => {
+                    status.policies[slot] = Some(state(remaining, mirror.reset(now)));
+                    taken.push(mirror);
+                }
+                Err(wait) => {
+                    for m in &taken {
+                        m.give_back();
+                    }
+                    let retry_after = wait.div_ceil(1_000_000).max(1);
+                    status.policies[slot] = Some(state(0, retry_after));
+                    return Err(Limited {
+                        status,
+                        retry_after,
+                    });
+                }
+            }
+        }
+        Ok(status)
+    }
+
+    fn mirror(&self, shared: &Shared, scope: Scope, id: &Id, rate: Rate) -> Arc<Mirror> {
+        let key = self.bucket_key(shared, scope, id, rate);
+        if let Some(m) = self.mirrors.get(&key) {
+            return m.clone();
+        }
+        self.mirrors
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Mirror {
+                    interval: interval_us(rate),
+                    burst: rate.count.get(),
+                    fleet_tat: AtomicU64::new(0),
+                    pending: AtomicU32::new(0),
+                    active: AtomicBool::new(true),
+                })
+            })
+            .clone()
+    }
+
+    /// This host's clock, moved onto Redis' by the offset learned at the last sync.
+    fn now_us(&self) -> u64 {
+        let local = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        let local = i64::try_from(local).unwrap_or(i64::MAX);
+        u64::try_from(local.saturating_add(self.offset.load(Ordering::Relaxed))).unwrap_or(0)
+    }
+
+    /// `local-sync`: sends what this instance admitted since the last sync and takes back the
+    /// fleet's TATs, for every bucket used since.
+    pub async fn sync(&self) {
+        let mut batch: Vec<(String, Arc<Mirror>, u32)> = Vec::new();
+        for entry in self.mirrors.iter() {
+            let m = entry.value();
+            if !m.active.swap(false, Ordering::AcqRel) && m.pending.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            let sent = m.pending.swap(0, Ordering::AcqRel);
+            batch.push((entry.key().clone(), m.clone(), sent));
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let mut call = self.add.prepare_invoke();
+        for (key, m, sent) in &batch {
+            call.key(key);
+            call.arg(m.interval).arg(*sent);
+        }
+        let mut conn = self.redis.clone();
+        let local_before = self.now_local_us();
+        let answer: Result<Vec<u64>, ()> =
+            match tokio::time::timeout(self.config.timeout, call.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => {
+                    self.failed(&e);
+                    Err(())
+                }
+                Err(_) => Err(()),
+            };
+        match answer {
+            Ok(v) if v.len() == batch.len() + 1 => {
+                self.recovered();
+                let local_after = self.now_local_us();
+                let local_mid = (local_before + local_after) / 2;
+                self.offset
+                    .store(v[0] as i64 - local_mid as i64, Ordering::Relaxed);
+                for ((_, m, _), &tat) in batch.iter().zip(&v[1..]) {
+                    m.fleet_tat.store(tat, Ordering::Release);
+                }
+            }
+            _ => {
+                self.outage("sync failed");
+                // Fold what was admitted into this instance's own view, so the limit keeps
+                // holding locally and nothing piles up to be sent at once after the outage.
+                let now = self.now_us();
+                for (_, m, sent) in &batch {
+                    let tat = m.fleet_tat.load(Ordering::Acquire).max(now)
+                        + u64::from(*sent) * m.interval;
+                    m.fleet_tat.store(tat, Ordering::Release);
+                }
+            }
+        }
+        // Forget buckets idle for a while: their TAT is in Redis.
+        if self.mirrors.len() > 100_000 {
+            self.mirrors
+                .retain(|_, m| m.pending.load(Ordering::Relaxed) > 0 || Arc::strong_count(m) > 1);
+        }
+    }
+
+    fn now_local_us(&self) -> u64 {
+        u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros(),
+        )
+        .unwrap_or(u64::MAX)
+    }
+
+    /// Tells the fleet that the keys changed (generation `generation` here).
+    pub async fn announce(&self, generation: u64) {
+        let mut conn = self.redis.clone();
+        let channel = self.channel();
+        let sent: Result<Result<i64, _>, _> = tokio::time::timeout(
+            self.config.timeout.max(Duration::from_secs(1)),
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(generation)
+                .query_async(&mut conn),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => self.recovered(),
+            Ok(Err(e)) => {
+                self.failed(&e);
+                self.outage("announcing a key change failed");
+            }
+            Err(_) => self.outage("announcing a key change timed out"),
+        }
+    }
+
+    fn channel(&self) -> String {
+        format!("{}changes", self.config.prefix)
+    }
+
+    /// Calls `changed` whenever an instance announces a key change, for as long as the
+    /// process runs, resubscribing after Redis comes back.
+    pub async fn listen(self: Arc<Self>, changed: impl Fn() + Send + Sync + 'static) {
+        use futures_util::StreamExt as _;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let subscribed = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(self.channel()).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
+                Ok(Ok(pubsub)) => {
+                    backoff = Duration::from_millis(100);
+                    // Changes made while unsubscribed were missed: look once.
+                    changed();
+                    let mut messages = pubsub.into_on_message();
+                    while messages.next().await.is_some() {
+                        changed();
+                    }
+                    tracing::warn!("lost the Redis subscription to key changes; resubscribing");
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot subscribe to key changes");
+                }
+                Err(_) => tracing::debug!("subscribing to key changes timed out"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Records the max of `times` (key id -> seconds since the epoch) in the fleet's last-used
+    /// hash and returns the fleet's values for the same ids.
+    pub async fn merge_last_used(&self, times: &[(Id, u32)]) -> Option<HashMap<Id, u32>> {
+        const MERGE: &str = r"
+local out = {}
+for i = 1, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or 0)
+  local v = tonumber(ARGV[i + 1])
+  if v > cur then redis.call('HSET', KEYS[1], ARGV[i], v); cur = v end
+  out[#out + 1] = cur
+end
+return out
+";
+        if times.is_empty() {
+            return Some(HashMap::new());
+        }
+        let script = redis::Script::new(MERGE);
+        let mut call = script.prepare_invoke();
+        call.key(format!("{}last_used", self.config.prefix));
+        for (id, t) in times {
+            call.arg(id.as_str()).arg(*t);
+        }
+        let mut conn = self.redis.clone();
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            call.invoke_async::<Vec<u32>>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(v)) => Some(times.iter().map(|(id, _)| id.clone()).zip(v).collect()),
+            _ => None,
+        }
+    }
+
+    /// The fleet's last-used times of `ids` (0: never), for the admin API.
+    pub async fn last_used(&self, ids: &[&str]) -> Option<Vec<u32>> {
+        if ids.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut conn = self.redis.clone();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(format!("{}last_used", self.config.prefix)).arg(ids);
+        let query = cmd.query_async::<Vec<Option<u32>>>(&mut conn);
+        match tokio::time::timeout(self.config.timeout.max(Duration::from_millis(500)), query).await
+        {
+            Ok(Ok(v)) => Some(v.into_iter().map(Option::unwrap_or_default).collect()),
+            _ => None,
+        }
+    }
+
+    /// Connects and loads the scripts before the first request needs them.
+    pub async fn warm(self: Arc<Self>) {
+        let mut conn = self.redis.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(Ok(_)) => {
+                let _ = self.decide.load_async(&mut conn).await;
+                let _ = self.add.load_async(&mut conn).await;
+            }
+            _ => self.outage("not answering at start"),
+        }
+    }
+
+    /// False during an outage, except once every [`RETRY_EVERY`].
+    fn worth_trying(&self) -> bool {
+        if self.up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let at = self.retry_at.load(Ordering::Relaxed);
+        now >= at
+            && self
+                .retry_at
+                .compare_exchange(
+                    at,
+                    now + RETRY_EVERY.as_millis() as u64,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    fn failed(&self, e: &redis::RedisError) {
+        tracing::debug!(error = %e, "Redis call failed");
+    }
+
+    /// Logs the first failure of an outage, counts every one.
+    fn outage(&self, what: &str) {
+        self.metrics.redis_error();
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.retry_at
+            .store(now + RETRY_EVERY.as_millis() as u64, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.metrics.redis_up(false);
+            tracing::warn!(
+                on_redis_error = ?self.config.on_redis_error,
+                "Redis unavailable ({what}); rate limits fall back until it answers again"
+            );
+        }
+    }
+
+    fn recovered(&self) {
+        if !self.up.load(Ordering::Relaxed) && !self.up.swap(true, Ordering::AcqRel) {
+            self.metrics.redis_up(true);
+            tracing::info!("Redis answers again; rate limits are shared again");
+        }
+    }
+
+    /// Runs the `local-sync` reconciliation every `sync_interval` (a no-op in `strict`).
+    pub async fn run_sync(self: Arc<Self>) {
+        if self.strict() {
+            return;
+        }
+        let mut tick = tokio::time::interval(self.config.sync_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let started = Instant::now();
+            self.sync().await;
+            if started.elapsed() > self.config.sync_interval * 10 {
+                tracing::debug!(elapsed = ?started.elapsed(), "slow rate-limit sync");
+            }
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! Several keygate instances sharing one Redis (`[cluster]`): one rate limit across the fleet,
+//! a revocation through one instance refused by the others within a second, Redis killed and
+//! brought back mid-test. Every test starts its own `redis-server` on a free port.
+//!
+//! Without `redis-server` on the machine these tests say so and pass, so that `cargo test`
+//! works anywhere; `.ci/run` installs it, and with `CI` set a missing server fails them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::live::*;
+use common::*;
+
+const FLEET_KEY: &str = "kg_fleet_metered_ZmxlZXRNZXRlcmVkU2VjcmV0MDEyMzQ1";
+const OTHER_KEY: &str = "kg_fleet_other_b3RoZXJGbGVldFNlY3JldDAxMjM0NTY3";
+const ADMIN_KEY: &str = "kg_fleet_admin_YWRtaW5GbGVldFNlY3JldDAxMjM0NTY3";
+
+/// A `redis-server` of the test's own, on a free loopback port, without persistence.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// `None` (after saying why) when redis-server is not installed and `CI` is unset.
+    fn start() -> Option<Redis> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed (.ci/run installs it)"
+            );
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Redis { port, child: None };
+        redis.run();
+        Some(redis)
+    }
+
+    /// Starts the server (again) on the same port and waits until it answers PING.
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let started = Instant::now();
+        while !self.answers() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Kills the server (SIGKILL) and waits until its port refuses.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(!self.answers(), "redis still answers after kill");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A config for one instance of the fleet: its own port, the shared Redis, `cluster` lines
+/// (mode, on_redis_error...), one target on `up`, then `rest`.
+fn instance_config(up: SocketAddr, redis: &Redis, cluster: &str, rest: &str) -> String {
+    format!(
+        "{}[cluster]\nredis = \"{}\"\n{cluster}\n\n{}{rest}",
+        server_toml("127.0.0.1:0", ""),
+        redis.url(),
+        target_toml("main", &format!("http://{up}"), ""),
+    )
+}
+
+/// Starts `n` in-process instances, each with its own copy of `config`.
+fn fleet(dir: &TempDir, n: usize, config: &str) -> Vec<Gate> {
+    (0..n)
+        .map(|i| {
+            let path = dir.join(&format!("instance-{i}.toml"));
+            std::fs::write(&path, config).unwrap();
+            start_live(&path)
+        })
+        .collect()
+}
+
+/// Sends `total` requests with `secret`, round robin over `gates`, `pause` apart, and counts
+/// the answers by (status, code).
+async fn spread(
+    gates: &[SocketAddr],
+    secret: &str,
+    total: usize,
+    pause: Duration,
+) -> std::collections::BTreeMap<(u16, String), usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for i in 0..total {
+        let resp = call(gates[i % gates.len()], secret).await;
+        *seen.entry(outcome(&resp)).or_insert(0) += 1;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    seen
+}
+
+fn count(
+    seen: &std::collections::BTreeMap<(u16, String), usize>,
+    status: u16,
+    code: &str,
+) -> usize {
+    seen.get(&(status, code.to_owned())).copied().unwrap_or(0)
+}
+
+/// `strict`: a key allowed 10 a minute gets 10 across three instances, not 10 each.
+#[tokio::test]
+async fn strict_mode_shares_one_limit_across_three_instances() {
+    let Some(redis) = Redis::start() else { return };
+    let up = start_upstream("up").await;
+    let dir = TempDir::new("cluster-strict");
+    let config = instance_config(
+        up.addr,
+        &redis,
+        "mode = \"strict\"",
+        &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
+    );
+    let gates = fleet(&dir, 3, &config);
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let seen = spread(&addrs, FLEET_KEY, 30, Duration::ZERO).await;
+    assert_eq!(count(&seen, 200, ""), 10, "{seen:?}");
+    assert_eq!(count(&seen, 429, "rate_limited"), 20, "{seen:?}");
+    // The refusal carries the fleet's state.
+    let resp = call(addrs[1], FLEET_KEY).await;
+    assert_problem(&resp, 429, "rate_limited");
+    assert_eq!(resp.header("ratelimit-limit"), Some("10"));
+    assert_eq!(resp.header("ratelimit-remaining"), Some("0"));
+    let retry: u64 = resp.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=6).contains(&retry), "retry-after {retry}");
+    drop(gates);
+}
+
+/// `local-sync`: each instance decides alone and reconciles every 10 ms; spaced requests see
+/// the others' counts, so the fleet stays within its documented overshoot of the limit.
+#[tokio::test]
+async fn local_sync_mode_keeps_the_fleet_near_one_limit() {
+    let Some(redis) = Redis::start() else { return };
+    let up = start_upstream("up").await;
+    let dir = TempDir::new("cluster-local-sync");
+    let config = instance_config(
+        up.addr,
+        &redis,
+        "mode = \"local-sync\"\nsync_interval = \"10ms\"",
+        &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
+    );
+    let gates = fleet(&dir, 3, &config);
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    // Each instance's first request makes its view of the bucket; let them sync once.
+    let first = spread(&addrs, FLEET_KEY, 3, Duration::from_millis(50)).await;
+    assert_eq!(count(&first, 200, ""), 3, "{first:?}");
+    let rest = spread(&addrs, FLEET_KEY, 27, Duration::from_millis(30)).await;
+    let allowed = 3 + count(&rest, 200, "");
+    assert!(
+        (10..=12).contains(&allowed),
+        "the fleet let {allowed} through a 10/minute limit: {rest:?}"
+    );
+    assert_eq!(
+        count(&rest, 200, "") + count(&rest, 429, "rate_limited"),
+        27
+    );
+}
+
+/// Redis killed mid-test: with the default `on_redis_error = "local"` requests keep being
+/// answered at once, each instance applying its own limit; once Redis is back, limits are
+/// shared again.
+#[tokio::test]
+async fn redis_down_falls_back_to_local_limits_and_recovers() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let up = start_upstream("up").await;
+    let dir = TempDir::new("cluster-outage");
+    let config = instance_config(
+        up.addr,
+        &redis,
+        "mode = \"strict\"\ntimeout = \"50ms\"",
+        &format!(
+            "{}{}",
+            key_toml("metered", FLEET_KEY, "rate_limit = \"4/minute\""),
+            key_toml("other", OTHER_KEY, "rate_limit = \"4/minute\"")
+        ),
+    );
+    let gates = fleet(&dir, 2, &config);
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+
+    redis.kill();
+    let started = Instant::now();
+    let seen = spread(&addrs, FLEET_KEY, 12, Duration::ZERO).await;
+    // Each of the two instances allows its own 4.
+    assert_eq!(count(&seen, 200, ""), 8, "{seen:?}");
+    assert_eq!(count(&seen, 429, "rate_limited"), 4, "{seen:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "requests waited on the dead Redis: {:?}",
+        started.elapsed()
+    );
+
+    redis.run();
+    // Back (Redis is tried again at most every 500 ms during an outage): the exhausted key
+    // passes again on each instance once Redis, which lost its buckets, decides it.
+    for addr in &addrs {
+        until_status_for(*addr, FLEET_KEY, 200, "", Duration::from_secs(5)).await;
+    }
+    // And the other key's limit is the fleet's again.
+    let seen = spread(&addrs, OTHER_KEY, 12, Duration::from_millis(20)).await;
+    assert_eq!(count(&seen, 200, ""), 4, "{seen:?}");
+}
+
+/// `on_redis_error = "deny"` refuses rate-limited requests while Redis is down (503
+/// `rate_limit_unavailable`), `"allow"` lets them all through; keys without a limit never
+/// notice.
+#[tokio::test]
+async fn on_redis_error_deny_and_allow() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let up = start_upstream("up").await;
+    let dir = TempDir::new("cluster-deny-allow");
+    let keys = format!(
+        "{}{}",
+        key_toml("metered", FLEET_KEY, "rate_limit = \"2/minute\""),
+        key_toml("free", OTHER_KEY, "")
+    );
+    let deny = fleet(
+        &dir,
+        1,
+        &instance_config(up.addr, &redis, "on_redis_error = \"deny\"", &keys),
+    );
+    let dir2 = TempDir::new("cluster-allow");
+    let allow = fleet(
+        &dir2,
+        1,
+        &instance_config(up.addr, &redis, "on_redis_error = \"allow\"", &keys),
+    );
+    redis.kill();
+    let seen = spread(&[deny[0].addr], FLEET_KEY, 3, Duration::ZERO).await;
+    assert_eq!(count(&seen, 503, "rate_limit_unavailable"), 3, "{seen:?}");
+    let seen = spread(&[deny[0].addr], OTHER_KEY, 3, Duration::ZERO).await;
+    assert_eq!(count(&seen, 200, ""), 3, "{seen:?}");
+    let seen = spread(&[allow[0].addr], FLEET_KEY, 5, Duration::ZERO).await;
+    assert_eq!(count(&seen, 200, ""), 5, "{seen:?}");
+}
+
+/// A key deleted through instance A's admin API is refused by instance B within a second,
+/// though B's file watcher cannot see the change (B reaches the shared keys file through a
+/// symlink in a directory of its own): the change reaches B over Redis.
+#[tokio::test]
+async fn a_revocation_on_one_instance_is_refused_by_another_within_a_second() {
+    let Some(redis) = Redis::start() else { return };
+    let up = start_upstream("up").await;
+    let dir = TempDir::new("cluster-revoke");
+    for sub in ["shared", "a", "b"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let keys = format!(
+        "{}{}",
+        key_toml("doomed", FLEET_KEY, ""),
+        key_toml("kept", OTHER_KEY, "")
+    );
+    std::fs::write(dir.join("shared/keys.toml"), &keys).unwrap();
+    std::os::unix::fs::symlink(dir.join("shared/keys.toml"), dir.join("b/keys.toml")).unwrap();
+    let cluster = "mode = \"strict\"";
+    let a_config = format!(
+        "keys_file = \"../shared/keys.toml\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[admin_keys]]\nid = \"ops\"\nhash = \"{}\"\nrole = \"admin\"\n\n",
+        instance_config(up.addr, &redis, cluster, ""),
+        hash_of(ADMIN_KEY)
+    );
+    let b_config = format!(
+        "keys_file = \"keys.toml\"\n{}",
+        instance_config(up.addr, &redis, cluster, "")
+    );
+    let a_path = dir.join("a/keygate.toml");
+    let b_path = dir.join("b/keygate.toml");
+    std::fs::write(&a_path, &a_config).unwrap();
+    std::fs::write(&b_path, &b_config).unwrap();
+    let mut a = KeygateProcess::start(&a_path).await;
+    let b = start_live(&b_path);
+    let admin = admin_addr(&mut a).await;
+    until_status(b.addr, FLEET_KEY, 200, "").await;
+    // Let B's subscription settle (it logs nothing): a change before it would only be seen by
+    // its periodic check.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let deleted = common::admin::Api::new(admin, Some(ADMIN_KEY))
+        .delete("/v1/keys/doomed")
+        .await;
+    assert!(deleted.status.is_success(), "{}", deleted.text());
+    let revoked_at = Instant::now();
+    until_status_for(
+        b.addr,
+        FLEET_KEY,
+        403,
+        "key_invalid",
+        Duration::from_secs(1),
+    )
+    .await;
+    eprintln!("refused by B after {:?}", revoked_at.elapsed());
+    let resp = call(b.addr, OTHER_KEY).await;
+    assert_eq!(outcome(&resp), (200, String::new()));
+    a.stop().await;
+}
+
+async fn admin_addr(p: &mut KeygateProcess) -> SocketAddr {
+    let line = p
+        .wait_log("the admin listening line", |l| {
+            l.contains("admin API listening")
+        })
+        .await;
+    let at = line.find("addr=").unwrap() + "addr=".len();
+    line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Polls until `secret` gets `status` and `code`, failing after `limit`.
+async fn until_status_for(
+    addr: SocketAddr,
+    secret: &str,
+    status: u16,
+    code: &str,
+    limit: Duration,
+) {
+    let want = (status, code.to_owned());
+    let started = Instant::now();
+    loop {
+        let got = outcome(&call(addr, secret).await);
+        if got == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "still {got:?} after {limit:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
