@@ -59,6 +59,8 @@ pub struct Admin {
     ready: Arc<AtomicBool>,
     /// What `GET /metrics` reports.
     metrics: Arc<Metrics>,
+    /// `[cluster]`: where the fleet's last-used times are.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Addresses tracked for failed admin logins (32 KiB): the admin port sees few clients.
@@ -75,10 +77,11 @@ impl Admin {
         // The store publishes each change under its lock, so changes publish in write order.
         let adopt = reloader.clone();
         let runtime = tokio::runtime::Handle::try_current().ok();
+        let fleet = cluster.clone();
         let publish: store::Publisher = Box::new(move |loaded, main_text| {
             let outcome = adopt.adopt(loaded, main_text);
             if let (Some(cluster), Some(runtime), Outcome::Published { generation, .. }) =
-                (&cluster, &runtime, outcome)
+                (&fleet, &runtime, outcome)
             {
                 let cluster = cluster.clone();
                 runtime.spawn(async move { cluster.announce(generation).await });
@@ -92,6 +95,7 @@ impl Admin {
             epoch: std::time::Instant::now(),
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
+            cluster,
         }
     }
 
@@ -329,7 +333,7 @@ impl Admin {
         }
         let query = req.uri().query().unwrap_or_default().to_owned();
         match (method, segs.as_slice()) {
-            (Method::GET, ["v1", "keys"]) => self.list_keys(&query),
+            (Method::GET, ["v1", "keys"]) => self.list_keys(&query).await,
             (Method::POST, ["v1", "keys"]) => {
                 let new: store::NewKey = body(req).await?;
                 let prefix = self.secret_prefix();
@@ -346,8 +350,10 @@ impl Admin {
                 )
             }
             (Method::GET, ["v1", "keys", id]) => {
-                let snap = self.published.load();
-                json(StatusCode::OK, &KeyView::of(&snap, find_key(&snap, id)?))
+                let snap = self.published.load_full();
+                let index = find_key(&snap, id)?;
+                self.fleet_last_used(&snap, &[index]).await;
+                json(StatusCode::OK, &KeyView::of(&snap, index))
             }
             (Method::PATCH, ["v1", "keys", id]) => {
                 let patch: store::KeyPatch = body(req).await?;
@@ -485,9 +491,23 @@ impl Admin {
         )
     }
 
-    fn list_keys(&self, query: &str) -> Answer {
+    /// `[cluster]`: raises the shown keys' `last_used_at` to the fleet's (the max over every
+    /// instance), so a key used only through another instance does not look unused here.
+    async fn fleet_last_used(&self, snap: &Snapshot, keys: &[usize]) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let ids: Vec<&str> = keys.iter().map(|&i| snap.keys[i].id.as_str()).collect();
+        if let Some(times) = cluster.last_used(&ids).await {
+            for (&i, t) in keys.iter().zip(times) {
+                snap.merge_last_used(i, t);
+            }
+        }
+    }
+
+    async fn list_keys(&self, query: &str) -> Answer {
         let q = Page::parse(query)?;
-        let snap = self.published.load();
+        let snap = self.published.load_full();
         let consumer = match &q.consumer {
             None => None,
             Some(c) => Some(
@@ -508,6 +528,7 @@ impl Admin {
         let next = more
             .then(|| keys.last().map(|i| id(i).to_owned()))
             .flatten();
+        self.fleet_last_used(&snap, &keys).await;
         let items: Vec<KeyView<'_>> = keys.iter().map(|&i| KeyView::of(&snap, i)).collect();
         json(
             StatusCode::OK,

@@ -396,3 +396,49 @@ async fn until_status_for(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `last_used_at` is the fleet's: a key used only through instance B shows its use in
+/// instance A's admin API (B merges its times into Redis in batches, every few seconds, never
+/// per request).
+#[tokio::test]
+async fn last_used_at_is_the_latest_use_on_any_instance() {
+    let Some(redis) = Redis::start() else { return };
+    let up = start_upstream("up").await;
+    let dir = TempDir::new("cluster-last-used");
+    let keys = key_toml("roaming", FLEET_KEY, "");
+    let admin = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[admin_keys]]\nid = \"ops\"\nhash = \"{}\"\nrole = \"read\"\n\n",
+        hash_of(ADMIN_KEY)
+    );
+    let a_path = dir.join("a.toml");
+    std::fs::write(
+        &a_path,
+        instance_config(up.addr, &redis, "", &format!("{admin}{keys}")),
+    )
+    .unwrap();
+    let mut a = KeygateProcess::start(&a_path).await;
+    let api = common::admin::Api::new(admin_addr(&mut a).await, Some(ADMIN_KEY));
+    let b = fleet(&dir, 1, &instance_config(up.addr, &redis, "", &keys));
+    assert!(api.get("/v1/keys/roaming").await.json()["last_used_at"].is_null());
+
+    let resp = call(b[0].addr, FLEET_KEY).await;
+    assert_eq!(outcome(&resp), (200, String::new()));
+    let started = Instant::now();
+    let seen = loop {
+        let key = api.get("/v1/keys/roaming").await.json();
+        if let Some(t) = key["last_used_at"].as_str() {
+            break t.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "A never learned of B's use: {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let listed = api.get("/v1/keys").await.json();
+    assert_eq!(
+        listed["items"][0]["last_used_at"].as_str(),
+        Some(seen.as_str())
+    );
+    a.stop().await;
+}
