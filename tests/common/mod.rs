@@ -778,6 +778,10 @@ impl H2 {
             .await
             .expect("request failed")
     }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
 }
 
 /// An HTTP/2 request for `http://{authority}{path}` (HTTP/2 carries the host as `:authority`).
