@@ -473,6 +473,21 @@ async fn max_body_refuses_larger_bodies_with_413() {
         assert!(!problem.to_string().contains(STATIC_SECRET));
         assert_eq!(up.hits(), 0, "the upstream saw the {len}-byte request");
     }
+    // Refused on the head alone: no byte of the body is needed, none goes upstream.
+    let mut raw = Raw::connect(p).await;
+    raw.write(
+        format!(
+            "POST {PROBE} HTTP/1.1\r\nHost: x\r\nX-API-Key: {STATIC_SECRET}\r\nContent-Length: 2000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let resp = tokio::time::timeout(Duration::from_secs(5), raw.read_response())
+        .await
+        .expect("413 before the body is sent");
+    assert_problem(&resp, 413, "body_too_large");
+    assert_eq!(up.hits(), 0, "the upstream saw a request");
+
     let resp = post(p, PROBE, pattern(0, 2000), true).await;
     assert_problem(&resp, 413, "body_too_large");
 
