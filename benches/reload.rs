@@ -98,7 +98,8 @@ fn start_keygate(path: PathBuf) -> SocketAddr {
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let (loaded, text) = keygate::load(&path).expect("config");
+            let (mut loaded, text) = keygate::load(&path).expect("config");
+            loaded.snapshot.log.access = keygate::snapshot::AccessTo::Off;
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             tx.send(listener.local_addr().expect("addr")).expect("send");
             keygate::serve(&path, loaded, &text, listener, std::future::pending())

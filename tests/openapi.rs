@@ -53,7 +53,9 @@ async fn start() -> Session {
     );
     let path = dir.join("keygate.toml");
     std::fs::write(&path, config).unwrap();
-    let (loaded, text) = keygate::load(&path).unwrap();
+    let (mut loaded, text) = keygate::load(&path).unwrap();
+    // Its default (stdout) would bypass the harness's output capture.
+    loaded.snapshot.log.access = keygate::snapshot::AccessTo::Off;
     let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();

@@ -577,7 +577,7 @@ async fn a_change_before_the_watch_starts_is_picked_up_at_once() {
     let path = dir.join("keygate.toml");
     let up = start_upstream("main").await;
     std::fs::write(&path, plain_config(up.addr, &(kept() + &revoked()))).unwrap();
-    let (loaded, text) = keygate::load(&path).unwrap();
+    let (loaded, text) = load_quiet(&path).unwrap();
     // The revocation lands between `load` and `serve`.
     replace_file(&path, plain_config(up.addr, &kept()).as_bytes());
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -238,13 +238,14 @@ impl Proxy {
         let mut fleet = None;
         exchange.path(req.uri(), &snap.server.key_query);
         let result = (|| -> Result<Admission, Deny> {
+            let server = &snap.server;
+            // Before routing and the credential, so the access log names the client of every
+            // refusal, `no_route` and `key_missing` included.
+            let client_ip = client_ip::resolve(peer.ip(), req.headers(), &server.trusted_proxies);
+            exchange.client(client_ip);
             let target = snap.routes.find_for(req).ok_or(Deny::NoRoute)?;
             let t = snap.target(target);
             exchange.routed(&t.name);
-            let server = &snap.server;
-            // Before the credential, so the access log names the client of a `key_missing`.
-            let client_ip = client_ip::resolve(peer.ip(), req.headers(), &server.trusted_proxies);
-            exchange.client(client_ip);
             let secret = credential::extract(
                 req.headers(),
                 req.uri().query(),

@@ -371,9 +371,18 @@ impl Conn {
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let mut closing = false;
+        // When an idle close began. HTTP/2's graceful close waits for the client to answer a
+        // PING; a client that never does is dropped once idle for another `idle_timeout`.
+        let mut idle_close: Option<std::time::Instant> = None;
         loop {
+            // Idle since the last request ended, or since the idle close began.
+            let idle_since = || {
+                activity
+                    .idle_since()
+                    .map(|since| idle_close.map_or(since, |began| began.max(since)))
+            };
             // Busy: look again in a full period; idle: when the period since it went idle ends.
-            let check = match activity.idle_since() {
+            let check = match idle_since() {
                 Some(since) => Instant::from_std(since) + idle_timeout,
                 None => Instant::now() + idle_timeout,
             };
@@ -388,14 +397,16 @@ impl Conn {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                () = tokio::time::sleep_until(check), if !closing => {
-                    if activity
-                        .idle_since()
-                        .is_some_and(|since| since.elapsed() >= idle_timeout)
-                    {
+                () = tokio::time::sleep_until(check), if !closing || idle_close.is_some() => {
+                    if idle_since().is_some_and(|since| since.elapsed() >= idle_timeout) {
+                        if idle_close.is_some() {
+                            tracing::debug!(%peer, "dropping an idle connection that did not close");
+                            break;
+                        }
                         tracing::debug!(%peer, "closing an idle connection");
                         conn.as_mut().graceful_shutdown();
                         closing = true;
+                        idle_close = Some(std::time::Instant::now());
                     }
                 }
             }

@@ -187,6 +187,23 @@ impl Files {
         files
     }
 
+    /// Adds `lines` to the `[[targets]]` table named `target` of the main config.
+    pub fn add_to_target(&self, target: &str, lines: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let table = format!("name = \"{target}\"\n");
+        assert!(text.contains(&table), "no target {target:?} in {text}");
+        let text = text.replacen(&table, &format!("{table}{lines}\n"), 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Appends `toml` to the main config.
+    pub fn append_to_config(&self, toml: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push('\n');
+        text.push_str(toml);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// The keys file's text ("" when it does not exist).
     pub fn keys_text(&self) -> String {
         std::fs::read_to_string(&self.keys).unwrap_or_default()
@@ -258,7 +275,7 @@ impl Gateway {
     pub async fn start_with(name: &str, keys: Option<&str>) -> Gateway {
         watch_panics();
         let files = Files::new(name, None, "127.0.0.1:0", keys).await;
-        let (loaded, text) = match keygate::load(&files.config) {
+        let (loaded, text) = match super::load_quiet(&files.config) {
             Ok(l) => l,
             Err(e) => panic!("test config is invalid: {e:#}"),
         };
@@ -555,18 +572,26 @@ pub struct Process {
     pub admin: SocketAddr,
     child: tokio::process::Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// Its stdout, line by line, when started with [`Process::start_with`] asking for it.
+    stdout: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl Process {
     /// Runs the binary on `config` and waits until it logs where both listeners are.
     pub async fn start(config: &Path) -> Process {
-        let (child, log) = super::live::spawn_logged(config);
+        Process::start_with(config, "info", false).await
+    }
+
+    /// [`Process::start`] at `KEYGATE_LOG=level`, collecting stdout too when `stdout`.
+    pub async fn start_with(config: &Path, level: &str, stdout: bool) -> Process {
+        let (child, log, stdout) = super::live::spawn_logged_with(config, level, stdout);
         let unset: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut p = Process {
             proxy: unset,
             admin: unset,
             child,
             log,
+            stdout,
         };
         p.admin = p
             .wait_addr("admin API listening", "the admin API's listening line")
@@ -618,6 +643,14 @@ impl Process {
         self.log.lock().unwrap().clone()
     }
 
+    /// Its stdout lines so far (empty unless started asking for them).
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout
+            .as_ref()
+            .map(|o| o.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("keygate has exited")
     }
@@ -637,6 +670,29 @@ impl Process {
             .await
             .unwrap();
         (exit, self.log())
+    }
+
+    /// [`Process::terminate`], then waits (bounded) until stderr and stdout are read to their
+    /// end; returns the exit, every stderr line and every stdout line.
+    pub async fn terminate_drained(self) -> (ExitStatus, Vec<String>, Vec<String>) {
+        let (log, stdout) = (self.log.clone(), self.stdout.clone());
+        let (exit, _) = self.terminate().await;
+        // Each reader lets go of its lines at the end of its stream.
+        let readers_done = || {
+            Arc::strong_count(&log) == 1
+                && stdout.as_ref().is_none_or(|o| Arc::strong_count(o) == 1)
+        };
+        poll(
+            Duration::from_secs(10),
+            "keygate's output to end",
+            async || readers_done().then_some(()),
+        )
+        .await;
+        let stdout = stdout
+            .map(|o| o.lock().unwrap().clone())
+            .unwrap_or_default();
+        let log = log.lock().unwrap().clone();
+        (exit, log, stdout)
     }
 
     /// Waits (bounded) for an exit that the test's own signals caused.

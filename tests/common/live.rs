@@ -202,7 +202,7 @@ impl Drop for Gate {
 /// watcher, SIGHUP, periodic check), exactly as `keygate run` does after binding.
 pub fn start_live(path: &Path) -> Gate {
     watch_panics();
-    let (loaded, text) = match keygate::load(path) {
+    let (loaded, text) = match super::load_quiet(path) {
         Ok(l) => l,
         Err(e) => panic!("test config {} is invalid: {e:#}", path.display()),
     };
@@ -284,24 +284,48 @@ const MAX_LOG_LINES: usize = 100_000;
 /// Starts `keygate run --config <config>` (log level info, no colours) and collects its stderr
 /// line by line (at most [`MAX_LOG_LINES`]). The child is killed when dropped.
 pub fn spawn_logged(config: &Path) -> (tokio::process::Child, Arc<Mutex<Vec<String>>>) {
+    let (child, log, _) = spawn_logged_with(config, "info", false);
+    (child, log)
+}
+
+/// Like [`spawn_logged`], at `KEYGATE_LOG=level`, and with `stdout` also collected line by line
+/// (the access log's default destination) instead of discarded.
+pub fn spawn_logged_with(
+    config: &Path,
+    level: &str,
+    stdout: bool,
+) -> (tokio::process::Child, Lines, Option<Lines>) {
     let mut child = tokio::process::Command::new(BIN)
         .args(["run", "--config"])
         .arg(config)
         .env_remove("KEYGATE_CONFIG")
         .env_remove("RUST_LOG")
-        .env("KEYGATE_LOG", "info")
+        .env("KEYGATE_LOG", level)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(if stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("run keygate");
-    let stderr = child.stderr.take().unwrap();
+    let log = collect_lines(child.stderr.take().unwrap());
+    let out = child.stdout.take().map(collect_lines);
+    (child, log, out)
+}
+
+/// A child's output, line by line, as a reader task collects it.
+pub type Lines = Arc<Mutex<Vec<String>>>;
+
+/// Collects what `from` writes, line by line (at most [`MAX_LOG_LINES`]), until it closes.
+fn collect_lines(from: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Lines {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
+        let mut lines = BufReader::new(from).lines();
         for _ in 0..MAX_LOG_LINES {
             match lines.next_line().await {
                 Ok(Some(line)) => sink.lock().unwrap().push(line),
@@ -309,7 +333,7 @@ pub fn spawn_logged(config: &Path) -> (tokio::process::Child, Arc<Mutex<Vec<Stri
             }
         }
     });
-    (child, log)
+    log
 }
 
 /// `keygate run` as a child process, its log collected line by line. Killed when dropped.

@@ -46,6 +46,16 @@ const MAX_CONNECTIONS: usize = 1_000;
 /// Bodies larger than this are not scanned for secrets (they are generated test patterns).
 const SECRET_SCAN_LIMIT: usize = 1 << 20;
 
+/// Loads `path` as `keygate run` does, with the access log off unless the config has a `[log]`
+/// table: its default (stdout) would bypass the test harness's output capture.
+pub fn load_quiet(path: &std::path::Path) -> anyhow::Result<(keygate::config::Loaded, Vec<u8>)> {
+    let (mut loaded, text) = keygate::load(path)?;
+    if !String::from_utf8_lossy(&text).contains("[log]") {
+        loaded.snapshot.log.access = keygate::snapshot::AccessTo::Off;
+    }
+    Ok((loaded, text))
+}
+
 /// Awaits `f`, failing the test if it takes longer than [`IO_TIMEOUT`].
 pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
     within_for(IO_TIMEOUT, what, f).await
@@ -777,6 +787,10 @@ impl H2 {
         within("response head", self.sender.send_request(req))
             .await
             .expect("request failed")
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
     }
 }
 
