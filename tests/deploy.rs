@@ -524,3 +524,109 @@ fn systemd_analyze_verify_passes() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Compose: three instances and Redis
+
+/// deploy/compose/compose.yaml with its `<<` merge keys applied.
+fn compose() -> Value {
+    let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read("deploy/compose/compose.yaml"))
+        .expect("compose.yaml is YAML");
+    v.apply_merge().expect("merge keys");
+    serde_json::to_value(v).expect("compose.yaml as JSON")
+}
+
+/// Three keygate services on one image and one config, sharing the keys volume, each waiting
+/// for a healthy Redis; the config they mount shares limits and key changes through that
+/// Redis, keeps its keys file on the shared volume, and validates.
+#[test]
+fn compose_runs_three_instances_sharing_redis_and_the_keys_volume() {
+    let c = compose();
+    let services = c["services"].as_object().expect("services");
+    let instances: Vec<&String> = services
+        .keys()
+        .filter(|k| k.starts_with("keygate-"))
+        .collect();
+    assert_eq!(instances.len(), 3, "{instances:?}");
+    let redis = &services["redis"];
+    assert!(
+        redis["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("redis:"))
+    );
+    assert!(
+        redis["healthcheck"]["test"].is_array(),
+        "redis needs a health check"
+    );
+    let mut admin_ports = Vec::new();
+    for name in &instances {
+        let s = &services[name.as_str()];
+        assert_eq!(s["build"]["dockerfile"], "deploy/Dockerfile", "{name}");
+        assert_eq!(
+            s["command"],
+            serde_json::json!(["run", "--config", "/etc/keygate/fleet/keygate.toml"]),
+            "{name}"
+        );
+        let volumes: Vec<&str> = s["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            volumes.contains(&"./keygate.toml:/etc/keygate/fleet/keygate.toml:ro"),
+            "{name}: {volumes:?}"
+        );
+        assert!(
+            volumes.contains(&"keys:/var/lib/keygate"),
+            "{name}: {volumes:?}"
+        );
+        assert_eq!(
+            s["depends_on"]["redis"]["condition"], "service_healthy",
+            "{name}"
+        );
+        admin_ports.push(s["ports"][0].as_str().expect("admin port").to_owned());
+    }
+    admin_ports.sort();
+    admin_ports.dedup();
+    assert_eq!(
+        admin_ports.len(),
+        3,
+        "each instance's admin API on its own host port"
+    );
+    assert!(
+        c["volumes"]
+            .as_object()
+            .is_some_and(|v| v.contains_key("keys"))
+    );
+
+    let lb = read("deploy/compose/lb.conf");
+    for name in &instances {
+        assert!(
+            lb.contains(&format!("server {name}:8080;")),
+            "lb.conf lacks {name}"
+        );
+    }
+
+    let text = read("deploy/compose/keygate.toml");
+    let loaded = keygate::config::parse(&text, Path::new("/etc/keygate/fleet/keygate.toml"))
+        .unwrap_or_else(|e| panic!("deploy/compose/keygate.toml: {e}"));
+    let snap = loaded.snapshot;
+    let cluster = snap.cluster.as_ref().expect("[cluster]");
+    assert_eq!(cluster.redis, "redis://redis:6379/0");
+    assert_eq!(cluster.mode, keygate::snapshot::ClusterMode::Strict);
+    assert_eq!(
+        snap.keys_file.as_deref(),
+        Some(Path::new("/var/lib/keygate/keys.toml")),
+        "the keys file must be on the shared volume"
+    );
+    assert_eq!(snap.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(
+        snap.admin.as_ref().expect("[admin]").listen.to_string(),
+        "0.0.0.0:9901"
+    );
+    assert!(
+        snap.keys.iter().any(|k| k.rate_limit().is_some()),
+        "the demo shows a shared rate limit"
+    );
+}
