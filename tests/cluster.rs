@@ -1,4 +1,4 @@
-//! Several keygate instances sharing one Redis (`[cluster]`): one rate limit across the fleet,
+//! Several keygate processes sharing one Redis (`[cluster]`): one rate limit across the fleet,
 //! a revocation through one instance refused by the others within a second, Redis killed and
 //! brought back mid-test. Every test starts its own `redis-server` on a free port.
 //!
@@ -124,15 +124,15 @@ fn instance_config(up: SocketAddr, redis: &Redis, cluster: &str, rest: &str) -> 
     )
 }
 
-/// Starts `n` in-process instances, each with its own copy of `config`.
-fn fleet(dir: &TempDir, n: usize, config: &str) -> Vec<Gate> {
-    (0..n)
-        .map(|i| {
-            let path = dir.join(&format!("instance-{i}.toml"));
-            std::fs::write(&path, config).unwrap();
-            start_live(&path)
-        })
-        .collect()
+/// Starts `n` keygate processes (the real binary), each with its own copy of `config`.
+async fn fleet(dir: &TempDir, n: usize, config: &str) -> Vec<KeygateProcess> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let path = dir.join(&format!("instance-{i}.toml"));
+        std::fs::write(&path, config).unwrap();
+        out.push(KeygateProcess::start(&path).await);
+    }
+    out
 }
 
 /// Sends `total` requests with `secret`, round robin over `gates`, `pause` apart, and counts
@@ -174,7 +174,7 @@ async fn strict_mode_shares_one_limit_across_three_instances() {
         "mode = \"strict\"",
         &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
     );
-    let gates = fleet(&dir, 3, &config);
+    let gates = fleet(&dir, 3, &config).await;
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
     let seen = spread(&addrs, FLEET_KEY, 30, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 10, "{seen:?}");
@@ -202,7 +202,7 @@ async fn local_sync_mode_keeps_the_fleet_near_one_limit() {
         "mode = \"local-sync\"\nsync_interval = \"10ms\"",
         &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
     );
-    let gates = fleet(&dir, 3, &config);
+    let gates = fleet(&dir, 3, &config).await;
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
     // Each instance's first request makes its view of the bucket; let them sync once.
     let first = spread(&addrs, FLEET_KEY, 3, Duration::from_millis(50)).await;
@@ -239,7 +239,7 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
             key_toml("other", OTHER_KEY, "rate_limit = \"4/minute\"")
         ),
     );
-    let gates = fleet(&dir, 2, &config);
+    let gates = fleet(&dir, 2, &config).await;
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
 
     redis.kill();
@@ -284,13 +284,15 @@ async fn on_redis_error_deny_and_allow() {
         &dir,
         1,
         &instance_config(up.addr, &redis, "on_redis_error = \"deny\"", &keys),
-    );
+    )
+    .await;
     let dir2 = TempDir::new("cluster-allow");
     let allow = fleet(
         &dir2,
         1,
         &instance_config(up.addr, &redis, "on_redis_error = \"allow\"", &keys),
-    );
+    )
+    .await;
     redis.kill();
     let seen = spread(&[deny[0].addr], FLEET_KEY, 3, Duration::ZERO).await;
     assert_eq!(count(&seen, 503, "rate_limit_unavailable"), 3, "{seen:?}");
@@ -333,7 +335,7 @@ async fn a_revocation_on_one_instance_is_refused_by_another_within_a_second() {
     std::fs::write(&a_path, &a_config).unwrap();
     std::fs::write(&b_path, &b_config).unwrap();
     let mut a = KeygateProcess::start(&a_path).await;
-    let b = start_live(&b_path);
+    let b = KeygateProcess::start(&b_path).await;
     let admin = admin_addr(&mut a).await;
     until_status(b.addr, FLEET_KEY, 200, "").await;
     // Let B's subscription settle (it logs nothing): a change before it would only be seen by
@@ -418,7 +420,7 @@ async fn last_used_at_is_the_latest_use_on_any_instance() {
     .unwrap();
     let mut a = KeygateProcess::start(&a_path).await;
     let api = common::admin::Api::new(admin_addr(&mut a).await, Some(ADMIN_KEY));
-    let b = fleet(&dir, 1, &instance_config(up.addr, &redis, "", &keys));
+    let b = fleet(&dir, 1, &instance_config(up.addr, &redis, "", &keys)).await;
     assert!(api.get("/v1/keys/roaming").await.json()["last_used_at"].is_null());
 
     let resp = call(b[0].addr, FLEET_KEY).await;
