@@ -29,6 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 
 use crate::limits::{Limited, PolicyState, RateStatus, Scope};
 use crate::metrics::Metrics;
@@ -170,8 +172,10 @@ impl Mirror {
 /// The fleet's shared state: one per process.
 pub struct Cluster {
     config: ClusterConfig,
-    redis: ConnectionManager,
-    client: redis::Client,
+    redis: Conn,
+    /// Where to subscribe to key changes: the Redis, or each node of a cluster in turn (a
+    /// PUBLISH reaches every node of a Redis Cluster).
+    subscribe_to: Vec<redis::Client>,
     decide: redis::Script,
     add: redis::Script,
     /// `local-sync` buckets by their Redis key.
@@ -194,20 +198,46 @@ impl Cluster {
     pub fn new(config: ClusterConfig, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Cluster>> {
         // Small commands, one at a time per request: Nagle's algorithm would hold each back
         // until the previous one's ACK (40 ms with delayed ACKs).
-        let info = redis::IntoConnectionInfo::into_connection_info(config.redis.as_str())?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info)?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let redis = ConnectionManager::new_lazy_with_config(client.clone(), manager)?;
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let client = |url: &str| -> redis::RedisResult<redis::Client> {
+            let info =
+                redis::IntoConnectionInfo::into_connection_info(url)?.set_tcp_settings(tcp.clone());
+            redis::Client::open(info)
+        };
+        let connect_timeout = config.timeout.max(Duration::from_millis(200));
+        let (redis, subscribe_to) = if config.nodes.is_empty() {
+            let single = client(&config.redis)?;
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(config.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            let manager = ConnectionManager::new_lazy_with_config(single.clone(), manager)?;
+            (Conn::Single(manager), vec![single])
+        } else {
+            let nodes = config
+                .nodes
+                .iter()
+                .map(|u| client(u))
+                .collect::<redis::RedisResult<Vec<_>>>()?;
+            let cluster = ClusterClient::builder(config.nodes.clone())
+                .connection_timeout(connect_timeout)
+                .response_timeout(config.timeout)
+                .retries(1)
+                .tcp_settings(tcp)
+                .build()?;
+            let slot = ClusterSlot {
+                client: cluster,
+                connection: tokio::sync::OnceCell::new(),
+                connecting: AtomicBool::new(false),
+            };
+            (Conn::Cluster(Arc::new(slot)), nodes)
+        };
         metrics.redis_up(true);
         Ok(Arc::new(Cluster {
             config,
             redis,
-            client,
+            subscribe_to,
             decide: redis::Script::new(DECIDE),
             add: redis::Script::new(ADD),
             mirrors: DashMap::new(),
@@ -268,7 +298,10 @@ impl Cluster {
             call.key(self.bucket_key(shared, scope, id, rate));
             call.arg(interval_us(rate)).arg(rate.count.get());
         }
-        let mut conn = self.redis.clone();
+        let Some(mut conn) = self.redis.get() else {
+            self.outage("not connected yet");
+            return Err(Unavailable);
+        };
         let answer: Result<Vec<u64>, _> =
             tokio::time::timeout(self.config.timeout, call.invoke_async(&mut conn))
                 .await
@@ -386,7 +419,7 @@ impl Cluster {
     /// `local-sync`: sends what this instance admitted since the last sync and takes back the
     /// fleet's TATs, for every bucket used since.
     pub async fn sync(&self) {
-        let mut batch: Vec<(String, Arc<Mirror>, u32)> = Vec::new();
+        let mut batch: Vec<Entry> = Vec::new();
         for entry in self.mirrors.iter() {
             let m = entry.value();
             if !m.active.swap(false, Ordering::AcqRel) && m.pending.load(Ordering::Acquire) == 0 {
@@ -398,49 +431,71 @@ impl Cluster {
         if batch.is_empty() {
             return;
         }
-        let mut call = self.add.prepare_invoke();
-        for (key, m, sent) in &batch {
-            call.key(key);
-            call.arg(m.interval).arg(*sent);
-        }
-        let mut conn = self.redis.clone();
+        // One script call for all of them; on a Redis Cluster, one per hash tag (a script's
+        // keys must share a slot), all at once.
+        let groups: Vec<Vec<Entry>> = if self.config.nodes.is_empty() {
+            vec![batch]
+        } else {
+            let mut by_tag: HashMap<String, Vec<Entry>> = HashMap::new();
+            for e in batch {
+                by_tag.entry(hash_tag(&e.0).to_owned()).or_default().push(e);
+            }
+            by_tag.into_values().collect()
+        };
         let local_before = self.now_local_us();
-        let answer: Result<Vec<u64>, ()> =
-            match tokio::time::timeout(self.config.timeout, call.invoke_async(&mut conn)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => {
-                    self.failed(&e);
-                    Err(())
+        let answers =
+            futures_util::future::join_all(groups.iter().map(|g| self.add_counts(g))).await;
+        let local_mid = (local_before + self.now_local_us()) / 2;
+        let mut failed = false;
+        for (group, answer) in groups.iter().zip(answers) {
+            match answer {
+                Some(v) if v.len() == group.len() + 1 => {
+                    self.offset
+                        .store(v[0] as i64 - local_mid as i64, Ordering::Relaxed);
+                    for ((_, m, _), &tat) in group.iter().zip(&v[1..]) {
+                        m.fleet_tat.store(tat, Ordering::Release);
+                    }
                 }
-                Err(_) => Err(()),
-            };
-        match answer {
-            Ok(v) if v.len() == batch.len() + 1 => {
-                self.recovered();
-                let local_after = self.now_local_us();
-                let local_mid = (local_before + local_after) / 2;
-                self.offset
-                    .store(v[0] as i64 - local_mid as i64, Ordering::Relaxed);
-                for ((_, m, _), &tat) in batch.iter().zip(&v[1..]) {
-                    m.fleet_tat.store(tat, Ordering::Release);
-                }
-            }
-            _ => {
-                self.outage("sync failed");
-                // Fold what was admitted into this instance's own view, so the limit keeps
-                // holding locally and nothing piles up to be sent at once after the outage.
-                let now = self.now_us();
-                for (_, m, sent) in &batch {
-                    let tat = m.fleet_tat.load(Ordering::Acquire).max(now)
-                        + u64::from(*sent) * m.interval;
-                    m.fleet_tat.store(tat, Ordering::Release);
+                _ => {
+                    failed = true;
+                    // Fold what was admitted into this instance's own view, so the limit
+                    // keeps holding locally and nothing piles up to be sent after the outage.
+                    let now = self.now_us();
+                    for (_, m, sent) in group {
+                        let tat = m.fleet_tat.load(Ordering::Acquire).max(now)
+                            + u64::from(*sent) * m.interval;
+                        m.fleet_tat.store(tat, Ordering::Release);
+                    }
                 }
             }
+        }
+        if failed {
+            self.outage("sync failed");
+        } else {
+            self.recovered();
         }
         // Forget buckets idle for a while: their TAT is in Redis.
         if self.mirrors.len() > 100_000 {
             self.mirrors
                 .retain(|_, m| m.pending.load(Ordering::Relaxed) > 0 || Arc::strong_count(m) > 1);
+        }
+    }
+
+    /// One ADD call: `[now, tat…]` for `group`'s buckets, or `None` when Redis fails.
+    async fn add_counts(&self, group: &[Entry]) -> Option<Vec<u64>> {
+        let mut call = self.add.prepare_invoke();
+        for (key, m, sent) in group {
+            call.key(key);
+            call.arg(m.interval).arg(*sent);
+        }
+        let mut conn = self.redis.get()?;
+        match tokio::time::timeout(self.config.timeout, call.invoke_async(&mut conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.failed(&e);
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -456,7 +511,9 @@ impl Cluster {
 
     /// Tells the fleet that the keys changed (generation `generation` here).
     pub async fn announce(&self, generation: u64) {
-        let mut conn = self.redis.clone();
+        let Some(mut conn) = self.redis.get() else {
+            return self.outage("announcing a key change: not connected");
+        };
         let channel = self.channel();
         let sent: Result<Result<i64, _>, _> = tokio::time::timeout(
             self.config.timeout.max(Duration::from_secs(1)),
@@ -487,9 +544,19 @@ impl Cluster {
         let mut backoff = Duration::from_millis(100);
         loop {
             let subscribed = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(self.channel()).await?;
-                Ok::<_, redis::RedisError>(pubsub)
+                let mut last = None;
+                for client in &self.subscribe_to {
+                    match client.get_async_pubsub().await {
+                        Ok(mut pubsub) => {
+                            pubsub.subscribe(self.channel()).await?;
+                            return Ok(pubsub);
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Client, "no Redis to subscribe to"))
+                }))
             };
             match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
                 Ok(Ok(pubsub)) => {
@@ -534,7 +601,7 @@ return out
         for (id, t) in times {
             call.arg(id.as_str()).arg(*t);
         }
-        let mut conn = self.redis.clone();
+        let mut conn = self.redis.get()?;
         match tokio::time::timeout(
             Duration::from_secs(2),
             call.invoke_async::<Vec<u32>>(&mut conn),
@@ -551,7 +618,7 @@ return out
         if ids.is_empty() {
             return Some(Vec::new());
         }
-        let mut conn = self.redis.clone();
+        let mut conn = self.redis.get()?;
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(format!("{}last_used", self.config.prefix)).arg(ids);
         let query = cmd.query_async::<Vec<Option<u32>>>(&mut conn);
@@ -564,13 +631,19 @@ return out
 
     /// Connects and loads the scripts before the first request needs them.
     pub async fn warm(self: Arc<Self>) {
-        let mut conn = self.redis.clone();
+        if let Conn::Cluster(slot) = &self.redis {
+            let _ = tokio::time::timeout(Duration::from_secs(2), slot.connect()).await;
+        }
+        let Some(mut conn) = self.redis.get() else {
+            return self.outage("not answering at start");
+        };
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(Duration::from_secs(2), ping).await {
             Ok(Ok(_)) => {
                 let _ = self.decide.load_async(&mut conn).await;
                 let _ = self.add.load_async(&mut conn).await;
+                tracing::info!(redis = %self.config.redis, "connected to Redis");
             }
             _ => self.outage("not answering at start"),
         }
@@ -635,6 +708,98 @@ return out
             if started.elapsed() > self.config.sync_interval * 10 {
                 tracing::debug!(elapsed = ?started.elapsed(), "slow rate-limit sync");
             }
+        }
+    }
+}
+
+/// A bucket to sync: its Redis key, its mirror, and the count sent.
+type Entry = (String, Arc<Mirror>, u32);
+
+/// The `{…}` hash tag of a bucket key: the part a Redis Cluster hashes to pick the slot.
+fn hash_tag(key: &str) -> &str {
+    key.split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map_or(key, |(tag, _)| tag)
+}
+
+/// One Redis, or a Redis Cluster.
+enum Conn {
+    /// A multiplexed connection that reconnects by itself.
+    Single(ConnectionManager),
+    /// Connected in the background on first use, so no request waits for it.
+    Cluster(Arc<ClusterSlot>),
+}
+
+struct ClusterSlot {
+    client: ClusterClient,
+    connection: tokio::sync::OnceCell<ClusterConnection>,
+    connecting: AtomicBool,
+}
+
+impl ClusterSlot {
+    async fn connect(&self) {
+        let _ = self
+            .connection
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await;
+    }
+}
+
+impl Conn {
+    /// A connection to send on, or `None` while a cluster connection is still being made.
+    fn get(&self) -> Option<AnyConn> {
+        match self {
+            Conn::Single(m) => Some(AnyConn::Single(m.clone())),
+            Conn::Cluster(slot) => {
+                if let Some(c) = slot.connection.get() {
+                    return Some(AnyConn::Cluster(c.clone()));
+                }
+                if !slot.connecting.swap(true, Ordering::AcqRel) {
+                    let slot = slot.clone();
+                    tokio::spawn(async move {
+                        slot.connect().await;
+                        slot.connecting.store(false, Ordering::Release);
+                    });
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Either kind of connection, for the scripts and commands to run on.
+enum AnyConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for AnyConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            AnyConn::Single(c) => c.req_packed_command(cmd),
+            AnyConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            AnyConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AnyConn::Single(c) => c.get_db(),
+            AnyConn::Cluster(c) => c.get_db(),
         }
     }
 }

@@ -320,7 +320,10 @@ pub struct Server {
 /// `[cluster]`: Redis shared by several instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
+    /// One Redis's URL; with `nodes`, the first node's, for messages.
     pub redis: String,
+    /// `redis_cluster`: the seed nodes of a Redis Cluster (empty: one Redis).
+    pub nodes: Vec<String>,
     pub mode: ClusterMode,
     pub on_redis_error: OnRedisError,
     pub timeout: Duration,

@@ -22,30 +22,51 @@ const ADMIN_KEY: &str = "kg_fleet_admin_YWRtaW5GbGVldFNlY3JldDAxMjM0NTY3";
 struct Redis {
     port: u16,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (cluster mode).
+    extra: Vec<String>,
+}
+
+/// False (after saying why) when redis-server is not installed and `CI` is unset.
+fn redis_installed() -> bool {
+    let installed = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is not installed (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    }
+    installed
+}
+
+/// A free loopback port whose +10000 (a cluster node's bus port) is free too.
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair");
 }
 
 impl Redis {
-    /// `None` (after saying why) when redis-server is not installed and `CI` is unset.
+    /// `None` when redis-server is not installed (see [`redis_installed`]).
     fn start() -> Option<Redis> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed (.ci/run installs it)"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        if !redis_installed() {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Redis { port, child: None };
+        let port = free_port_pair();
+        let mut redis = Redis {
+            port,
+            child: None,
+            extra: Vec::new(),
+        };
         redis.run();
         Some(redis)
     }
@@ -65,6 +86,7 @@ impl Redis {
                 "--protected-mode",
                 "yes",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -113,6 +135,79 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster of three masters (no replicas), made with `redis-cli --cluster create`.
+struct RedisCluster {
+    nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    fn start(dir: &TempDir) -> Option<RedisCluster> {
+        if !redis_installed() {
+            return None;
+        }
+        let nodes: Vec<Redis> = (0..3)
+            .map(|i| {
+                let port = free_port_pair();
+                let mut node = Redis {
+                    port,
+                    child: None,
+                    extra: vec![
+                        "--cluster-enabled".into(),
+                        "yes".into(),
+                        "--cluster-config-file".into(),
+                        dir.join(&format!("nodes-{i}.conf")).display().to_string(),
+                        "--dir".into(),
+                        dir.path().display().to_string(),
+                    ],
+                };
+                node.run();
+                node
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let started = Instant::now();
+        for n in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli cluster info");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "the cluster never became ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Some(RedisCluster { nodes })
+    }
+
+    /// `redis_cluster = [...]` for `[cluster]`.
+    fn config_line(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"redis://127.0.0.1:{}\"", n.port))
+            .collect();
+        format!("redis_cluster = [{}]", urls.join(", "))
+    }
+}
+
 /// A config for one instance of the fleet: its own port, the shared Redis, `cluster` lines
 /// (mode, on_redis_error...), one target on `up`, then `rest`.
 fn instance_config(up: SocketAddr, redis: &Redis, cluster: &str, rest: &str) -> String {
@@ -124,13 +219,20 @@ fn instance_config(up: SocketAddr, redis: &Redis, cluster: &str, rest: &str) -> 
     )
 }
 
-/// Starts `n` keygate processes (the real binary), each with its own copy of `config`.
+/// Starts `n` keygate processes (the real binary), each with its own copy of `config`, and
+/// waits until each has connected to Redis.
 async fn fleet(dir: &TempDir, n: usize, config: &str) -> Vec<KeygateProcess> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let path = dir.join(&format!("instance-{i}.toml"));
         std::fs::write(&path, config).unwrap();
-        out.push(KeygateProcess::start(&path).await);
+        let mut p = KeygateProcess::start(&path).await;
+        // Requests before the first connection would fall back to the instance's own limits.
+        p.wait_log("the connection to Redis", |l| {
+            l.contains("connected to Redis")
+        })
+        .await;
+        out.push(p);
     }
     out
 }
@@ -443,4 +545,39 @@ async fn last_used_at_is_the_latest_use_on_any_instance() {
         Some(seen.as_str())
     );
     a.stop().await;
+}
+
+/// On a Redis Cluster (`redis_cluster = [...]`): one limit across two instances, for keys
+/// whose buckets live on different nodes, and a consumer's limit judged in the same script as
+/// its key's (their buckets share a hash tag, hence a slot).
+#[tokio::test]
+async fn a_redis_cluster_shares_limits_too() {
+    let dir = TempDir::new("cluster-redis-cluster");
+    let Some(rc) = RedisCluster::start(&dir) else {
+        return;
+    };
+    let up = start_upstream("up").await;
+    let keys = format!(
+        "[[consumers]]\nid = \"team\"\nrate_limit = \"6/minute\"\n\n{}{}",
+        key_toml("solo", FLEET_KEY, "rate_limit = \"5/minute\""),
+        key_toml(
+            "member",
+            OTHER_KEY,
+            "consumer = \"team\"\nrate_limit = \"100/minute\""
+        ),
+    );
+    let config = format!(
+        "{}[cluster]\n{}\nmode = \"strict\"\n\n{}{keys}",
+        server_toml("127.0.0.1:0", ""),
+        rc.config_line(),
+        target_toml("main", &format!("http://{}", up.addr), ""),
+    );
+    let gates = fleet(&dir, 2, &config).await;
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let seen = spread(&addrs, FLEET_KEY, 12, Duration::ZERO).await;
+    assert_eq!(count(&seen, 200, ""), 5, "{seen:?}");
+    // The member's own 100/minute is not what binds: its consumer's 6/minute is.
+    let seen = spread(&addrs, OTHER_KEY, 12, Duration::ZERO).await;
+    assert_eq!(count(&seen, 200, ""), 6, "{seen:?}");
+    assert_eq!(count(&seen, 429, "rate_limited"), 6, "{seen:?}");
 }

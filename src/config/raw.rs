@@ -68,7 +68,7 @@ pub struct RawConfig<'a> {
     /// `[metrics]`: a listener of its own for `/metrics` (the admin API serves it too).
     pub metrics: Option<RawMetrics>,
     /// `[cluster]`: rate limits and key changes shared through Redis.
-    pub cluster: Option<RawCluster>,
+    pub cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     pub admin_keys: Vec<RawAdminKey>,
     #[serde(default)]
@@ -137,8 +137,10 @@ pub struct RawMetrics {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
-    /// `redis://` or `rediss://` URL.
-    pub redis: Spanned<String>,
+    /// `redis://` or `rediss://` URL of one Redis.
+    pub redis: Option<Spanned<String>>,
+    /// Or the seed nodes of a Redis Cluster.
+    pub redis_cluster: Option<Spanned<Vec<String>>>,
     /// `"strict"` or `"local-sync"`.
     pub mode: Option<Spanned<String>>,
     /// `"allow"`, `"deny"` or `"local"`.

@@ -417,7 +417,10 @@ pub fn validate(
         server.as_ref(),
         admin.as_ref(),
     );
-    let cluster = raw.cluster.as_ref().and_then(|r| cluster(&mut c, r));
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|r| cluster(&mut c, r.get_ref(), r.span()));
     let (targets, target_names) = targets(&mut c, &raw.targets);
     let keys_path = raw
         .keys_file
@@ -503,20 +506,61 @@ pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 
 /// `[cluster]`: the Redis URL and how rate limits use it.
-fn cluster(c: &mut Checker<'_>, raw: &RawCluster) -> Option<ClusterConfig> {
+fn cluster(c: &mut Checker<'_>, raw: &RawCluster, table: Range<usize>) -> Option<ClusterConfig> {
     const S: &str = "[cluster]";
-    let url = raw.redis.get_ref();
-    let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
-        .iter()
-        .any(|s| url.starts_with(s))
-        && redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_ok();
-    if !ok {
-        c.error(
-            raw.redis.span(),
-            S,
-            format!("redis: {url:?} is not a redis:// or rediss:// URL"),
-        );
-    }
+    let valid = |url: &str| {
+        ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|s| url.starts_with(s))
+            && redis::IntoConnectionInfo::into_connection_info(url).is_ok()
+    };
+    let (url, nodes, ok) = match (&raw.redis, &raw.redis_cluster) {
+        (Some(r), None) => {
+            let ok = valid(r.get_ref());
+            if !ok {
+                c.error(
+                    r.span(),
+                    S,
+                    format!(
+                        "redis: {:?} is not a redis:// or rediss:// URL",
+                        r.get_ref()
+                    ),
+                );
+            }
+            (r.get_ref().clone(), Vec::new(), ok)
+        }
+        (None, Some(list)) => {
+            let bad: Vec<&String> = list.get_ref().iter().filter(|u| !valid(u)).collect();
+            let ok = !list.get_ref().is_empty() && bad.is_empty();
+            if !ok {
+                c.error(
+                    list.span(),
+                    S,
+                    format!(
+                        "redis_cluster: a list of redis:// or rediss:// node URLs; not URLs: {bad:?}"
+                    ),
+                );
+            }
+            let first = list.get_ref().first().cloned().unwrap_or_default();
+            (first, list.get_ref().clone(), ok)
+        }
+        (Some(r), Some(_)) => {
+            c.error(
+                r.span(),
+                S,
+                "redis and redis_cluster: give one Redis or one Redis Cluster, not both",
+            );
+            (String::new(), Vec::new(), false)
+        }
+        (None, None) => {
+            c.error(
+                table,
+                S,
+                "[cluster] needs redis = \"redis://…\" or redis_cluster = [\"redis://…\", …]",
+            );
+            (String::new(), Vec::new(), false)
+        }
+    };
     let mode = match raw.mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
         None | Some((_, "strict")) => ClusterMode::Strict,
         Some((_, "local-sync")) => ClusterMode::LocalSync,
@@ -566,7 +610,8 @@ fn cluster(c: &mut Checker<'_>, raw: &RawCluster) -> Option<ClusterConfig> {
         }
     };
     ok.then_some(ClusterConfig {
-        redis: url.clone(),
+        redis: url,
+        nodes,
         mode,
         on_redis_error,
         timeout,
