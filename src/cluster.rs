@@ -118,11 +118,14 @@ fn interval_us(rate: Rate) -> u64 {
 
 /// One bucket of the fleet as a `local-sync` instance sees it.
 struct Mirror {
+    /// Its key in Redis.
+    key: String,
     interval: u64,
     burst: u32,
-    /// The fleet's TAT at the last sync, in Redis µs.
-    fleet_tat: AtomicU64,
-    /// Requests this instance admitted since the last sync.
+    /// This instance's GCRA TAT, in Redis µs: the fleet's as of the last sync, plus what this
+    /// instance admitted since.
+    tat: AtomicU64,
+    /// Requests this instance admitted since the last sync, to be added to the fleet's.
     pending: AtomicU32,
     /// Used since the last sync (or pending): worth syncing.
     active: AtomicBool,
@@ -132,40 +135,46 @@ impl Mirror {
     /// Takes one request at `now` (Redis µs): `Ok(remaining)` or `Err(wait in µs)`.
     fn take(&self, now: u64) -> Result<u32, u64> {
         self.active.store(true, Ordering::Relaxed);
-        let mut pending = self.pending.load(Ordering::Acquire);
+        let burst = u64::from(self.burst) * self.interval;
+        let mut current = self.tat.load(Ordering::Acquire);
         loop {
-            let base = self.fleet_tat.load(Ordering::Acquire).max(now);
-            let tat = base + (u64::from(pending) + 1) * self.interval;
-            let allow_at = tat.saturating_sub(u64::from(self.burst) * self.interval);
+            let tat = current.max(now) + self.interval;
+            let allow_at = tat.saturating_sub(burst);
             if allow_at > now {
                 return Err(allow_at - now);
             }
-            match self.pending.compare_exchange_weak(
-                pending,
-                pending + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self
+                .tat
+                .compare_exchange_weak(current, tat, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
+                    self.pending.fetch_add(1, Ordering::AcqRel);
                     let remaining = (now - allow_at) / self.interval;
                     return Ok(u32::try_from(remaining).unwrap_or(u32::MAX).min(self.burst));
                 }
-                Err(p) => pending = p,
+                Err(t) => current = t,
             }
         }
     }
 
+    /// Undoes a `take` (the other bucket of the request refused it).
     fn give_back(&self) {
         let _ = self
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
+        self.tat.fetch_sub(self.interval, Ordering::AcqRel);
+    }
+
+    /// After a sync: the fleet's TAT, plus what this instance admitted since the counts were
+    /// sent.
+    fn synced(&self, fleet_tat: u64) {
+        let since = u64::from(self.pending.load(Ordering::Acquire)) * self.interval;
+        self.tat.store(fleet_tat + since, Ordering::Release);
     }
 
     /// Seconds until the bucket is full again, as of `now`.
     fn reset(&self, now: u64) -> u64 {
-        let tat = self.fleet_tat.load(Ordering::Acquire).max(now)
-            + u64::from(self.pending.load(Ordering::Acquire)) * self.interval;
-        (tat - now).div_ceil(1_000_000)
+        (self.tat.load(Ordering::Acquire).max(now) - now).div_ceil(1_000_000)
     }
 }
 
@@ -179,7 +188,7 @@ pub struct Cluster {
     decide: redis::Script,
     add: redis::Script,
     /// `local-sync` buckets by their Redis key.
-    mirrors: DashMap<String, Arc<Mirror>>,
+    mirrors: DashMap<MirrorId, Arc<Mirror>>,
     /// Redis µs minus this host's wall-clock µs, learned at each sync.
     offset: AtomicI64,
     up: AtomicBool,
@@ -387,18 +396,28 @@ impl Cluster {
         Ok(status)
     }
 
+    /// The view of one bucket; found without building its Redis key, which only a new one
+    /// needs (the request path allocates nothing here once a bucket is known).
     fn mirror(&self, shared: &Shared, scope: Scope, id: &Id, rate: Rate) -> Arc<Mirror> {
-        let key = self.bucket_key(shared, scope, id, rate);
-        if let Some(m) = self.mirrors.get(&key) {
+        let tag = shared.consumer.as_ref().map(|(c, _)| c.clone());
+        let mid = MirrorId {
+            scope: scope == Scope::Key,
+            id: id.clone(),
+            tag,
+            count: rate.count.get(),
+            per: rate.per,
+        };
+        if let Some(m) = self.mirrors.get(&mid) {
             return m.clone();
         }
         self.mirrors
-            .entry(key)
+            .entry(mid)
             .or_insert_with(|| {
                 Arc::new(Mirror {
+                    key: self.bucket_key(shared, scope, id, rate),
                     interval: interval_us(rate),
                     burst: rate.count.get(),
-                    fleet_tat: AtomicU64::new(0),
+                    tat: AtomicU64::new(0),
                     pending: AtomicU32::new(0),
                     active: AtomicBool::new(true),
                 })
@@ -426,7 +445,7 @@ impl Cluster {
                 continue;
             }
             let sent = m.pending.swap(0, Ordering::AcqRel);
-            batch.push((entry.key().clone(), m.clone(), sent));
+            batch.push((m.key.clone(), m.clone(), sent));
         }
         if batch.is_empty() {
             return;
@@ -453,20 +472,13 @@ impl Cluster {
                     self.offset
                         .store(v[0] as i64 - local_mid as i64, Ordering::Relaxed);
                     for ((_, m, _), &tat) in group.iter().zip(&v[1..]) {
-                        m.fleet_tat.store(tat, Ordering::Release);
+                        m.synced(tat);
                     }
                 }
-                _ => {
-                    failed = true;
-                    // Fold what was admitted into this instance's own view, so the limit
-                    // keeps holding locally and nothing piles up to be sent after the outage.
-                    let now = self.now_us();
-                    for (_, m, sent) in group {
-                        let tat = m.fleet_tat.load(Ordering::Acquire).max(now)
-                            + u64::from(*sent) * m.interval;
-                        m.fleet_tat.store(tat, Ordering::Release);
-                    }
-                }
+                // What was sent is lost to the fleet, but already in each mirror's own TAT:
+                // the limit keeps holding on this instance, and nothing piles up to be sent
+                // at once after the outage.
+                _ => failed = true,
             }
         }
         if failed {
@@ -712,6 +724,18 @@ return out
     }
 }
 
+/// What a `local-sync` bucket is known by: the same as its Redis key, unformatted.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct MirrorId {
+    /// The key's bucket (else its consumer's).
+    scope: bool,
+    id: Id,
+    /// The consumer whose hash tag the bucket shares.
+    tag: Option<Id>,
+    count: u32,
+    per: Duration,
+}
+
 /// A bucket to sync: its Redis key, its mirror, and the count sent.
 type Entry = (String, Arc<Mirror>, u32);
 
@@ -801,5 +825,87 @@ impl redis::aio::ConnectionLike for AnyConn {
             AnyConn::Single(c) => c.get_db(),
             AnyConn::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn mirror(count: u32, per: Duration) -> Mirror {
+        let rate = Rate {
+            count: NonZeroU32::new(count).unwrap(),
+            per,
+        };
+        Mirror {
+            key: String::new(),
+            interval: interval_us(rate),
+            burst: count,
+            tat: AtomicU64::new(0),
+            pending: AtomicU32::new(0),
+            active: AtomicBool::new(false),
+        }
+    }
+
+    /// GCRA at an exact `now`: a burst of `count`, then one request per interval; what the
+    /// fleet has taken (its TAT, learned at a sync) counts as if taken here.
+    #[test]
+    fn a_mirror_is_gcra_over_the_fleets_tat_plus_what_it_admitted() {
+        let m = mirror(4, Duration::from_secs(4)); // one a second, burst 4
+        let t0 = 1_000_000_000;
+        for left in [3, 2, 1, 0] {
+            assert_eq!(m.take(t0), Ok(left));
+        }
+        assert_eq!(
+            m.take(t0),
+            Err(1_000_000),
+            "the next one in exactly a second"
+        );
+        assert_eq!(m.take(t0 + 999_999), Err(1));
+        assert_eq!(m.take(t0 + 1_000_000), Ok(0));
+        assert!(m.active.load(Ordering::Relaxed));
+        assert_eq!(m.reset(t0 + 1_000_000), 4, "full again 4 s later");
+
+        // A sync: this instance's 5 reach Redis, where another instance had taken 2 more.
+        assert_eq!(m.pending.swap(0, Ordering::AcqRel), 5);
+        m.synced(t0 + 7_000_000);
+        assert_eq!(m.take(t0 + 3_000_000), Err(1_000_000));
+        assert_eq!(m.take(t0 + 4_000_000), Ok(0));
+        assert_eq!(m.reset(t0 + 4_000_000), 4);
+        // Admitted after the counts were sent: kept on top of the fleet's TAT.
+        m.synced(t0 + 7_000_000);
+        assert_eq!(m.reset(t0 + 4_000_000), 4);
+        // Giving back undoes a take.
+        assert_eq!(m.take(t0 + 5_000_000), Ok(0));
+        m.give_back();
+        assert_eq!(m.pending.load(Ordering::Relaxed), 1);
+        assert_eq!(m.take(t0 + 5_000_000), Ok(0));
+    }
+
+    #[test]
+    fn bucket_keys_share_the_consumers_hash_tag_and_name_the_rate() {
+        let id = |s| Id::new(s).unwrap();
+        let rate = Rate {
+            count: NonZeroU32::new(10).unwrap(),
+            per: Duration::from_secs(60),
+        };
+        let shared = Shared {
+            key: Some((id("k1"), rate)),
+            consumer: Some((id("acme"), rate)),
+        };
+        let key = format!(
+            "{}rl:{{{}}}:{}:{}:{}/{}",
+            "keygate:", "acme", "key", "k1", 10, 60_000
+        );
+        assert_eq!(hash_tag(&key), "acme");
+        assert_eq!(interval_us(rate), 6_000_000);
+        let alone = Shared {
+            key: Some((id("k1"), rate)),
+            consumer: None,
+        };
+        assert!(!alone.is_empty());
+        assert_eq!(shared.buckets().count(), 2);
+        assert_eq!(hash_tag("no-tag"), "no-tag");
     }
 }
