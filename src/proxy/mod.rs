@@ -60,7 +60,9 @@ pub struct Proxy {
     /// Start of the monotonic time the failed-attempt table counts in.
     epoch: Instant,
     pool: Arc<pool::Pool>,
-    observer: Observer,
+    /// This worker's own: each request holds a reference while its response is sent, and a
+    /// count shared by the workers would be an atomic both cores write on every request.
+    observer: Arc<Observer>,
     /// `[cluster]`: rate limits shared with the other instances.
     cluster: Option<Arc<Cluster>>,
 }
@@ -85,7 +87,7 @@ impl Proxy {
             failures: Arc::new(FailedAuth::default()),
             epoch: Instant::now(),
             pool,
-            observer,
+            observer: Arc::new(observer),
             cluster: None,
         }
     }
@@ -105,7 +107,7 @@ impl Proxy {
             failures: self.failures.clone(),
             epoch: self.epoch,
             pool: pool::Pool::new(Connector::new(self.published.clone())),
-            observer: self.observer.clone(),
+            observer: Arc::new(Observer::clone(&self.observer)),
             cluster: self.cluster.clone(),
         }
     }

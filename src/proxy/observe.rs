@@ -254,7 +254,7 @@ struct Line {
 
 /// One request, from its head to the end of its response.
 pub struct Exchange {
-    observer: Observer,
+    observer: Arc<Observer>,
     activity: Option<Arc<Activity>>,
     started: Instant,
     method: MethodClass,
@@ -270,7 +270,7 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn begin(
-        observer: &Observer,
+        observer: &Arc<Observer>,
         req: &Request<Incoming>,
         request_id: &HeaderValue,
         started: Instant,
