@@ -3,7 +3,10 @@
 //! binary and a debug build of benches/load/loadgen.rs. It checks that the script exits 0, that
 //! its JSON has every case and gate with requests and no errors, and that it left no process
 //! behind. Skips (passes, saying why) where nginx, haproxy, wrk, curl or python3 is missing; CI
-//! installs them (.ci/run). The figures themselves are not looked at: this is not a benchmark.
+//! installs them (.ci/run). Where redis-server is installed it also checks the cluster case
+//! (keygate alone, then with `[cluster]` strict and local-sync against the script's own
+//! redis-server) at the first size; without it the script leaves that case out. The figures
+//! themselves are not looked at: this is not a benchmark.
 //!
 //! Also runs the unit tests of loadgen.rs (its histogram, target and duration parsing), which
 //! cargo does not run for an example.
@@ -244,6 +247,46 @@ fn smoke_run_of_the_load_harness() {
             .is_some(),
         "the table-size ratio for keep-alive"
     );
+    if have("redis-server") && have("redis-cli") {
+        let cluster = &tables["100"]["cases"]["cluster"];
+        assert!(
+            cluster.is_object(),
+            "no cluster case at 100 keys though redis-server is installed:\n{output}"
+        );
+        for config in ["local", "strict", "local-sync"] {
+            let m = &cluster["medians"][config];
+            assert!(
+                m["requests"].as_u64().unwrap_or(0) > 0,
+                "cluster/{config}: no requests:\n{output}"
+            );
+            assert_eq!(
+                m["errors"].as_u64(),
+                Some(0),
+                "cluster/{config}: errors:\n{output}"
+            );
+            assert!(m["p99_ms"].as_f64().is_some(), "cluster/{config}: p99");
+        }
+        // strict asks Redis once per request; local-sync once per sync_interval.
+        let calls = |c: &str| cluster["medians"][c]["redis_scripts_per_req"].as_f64();
+        assert!(
+            calls("strict").is_some_and(|x| x > 0.9),
+            "strict: Redis calls per request {:?}:\n{output}",
+            calls("strict")
+        );
+        assert!(
+            calls("local-sync").is_some_and(|x| x < 0.5),
+            "local-sync: Redis calls per request {:?}:\n{output}",
+            calls("local-sync")
+        );
+        assert!(
+            tables["1000"]["cases"].get("cluster").is_none(),
+            "the cluster case runs at the first table size only"
+        );
+        assert!(
+            output.contains("Redis calls/req"),
+            "the cluster table:\n{output}"
+        );
+    }
     for needle in ["h2c (HTTP/2", "constant rate", "p99 +ms", "Table size:"] {
         assert!(
             output.contains(needle),

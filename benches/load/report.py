@@ -3,9 +3,10 @@
 
 Usage: report.py RAW.tsv OUT.json --meta META.tsv [--conns N ...]   (called by benches/load/run.sh)
 RAW.tsv lines: keys, case, config, round, cpu ticks of the gate during the run, CLK_TCK, RSS kB,
-tool (wrk or loadgen), the tool's output file.
-META.tsv lines (one per table size): keys, keygate start s, constant rate (or -), how the rate
-was chosen (or -), the cases run at that size.
+tool (wrk or loadgen), the tool's output file; the cluster case adds redis-server's cpu ticks
+during the run and the scripts (EVAL/EVALSHA calls) Redis ran during it.
+META.tsv lines (one per table size): keys, keygate start s (or -), constant rate (or -), how the
+rate was chosen (or -), the cases run at that size.
 Exits non-zero if any request failed (non-2xx answers or socket errors). Stdlib only.
 """
 
@@ -27,7 +28,12 @@ CASE_TITLES = {
     "h2c": "h2c (HTTP/2, prior knowledge), saturation",
     "post": "HTTP/1.1 keep-alive, 1 MB POST body",
     "rate": "HTTP/1.1 keep-alive at a constant rate",
+    "cluster": "HTTP/1.1 keep-alive, keygate's rate limits shared through Redis ([cluster])",
 }
+# The cluster case: keygate alone, then with [cluster] in each mode, against one redis-server.
+CLUSTER_CONFIGS = ["local", "strict", "local-sync"]
+CLUSTER_FIELDS = ["rps", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_100k", "rss_mb",
+                  "redis_cpu_s_per_100k", "redis_scripts_per_req"]
 # Below this share of the target rate a constant-rate run did not really run at that rate.
 RATE_SHORTFALL = 0.95
 
@@ -96,8 +102,77 @@ def fmt(x, nd=2):
 FIELDS = ["rps", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_100k", "rss_mb"]
 
 
+def cluster_table(rs, keys, a):
+    """keygate local vs strict vs local-sync: medians, ratios to local, p99 added over local."""
+    medians = {}
+    for c in CLUSTER_CONFIGS:
+        mine = [r for r in rs if r["config"] == c]
+        m = {f: med([r.get(f) for r in mine]) for f in CLUSTER_FIELDS}
+        for f in ["errors", "non_2xx", "socket_errors", "requests", "redis_scripts"]:
+            m[f] = sum(r.get(f) or 0 for r in mine)
+        m["runs"] = len(mine)
+        medians[c] = m
+
+    def ratio(c, f):
+        x, y = medians[c][f], medians["local"][f]
+        return x / y if x is not None and y not in (None, 0) else None
+
+    ratios = {f"{c}/local": {f: ratio(c, f) for f in CLUSTER_FIELDS[:6]} for c in CLUSTER_CONFIGS[1:]}
+    # p99 added over local: per round, config minus local (adjacent runs), then the median.
+    added = {}
+    for c in CLUSTER_CONFIGS:
+        diffs = []
+        for r in rs:
+            if r["config"] != c:
+                continue
+            base = [x for x in rs if x["config"] == "local" and x["round"] == r["round"]]
+            if base and r["p99_ms"] is not None and base[0]["p99_ms"] is not None:
+                diffs.append(r["p99_ms"] - base[0]["p99_ms"])
+        added[c] = med(diffs)
+
+    print()
+    print(
+        f"{CASE_TITLES['cluster']}: {keys} keys, each rate_limit = \"{a.cluster_rate}\", "
+        f"wrk -t{a.threads} -c{a.conns} -d{a.duration}, {a.lua_keys} distinct keys in the load, "
+        f"medians of {a.rounds} interleaved round(s)"
+    )
+    hdr = (
+        f"{'config':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'p99 +ms':>9}"
+        f"{'kg CPU s/100k':>15}{'Redis CPU s/100k':>18}{'Redis calls/req':>17}{'errors':>8}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for c in CLUSTER_CONFIGS:
+        m = medians[c]
+        print(
+            f"{c:<18}{fmt(m['rps'], 0):>10}{fmt(m['p50_ms'], 3):>9}{fmt(m['p99_ms'], 3):>9}"
+            f"{fmt(m['p999_ms'], 3):>10}{fmt(added.get(c), 3):>9}"
+            f"{fmt(m['cpu_s_per_100k'], 3):>15}{fmt(m['redis_cpu_s_per_100k'], 3):>18}"
+            f"{fmt(m['redis_scripts_per_req'], 4):>17}{m['errors']:>8}"
+        )
+    for name, rr in ratios.items():
+        print(
+            f"{name:<18}{fmt(rr['rps']):>10}{fmt(rr['p50_ms']):>9}{fmt(rr['p99_ms']):>9}"
+            f"{fmt(rr['p999_ms']):>10}{'':>9}{fmt(rr['cpu_s_per_100k']):>15}"
+        )
+    print(
+        "(p99 +ms: p99 added over local, the median over rounds of config p99 - local p99; "
+        "kg CPU: keygate's utime+stime;\n Redis CPU: redis-server's; Redis calls/req: EVAL/EVALSHA "
+        "calls Redis ran per request, one round trip each; local has no [cluster])"
+    )
+    return {
+        "title": CASE_TITLES["cluster"],
+        "rate_limit": a.cluster_rate,
+        "medians": medians,
+        "ratios": ratios,
+        "p99_added_over_local_ms": added,
+    }
+
+
 def case_table(case, rs, keys, a, rate, basis):
     """Medians, ratios and (rate) p99 added over direct for one case at one table size; prints it."""
+    if case == "cluster":
+        return cluster_table(rs, keys, a)
     medians = {}
     for c in CONFIGS:
         mine = [r for r in rs if r["config"] == c]
@@ -189,13 +264,23 @@ def main() -> int:
     for k in ["conns", "threads", "rounds", "lua-keys", "h2-conns", "h2-streams", "wall-s"]:
         p.add_argument(f"--{k}", type=int)
     p.add_argument("--duration")
+    p.add_argument("--cluster-rate")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args()
 
     runs = []
     for line in open(a.raw, encoding="utf-8"):
-        keys, case, c, r, ticks, tck, rss, tool, path = line.rstrip("\n").split("\t")
+        fields = line.rstrip("\n").split("\t")
+        keys, case, c, r, ticks, tck, rss, tool, path = fields[:9]
         w = parse_wrk(path) if tool == "wrk" else parse_loadgen(path)
+        if len(fields) == 11:  # the cluster case: redis-server's cpu ticks and scripts run
+            redis_s, scripts = int(fields[9]) / int(tck), int(fields[10])
+            w.update(
+                redis_cpu_s=redis_s,
+                redis_cpu_s_per_100k=redis_s / max(w["requests"], 1) * 1e5,
+                redis_scripts=scripts,
+                redis_scripts_per_req=scripts / max(w["requests"], 1),
+            )
         cpu_s = int(ticks) / int(tck)
         w.update(
             keys=int(keys),
@@ -215,7 +300,7 @@ def main() -> int:
         metas.append(
             {
                 "keys": int(keys),
-                "keygate_start_s": float(start_s),
+                "keygate_start_s": None if start_s == "-" else float(start_s),
                 "rate": None if rate == "-" else float(rate),
                 "basis": None if basis == "-" else basis,
                 "cases": cases.split(),
@@ -246,7 +331,8 @@ def main() -> int:
     print("(direct has no gate process, so no CPU or RSS; CPU is the gate's processes' utime+stime;")
     print(" RSS is summed over the gate's processes, so nginx's master and workers count shared pages twice)")
     for meta in metas:
-        print(f"keygate start with {meta['keys']} keys (launch to first answer): {meta['keygate_start_s']:.2f} s")
+        if meta["keygate_start_s"] is not None:
+            print(f"keygate start with {meta['keys']} keys (launch to first answer): {meta['keygate_start_s']:.2f} s")
 
     # Cost against the table size: throughput at each larger table / at the first one.
     scaling = {}
@@ -256,7 +342,7 @@ def main() -> int:
             n = meta["keys"]
             per_case = {}
             for case in meta["cases"]:
-                if case == "rate" or case not in tables[str(base)]["cases"]:
+                if case in ("rate", "cluster") or case not in tables[str(base)]["cases"]:
                     continue  # a constant rate is the same at every size; see its latencies
                 big = tables[str(n)]["cases"][case]["medians"]
                 small = tables[str(base)]["cases"][case]["medians"]
@@ -288,6 +374,7 @@ def main() -> int:
             "wrk": {"threads": a.threads, "connections": a.conns},
             "h2c": {"connections": a.h2_conns, "streams": a.h2_streams, "threads": a.threads},
             "rate": {"connections": a.conns, "threads": a.threads},
+            "cluster": {"connections": a.conns, "threads": a.threads, "rate_limit": a.cluster_rate},
         },
         "tables": tables,
         "scaling": scaling,

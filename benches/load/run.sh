@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# keygate load harness: direct vs nginx vs HAProxy vs keygate, same N keys, one command.
+# keygate load harness: direct vs nginx vs HAProxy vs keygate, same N keys, one command; and
+# keygate alone vs keygate with its rate limits shared through Redis ([cluster]).
 #
 #   benches/load/run.sh                          # the standard run (see docs/performance.md)
 #   KEYS=10000 ROUNDS=1 benches/load/run.sh      # quicker: one table size, one round
@@ -7,10 +8,14 @@
 #
 # Environment (defaults in brackets; SMOKE=1 changes the ones marked *):
 #   KEYS*        table sizes, each measured with every gate restarted ["10000 1000000"]
-#   CASES        ["keepalive close h2c post rate"]: HTTP/1.1 keep-alive (wrk), a new connection
-#                per request (wrk), h2c at saturation (loadgen), a 1 MB POST body over keep-alive
-#                (wrk), a constant rate over HTTP/1.1 keep-alive (loadgen)
-#   BIG_CASES*   the cases run at the table sizes after the first [= CASES]
+#   CASES        ["keepalive close h2c post rate cluster"]: HTTP/1.1 keep-alive (wrk), a new
+#                connection per request (wrk), h2c at saturation (loadgen), a 1 MB POST body over
+#                keep-alive (wrk), a constant rate over HTTP/1.1 keep-alive (loadgen), and
+#                cluster: the keep-alive load through three keygates whose keys all have a
+#                rate_limit too high to refuse (CLUSTER_RATE): local (no [cluster]), strict and
+#                local-sync ([cluster] on a redis-server of its own); first table size only
+#   BIG_CASES*   the cases run at the table sizes after the first [= CASES without cluster]
+#   CLUSTER_RATE ["100000000/second"] the rate_limit every key gets in the cluster case
 #   ROUNDS* [3]  DURATION* [5s]  CONNS [32]  THREADS [1] (wrk -t, loadgen --threads)
 #   H2_CONNS [4] H2_STREAMS [8]  h2c: connections x concurrent streams (32 in flight, like CONNS)
 #   RATE         constant rate in req/s [unset: RATE_FRACTION of nginx's keep-alive throughput,
@@ -21,7 +26,8 @@
 #   KEYGATE_BIN, LOADGEN_BIN  prebuilt binaries [unset: cargo build --release (SMOKE: debug)]
 #   KEY_CACHE [target/load-keys]  generated key sets, reused by N and generator ("" = no cache)
 #   TOTAL_TIMEOUT* [2400 s] bound on the whole script   KEEP_WORK=1 keeps configs and logs
-#   NO_INSTALL=1 skips (exit 0) instead of apt-get installing nginx-light, haproxy, wrk
+#   NO_INSTALL=1 skips (exit 0) instead of apt-get installing nginx-light, haproxy, wrk; a
+#                missing redis-server only leaves the cluster case out
 #   KG_ACCESS_LOG=1 writes keygate's JSON access log to a file [off, like the nginx and HAProxy gates]
 #   KEYGATE_LOG [warn]  OUT [benches/load/results.json; SMOKE: benches/load/results-smoke.json]
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
@@ -45,8 +51,14 @@ if [[ -z "${KG_LOAD_INNER:-}" ]]; then
 fi
 
 KEYS="${KEYS:-10000 1000000}"
-CASES="${CASES:-keepalive close h2c post rate}"
-BIG_CASES="${BIG_CASES:-$CASES}"
+CASES="${CASES:-keepalive close h2c post rate cluster}"
+without_case() { # case cases...: the cases but that one
+  local drop=$1 c out=""; shift
+  for c in "$@"; do [[ $c == "$drop" ]] || out+="${out:+ }$c"; done
+  echo "$out"
+}
+BIG_CASES="${BIG_CASES-$(without_case cluster $CASES)}"
+CLUSTER_RATE="${CLUSTER_RATE:-100000000/second}"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5s}"
 CONNS="${CONNS:-32}"
@@ -61,7 +73,7 @@ WARMUP="${WARMUP:-1s}"
 KEY_CACHE="${KEY_CACHE-$ROOT/target/load-keys}"
 OUT="${OUT:-$HERE/results.json}"
 export KEYGATE_LOG="${KEYGATE_LOG:-warn}"
-ALL_CASES="keepalive close h2c post rate"
+ALL_CASES="keepalive close h2c post rate cluster"
 for case in $CASES $BIG_CASES; do
   [[ " $ALL_CASES " == *" $case "* ]] || { echo "[load] unknown case $case ($ALL_CASES)" >&2; exit 2; }
 done
@@ -80,6 +92,15 @@ need_install=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_install+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || need_install+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need_install+=(wrk)
+if [[ " $CASES " == *" cluster "* ]] && ! command -v redis-server >/dev/null 2>&1; then
+  if [[ -n "${NO_INSTALL:-}" ]]; then
+    log "redis-server not installed (NO_INSTALL is set): leaving the cluster case out"
+    CASES=$(without_case cluster $CASES)
+    [[ -n "$CASES" ]] || skip "redis-server not installed (NO_INSTALL is set) and no other case asked for"
+  else
+    need_install+=(redis-server)  # our own redis-server on a free port; the package's own is unused
+  fi
+fi
 if ((${#need_install[@]})); then
   [[ -n "${NO_INSTALL:-}" ]] && skip "${need_install[*]} not installed (NO_INSTALL is set)"
   log "installing ${need_install[*]}"
@@ -91,6 +112,9 @@ export PATH="$PATH:/usr/sbin:/sbin"
 for t in nginx haproxy wrk curl python3; do
   command -v "$t" >/dev/null 2>&1 || skip "$t not found"
 done
+if [[ " $CASES " == *" cluster "* ]]; then
+  for t in redis-server redis-cli; do command -v "$t" >/dev/null 2>&1 || skip "$t not found"; done
+fi
 CARGO="${CARGO:-cargo}"
 if [[ -z "${KEYGATE_BIN:-}" || -z "${LOADGEN_BIN:-}" ]]; then
   command -v "$CARGO" >/dev/null 2>&1 || skip "cargo not found (or set KEYGATE_BIN and LOADGEN_BIN)"
@@ -347,6 +371,7 @@ port_of() { # config proto(h1|h2c)
     nginx:h1) echo "$NGX_PORT" ;; nginx:h2c) echo "$NGX_H2_PORT" ;;
     haproxy:h1) echo "$HAP_PORT" ;; haproxy:h2c) echo "$HAP_H2_PORT" ;;
     keygate:*) echo "$KG_PORT" ;;
+    local:* | strict:* | local-sync:*) echo "${CL_PORT[$1]}" ;;
   esac
 }
 
@@ -390,6 +415,7 @@ gate_pids() { # name -> pids of the gate's processes
     nginx) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
     haproxy) echo "$HAP_PID $(pgrep -P "$HAP_PID" | tr '\n' ' ')" ;;
     keygate) echo "$KG_PID" ;;
+    local | strict | local-sync) echo "${CL_PID[$1]}" ;;
   esac
 }
 cpu_ticks() { local t=0 p s; for p in "$@"; do
@@ -404,12 +430,17 @@ RAW="$WORK/raw.tsv"; : >"$RAW"
 META="$WORK/meta.tsv"; : >"$META"
 
 run_one() { # n keysdir case config round [rate]
-  local n=$1 kd=$2 case=$3 c=$4 r=$5 rate=${6:-} pids t0 t1 rss out tool
+  local n=$1 kd=$2 case=$3 c=$4 r=$5 rate=${6:-} pids t0 t1 rss out tool extra=""
+  local redis_t0 redis_c0 redis_t1 redis_c1
   pids=$(gate_pids "$c")
   out="$WORK/n$n/$case-$c-$r.out"
+  if [[ $case == cluster ]]; then
+    redis_c0=$(redis_scripts) || die "redis-server does not answer INFO"
+    redis_t0=$(cpu_ticks "$REDIS_PID")
+  fi
   t0=$(cpu_ticks $pids)
   case "$case" in
-    keepalive | close | post)
+    keepalive | close | post | cluster)
       tool=wrk
       local lua="$kd/keys.lua"
       [[ $case == close ]] && lua="$kd/keys-close.lua"
@@ -432,7 +463,12 @@ run_one() { # n keysdir case config round [rate]
   esac
   t1=$(cpu_ticks $pids)
   rss=$(rss_kb $pids)
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$case" "$c" "$r" "$((t1 - t0))" "$CLK_TCK" "$rss" "$tool" "$out" >>"$RAW"
+  if [[ $case == cluster ]]; then
+    redis_t1=$(cpu_ticks "$REDIS_PID")
+    redis_c1=$(redis_scripts) || die "redis-server does not answer INFO"
+    extra=$(printf '\t%s\t%s' "$((redis_t1 - redis_t0))" "$((redis_c1 - redis_c0))")
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s%s\n' "$n" "$case" "$c" "$r" "$((t1 - t0))" "$CLK_TCK" "$rss" "$tool" "$out" "$extra" >>"$RAW"
   if [[ $tool == wrk ]]; then
     log "n=$n round $r/$ROUNDS $case $c: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')"
   else
@@ -456,6 +492,139 @@ print(statistics.median(xs) if xs else "")
 PY
 }
 
+# ---- cluster: keygate alone vs its rate limits shared through Redis (first table size only) --
+# Three keygates with the same keys, every key with a rate_limit it never reaches (keys without
+# one never touch Redis): local (no [cluster]), strict (one EVALSHA per request) and local-sync
+# (decided locally, one EVALSHA per sync_interval for all buckets used since). on_redis_error is
+# "deny", so a request that Redis failed to decide in time is a 503 and counts as an error
+# instead of being measured as a local decision.
+CL_CONFIGS="local strict local-sync"
+declare -A CL_PORT=() CL_PID=()
+REDIS_PORT="" REDIS_PID=""
+redis_cli() { timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+redis_scripts() { # scripts Redis has run so far (EVAL and EVALSHA calls: one round trip each)
+  local s
+  s=$(redis_cli info commandstats) || return 1
+  tr -d '\r' <<<"$s" | awk -F'[:=,]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n + 0}'
+}
+redis_keys() { # pattern: how many keys match (a few thousand at most here)
+  redis_cli eval "return #redis.call('KEYS', ARGV[1])" 0 "$1"
+}
+
+start_cluster() { # N keysdir
+  local n=$1 kd=$2 w="$WORK/n$1/cluster" c deadline t0 hashes limited
+  mkdir -p "$w/redis"
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    --dir "$w/redis" --logfile "$w/redis/redis.log" >"$w/redis/stdout.log" 2>&1 &
+  PIDS+=($!); REDIS_PID=$!
+  deadline=$((SECONDS + 15))
+  until [[ "$(timeout 2 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; do
+    alive "$REDIS_PID" || die "redis-server exited before it answered PING on 127.0.0.1:$REDIS_PORT (KEEP_WORK=1 keeps $w/redis)"
+    ((SECONDS < deadline)) || die "redis-server did not answer PING on 127.0.0.1:$REDIS_PORT within 15 s"
+    sleep 0.1
+  done
+  log "redis-server $(redis-server --version | grep -o 'v=[^ ]*') on 127.0.0.1:$REDIS_PORT"
+
+  # The same keys, each with a rate limit too high to ever refuse.
+  awk -v rl="$CLUSTER_RATE" '{ print } /^hash = / { print "rate_limit = \"" rl "\"" }' \
+    "$kd/keygate-keys.toml" >"$w/keys.toml"
+  hashes=$(grep -c '^hash = ' "$w/keys.toml" || true)
+  limited=$(grep -c '^rate_limit = ' "$w/keys.toml" || true)
+  [[ "$hashes" == "$n" && "$limited" == "$n" ]] ||
+    die "the cluster case's keys file has $hashes keys and $limited rate limits, expected $n of each"
+
+  for c in $CL_CONFIGS; do
+    CL_PORT[$c]=$(free_port)
+    {
+      cat <<CONF
+[server]
+listen = "127.0.0.1:${CL_PORT[$c]}"
+failed_auth_limit = "1000000/second"
+
+[log]
+access = "$( [ "${KG_ACCESS_LOG:-0}" = 1 ] && echo "$w/access-$c.log" || echo off )"
+
+CONF
+      [[ $c == local ]] || cat <<CONF
+[cluster]
+redis = "redis://127.0.0.1:$REDIS_PORT/0"
+mode = "$c"
+on_redis_error = "deny"
+prefix = "kgload-${c//-/}:"
+
+CONF
+      cat <<CONF
+[[targets]]
+name = "up"
+upstream = "http://127.0.0.1:$UP_PORT"
+
+CONF
+      cat "$w/keys.toml"
+    } >"$w/keygate-$c.toml"
+    t0=$(date +%s.%N)
+    "$KEYGATE_BIN" run --config "$w/keygate-$c.toml" >"$w/keygate-$c.log" 2>&1 &
+    PIDS+=($!); CL_PID[$c]=$!
+    wait_port "${CL_PORT[$c]}" "keygate ($c)" "${CL_PID[$c]}"
+    if [[ $c == local && "$KG_START_S" == - ]]; then  # only when no other keygate ran at this size
+      KG_START_S=$(python3 -c "import time; print(round(time.time() - $t0, 3))")
+    fi
+  done
+  log "cluster case: keygate local, strict, local-sync with $n keys at rate_limit $CLUSTER_RATE"
+}
+
+check_cluster() { # keysdir
+  local kd=$1 good last c i got pattern found
+  good="$(head -n1 "$kd/secrets.txt")"
+  last="$(sed -n '$p' "$kd/secrets.txt")"
+  for c in $CL_CONFIGS; do
+    # The first rate-limited request opens the Redis connection: a few tries to get there.
+    for i in $(seq 1 50); do
+      got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --http1.1 -H "X-API-Key: $good" \
+        "http://127.0.0.1:${CL_PORT[$c]}/") || true
+      [[ "$got" == 200 ]] && break
+      sleep 0.1
+    done
+    check "$c" "${CL_PORT[$c]}" "$good" 200 h1
+    check "$c" "${CL_PORT[$c]}" "$BAD" 403 h1
+    check "$c" "${CL_PORT[$c]}" "$last" 200 h1
+  done
+  # strict and local-sync keep their buckets in Redis (local-sync within a sync_interval).
+  for c in strict local-sync; do
+    pattern="kgload-${c//-/}:rl:*"
+    for i in $(seq 1 50); do
+      found=$(redis_keys "$pattern") || die "redis-server does not answer"
+      ((found > 0)) && break
+      sleep 0.1
+    done
+    ((found > 0)) || die "keygate ($c) answered but wrote no bucket to Redis ($pattern): not using it"
+  done
+  log "every cluster config answers 200 to a valid key and 403 to a wrong one; strict and local-sync keep buckets in Redis"
+}
+
+stop_cluster() {
+  local c keep=() p stop=("$REDIS_PID")
+  for c in $CL_CONFIGS; do stop+=("${CL_PID[$c]}"); done
+  stop_pids "${stop[@]}"
+  for p in "${PIDS[@]}"; do [[ " ${stop[*]} " == *" $p "* ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+run_cluster() { # N keysdir
+  local n=$1 kd=$2 c r
+  start_cluster "$n" "$kd"
+  check_cluster "$kd"
+  if [[ "$WARMUP" != 0 ]]; then
+    for c in $CL_CONFIGS; do
+      wrk -t1 -c4 -d"$WARMUP" -s "$kd/keys.lua" "http://127.0.0.1:${CL_PORT[$c]}/" >/dev/null 2>&1 || true
+    done
+  fi
+  for r in $(seq 1 "$ROUNDS"); do
+    for c in $CL_CONFIGS; do run_one "$n" "$kd" cluster "$c" "$r"; done
+  done
+  stop_cluster
+}
+
 read -r LOAD1 _ </proc/loadavg
 if python3 -c "import sys; sys.exit(0 if float('$LOAD1') > 0.5 else 1)"; then
   log "warning: load average $LOAD1 before the run: other work shares these cores, figures will be noisy"
@@ -463,57 +632,68 @@ fi
 
 FIRST_N=""
 for N in $KEYS; do
-  if [[ -z "$FIRST_N" ]]; then FIRST_N=$N; NCASES="$CASES"; else NCASES="$BIG_CASES"; fi
+  FIRST=""
+  if [[ -z "$FIRST_N" ]]; then FIRST=1; FIRST_N=$N; NCASES="$CASES"; else NCASES="$BIG_CASES"; fi
+  if [[ -z "$FIRST" && " $NCASES " == *" cluster "* ]]; then
+    log "n=$N: the cluster case runs at the first table size only ($FIRST_N keys); leaving it out"
+    NCASES=$(without_case cluster $NCASES)
+  fi
+  GATE_CASES=$(without_case cluster $NCASES)
   KD=$(keys_dir "$N")
-  start_gates "$N" "$KD"
-  check_all "$KD" "$NCASES"
+  KG_START_S="-" RATE_N="" RATE_BASIS=""
+  if [[ -n "$GATE_CASES" ]]; then
+    start_gates "$N" "$KD"
+    check_all "$KD" "$GATE_CASES"
 
-  # Warm-up: a short run through each so first-connection costs are not in round 1.
-  if [[ "$WARMUP" != 0 ]]; then
-    for c in direct nginx haproxy keygate; do
-      wrk -t1 -c4 -d"$WARMUP" -s "$KD/keys.lua" "http://127.0.0.1:$(port_of "$c" h1)/" >/dev/null 2>&1 || true
-    done
-  fi
-
-  # Every case but rate: ROUNDS rounds, each through direct, nginx, haproxy, keygate in turn.
-  SAT_CASES=""
-  for case in $NCASES; do [[ $case == rate ]] || SAT_CASES+="$case "; done
-  for r in $(seq 1 "$ROUNDS"); do
-    for case in $SAT_CASES; do
-      for c in direct nginx haproxy keygate; do run_one "$N" "$KD" "$case" "$c" "$r"; done
-    done
-  done
-
-  # The constant-rate case, once nginx's saturation throughput for this table size is known.
-  RATE_N="" RATE_BASIS=""
-  if [[ " $NCASES " == *" rate "* ]]; then
-    if [[ -n "$RATE" ]]; then
-      RATE_N=$RATE; RATE_BASIS="RATE"
-    else
-      NGX_RPS=$(nginx_keepalive_rps "$N")
-      if [[ -z "$NGX_RPS" ]]; then  # keepalive not among the cases: measure nginx once
-        out="$WORK/n$N/calibrate-nginx.out"
-        wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$KD/keys.lua" "http://127.0.0.1:$NGX_PORT/" >"$out" 2>&1 ||
-          { cat "$out" >&2; die "wrk failed against nginx"; }
-        NGX_RPS=$(sed -n 's/^Requests\/sec:[[:space:]]*//p' "$out")
-      fi
-      RATE_N=$(python3 -c "print(max(1, round(float('$NGX_RPS') * float('$RATE_FRACTION'))))")
-      RATE_BASIS="$RATE_FRACTION x nginx keep-alive $NGX_RPS req/s"
-      if [[ -n "$RATE_MAX" ]] && ((RATE_N > RATE_MAX)); then
-        RATE_N=$RATE_MAX; RATE_BASIS+=", capped by RATE_MAX"
-      fi
+    # Warm-up: a short run through each so first-connection costs are not in round 1.
+    if [[ "$WARMUP" != 0 ]]; then
+      for c in direct nginx haproxy keygate; do
+        wrk -t1 -c4 -d"$WARMUP" -s "$KD/keys.lua" "http://127.0.0.1:$(port_of "$c" h1)/" >/dev/null 2>&1 || true
+      done
     fi
-    log "n=$N constant rate: $RATE_N req/s ($RATE_BASIS)"
+
+    # Every case but rate: ROUNDS rounds, each through direct, nginx, haproxy, keygate in turn.
+    SAT_CASES=""
+    for case in $GATE_CASES; do [[ $case == rate ]] || SAT_CASES+="$case "; done
     for r in $(seq 1 "$ROUNDS"); do
-      for c in direct nginx haproxy keygate; do run_one "$N" "$KD" rate "$c" "$r" "$RATE_N"; done
+      for case in $SAT_CASES; do
+        for c in direct nginx haproxy keygate; do run_one "$N" "$KD" "$case" "$c" "$r"; done
+      done
     done
+
+    # The constant-rate case, once nginx's saturation throughput for this table size is known.
+    if [[ " $GATE_CASES " == *" rate "* ]]; then
+      if [[ -n "$RATE" ]]; then
+        RATE_N=$RATE; RATE_BASIS="RATE"
+      else
+        NGX_RPS=$(nginx_keepalive_rps "$N")
+        if [[ -z "$NGX_RPS" ]]; then  # keepalive not among the cases: measure nginx once
+          out="$WORK/n$N/calibrate-nginx.out"
+          wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$KD/keys.lua" "http://127.0.0.1:$NGX_PORT/" >"$out" 2>&1 ||
+            { cat "$out" >&2; die "wrk failed against nginx"; }
+          NGX_RPS=$(sed -n 's/^Requests\/sec:[[:space:]]*//p' "$out")
+        fi
+        RATE_N=$(python3 -c "print(max(1, round(float('$NGX_RPS') * float('$RATE_FRACTION'))))")
+        RATE_BASIS="$RATE_FRACTION x nginx keep-alive $NGX_RPS req/s"
+        if [[ -n "$RATE_MAX" ]] && ((RATE_N > RATE_MAX)); then
+          RATE_N=$RATE_MAX; RATE_BASIS+=", capped by RATE_MAX"
+        fi
+      fi
+      log "n=$N constant rate: $RATE_N req/s ($RATE_BASIS)"
+      for r in $(seq 1 "$ROUNDS"); do
+        for c in direct nginx haproxy keygate; do run_one "$N" "$KD" rate "$c" "$r" "$RATE_N"; done
+      done
+    fi
+    stop_gates
   fi
+
+  # keygate alone vs keygate with [cluster], the same keep-alive load (first table size only).
+  if [[ " $NCASES " == *" cluster "* ]]; then run_cluster "$N" "$KD"; fi
   printf '%s\t%s\t%s\t%s\t%s\n' "$N" "$KG_START_S" "${RATE_N:--}" "${RATE_BASIS:--}" "$NCASES" >>"$META"
-  stop_gates
 done
 
 python3 "$HERE/report.py" "$RAW" "$OUT" --meta "$META" \
   --conns "$CONNS" --threads "$THREADS" --duration "$DURATION" --rounds "$ROUNDS" \
-  --h2-conns "$H2_CONNS" --h2-streams "$H2_STREAMS" --lua-keys "$LUA_KEYS" \
+  --h2-conns "$H2_CONNS" --h2-streams "$H2_STREAMS" --lua-keys "$LUA_KEYS" --cluster-rate "$CLUSTER_RATE" \
   --wall-s "$((SECONDS - T_START))" ${SMOKE:+--smoke}
 log "done in $((SECONDS - T_START)) s"
