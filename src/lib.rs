@@ -200,6 +200,7 @@ pub async fn serve_with_admin(
         ));
     }
     let observer = proxy::observe::Observer {
+        shard: metrics.shard(),
         metrics,
         access: access_log,
     };

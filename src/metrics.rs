@@ -5,10 +5,12 @@
 //! series is bounded by the config. The config's own state (generation, keys, last reload) is
 //! read when scraped, so the request path never touches it.
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -19,11 +21,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
@@ -74,6 +78,13 @@ impl MethodClass {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, Default)]
 pub struct TargetName(pub Option<Id>);
 
+impl TargetName {
+    /// The label of a target by name; "" for none.
+    fn named(name: &str) -> TargetName {
+        TargetName(Id::new(name))
+    }
+}
+
 impl EncodeLabelValue for TargetName {
     fn encode(&self, e: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
         use std::fmt::Write as _;
@@ -110,17 +121,12 @@ pub struct KeyLabels {
     pub key_id: Id,
 }
 
-/// What the request path and the listeners count. One per process, shared by every worker.
+/// What the request path and the listeners count: one [`Shard`] per worker thread, summed
+/// when scraped. A worker only ever writes its own shard, so counting a request touches no
+/// cache line the other cores write (a shared counter would be written by every core on every
+/// request); the scrape is the only other reader.
 pub struct Metrics {
-    requests: Family<RequestLabels, Counter>,
-    denials: Family<CodeLabels, Counter>,
-    rate_limited: Family<KeyLabels, Counter>,
-    upstream_latency: Family<TargetLabels, Histogram>,
-    duration: Family<TargetLabels, Histogram>,
-    request_bytes: Family<TargetLabels, Counter>,
-    response_bytes: Family<TargetLabels, Counter>,
-    in_flight: Gauge,
-    connections: Gauge,
+    shards: Mutex<Vec<Arc<Shard>>>,
     /// `[cluster]`: failed or timed-out Redis calls, and whether Redis answers now.
     redis_errors: Counter,
     redis_up: Gauge,
@@ -132,17 +138,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let histogram = || Histogram::new(LATENCY_BUCKETS);
         let m = Metrics {
-            requests: Family::default(),
-            denials: Family::default(),
-            rate_limited: Family::default(),
-            upstream_latency: Family::new_with_constructor(histogram),
-            duration: Family::new_with_constructor(histogram),
-            request_bytes: Family::default(),
-            response_bytes: Family::default(),
-            in_flight: Gauge::default(),
-            connections: Gauge::default(),
+            shards: Mutex::new(Vec::new()),
             redis_errors: Counter::default(),
             redis_up: Gauge::default(),
             reload_time: AtomicU64::new(0),
@@ -154,8 +151,9 @@ impl Default for Metrics {
 }
 
 /// One finished request, as the request path hands it over.
-pub struct Finished<'a> {
-    pub target: &'a TargetName,
+pub struct Finished {
+    /// From [`Shard::target`].
+    pub target: usize,
     pub method: MethodClass,
     pub status: u16,
     pub total: Duration,
@@ -163,62 +161,176 @@ pub struct Finished<'a> {
     pub bytes_out: u64,
 }
 
+/// One worker's counts.
+#[derive(Default)]
+pub struct Shard {
+    in_flight: AtomicI64,
+    connections: AtomicI64,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    /// Target names ("" for no target) to their index in `targets`.
+    slots: HashMap<Box<str>, usize>,
+    targets: Vec<(Box<str>, PerTarget)>,
+    denials: HashMap<&'static str, u64>,
+    rate_limited: HashMap<Id, u64>,
+}
+
+#[derive(Default, Clone)]
+struct PerTarget {
+    requests: HashMap<(MethodClass, u16), u64>,
+    duration: Hist,
+    upstream: Hist,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// A latency histogram's counts: one per bucket of [`LATENCY_BUCKETS`], then `+Inf`.
+#[derive(Clone, Default)]
+struct Hist {
+    buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl Hist {
+    fn observe(&mut self, d: Duration) {
+        let v = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn add(&mut self, other: &Hist) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+}
+
+impl Shard {
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slot of target `name` ("" for a request no target matched) in this shard.
+    pub fn target(&self, name: &str) -> usize {
+        let mut c = self.counts();
+        if let Some(&slot) = c.slots.get(name) {
+            return slot;
+        }
+        let slot = c.targets.len();
+        c.targets.push((name.into(), PerTarget::default()));
+        c.slots.insert(name.into(), slot);
+        slot
+    }
+
+    /// A request has started; [`Shard::finished`] ends it.
+    pub fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn finished(&self, f: &Finished) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut c = self.counts();
+        let Some((_, t)) = c.targets.get_mut(f.target) else {
+            return;
+        };
+        *t.requests.entry((f.method, f.status)).or_default() += 1;
+        t.duration.observe(f.total);
+        t.bytes_in += f.bytes_in;
+        t.bytes_out += f.bytes_out;
+    }
+
+    /// Time from sending a request upstream to its response's head.
+    pub fn upstream(&self, target: usize, took: Duration) {
+        if let Some((_, t)) = self.counts().targets.get_mut(target) {
+            t.upstream.observe(took);
+        }
+    }
+
+    /// A request keygate answered itself (`code` is a [`Deny`](crate::proxy::deny::Deny) code).
+    pub fn denied(&self, code: &'static str) {
+        *self.counts().denials.entry(code).or_default() += 1;
+    }
+
+    /// A key's own rate limit or its consumer's refused a request made with `key`.
+    pub fn rate_limited(&self, key: &Id) {
+        let mut c = self.counts();
+        match c.rate_limited.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                c.rate_limited.insert(key.clone(), 1);
+            }
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every shard's counts, summed by label set, for one scrape.
+#[derive(Default)]
+struct Totals {
+    targets: BTreeMap<Box<str>, PerTarget>,
+    denials: BTreeMap<&'static str, u64>,
+    rate_limited: BTreeMap<String, u64>,
+    in_flight: i64,
+    connections: i64,
+}
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         Arc::new(Metrics::default())
     }
 
-    /// A request has started; [`Metrics::finished`] ends it.
-    pub fn started(&self) {
-        self.in_flight.inc();
+    /// A shard for one more worker (or one test's proxy).
+    pub fn shard(&self) -> Arc<Shard> {
+        let shard = Arc::new(Shard::default());
+        self.shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(shard.clone());
+        shard
     }
 
-    pub fn finished(&self, f: &Finished<'_>) {
-        self.in_flight.dec();
-        let target = TargetLabels {
-            target: f.target.clone(),
-        };
-        self.requests
-            .get_or_create(&RequestLabels {
-                target: target.target.clone(),
-                method: f.method,
-                status: f.status,
-            })
-            .inc();
-        self.duration
-            .get_or_create(&target)
-            .observe(f.total.as_secs_f64());
-        if f.bytes_in > 0 {
-            self.request_bytes.get_or_create(&target).inc_by(f.bytes_in);
+    fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for shard in self.shards.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            t.in_flight += shard.in_flight.load(Ordering::Relaxed);
+            t.connections += shard.connections.load(Ordering::Relaxed);
+            let c = shard.counts();
+            for (name, per) in &c.targets {
+                let sum = t.targets.entry(name.clone()).or_default();
+                for (k, n) in &per.requests {
+                    *sum.requests.entry(*k).or_default() += n;
+                }
+                sum.duration.add(&per.duration);
+                sum.upstream.add(&per.upstream);
+                sum.bytes_in += per.bytes_in;
+                sum.bytes_out += per.bytes_out;
+            }
+            for (code, n) in &c.denials {
+                *t.denials.entry(code).or_default() += n;
+            }
+            for (id, n) in &c.rate_limited {
+                *t.rate_limited.entry(id.as_str().to_owned()).or_default() += n;
+            }
         }
-        if f.bytes_out > 0 {
-            self.response_bytes
-                .get_or_create(&target)
-                .inc_by(f.bytes_out);
-        }
-    }
-
-    /// Time from sending a request upstream to its response's head.
-    pub fn upstream(&self, target: &Id, took: Duration) {
-        self.upstream_latency
-            .get_or_create(&TargetLabels {
-                target: TargetName(Some(target.clone())),
-            })
-            .observe(took.as_secs_f64());
-    }
-
-    /// A request keygate answered itself (`code` is a [`Deny`](crate::proxy::deny::Deny) code).
-    pub fn denied(&self, code: &'static str) {
-        self.denials.get_or_create(&CodeLabels { code }).inc();
-    }
-
-    /// A key's own rate limit or its consumer's refused a request made with `key`.
-    pub fn rate_limited(&self, key: &Id) {
-        self.rate_limited
-            .get_or_create(&KeyLabels {
-                key_id: key.clone(),
-            })
-            .inc();
+        t
     }
 
     pub fn redis_error(&self) {
@@ -227,14 +339,6 @@ impl Metrics {
 
     pub fn redis_up(&self, up: bool) {
         self.redis_up.set(i64::from(up));
-    }
-
-    pub fn connection_opened(&self) {
-        self.connections.inc();
-    }
-
-    pub fn connection_closed(&self) {
-        self.connections.dec();
     }
 
     /// A reload attempt at `at`, which published a config or failed.
@@ -249,55 +353,90 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything, with the config's state as of now.
     pub fn encode(&self, published: &Published) -> String {
+        let totals = self.totals();
         let mut r = Registry::with_prefix("keygate");
+        let requests: Family<RequestLabels, Counter> = Family::default();
+        let request_bytes: Family<TargetLabels, Counter> = Family::default();
+        let response_bytes: Family<TargetLabels, Counter> = Family::default();
+        for (name, per) in &totals.targets {
+            let target = TargetName::named(name);
+            for (&(method, status), &n) in &per.requests {
+                requests
+                    .get_or_create(&RequestLabels {
+                        target: target.clone(),
+                        method,
+                        status,
+                    })
+                    .inc_by(n);
+            }
+            let labels = TargetLabels {
+                target: target.clone(),
+            };
+            if per.bytes_in > 0 {
+                request_bytes.get_or_create(&labels).inc_by(per.bytes_in);
+            }
+            if per.bytes_out > 0 {
+                response_bytes.get_or_create(&labels).inc_by(per.bytes_out);
+            }
+        }
         r.register(
             "requests",
             "Requests answered, by target, method and status",
-            self.requests.clone(),
+            requests,
         );
+        let denials: Family<CodeLabels, Counter> = Family::default();
+        for (&code, &n) in &totals.denials {
+            denials.get_or_create(&CodeLabels { code }).inc_by(n);
+        }
         r.register(
             "denials",
             "Requests keygate answered itself, by problem code",
-            self.denials.clone(),
+            denials,
         );
+        let rate_limited: Family<KeyLabels, Counter> = Family::default();
+        for (id, &n) in &totals.rate_limited {
+            if let Some(key_id) = Id::new(id) {
+                rate_limited.get_or_create(&KeyLabels { key_id }).inc_by(n);
+            }
+        }
         r.register(
             "rate_limited",
             "Requests refused by a key's or its consumer's rate limit, by key",
-            self.rate_limited.clone(),
+            rate_limited,
         );
-        r.register_with_unit(
-            "upstream_latency",
-            "Time from sending a request upstream to its response head",
-            Unit::Seconds,
-            self.upstream_latency.clone(),
-        );
-        r.register_with_unit(
-            "request_duration",
-            "Time from a request's head to the last byte of its response",
-            Unit::Seconds,
-            self.duration.clone(),
-        );
+        r.register_collector(Box::new(Latencies(
+            totals
+                .targets
+                .iter()
+                .map(|(name, per)| (name.clone(), per.upstream.clone(), per.duration.clone()))
+                .collect(),
+        )));
         r.register_with_unit(
             "request_body",
             "Request body bytes received, by target",
             Unit::Bytes,
-            self.request_bytes.clone(),
+            request_bytes,
         );
         r.register_with_unit(
             "response_body",
             "Response body bytes sent, by target",
             Unit::Bytes,
-            self.response_bytes.clone(),
+            response_bytes,
         );
+        let gauge = |v: i64| {
+            let g: Gauge = Gauge::default();
+            g.set(v);
+            g
+        };
         r.register(
             "requests_in_flight",
             "Requests being answered now",
-            self.in_flight.clone(),
+            gauge(totals.in_flight),
         );
         r.register(
             "open_connections",
             "Client connections open now",
-            self.connections.clone(),
+            gauge(totals.connections),
         );
         r.register(
             "redis_errors",
@@ -310,11 +449,6 @@ impl Metrics {
             self.redis_up.clone(),
         );
         let snap = published.load();
-        let gauge = |v: i64| {
-            let g: Gauge = Gauge::default();
-            g.set(v);
-            g
-        };
         let count = |n: usize| gauge(i64::try_from(n).unwrap_or(i64::MAX));
         r.register(
             "config_generation",
@@ -404,5 +538,59 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// The two latency histograms, by target, as summed over the shards for one scrape.
+#[derive(Debug)]
+struct Latencies(Vec<(Box<str>, Hist, Hist)>);
+
+impl std::fmt::Debug for Hist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hist").field("count", &self.count).finish()
+    }
+}
+
+impl Collector for Latencies {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let families = [
+            (
+                "upstream_latency",
+                "Time from sending a request upstream to its response head",
+                true,
+            ),
+            (
+                "request_duration",
+                "Time from a request's head to the last byte of its response",
+                false,
+            ),
+        ];
+        for (name, help, upstream) in families {
+            let mut metric = encoder.encode_descriptor(
+                name,
+                help,
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (target, up, total) in &self.0 {
+                let h = if upstream { up } else { total };
+                if h.count == 0 {
+                    continue;
+                }
+                let labels = TargetLabels {
+                    target: TargetName::named(target),
+                };
+                let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(f64::INFINITY))
+                    .zip(h.buckets.iter().copied())
+                    .collect();
+                metric
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
+            }
+        }
+        Ok(())
     }
 }

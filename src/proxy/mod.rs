@@ -35,7 +35,7 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::cluster::{Cluster, Shared, Unavailable};
 use crate::limits::{self, FailedAuth, RateStatus};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Shard};
 use crate::snapshot::Published;
 use crate::snapshot::{OnRedisError, Snapshot};
 use crate::tls::Connector;
@@ -70,13 +70,14 @@ pub struct Proxy {
 impl Proxy {
     /// A handler with metrics of its own and no access log (tests, benches).
     pub fn new(published: Arc<Published>) -> Proxy {
-        Proxy::observed(
-            published,
+        Proxy::observed(published, {
+            let metrics = Metrics::new();
             Observer {
-                metrics: Metrics::new(),
+                shard: metrics.shard(),
+                metrics,
                 access: None,
-            },
-        )
+            }
+        })
     }
 
     /// A handler that counts into `observer`'s metrics and writes its access log.
@@ -107,13 +108,22 @@ impl Proxy {
             failures: self.failures.clone(),
             epoch: self.epoch,
             pool: pool::Pool::new(Connector::new(self.published.clone())),
-            observer: Arc::new(Observer::clone(&self.observer)),
+            observer: Arc::new(Observer {
+                metrics: self.observer.metrics.clone(),
+                shard: self.observer.metrics.shard(),
+                access: self.observer.access.clone(),
+            }),
             cluster: self.cluster.clone(),
         }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.observer.metrics
+    }
+
+    /// This worker's share of the metrics.
+    pub fn shard(&self) -> &Arc<Shard> {
+        &self.observer.shard
     }
 
     pub fn published(&self) -> &Arc<Published> {

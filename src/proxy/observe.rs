@@ -24,7 +24,7 @@ use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::Inner;
-use crate::metrics::{Finished, MethodClass, Metrics, TargetName};
+use crate::metrics::{Finished, MethodClass, Metrics, Shard};
 use crate::snapshot::{AccessTo, Id, Log, LogFormat};
 
 /// Where access log lines go: a tracing dispatcher of its own, so they never mix with the
@@ -192,6 +192,8 @@ impl<W: std::fmt::Write> std::fmt::Write for Escaped<'_, W> {
 #[derive(Clone)]
 pub struct Observer {
     pub metrics: Arc<Metrics>,
+    /// This worker's counts.
+    pub shard: Arc<Shard>,
     pub access: Option<Arc<AccessLog>>,
 }
 
@@ -248,6 +250,7 @@ struct Line {
     /// Path and query, the credential redacted.
     path: Box<str>,
     client_ip: Option<IpAddr>,
+    target: Option<Id>,
     key: Option<Id>,
     consumer: Option<Id>,
 }
@@ -258,7 +261,8 @@ pub struct Exchange {
     activity: Option<Arc<Activity>>,
     started: Instant,
     method: MethodClass,
-    target: TargetName,
+    /// The target's slot in the shard (`None`: not routed, counted under "").
+    target: Option<usize>,
     status: u16,
     code: Option<&'static str>,
     upstream: Option<Duration>,
@@ -276,7 +280,7 @@ impl Exchange {
         started: Instant,
         activity: Option<&Arc<Activity>>,
     ) -> Exchange {
-        observer.metrics.started();
+        observer.shard.started();
         if let Some(a) = activity {
             a.begin();
         }
@@ -291,6 +295,7 @@ impl Exchange {
                 }),
                 path: Box::default(),
                 client_ip: None,
+                target: None,
                 key: None,
                 consumer: None,
             })
@@ -300,7 +305,7 @@ impl Exchange {
             activity: activity.cloned(),
             started,
             method: MethodClass::of(req.method()),
-            target: TargetName::default(),
+            target: None,
             status: 0,
             code: None,
             upstream: None,
@@ -327,7 +332,10 @@ impl Exchange {
     }
 
     pub fn routed(&mut self, target: &Id) {
-        self.target = TargetName(Some(target.clone()));
+        self.target = Some(self.observer.shard.target(target.as_str()));
+        if let Some(l) = &mut self.line {
+            l.target = Some(target.clone());
+        }
     }
 
     pub fn client(&mut self, ip: IpAddr) {
@@ -363,16 +371,16 @@ impl Exchange {
 
     pub fn upstream_answered(&mut self, took: Duration) {
         self.upstream = Some(took);
-        if let Some(t) = &self.target.0 {
-            self.observer.metrics.upstream(t, took);
+        if let Some(t) = self.target {
+            self.observer.shard.upstream(t, took);
         }
     }
 
     pub fn denied(&mut self, code: &'static str, rate_limited_key: Option<&Id>) {
         self.code = Some(code);
-        self.observer.metrics.denied(code);
+        self.observer.shard.denied(code);
         if let Some(k) = rate_limited_key {
-            self.observer.metrics.rate_limited(k);
+            self.observer.shard.rate_limited(k);
         }
     }
 
@@ -386,8 +394,10 @@ impl Exchange {
         if let Some(c) = &self.counted {
             self.bytes_in = c.load(Ordering::Relaxed);
         }
-        self.observer.metrics.finished(&Finished {
-            target: &self.target,
+        self.observer.shard.finished(&Finished {
+            target: self
+                .target
+                .unwrap_or_else(|| self.observer.shard.target("")),
             method: self.method,
             status: self.status,
             total,
@@ -417,7 +427,7 @@ impl Exchange {
                 method = l.method.as_str(),
                 host = l.host.as_ref().and_then(|h| h.to_str().ok()),
                 path = &*l.path,
-                "target" = self.target.0.as_ref().map(Id::as_str),
+                "target" = l.target.as_ref().map(Id::as_str),
                 key_id = l.key.as_ref().map(Id::as_str),
                 consumer = l.consumer.as_ref().map(Id::as_str),
                 status = self.status,

@@ -318,7 +318,7 @@ struct Conn {
 
 impl Conn {
     async fn run(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
-        let metrics = self.proxy.metrics().clone();
+        let metrics = self.proxy.shard().clone();
         metrics.connection_opened();
         self.serve(stream, tls).await;
         metrics.connection_closed();
