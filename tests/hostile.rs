@@ -96,7 +96,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -375,14 +375,7 @@ impl RawConn {
             }
         }
         let body: Vec<u8> = self.pending.drain(..len).collect();
-        let resp = Resp {
-            status,
-            version: Version::HTTP_11,
-            headers,
-            body: body.into(),
-        };
-        assert_no_secret(&resp);
-        Ok(Some(resp))
+        Ok(Some(Resp::raw_h1(status, headers, body)))
     }
 
     /// Ok once the server has closed the connection with nothing more to say.

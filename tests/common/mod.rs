@@ -552,6 +552,18 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// An HTTP/1.1 response read off a raw socket, checked for test secrets like every other.
+    pub fn raw_h1(status: StatusCode, headers: HeaderMap, body: Vec<u8>) -> Resp {
+        let resp = Resp {
+            status,
+            version: Version::HTTP_11,
+            headers,
+            body: body.into(),
+        };
+        assert_no_secret(&resp);
+        resp
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(name)
@@ -920,14 +932,7 @@ impl Raw {
             body.extend_from_slice(&rest);
             body
         };
-        let resp = Resp {
-            status,
-            version: Version::HTTP_11,
-            headers,
-            body: body.into(),
-        };
-        assert_no_secret(&resp);
-        resp
+        Resp::raw_h1(status, headers, body)
     }
 
     async fn read_line(&mut self) -> String {
