@@ -23,8 +23,8 @@
 //! (the keys file is shared: a volume all instances mount).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -214,14 +214,38 @@ impl Cluster {
             redis::Client::open(info)
         };
         let connect_timeout = config.timeout.max(Duration::from_millis(200));
-        let (redis, subscribe_to) = if config.nodes.is_empty() {
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let (redis, subscribe_to) = if let Some(master) = &config.sentinel_master {
+            let sentinels = config
+                .nodes
+                .iter()
+                .map(|u| {
+                    redis::IntoConnectionInfo::into_connection_info(u.as_str())
+                        .map(|i| i.addr().clone())
+                })
+                .collect::<redis::RedisResult<Vec<_>>>()?;
+            let sentinel = redis::sentinel::SentinelClientBuilder::new(
+                sentinels,
+                master,
+                redis::sentinel::SentinelServerType::Master,
+            )?
+            .set_client_to_redis_tcp_settings(tcp)
+            .build()?;
+            let slot = SentinelSlot {
+                sentinel: tokio::sync::Mutex::new(sentinel),
+                manager: arc_swap::ArcSwapOption::empty(),
+                master: Mutex::new(None),
+                resolving: AtomicBool::new(false),
+                config: manager_config,
+            };
+            (Conn::Sentinel(Arc::new(slot)), Vec::new())
+        } else if config.nodes.is_empty() {
             let single = client(&config.redis)?;
-            let manager = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(Some(config.timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(500));
-            let manager = ConnectionManager::new_lazy_with_config(single.clone(), manager)?;
+            let manager = ConnectionManager::new_lazy_with_config(single.clone(), manager_config)?;
             (Conn::Single(manager), vec![single])
         } else {
             let nodes = config
@@ -452,7 +476,7 @@ impl Cluster {
         }
         // One script call for all of them; on a Redis Cluster, one per hash tag (a script's
         // keys must share a slot), all at once.
-        let groups: Vec<Vec<Entry>> = if self.config.nodes.is_empty() {
+        let groups: Vec<Vec<Entry>> = if !matches!(self.redis, Conn::Cluster(_)) {
             vec![batch]
         } else {
             let mut by_tag: HashMap<String, Vec<Entry>> = HashMap::new();
@@ -557,7 +581,13 @@ impl Cluster {
         loop {
             let subscribed = async {
                 let mut last = None;
-                for client in &self.subscribe_to {
+                let clients = match &self.redis {
+                    // The master of the moment: after a failover the subscription drops and
+                    // is made again on the new one.
+                    Conn::Sentinel(slot) => slot.master_client().await.into_iter().collect(),
+                    _ => self.subscribe_to.clone(),
+                };
+                for client in &clients {
                     match client.get_async_pubsub().await {
                         Ok(mut pubsub) => {
                             pubsub.subscribe(self.channel()).await?;
@@ -643,8 +673,14 @@ return out
 
     /// Connects and loads the scripts before the first request needs them.
     pub async fn warm(self: Arc<Self>) {
-        if let Conn::Cluster(slot) = &self.redis {
-            let _ = tokio::time::timeout(Duration::from_secs(2), slot.connect()).await;
+        match &self.redis {
+            Conn::Cluster(slot) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), slot.connect()).await;
+            }
+            Conn::Sentinel(slot) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), slot.resolve()).await;
+            }
+            Conn::Single(_) => {}
         }
         let Some(mut conn) = self.redis.get() else {
             return self.outage("not answering at start");
@@ -687,6 +723,10 @@ return out
     /// Logs the first failure of an outage, counts every one.
     fn outage(&self, what: &str) {
         self.metrics.redis_error();
+        // The master may have moved: ask the Sentinels again.
+        if let Conn::Sentinel(slot) = &self.redis {
+            slot.clone().resolve_in_background();
+        }
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.retry_at
             .store(now + RETRY_EVERY.as_millis() as u64, Ordering::Relaxed);
@@ -746,12 +786,61 @@ fn hash_tag(key: &str) -> &str {
         .map_or(key, |(tag, _)| tag)
 }
 
-/// One Redis, or a Redis Cluster.
+/// One Redis, a Redis Cluster, or the master Redis Sentinels name.
 enum Conn {
     /// A multiplexed connection that reconnects by itself.
     Single(ConnectionManager),
     /// Connected in the background on first use, so no request waits for it.
     Cluster(Arc<ClusterSlot>),
+    /// A reconnecting connection to the master the Sentinels name, asked again (in the
+    /// background) whenever a call fails: after a failover it is another server.
+    Sentinel(Arc<SentinelSlot>),
+}
+
+struct SentinelSlot {
+    sentinel: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    manager: arc_swap::ArcSwapOption<ConnectionManager>,
+    /// The master's address, as last named.
+    master: Mutex<Option<String>>,
+    resolving: AtomicBool,
+    config: ConnectionManagerConfig,
+}
+
+impl SentinelSlot {
+    async fn master_client(&self) -> Option<redis::Client> {
+        let mut sentinel = self.sentinel.lock().await;
+        sentinel.async_get_client().await.ok()
+    }
+
+    /// Asks the Sentinels for the master; connects anew when it moved.
+    async fn resolve(&self) {
+        let Some(client) = self.master_client().await else {
+            return;
+        };
+        let addr = client.get_connection_info().addr().to_string();
+        let mut master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+        if master.as_deref() == Some(addr.as_str()) && self.manager.load().is_some() {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(client, self.config.clone()) {
+            Ok(m) => {
+                tracing::info!(master = %addr, "Redis Sentinel names the master");
+                self.manager.store(Some(Arc::new(m)));
+                *master = Some(addr);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect to the master Sentinel names"),
+        }
+    }
+
+    fn resolve_in_background(self: Arc<Self>) {
+        if self.resolving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.resolve()).await;
+            self.resolving.store(false, Ordering::Release);
+        });
+    }
 }
 
 struct ClusterSlot {
@@ -787,6 +876,13 @@ impl Conn {
                 }
                 None
             }
+            Conn::Sentinel(slot) => match slot.manager.load_full() {
+                Some(m) => Some(AnyConn::Single(ConnectionManager::clone(&m))),
+                None => {
+                    slot.clone().resolve_in_background();
+                    None
+                }
+            },
         }
     }
 }

@@ -322,8 +322,11 @@ pub struct Server {
 pub struct ClusterConfig {
     /// One Redis's URL; with `nodes`, the first node's, for messages.
     pub redis: String,
-    /// `redis_cluster`: the seed nodes of a Redis Cluster (empty: one Redis).
+    /// `redis_cluster`: the seed nodes of a Redis Cluster; with `sentinel_master`, the
+    /// Sentinels of `redis_sentinel` (empty: one Redis).
     pub nodes: Vec<String>,
+    /// `sentinel_master`: the name of the master the Sentinels watch.
+    pub sentinel_master: Option<String>,
     pub mode: ClusterMode,
     pub on_redis_error: OnRedisError,
     pub timeout: Duration,

@@ -581,3 +581,121 @@ async fn a_redis_cluster_shares_limits_too() {
     assert_eq!(count(&seen, 200, ""), 6, "{seen:?}");
     assert_eq!(count(&seen, 429, "rate_limited"), 6, "{seen:?}");
 }
+
+/// Through Redis Sentinel (`redis_sentinel`, `sentinel_master`): one limit across two
+/// instances on the master Sentinel names; when that master dies and Sentinel promotes its
+/// replica, the instances follow it and share limits there.
+#[tokio::test]
+async fn through_sentinel_limits_follow_a_failover() {
+    let Some(mut master) = Redis::start() else {
+        return;
+    };
+    let replica_port = free_port_pair();
+    let mut replica = Redis {
+        port: replica_port,
+        child: None,
+        extra: vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ],
+    };
+    replica.run();
+    let dir = TempDir::new("cluster-sentinel");
+    let sentinel_port = free_port_pair();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\ndir {}\nsentinel monitor kgmaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds kgmaster 500\nsentinel failover-timeout kgmaster 3000\n",
+            dir.path().display(),
+            master.port
+        ),
+    )
+    .unwrap();
+    // Held in a `Redis` so that it is killed however the test ends.
+    let _sentinel = Redis {
+        port: sentinel_port,
+        child: Some(
+            Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server --sentinel"),
+        ),
+        extra: Vec::new(),
+    };
+    let master_named = |port: u16| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &sentinel_port.to_string()])
+            .args(["sentinel", "get-master-addr-by-name", "kgmaster"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).contains(&port.to_string())
+    };
+    let started = Instant::now();
+    while !master_named(master.port) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "Sentinel never named the master"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let up = start_upstream("up").await;
+    let config = format!(
+        "{}[cluster]\nredis_sentinel = [\"redis://127.0.0.1:{sentinel_port}\"]\nsentinel_master = \"kgmaster\"\nmode = \"strict\"\n\n{}{}{}",
+        server_toml("127.0.0.1:0", ""),
+        target_toml("main", &format!("http://{}", up.addr), ""),
+        key_toml("before", FLEET_KEY, "rate_limit = \"5/minute\""),
+        key_toml("after", OTHER_KEY, "rate_limit = \"4/minute\""),
+    );
+    let mut gates = fleet(&dir, 2, &config).await;
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let seen = spread(&addrs, FLEET_KEY, 12, Duration::ZERO).await;
+    assert_eq!(count(&seen, 200, ""), 5, "{seen:?}");
+
+    master.kill();
+    let started = Instant::now();
+    while !master_named(replica_port) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "Sentinel never promoted the replica"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each instance asks Sentinel again once a call fails: drive a few requests until both
+    // have moved to the promoted replica.
+    let promoted = format!("127.0.0.1:{replica_port}");
+    for g in gates.iter_mut() {
+        let started = Instant::now();
+        while g
+            .lines(|l| l.contains("Sentinel names the master") && l.contains(&promoted))
+            .is_empty()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "an instance never followed the failover: {:#?}",
+                g.log()
+            );
+            let _ = call(g.addr, FLEET_KEY).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Redis is tried again at most every 500 ms after a failure: let both get past that.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for addr in &addrs {
+        until_status_for(
+            *addr,
+            FLEET_KEY,
+            429,
+            "rate_limited",
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    let seen = spread(&addrs, OTHER_KEY, 10, Duration::ZERO).await;
+    assert_eq!(count(&seen, 200, ""), 4, "{seen:?}");
+}

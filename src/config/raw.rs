@@ -141,6 +141,9 @@ pub struct RawCluster {
     pub redis: Option<Spanned<String>>,
     /// Or the seed nodes of a Redis Cluster.
     pub redis_cluster: Option<Spanned<Vec<String>>>,
+    /// Or the Sentinels that know where `sentinel_master` is.
+    pub redis_sentinel: Option<Spanned<Vec<String>>>,
+    pub sentinel_master: Option<Spanned<String>>,
     /// `"strict"` or `"local-sync"`.
     pub mode: Option<Spanned<String>>,
     /// `"allow"`, `"deny"` or `"local"`.

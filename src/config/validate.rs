@@ -514,10 +514,35 @@ fn cluster(c: &mut Checker<'_>, raw: &RawCluster, table: Range<usize>) -> Option
             .any(|s| url.starts_with(s))
             && redis::IntoConnectionInfo::into_connection_info(url).is_ok()
     };
-    let (url, nodes, ok) = match (&raw.redis, &raw.redis_cluster) {
-        (Some(r), None) => {
-            let ok = valid(r.get_ref());
-            if !ok {
+    let given = [
+        raw.redis.as_ref().map(Spanned::span),
+        raw.redis_cluster.as_ref().map(Spanned::span),
+        raw.redis_sentinel.as_ref().map(Spanned::span),
+    ];
+    let mut ok = true;
+    if given.iter().flatten().count() != 1 {
+        c.error(
+            given.iter().flatten().nth(1).cloned().unwrap_or(table.clone()),
+            S,
+            "give one of redis = \"redis://…\", redis_cluster = [\"redis://…\", …] or redis_sentinel = [\"redis://…\", …]",
+        );
+        ok = false;
+    }
+    let mut list = |field: &str, raw: &Spanned<Vec<String>>| -> Vec<String> {
+        let bad: Vec<&String> = raw.get_ref().iter().filter(|u| !valid(u)).collect();
+        if raw.get_ref().is_empty() || !bad.is_empty() {
+            c.error(
+                raw.span(),
+                S,
+                format!("{field}: a list of redis:// or rediss:// URLs; not URLs: {bad:?}"),
+            );
+            ok = false;
+        }
+        raw.get_ref().clone()
+    };
+    let (url, nodes) = match (&raw.redis, &raw.redis_cluster, &raw.redis_sentinel) {
+        (Some(r), _, _) => {
+            if !valid(r.get_ref()) {
                 c.error(
                     r.span(),
                     S,
@@ -526,40 +551,37 @@ fn cluster(c: &mut Checker<'_>, raw: &RawCluster, table: Range<usize>) -> Option
                         r.get_ref()
                     ),
                 );
+                ok = false;
             }
-            (r.get_ref().clone(), Vec::new(), ok)
+            (r.get_ref().clone(), Vec::new())
         }
-        (None, Some(list)) => {
-            let bad: Vec<&String> = list.get_ref().iter().filter(|u| !valid(u)).collect();
-            let ok = !list.get_ref().is_empty() && bad.is_empty();
-            if !ok {
-                c.error(
-                    list.span(),
-                    S,
-                    format!(
-                        "redis_cluster: a list of redis:// or rediss:// node URLs; not URLs: {bad:?}"
-                    ),
-                );
-            }
-            let first = list.get_ref().first().cloned().unwrap_or_default();
-            (first, list.get_ref().clone(), ok)
+        (None, Some(l), _) => {
+            let nodes = list("redis_cluster", l);
+            (nodes.first().cloned().unwrap_or_default(), nodes)
         }
-        (Some(r), Some(_)) => {
+        (None, None, Some(l)) => {
+            let nodes = list("redis_sentinel", l);
+            (nodes.first().cloned().unwrap_or_default(), nodes)
+        }
+        (None, None, None) => (String::new(), Vec::new()),
+    };
+    let sentinel_master = match (&raw.redis_sentinel, &raw.sentinel_master) {
+        (Some(_), Some(m)) if !m.get_ref().is_empty() => Some(m.get_ref().clone()),
+        (Some(l), _) => {
             c.error(
-                r.span(),
+                l.span(),
                 S,
-                "redis and redis_cluster: give one Redis or one Redis Cluster, not both",
+                "redis_sentinel needs sentinel_master = \"<the master's name>\"",
             );
-            (String::new(), Vec::new(), false)
+            ok = false;
+            None
         }
-        (None, None) => {
-            c.error(
-                table,
-                S,
-                "[cluster] needs redis = \"redis://…\" or redis_cluster = [\"redis://…\", …]",
-            );
-            (String::new(), Vec::new(), false)
+        (None, Some(m)) => {
+            c.error(m.span(), S, "sentinel_master: only with redis_sentinel");
+            ok = false;
+            None
         }
+        (None, None) => None,
     };
     let mode = match raw.mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
         None | Some((_, "strict")) => ClusterMode::Strict,
@@ -612,6 +634,7 @@ fn cluster(c: &mut Checker<'_>, raw: &RawCluster, table: Range<usize>) -> Option
     ok.then_some(ClusterConfig {
         redis: url,
         nodes,
+        sentinel_master,
         mode,
         on_redis_error,
         timeout,
