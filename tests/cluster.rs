@@ -699,3 +699,47 @@ async fn through_sentinel_limits_follow_a_failover() {
     let seen = spread(&addrs, OTHER_KEY, 10, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 4, "{seen:?}");
 }
+
+/// `[cluster]` mistakes are refused at load with file, line and the key, never half-applied.
+#[test]
+fn cluster_config_mistakes_name_the_key() {
+    let base = "[[targets]]\nname = \"t\"\nupstream = \"http://127.0.0.1:9\"\n\n";
+    let cases = [
+        ("redis = \"http://x\"", "redis:"),
+        ("mode = \"eventual\"\nredis = \"redis://r\"", "mode:"),
+        (
+            "redis = \"redis://r\"\non_redis_error = \"panic\"",
+            "on_redis_error:",
+        ),
+        ("redis = \"redis://r\"\ntimeout = \"soon\"", "timeout:"),
+        (
+            "redis = \"redis://r\"\nredis_cluster = [\"redis://a\"]",
+            "give one of",
+        ),
+        ("redis_cluster = []", "redis_cluster:"),
+        ("redis_sentinel = [\"redis://s:26379\"]", "sentinel_master"),
+        (
+            "redis = \"redis://r\"\nsentinel_master = \"m\"",
+            "only with redis_sentinel",
+        ),
+        ("mode = \"strict\"", "give one of"),
+        ("redis = \"redis://r\"\nprefix = \"a{b}\"", "prefix:"),
+    ];
+    for (lines, want) in cases {
+        let text = format!("{base}[cluster]\n{lines}\n");
+        let err = match keygate::config::parse(&text, std::path::Path::new("fleet.toml")) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("fleet.toml:"), "{lines}: no file in {err}");
+        assert!(err.contains("[cluster]"), "{lines}: no table in {err}");
+        assert!(err.contains(want), "{lines}: {want:?} not in {err}");
+    }
+    let ok =
+        format!("{base}[cluster]\nredis = \"rediss://user:pw@r:6380/2\"\nmode = \"local-sync\"\n");
+    let loaded = keygate::config::parse(&ok, std::path::Path::new("fleet.toml")).unwrap();
+    let c = loaded.snapshot.cluster.expect("[cluster]");
+    assert_eq!(c.mode, keygate::snapshot::ClusterMode::LocalSync);
+    assert_eq!(c.on_redis_error, keygate::snapshot::OnRedisError::Local);
+    assert_eq!(c.timeout, Duration::from_millis(50));
+}
