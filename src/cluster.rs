@@ -127,14 +127,13 @@ struct Mirror {
     tat: AtomicU64,
     /// Requests this instance admitted since the last sync, to be added to the fleet's.
     pending: AtomicU32,
-    /// Used since the last sync (or pending): worth syncing.
+    /// Used since the last sync: on the list the next sync sends.
     active: AtomicBool,
 }
 
 impl Mirror {
     /// Takes one request at `now` (Redis µs): `Ok(remaining)` or `Err(wait in µs)`.
     fn take(&self, now: u64) -> Result<u32, u64> {
-        self.active.store(true, Ordering::Relaxed);
         let burst = u64::from(self.burst) * self.interval;
         let mut current = self.tat.load(Ordering::Acquire);
         loop {
@@ -187,8 +186,11 @@ pub struct Cluster {
     subscribe_to: Vec<redis::Client>,
     decide: redis::Script,
     add: redis::Script,
-    /// `local-sync` buckets by their Redis key.
+    /// `local-sync` buckets.
     mirrors: DashMap<MirrorId, Arc<Mirror>>,
+    /// The buckets used since the last sync, each once: what the next sync sends, found
+    /// without walking every bucket this instance ever used.
+    used: Mutex<Vec<Arc<Mirror>>>,
     /// Redis µs minus this host's wall-clock µs, learned at each sync.
     offset: AtomicI64,
     up: AtomicBool,
@@ -274,6 +276,7 @@ impl Cluster {
             decide: redis::Script::new(DECIDE),
             add: redis::Script::new(ADD),
             mirrors: DashMap::new(),
+            used: Mutex::new(Vec::new()),
             offset: AtomicI64::new(0),
             up: AtomicBool::new(true),
             retry_at: AtomicU64::new(0),
@@ -392,6 +395,12 @@ impl Cluster {
         let mut taken: Vec<Arc<Mirror>> = Vec::with_capacity(2);
         for (slot, (scope, id, rate)) in shared.buckets().enumerate() {
             let mirror = self.mirror(shared, scope, id, rate);
+            if !mirror.active.swap(true, Ordering::AcqRel) {
+                self.used
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(mirror.clone());
+            }
             let state = |remaining, reset| PolicyState {
                 scope,
                 limit: rate.count.get(),
@@ -443,7 +452,7 @@ impl Cluster {
                     burst: rate.count.get(),
                     tat: AtomicU64::new(0),
                     pending: AtomicU32::new(0),
-                    active: AtomicBool::new(true),
+                    active: AtomicBool::new(false),
                 })
             })
             .clone()
@@ -462,14 +471,12 @@ impl Cluster {
     /// `local-sync`: sends what this instance admitted since the last sync and takes back the
     /// fleet's TATs, for every bucket used since.
     pub async fn sync(&self) {
-        let mut batch: Vec<Entry> = Vec::new();
-        for entry in self.mirrors.iter() {
-            let m = entry.value();
-            if !m.active.swap(false, Ordering::AcqRel) && m.pending.load(Ordering::Acquire) == 0 {
-                continue;
-            }
+        let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut batch: Vec<Entry> = Vec::with_capacity(used.len());
+        for m in used {
+            m.active.store(false, Ordering::Release);
             let sent = m.pending.swap(0, Ordering::AcqRel);
-            batch.push((m.key.clone(), m.clone(), sent));
+            batch.push((m.key.clone(), m, sent));
         }
         if batch.is_empty() {
             return;
@@ -960,7 +967,6 @@ mod tests {
         );
         assert_eq!(m.take(t0 + 999_999), Err(1));
         assert_eq!(m.take(t0 + 1_000_000), Ok(0));
-        assert!(m.active.load(Ordering::Relaxed));
         assert_eq!(m.reset(t0 + 1_000_000), 4, "full again 4 s later");
 
         // A sync: this instance's 5 reach Redis, where another instance had taken 2 more.
