@@ -79,8 +79,8 @@ fn dispatch(writer: NonBlocking, format: LogFormat) -> tracing::Dispatch {
 }
 
 /// An access log event as one flat JSON object, its fields in order. tracing-subscriber's own
-/// JSON format builds each line through serde and a map of the fields: 20,000 instructions a
-/// request, against 3,000 this way.
+/// JSON format builds each line through serde and a map of the fields: about 19,500
+/// instructions a line under callgrind, against 10,500 this way.
 struct JsonLine;
 
 impl<S, N> FormatEvent<S, N> for JsonLine
