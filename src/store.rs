@@ -197,18 +197,33 @@ impl Store {
         &self,
         op: impl FnOnce(&mut DocumentMut, &Snapshot) -> Result<T, StoreError>,
     ) -> Result<Written<T>, StoreError> {
+        self.change_as(Edit::Rewrite, op)
+    }
+
+    /// [`Store::change`]; with [`Edit::Append`], `op` gets an empty document whose tables are
+    /// appended to the keys file's text, which is then never parsed into a document: adding a
+    /// key to a 1,000,000-key file must not build an editable tree of the whole file.
+    fn change_as<T>(
+        &self,
+        edit: Edit,
+        op: impl FnOnce(&mut DocumentMut, &Snapshot) -> Result<T, StoreError>,
+    ) -> Result<Written<T>, StoreError> {
         // Changes are serialized, across processes too (the gateway and a `keygate keys` command):
         // a read-modify-write must not interleave with another. The keys file's path comes from
-        // the main file, read once to find it and again under the lock.
+        // the main file, read once to find it and again (and validated) under the lock.
         let first = std::fs::read_to_string(&self.config).map_err(|source| StoreError::Io {
             path: self.config.clone(),
             source,
         })?;
-        let keys_path = config::parse(&first, &self.config)
-            .map_err(StoreError::CurrentInvalid)?
-            .snapshot
-            .keys_file
-            .ok_or(StoreError::NoKeysFile)?;
+        let keys_path = match keys_file_of(&first, &self.config) {
+            Some(p) => p,
+            // Unreadable or without `keys_file`: the whole parse says which, exactly.
+            None => config::parse(&first, &self.config)
+                .map_err(StoreError::CurrentInvalid)?
+                .snapshot
+                .keys_file
+                .ok_or(StoreError::NoKeysFile)?,
+        };
         let lock = StoreLock::acquire(&keys_path).map_err(|source| StoreError::Io {
             path: keys_path.clone(),
             source,
@@ -225,15 +240,33 @@ impl Store {
             .clone()
             .ok_or(StoreError::NoKeysFile)?;
         let keys_text = config::read_keys_file(&path).map_err(StoreError::CurrentInvalid)?;
-        let mut doc: DocumentMut =
+        // Appending `[[keys]]` is only the same as pushing to the array when nothing else in
+        // the file defines `keys`.
+        let append = edit == Edit::Append && !defines_keys_otherwise(&keys_text);
+        let mut doc: DocumentMut = if append {
+            DocumentMut::new()
+        } else {
             keys_text
                 .parse()
                 .map_err(|e: toml_edit::TomlError| StoreError::Io {
                     path: path.clone(),
                     source: std::io::Error::other(e.to_string()),
-                })?;
+                })?
+        };
         let value = op(&mut doc, &current.snapshot)?;
-        let next_text = doc.to_string();
+        let next_text = if append {
+            let mut text = keys_text;
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            if !text.is_empty() && !text.ends_with("\n\n") {
+                text.push('\n');
+            }
+            text.push_str(&doc.to_string());
+            text
+        } else {
+            doc.to_string()
+        };
         let loaded = config::parse_with(&main_text, &self.config, Some(&next_text))
             .map_err(StoreError::Invalid)?;
         write_atomic(&path, next_text.as_bytes()).map_err(|source| StoreError::Io {
@@ -261,7 +294,7 @@ impl Store {
         new: NewKey,
         secret_prefix: &str,
     ) -> Result<Written<(String, String)>, StoreError> {
-        self.change(|doc, snap| {
+        self.change_as(Edit::Append, |doc, snap| {
             let id = match new.id {
                 Some(id) => id,
                 None => generated_id("key")?,
@@ -491,6 +524,37 @@ impl Store {
 }
 
 /// The `[[name]]` array of the document, created if absent.
+/// How [`Store::change_as`] edits the keys file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Edit {
+    /// Parse it into a document, change it, write the document out.
+    Rewrite,
+    /// Append the tables the change adds.
+    Append,
+}
+
+/// The main file's `keys_file`, resolved against it: all a change needs from the main file
+/// before taking the lock (the whole config is read and validated under it).
+fn keys_file_of(main_text: &str, config: &Path) -> Option<PathBuf> {
+    let raw: toml::Table = toml::from_str(main_text).ok()?;
+    let file = raw.get("keys_file")?.as_str()?;
+    Some(config::validate::relative_to(config, file))
+}
+
+/// Whether `keys` appears in the keys file other than as `[[keys]]` headers (a `keys = [...]`
+/// array or a `[keys]` table), where appending a `[[keys]]` table would not add to it.
+fn defines_keys_otherwise(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_start();
+        (l.starts_with("keys") && l[4..].trim_start().starts_with(['=', '.']))
+            || (l.starts_with('[')
+                && !l.starts_with("[[")
+                && l[1..].trim_start().starts_with("keys"))
+            || l.starts_with("\"keys\"")
+            || l.starts_with("'keys'")
+    })
+}
+
 fn tables<'d>(doc: &'d mut DocumentMut, name: &str) -> Result<&'d mut ArrayOfTables, StoreError> {
     let item = doc
         .entry(name)
@@ -802,6 +866,70 @@ secret = "static-secret"
 
     fn keys_text(d: &Dir) -> String {
         std::fs::read_to_string(d.0.join("keys.toml")).unwrap()
+    }
+
+    /// A created key is appended: every byte already in the file stays as it was (comments,
+    /// layout, a last line without a newline), and the result is one more `[[keys]]`.
+    #[test]
+    fn create_appends_and_keeps_every_byte_of_the_file() {
+        let before = "# managed by hand too\n[[consumers]]\nid = \"acme\"\n\n[[keys]]\nid = \"old\"  # keep me\nhash = \"sha256:0000000000000000000000000000000000000000000000000000000000000001\"\nconsumer = \"acme\"";
+        let (d, store) = setup(before);
+        let new = NewKey {
+            id: Some("new".into()),
+            consumer: Some("acme".into()),
+            ..Default::default()
+        };
+        let w = store.create_key(new, "kg_").unwrap();
+        let text = keys_text(&d);
+        assert!(text.starts_with(before), "{text}");
+        assert!(
+            text[before.len()..].starts_with("\n\n[[keys]]\nid = \"new\""),
+            "{text}"
+        );
+        let snap = w.loaded.unwrap().snapshot;
+        assert_eq!(snap.keys.len(), 3);
+        assert!(
+            snap.keys
+                .iter()
+                .any(|k| k.id.as_str() == "new" && k.consumer.is_some())
+        );
+    }
+
+    /// Where `keys` is written another way than `[[keys]]` tables, appending one would not add
+    /// to it: the whole file is edited instead, as before.
+    #[test]
+    fn keys_written_another_way_are_not_appended_to() {
+        for other in [
+            "keys = []",
+            "  keys=[]",
+            "[keys]",
+            "[ keys.x ]",
+            "keys.x = 1",
+            "\"keys\" = []",
+        ] {
+            assert!(defines_keys_otherwise(other), "{other}");
+        }
+        for fine in [
+            "[[keys]]",
+            "  [[keys]]",
+            "keysmith = 1",
+            "# keys = []",
+            "id = \"keys\"",
+        ] {
+            assert!(!defines_keys_otherwise(fine), "{fine}");
+        }
+        let (_d, store) = setup("keys = []\n");
+        let err = store
+            .create_key(
+                NewKey {
+                    id: Some("k".into()),
+                    ..Default::default()
+                },
+                "kg_",
+            )
+            .err()
+            .expect("an inline `keys` array is not an array of tables");
+        assert!(err.to_string().contains("array of tables"), "{err}");
     }
 
     #[test]
