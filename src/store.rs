@@ -243,8 +243,20 @@ impl Store {
         // Appending `[[keys]]` is only the same as pushing to the array when nothing else in
         // the file defines `keys`.
         let append = edit == Edit::Append && !defines_keys_otherwise(&keys_text);
+        // One key's table alone, where it can be found in the plain layout.
+        let chunk = match edit {
+            Edit::Key(id) if !defines_keys_otherwise(&keys_text) => key_table(&keys_text, id),
+            _ => None,
+        };
         let mut doc: DocumentMut = if append {
             DocumentMut::new()
+        } else if let Some(range) = &chunk {
+            keys_text[range.clone()]
+                .parse()
+                .map_err(|e: toml_edit::TomlError| StoreError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?
         } else {
             keys_text
                 .parse()
@@ -263,6 +275,12 @@ impl Store {
                 text.push('\n');
             }
             text.push_str(&doc.to_string());
+            text
+        } else if let Some(range) = chunk {
+            let mut text = String::with_capacity(keys_text.len() + 256);
+            text.push_str(&keys_text[..range.start]);
+            text.push_str(&doc.to_string());
+            text.push_str(&keys_text[range.end..]);
             text
         } else {
             doc.to_string()
@@ -352,7 +370,7 @@ impl Store {
     }
 
     pub fn update_key(&self, id: &str, patch: KeyPatch) -> Result<Written<()>, StoreError> {
-        self.change(|doc, snap| {
+        self.change_as(Edit::Key(id), |doc, snap| {
             let t = managed_key(doc, snap, id)?;
             if let Some(n) = &patch.name {
                 set_opt_str(t, "name", n.as_deref());
@@ -387,7 +405,7 @@ impl Store {
     }
 
     pub fn delete_key(&self, id: &str) -> Result<Written<()>, StoreError> {
-        self.change(|doc, snap| {
+        self.change_as(Edit::Key(id), |doc, snap| {
             managed_key(doc, snap, id)?;
             let keys = tables(doc, "keys")?;
             keys.retain(|t| t.get("id").and_then(Item::as_str) != Some(id));
@@ -402,7 +420,7 @@ impl Store {
         grace: Duration,
         secret_prefix: &str,
     ) -> Result<Written<String>, StoreError> {
-        self.change(|doc, snap| {
+        self.change_as(Edit::Key(id), |doc, snap| {
             let old = snap
                 .keys
                 .iter()
@@ -429,11 +447,15 @@ impl Store {
     }
 
     pub fn add_key_ip(&self, id: &str, cidr: &str) -> Result<Written<()>, StoreError> {
-        self.change(|doc, snap| add_to_list(managed_key(doc, snap, id)?, "allow_ips", cidr))
+        self.change_as(Edit::Key(id), |doc, snap| {
+            add_to_list(managed_key(doc, snap, id)?, "allow_ips", cidr)
+        })
     }
 
     pub fn remove_key_ip(&self, id: &str, cidr: &str) -> Result<Written<()>, StoreError> {
-        self.change(|doc, snap| remove_from_list(managed_key(doc, snap, id)?, "allow_ips", cidr))
+        self.change_as(Edit::Key(id), |doc, snap| {
+            remove_from_list(managed_key(doc, snap, id)?, "allow_ips", cidr)
+        })
     }
 
     pub fn create_consumer(&self, new: NewConsumer) -> Result<Written<()>, StoreError> {
@@ -526,11 +548,47 @@ impl Store {
 /// The `[[name]]` array of the document, created if absent.
 /// How [`Store::change_as`] edits the keys file.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Edit {
+enum Edit<'a> {
     /// Parse it into a document, change it, write the document out.
     Rewrite,
     /// Append the tables the change adds.
     Append,
+    /// Only the `[[keys]]` table of this id changes: it alone is parsed and rewritten, the
+    /// rest of the file is copied as it is (else as `Rewrite`).
+    Key(&'a str),
+}
+
+/// The byte range of the `[[keys]]` table (header line and body) whose `id` is `id`, in the
+/// plain layout [`scan::key`] reads; `None` where it cannot be told that way.
+fn key_table(text: &str, id: &str) -> Option<std::ops::Range<usize>> {
+    let split = config::scan::split(text)?;
+    let pattern = format!("id = \"{id}\"");
+    let mut from = 0;
+    while let Some(at) = text[from..].find(&pattern).map(|i| i + from) {
+        from = at + pattern.len();
+        let i = split
+            .keys
+            .partition_point(|&(start, _)| start as usize <= at);
+        let Some(&(start, end)) = i.checked_sub(1).and_then(|i| split.keys.get(i)) else {
+            continue;
+        };
+        let (start, end) = (start as usize, end as usize);
+        if at >= end {
+            continue;
+        }
+        // A table in another layout, or another key's table that only mentions the id (in a
+        // name, say): look further.
+        match config::scan::key(text, start, end) {
+            Some(found) if &*found.id.get_ref().0 == id => {}
+            _ => continue,
+        }
+        // The header line ends just before the body.
+        let header = text[..start.saturating_sub(1)]
+            .rfind('\n')
+            .map_or(0, |n| n + 1);
+        return Some(header..end);
+    }
+    None
 }
 
 /// The main file's `keys_file`, resolved against it: all a change needs from the main file
@@ -893,6 +951,58 @@ secret = "static-secret"
                 .iter()
                 .any(|k| k.id.as_str() == "new" && k.consumer.is_some())
         );
+    }
+
+    /// Changing or deleting one key rewrites its table alone: the bytes before and after it are
+    /// copied as they are, comments included, and a key found only by a look-alike string
+    /// elsewhere is not mistaken for it.
+    #[test]
+    fn one_key_changes_touch_only_its_table() {
+        let h = |n: u32| format!("sha256:{n:064x}");
+        let before = format!(
+            "# top\n[[keys]]\nid = \"a\"\nhash = \"{}\"\nname = 'id = \"b\"'\n\n# about b\n[[keys]]\nid = \"b\"  # b's line\nhash = \"{}\"\n\n[[keys]]\nid = \"c\"\nhash = \"{}\"\n# tail",
+            h(1),
+            h(2),
+            h(3)
+        );
+        assert_eq!(key_table(&before, "zz"), None);
+        let b = key_table(&before, "b").expect("b's table");
+        assert!(
+            before[b.clone()].starts_with("[[keys]]\nid = \"b\""),
+            "{:?}",
+            &before[b.clone()]
+        );
+        let (d, store) = setup(&before);
+        store
+            .update_key(
+                "b",
+                KeyPatch {
+                    name: Some(Some("bee".into())),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let after = keys_text(&d);
+        assert!(after.starts_with(&before[..b.start]), "{after}");
+        assert!(after.ends_with(&before[b.end..]), "{after}");
+        assert!(after[b.start..].contains("name = \"bee\""), "{after}");
+        let w = store.delete_key("b").unwrap();
+        let gone = keys_text(&d);
+        assert!(
+            gone.starts_with(&before[..b.start]) && gone.ends_with(&before[b.end..]),
+            "{gone}"
+        );
+        assert!(!gone.contains("[[keys]]\nid = \"b\""), "{gone}");
+        let ids: Vec<String> = w
+            .loaded
+            .unwrap()
+            .snapshot
+            .keys
+            .iter()
+            .map(|k| k.id.as_str().to_owned())
+            .filter(|i| i != "static")
+            .collect();
+        assert_eq!(ids, ["a", "c"]);
     }
 
     /// Where `keys` is written another way than `[[keys]]` tables, appending one would not add
