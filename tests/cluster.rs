@@ -336,13 +336,18 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
         &redis,
         "mode = \"strict\"\ntimeout = \"50ms\"",
         &format!(
-            "{}{}",
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
             key_toml("metered", FLEET_KEY, "rate_limit = \"4/minute\""),
             key_toml("other", OTHER_KEY, "rate_limit = \"4/minute\"")
         ),
     );
-    let gates = fleet(&dir, 2, &config).await;
+    let mut gates = fleet(&dir, 2, &config).await;
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let mut scrape_at = Vec::new();
+    for g in gates.iter_mut() {
+        scrape_at.push(listening_at(g, "metrics listening").await);
+    }
+    assert_eq!(redis_metrics(scrape_at[0]).await, (1, 0));
 
     redis.kill();
     let started = Instant::now();
@@ -355,6 +360,14 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
         "requests waited on the dead Redis: {:?}",
         started.elapsed()
     );
+    // The outage is logged once per instance, however many requests met it, and counted.
+    for (g, at) in gates.iter().zip(&scrape_at) {
+        let said = g.lines(|l| l.contains("Redis unavailable"));
+        assert_eq!(said.len(), 1, "{said:#?}");
+        let (up, errors) = redis_metrics(*at).await;
+        assert_eq!(up, 0);
+        assert!(errors >= 1, "keygate_redis_errors_total {errors}");
+    }
 
     redis.run();
     // Back (Redis is tried again at most every 500 ms during an outage): the exhausted key
@@ -365,6 +378,36 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
     // And the other key's limit is the fleet's again.
     let seen = spread(&addrs, OTHER_KEY, 12, Duration::from_millis(20)).await;
     assert_eq!(count(&seen, 200, ""), 4, "{seen:?}");
+    for (g, at) in gates.iter().zip(&scrape_at) {
+        assert_eq!(redis_metrics(*at).await.0, 1);
+        assert_eq!(g.lines(|l| l.contains("Redis answers again")).len(), 1);
+    }
+}
+
+/// The address in the log line `what … addr=…`.
+async fn listening_at(p: &mut KeygateProcess, what: &str) -> SocketAddr {
+    let line = p.wait_log(what, |l| l.contains(what)).await;
+    let at = line.find("addr=").unwrap() + "addr=".len();
+    line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `keygate_redis_up` and `keygate_redis_errors_total` from `GET /metrics` at `addr`.
+async fn redis_metrics(addr: SocketAddr) -> (u64, u64) {
+    let text = get(addr, "/metrics", &[]).await.text();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    (
+        value("keygate_redis_up"),
+        value("keygate_redis_errors_total"),
+    )
 }
 
 /// `on_redis_error = "deny"` refuses rate-limited requests while Redis is down (503
@@ -464,18 +507,7 @@ async fn a_revocation_on_one_instance_is_refused_by_another_within_a_second() {
 }
 
 async fn admin_addr(p: &mut KeygateProcess) -> SocketAddr {
-    let line = p
-        .wait_log("the admin listening line", |l| {
-            l.contains("admin API listening")
-        })
-        .await;
-    let at = line.find("addr=").unwrap() + "addr=".len();
-    line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    listening_at(p, "admin API listening").await
 }
 
 /// Polls until `secret` gets `status` and `code`, failing after `limit`.
