@@ -203,7 +203,8 @@ pub struct Activity {
     active: AtomicUsize,
     /// Nanoseconds after `since` at which the last request ended.
     ended_at: AtomicU64,
-    since: Option<Instant>,
+    /// When the connection was accepted.
+    since: Instant,
     /// The server's shutdown waits while this is held: by the connection, by each request
     /// until its response is sent, and by an upgraded connection's tunnel.
     _drain: tokio::sync::watch::Receiver<bool>,
@@ -214,7 +215,7 @@ impl Activity {
         Activity {
             active: AtomicUsize::new(0),
             ended_at: AtomicU64::new(0),
-            since: Some(now),
+            since: now,
             _drain: drain,
         }
     }
@@ -224,8 +225,7 @@ impl Activity {
         if self.active.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let since = self.since?;
-        Some(since + Duration::from_nanos(self.ended_at.load(Ordering::Acquire)))
+        Some(self.since + Duration::from_nanos(self.ended_at.load(Ordering::Acquire)))
     }
 
     fn begin(&self) {
@@ -233,11 +233,9 @@ impl Activity {
     }
 
     fn end(&self, at: Instant) {
-        if let Some(since) = self.since {
-            let nanos = u64::try_from(at.saturating_duration_since(since).as_nanos());
-            self.ended_at
-                .store(nanos.unwrap_or(u64::MAX), Ordering::Release);
-        }
+        let nanos = u64::try_from(at.saturating_duration_since(self.since).as_nanos());
+        self.ended_at
+            .store(nanos.unwrap_or(u64::MAX), Ordering::Release);
         self.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
