@@ -156,6 +156,8 @@ pub struct Finished {
     pub target: usize,
     pub method: MethodClass,
     pub status: u16,
+    /// From sending upstream to the response head; `None` when keygate answered itself.
+    pub upstream: Option<Duration>,
     pub total: Duration,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -246,15 +248,11 @@ impl Shard {
         };
         *t.requests.entry((f.method, f.status)).or_default() += 1;
         t.duration.observe(f.total);
+        if let Some(up) = f.upstream {
+            t.upstream.observe(up);
+        }
         t.bytes_in += f.bytes_in;
         t.bytes_out += f.bytes_out;
-    }
-
-    /// Time from sending a request upstream to its response's head.
-    pub fn upstream(&self, target: usize, took: Duration) {
-        if let Some((_, t)) = self.counts().targets.get_mut(target) {
-            t.upstream.observe(took);
-        }
     }
 
     /// A request keygate answered itself (`code` is a [`Deny`](crate::proxy::deny::Deny) code).

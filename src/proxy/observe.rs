@@ -367,11 +367,9 @@ impl Exchange {
         }
     }
 
+    /// Counted with the rest when the exchange finishes: one lock of the shard per request.
     pub fn upstream_answered(&mut self, took: Duration) {
         self.upstream = Some(took);
-        if let Some(t) = self.target {
-            self.observer.shard.upstream(t, took);
-        }
     }
 
     pub fn denied(&mut self, code: &'static str, rate_limited_key: Option<&Id>) {
@@ -398,6 +396,7 @@ impl Exchange {
                 .unwrap_or_else(|| self.observer.shard.target("")),
             method: self.method,
             status: self.status,
+            upstream: self.upstream,
             total,
             bytes_in: self.bytes_in,
             bytes_out,
