@@ -304,15 +304,9 @@ async fn run_listens_serves_and_never_logs_a_secret() {
         .unwrap() else {
             panic!("keygate exited before listening: {log:#?}");
         };
-        let found = line.contains("keygate listening").then(|| {
-            let at = line.find("addr=").expect("addr= in the listening line") + "addr=".len();
-            line[at..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-        });
+        let found = line
+            .contains("keygate listening")
+            .then(|| common::logged_addr(&line));
         log.push(line);
         if found.is_some() {
             addr = found;

@@ -345,7 +345,7 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
     let mut scrape_at = Vec::new();
     for g in gates.iter_mut() {
-        scrape_at.push(listening_at(g, "metrics listening").await);
+        scrape_at.push(g.wait_addr("metrics listening").await);
     }
     assert_eq!(redis_metrics(scrape_at[0]).await, (1, 0));
 
@@ -382,18 +382,6 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
         assert_eq!(redis_metrics(*at).await.0, 1);
         assert_eq!(g.lines(|l| l.contains("Redis answers again")).len(), 1);
     }
-}
-
-/// The address in the log line `what … addr=…`.
-async fn listening_at(p: &mut KeygateProcess, what: &str) -> SocketAddr {
-    let line = p.wait_log(what, |l| l.contains(what)).await;
-    let at = line.find("addr=").unwrap() + "addr=".len();
-    line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// `keygate_redis_up` and `keygate_redis_errors_total` from `GET /metrics` at `addr`.
@@ -481,7 +469,7 @@ async fn a_revocation_on_one_instance_is_refused_by_another_within_a_second() {
     std::fs::write(&b_path, &b_config).unwrap();
     let mut a = KeygateProcess::start(&a_path).await;
     let b = KeygateProcess::start(&b_path).await;
-    let admin = admin_addr(&mut a).await;
+    let admin = a.wait_addr("admin API listening").await;
     until_status(b.addr, FLEET_KEY, 200, "").await;
     // Let B's subscription settle (it logs nothing): a change before it would only be seen by
     // its periodic check.
@@ -504,10 +492,6 @@ async fn a_revocation_on_one_instance_is_refused_by_another_within_a_second() {
     let resp = call(b.addr, OTHER_KEY).await;
     assert_eq!(outcome(&resp), (200, String::new()));
     a.stop().await;
-}
-
-async fn admin_addr(p: &mut KeygateProcess) -> SocketAddr {
-    listening_at(p, "admin API listening").await
 }
 
 /// Polls until `secret` gets `status` and `code`, failing after `limit`.
@@ -553,7 +537,7 @@ async fn last_used_at_is_the_latest_use_on_any_instance() {
     )
     .unwrap();
     let mut a = KeygateProcess::start(&a_path).await;
-    let api = common::admin::Api::new(admin_addr(&mut a).await, Some(ADMIN_KEY));
+    let api = common::admin::Api::new(a.wait_addr("admin API listening").await, Some(ADMIN_KEY));
     let b = fleet(&dir, 1, &instance_config(up.addr, &redis, "", &keys)).await;
     assert!(api.get("/v1/keys/roaming").await.json()["last_used_at"].is_null());
 

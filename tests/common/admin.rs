@@ -606,18 +606,7 @@ impl Process {
     /// Waits (bounded) for a log line containing `marker` and returns its `addr=`.
     async fn wait_addr(&mut self, marker: &str, what: &str) -> SocketAddr {
         let line = self.wait_log(what, |l| l.contains(marker)).await;
-        let at = line
-            .find("addr=")
-            .unwrap_or_else(|| panic!("no addr= in {line:?}"))
-            + "addr=".len();
-        let addr: SocketAddr = line[at..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(addr.ip().is_loopback() && addr.port() != 0, "{line}");
-        addr
+        super::logged_addr(&line)
     }
 
     /// Waits (bounded) for a log line that `pred` accepts and returns it.

@@ -353,20 +353,14 @@ impl KeygateProcess {
             child,
             log,
         };
-        let line = process
-            .wait_log("the \"keygate listening\" line", |l| {
-                l.contains("keygate listening")
-            })
-            .await;
-        let at = line.find("addr=").expect("addr= in the listening line") + "addr=".len();
-        process.addr = line[at..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(process.addr.ip().is_loopback() && process.addr.port() != 0);
+        process.addr = process.wait_addr("keygate listening").await;
         process
+    }
+
+    /// Waits (bounded) for the log line containing `marker` and returns its `addr=`.
+    pub async fn wait_addr(&mut self, marker: &str) -> SocketAddr {
+        let line = self.wait_log(marker, |l| l.contains(marker)).await;
+        super::logged_addr(&line)
     }
 
     pub fn pid(&self) -> u32 {

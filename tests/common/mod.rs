@@ -46,6 +46,23 @@ const MAX_CONNECTIONS: usize = 1_000;
 /// Bodies larger than this are not scanned for secrets (they are generated test patterns).
 const SECRET_SCAN_LIMIT: usize = 1 << 20;
 
+/// The `addr=` of a listening line keygate logs (`keygate listening`, `admin API listening`,
+/// `metrics listening`): a loopback address with a real port.
+pub fn logged_addr(line: &str) -> SocketAddr {
+    let at = line
+        .find("addr=")
+        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+        + "addr=".len();
+    let addr: SocketAddr = line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{line}");
+    addr
+}
+
 /// Loads `path` as `keygate run` does, with the access log off unless the config has a `[log]`
 /// table: its default (stdout) would bypass the test harness's output capture.
 pub fn load_quiet(path: &std::path::Path) -> anyhow::Result<(keygate::config::Loaded, Vec<u8>)> {
