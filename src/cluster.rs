@@ -460,11 +460,7 @@ impl Cluster {
 
     /// This host's clock, moved onto Redis' by the offset learned at the last sync.
     fn now_us(&self) -> u64 {
-        let local = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros();
-        let local = i64::try_from(local).unwrap_or(i64::MAX);
+        let local = i64::try_from(self.now_local_us()).unwrap_or(i64::MAX);
         u64::try_from(local.saturating_add(self.offset.load(Ordering::Relaxed))).unwrap_or(0)
     }
 

@@ -494,7 +494,7 @@ async fn a_revocation_on_one_instance_is_refused_by_another_within_a_second() {
     a.stop().await;
 }
 
-/// Polls until `secret` gets `status` and `code`, failing after `limit`.
+/// Polls until `secret` gets `status` and `code` on `addr`, failing after `limit`.
 async fn until_status_for(
     addr: SocketAddr,
     secret: &str,
@@ -503,18 +503,11 @@ async fn until_status_for(
     limit: Duration,
 ) {
     let want = (status, code.to_owned());
-    let started = Instant::now();
-    loop {
-        let got = outcome(&call(addr, secret).await);
-        if got == want {
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "still {got:?} after {limit:?}, wanted {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{secret:.12}… to get {want:?} from {addr}");
+    eventually_for(limit, &what, async || {
+        (outcome(&call(addr, secret).await) == want).then_some(())
+    })
+    .await;
 }
 
 /// `last_used_at` is the fleet's: a key used only through instance B shows its use in
