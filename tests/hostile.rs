@@ -26,7 +26,7 @@
 //! | `te_vtab` | `Transfer-Encoding: \x0bchunked` | 400, close |
 //! | `te_upper_with_cl` | `Transfer-Encoding: CHUNKED` and `Content-Length` | 200 (chunked), close; no smuggled request |
 //! | `te_http10` | `Transfer-Encoding: chunked` in HTTP/1.0 | 400, close |
-//! | `chunk_size_overflow` | a chunk size of 21 hex digits | 502 `upstream_unavailable`, close; the upstream never gets a whole request |
+//! | `chunk_size_overflow` | a chunk size of 21 hex digits | 400 `invalid_body`, close; the upstream never gets a whole request |
 //! | `get_chunked_smuggle` | `GET` with a chunked body holding a smuggled request | 200, then open; upstream sees one bodiless `GET` (hyper sends a `GET` of unknown length without its body) |
 //! | `pipelined_no_key` | a keyed `GET`, then in the same write an unkeyed one | 200, 403 `key_missing`, then open |
 //! | `space_in_target` | `GET /r /smuggled HTTP/1.1` | 400, close |
@@ -703,7 +703,7 @@ fn cases() -> Vec<Case> {
                 "Transfer-Encoding: chunked\r\n",
                 &format!("fffffffffffffffffffff\r\n{SMUGGLED}"),
             ),
-            &[Kg(502, "upstream_unavailable")],
+            &[Kg(400, "invalid_body")],
             Close,
             &[],
         ),

@@ -27,6 +27,9 @@ pub enum Deny {
     AccessDenied,
     /// The request body is larger than the target's `max_body`.
     BodyTooLarge,
+    /// The request body could not be read: a malformed chunked encoding, or the client left
+    /// before sending all of it.
+    InvalidBody,
     RateLimited(Limited),
     /// Too many `key_invalid` answers to this client address; retry after this many seconds.
     TooManyFailures(u64),
@@ -48,6 +51,7 @@ impl Deny {
             | Deny::TargetNotAllowed
             | Deny::AccessDenied => StatusCode::FORBIDDEN,
             Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Deny::InvalidBody => StatusCode::BAD_REQUEST,
             Deny::RateLimited(_) | Deny::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             Deny::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Deny::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -66,6 +70,7 @@ impl Deny {
             Deny::TargetNotAllowed => "target_not_allowed",
             Deny::AccessDenied => "access_denied",
             Deny::BodyTooLarge => "body_too_large",
+            Deny::InvalidBody => "invalid_body",
             Deny::RateLimited(_) => "rate_limited",
             Deny::TooManyFailures(_) => "too_many_failures",
             Deny::UpstreamUnavailable => "upstream_unavailable",
@@ -85,6 +90,7 @@ impl Deny {
             Deny::TargetNotAllowed => "Target not allowed",
             Deny::AccessDenied => "Access denied",
             Deny::BodyTooLarge => "Request body too large",
+            Deny::InvalidBody => "Request body invalid",
             Deny::RateLimited(_) => "Rate limit exceeded",
             Deny::TooManyFailures(_) => "Too many failed attempts",
             Deny::UpstreamUnavailable => "Upstream unavailable",
@@ -105,6 +111,7 @@ impl Deny {
             Deny::TargetNotAllowed => "The API key is not bound to this deploy target.",
             Deny::AccessDenied => "The API key may not use this method or path.",
             Deny::BodyTooLarge => "The request body is larger than this target accepts.",
+            Deny::InvalidBody => "The request body is malformed or ended early.",
             Deny::RateLimited(_) => "The API key is over its rate limit; see Retry-After.",
             Deny::TooManyFailures(_) => {
                 "Too many requests with invalid API keys from this address; see Retry-After."

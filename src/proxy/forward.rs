@@ -175,7 +175,7 @@ pub async fn send(
             tracing::warn!(target = %plan.target, timeout = ?plan.timeout, "upstream timed out");
             return Err(Deny::UpstreamTimeout);
         }
-        Ok(Err(e)) if caused_by_too_large(&*e) => return Err(Deny::BodyTooLarge),
+        Ok(Err(e)) if let Some(deny) = upload_failure(&*e) => return Err(deny),
         Ok(Err(e)) => {
             tracing::warn!(target = %plan.target, error = %error_chain(&*e), "upstream unavailable");
             return Err(Deny::UpstreamUnavailable);
@@ -199,7 +199,9 @@ pub async fn send(
 }
 
 /// The client's request body on its way upstream: ends in an error past the target's
-/// `max_body`, which [`send`] answers with 413 `body_too_large`.
+/// `max_body`, which [`send`] answers with 413 `body_too_large`, and marks its own read errors
+/// (a malformed chunked encoding, a client gone mid-upload) as the client's, which [`send`]
+/// answers with 400 `invalid_body` instead of blaming the upstream.
 pub struct Upload {
     body: Incoming,
     /// Bytes still allowed.
@@ -219,6 +221,22 @@ impl std::fmt::Display for TooLarge {
 }
 
 impl std::error::Error for TooLarge {}
+
+/// The error an [`Upload`] ends with when reading the client's body failed.
+#[derive(Debug)]
+pub struct ClientBody(hyper::Error);
+
+impl std::fmt::Display for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "reading the request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBody {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
 impl Body for Upload {
     type Data = Bytes;
@@ -243,7 +261,7 @@ impl Body for Upload {
                 c.fetch_add(n, Ordering::Relaxed);
             }
         }
-        Poll::Ready(polled.map(|r| r.map_err(Into::into)))
+        Poll::Ready(polled.map(|r| r.map_err(|e| Box::new(ClientBody(e)) as Self::Error)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -255,16 +273,20 @@ impl Body for Upload {
     }
 }
 
-/// Whether an upstream exchange failed because the request body passed `max_body`.
-fn caused_by_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The client's fault in a failed upstream exchange, if it failed on the request body: past
+/// `max_body`, or unreadable.
+fn upload_failure(e: &(dyn std::error::Error + 'static)) -> Option<Deny> {
     let mut cur = Some(e);
     while let Some(c) = cur {
         if c.is::<TooLarge>() {
-            return true;
+            return Some(Deny::BodyTooLarge);
+        }
+        if c.is::<ClientBody>() {
+            return Some(Deny::InvalidBody);
         }
         cur = c.source();
     }
-    false
+    None
 }
 
 /// Copies bytes both ways between an upgraded client and upstream until either side closes.
