@@ -85,6 +85,7 @@
 //! | upstream resets mid-body | `Content-Length: 1000000` (then chunked), 1000 bytes, RST | 200 head, then a close before the body's end (no final chunk); HTTP/2: the body ends in an error |
 //! | upstream oversized header | a 1 MB response header; 10,000 response headers | 502 `upstream_unavailable` |
 //! | upstream resets before answering | RST after reading the request | 502 `upstream_unavailable` |
+//! | client leaves mid-upload | `Content-Length: 100`, 10 bytes, then the client's write side closes | 400 `invalid_body`; the upstream never gets a whole request |
 
 mod common;
 
@@ -1550,6 +1551,32 @@ async fn an_upstream_reset_before_answering_is_a_502() {
 /// then chunked), then resets. The client has the 200 head by then; what it must not get is a
 /// body that looks complete: keygate cuts the connection (HTTP/1.1) or resets the stream
 /// (HTTP/2). keygate serves the next request.
+/// A client that closes its side after 10 of the 100 bytes it announced: the request cannot
+/// be completed, and that is the client's doing, so 400 `invalid_body` (not 502), on the read
+/// side it still has open; the upstream never sees a whole request.
+#[tokio::test]
+async fn a_body_cut_short_by_the_client_is_a_400() {
+    let (addr, record) = gateway().await;
+    let mut conn = RawConn::connect(addr).await;
+    conn.send(keyed(
+        "POST /r HTTP/1.1",
+        "Content-Length: 100\r\n",
+        "0123456789",
+    ));
+    // Dropping the writer task's channel ends it, and its write half shuts down (FIN).
+    let (closed, _) = tokio::sync::mpsc::unbounded_channel();
+    drop(std::mem::replace(&mut conn.wr, closed));
+    let resp = conn.response().await.unwrap().expect("an answer");
+    assert_problem(&resp, 400, "invalid_body");
+    let (seen, raw) = record.take();
+    assert!(
+        seen.iter().all(|s| s.body.is_none()),
+        "the upstream got a whole request: {seen:?}"
+    );
+    assert_upstream_clean("cut short", &seen, &raw);
+    assert_still_serving(addr, &record, "after a body cut short").await;
+}
+
 #[tokio::test]
 async fn an_upstream_reset_mid_body_cuts_the_client_off() {
     let release = Arc::new(tokio::sync::Semaphore::new(0));
