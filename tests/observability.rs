@@ -1038,6 +1038,14 @@ async fn access_log_text_to_a_file_is_flushed_at_shutdown() {
     for _ in 0..20 {
         assert_eq!(call(p, STATIC_SECRET).await.status, 200);
     }
+    let query = format!("/live/t?x=1&api_key={OWNED_SECRET}");
+    assert_eq!(
+        get(p, &query, &[("x-request-id", "t-query")]).await.status,
+        200
+    );
+    let wrong = format!("{PROBE}?api_key={WRONG_SECRET}");
+    let r_wrong = get(p, &wrong, &[("x-request-id", "t-wrong")]).await;
+    assert_problem(&r_wrong, 403, "key_invalid");
     let slow = tokio::spawn(async move {
         get(
             p,
@@ -1070,24 +1078,66 @@ async fn access_log_text_to_a_file_is_flushed_at_shutdown() {
 
     let written = std::fs::read_to_string(&access).expect("the access log file");
     let lines: Vec<&str> = written.lines().collect();
-    assert_eq!(lines.len(), 21, "{written}");
+    assert_eq!(lines.len(), 23, "{written}");
     for line in &lines {
         assert!(
             serde_json::from_str::<Value>(line).is_err(),
             "a JSON line: {line}"
         );
+    }
+    for line in &lines[..20] {
         assert!(line.contains("status=200"), "{line}");
         assert!(
             line.contains("key_id=") && line.contains("static"),
             "{line}"
         );
     }
+    // Every field of the JSON format is in the text one too (strings quoted), with the secret
+    // redacted.
+    let by_id = |id: &str| {
+        *lines
+            .iter()
+            .find(|l| l.contains(&format!(" request_id=\"{id}\" ")))
+            .unwrap_or_else(|| panic!("no line for {id}: {written}"))
+    };
+    let q = by_id("t-query");
+    assert!(q.starts_with("time=20"), "{q}");
+    for field in [
+        "client_ip=127.0.0.1".to_owned(),
+        "method=\"GET\"".to_owned(),
+        format!("host=\"{HOST}\""),
+        "path=\"/live/t?x=1&api_key=REDACTED\"".to_owned(),
+        "target=\"main\"".to_owned(),
+        "key_id=\"owned\"".to_owned(),
+        "consumer=\"house\"".to_owned(),
+        "status=200".to_owned(),
+        "upstream_ms=".to_owned(),
+        "total_ms=".to_owned(),
+        "bytes_in=0".to_owned(),
+        "bytes_out=".to_owned(),
+    ] {
+        assert!(q.contains(&field), "{field} missing: {q}");
+    }
+    let w = by_id("t-wrong");
+    for field in [
+        "status=403",
+        "code=\"key_invalid\"",
+        "api_key=REDACTED",
+        "total_ms=",
+    ] {
+        assert!(w.contains(field), "{field} missing: {w}");
+    }
+    assert!(!w.contains("key_id="), "{w}");
     let last = lines.last().unwrap();
     assert!(
         last.contains("/other/slow") && last.contains("other"),
         "the drained request is logged last: {last}"
     );
-    assert_no_secret_in("the access log", &[written], &[STATIC_SECRET]);
+    assert_no_secret_in(
+        "the access log",
+        &[written],
+        &[STATIC_SECRET, OWNED_SECRET, WRONG_SECRET],
+    );
 }
 
 /// `access = "off"` writes no line anywhere; the default (no `[log]`) writes to stdout.
