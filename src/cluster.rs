@@ -15,8 +15,9 @@
 //!
 //! Redis failing or slower than `timeout` never holds a request: it gets what
 //! `on_redis_error` says (`local` by default: this instance's own buckets), the outage is
-//! logged once, counted in `keygate_redis_errors_total` and shown by `keygate_redis_up`, and the
-//! next call after Redis is back uses it again.
+//! logged once, counted in `keygate_redis_errors_total` and shown by `keygate_redis_up`, and
+//! Redis is tried again at most every [`RETRY_EVERY`] (by a request in `strict`, by the sync in
+//! `local-sync`): the first call that it answers ends the outage.
 //!
 //! Keys without a rate limit never touch Redis. Key changes made through one instance's admin
 //! API are announced on `<prefix>changes`; every instance reloads its config when it hears one
@@ -475,6 +476,11 @@ impl Cluster {
             batch.push((m.key.clone(), m, sent));
         }
         if batch.is_empty() {
+            // With `on_redis_error` = allow or deny no bucket is used during an outage, so
+            // nothing would ever call Redis again: ask it directly, as often as a request may.
+            if !self.available() && self.worth_trying() {
+                self.probe().await;
+            }
             return;
         }
         // One script call for all of them; on a Redis Cluster, one per hash tag (a script's
@@ -517,6 +523,23 @@ impl Cluster {
         if self.mirrors.len() > 100_000 {
             self.mirrors
                 .retain(|_, m| m.pending.load(Ordering::Relaxed) > 0 || Arc::strong_count(m) > 1);
+        }
+    }
+
+    /// One PING, bounded by `timeout`: ends the outage when Redis answers.
+    async fn probe(&self) {
+        let Some(mut conn) = self.redis.get() else {
+            return self.outage("not connected yet");
+        };
+        let ping = redis::cmd("PING");
+        let ping = ping.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.config.timeout, ping).await {
+            Ok(Ok(_)) => self.recovered(),
+            Ok(Err(e)) => {
+                self.failed(&e);
+                self.outage("still not answering");
+            }
+            Err(_) => self.outage("still timing out"),
         }
     }
 

@@ -435,6 +435,71 @@ async fn on_redis_error_deny_and_allow() {
     assert_eq!(count(&seen, 200, ""), 5, "{seen:?}");
 }
 
+/// `local-sync` with `on_redis_error = "deny"`: while Redis is down rate-limited requests get
+/// 503 `rate_limit_unavailable`, on instances that saw the outage begin and on one started
+/// during it; once Redis is back on the same port they are decided by the fleet again,
+/// though no request used a bucket meanwhile (the sync asks Redis itself).
+#[tokio::test]
+async fn local_sync_deny_recovers_after_an_outage_and_from_one_at_start() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let up = start_upstream("up").await;
+    let dir = TempDir::new("cluster-local-sync-deny");
+    let config = instance_config(
+        up.addr,
+        &redis,
+        "mode = \"local-sync\"\nsync_interval = \"10ms\"\ntimeout = \"50ms\"\non_redis_error = \"deny\"",
+        &format!(
+            "{}{}",
+            key_toml("metered", FLEET_KEY, "rate_limit = \"100/minute\""),
+            key_toml("other", OTHER_KEY, "rate_limit = \"4/minute\"")
+        ),
+    );
+    let mut gates = fleet(&dir, 2, &config).await;
+
+    redis.kill();
+    // An instance learns of the outage at its next sync, after the request that used a bucket.
+    for g in &gates {
+        until_status_for(
+            g.addr,
+            FLEET_KEY,
+            503,
+            "rate_limit_unavailable",
+            Duration::from_secs(2),
+        )
+        .await;
+    }
+    // One that starts while Redis is down refuses too, having never reached it.
+    let late = dir.join("instance-late.toml");
+    std::fs::write(&late, &config).unwrap();
+    let mut late = KeygateProcess::start(&late).await;
+    late.wait_log("the outage at start", |l| l.contains("Redis unavailable"))
+        .await;
+    let resp = call(late.addr, FLEET_KEY).await;
+    assert_problem(&resp, 503, "rate_limit_unavailable");
+    gates.push(late);
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+
+    redis.run();
+    for addr in &addrs {
+        until_status_for(*addr, FLEET_KEY, 200, "", Duration::from_secs(5)).await;
+    }
+    // Shared again: on its own each instance would let 4 through, 12 in all. Each decides on
+    // its view as of its own last use, so the fleet may overshoot by what the others admitted
+    // since (see `local_sync_mode_keeps_the_fleet_near_one_limit`).
+    let seen = spread(&addrs, OTHER_KEY, 18, Duration::from_millis(30)).await;
+    let allowed = count(&seen, 200, "");
+    assert!(
+        (4..=6).contains(&allowed),
+        "{allowed} through 4/minute: {seen:?}"
+    );
+    assert_eq!(allowed + count(&seen, 429, "rate_limited"), 18, "{seen:?}");
+    for g in &gates {
+        assert_eq!(g.lines(|l| l.contains("Redis answers again")).len(), 1);
+    }
+}
+
 /// A key deleted through instance A's admin API is refused by instance B within a second,
 /// though B's file watcher cannot see the change (B reaches the shared keys file through a
 /// symlink in a directory of its own): the change reaches B over Redis.
