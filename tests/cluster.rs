@@ -17,6 +17,7 @@ use common::*;
 const FLEET_KEY: &str = "kg_fleet_metered_ZmxlZXRNZXRlcmVkU2VjcmV0MDEyMzQ1";
 const OTHER_KEY: &str = "kg_fleet_other_b3RoZXJGbGVldFNlY3JldDAxMjM0NTY3";
 const ADMIN_KEY: &str = "kg_fleet_admin_YWRtaW5GbGVldFNlY3JldDAxMjM0NTY3";
+const THIRD_KEY: &str = "kg_fleet_third_dGhpcmRGbGVldFNlY3JldDAxMjM0NTY3";
 
 /// A `redis-server` of the test's own, on a free loopback port, without persistence.
 struct Redis {
@@ -400,7 +401,7 @@ async fn redis_metrics(addr: SocketAddr) -> (u64, u64) {
 
 /// `on_redis_error = "deny"` refuses rate-limited requests while Redis is down (503
 /// `rate_limit_unavailable`), `"allow"` lets them all through; keys without a limit never
-/// notice.
+/// notice. Once Redis is back both instances share limits again.
 #[tokio::test]
 async fn on_redis_error_deny_and_allow() {
     let Some(mut redis) = Redis::start() else {
@@ -409,9 +410,10 @@ async fn on_redis_error_deny_and_allow() {
     let up = start_upstream("up").await;
     let dir = TempDir::new("cluster-deny-allow");
     let keys = format!(
-        "{}{}",
+        "{}{}{}",
         key_toml("metered", FLEET_KEY, "rate_limit = \"2/minute\""),
-        key_toml("free", OTHER_KEY, "")
+        key_toml("free", OTHER_KEY, ""),
+        key_toml("later", THIRD_KEY, "rate_limit = \"3/minute\"")
     );
     let deny = fleet(
         &dir,
@@ -433,6 +435,22 @@ async fn on_redis_error_deny_and_allow() {
     assert_eq!(count(&seen, 200, ""), 3, "{seen:?}");
     let seen = spread(&[allow[0].addr], FLEET_KEY, 5, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 5, "{seen:?}");
+
+    redis.run();
+    // Redis lost its buckets: the deny instance's next try takes the first of the 2 ...
+    until_status_for(deny[0].addr, FLEET_KEY, 200, "", Duration::from_secs(5)).await;
+    // ... and the allow instance, which let everything through, is held to the fleet's again.
+    until_status_for(
+        allow[0].addr,
+        FLEET_KEY,
+        429,
+        "rate_limited",
+        Duration::from_secs(5),
+    )
+    .await;
+    let seen = spread(&[deny[0].addr, allow[0].addr], THIRD_KEY, 8, Duration::ZERO).await;
+    assert_eq!(count(&seen, 200, ""), 3, "{seen:?}");
+    assert_eq!(count(&seen, 429, "rate_limited"), 5, "{seen:?}");
 }
 
 /// `local-sync` with `on_redis_error = "deny"`: while Redis is down rate-limited requests get
