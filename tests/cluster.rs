@@ -125,6 +125,34 @@ impl Redis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
+
+    /// Stops the server with SIGSTOP until the guard is dropped: its port still accepts, but
+    /// nothing answers, as with a Redis stuck in a long command or a dead host.
+    fn freeze(&self) -> Frozen {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        signal("-STOP", pid);
+        let frozen = Frozen(pid);
+        assert!(!self.answers(), "redis still answers after SIGSTOP");
+        frozen
+    }
+}
+
+/// A stopped `redis-server`, sent SIGCONT when dropped, so that a failing test never leaves it
+/// stopped (its [`Redis`] kills it in any case).
+struct Frozen(u32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(which: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {which} {pid}: {status}");
 }
 
 impl Drop for Redis {
@@ -516,6 +544,96 @@ async fn local_sync_deny_recovers_after_an_outage_and_from_one_at_start() {
     for g in &gates {
         assert_eq!(g.lines(|l| l.contains("Redis answers again")).len(), 1);
     }
+}
+
+/// A frozen Redis (SIGSTOP: connections stay open, nothing answers) holds no request longer
+/// than `timeout`: every rate-limited request is answered well within a second, as
+/// `on_redis_error` says, in `strict` (local, deny) and `local-sync` (allow); once it is
+/// continued, every instance uses it again and limits are shared again.
+#[tokio::test]
+async fn a_frozen_redis_holds_no_request_and_is_used_again_once_it_answers() {
+    let Some(redis) = Redis::start() else { return };
+    let up = start_upstream("up").await;
+    let keys = format!(
+        "{}{}{}",
+        key_toml("metered", FLEET_KEY, "rate_limit = \"4/minute\""),
+        key_toml("roomy", OTHER_KEY, "rate_limit = \"1000/minute\""),
+        key_toml("later", THIRD_KEY, "rate_limit = \"3/minute\"")
+    );
+    let (mut dirs, mut gates) = (Vec::new(), Vec::new());
+    for (name, cluster) in [
+        ("strict-local", "mode = \"strict\""),
+        (
+            "strict-deny",
+            "mode = \"strict\"\non_redis_error = \"deny\"",
+        ),
+        (
+            "local-sync-allow",
+            "mode = \"local-sync\"\nsync_interval = \"10ms\"\non_redis_error = \"allow\"",
+        ),
+    ] {
+        let config = instance_config(
+            up.addr,
+            &redis,
+            &format!("timeout = \"50ms\"\n{cluster}"),
+            &keys,
+        );
+        let dir = TempDir::new(&format!("cluster-frozen-{name}"));
+        gates.extend(fleet(&dir, 1, &config).await);
+        dirs.push(dir);
+    }
+
+    let frozen = redis.freeze();
+    // local-sync learns of the outage at the sync after a bucket is used; until then its
+    // view decides, as it would anyway.
+    let resp = within_for(
+        Duration::from_secs(1),
+        "local-sync on a frozen Redis",
+        call(gates[2].addr, FLEET_KEY),
+    )
+    .await;
+    assert_eq!(outcome(&resp), (200, String::new()));
+    gates[2]
+        .wait_log("the outage", |l| l.contains("Redis unavailable"))
+        .await;
+    let expect: [&[((u16, &str), usize)]; 3] = [
+        &[((200, ""), 4), ((429, "rate_limited"), 6)],
+        &[((503, "rate_limit_unavailable"), 10)],
+        &[((200, ""), 10)],
+    ];
+    for (g, want) in gates.iter().zip(expect) {
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..10 {
+            let asked = Instant::now();
+            let resp = call(g.addr, FLEET_KEY).await;
+            let took = asked.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "{:?} waited {took:?}",
+                outcome(&resp)
+            );
+            *seen.entry(outcome(&resp)).or_insert(0) += 1;
+        }
+        for ((status, code), n) in want {
+            assert_eq!(count(&seen, *status, code), *n, "{seen:?}");
+        }
+    }
+
+    drop(frozen);
+    // Each instance finds Redis again (a request in strict, the sync in local-sync, tried at
+    // most every 500 ms) ...
+    for g in &gates {
+        eventually_for(Duration::from_secs(5), "Redis answers again", async || {
+            let _ = call(g.addr, OTHER_KEY).await;
+            (!g.lines(|l| l.contains("Redis answers again")).is_empty()).then_some(())
+        })
+        .await;
+    }
+    // ... and shares limits through it: one 3/minute across the two strict instances.
+    let strict = [gates[0].addr, gates[1].addr];
+    let seen = spread(&strict, THIRD_KEY, 8, Duration::ZERO).await;
+    assert_eq!(count(&seen, 200, ""), 3, "{seen:?}");
+    assert_eq!(count(&seen, 429, "rate_limited"), 5, "{seen:?}");
 }
 
 /// A key deleted through instance A's admin API is refused by instance B within a second,
