@@ -320,6 +320,34 @@ async fn strict_mode_shares_one_limit_across_three_instances() {
     drop(gates);
 }
 
+/// `strict` under concurrency: 30 requests in flight at once over three instances, at a key
+/// allowed 10 a minute, get exactly 10 through (each decision is one script, atomic in Redis).
+#[tokio::test]
+async fn strict_mode_is_exact_under_concurrent_requests() {
+    let Some(redis) = Redis::start() else { return };
+    let up = start_upstream("up").await;
+    let dir = TempDir::new("cluster-strict-concurrent");
+    let config = instance_config(
+        up.addr,
+        &redis,
+        // Generous: on a loaded machine a call timing out would be decided locally instead.
+        "mode = \"strict\"\ntimeout = \"1s\"",
+        &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
+    );
+    let gates = fleet(&dir, 3, &config).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let addr = gates[i % gates.len()].addr;
+        calls.spawn(async move { outcome(&call(addr, FLEET_KEY).await) });
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    while let Some(got) = within("30 concurrent requests", calls.join_next()).await {
+        *seen.entry(got.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(count(&seen, 200, ""), 10, "{seen:?}");
+    assert_eq!(count(&seen, 429, "rate_limited"), 20, "{seen:?}");
+}
+
 /// `local-sync`: each instance decides alone and reconciles every 10 ms; spaced requests see
 /// the others' counts, so the fleet stays within its documented overshoot of the limit.
 #[tokio::test]
