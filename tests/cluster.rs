@@ -126,6 +126,27 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// `redis-cli` against this server; its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// How many times `command` ran since the last `CONFIG RESETSTAT` (commands scripts run
+    /// included), from `INFO commandstats`.
+    fn calls(&self, command: &str) -> u64 {
+        let info = self.cli(&["info", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Stops the server with SIGSTOP until the guard is dropped: its port still accepts, but
     /// nothing answers, as with a Redis stuck in a long command or a dead host.
     fn freeze(&self) -> Frozen {
@@ -783,6 +804,64 @@ async fn last_used_at_is_the_latest_use_on_any_instance() {
         Some(seen.as_str())
     );
     a.stop().await;
+}
+
+/// The fleet's last-used times are merged in Redis keeping the max: a time an instance sends
+/// later, but older than what another wrote (its clock ahead), does not lower it. And they
+/// are sent in batches: 40 requests cost a script call or two, not 40 writes.
+#[tokio::test]
+async fn fleet_last_used_keeps_the_latest_and_is_written_in_batches() {
+    let Some(redis) = Redis::start() else { return };
+    let up = start_upstream("up").await;
+    let dir = TempDir::new("cluster-last-used-max");
+    // 2096: newer than anything this instance's clock says.
+    let ahead = "4000000000";
+    assert_eq!(
+        redis.cli(&["hset", "keygate:last_used", "ahead", ahead]),
+        "1"
+    );
+    let keys = format!(
+        "{}{}",
+        key_toml("ahead", FLEET_KEY, ""),
+        key_toml("fresh", OTHER_KEY, "")
+    );
+    let gate = fleet(&dir, 1, &instance_config(up.addr, &redis, "", &keys)).await;
+    assert_eq!(redis.cli(&["config", "resetstat"]), "OK");
+    for i in 0..40 {
+        let secret = if i % 2 == 0 { FLEET_KEY } else { OTHER_KEY };
+        assert_eq!(
+            outcome(&call(gate[0].addr, secret).await),
+            (200, String::new())
+        );
+    }
+    // The next flush (every 5 s) sends both keys' times.
+    let fresh: u64 = eventually_for(
+        Duration::from_secs(12),
+        "the fresh key's time in Redis",
+        async || {
+            redis
+                .cli(&["hget", "keygate:last_used", "fresh"])
+                .parse()
+                .ok()
+        },
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(fresh.abs_diff(now) < 60, "fresh {fresh}, now {now}");
+    assert_eq!(redis.cli(&["hget", "keygate:last_used", "ahead"]), ahead);
+    let scripts = redis.calls("eval") + redis.calls("evalsha");
+    let writes = redis.calls("hset");
+    // One flush sends one script (EVALSHA, then EVAL on NOSCRIPT); two if one fell among the
+    // requests. Only the fresh key is written: the other's time stays the newer one.
+    eprintln!("{scripts} script calls, {writes} HSETs");
+    assert!(
+        (1..=4).contains(&scripts),
+        "{scripts} script calls for 40 requests"
+    );
+    assert!((1..=2).contains(&writes), "{writes} HSETs for 40 requests");
 }
 
 /// On a Redis Cluster (`redis_cluster = [...]`): one limit across two instances, for keys
