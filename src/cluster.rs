@@ -24,7 +24,7 @@
 //! (the keys file is shared: a volume all instances mount).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -127,7 +127,8 @@ struct Mirror {
     /// instance admitted since.
     tat: AtomicU64,
     /// Requests this instance admitted since the last sync, to be added to the fleet's.
-    pending: AtomicU32,
+    /// Below zero when a take already sent was given back: a debt settled by later takes.
+    pending: AtomicI64,
     /// Used since the last sync: on the list the next sync sends.
     active: AtomicBool,
 }
@@ -157,19 +158,31 @@ impl Mirror {
         }
     }
 
-    /// Undoes a `take` (the other bucket of the request refused it).
+    /// Undoes a `take` (the other bucket of the request refused it). When a sync has sent
+    /// the take already, the fleet counted it: the count goes below zero, and the next takes
+    /// pay it back instead of being sent.
     fn give_back(&self) {
-        let _ = self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
         self.tat.fetch_sub(self.interval, Ordering::AcqRel);
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// What the next sync adds to the fleet's count: the takes since the last one, less any
+    /// debt (which stays, for the takes after it to pay).
+    fn to_send(&self) -> u64 {
+        let sent = self.pending.swap(0, Ordering::AcqRel);
+        if sent < 0 {
+            self.pending.fetch_add(sent, Ordering::AcqRel);
+        }
+        u64::try_from(sent).unwrap_or(0)
     }
 
     /// After a sync: the fleet's TAT, plus what this instance admitted since the counts were
-    /// sent.
+    /// sent (less a debt).
     fn synced(&self, fleet_tat: u64) {
-        let since = u64::from(self.pending.load(Ordering::Acquire)) * self.interval;
-        self.tat.store(fleet_tat + since, Ordering::Release);
+        let pending = self.pending.load(Ordering::Acquire);
+        let since = pending.saturating_mul(i64::try_from(self.interval).unwrap_or(i64::MAX));
+        self.tat
+            .store(fleet_tat.saturating_add_signed(since), Ordering::Release);
     }
 
     /// Seconds until the bucket is full again, as of `now`.
@@ -452,7 +465,7 @@ impl Cluster {
                     interval: interval_us(rate),
                     burst: rate.count.get(),
                     tat: AtomicU64::new(0),
-                    pending: AtomicU32::new(0),
+                    pending: AtomicI64::new(0),
                     active: AtomicBool::new(false),
                 })
             })
@@ -472,7 +485,7 @@ impl Cluster {
         let mut batch: Vec<Entry> = Vec::with_capacity(used.len());
         for m in used {
             m.active.store(false, Ordering::Release);
-            let sent = m.pending.swap(0, Ordering::AcqRel);
+            let sent = m.to_send();
             batch.push((m.key.clone(), m, sent));
         }
         if batch.is_empty() {
@@ -522,7 +535,7 @@ impl Cluster {
         // Forget buckets idle for a while: their TAT is in Redis.
         if self.mirrors.len() > 100_000 {
             self.mirrors
-                .retain(|_, m| m.pending.load(Ordering::Relaxed) > 0 || Arc::strong_count(m) > 1);
+                .retain(|_, m| m.pending.load(Ordering::Relaxed) != 0 || Arc::strong_count(m) > 1);
         }
     }
 
@@ -803,7 +816,7 @@ struct MirrorId {
 }
 
 /// A bucket to sync: its Redis key, its mirror, and the count sent.
-type Entry = (String, Arc<Mirror>, u32);
+type Entry = (String, Arc<Mirror>, u64);
 
 /// The `{…}` hash tag of a bucket key: the part a Redis Cluster hashes to pick the slot.
 fn hash_tag(key: &str) -> &str {
@@ -965,7 +978,7 @@ mod tests {
             interval: interval_us(rate),
             burst: count,
             tat: AtomicU64::new(0),
-            pending: AtomicU32::new(0),
+            pending: AtomicI64::new(0),
             active: AtomicBool::new(false),
         }
     }
@@ -989,7 +1002,7 @@ mod tests {
         assert_eq!(m.reset(t0 + 1_000_000), 4, "full again 4 s later");
 
         // A sync: this instance's 5 reach Redis, where another instance had taken 2 more.
-        assert_eq!(m.pending.swap(0, Ordering::AcqRel), 5);
+        assert_eq!(m.to_send(), 5);
         m.synced(t0 + 7_000_000);
         assert_eq!(m.take(t0 + 3_000_000), Err(1_000_000));
         assert_eq!(m.take(t0 + 4_000_000), Ok(0));
@@ -1002,6 +1015,25 @@ mod tests {
         m.give_back();
         assert_eq!(m.pending.load(Ordering::Relaxed), 1);
         assert_eq!(m.take(t0 + 5_000_000), Ok(0));
+    }
+
+    /// A take given back (its request's other bucket refused it) after a sync already sent
+    /// it: the fleet counted a request that did not pass, so this instance owes it one, paid
+    /// by its next take, which is then not sent.
+    #[test]
+    fn a_take_given_back_after_its_sync_is_paid_back_by_the_next() {
+        let m = mirror(4, Duration::from_secs(4)); // one a second, burst 4
+        let t0 = 1_000_000_000;
+        assert_eq!(m.take(t0), Ok(3));
+        assert_eq!(m.to_send(), 1);
+        m.give_back();
+        // Redis now holds one request: its TAT is t0 + 1 s.
+        m.synced(t0 + 1_000_000);
+        assert_eq!(m.take(t0), Ok(3), "the view holds no refused request");
+        assert_eq!(m.to_send(), 0, "the fleet has this one already");
+        m.synced(t0 + 1_000_000);
+        assert_eq!(m.take(t0), Ok(2));
+        assert_eq!(m.to_send(), 1);
     }
 
     #[test]
