@@ -137,11 +137,17 @@ impl Mirror {
     /// Takes one request at `now` (Redis µs): `Ok(remaining)` or `Err(wait in µs)`.
     fn take(&self, now: u64) -> Result<u32, u64> {
         let burst = u64::from(self.burst) * self.interval;
+        // Counted before the TAT moves: a sync (`synced`) that reads the count without this
+        // take replaces the TAT before this one moves it, so this one moves the new TAT.
+        // Counted after, a take that moved the TAT just before the sync read it would be
+        // lost from the view until the next sync.
+        self.pending.fetch_add(1, Ordering::AcqRel);
         let mut current = self.tat.load(Ordering::Acquire);
         loop {
             let tat = current.max(now) + self.interval;
             let allow_at = tat.saturating_sub(burst);
             if allow_at > now {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
                 return Err(allow_at - now);
             }
             match self
@@ -149,7 +155,6 @@ impl Mirror {
                 .compare_exchange_weak(current, tat, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
-                    self.pending.fetch_add(1, Ordering::AcqRel);
                     let remaining = (now - allow_at) / self.interval;
                     return Ok(u32::try_from(remaining).unwrap_or(u32::MAX).min(self.burst));
                 }
@@ -177,12 +182,26 @@ impl Mirror {
     }
 
     /// After a sync: the fleet's TAT, plus what this instance admitted since the counts were
-    /// sent (less a debt).
+    /// sent (less a debt). Replaces the TAT only if no take moved it since the count was
+    /// read, so none is lost; a take racing it may be counted twice until the next sync
+    /// (refused a little early, never admitted beyond the limit).
     fn synced(&self, fleet_tat: u64) {
-        let pending = self.pending.load(Ordering::Acquire);
-        let since = pending.saturating_mul(i64::try_from(self.interval).unwrap_or(i64::MAX));
-        self.tat
-            .store(fleet_tat.saturating_add_signed(since), Ordering::Release);
+        let interval = i64::try_from(self.interval).unwrap_or(i64::MAX);
+        let mut current = self.tat.load(Ordering::Acquire);
+        loop {
+            let since = self
+                .pending
+                .load(Ordering::Acquire)
+                .saturating_mul(interval);
+            let tat = fleet_tat.saturating_add_signed(since);
+            match self
+                .tat
+                .compare_exchange_weak(current, tat, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(t) => current = t,
+            }
+        }
     }
 
     /// Seconds until the bucket is full again, as of `now`.
@@ -1015,6 +1034,54 @@ mod tests {
         m.give_back();
         assert_eq!(m.pending.load(Ordering::Relaxed), 1);
         assert_eq!(m.take(t0 + 5_000_000), Ok(0));
+    }
+
+    /// Takes on several threads while syncs run back to back: none is lost between a sync's
+    /// reading of `pending` and its new TAT, so no more than the burst is ever admitted.
+    #[test]
+    fn takes_racing_syncs_never_admit_more_than_the_burst() {
+        let burst = 300_000;
+        let m = mirror(burst, Duration::from_secs(3600));
+        let t0 = 1_000_000_000_000;
+        let admitted = AtomicU64::new(0);
+        let takers_done = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    let mut n = 0;
+                    while m.take(t0).is_ok() {
+                        n += 1;
+                    }
+                    admitted.fetch_add(n, Ordering::AcqRel);
+                    takers_done.fetch_add(1, Ordering::AcqRel);
+                });
+            }
+            s.spawn(|| {
+                // Redis, as ADD keeps it: what every sync sent, on top of t0.
+                let mut fleet = t0;
+                loop {
+                    let last = takers_done.load(Ordering::Acquire) == 3;
+                    let sent = m.to_send();
+                    fleet += sent * m.interval;
+                    m.synced(fleet);
+                    if last {
+                        break;
+                    }
+                }
+            });
+        });
+        let admitted = admitted.into_inner();
+        assert!(
+            admitted <= u64::from(burst),
+            "{admitted} through a burst of {burst}"
+        );
+        // The last sync made the view the fleet's again: exactly the rest of the burst passes.
+        let mut rest = 0;
+        while m.take(t0).is_ok() {
+            rest += 1;
+        }
+        eprintln!("{admitted} admitted racing the syncs, {rest} after");
+        assert_eq!(admitted + rest, u64::from(burst));
     }
 
     /// A take given back (its request's other bucket refused it) after a sync already sent
