@@ -24,7 +24,7 @@
 //! (the keys file is shared: a volume all instances mount).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -221,6 +221,8 @@ pub struct Cluster {
     add: redis::Script,
     /// `local-sync` buckets.
     mirrors: DashMap<MirrorId, Arc<Mirror>>,
+    /// More mirrors than this and the next sync forgets the full ones ([`forget_full`]).
+    evict_above: AtomicUsize,
     /// The buckets used since the last sync, each once: what the next sync sends, found
     /// without walking every bucket this instance ever used.
     used: Mutex<Vec<Arc<Mirror>>>,
@@ -232,6 +234,22 @@ pub struct Cluster {
     retry_at: AtomicU64,
     epoch: Instant,
     metrics: Arc<Metrics>,
+}
+
+/// Mirrors kept before full ones are forgotten: memory for this many buckets (a few hundred
+/// bytes each) is cheap, and walking them is rare.
+const MIRRORS_KEPT: usize = 100_000;
+
+/// Forgets the mirrors of full buckets (TAT not after `now`) with nothing left to send and
+/// on no sync's list: a new mirror (TAT 0) decides exactly as such a one would, and the
+/// fleet's TAT is in Redis. A bucket still filling keeps its view, lest a new one let a
+/// burst through before its first sync.
+fn forget_full(mirrors: &DashMap<MirrorId, Arc<Mirror>>, now: u64) {
+    mirrors.retain(|_, m| {
+        m.tat.load(Ordering::Acquire) > now
+            || m.pending.load(Ordering::Acquire) != 0
+            || Arc::strong_count(m) > 1
+    });
 }
 
 /// How often, during an outage, a request tries Redis again instead of falling back at once.
@@ -309,6 +327,7 @@ impl Cluster {
             decide: redis::Script::new(DECIDE),
             add: redis::Script::new(ADD),
             mirrors: DashMap::new(),
+            evict_above: AtomicUsize::new(MIRRORS_KEPT),
             used: Mutex::new(Vec::new()),
             offset: AtomicI64::new(0),
             up: AtomicBool::new(true),
@@ -551,10 +570,15 @@ impl Cluster {
         } else {
             self.recovered();
         }
-        // Forget buckets idle for a while: their TAT is in Redis.
-        if self.mirrors.len() > 100_000 {
-            self.mirrors
-                .retain(|_, m| m.pending.load(Ordering::Relaxed) != 0 || Arc::strong_count(m) > 1);
+        // Its references would keep every bucket it sent.
+        drop(groups);
+        if self.mirrors.len() > self.evict_above.load(Ordering::Relaxed) {
+            forget_full(&self.mirrors, self.now_us());
+            // Walked again only once as many buckets as are left are added, not at every
+            // sync while more than MIRRORS_KEPT buckets are filling.
+            let left = self.mirrors.len();
+            self.evict_above
+                .store(MIRRORS_KEPT.max(left * 2), Ordering::Relaxed);
         }
     }
 
@@ -1101,6 +1125,42 @@ mod tests {
         m.synced(t0 + 1_000_000);
         assert_eq!(m.take(t0), Ok(2));
         assert_eq!(m.to_send(), 1);
+    }
+
+    /// Past `MIRRORS_KEPT`, only views that a new one would equal are forgotten: full
+    /// buckets with nothing to send that no sync holds.
+    #[test]
+    fn only_full_buckets_are_forgotten() {
+        let id = |s: &str| MirrorId {
+            scope: true,
+            id: Id::new(s).unwrap(),
+            tag: None,
+            count: 4,
+            per: Duration::from_secs(4),
+        };
+        let t0 = 1_000_000_000;
+        let mirrors = DashMap::new();
+        let mut held = None;
+        for (name, tat, pending, on_a_list) in [
+            ("full", t0, 0, false),
+            ("filling", t0 + 1, 0, false),
+            ("unsent", t0, 1, false),
+            ("listed", t0, 0, true),
+        ] {
+            let m = Arc::new(mirror(4, Duration::from_secs(4)));
+            m.tat.store(tat, Ordering::Relaxed);
+            m.pending.store(pending, Ordering::Relaxed);
+            if on_a_list {
+                held = Some(m.clone());
+            }
+            mirrors.insert(id(name), m);
+        }
+        forget_full(&mirrors, t0);
+        assert!(!mirrors.contains_key(&id("full")));
+        for kept in ["filling", "unsent", "listed"] {
+            assert!(mirrors.contains_key(&id(kept)), "{kept} was forgotten");
+        }
+        drop(held);
     }
 
     #[test]
