@@ -405,3 +405,78 @@ async fn an_upstream_that_declines_the_upgrade_answers_normally() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"no websockets here");
 }
+
+/// An upgraded tunnel keeps its connection's place under `max_connections` and its count in
+/// `keygate_open_connections` until it closes (hyper is done with the connection as soon as it
+/// hands the socket to the tunnel, but the socket is still open): with `max_connections = 2`
+/// and two tunnels open, a third client waits; closing one tunnel lets it in. Real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_tunnels_hold_their_place_under_max_connections() {
+    use common::admin::{Files, Process, STATIC_SECRET, open_connections, poll};
+    use std::time::Duration;
+
+    let files = Files::for_binary_with("tunnel-slots", "max_connections = 2", None).await;
+    let kg = Process::start(&files.config).await;
+    let mut a = open_tunnel(kg.proxy, STATIC_SECRET).await;
+    let mut b = open_tunnel(kg.proxy, STATIC_SECRET).await;
+    echo_through(&mut a, b"a").await;
+    echo_through(&mut b, b"b").await;
+    let admin = kg.admin;
+    poll(Duration::from_secs(5), "two open connections", async || {
+        (open_connections(admin).await == 2.0).then_some(())
+    })
+    .await;
+
+    let proxy = kg.proxy;
+    let mut third = tokio::spawn(async move {
+        let req = request("GET", "/live", &[("x-api-key", STATIC_SECRET)], empty());
+        H1::connect(proxy).await.send(req).await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut third)
+            .await
+            .is_err(),
+        "a third connection was served while two tunnels were open"
+    );
+    assert_eq!(
+        open_connections(admin).await,
+        2.0,
+        "the tunnels, still open"
+    );
+    echo_through(&mut a, b"still open").await;
+
+    within(
+        "close tunnel a",
+        tokio::io::AsyncWriteExt::shutdown(&mut a.stream),
+    )
+    .await
+    .unwrap();
+    assert!(
+        read_to_close(&mut a.stream, Duration::from_secs(5))
+            .await
+            .is_empty()
+    );
+    let resp = within("the third client is served once a tunnel closed", third)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    echo_through(&mut b, b"b again").await;
+
+    within(
+        "close tunnel b",
+        tokio::io::AsyncWriteExt::shutdown(&mut b.stream),
+    )
+    .await
+    .unwrap();
+    assert!(
+        read_to_close(&mut b.stream, Duration::from_secs(5))
+            .await
+            .is_empty()
+    );
+    poll(Duration::from_secs(5), "no open connection", async || {
+        (open_connections(admin).await == 0.0).then_some(())
+    })
+    .await;
+    let (status, log) = kg.terminate().await;
+    assert!(status.success(), "{status}: {log:#?}");
+}

@@ -13,14 +13,17 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
@@ -28,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::Proxy;
 use super::observe::Activity;
+use crate::metrics::Shard;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -73,6 +77,86 @@ struct Occupied(Arc<Balance>, usize);
 impl Drop for Occupied {
     fn drop(&mut self) {
         self.0.load[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What one open client connection holds: its place under `max_connections`, its count in its
+/// worker's load and in `keygate_open_connections`. Released when dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _occupied: Option<Occupied>,
+    metrics: Arc<Shard>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, occupied: Option<Occupied>, metrics: Arc<Shard>) -> Slot {
+        metrics.connection_opened();
+        Slot {
+            _permit: permit,
+            _occupied: occupied,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.connection_closed();
+    }
+}
+
+/// A client socket with its [`Slot`]: the slot lives exactly as long as the socket, so the
+/// connection is counted whoever holds it: hyper while it speaks HTTP, or an upgraded
+/// connection's tunnel after hyper has handed the socket over (which ends hyper's connection
+/// future long before the client goes). Every call passes straight through.
+struct Held<S> {
+    io: S,
+    _slot: Slot,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
+    #[inline]
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
+    #[inline]
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -252,6 +336,10 @@ async fn accept_loop(
             seat.balance.load[seat.me].fetch_add(1, Ordering::Relaxed);
             Occupied(seat.balance.clone(), seat.me)
         });
+        let stream = Held {
+            io: stream,
+            _slot: Slot::new(permit, occupied, proxy.shard().clone()),
+        };
         let conn = Conn {
             proxy: proxy.clone(),
             builder: builder.clone(),
@@ -260,11 +348,7 @@ async fn accept_loop(
             idle_timeout,
         };
         let tls = tls.clone();
-        tokio::spawn(async move {
-            conn.run(stream, tls).await;
-            drop(occupied);
-            drop(permit);
-        });
+        tokio::spawn(conn.serve(stream, tls));
     }
     drop(listener);
     tracing::info!(
@@ -317,14 +401,7 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
-        let metrics = self.proxy.shard().clone();
-        metrics.connection_opened();
-        self.serve(stream, tls).await;
-        metrics.connection_closed();
-    }
-
-    async fn serve(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+    async fn serve(self, stream: Held<TcpStream>, tls: Option<TlsAcceptor>) {
         let Some(acceptor) = tls else {
             return self.http(TokioIo::new(stream), "http").await;
         };

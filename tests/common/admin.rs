@@ -752,3 +752,15 @@ pub async fn assert_check_passes(config: &Path) {
         text(&out.stderr)
     );
 }
+
+/// `keygate_open_connections` as the admin listener at `admin` reports it now.
+pub async fn open_connections(admin: SocketAddr) -> f64 {
+    let resp = get(admin, "/metrics", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let text = resp.text();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("keygate_open_connections "))
+        .unwrap_or_else(|| panic!("no keygate_open_connections in {text}"));
+    value.trim().parse().unwrap()
+}

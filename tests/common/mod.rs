@@ -1035,3 +1035,43 @@ pub async fn held_upstream() -> HeldUpstream {
     });
     HeldUpstream { addr, arrived }
 }
+
+/// Opens an upgrade (`Upgrade: websocket`) through keygate at `addr` with `secret` in
+/// `X-API-Key`, and returns the raw stream once the 101 is in: the echo upstream sends back
+/// every byte written to it.
+pub async fn open_tunnel(addr: SocketAddr, secret: &str) -> Raw {
+    let mut raw = Raw::connect(addr).await;
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         X-API-Key: {secret}\r\n\r\n"
+    );
+    raw.write(head.as_bytes()).await;
+    let resp = raw.read_response().await;
+    assert_eq!(resp.status, StatusCode::SWITCHING_PROTOCOLS, "{resp:?}");
+    raw
+}
+
+/// Writes `message` into a tunnel from [`open_tunnel`] and checks that it comes back.
+pub async fn echo_through(tunnel: &mut Raw, message: &[u8]) {
+    tunnel.write(message).await;
+    assert_eq!(tunnel.read_exact(message.len()).await, message);
+}
+
+/// Reads from `stream` until the other end closes it (end of stream or reset) and returns what
+/// came; fails the test if it is still open after `limit`.
+pub async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    for _ in 0..(1 << 16) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "still open after {limit:?}; read {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    panic!("more than 65536 reads before the close");
+}
