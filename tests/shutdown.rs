@@ -1,5 +1,6 @@
-//! SIGTERM and SIGINT on the real binary: stop accepting, let requests in flight finish within
-//! `[server] shutdown_timeout`, exit 0; a second signal exits at once.
+//! SIGTERM and SIGINT on the real binary: stop accepting, let requests in flight and upgraded
+//! tunnels finish within `[server] shutdown_timeout` (cut them when it runs out), exit 0; a
+//! second signal exits at once.
 
 mod common;
 
@@ -101,4 +102,112 @@ async fn a_second_signal_exits_at_once() {
         started.elapsed()
     );
     assert_eq!(status.code(), Some(1), "{log:#?}");
+}
+
+/// The drain's bound, for the tests of what happens when it runs out.
+const SHORT_GRACE: &str = "shutdown_timeout = \"1s\"";
+/// Far longer than [`SHORT_GRACE`] and far shorter than anything the upstream holds: keygate
+/// must be gone by then.
+const CUT_WITHIN: Duration = Duration::from_secs(5);
+
+/// A request the upstream still holds when `shutdown_timeout` (1 s) runs out is cut: the client's
+/// connection closes with no answer, keygate logs it and exits 0, though the upstream never
+/// answers. Exit 0 on purpose: the operator asked for the shutdown and it ended as configured
+/// (a non-zero status would make systemd or an orchestrator report a failed unit for a routine
+/// deploy); the warning in the log is what says requests were cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_when_shutdown_timeout_runs_out_is_cut_and_keygate_exits_0() {
+    let mut up = held_upstream().await;
+    let files = Files::for_binary_with("shutdown-timeout", SHORT_GRACE, Some(up.addr)).await;
+    let kg = Process::start(&files.config).await;
+    let mut raw = Raw::connect(kg.proxy).await;
+    let head = format!("GET /slow HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {STATIC_SECRET}\r\n\r\n");
+    raw.write(head.as_bytes()).await;
+    // Never released: the upstream would hold the request until the test ends.
+    let _held = within("the request reaches the upstream", up.arrived.recv())
+        .await
+        .unwrap();
+
+    let signalled = Instant::now();
+    signal(kg.pid(), "-TERM");
+    let answer = read_to_close(&mut raw.stream, CUT_WITHIN).await;
+    assert!(
+        answer.is_empty(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (status, log) = kg.wait_exit().await;
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "did not wait for the grace: {took:?}"
+    );
+    assert!(took < CUT_WITHIN, "took {took:?}");
+    assert!(status.success(), "{status}: {log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("shutdown grace period over")),
+        "{log:#?}"
+    );
+}
+
+/// A tunnel (an upgraded connection) open at SIGTERM keeps carrying bytes both ways after
+/// keygate has stopped accepting; when the client closes it, keygate exits 0 at once, well
+/// before the 10 s `shutdown_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_open_at_sigterm_keeps_working_until_it_closes_then_keygate_exits_0() {
+    let files = Files::for_binary_with("shutdown-tunnel", "shutdown_timeout = \"10s\"", None).await;
+    let kg = Process::start(&files.config).await;
+    let mut tunnel = open_tunnel(kg.proxy, STATIC_SECRET).await;
+    echo_through(&mut tunnel, b"before").await;
+
+    signal_and_wait_refused(kg.pid(), "-TERM", kg.proxy).await;
+    for message in [&b"after"[..], b"\x00\xffbinary\r\n", &[7u8; 100_000]] {
+        echo_through(&mut tunnel, message).await;
+    }
+
+    let closed = Instant::now();
+    within(
+        "close our side",
+        tokio::io::AsyncWriteExt::shutdown(&mut tunnel.stream),
+    )
+    .await
+    .unwrap();
+    assert!(
+        read_to_close(&mut tunnel.stream, CUT_WITHIN)
+            .await
+            .is_empty()
+    );
+    let (status, log) = kg.wait_exit().await;
+    assert!(
+        closed.elapsed() < CUT_WITHIN,
+        "exit {:?} after the tunnel closed",
+        closed.elapsed()
+    );
+    assert!(status.success(), "{status}: {log:#?}");
+}
+
+/// A tunnel still open when `shutdown_timeout` (1 s) runs out is cut, and keygate exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_still_open_when_shutdown_timeout_runs_out_is_cut() {
+    let files = Files::for_binary_with("shutdown-tunnel-cut", SHORT_GRACE, None).await;
+    let kg = Process::start(&files.config).await;
+    let mut tunnel = open_tunnel(kg.proxy, STATIC_SECRET).await;
+    echo_through(&mut tunnel, b"open").await;
+
+    let signalled = Instant::now();
+    signal_and_wait_refused(kg.pid(), "-TERM", kg.proxy).await;
+    echo_through(&mut tunnel, b"still open while draining").await;
+    assert!(
+        read_to_close(&mut tunnel.stream, CUT_WITHIN)
+            .await
+            .is_empty()
+    );
+    let (status, log) = kg.wait_exit().await;
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "did not wait for the grace: {took:?}"
+    );
+    assert!(took < CUT_WITHIN, "took {took:?}");
+    assert!(status.success(), "{status}: {log:#?}");
 }
