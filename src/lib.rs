@@ -168,7 +168,8 @@ pub async fn serve_with_admin(
     }
     // `/readyz` on the admin API: true while the proxy's workers accept.
     let mut ready: Option<Arc<std::sync::atomic::AtomicBool>> = None;
-    // One shutdown for both listeners.
+    // One shutdown for both listeners, once the proxy has drained: until then `/readyz`
+    // answers 503 (so a load balancer takes this instance out) and `/metrics` shows the drain.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(admin_listener) = admin_listener {
         let admin_addr = admin_listener.local_addr()?;
@@ -216,10 +217,10 @@ pub async fn serve_with_admin(
         set(true);
         shutdown.await;
         set(false);
-        let _ = stop_tx.send(true);
     })
     .await
     .context("cannot start the server workers")?;
+    let _ = stop_tx.send(true);
     drop(stop_rx);
     let config = config_path.to_path_buf();
     tokio::task::spawn_blocking(move || last_used::flush(&published, &config)).await?;

@@ -1,6 +1,6 @@
 //! SIGTERM and SIGINT on the real binary: stop accepting, let requests in flight and upgraded
-//! tunnels finish within `[server] shutdown_timeout` (cut them when it runs out), exit 0; a
-//! second signal exits at once.
+//! tunnels finish within `[server] shutdown_timeout` (cut them when it runs out), answer
+//! `/readyz` with 503 meanwhile, exit 0; a second signal exits at once.
 
 mod common;
 
@@ -209,5 +209,36 @@ async fn a_tunnel_still_open_when_shutdown_timeout_runs_out_is_cut() {
         "did not wait for the grace: {took:?}"
     );
     assert!(took < CUT_WITHIN, "took {took:?}");
+    assert!(status.success(), "{status}: {log:#?}");
+}
+
+/// From the moment SIGTERM arrives, `/readyz` on the admin listener answers 503 (a load
+/// balancer or Kubernetes takes the instance out) while the proxy drains; the admin listener
+/// stays up until the drain ends. The request in flight still gets its 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_while_a_request_drains() {
+    let mut up = held_upstream().await;
+    let files = files("shutdown-readyz", up.addr).await;
+    let kg = Process::start(&files.config).await;
+    let admin = kg.admin;
+    // Ready once the workers run, a moment after the listening lines.
+    poll(Duration::from_secs(5), "/readyz 200", async || {
+        (get(admin, "/readyz", &[]).await.status == 200).then_some(())
+    })
+    .await;
+
+    let (in_flight, release) = held_request(kg.proxy, &mut up).await;
+    signal_and_wait_refused(kg.pid(), "-TERM", kg.proxy).await;
+    let draining = get(kg.admin, "/readyz", &[]).await;
+    assert_eq!(draining.status, 503, "{}", draining.text());
+    assert_eq!(draining.json()["status"], "not_ready");
+    assert!(!in_flight.is_finished(), "the request was still held");
+
+    let _ = release.send(());
+    let resp = within("the request in flight is answered", in_flight)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let (status, log) = kg.wait_exit().await;
     assert!(status.success(), "{status}: {log:#?}");
 }
