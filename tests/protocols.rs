@@ -445,34 +445,14 @@ async fn upgraded_tunnels_hold_their_place_under_max_connections() {
     );
     echo_through(&mut a, b"still open").await;
 
-    within(
-        "close tunnel a",
-        tokio::io::AsyncWriteExt::shutdown(&mut a.stream),
-    )
-    .await
-    .unwrap();
-    assert!(
-        read_to_close(&mut a.stream, Duration::from_secs(5))
-            .await
-            .is_empty()
-    );
+    close_tunnel(&mut a, Duration::from_secs(5)).await;
     let resp = within("the third client is served once a tunnel closed", third)
         .await
         .unwrap();
     assert_eq!(resp.status, 200, "{}", resp.text());
     echo_through(&mut b, b"b again").await;
 
-    within(
-        "close tunnel b",
-        tokio::io::AsyncWriteExt::shutdown(&mut b.stream),
-    )
-    .await
-    .unwrap();
-    assert!(
-        read_to_close(&mut b.stream, Duration::from_secs(5))
-            .await
-            .is_empty()
-    );
+    close_tunnel(&mut b, Duration::from_secs(5)).await;
     poll(Duration::from_secs(5), "no open connection", async || {
         (open_connections(admin).await == 0.0).then_some(())
     })

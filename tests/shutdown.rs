@@ -136,6 +136,16 @@ async fn a_request_in_flight_when_shutdown_timeout_runs_out_is_cut_and_keygate_e
         "answered: {:?}",
         String::from_utf8_lossy(&answer)
     );
+    let log = exits_0_after_the_grace(kg, signalled).await;
+    assert!(
+        log.iter().any(|l| l.contains("shutdown grace period over")),
+        "{log:#?}"
+    );
+}
+
+/// Waits for `kg` to exit and asserts it did so with 0, after the 1 s grace from `signalled`
+/// and well before [`CUT_WITHIN`]; returns its log.
+async fn exits_0_after_the_grace(kg: Process, signalled: Instant) -> Vec<String> {
     let (status, log) = kg.wait_exit().await;
     let took = signalled.elapsed();
     assert!(
@@ -144,10 +154,7 @@ async fn a_request_in_flight_when_shutdown_timeout_runs_out_is_cut_and_keygate_e
     );
     assert!(took < CUT_WITHIN, "took {took:?}");
     assert!(status.success(), "{status}: {log:#?}");
-    assert!(
-        log.iter().any(|l| l.contains("shutdown grace period over")),
-        "{log:#?}"
-    );
+    log
 }
 
 /// A tunnel (an upgraded connection) open at SIGTERM keeps carrying bytes both ways after
@@ -166,17 +173,7 @@ async fn a_tunnel_open_at_sigterm_keeps_working_until_it_closes_then_keygate_exi
     }
 
     let closed = Instant::now();
-    within(
-        "close our side",
-        tokio::io::AsyncWriteExt::shutdown(&mut tunnel.stream),
-    )
-    .await
-    .unwrap();
-    assert!(
-        read_to_close(&mut tunnel.stream, CUT_WITHIN)
-            .await
-            .is_empty()
-    );
+    close_tunnel(&mut tunnel, CUT_WITHIN).await;
     let (status, log) = kg.wait_exit().await;
     assert!(
         closed.elapsed() < CUT_WITHIN,
@@ -202,14 +199,7 @@ async fn a_tunnel_still_open_when_shutdown_timeout_runs_out_is_cut() {
             .await
             .is_empty()
     );
-    let (status, log) = kg.wait_exit().await;
-    let took = signalled.elapsed();
-    assert!(
-        took >= Duration::from_secs(1),
-        "did not wait for the grace: {took:?}"
-    );
-    assert!(took < CUT_WITHIN, "took {took:?}");
-    assert!(status.success(), "{status}: {log:#?}");
+    exits_0_after_the_grace(kg, signalled).await;
 }
 
 /// From the moment SIGTERM arrives, `/readyz` on the admin listener answers 503 (a load

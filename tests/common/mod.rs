@@ -1057,6 +1057,23 @@ pub async fn echo_through(tunnel: &mut Raw, message: &[u8]) {
     assert_eq!(tunnel.read_exact(message.len()).await, message);
 }
 
+/// Closes our side of `tunnel` and asserts that keygate closes its side within `limit`, with
+/// nothing more sent.
+pub async fn close_tunnel(tunnel: &mut Raw, limit: Duration) {
+    within(
+        "close our side of the tunnel",
+        tokio::io::AsyncWriteExt::shutdown(&mut tunnel.stream),
+    )
+    .await
+    .unwrap();
+    let rest = read_to_close(&mut tunnel.stream, limit).await;
+    assert!(
+        rest.is_empty(),
+        "after our close: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
 /// Reads from `stream` until the other end closes it (end of stream or reset) and returns what
 /// came; fails the test if it is still open after `limit`.
 pub async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
