@@ -1,6 +1,6 @@
 //! The per-request decision, as `Proxy::admit` runs it minus routing and forwarding: find the
 //! presented secret (`credential::extract` on a real `HeaderMap` and query string), resolve
-//! the client address, then `policy::decide`: one SHA-256, one hash-map lookup, status and
+//! the client address, then `proxy::guarded_authorize` and `rate`: one SHA-256, one hash-map lookup, status and
 //! expiry (steps 2-4 of the request path), then the IP, target, access and rate-limit checks
 //! (step 5), and the key's last-used stamp; against snapshots of 10,000 and 1,000,000 keys.
 //!
@@ -31,8 +31,8 @@
 //! same code that loads `keygate.toml`; setup prints how long that took (the 1M-key text is
 //! about 170 MB and takes most of the setup time).
 //!
-//! The policy API touch points are [`facts`] (builds `policy::Facts`) and [`decision`] (calls
-//! `extract`, `client_ip::resolve`, `decide` and `touch`): when the API changes, only those
+//! The policy API touch points are [`facts`] (builds `authorize::Facts`) and [`decision`] (calls
+//! `extract`, `client_ip::resolve`, `guarded_authorize`, `take` and `touch`): when the API changes, only those
 //! two change.
 //!
 //! Run: `cargo bench --bench decision` (about 1.5 minutes; `-- decision/1m` for one group).
@@ -47,13 +47,16 @@ use base64::Engine as _;
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
+use futures_util::FutureExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use keygate::limits::{self, Bucket, FailedAuth};
+use keygate::proxy::authorize::Facts;
 use keygate::proxy::client_ip;
 use keygate::proxy::credential;
 use keygate::proxy::deny::Deny;
-use keygate::proxy::policy::{self, Facts, Now};
+use keygate::proxy::rate::RateLimiter;
+use keygate::proxy::{self, Now};
 use keygate::secret::KeyHash;
 use keygate::snapshot::{Rate, Snapshot, TargetIdx};
 
@@ -76,6 +79,7 @@ struct Req {
 struct Env {
     snap: Snapshot,
     failures: FailedAuth,
+    rate: RateLimiter,
     now: Now,
 }
 
@@ -102,9 +106,15 @@ fn decision(env: &Env, req: &Req) -> Result<bool, Deny> {
     )?;
     let client_ip = client_ip::resolve(req.peer, &req.headers, &server.trusted_proxies);
     let facts = facts(req, &secret, client_ip);
-    let admitted = policy::decide(&env.snap, &env.failures, &facts, env.now)?;
-    env.snap.touch(admitted.index, env.now.wall);
-    Ok(admitted.key.consumer.is_some())
+    let authorized =
+        proxy::guarded_authorize(&env.snap, &env.failures, &facts, env.now).map_err(|r| r.deny)?;
+    // Local limits complete on the first poll.
+    let rate = env.rate.take(&env.snap, &authorized).now_or_never();
+    if let Some(Err(refused)) = rate {
+        return Err(refused.deny);
+    }
+    env.snap.touch(authorized.index, env.now.wall);
+    Ok(authorized.key.consumer.is_some())
 }
 
 /// A secret shaped like `keygate keys generate` output: "kg_" + 43 URL-safe base64 characters
@@ -321,6 +331,7 @@ fn decision_group(c: &mut Criterion, label: &str, n: usize) {
     let mut env = Env {
         snap: build_snapshot(n),
         failures: FailedAuth::default(),
+        rate: RateLimiter::default(),
         now: Now {
             wall: SystemTime::now(),
             mono: started.elapsed(),

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::Inner;
 use crate::limits::{Limited, RateStatus};
+use crate::snapshot::{Consumer, Id, Key};
 
 /// Why keygate refused or could not complete a request. `code()` strings are a contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,4 +206,36 @@ struct Problem<'a> {
 /// A stable, non-resolvable URI per code (RFC 9457 allows tag URIs for exactly this).
 fn problem_type<S: serde::Serializer>(code: &&str, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_args!("tag:keygate,2026:problem:{code}"))
+}
+
+/// A refusal on its way from the phase that made it to the one place it is recorded and
+/// answered (`respond`): the reason, and the key (with its consumer) it concerns when the
+/// secret matched one, so that the access log and the per-key metrics can name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub deny: Deny,
+    pub key: Option<Id>,
+    pub consumer: Option<Id>,
+}
+
+impl Refusal {
+    /// A refusal that concerns `key`.
+    pub fn of_key(deny: Deny, key: &Key, consumer: Option<&Consumer>) -> Refusal {
+        Refusal {
+            deny,
+            key: Some(key.id.clone()),
+            consumer: consumer.map(|c| c.id.clone()),
+        }
+    }
+}
+
+impl From<Deny> for Refusal {
+    /// A refusal made before any key was found (or not about one: the upstream's).
+    fn from(deny: Deny) -> Refusal {
+        Refusal {
+            deny,
+            key: None,
+            consumer: None,
+        }
+    }
 }

@@ -1,49 +1,57 @@
-//! The request path. Each phase is a file and only hands its result forward:
+//! The request path: phases in the order a request meets them, each a file that only hands
+//! its result forward. [`Proxy::handle`] reads top to bottom: `admit` (one snapshot load) ->
+//! `forward` -> `respond`.
 //!
 //! ```text
-//! server      accept, HTTP/1.1 + h2c
-//! route       Host + path -> target                       (404 no_route)
-//! credential  X-API-Key header, else api_key query         (403 key_missing / key_invalid)
+//! server      accept, HTTP/1.1 + h2c, edge limits
 //! client_ip   peer + trusted X-Forwarded-For/Forwarded -> client address
-//! policy      failed attempts, hash, lookup, status, expiry, IP, target, access, rate limit
-//!             (429 too_many_failures, 403 key_invalid / key_inactive / key_expired /
-//!              ip_not_allowed / target_not_allowed / access_denied, 429 rate_limited)
-//! forward     rewrite headers + URI, stream to upstream    (502 / 504)
-//! deny        Deny -> problem+json, the one place errors become responses
+//! route       Host + path -> target                        404 no_route
+//! credential  X-API-Key header, else api_key query          403 key_missing / key_invalid
+//! authorize   (after the failed-attempt block, 429 too_many_failures) hash, one lookup,
+//!             status, expiry, IP, target, access: pure      403 key_invalid / key_inactive /
+//!                                                           key_expired / ip_not_allowed /
+//!                                                           target_not_allowed / access_denied
+//! rate        local, local-sync or strict, behind one call  429 rate_limited,
+//!             (a usage quota goes beside it)                503 rate_limit_unavailable
+//! forward     rewrite headers + URI, stream to upstream     413 / 400 body, 502 / 504 upstream
+//! respond     outcome -> response; a refusal is recorded here, once
 //! observe     metrics and the access log line, once the response body is done
 //! ```
+//!
+//! A refusal is a [`deny::Refusal`]: the phase's typed [`Deny`] and the key it concerns.
 
+pub mod authorize;
 pub mod client_ip;
 pub mod credential;
 pub mod deny;
 pub mod forward;
 pub mod observe;
-pub mod policy;
 pub mod pool;
+pub mod rate;
 pub mod request_id;
+pub mod respond;
 pub mod route;
 pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Incoming};
 
-use crate::cluster::{Cluster, Shared, Unavailable};
-use crate::limits::{self, FailedAuth, RateStatus};
+use crate::cluster::Cluster;
+use crate::limits::{FailedAuth, RateStatus};
 use crate::metrics::{Metrics, Shard};
-use crate::snapshot::Published;
-use crate::snapshot::{OnRedisError, Snapshot};
+use crate::snapshot::{Published, Snapshot};
 use crate::tls::Connector;
-use deny::Deny;
+use authorize::{Authorized, Facts, authorize};
+use deny::{Deny, Refusal};
 use forward::{Caller, Plan};
 use observe::{Activity, Exchange, Observer};
-use policy::{Facts, Now};
-use request_id::X_REQUEST_ID;
+use rate::RateLimiter;
 
 /// A response body before [`observe::Body`] wraps it: the upstream's, streamed, or keygate's own.
 pub type Inner = Either<pool::PooledBody, Full<Bytes>>;
@@ -63,8 +71,8 @@ pub struct Proxy {
     /// This worker's own: each request holds a reference while its response is sent, and a
     /// count shared by the workers would be an atomic both cores write on every request.
     observer: Arc<Observer>,
-    /// `[cluster]`: rate limits shared with the other instances.
-    cluster: Option<Arc<Cluster>>,
+    /// Local buckets, or with a `[cluster]` the fleet's.
+    rate: RateLimiter,
 }
 
 impl Proxy {
@@ -89,13 +97,13 @@ impl Proxy {
             epoch: Instant::now(),
             pool,
             observer: Arc::new(observer),
-            cluster: None,
+            rate: RateLimiter::default(),
         }
     }
 
     /// Shares rate limits through `cluster`.
     pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Proxy {
-        self.cluster = cluster;
+        self.rate = RateLimiter::new(cluster);
         self
     }
 
@@ -113,7 +121,7 @@ impl Proxy {
                 shard: self.observer.metrics.shard(),
                 access: self.observer.access.clone(),
             }),
-            cluster: self.cluster.clone(),
+            rate: self.rate.clone(),
         }
     }
 
@@ -145,243 +153,194 @@ impl Proxy {
         proto: &'static str,
         activity: Option<&Arc<Activity>>,
     ) -> Response<Body> {
-        let started = Instant::now();
         let request_id = request_id::of(req.headers());
-        let mut exchange = Exchange::begin(&self.observer, &req, &request_id, started, activity);
-        let admitted = match self.admit(&mut req, peer, proto, &request_id, &mut exchange) {
-            Ok(Admission {
-                fleet: Some(fleet),
-                plan,
-                max_body,
-                ..
-            }) => self
-                .ask_fleet(fleet, &mut exchange)
-                .await
-                .map(|rate| (plan, rate, max_body)),
-            Ok(a) => Ok((a.plan, a.rate, a.max_body)),
-            Err(deny) => Err(deny),
-        };
-        let (outcome, rate) = match admitted {
-            Ok((plan, rate, max_body)) => {
-                // Only an upgraded connection's tunnel outlives the exchange and holds it.
-                let upgrade = plan.upgrade;
-                let counted =
-                    exchange.body_size(req.body().size_hint().exact(), req.body().is_end_stream());
-                let sent = Instant::now();
-                let outcome = forward::send(
-                    &self.pool,
-                    req,
-                    plan,
-                    max_body,
-                    counted,
-                    activity.filter(|_| upgrade).cloned(),
+        let mut exchange =
+            Exchange::begin(&self.observer, &req, &request_id, Instant::now(), activity);
+        let (outcome, rate) = match self
+            .admit(&mut req, peer, proto, &request_id, &mut exchange)
+            .await
+        {
+            Ok(admitted) => {
+                let rate = admitted.rate;
+                (
+                    self.forward(req, admitted, activity, &mut exchange).await,
+                    rate,
                 )
-                .await;
-                if outcome.is_ok() {
-                    exchange.upstream_answered(sent.elapsed());
-                }
-                (outcome, rate)
             }
-            Err(deny) => (Err(deny), None),
+            Err(refusal) => (Err(refusal), None),
         };
-        let mut resp = match outcome {
-            Ok(resp) => resp.map(Either::Left),
-            Err(deny) => {
-                if !matches!(deny, Deny::RateLimited(_)) {
-                    exchange.denied(deny.code(), None);
-                }
-                deny.response(&request_id)
-            }
-        };
-        if let Some(rate) = &rate {
-            deny::rate_headers(rate, resp.headers_mut());
-        }
-        resp.headers_mut().insert(X_REQUEST_ID, request_id);
-        exchange.status(resp.status().as_u16());
-        resp.map(|inner| Body::new(inner, exchange))
+        respond::respond(outcome, rate.as_ref(), request_id, exchange)
     }
 
-    /// `[cluster] mode = "strict"`: the fleet's decision on the limits `admit` left to it, one
-    /// Redis round trip; without Redis, what `on_redis_error` says.
-    async fn ask_fleet(
-        &self,
-        fleet: Fleet,
-        exchange: &mut Exchange,
-    ) -> Result<Option<RateStatus>, Deny> {
-        let Some(cluster) = &self.cluster else {
-            return Ok(None);
-        };
-        let decided = match cluster.decide(&fleet.shared).await {
-            Ok(decided) => decided.map(Some),
-            Err(Unavailable) => match cluster.on_error() {
-                OnRedisError::Allow => Ok(None),
-                OnRedisError::Deny => return Err(Deny::RateLimitUnavailable),
-                OnRedisError::Local => limits::check(
-                    fleet.snap.buckets.key(fleet.index),
-                    fleet.consumer.and_then(|c| fleet.snap.buckets.consumer(c)),
-                ),
-            },
-        };
-        match decided {
-            Ok(status) => {
-                fleet.snap.touch(fleet.index, SystemTime::now());
-                Ok(status)
-            }
-            Err(limited) => {
-                if let Some(key) = fleet.snap.keys.get(fleet.index) {
-                    exchange.denied("rate_limited", Some(&key.id));
-                }
-                Err(Deny::RateLimited(limited))
-            }
-        }
-    }
-
-    /// Phases 1-6a under one snapshot load; the snapshot is released before anything awaits.
-    fn admit(
+    /// client IP -> route -> credential -> authorize -> rate, on one snapshot load, ending with
+    /// the plan `forward` carries out. Synchronous but for `strict` rate limits, which wait on
+    /// Redis (bounded by `[cluster] timeout`) with the snapshot held, so the key's index stays
+    /// valid for marking it used.
+    async fn admit(
         &self,
         req: &mut Request<Incoming>,
         peer: SocketAddr,
         proto: &'static str,
         request_id: &HeaderValue,
         exchange: &mut Exchange,
-    ) -> Result<Admission, Deny> {
+    ) -> Result<Admitted, Refusal> {
         let snap = self.published.load();
-        let mut found_key = None;
-        let mut fleet = None;
-        exchange.path(req.uri(), &snap.server.key_query);
-        let result = (|| -> Result<Admission, Deny> {
-            let server = &snap.server;
-            // Before routing and the credential, so the access log names the client of every
-            // refusal, `no_route` and `key_missing` included.
-            let client_ip = client_ip::resolve(peer.ip(), req.headers(), &server.trusted_proxies);
-            exchange.client(client_ip);
-            let target = snap.routes.find_for(req).ok_or(Deny::NoRoute)?;
-            let t = snap.target(target);
-            exchange.routed(&t.name);
-            let secret = credential::extract(
-                req.headers(),
-                req.uri().query(),
-                &server.key_header,
-                &server.key_query,
-            )?;
-            let facts = Facts {
-                secret: &secret,
-                target,
-                method: req.method(),
-                path: req.uri().path(),
-                client_ip,
-            };
-            let now = Now {
-                wall: SystemTime::now(),
-                mono: exchange.started().saturating_duration_since(self.epoch),
-            };
-            let mut shared = self.cluster.as_ref().map(|_| Shared::default());
-            let mut admitted = policy::decide_noting(
-                &snap,
-                &self.failures,
-                &facts,
-                now,
-                &mut found_key,
-                shared.as_mut(),
-            )?;
-            match (&self.cluster, shared) {
-                (Some(cluster), Some(shared)) if !shared.is_empty() => {
-                    if cluster.strict() {
-                        // Decided once the snapshot guard is released (`ask_fleet`), which then
-                        // marks the key used: this keeps the snapshot its index points into.
-                        fleet = Some(Fleet {
-                            shared,
-                            snap: Arc::clone(&snap),
-                            index: admitted.index,
-                            consumer: admitted.key.consumer.map(|c| c as usize),
-                        });
-                    } else {
-                        admitted.rate = decide_locally(cluster, &shared)?;
-                        snap.touch(admitted.index, now.wall);
-                    }
-                }
-                _ => snap.touch(admitted.index, now.wall),
-            }
-            // Known from `Content-Length` before a byte of the body is read; a chunked body is
-            // counted as it streams (`forward::Upload`).
-            if let Some(max) = t.max_body
-                && req.body().size_hint().lower() > max
-            {
-                return Err(Deny::BodyTooLarge);
-            }
-            let key = admitted.key;
-            let caller = Caller {
-                key,
-                consumer: snap.consumer_of(key),
-                peer: client_ip::canonical(peer.ip()),
-                proto,
-                request_id,
-            };
-            let plan = forward::rewrite(req, server, t, &caller);
-            Ok(Admission {
-                plan,
-                rate: admitted.rate,
-                max_body: t.max_body,
-                fleet: fleet.take(),
-            })
-        })();
-        if let Some(index) = found_key
-            && let Some(key) = snap.keys.get(index)
+        let server = &snap.server;
+        exchange.path(req.uri(), &server.key_query);
+        // Before routing and the credential, so the access log names the client of every
+        // refusal, `no_route` and `key_missing` included.
+        let client_ip = client_ip::resolve(peer.ip(), req.headers(), &server.trusted_proxies);
+        exchange.client(client_ip);
+        let target = snap.routes.find_for(req).ok_or(Deny::NoRoute)?;
+        let t = snap.target(target);
+        exchange.routed(&t.name);
+        let secret = credential::extract(
+            req.headers(),
+            req.uri().query(),
+            &server.key_header,
+            &server.key_query,
+        )?;
+        let facts = Facts {
+            secret: &secret,
+            target,
+            method: req.method(),
+            path: req.uri().path(),
+            client_ip,
+        };
+        let now = Now {
+            wall: SystemTime::now(),
+            mono: exchange.started().saturating_duration_since(self.epoch),
+        };
+        let authorized = guarded_authorize(&snap, &self.failures, &facts, now)?;
+        if exchange.logging() {
+            let key = authorized.key;
+            exchange.key(&key.id, snap.consumer_of(key).map(|c| &c.id));
+        }
+        let rate = self.rate.take(&snap, &authorized).await?;
+        // The one place a key is marked used: it was let through.
+        snap.touch(authorized.index, now.wall);
+        // Known from `Content-Length` before a byte of the body is read; a chunked body is
+        // counted as it streams (`forward::Upload`).
+        if let Some(max) = t.max_body
+            && req.body().size_hint().lower() > max
         {
-            if exchange.logging() {
-                exchange.key(&key.id, snap.consumer_of(key).map(|c| &c.id));
-            }
-            if let Err(deny @ Deny::RateLimited(_)) = &result {
-                exchange.denied(deny.code(), Some(&key.id));
-            }
+            return Err(Deny::BodyTooLarge.into());
         }
-        if let Err(deny) = &result {
-            // A 429 carries its own rate-limit headers; everything else is logged at debug only,
-            // since denials are what a gateway does all day.
-            tracing::debug!(
-                code = deny.code(),
-                method = %req.method(),
-                path = %credential::redact(
-                    req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
-                    &snap.server.key_query
-                ),
-                "denied"
-            );
-        }
-        result
+        let key = authorized.key;
+        let caller = Caller {
+            key,
+            consumer: snap.consumer_of(key),
+            peer: client_ip::canonical(peer.ip()),
+            proto,
+            request_id,
+        };
+        let plan = forward::rewrite(req, server, t, &caller);
+        Ok(Admitted {
+            plan,
+            rate,
+            max_body: t.max_body,
+        })
+    }
+
+    /// Sends the admitted request upstream, with no snapshot held, and streams the answer back.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        admitted: Admitted,
+        activity: Option<&Arc<Activity>>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<pool::PooledBody>, Refusal> {
+        // Only an upgraded connection's tunnel outlives the exchange and holds it.
+        let tunnel = activity.filter(|_| admitted.plan.upgrade).cloned();
+        let counted =
+            exchange.body_size(req.body().size_hint().exact(), req.body().is_end_stream());
+        let sent = Instant::now();
+        let answer = forward::send(
+            &self.pool,
+            req,
+            admitted.plan,
+            admitted.max_body,
+            counted,
+            tunnel,
+        )
+        .await?;
+        exchange.upstream_answered(sent.elapsed());
+        Ok(answer)
     }
 }
 
-/// `[cluster] mode = "local-sync"`: this instance's view of the fleet's buckets; during an
-/// outage, what `on_redis_error` says.
-fn decide_locally(cluster: &Cluster, shared: &Shared) -> Result<Option<RateStatus>, Deny> {
-    if !cluster.available() {
-        match cluster.on_error() {
-            OnRedisError::Allow => return Ok(None),
-            OnRedisError::Deny => return Err(Deny::RateLimitUnavailable),
-            // The view keeps deciding: during an outage it holds only this instance's counts.
-            OnRedisError::Local => {}
+/// [`authorize`] behind the failed-attempt block: an address past `failed_auth_limit` wrong
+/// secrets is refused before its secret is even hashed, and every wrong secret counts.
+pub fn guarded_authorize<'s>(
+    snap: &'s Snapshot,
+    failures: &FailedAuth,
+    facts: &Facts<'_>,
+    now: Now,
+) -> Result<Authorized<'s>, Refusal> {
+    let limit = snap.server.failed_auth_limit;
+    failures
+        .blocked(facts.client_ip, limit, now.mono)
+        .map_err(Deny::TooManyFailures)?;
+    authorize(snap, facts, now.wall).inspect_err(|refused| {
+        if refused.deny == Deny::KeyInvalid {
+            failures.record(facts.client_ip, limit, now.mono);
         }
-    }
-    cluster
-        .decide_locally(shared)
-        .map(Some)
-        .map_err(Deny::RateLimited)
+    })
 }
 
-/// What `admit` lets through: the request's plan, and either its rate-limit state or the
-/// limits the fleet still has to decide.
-struct Admission {
+/// The time of a decision: wall clock for expiry and last use, monotonic for failed-attempt
+/// counting.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub wall: SystemTime,
+    pub mono: Duration,
+}
+
+/// What `admit` lets through: the request's plan and its rate-limit state.
+struct Admitted {
     plan: Plan,
     rate: Option<RateStatus>,
     max_body: Option<u64>,
-    fleet: Option<Fleet>,
 }
 
-/// Limits for Redis to decide (`strict`), with the snapshot whose key and buckets they are.
-struct Fleet {
-    shared: Shared,
-    snap: Arc<Snapshot>,
-    index: usize,
-    consumer: Option<usize>,
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn failed_attempts_block_the_address_for_any_key() {
+        let config = "[server]\nfailed_auth_limit = \"2/minute\"\n\n[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n\n[[keys]]\nid = \"live\"\nsecret = \"live-secret\"\n";
+        let snap = crate::config::parse(config, Path::new("t.toml"))
+            .unwrap()
+            .snapshot;
+        let f = FailedAuth::new(64);
+        let now = Now {
+            wall: SystemTime::UNIX_EPOCH,
+            mono: Duration::from_secs(1),
+        };
+        let code = |secret: &str, ip: &str, now: Now| {
+            let facts = Facts {
+                secret: secret.as_bytes(),
+                target: 0,
+                method: &http::Method::GET,
+                path: "/",
+                client_ip: ip.parse().unwrap(),
+            };
+            match guarded_authorize(&snap, &f, &facts, now) {
+                Ok(_) => "ok",
+                Err(r) => r.deny.code(),
+            }
+        };
+        assert_eq!(code("guess-1", "192.0.2.7", now), "key_invalid");
+        assert_eq!(code("guess-2", "192.0.2.7", now), "key_invalid");
+        assert_eq!(code("live-secret", "192.0.2.7", now), "too_many_failures");
+        assert_eq!(code("live-secret", "192.0.2.8", now), "ok");
+        let later = Now {
+            mono: now.mono + Duration::from_secs(30),
+            ..now
+        };
+        assert_eq!(code("live-secret", "192.0.2.7", later), "ok");
+    }
 }

@@ -24,6 +24,7 @@ use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::Inner;
+use super::deny::{Deny, Refusal};
 use crate::metrics::{Finished, MethodClass, Metrics, Shard};
 use crate::snapshot::{AccessTo, Id, Log, LogFormat};
 
@@ -372,11 +373,18 @@ impl Exchange {
         self.upstream = Some(took);
     }
 
-    pub fn denied(&mut self, code: &'static str, rate_limited_key: Option<&Id>) {
+    /// Counts a refusal and notes it for the access log: called once per refused request,
+    /// by `respond`.
+    pub fn refused(&mut self, refusal: &Refusal) {
+        let code = refusal.deny.code();
         self.code = Some(code);
         self.observer.shard.denied(code);
-        if let Some(k) = rate_limited_key {
-            self.observer.shard.rate_limited(k);
+        if let (Deny::RateLimited(_), Some(key)) = (refusal.deny, &refusal.key) {
+            self.observer.shard.rate_limited(key);
+        }
+        if let (Some(l), Some(key)) = (&mut self.line, &refusal.key) {
+            l.key = Some(key.clone());
+            l.consumer = refusal.consumer.clone();
         }
     }
 

@@ -1,21 +1,21 @@
-//! Phases 3-5: key lookup and every check on the key, in the contract's order: failed-attempt
-//! block, lookup, status, expiry, IP, target, access, and the rate limit last, so that a request
-//! refused for any other reason spends no quota. Pure: (snapshot, limiter state, request facts,
-//! now) -> decision, so it is unit-tested and benched without sockets.
+//! Authorize: may the key behind this secret make this request? In the contract's order:
+//! lookup, status, expiry, IP, target, access. Pure: (snapshot, request facts, `now`) ->
+//! [`Authorized`] or a [`Refusal`]; no state is read or written beyond the snapshot, so it is
+//! unit-tested and benched without sockets. What comes before it (the failed-attempt block) and
+//! after it (the rate limit, last so that a request refused for any other reason spends no
+//! quota) holds state and lives in `proxy/mod.rs` and `proxy/rate.rs`.
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use http::Method;
 
-use super::deny::Deny;
+use super::deny::{Deny, Refusal};
 use super::route::segment_prefix;
-use crate::cluster::Shared;
-use crate::limits::{self, FailedAuth, RateStatus};
 use crate::secret::KeyHash;
 use crate::snapshot::{Access, Key, Matched, Snapshot, Status, TargetIdx};
 
-/// What the policy needs to know about a request.
+/// What authorization needs to know about a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
     /// The presented secret, as extracted by `credential::extract`.
@@ -27,96 +27,54 @@ pub struct Facts<'a> {
     pub client_ip: IpAddr,
 }
 
-/// The time of a decision: wall clock for expiry, monotonic for failed-attempt counting.
+/// A key that may make the request (its rate limit still to be applied).
 #[derive(Debug, Clone, Copy)]
-pub struct Now {
-    pub wall: SystemTime,
-    pub mono: Duration,
-}
-
-/// A request that may pass, and the rate-limit state to report on its response.
-#[derive(Debug)]
-pub struct Admitted<'s> {
+pub struct Authorized<'s> {
     pub key: &'s Key,
-    /// The key's index in the snapshot.
+    /// The key's index in the snapshot: where its bucket and last-used time are.
     pub index: usize,
-    pub rate: Option<RateStatus>,
 }
 
-/// Decides whether `facts` may pass. One hash, one map lookup.
+/// Decides whether `facts` may pass, at wall-clock time `now`. One hash, one table lookup.
 ///
 /// The lookup compares SHA-256 digests, not secrets: how long a comparison takes can only tell
 /// a caller how many leading digest bytes of their guess match a stored one, which does not help
 /// find a secret, since nobody can steer a digest without inverting SHA-256.
-pub fn decide<'s>(
+///
+/// A refusal after the lookup names the key (and its consumer) it concerns, for the access log.
+pub fn authorize<'s>(
     snap: &'s Snapshot,
-    failures: &FailedAuth,
     facts: &Facts<'_>,
-    now: Now,
-) -> Result<Admitted<'s>, Deny> {
-    decide_noting(snap, failures, facts, now, &mut None, None)
-}
-
-/// [`decide`], which also notes the index of the key the secret matched, refused or not: the
-/// access log and the per-key rate-limit metric name the key of a refusal. With `shared` (a
-/// `[cluster]`), the rate limits are not applied here but handed back in it, for the fleet to
-/// decide; `rate` is then `None`.
-pub fn decide_noting<'s>(
-    snap: &'s Snapshot,
-    failures: &FailedAuth,
-    facts: &Facts<'_>,
-    now: Now,
-    found_key: &mut Option<usize>,
-    shared: Option<&mut Shared>,
-) -> Result<Admitted<'s>, Deny> {
-    let guard = snap.server.failed_auth_limit;
-    failures
-        .blocked(facts.client_ip, guard, now.mono)
-        .map_err(Deny::TooManyFailures)?;
+    now: SystemTime,
+) -> Result<Authorized<'s>, Refusal> {
     let found = snap.key_by_hash(&KeyHash::of(facts.secret));
     // A rotated-out secret past its grace period is as unknown as a wrong one.
-    let found =
-        found.filter(|(_, _, m)| !matches!(m, Matched::Previous(until) if now.wall >= *until));
+    let found = found.filter(|(_, _, m)| !matches!(m, Matched::Previous(until) if now >= *until));
     let Some((index, key, _)) = found else {
-        failures.record(facts.client_ip, guard, now.mono);
-        return Err(Deny::KeyInvalid);
+        return Err(Deny::KeyInvalid.into());
     };
-    *found_key = Some(index);
-    if key.status == Status::Inactive {
-        return Err(Deny::KeyInactive);
-    }
-    if key.expires_at.is_some_and(|at| now.wall >= at) {
-        return Err(Deny::KeyExpired);
-    }
     let consumer = snap.consumer_of(key);
+    let refuse = |deny: Deny| Refusal::of_key(deny, key, consumer);
+    if key.status == Status::Inactive {
+        return Err(refuse(Deny::KeyInactive));
+    }
+    if key.expires_at.is_some_and(|at| now >= at) {
+        return Err(refuse(Deny::KeyExpired));
+    }
     if !key.allow_ips().allows(facts.client_ip)
         || consumer.is_some_and(|c| !c.allow_ips.allows(facts.client_ip))
     {
-        return Err(Deny::IpNotAllowed);
+        return Err(refuse(Deny::IpNotAllowed));
     }
     if !key.targets().allows(facts.target)
         || consumer.is_some_and(|c| !c.targets.allows(facts.target))
     {
-        return Err(Deny::TargetNotAllowed);
+        return Err(refuse(Deny::TargetNotAllowed));
     }
     if !access_allows(key, facts.method, facts.path) {
-        return Err(Deny::AccessDenied);
+        return Err(refuse(Deny::AccessDenied));
     }
-    if let Some(shared) = shared {
-        shared.key = key.rate_limit().map(|r| (key.id.clone(), r));
-        shared.consumer = consumer.and_then(|c| c.rate_limit.map(|r| (c.id.clone(), r)));
-        return Ok(Admitted {
-            key,
-            index,
-            rate: None,
-        });
-    }
-    let rate = limits::check(
-        snap.buckets.key(index),
-        key.consumer.and_then(|c| snap.buckets.consumer(c as usize)),
-    )
-    .map_err(Deny::RateLimited)?;
-    Ok(Admitted { key, index, rate })
+    Ok(Authorized { key, index })
 }
 
 /// `access = "read-only"` allows GET, HEAD and OPTIONS; `paths` allows those prefixes, on whole
@@ -148,6 +106,7 @@ fn is_unambiguous(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::Duration;
 
     use super::*;
 
@@ -213,11 +172,8 @@ consumer = "acme"
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600)
     }
 
-    fn at(wall: SystemTime) -> Now {
-        Now {
-            wall,
-            mono: Duration::from_secs(1),
-        }
+    fn at(wall: SystemTime) -> SystemTime {
+        wall
     }
 
     fn facts<'a>(secret: &'a str, ip: &str) -> Facts<'a> {
@@ -230,17 +186,26 @@ consumer = "acme"
         }
     }
 
-    fn setup() -> (Snapshot, FailedAuth) {
+    fn setup() -> (Snapshot, ()) {
         let snap = crate::config::parse(CONFIG, Path::new("t.toml"))
             .unwrap()
             .snapshot;
-        (snap, FailedAuth::new(64))
+        (snap, ())
     }
 
-    fn code(r: Result<Admitted<'_>, Deny>) -> &'static str {
+    fn decide<'s>(
+        snap: &'s Snapshot,
+        _: &(),
+        facts: &Facts<'_>,
+        now: SystemTime,
+    ) -> Result<Authorized<'s>, Refusal> {
+        authorize(snap, facts, now)
+    }
+
+    fn code(r: Result<Authorized<'_>, Refusal>) -> &'static str {
         match r {
             Ok(_) => "ok",
-            Err(d) => d.code(),
+            Err(r) => r.deny.code(),
         }
     }
 
@@ -341,72 +306,27 @@ consumer = "acme"
     }
 
     #[test]
-    fn rate_limit_is_last_and_shared_by_the_consumer() {
+    fn a_refusal_after_the_lookup_names_its_key_and_consumer() {
         let (snap, f) = setup();
-        let now = at(expiry());
-        let a = facts("acme-a-secret", "10.0.0.9");
-        let b = facts("acme-b-secret", "10.0.0.9");
-        // A refusal for another reason spends no quota.
-        for _ in 0..5 {
-            let from_outside = Facts {
-                client_ip: "192.0.2.1".parse().unwrap(),
-                ..a
-            };
-            assert_eq!(
-                code(decide(&snap, &f, &from_outside, now)),
-                "ip_not_allowed"
-            );
-        }
-        let first = decide(&snap, &f, &a, now).unwrap().rate.unwrap();
-        assert_eq!(first.policies[0].unwrap().remaining, 1);
-        assert_eq!(first.policies[1].unwrap().remaining, 2);
-        assert_eq!(code(decide(&snap, &f, &b, now)), "ok");
-        assert_eq!(code(decide(&snap, &f, &a, now)), "ok");
-        // The consumer's 3/minute is spent by a and b together.
-        assert_eq!(code(decide(&snap, &f, &b, now)), "rate_limited");
-        assert_eq!(code(decide(&snap, &f, &a, now)), "rate_limited");
-        assert!(
-            decide(&snap, &f, &facts("live-secret", "10.0.0.9"), now)
-                .unwrap()
-                .rate
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn failed_attempts_block_the_address_for_any_key() {
-        let (snap, f) = setup();
-        let now = at(expiry());
-        assert_eq!(
-            code(decide(&snap, &f, &facts("guess-1", "192.0.2.7"), now)),
-            "key_invalid"
-        );
-        assert_eq!(
-            code(decide(&snap, &f, &facts("guess-2", "192.0.2.7"), now)),
-            "key_invalid"
-        );
-        assert_eq!(
-            code(decide(&snap, &f, &facts("live-secret", "192.0.2.7"), now)),
-            "too_many_failures"
-        );
-        assert_eq!(
-            code(decide(&snap, &f, &facts("live-secret", "192.0.2.8"), now)),
-            "ok"
-        );
-        let later = Now {
-            mono: now.mono + Duration::from_secs(30),
-            ..now
-        };
-        assert_eq!(
-            code(decide(&snap, &f, &facts("live-secret", "192.0.2.7"), later)),
-            "ok"
-        );
+        let refused = decide(
+            &snap,
+            &f,
+            &facts("acme-b-secret", "192.0.2.1"),
+            at(expiry()),
+        )
+        .unwrap_err();
+        assert_eq!(refused.deny, Deny::IpNotAllowed);
+        assert_eq!(refused.key.as_ref().map(|k| k.as_str()), Some("acme-b"));
+        assert_eq!(refused.consumer.as_ref().map(|c| c.as_str()), Some("acme"));
+        let unknown = decide(&snap, &f, &facts("nope", "192.0.2.1"), at(expiry())).unwrap_err();
+        assert_eq!((unknown.deny, unknown.key), (Deny::KeyInvalid, None));
     }
 }
 
 #[cfg(test)]
 mod rotation_tests {
     use std::path::Path;
+    use std::time::Duration;
 
     use super::*;
     use crate::secret::KeyHash;
@@ -420,7 +340,6 @@ mod rotation_tests {
         let snap = crate::config::parse(&config, Path::new("t.toml"))
             .unwrap()
             .snapshot;
-        let f = FailedAuth::new(64);
         let end = SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600);
         let facts = |s: &'static str| Facts {
             secret: s.as_bytes(),
@@ -429,17 +348,14 @@ mod rotation_tests {
             path: "/",
             client_ip: "127.0.0.1".parse().unwrap(),
         };
-        let at = |wall| Now {
-            wall,
-            mono: Duration::from_secs(1),
-        };
-        let before = at(end - Duration::from_secs(1));
-        assert!(decide(&snap, &f, &facts("old-secret"), before).is_ok());
-        assert!(decide(&snap, &f, &facts("new-secret"), before).is_ok());
+        let decide = |facts, at| authorize(&snap, &facts, at).map_err(|r| r.deny);
+        let before = end - Duration::from_secs(1);
+        assert!(decide(facts("old-secret"), before).is_ok());
+        assert!(decide(facts("new-secret"), before).is_ok());
         assert_eq!(
-            decide(&snap, &f, &facts("old-secret"), at(end)).unwrap_err(),
+            decide(facts("old-secret"), end).unwrap_err(),
             Deny::KeyInvalid
         );
-        assert!(decide(&snap, &f, &facts("new-secret"), at(end)).is_ok());
+        assert!(decide(facts("new-secret"), end).is_ok());
     }
 }
