@@ -5,7 +5,7 @@ use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, LoadError};
 use crate::secret::{self, KeyHash};
@@ -41,14 +41,14 @@ pub enum Command {
         #[command(subcommand)]
         command: Keys,
         #[command(flatten)]
-        config: crate::manage::ConfigArg,
+        config: ConfigArg,
     },
     /// List and change the consumers in the keys file.
     Consumers {
         #[command(subcommand)]
         command: crate::manage::ConsumerCommand,
         #[command(flatten)]
-        config: crate::manage::ConfigArg,
+        config: ConfigArg,
     },
 }
 
@@ -63,6 +63,14 @@ pub enum Keys {
     Hash,
     #[command(flatten)]
     Manage(crate::manage::KeyCommand),
+}
+
+/// `--config`, as every command takes it.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The main config file (its `keys_file` is what changes).
+    #[arg(long, env = "KEYGATE_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
+    pub config: PathBuf,
 }
 
 /// Runs the command line and returns the process exit code.

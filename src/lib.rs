@@ -30,6 +30,7 @@ pub mod last_used;
 pub mod limits;
 pub mod manage;
 pub mod metrics;
+pub(crate) mod model;
 pub mod proxy;
 pub mod reload;
 pub mod secret;

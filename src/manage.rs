@@ -2,7 +2,7 @@
 //! API's changes, made on the files directly through the same [`Store`], for when the gateway
 //! is down or in scripts. A running gateway picks the change up through its reload.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -328,12 +328,4 @@ fn key_index(snap: &Snapshot, id: &str) -> anyhow::Result<usize> {
 fn print<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-/// `--config`, as every command takes it.
-#[derive(Debug, Args)]
-pub struct ConfigArg {
-    /// The main config file (its `keys_file` is what changes).
-    #[arg(long, env = "KEYGATE_CONFIG", default_value = crate::cli::DEFAULT_CONFIG, global = true)]
-    pub config: PathBuf,
 }

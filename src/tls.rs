@@ -9,7 +9,7 @@
 //!   `ca_file`) from the current snapshot and sends the upstream's host as SNI.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
@@ -28,6 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 
+use crate::model::TlsFiles;
 use crate::snapshot::Published;
 
 /// The crypto provider for both sides: ring builds with nothing but a C compiler.
@@ -37,15 +38,6 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
-
-/// `[server.tls]`: where the listener's certificate chain and private key are read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// A handshake not done by then is dropped.
-    pub handshake_timeout: std::time::Duration,
-}
 
 /// Reads and checks a certificate chain and its key; also returns a digest of both files, so
 /// an unchanged pair is not parsed again.

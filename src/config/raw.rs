@@ -14,6 +14,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::value::Datetime;
 
+// The values a raw table holds as they are: the model's own.
+pub use crate::model::{Access, Role, Status};
+
 /// A string of the config: borrowed from the file when it is written without escapes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Text<'a>(pub Cow<'a, str>);
@@ -165,14 +168,6 @@ pub struct RawAdminKey {
     pub role: Role,
 }
 
-/// `role = "read" | "admin"`: read may list and get; admin may also change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Read,
-    Admin,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
@@ -262,22 +257,4 @@ pub struct RawKey<'a> {
     #[serde(borrow)]
     pub previous_hash: Option<Spanned<Text<'a>>>,
     pub previous_expires_at: Option<Spanned<Datetime>>,
-}
-
-/// `status = "active" | "inactive"`: an inactive key is refused with `key_inactive`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    #[default]
-    Active,
-    Inactive,
-}
-
-/// `access = "read-only" | "read-write"`: read-only allows GET, HEAD and OPTIONS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Access {
-    ReadOnly,
-    #[default]
-    ReadWrite,
 }

@@ -25,13 +25,13 @@ use super::raw::{
     RawLog, RawMetrics, RawServer, RawTarget,
 };
 use super::{ConfigError, Severity, scan};
+use crate::model::TlsFiles;
 use crate::secret::KeyHash;
 use crate::snapshot::{
     AccessTo, Admin, AdminKey, ClusterConfig, ClusterMode, Consumer, Id, IdArena, IpList, Key,
     KeyParts, KeyTable, List, Log, LogFormat, OnRedisError, Paths, Rate, Rules, Server, Snapshot,
     Target, TargetIdx, TargetSet,
 };
-use crate::tls::TlsFiles;
 
 /// Where keygate listens when `[server] listen` is absent.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -5,15 +5,12 @@
 //! [`send`] then runs with no snapshot held, streams both bodies, and turns an `Upgrade` into a
 //! byte tunnel.
 
-use std::net::IpAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
-use std::time::Duration;
+pub(super) mod body;
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
@@ -21,6 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ve
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use self::body::{ClientBody, TooLarge, Upload};
 use super::credential;
 use super::deny::Deny;
 use super::observe::Activity;
@@ -196,81 +194,6 @@ pub async fn send(
     strip_hop_by_hop(resp.headers_mut());
     resp.headers_mut().remove(UPGRADE);
     Ok(resp)
-}
-
-/// The client's request body on its way upstream: ends in an error past the target's
-/// `max_body`, which [`send`] answers with 413 `body_too_large`, and marks its own read errors
-/// (a malformed chunked encoding, a client gone mid-upload) as the client's, which [`send`]
-/// answers with 400 `invalid_body` instead of blaming the upstream.
-pub struct Upload {
-    body: Incoming,
-    /// Bytes still allowed.
-    left: u64,
-    /// Counts the bytes of a body of unknown length, for the access log and metrics.
-    counted: Option<Arc<AtomicU64>>,
-}
-
-/// The error an [`Upload`] ends with past `max_body`.
-#[derive(Debug)]
-pub struct TooLarge;
-
-impl std::fmt::Display for TooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body larger than the target's max_body")
-    }
-}
-
-impl std::error::Error for TooLarge {}
-
-/// The error an [`Upload`] ends with when reading the client's body failed.
-#[derive(Debug)]
-pub struct ClientBody(hyper::Error);
-
-impl std::fmt::Display for ClientBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "reading the request body: {}", self.0)
-    }
-}
-
-impl std::error::Error for ClientBody {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
-    }
-}
-
-impl Body for Upload {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let polled = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        if let Some(Ok(frame)) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            let n = data.len() as u64;
-            if n > this.left {
-                this.left = 0;
-                return Poll::Ready(Some(Err(Box::new(TooLarge))));
-            }
-            this.left -= n;
-            if let Some(c) = &this.counted {
-                c.fetch_add(n, Ordering::Relaxed);
-            }
-        }
-        Poll::Ready(polled.map(|r| r.map_err(|e| Box::new(ClientBody(e)) as Self::Error)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }
 
 /// The client's fault in a failed upstream exchange, if it failed on the request body: past

@@ -23,7 +23,7 @@ use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::forward::Upload;
+use super::forward::body::Upload;
 use hyper::client::conn::http1::SendRequest;
 use tower_service::Service as _;
 

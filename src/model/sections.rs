@@ -1,0 +1,169 @@
+//! The validated sections of the config besides the keys, in the order of `config/raw.rs`:
+//! what `config/sections/` makes of the raw ones.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use super::id::Id;
+use super::rate::Rate;
+use super::rules::{IpList, TargetSet};
+use crate::secret::KeyHash;
+
+/// `[server]`.
+#[derive(Debug)]
+pub struct Server {
+    /// Changing it needs a restart: a reload logs that and keeps the bound socket.
+    pub listen: SocketAddr,
+    pub trusted_proxies: IpList,
+    pub key_header: HeaderName,
+    pub key_query: Box<str>,
+    pub failed_auth_limit: Rate,
+    /// How long a shutdown waits for requests and upgraded connections in flight.
+    pub shutdown_timeout: Duration,
+    /// Client connections served at once, over all workers; more wait in the listen backlog.
+    pub max_connections: u32,
+    /// A client must send a request's whole head within this (slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) read; larger gets 431.
+    pub max_header_bytes: u32,
+    /// HTTP/2 streams one client connection may have open at once.
+    pub max_streams: u32,
+    /// A client connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Whether the listener speaks TLS cannot change live; the files it reads can.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `[server.tls]`: where the listener's certificate chain and private key are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A handshake not done by then is dropped.
+    pub handshake_timeout: std::time::Duration,
+}
+
+/// `[admin]` with its `[[admin_keys]]`.
+#[derive(Debug)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub key_prefix: Box<str>,
+    pub keys: HashMap<KeyHash, AdminKey>,
+}
+
+/// One `[[admin_keys]]` entry.
+#[derive(Debug, Clone)]
+pub struct AdminKey {
+    pub id: Id,
+    pub role: Role,
+}
+
+/// `role = "read" | "admin"`: read may list and get; admin may also change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Admin,
+}
+
+/// `[log]`: the access log, one line per request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Log {
+    pub access: AccessTo,
+    pub format: LogFormat,
+}
+
+/// `[log] access`: where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessTo {
+    Off,
+    #[default]
+    Stdout,
+    /// Appended to; resolved against the config file's directory.
+    File(std::path::PathBuf),
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// `[cluster]`: Redis shared by several instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// One Redis's URL; with `nodes`, the first node's, for messages.
+    pub redis: String,
+    /// `redis_cluster`: the seed nodes of a Redis Cluster; with `sentinel_master`, the
+    /// Sentinels of `redis_sentinel` (empty: one Redis).
+    pub nodes: Vec<String>,
+    /// `sentinel_master`: the name of the master the Sentinels watch.
+    pub sentinel_master: Option<String>,
+    pub mode: ClusterMode,
+    pub on_redis_error: OnRedisError,
+    pub timeout: Duration,
+    pub sync_interval: Duration,
+    pub prefix: String,
+}
+
+/// `[cluster] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// Every rate-limited request asks Redis: exact across the fleet, one round trip each.
+    Strict,
+    /// Decide locally and reconcile with Redis every `sync_interval`: no round trip on the
+    /// request path, an overshoot of at most what the other instances admit in one interval.
+    LocalSync,
+}
+
+/// `[cluster] on_redis_error`: what a rate-limited request gets while Redis fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Not limited at all.
+    Allow,
+    /// Refused with 503 `rate_limit_unavailable`.
+    Deny,
+    /// Limited by this instance's own buckets.
+    Local,
+}
+
+/// `[[targets]]`: a deploy target and its upstream.
+#[derive(Debug)]
+pub struct Target {
+    pub name: Id,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// `Host` sent upstream unless `preserve_host`: the upstream's own authority.
+    pub upstream_host: HeaderValue,
+    pub hosts: Vec<Box<str>>,
+    pub path_prefix: Box<str>,
+    pub timeout: Duration,
+    /// Largest request body in bytes (`None`: unlimited); more gets 413 `body_too_large`.
+    pub max_body: Option<u64>,
+    pub preserve_host: bool,
+    /// The verifier for an `https://` upstream.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// `[[consumers]]`: an account that owns keys.
+#[derive(Debug)]
+pub struct Consumer {
+    pub id: Id,
+    pub name: Option<Box<str>>,
+    pub allow_ips: IpList,
+    pub targets: TargetSet,
+    pub rate_limit: Option<Rate>,
+    pub max_keys: Option<u32>,
+    pub created_at: Option<SystemTime>,
+    /// Defined in the keys file (changeable through the admin API), not the main file.
+    pub managed: bool,
+}
