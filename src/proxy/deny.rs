@@ -11,9 +11,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 use serde::Serialize;
 
-use super::Inner;
+use super::pool::PooledBody;
 use crate::limits::{Limited, RateStatus};
 use crate::snapshot::{Consumer, Id, Key};
+
+/// A response body before `observe::Body` wraps it: the upstream's, streamed, or keygate's own.
+pub type Inner = Either<PooledBody, Full<Bytes>>;
 
 /// Why keygate refused or could not complete a request. `code()` strings are a contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,9 +37,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Incoming};
 
 use crate::cluster::Cluster;
@@ -53,8 +51,7 @@ use forward::{Caller, Plan};
 use observe::{Activity, Exchange, Observer};
 use rate::RateLimiter;
 
-/// A response body before [`observe::Body`] wraps it: the upstream's, streamed, or keygate's own.
-pub type Inner = Either<pool::PooledBody, Full<Bytes>>;
+pub use deny::Inner;
 pub use observe::Body;
 
 /// The gateway's request handler: the published config, the state beside it, the upstream pool.

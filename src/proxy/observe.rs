@@ -23,8 +23,7 @@ use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use super::Inner;
-use super::deny::{Deny, Refusal};
+use super::deny::{Deny, Inner, Refusal};
 use crate::metrics::{Finished, MethodClass, Metrics, Shard};
 use crate::snapshot::{AccessTo, Id, Log, LogFormat};
 

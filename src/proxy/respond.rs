@@ -4,9 +4,8 @@
 use http::{HeaderValue, Response};
 use http_body_util::Either;
 
-use super::Body;
 use super::deny::{Refusal, rate_headers};
-use super::observe::Exchange;
+use super::observe::{Body, Exchange};
 use super::pool::PooledBody;
 use super::request_id::X_REQUEST_ID;
 use crate::limits::RateStatus;
