@@ -59,6 +59,7 @@ use keygate::proxy::rate::RateLimiter;
 use keygate::proxy::{self, Now};
 use keygate::secret::KeyHash;
 use keygate::snapshot::{Rate, Snapshot, TargetIdx};
+use keygate::state::Live;
 
 /// Distinct requests each bench cycles through (a power of two).
 const REQUESTS: usize = 16_384;
@@ -77,7 +78,7 @@ struct Req {
 
 /// What a decision runs against, besides the request.
 struct Env {
-    snap: Snapshot,
+    snap: Live,
     failures: FailedAuth,
     rate: RateLimiter,
     now: Now,
@@ -329,7 +330,7 @@ fn decision_group(c: &mut Criterion, label: &str, n: usize) {
     let hits = requests(&frame, n, true);
     let misses = requests(&frame, n, false);
     let mut env = Env {
-        snap: build_snapshot(n),
+        snap: Live::new(build_snapshot(n)),
         failures: FailedAuth::default(),
         rate: RateLimiter::default(),
         now: Now {
@@ -349,7 +350,9 @@ fn decision_group(c: &mut Criterion, label: &str, n: usize) {
     if n == 10_000 {
         // One address past a strict limit: answered before any hashing.
         let strict = Rate::parse("1/hour").unwrap();
-        env.snap.server.failed_auth_limit = strict;
+        let mut snap = env.snap.into_snapshot();
+        snap.server.failed_auth_limit = strict;
+        env.snap = Live::new(snap);
         let header = env.snap.server.key_header.clone();
         let blocked: Vec<Req> = misses
             .iter()

@@ -38,7 +38,8 @@ use crate::metrics::{self, Metrics};
 use crate::proxy::request_id;
 use crate::reload::{Outcome, Reloader};
 use crate::secret::KeyHash;
-use crate::snapshot::{Access, Consumer, Published, Role, Snapshot, Status};
+use crate::snapshot::{Access, Consumer, Role, Snapshot, Status};
+use crate::state::{Live, Published};
 use crate::store::{self, Store, StoreError, Written};
 
 /// Largest request body accepted: key and consumer documents are a few hundred bytes.
@@ -493,7 +494,7 @@ impl Admin {
 
     /// `[cluster]`: raises the shown keys' `last_used_at` to the fleet's (the max over every
     /// instance), so a key used only through another instance does not look unused here.
-    async fn fleet_last_used(&self, snap: &Snapshot, keys: &[usize]) {
+    async fn fleet_last_used(&self, snap: &Live, keys: &[usize]) {
         let Some(cluster) = &self.cluster else {
             return;
         };
@@ -734,7 +735,7 @@ fn find_key(snap: &Snapshot, id: &str) -> Result<usize, Problem> {
 }
 
 /// A key as the API and the commands show it, with its secret when one was just made.
-pub(crate) fn key_json(snap: &Snapshot, index: usize, secret: Option<String>) -> serde_json::Value {
+pub(crate) fn key_json(snap: &Live, index: usize, secret: Option<String>) -> serde_json::Value {
     let view = KeyView::of(snap, index);
     match secret {
         Some(secret) => serde_json::to_value(WithSecret { key: view, secret }),
@@ -790,7 +791,7 @@ struct KeyView<'a> {
 }
 
 impl<'a> KeyView<'a> {
-    fn of(snap: &'a Snapshot, index: usize) -> KeyView<'a> {
+    fn of(snap: &'a Live, index: usize) -> KeyView<'a> {
         let k = &snap.keys[index];
         KeyView {
             id: k.id.as_str(),

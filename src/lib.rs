@@ -26,7 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod last_used;
+
 pub mod limits;
 pub mod manage;
 pub mod metrics;
@@ -35,6 +35,7 @@ pub mod proxy;
 pub mod reload;
 pub mod secret;
 pub mod snapshot;
+pub mod state;
 pub mod store;
 pub mod tls;
 
@@ -43,7 +44,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use snapshot::Published;
+use state::{Published, last_used};
 
 /// `keygate run`: load the config, bind, serve until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -116,7 +117,6 @@ pub async fn serve_with_admin(
         Some(store) => Some(tokio_rustls::TlsAcceptor::from(store.server_config()?)),
     };
     let state = last_used::path_for(&loaded.snapshot, config_path);
-    last_used::restore(&loaded.snapshot, &state);
     let access_log = proxy::observe::AccessLog::open(&loaded.snapshot.log).with_context(|| {
         format!(
             "cannot open the access log {:?}",
@@ -140,6 +140,7 @@ pub async fn serve_with_admin(
         ),
     };
     let published = Arc::new(Published::new(loaded.snapshot));
+    last_used::restore(&published.load(), &state);
     last_used::spawn(
         published.clone(),
         config_path.to_path_buf(),

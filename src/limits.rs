@@ -1,11 +1,7 @@
 //! Rate-limit state that outlives a config reload.
 //!
-//! Buckets are registered by key or consumer id in a [`DashMap`] beside the snapshot. When a
-//! snapshot is published, [`Limits::attach`] hands it the existing bucket of every id that stays
-//! with the same rate (so an unrelated edit gives nobody a fresh burst), a new bucket to new or
-//! changed ids, and drops the buckets of ids that are gone. The snapshot then holds the buckets
-//! in vectors indexed like its keys and consumers, so a request reaches its bucket without a map
-//! lookup or a lock: only the limiter's own atomics.
+//! [`Bucket`] is one GCRA bucket (governor) and [`check`] applies a key's and its consumer's;
+//! which bucket belongs to which key, across reloads, is `state::buckets`'.
 //!
 //! [`FailedAuth`] counts `key_invalid` answers per client address in a fixed-size table, so a
 //! flood of distinct source addresses cannot grow memory.
@@ -13,17 +9,15 @@
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
-use crate::snapshot::{Id, Rate, Snapshot};
+use crate::model::Rate;
 
 /// One GCRA bucket (governor) for one key or consumer.
 pub struct Bucket<C: Clock = DefaultClock> {
@@ -56,6 +50,11 @@ impl<C: Clock> Bucket<C> {
             .allow_burst(rate.count);
         let limiter = RateLimiter::direct_with_clock(quota, clock).with_middleware();
         Bucket { rate, limiter }
+    }
+
+    /// The rate this bucket was made for: a changed rate gets a new bucket.
+    pub fn rate(&self) -> Rate {
+        self.rate
     }
 
     /// Takes one request from the bucket.
@@ -173,90 +172,6 @@ pub fn check<C: Clock>(
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// The buckets of one snapshot, indexed like its keys and consumers.
-#[derive(Debug, Default)]
-pub struct Buckets {
-    keys: Vec<Option<Arc<Bucket>>>,
-    consumers: Vec<Option<Arc<Bucket>>>,
-}
-
-impl Buckets {
-    /// Fresh buckets for every key and consumer that has a rate limit.
-    pub fn fresh(snap: &Snapshot) -> Buckets {
-        Buckets {
-            keys: snap
-                .keys
-                .iter()
-                .map(|k| k.rate_limit().map(|r| Arc::new(Bucket::new(r))))
-                .collect(),
-            consumers: snap
-                .consumers
-                .iter()
-                .map(|c| c.rate_limit.map(|r| Arc::new(Bucket::new(r))))
-                .collect(),
-        }
-    }
-
-    pub fn key(&self, index: usize) -> Option<&Bucket> {
-        self.keys.get(index).and_then(|b| b.as_deref())
-    }
-
-    pub fn consumer(&self, index: usize) -> Option<&Bucket> {
-        self.consumers.get(index).and_then(|b| b.as_deref())
-    }
-}
-
-/// The registry of buckets by id that carries them across reloads.
-#[derive(Default)]
-pub struct Limits {
-    keys: DashMap<Id, Arc<Bucket>>,
-    consumers: DashMap<Id, Arc<Bucket>>,
-}
-
-impl Limits {
-    /// Gives `buckets` (built fresh for `snap`) the registered bucket of every id whose rate is
-    /// unchanged, registers the rest, and forgets ids that `snap` no longer has.
-    pub fn attach(&self, snap: &Snapshot, buckets: &mut Buckets) {
-        let keys = snap.keys.iter().map(|k| &k.id).zip(buckets.keys.iter_mut());
-        carry_over(&self.keys, keys);
-        let consumers = snap
-            .consumers
-            .iter()
-            .map(|c| &c.id)
-            .zip(buckets.consumers.iter_mut());
-        carry_over(&self.consumers, consumers);
-    }
-
-    /// How many buckets are registered (keys, consumers): for tests and metrics.
-    pub fn len(&self) -> (usize, usize) {
-        (self.keys.len(), self.consumers.len())
-    }
-}
-
-fn carry_over<'a>(
-    registry: &DashMap<Id, Arc<Bucket>>,
-    slots: impl Iterator<Item = (&'a Id, &'a mut Option<Arc<Bucket>>)>,
-) {
-    let mut live = std::collections::HashSet::new();
-    for (id, slot) in slots {
-        let Some(fresh) = slot else { continue };
-        live.insert(id.clone());
-        // The read guard of `get` must be gone before `insert` takes the same shard's write
-        // lock, or the reload deadlocks: hence the clone out of it first.
-        let kept = registry
-            .get(id)
-            .filter(|old| old.rate == fresh.rate)
-            .map(|old| old.clone());
-        match kept {
-            Some(old) => *slot = Some(old),
-            None => {
-                registry.insert(id.clone(), fresh.clone());
-            }
-        }
-    }
-    registry.retain(|id, _| live.contains(id));
 }
 
 /// Failed-attempt counting per client address, in a fixed amount of memory.
@@ -499,33 +414,5 @@ mod tests {
         assert_eq!(t.memory(), before);
         assert_eq!(before, 1 << 20);
         assert!(t.blocked(attacker, limit, at).is_err());
-    }
-}
-
-#[cfg(test)]
-mod registry_tests {
-    use super::*;
-
-    #[test]
-    fn a_changed_rate_gets_a_fresh_bucket_without_deadlock() {
-        let text = |rate: &str| {
-            format!(
-                "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n[[keys]]\nid = \"k\"\nsecret = \"s\"\nrate_limit = \"{rate}\"\n"
-            )
-        };
-        let load = |rate: &str| {
-            crate::config::parse(&text(rate), std::path::Path::new("t.toml"))
-                .unwrap()
-                .snapshot
-        };
-        let published = crate::snapshot::Published::new(load("1/minute"));
-        assert!(check(published.load().buckets.key(0), None).is_ok());
-        // Same rate: the spent bucket is kept.
-        published.publish(load("1/minute"));
-        assert!(check(published.load().buckets.key(0), None).is_err());
-        // Another rate: a fresh bucket (this used to deadlock in the registry).
-        published.publish(load("2/minute"));
-        assert!(check(published.load().buckets.key(0), None).is_ok());
-        assert_eq!(published.limits().len(), (1, 0));
     }
 }

@@ -9,6 +9,8 @@ use clap::{Args, Subcommand};
 
 use crate::admin::{consumer_json, key_json};
 use crate::snapshot::{Access, Snapshot, Status};
+// A command shows keys as the API does, without the times only a running gateway records.
+use crate::state::Live;
 use crate::store::{ConsumerPatch, KeyPatch, NewConsumer, NewKey, Store, Written};
 
 /// The fields of a key that `create` and `update` set.
@@ -146,7 +148,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
     let store = Store::new(config.to_path_buf());
     match cmd {
         KeyCommand::List { consumer } => {
-            let snap = crate::config::load(config)?.snapshot;
+            let snap = Live::new(crate::config::load(config)?.snapshot);
             let owner = match &consumer {
                 None => None,
                 Some(c) => Some(
@@ -164,7 +166,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
             print(&items)
         }
         KeyCommand::Show { id } => {
-            let snap = crate::config::load(config)?.snapshot;
+            let snap = Live::new(crate::config::load(config)?.snapshot);
             print(&key_json(&snap, key_index(&snap, &id)?, None))
         }
         KeyCommand::Create {
@@ -191,7 +193,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 ..
             } = store.create_key(new, &prefix)?;
             eprintln!("Give the secret to its owner now: keygate keeps only its hash.");
-            let snap = written_snapshot(loaded)?;
+            let snap = Live::new(written_snapshot(loaded)?);
             print(&key_json(&snap, key_index(&snap, &id)?, Some(secret)))
         }
         KeyCommand::Update {
@@ -218,7 +220,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                     fields.rate_limit.map(Some)
                 },
             };
-            let snap = written_snapshot(store.update_key(&id, patch)?.loaded)?;
+            let snap = Live::new(written_snapshot(store.update_key(&id, patch)?.loaded)?);
             print(&key_json(&snap, key_index(&snap, &id)?, None))
         }
         KeyCommand::Revoke { id } => {
@@ -238,7 +240,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 ..
             } = store.rotate_key(&id, grace, &prefix)?;
             eprintln!("Give the new secret to its owner now: keygate keeps only its hash.");
-            let snap = written_snapshot(loaded)?;
+            let snap = Live::new(written_snapshot(loaded)?);
             print(&key_json(&snap, key_index(&snap, &id)?, Some(secret)))
         }
     }

@@ -31,7 +31,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
-use crate::snapshot::{Id, Published};
+use crate::snapshot::Id;
+use crate::state::Published;
 
 /// The content type of what the encoder writes: OpenMetrics text, which Prometheus scrapes
 /// (and which reads as the classic text format too: its `# UNIT` and `# EOF` lines are comments).

@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, LoadError, Loaded};
 use crate::metrics::Metrics;
-use crate::snapshot::{Published, Snapshot};
+use crate::snapshot::Snapshot;
+use crate::state::Published;
 use crate::tls::CertStore;
 
 /// Quiet time that ends a burst of file events: editors and `kubectl` make several in a row,

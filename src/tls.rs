@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 
 use crate::model::TlsFiles;
-use crate::snapshot::Published;
+use crate::state::Published;
 
 /// The crypto provider for both sides: ring builds with nothing but a C compiler.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

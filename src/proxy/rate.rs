@@ -16,7 +16,8 @@ use super::authorize::Authorized;
 use super::deny::{Deny, Refusal};
 use crate::cluster::{Cluster, Shared, Unavailable};
 use crate::limits::{self, Limited, RateStatus};
-use crate::snapshot::{ClusterMode, OnRedisError, Snapshot};
+use crate::snapshot::{ClusterMode, OnRedisError};
+use crate::state::Live;
 
 /// Decides rate limits, locally or with the fleet.
 #[derive(Clone, Default)]
@@ -37,7 +38,7 @@ impl RateLimiter {
     /// on the first poll.
     pub async fn take(
         &self,
-        snap: &Snapshot,
+        snap: &Live,
         authorized: &Authorized<'_>,
     ) -> Result<Option<RateStatus>, Refusal> {
         let decided = match &self.cluster {
@@ -69,7 +70,7 @@ impl RateLimiter {
     fn unavailable(
         &self,
         cluster: &Cluster,
-        snap: &Snapshot,
+        snap: &Live,
         authorized: &Authorized<'_>,
         shared: &Shared,
     ) -> Result<Option<RateStatus>, Refusal> {
@@ -87,7 +88,7 @@ impl RateLimiter {
 }
 
 /// This instance's own buckets, found by index in the snapshot.
-fn local(snap: &Snapshot, a: &Authorized<'_>) -> Result<Option<RateStatus>, Limited> {
+fn local(snap: &Live, a: &Authorized<'_>) -> Result<Option<RateStatus>, Limited> {
     limits::check(
         snap.buckets.key(a.index),
         a.key
@@ -97,7 +98,7 @@ fn local(snap: &Snapshot, a: &Authorized<'_>) -> Result<Option<RateStatus>, Limi
 }
 
 /// The limits of the key and its consumer, named as the fleet shares them.
-fn shared(snap: &Snapshot, a: &Authorized<'_>) -> Shared {
+fn shared(snap: &Live, a: &Authorized<'_>) -> Shared {
     Shared {
         key: a.key.rate_limit().map(|r| (a.key.id.clone(), r)),
         consumer: snap
@@ -106,7 +107,7 @@ fn shared(snap: &Snapshot, a: &Authorized<'_>) -> Shared {
     }
 }
 
-fn limited_refusal(snap: &Snapshot, a: &Authorized<'_>, limited: Limited) -> Refusal {
+fn limited_refusal(snap: &Live, a: &Authorized<'_>, limited: Limited) -> Refusal {
     Refusal::of_key(Deny::RateLimited(limited), a.key, snap.consumer_of(a.key))
 }
 
@@ -148,7 +149,7 @@ consumer = "acme"
 "#;
 
     /// Authorize, then rate, as the request path does (refusals by code).
-    fn decide(snap: &Snapshot, secret: &str, ip: &str) -> Result<Option<RateStatus>, &'static str> {
+    fn decide(snap: &Live, secret: &str, ip: &str) -> Result<Option<RateStatus>, &'static str> {
         let facts = Facts {
             secret: secret.as_bytes(),
             target: 0,
@@ -166,9 +167,11 @@ consumer = "acme"
 
     #[test]
     fn rate_limit_is_last_and_shared_by_the_consumer() {
-        let snap = crate::config::parse(CONFIG, Path::new("t.toml"))
-            .unwrap()
-            .snapshot;
+        let snap = Live::new(
+            crate::config::parse(CONFIG, Path::new("t.toml"))
+                .unwrap()
+                .snapshot,
+        );
         // A refusal for another reason spends no quota.
         for _ in 0..5 {
             assert_eq!(
@@ -195,9 +198,11 @@ consumer = "acme"
 
     #[test]
     fn a_rate_limited_refusal_names_its_key_and_consumer() {
-        let snap = crate::config::parse(CONFIG, Path::new("t.toml"))
-            .unwrap()
-            .snapshot;
+        let snap = Live::new(
+            crate::config::parse(CONFIG, Path::new("t.toml"))
+                .unwrap()
+                .snapshot,
+        );
         let facts = Facts {
             secret: b"acme-a-secret",
             target: 0,

@@ -175,7 +175,7 @@ pub async fn start_keygate(config: &str) -> SocketAddr {
         Ok(l) => l,
         Err(e) => panic!("test config is invalid: {e}\n---\n{config}"),
     };
-    let published = Arc::new(keygate::snapshot::Published::new(loaded.snapshot));
+    let published = Arc::new(keygate::state::Published::new(loaded.snapshot));
     let proxy = Arc::new(keygate::proxy::Proxy::new(published));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

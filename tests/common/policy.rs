@@ -88,7 +88,7 @@ pub async fn start_keygate_on(config: &str, listen: SocketAddr) -> Option<Socket
         }
     };
     let addr = listener.local_addr().unwrap();
-    let published = Arc::new(keygate::snapshot::Published::new(loaded.snapshot));
+    let published = Arc::new(keygate::state::Published::new(loaded.snapshot));
     let proxy = Arc::new(keygate::proxy::Proxy::new(published));
     tokio::spawn(keygate::proxy::server::serve(
         listener,

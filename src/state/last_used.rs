@@ -1,15 +1,17 @@
 //! `last_used_at` across restarts: a small JSON file beside the keys file (or beside the config
 //! when there is none), `{"version":1,"last_used":{"key-id":1764028800,…}}`, written atomically
 //! every [`FLUSH_EVERY`] when something changed, and once more at shutdown. The TOML files are
-//! never rewritten for it; the request path only stores into an atomic (see `Snapshot::touch`).
+//! never rewritten for it; the request path only stores into an atomic (see `Live::touch`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{Live, Published};
 use crate::cluster::Cluster;
-use crate::snapshot::{Id, Published, Snapshot};
+use crate::model::Id;
+use crate::snapshot::Snapshot;
 
 /// How often recorded uses reach the disk: what a crash (not a shutdown) can lose.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -32,7 +34,7 @@ pub fn path_for(snap: &Snapshot, config: &Path) -> PathBuf {
 
 /// Reads the state file into `snap`. A missing file is a first start; an unreadable one is
 /// logged and ignored: it only ever holds timestamps.
-pub fn restore(snap: &Snapshot, path: &Path) {
+pub fn restore(snap: &Live, path: &Path) {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
@@ -55,7 +57,7 @@ pub fn restore(snap: &Snapshot, path: &Path) {
 
 /// Writes the current times (temp file, fsync, rename). Returns what was written, to skip
 /// writing it again.
-pub fn save(snap: &Snapshot, path: &Path) -> std::io::Result<u64> {
+pub fn save(snap: &Live, path: &Path) -> std::io::Result<u64> {
     let last_used: BTreeMap<String, u32> =
         snap.used_keys().map(|(id, t)| (id.to_owned(), t)).collect();
     let fingerprint = fingerprint(snap);
@@ -69,7 +71,7 @@ pub fn save(snap: &Snapshot, path: &Path) -> std::io::Result<u64> {
 }
 
 /// Changes whenever any key's time does (times only grow).
-fn fingerprint(snap: &Snapshot) -> u64 {
+fn fingerprint(snap: &Live) -> u64 {
     snap.used_keys()
         .fold(0u64, |acc, (_, t)| acc.wrapping_add(u64::from(t)))
 }
@@ -110,7 +112,7 @@ pub fn spawn(published: Arc<Published>, config: PathBuf, cluster: Option<Arc<Clu
 /// Sends the times that changed since the last call to the fleet and raises the snapshot's
 /// to the fleet's max. Only keys used here are sent; the admin API asks the fleet for the
 /// keys it shows.
-async fn share(cluster: &Cluster, snap: &Snapshot, sent: &mut HashMap<Id, u32>) {
+async fn share(cluster: &Cluster, snap: &Live, sent: &mut HashMap<Id, u32>) {
     let changed: Vec<(Id, u32)> = snap
         .keys
         .iter()
@@ -168,7 +170,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("keys.last_used.json");
         save(&published.load(), &path).unwrap();
-        let fresh = load();
+        let fresh = Live::new(load());
         restore(&fresh, &path);
         assert_eq!(fresh.last_used_at(1), Some(at));
         std::fs::remove_dir_all(dir).unwrap();
