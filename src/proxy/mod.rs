@@ -22,7 +22,7 @@ pub mod policy;
 pub mod pool;
 pub mod request_id;
 pub mod route;
-pub mod server;
+pub use crate::http::listener as server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

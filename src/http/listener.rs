@@ -29,9 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::Proxy;
-use super::observe::Activity;
 use crate::metrics::Shard;
+use crate::proxy::Proxy;
+use crate::proxy::observe::Activity;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -296,7 +296,7 @@ async fn accept_loop(
     // Every connection holds a receiver: `closed()` on the sender is the end of the drain.
     let (drain, _) = watch::channel(false);
     // Ends with the pool, or with this worker's runtime.
-    tokio::spawn(super::pool::reaper(Arc::downgrade(proxy.pool())));
+    tokio::spawn(crate::proxy::pool::reaper(Arc::downgrade(proxy.pool())));
     tokio::pin!(shutdown);
     loop {
         let handed_over = async {
