@@ -1,13 +1,16 @@
-//! Accept: TCP, optionally TLS (ALPN h2 / http/1.1), then HTTP/1.1 (keep-alive, upgrades) or
+//! Every port's front door, the same for the proxy, the admin API and the metrics listener:
+//! accept TCP, optionally TLS (ALPN h2 / http/1.1), then HTTP/1.1 (keep-alive, upgrades) or
 //! HTTP/2 (h2 over TLS, h2c with prior knowledge in clear) on the same port, then hand each
-//! request to [`Proxy::handle`]. Stops accepting on shutdown and lets connections in flight
-//! finish, up to a grace period.
+//! request to the port's [`Handler`]. The edge limits come from `[server]` and are read when the
+//! listener starts: `max_connections`, `header_read_timeout`, `max_header_bytes` (431),
+//! `max_streams`, `idle_timeout`. Stops accepting on shutdown and lets connections in flight
+//! finish, up to `shutdown_timeout`.
 //!
 //! [`serve_workers`] runs that loop on one thread per core, each a single-threaded tokio runtime
 //! accepting from the same listening socket, the way nginx runs worker processes: a connection
 //! and everything it does (its requests, its upstream connections from the worker's own pool)
 //! stay on one thread, so no task is stolen, no waker crosses threads and no upstream connection
-//! is shared between threads.
+//! is shared between threads. [`serve`] runs it as a task of the caller's runtime.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,10 +18,13 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,9 +35,109 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::metrics::Shard;
-use crate::proxy::Proxy;
-use crate::proxy::observe::Activity;
+use crate::snapshot::Published;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a port does with a request that passed the front: the proxy's, the admin API's and the
+/// metrics listener's request handlers. Any `Fn(Request, &Connection) -> impl Future` is one.
+pub trait Handler: Send + Sync + 'static {
+    type Body: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+    type Future: Future<Output = Response<Self::Body>> + Send + 'static;
+    fn call(&self, req: Request<Incoming>, conn: &Connection) -> Self::Future;
+}
+
+impl<T, F, B> Handler for T
+where
+    T: Fn(Request<Incoming>, &Connection) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    type Body = B;
+    type Future = F;
+    fn call(&self, req: Request<Incoming>, conn: &Connection) -> F {
+        self(req, conn)
+    }
+}
+
+/// The connection a request came on, as its handler sees it.
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// How the client reached us: `http` or `https`.
+    pub proto: &'static str,
+    /// Its requests in flight, for the idle timeout; a handler whose response outlives its
+    /// future (a streamed body, an upgraded tunnel) holds it for as long.
+    pub activity: Arc<Activity>,
+}
+
+/// Counts a listener's open connections (the proxy's `keygate_open_connections`).
+pub trait Gauge: Send + Sync {
+    fn opened(&self);
+    fn closed(&self);
+}
+
+/// A port: its name in logs, the published config its limits are read from, its TLS.
+#[derive(Clone)]
+pub struct Front {
+    name: &'static str,
+    published: Arc<Published>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Front {
+    /// A plain-HTTP port called `name` in logs (`proxy`, `admin`, `metrics`).
+    pub fn new(name: &'static str, published: Arc<Published>) -> Front {
+        Front {
+            name,
+            published,
+            tls: None,
+        }
+    }
+
+    /// With `tls`, every connection must complete a TLS handshake within `[server.tls]
+    /// handshake_timeout` first.
+    pub fn with_tls(mut self, tls: Option<TlsAcceptor>) -> Front {
+        self.tls = tls;
+        self
+    }
+
+    /// `[server] max_connections`, shared by all workers. Read at start: changing it needs a
+    /// restart. Each port has its own, so a flood on one does not lock the others out.
+    fn connection_limit(&self) -> Arc<Semaphore> {
+        let max = self.published.load().server.max_connections;
+        Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(usize::MAX)))
+    }
+}
+
+/// What one accept loop serves with: the handler, and what else is its (the proxy gives each
+/// worker thread its own handler, connection count and upstream pool reaper).
+pub struct Worker<H> {
+    handler: H,
+    gauge: Option<Arc<dyn Gauge>>,
+    beside: Vec<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<H: Handler> Worker<H> {
+    pub fn new(handler: H) -> Worker<H> {
+        Worker {
+            handler,
+            gauge: None,
+            beside: Vec::new(),
+        }
+    }
+
+    /// Counts its open connections in `gauge`.
+    pub fn counted(mut self, gauge: Arc<dyn Gauge>) -> Worker<H> {
+        self.gauge = Some(gauge);
+        self
+    }
+
+    /// Runs `task` on the same runtime as the accept loop, until that runtime ends.
+    pub fn beside(mut self, task: impl Future<Output = ()> + Send + 'static) -> Worker<H> {
+        self.beside.push(Box::pin(task));
+        self
+    }
+}
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -81,27 +187,35 @@ impl Drop for Occupied {
 }
 
 /// What one open client connection holds: its place under `max_connections`, its count in its
-/// worker's load and in `keygate_open_connections`. Released when dropped.
+/// worker's load and in its port's [`Gauge`]. Released when dropped.
 struct Slot {
     _permit: OwnedSemaphorePermit,
     _occupied: Option<Occupied>,
-    metrics: Arc<Shard>,
+    gauge: Option<Arc<dyn Gauge>>,
 }
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit, occupied: Option<Occupied>, metrics: Arc<Shard>) -> Slot {
-        metrics.connection_opened();
+    fn new(
+        permit: OwnedSemaphorePermit,
+        occupied: Option<Occupied>,
+        gauge: Option<Arc<dyn Gauge>>,
+    ) -> Slot {
+        if let Some(g) = &gauge {
+            g.opened();
+        }
         Slot {
             _permit: permit,
             _occupied: occupied,
-            metrics,
+            gauge,
         }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.metrics.connection_closed();
+        if let Some(g) = &self.gauge {
+            g.closed();
+        }
     }
 }
 
@@ -161,17 +275,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
 }
 
 /// Serves `listener` on `workers` threads until `shutdown` completes, then drains every
-/// worker's connections and returns once all workers have stopped.
-pub async fn serve_workers(
+/// worker's connections and returns once all workers have stopped. `worker(i)` is called here,
+/// once per thread, for what thread `i` serves with.
+pub async fn serve_workers<H: Handler>(
     listener: TcpListener,
     workers: NonZeroUsize,
-    proxy: &Proxy,
-    tls: Option<TlsAcceptor>,
+    front: Front,
+    mut worker: impl FnMut(usize) -> Worker<H>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     // Out of this runtime's reactor, so each worker can register its own handle to the socket.
     let socket = listener.into_std()?;
-    let limit = connection_limit(proxy);
+    let limit = front.connection_limit();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (senders, mut inboxes): (Vec<_>, Vec<_>) = (0..workers.get())
         .map(|_| mpsc::unbounded_channel())
@@ -183,8 +298,8 @@ pub async fn serve_workers(
     let mut stopped = Vec::with_capacity(workers.get());
     for (i, inbox) in inboxes.drain(..).enumerate() {
         let socket = socket.try_clone()?;
-        let proxy = Arc::new(proxy.worker());
-        let tls = tls.clone();
+        let serves = worker(i);
+        let front = front.clone();
         let limit = limit.clone();
         let mut stop = stop_rx.clone();
         let seat = Seat {
@@ -210,7 +325,7 @@ pub async fn serve_workers(
                     let stop = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
-                    accept_loop(listener, proxy, tls, stop, limit, Some(seat)).await;
+                    accept_loop(listener, front, serves, stop, limit, Some(seat)).await;
                 });
                 // Dropping the runtime here ends what is left (idle upstream connections).
                 drop(runtime);
@@ -227,22 +342,16 @@ pub async fn serve_workers(
     Ok(())
 }
 
-/// Serves `listener` until `shutdown` completes, then drains connections. With `tls`, every
-/// connection must complete a TLS handshake within `[server.tls] handshake_timeout` first.
-pub async fn serve(
+/// Serves `listener` on the caller's runtime until `shutdown` completes, then drains
+/// connections.
+pub async fn serve<H: Handler>(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
+    front: Front,
+    worker: Worker<H>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limit = connection_limit(&proxy);
-    accept_loop(listener, proxy, tls, shutdown, limit, None).await;
-}
-
-/// `[server] max_connections`, shared by all workers. Read at start: changing it needs a restart.
-fn connection_limit(proxy: &Proxy) -> Arc<Semaphore> {
-    let max = proxy.published().load().server.max_connections;
-    Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(usize::MAX)))
+    let limit = front.connection_limit();
+    accept_loop(listener, front, worker, shutdown, limit, None).await;
 }
 
 /// The next connection, once there is room for it: at `max_connections`, new clients wait in
@@ -260,18 +369,11 @@ async fn accept_within(
     Ok((stream, peer, permit))
 }
 
-/// [`serve`], as one of several workers when `seat` is given.
-async fn accept_loop(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
-    shutdown: impl Future<Output = ()>,
-    limit: Arc<Semaphore>,
-    mut seat: Option<Seat>,
-) {
+/// HTTP/1 and HTTP/2 with the edge limits of `[server]`, and the idle timeout.
+fn http_builder(front: &Front) -> (auto::Builder<TokioExecutor>, Duration) {
     // Read at start, like the listener itself: changing them needs a restart.
     let (head_timeout, max_head, max_streams, idle_timeout) = {
-        let snap = proxy.published().load();
+        let snap = front.published.load();
         let s = &snap.server;
         (
             s.header_read_timeout,
@@ -292,11 +394,32 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
         .max_concurrent_streams(max_streams);
+    (builder, idle_timeout)
+}
+
+/// [`serve`], as one of several workers when `seat` is given.
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    front: Front,
+    worker: Worker<H>,
+    shutdown: impl Future<Output = ()>,
+    limit: Arc<Semaphore>,
+    mut seat: Option<Seat>,
+) {
+    let Worker {
+        handler,
+        gauge,
+        beside,
+    } = worker;
+    // They end with what they serve, or with this worker's runtime.
+    for task in beside {
+        tokio::spawn(task);
+    }
+    let handler = Arc::new(handler);
+    let (builder, idle_timeout) = http_builder(&front);
     let builder = Arc::new(builder);
     // Every connection holds a receiver: `closed()` on the sender is the end of the drain.
     let (drain, _) = watch::channel(false);
-    // Ends with the pool, or with this worker's runtime.
-    tokio::spawn(crate::proxy::pool::reaper(Arc::downgrade(proxy.pool())));
     tokio::pin!(shutdown);
     loop {
         let handed_over = async {
@@ -309,7 +432,7 @@ async fn accept_loop(
             accepted = accept_within(&listener, &limit) => match accepted {
                 Ok((stream, peer, permit)) => (stream, peer, permit, true),
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(listener = front.name, error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -338,28 +461,32 @@ async fn accept_loop(
         });
         let stream = Held {
             io: stream,
-            _slot: Slot::new(permit, occupied, proxy.shard().clone()),
+            _slot: Slot::new(permit, occupied, gauge.clone()),
         };
         let conn = Conn {
-            proxy: proxy.clone(),
+            handler: handler.clone(),
+            published: front.published.clone(),
             builder: builder.clone(),
             stop: drain.subscribe(),
             peer,
             idle_timeout,
         };
-        let tls = tls.clone();
-        tokio::spawn(conn.serve(stream, tls));
+        tokio::spawn(conn.serve(stream, front.tls.clone()));
     }
     drop(listener);
     tracing::info!(
+        listener = front.name,
         connections = drain.receiver_count(),
         "stopped accepting; draining"
     );
     let _ = drain.send(true);
     // Read now, so a reload before the shutdown applies.
-    let grace = proxy.published().load().server.shutdown_timeout;
+    let grace = front.published.load().server.shutdown_timeout;
     if tokio::time::timeout(grace, drain.closed()).await.is_err() {
-        tracing::warn!("shutdown grace period over; closing remaining connections");
+        tracing::warn!(
+            listener = front.name,
+            "shutdown grace period over; closing remaining connections"
+        );
     }
 }
 
@@ -390,8 +517,9 @@ fn pass_on(
 }
 
 /// One accepted connection.
-struct Conn {
-    proxy: Arc<Proxy>,
+struct Conn<H> {
+    handler: Arc<H>,
+    published: Arc<Published>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     /// Becomes true when the server shuts down. Held (here, by the connection's requests and
     /// by an upgraded tunnel) for as long as the shutdown should wait for it.
@@ -400,15 +528,14 @@ struct Conn {
     idle_timeout: Duration,
 }
 
-impl Conn {
+impl<H: Handler> Conn<H> {
     async fn serve(self, stream: Held<TcpStream>, tls: Option<TlsAcceptor>) {
         let Some(acceptor) = tls else {
             return self.http(TokioIo::new(stream), "http").await;
         };
         // Read per connection, so a reload changes it for the next handshake.
         let limit = self
-            .proxy
-            .published()
+            .published
             .load()
             .server
             .tls
@@ -430,21 +557,28 @@ impl Conn {
         I: Read + Write + Unpin + Send + 'static,
     {
         let Conn {
-            proxy,
+            handler,
             builder,
             mut stop,
             peer,
             idle_timeout,
+            ..
         } = self;
         let activity = Arc::new(Activity::new(Instant::now().into_std(), stop.clone()));
-        let service = {
-            let activity = activity.clone();
-            service_fn(move |req| {
-                let proxy = proxy.clone();
-                let activity = activity.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer, proto, Some(&activity)).await) }
-            })
+        let connection = Connection {
+            peer,
+            proto,
+            activity: activity.clone(),
         };
+        let service = service_fn(move |req: Request<Incoming>| {
+            let in_flight = InFlight::begin(&connection.activity);
+            let handled = handler.call(req, &connection);
+            async move {
+                let resp = handled.await;
+                drop(in_flight);
+                Ok::<_, Infallible>(resp)
+            }
+        });
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let mut closing = false;
@@ -488,6 +622,67 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+/// A client connection's requests in flight, and when the last one ended, for
+/// `[server] idle_timeout`.
+pub struct Activity {
+    active: AtomicUsize,
+    /// Nanoseconds after `since` at which the last request ended.
+    ended_at: AtomicU64,
+    /// When the connection was accepted.
+    since: std::time::Instant,
+    /// The server's shutdown waits while this is held: by the connection, by each request
+    /// until its response is sent, and by an upgraded connection's tunnel.
+    _drain: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Activity {
+    pub fn new(now: std::time::Instant, drain: tokio::sync::watch::Receiver<bool>) -> Activity {
+        Activity {
+            active: AtomicUsize::new(0),
+            ended_at: AtomicU64::new(0),
+            since: now,
+            _drain: drain,
+        }
+    }
+
+    /// `None` while a request is in flight; else when the connection became idle.
+    pub fn idle_since(&self) -> Option<std::time::Instant> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.since + Duration::from_nanos(self.ended_at.load(Ordering::Acquire)))
+    }
+
+    pub(crate) fn begin(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn end(&self, at: std::time::Instant) {
+        let nanos = u64::try_from(at.saturating_duration_since(self.since).as_nanos());
+        self.ended_at
+            .store(nanos.unwrap_or(u64::MAX), Ordering::Release);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One request in flight, from its head until its handler has answered (or was dropped). A
+/// handler whose response outlives that (the proxy's streamed bodies and tunnels) marks its
+/// own on the same [`Activity`]; counting the same request twice only keeps it busy.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: &Arc<Activity>) -> InFlight {
+        activity.begin();
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end(std::time::Instant::now());
     }
 }
 

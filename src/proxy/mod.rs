@@ -22,7 +22,7 @@ pub mod policy;
 pub mod pool;
 pub mod request_id;
 pub mod route;
-pub use crate::http::listener as server;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,72 @@
+//! The proxy's port: [`crate::http::listener`] with TLS, one [`Proxy`] per worker thread (its
+//! own upstream pool, and that pool's reaper on the same thread), and its open connections
+//! counted in `keygate_open_connections`.
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use http::Request;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::Proxy;
+use crate::http::listener::{self, Connection, Front, Gauge, Handler, Worker};
+use crate::metrics::Shard;
+
+/// Serves `listener` on `workers` threads until `shutdown` completes, then drains every
+/// worker's connections and returns once all workers have stopped.
+pub async fn serve_workers(
+    listener: TcpListener,
+    workers: NonZeroUsize,
+    proxy: &Proxy,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let front = Front::new("proxy", proxy.published().clone()).with_tls(tls);
+    listener::serve_workers(
+        listener,
+        workers,
+        front,
+        |_| worker(Arc::new(proxy.worker())),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `listener` on the caller's runtime until `shutdown` completes, then drains
+/// connections. With `tls`, every connection must complete a TLS handshake within
+/// `[server.tls] handshake_timeout` first.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let front = Front::new("proxy", proxy.published().clone()).with_tls(tls);
+    listener::serve(listener, front, worker(proxy), shutdown).await;
+}
+
+/// What one accept loop of the proxy serves with.
+fn worker(proxy: Arc<Proxy>) -> Worker<impl Handler> {
+    let reaper = super::pool::reaper(Arc::downgrade(proxy.pool()));
+    let gauge: Arc<dyn Gauge> = proxy.shard().clone();
+    let handler = move |req: Request<Incoming>, conn: &Connection| {
+        let proxy = proxy.clone();
+        let (peer, proto, activity) = (conn.peer, conn.proto, conn.activity.clone());
+        async move { proxy.handle(req, peer, proto, Some(&activity)).await }
+    };
+    Worker::new(handler).counted(gauge).beside(reaper)
+}
+
+/// `keygate_open_connections`, in a worker's share of the metrics.
+impl Gauge for Shard {
+    fn opened(&self) {
+        self.connection_opened();
+    }
+
+    fn closed(&self) {
+        self.connection_closed();
+    }
+}
