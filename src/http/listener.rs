@@ -3,8 +3,9 @@
 //! HTTP/2 (h2 over TLS, h2c with prior knowledge in clear) on the same port, then hand each
 //! request to the port's [`Handler`]. The edge limits come from `[server]` and are read when the
 //! listener starts: `max_connections`, `header_read_timeout`, `max_header_bytes` (431),
-//! `max_streams`, `idle_timeout`. Stops accepting on shutdown and lets connections in flight
-//! finish, up to `shutdown_timeout`.
+//! `max_streams`, `idle_timeout`, and RFC 9112 §3.2's one `Host` per HTTP/1.1 request (else
+//! 400 `invalid_request` and a close). Stops accepting on shutdown and lets connections in
+//! flight finish, up to `shutdown_timeout`.
 //!
 //! [`serve_workers`] runs that loop on one thread per core, each a single-threaded tokio runtime
 //! accepting from the same listening socket, the way nginx runs worker processes: a connection
@@ -23,7 +24,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
 use hyper::body::{Body as HttpBody, Incoming};
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
@@ -35,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::proxy::request_id;
 use crate::snapshot::Published;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -571,11 +575,22 @@ impl<H: Handler> Conn<H> {
             activity: activity.clone(),
         };
         let service = service_fn(move |req: Request<Incoming>| {
-            let in_flight = InFlight::begin(&connection.activity);
-            let handled = handler.call(req, &connection);
+            let answer = match invalid_host(&req) {
+                true => Err(invalid_request(&req)),
+                false => Ok((
+                    InFlight::begin(&connection.activity),
+                    handler.call(req, &connection),
+                )),
+            };
             async move {
-                let resp = handled.await;
-                drop(in_flight);
+                let resp = match answer {
+                    Err(refused) => refused.map(Either::Left),
+                    Ok((in_flight, handled)) => {
+                        let resp = handled.await;
+                        drop(in_flight);
+                        resp.map(Either::Right)
+                    }
+                };
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -684,6 +699,58 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.end(std::time::Instant::now());
     }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any HTTP/1 request with more than
+/// one, is refused, so that no two parties can read a different host out of it. HTTP/1.0 may
+/// omit it; HTTP/2 names the authority in `:authority`, which hyper checks.
+fn invalid_host(req: &Request<Incoming>) -> bool {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    match req.version() {
+        Version::HTTP_11 => hosts.next().is_none() || hosts.next().is_some(),
+        Version::HTTP_10 | Version::HTTP_09 => hosts.nth(1).is_some(),
+        _ => false,
+    }
+}
+
+/// The 400 for a request the front refuses, `invalid_request` in the problem+json shape of
+/// every other refusal (`proxy::deny`), with `Connection: close`: what follows it on the
+/// connection cannot be trusted to be framed the way the client meant.
+fn invalid_request(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    const CODE: &str = "invalid_request";
+    /// The fields, in the order, of `proxy::deny`'s problem (RFC 9457).
+    #[derive(serde::Serialize)]
+    struct Problem<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        title: &'a str,
+        status: u16,
+        detail: &'a str,
+        code: &'a str,
+        request_id: &'a str,
+    }
+    let id = request_id::of(req.headers());
+    let problem = Problem {
+        kind: format!("tag:keygate,2026:problem:{CODE}"),
+        title: "Invalid request",
+        status: StatusCode::BAD_REQUEST.as_u16(),
+        detail: "An HTTP/1.1 request needs exactly one Host header field.",
+        code: CODE,
+        // Request ids are checked to be visible ASCII by `request_id::of`.
+        request_id: id.to_str().unwrap_or_default(),
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = resp.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(request_id::X_REQUEST_ID, id);
+    resp
 }
 
 #[cfg(test)]
