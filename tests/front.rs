@@ -1,15 +1,16 @@
 //! The HTTP front every port shares (`src/http/listener.rs`), on the real binary: RFC 9112 §3.2
 //! (one `Host` per HTTP/1.1 request) on the proxy's, the admin API's and the metrics
-//! listener's ports.
+//! listener's ports, and diagnostics on stderr without colour codes when stderr is no terminal.
 //! The edge limits of the admin and metrics ports are in `tests/edge_limits.rs`, the proxy's
 //! `Host` rows (with what the upstream saw) in `tests/hostile.rs`.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 
 use common::admin::*;
 use common::*;
@@ -127,4 +128,58 @@ async fn the_metrics_port_requires_one_host() {
     assert_one_host_required(metrics, "/metrics", "").await;
     let (status, _) = kg.terminate().await;
     assert!(status.success());
+}
+
+/// With stderr a pipe (as under systemd, or redirected to a file) and `NO_COLOR` unset, the log
+/// carries no ANSI escape codes (was: coloured levels and field names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_has_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let files = Files::for_binary_with("no-colour", "", None).await;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&files.config)
+        .env_remove("KEYGATE_CONFIG")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .env("KEYGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run keygate");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = Vec::new();
+    let listening = async {
+        loop {
+            let mut line = Vec::new();
+            let n = stderr.read_until(b'\n', &mut line).await.unwrap();
+            assert!(n > 0, "keygate exited: {}", String::from_utf8_lossy(&log));
+            log.extend_from_slice(&line);
+            if String::from_utf8_lossy(&line).contains("keygate listening") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), listening)
+        .await
+        .expect("keygate's listening line");
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    tokio::time::timeout(Duration::from_secs(10), stderr.read_to_end(&mut log))
+        .await
+        .expect("stderr to end")
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("keygate's exit")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let text = String::from_utf8_lossy(&log);
+    assert!(text.contains("shutdown signal received"), "{text}");
+    assert!(!text.contains("\x1b["), "colour codes in {text:?}");
 }
