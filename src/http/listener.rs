@@ -704,7 +704,7 @@ impl Drop for InFlight {
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any HTTP/1 request with more than
 /// one, is refused, so that no two parties can read a different host out of it. HTTP/1.0 may
 /// omit it; HTTP/2 names the authority in `:authority`, which hyper checks.
-fn invalid_host(req: &Request<Incoming>) -> bool {
+fn invalid_host<B>(req: &Request<B>) -> bool {
     let mut hosts = req.headers().get_all(HOST).iter();
     match req.version() {
         Version::HTTP_11 => hosts.next().is_none() || hosts.next().is_some(),
@@ -762,6 +762,28 @@ mod tests {
             load: loads.iter().map(|&l| AtomicUsize::new(l)).collect(),
             inbox: loads.iter().map(|_| mpsc::unbounded_channel().0).collect(),
         }
+    }
+
+    /// RFC 9112 §3.2, by version and number of `Host` lines.
+    #[test]
+    fn one_host_is_required_of_http_1_1_and_at_most_one_of_http_1_0() {
+        let req = |version, hosts: usize| {
+            let mut r = Request::new(());
+            *r.version_mut() = version;
+            for _ in 0..hosts {
+                r.headers_mut()
+                    .append(HOST, HeaderValue::from_static("a.test"));
+            }
+            r
+        };
+        assert!(invalid_host(&req(Version::HTTP_11, 0)));
+        assert!(!invalid_host(&req(Version::HTTP_11, 1)));
+        assert!(invalid_host(&req(Version::HTTP_11, 2)));
+        assert!(!invalid_host(&req(Version::HTTP_10, 0)));
+        assert!(!invalid_host(&req(Version::HTTP_10, 1)));
+        assert!(invalid_host(&req(Version::HTTP_10, 2)));
+        // HTTP/2 names the authority in `:authority`; hyper checks it.
+        assert!(!invalid_host(&req(Version::HTTP_2, 0)));
     }
 
     /// A worker keeps a new connection unless it holds two or more than the least loaded one.
