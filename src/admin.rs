@@ -13,7 +13,6 @@
 //! `id_taken`, `key_limit_reached`, `consumer_in_use`, `no_keys_file`, `store_invalid` (409),
 //! `internal` (500).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,9 +24,6 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
@@ -143,33 +139,16 @@ impl Admin {
     }
 }
 
-/// Serves the admin API on `listener` until `shutdown` completes.
+/// Serves the admin API on `listener` until `shutdown` completes, behind the same front and
+/// edge limits as the proxy.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let (admin, builder) = (admin.clone(), builder.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(req, peer.ip()).await) }
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    use crate::http::listener::{self, Connection, Front, Worker};
+    let front = Front::new("admin", admin.published.clone());
+    let handler = move |req: Request<Incoming>, conn: &Connection| {
+        let (admin, peer) = (admin.clone(), conn.peer.ip());
+        async move { admin.handle(req, peer).await }
+    };
+    listener::serve(listener, front, Worker::new(handler), shutdown).await;
 }
 
 /// An admin API failure: status, `code`, and a detail for people.

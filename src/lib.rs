@@ -26,7 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-
+pub mod http;
 pub mod limits;
 pub mod manage;
 pub mod metrics;

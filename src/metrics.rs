@@ -6,7 +6,6 @@
 //! read when scraped, so the request path never touches it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -18,9 +17,6 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -499,45 +495,28 @@ pub fn response(metrics: &Metrics, published: &Published) -> Response<Full<Bytes
 }
 
 /// Serves `GET /metrics` alone on `listener` (`[metrics] listen`, for when the admin API is
-/// off or its port is not for Prometheus) until `shutdown` completes.
+/// off or its port is not for Prometheus) until `shutdown` completes, behind the same front and
+/// edge limits as the proxy.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     published: Arc<Published>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
+    use crate::http::listener::{self, Connection, Front, Worker};
+    let front = Front::new("metrics", published.clone());
+    let handler = move |req: Request<Incoming>, _: &Connection| {
+        let resp = match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/metrics") => response(&metrics, &published),
+            _ => {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+                *r.status_mut() = StatusCode::NOT_FOUND;
+                r
+            }
         };
-        let (metrics, published, builder) = (metrics.clone(), published.clone(), builder.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let resp = match (req.method(), req.uri().path()) {
-                    (&Method::GET | &Method::HEAD, "/metrics") => response(&metrics, &published),
-                    _ => {
-                        let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
-                        *r.status_mut() = StatusCode::NOT_FOUND;
-                        r
-                    }
-                };
-                std::future::ready(Ok::<_, Infallible>(resp))
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        std::future::ready(resp)
+    };
+    listener::serve(listener, front, Worker::new(handler), shutdown).await;
 }
 
 /// The two latency histograms, by target, as summed over the shards for one scrape.

@@ -528,3 +528,155 @@ async fn max_body_must_be_a_size() {
     assert!(err.contains(&format!("keygate.toml:{line}:")), "{err}");
     assert!(err.contains("max_body: \"lots\""), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The admin API's and the metrics listener's ports: the same front, the same limits
+// ---------------------------------------------------------------------------------------------
+
+/// keygate with `lines` in `[server]` and `[metrics] listen` on a port of its own; returns the
+/// process and the metrics listener's address (read from its log line).
+async fn with_metrics_port(name: &str, lines: &str) -> (Files, Process, std::net::SocketAddr) {
+    let files = files(name, lines).await;
+    files.append_to_config("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let mut kg = Process::start(&files.config).await;
+    let line = kg
+        .wait_log("the metrics listening line", |l| {
+            l.contains("metrics listening")
+        })
+        .await;
+    let metrics = logged_addr(&line);
+    (files, kg, metrics)
+}
+
+/// Sends half a request head to `addr` and asserts the connection is dropped after
+/// `header_read_timeout` (300 ms here), not held open.
+async fn assert_half_head_dropped(addr: std::net::SocketAddr, path: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_until_close(&mut s).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed too early"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
+/// A client that sends half a request head to the admin API's port is dropped after
+/// `header_read_timeout` like one on the proxy's port (was: held open forever), and the port
+/// goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_sent_too_slowly_to_the_admin_port_is_dropped() {
+    let files = files("slow-head-admin", "header_read_timeout = \"300ms\"").await;
+    let kg = Process::start(&files.config).await;
+    assert_half_head_dropped(kg.admin, "/healthz").await;
+    assert_eq!(get(kg.admin, "/healthz", &[]).await.status, 200);
+    let (status, _) = kg.terminate().await;
+    assert!(status.success());
+}
+
+/// The same on the metrics listener's port (`[metrics] listen`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_sent_too_slowly_to_the_metrics_port_is_dropped() {
+    let (_files, kg, metrics) =
+        with_metrics_port("slow-head-metrics", "header_read_timeout = \"300ms\"").await;
+    assert_half_head_dropped(metrics, "/metrics").await;
+    assert_eq!(get(metrics, "/metrics", &[]).await.status, 200);
+    let (status, _) = kg.terminate().await;
+    assert!(status.success());
+}
+
+/// Sends a 20 KB request head to `addr` (`max_header_bytes = 16384` here) and asserts a 431 and
+/// a close; then an 8 KB head passes.
+async fn assert_big_head_gets_431(addr: std::net::SocketAddr, path: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let big = "a".repeat(20_000);
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_close(&mut s).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+
+    let fits = "a".repeat(8_000);
+    let resp = get(addr, path, &[("x-fits", fits.as_str())]).await;
+    assert_eq!(resp.status, 200);
+}
+
+/// A request head over `max_header_bytes` gets 431 and a close on the admin API's port (was:
+/// read up to hyper's own 400 KB), and smaller heads still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_max_header_bytes_gets_431_on_the_admin_port() {
+    let files = files("big-head-admin", "max_header_bytes = 16384").await;
+    let kg = Process::start(&files.config).await;
+    assert_big_head_gets_431(kg.admin, "/healthz").await;
+    let (status, _) = kg.terminate().await;
+    assert!(status.success());
+}
+
+/// The same on the metrics listener's port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_max_header_bytes_gets_431_on_the_metrics_port() {
+    let (_files, kg, metrics) =
+        with_metrics_port("big-head-metrics", "max_header_bytes = 16384").await;
+    assert_big_head_gets_431(metrics, "/metrics").await;
+    let (status, _) = kg.terminate().await;
+    assert!(status.success());
+}
+
+/// With `max_connections = 2`, a third client of the admin API waits until one of the first two
+/// leaves, like on the proxy's port (was: no limit). The ports count apart: two clients on the
+/// admin port leave the proxy's port free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_respects_max_connections() {
+    let files = files("max-connections-admin", "max_connections = 2").await;
+    let kg = Process::start(&files.config).await;
+    let health = || request("GET", "/healthz", &[], empty());
+    let mut a = H1::connect(kg.admin).await;
+    let mut b = H1::connect(kg.admin).await;
+    assert_eq!(a.send(health()).await.status, 200);
+    assert_eq!(b.send(health()).await.status, 200);
+    assert_eq!(H1::connect(kg.proxy).await.send(probe()).await.status, 200);
+
+    let admin = kg.admin;
+    let mut third = tokio::spawn(async move { H1::connect(admin).await.send(health()).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut third)
+            .await
+            .is_err(),
+        "a third admin connection was served while two were open"
+    );
+    drop(a);
+    let resp = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a place is free")
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(b.send(health()).await.status, 200);
+    let (status, _) = kg.terminate().await;
+    assert!(status.success());
+}
+
+/// An admin API connection left idle is closed after `idle_timeout` (was: kept forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_admin_connection_is_closed_after_idle_timeout() {
+    let files = files("idle-admin", "idle_timeout = \"300ms\"").await;
+    let kg = Process::start(&files.config).await;
+    let mut raw = Raw::connect(kg.admin).await;
+    raw.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let resp = raw.read_response().await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let answered = std::time::Instant::now();
+    let rest = read_until_close(&mut raw.stream).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(answered.elapsed() >= Duration::from_millis(200));
+    let (status, _) = kg.terminate().await;
+    assert!(status.success());
+}

@@ -71,6 +71,11 @@
 //! | `no_leading_slash` | `GET r HTTP/1.1` (parsed as authority-form) | 404 `no_route`, then open (was: forwarded as `GET /`, fixed) |
 //! | `bad_method` | `G(T /r HTTP/1.1` | 400, close |
 //! | `bad_version` | `GET /r HTTP/1.2` | 400, close |
+//! | `host_missing` | an HTTP/1.1 `GET` with `K` and no `Host` | 400 `invalid_request`, close; upstream sees nothing (RFC 9112 §3.2; was: forwarded, fixed) |
+//! | `host_twice` | `Host` twice (the same value) | 400 `invalid_request`, close; upstream sees nothing (was: forwarded, fixed) |
+//! | `host_twice_differ` | `Host: gateway.test` then `Host: evil.example` | 400 `invalid_request`, close; upstream sees nothing |
+//! | `host_missing_http10` | an HTTP/1.0 `GET` with `K` and no `Host` | upstream's 200 (HTTP/1.0 may omit it), close |
+//! | `host_twice_http10` | an HTTP/1.0 `GET` with `Host` twice | 400 `invalid_request`, close; upstream sees nothing |
 //!
 //! `HOSTILE_CASE=<name>` runs one row of the table alone.
 //!
@@ -1054,6 +1059,42 @@ fn cases() -> Vec<Case> {
             "bad_version",
             keyed("GET /r HTTP/1.2", "", ""),
             &[Http(400)],
+            Close,
+            &[],
+        ),
+        // --- Host (RFC 9112 §3.2) ------------------------------------------------------------
+        case(
+            "host_missing",
+            format!("GET /r HTTP/1.1\r\nX-API-Key: {SECRET}\r\n\r\n"),
+            &[Kg(400, "invalid_request")],
+            Close,
+            &[],
+        ),
+        case(
+            "host_twice",
+            keyed("GET /r HTTP/1.1", &format!("Host: {HOST}\r\n"), ""),
+            &[Kg(400, "invalid_request")],
+            Close,
+            &[],
+        ),
+        case(
+            "host_twice_differ",
+            keyed("GET /r HTTP/1.1", "Host: evil.example\r\n", ""),
+            &[Kg(400, "invalid_request")],
+            Close,
+            &[],
+        ),
+        case(
+            "host_missing_http10",
+            format!("GET /r HTTP/1.0\r\nX-API-Key: {SECRET}\r\n\r\n"),
+            &[Up("GET /r")],
+            Close,
+            &[("GET /r", b"")],
+        ),
+        case(
+            "host_twice_http10",
+            keyed("GET /r HTTP/1.0", &format!("Host: {HOST}\r\n"), ""),
+            &[Kg(400, "invalid_request")],
             Close,
             &[],
         ),

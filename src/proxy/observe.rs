@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -197,48 +197,8 @@ pub struct Observer {
     pub access: Option<Arc<AccessLog>>,
 }
 
-/// A client connection's requests in flight, and when the last one ended, for
-/// `[server] idle_timeout`.
-pub struct Activity {
-    active: AtomicUsize,
-    /// Nanoseconds after `since` at which the last request ended.
-    ended_at: AtomicU64,
-    /// When the connection was accepted.
-    since: Instant,
-    /// The server's shutdown waits while this is held: by the connection, by each request
-    /// until its response is sent, and by an upgraded connection's tunnel.
-    _drain: tokio::sync::watch::Receiver<bool>,
-}
-
-impl Activity {
-    pub fn new(now: Instant, drain: tokio::sync::watch::Receiver<bool>) -> Activity {
-        Activity {
-            active: AtomicUsize::new(0),
-            ended_at: AtomicU64::new(0),
-            since: now,
-            _drain: drain,
-        }
-    }
-
-    /// `None` while a request is in flight; else when the connection became idle.
-    pub fn idle_since(&self) -> Option<Instant> {
-        if self.active.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        Some(self.since + Duration::from_nanos(self.ended_at.load(Ordering::Acquire)))
-    }
-
-    fn begin(&self) {
-        self.active.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn end(&self, at: Instant) {
-        let nanos = u64::try_from(at.saturating_duration_since(self.since).as_nanos());
-        self.ended_at
-            .store(nanos.unwrap_or(u64::MAX), Ordering::Release);
-        self.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+/// A client connection's requests in flight, for `[server] idle_timeout`: the listener's.
+pub use crate::http::listener::Activity;
 
 /// What the access log says of a request beyond what metrics need; built only when it is on.
 struct Line {

@@ -1,0 +1,853 @@
+//! Every port's front door, the same for the proxy, the admin API and the metrics listener:
+//! accept TCP, optionally TLS (ALPN h2 / http/1.1), then HTTP/1.1 (keep-alive, upgrades) or
+//! HTTP/2 (h2 over TLS, h2c with prior knowledge in clear) on the same port, then hand each
+//! request to the port's [`Handler`]. The edge limits come from `[server]` and are read when the
+//! listener starts: `max_connections`, `header_read_timeout`, `max_header_bytes` (431),
+//! `max_streams`, `idle_timeout`, and RFC 9112 §3.2's one `Host` per HTTP/1.1 request (else
+//! 400 `invalid_request` and a close). Stops accepting on shutdown and lets connections in
+//! flight finish, up to `shutdown_timeout`.
+//!
+//! [`serve_workers`] runs that loop on one thread per core, each a single-threaded tokio runtime
+//! accepting from the same listening socket, the way nginx runs worker processes: a connection
+//! and everything it does (its requests, its upstream connections from the worker's own pool)
+//! stay on one thread, so no task is stolen, no waker crosses threads and no upstream connection
+//! is shared between threads. [`serve`] runs it as a task of the caller's runtime.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::{Body as HttpBody, Incoming};
+use hyper::rt::{Read, Write};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::proxy::request_id;
+use crate::state::Published;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a port does with a request that passed the front: the proxy's, the admin API's and the
+/// metrics listener's request handlers. Any `Fn(Request, &Connection) -> impl Future` is one.
+pub trait Handler: Send + Sync + 'static {
+    type Body: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+    type Future: Future<Output = Response<Self::Body>> + Send + 'static;
+    fn call(&self, req: Request<Incoming>, conn: &Connection) -> Self::Future;
+}
+
+impl<T, F, B> Handler for T
+where
+    T: Fn(Request<Incoming>, &Connection) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    type Body = B;
+    type Future = F;
+    fn call(&self, req: Request<Incoming>, conn: &Connection) -> F {
+        self(req, conn)
+    }
+}
+
+/// The connection a request came on, as its handler sees it.
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// How the client reached us: `http` or `https`.
+    pub proto: &'static str,
+    /// Its requests in flight, for the idle timeout; a handler whose response outlives its
+    /// future (a streamed body, an upgraded tunnel) holds it for as long.
+    pub activity: Arc<Activity>,
+}
+
+/// Counts a listener's open connections (the proxy's `keygate_open_connections`).
+pub trait Gauge: Send + Sync {
+    fn opened(&self);
+    fn closed(&self);
+}
+
+/// A port: its name in logs, the published config its limits are read from, its TLS.
+#[derive(Clone)]
+pub struct Front {
+    name: &'static str,
+    published: Arc<Published>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Front {
+    /// A plain-HTTP port called `name` in logs (`proxy`, `admin`, `metrics`).
+    pub fn new(name: &'static str, published: Arc<Published>) -> Front {
+        Front {
+            name,
+            published,
+            tls: None,
+        }
+    }
+
+    /// With `tls`, every connection must complete a TLS handshake within `[server.tls]
+    /// handshake_timeout` first.
+    pub fn with_tls(mut self, tls: Option<TlsAcceptor>) -> Front {
+        self.tls = tls;
+        self
+    }
+
+    /// `[server] max_connections`, shared by all workers. Read at start: changing it needs a
+    /// restart. Each port has its own, so a flood on one does not lock the others out.
+    fn connection_limit(&self) -> Arc<Semaphore> {
+        let max = self.published.load().server.max_connections;
+        Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(usize::MAX)))
+    }
+}
+
+/// What one accept loop serves with: the handler, and what else is its (the proxy gives each
+/// worker thread its own handler, connection count and upstream pool reaper).
+pub struct Worker<H> {
+    handler: H,
+    gauge: Option<Arc<dyn Gauge>>,
+    beside: Vec<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<H: Handler> Worker<H> {
+    pub fn new(handler: H) -> Worker<H> {
+        Worker {
+            handler,
+            gauge: None,
+            beside: Vec::new(),
+        }
+    }
+
+    /// Counts its open connections in `gauge`.
+    pub fn counted(mut self, gauge: Arc<dyn Gauge>) -> Worker<H> {
+        self.gauge = Some(gauge);
+        self
+    }
+
+    /// Runs `task` on the same runtime as the accept loop, until that runtime ends.
+    pub fn beside(mut self, task: impl Future<Output = ()> + Send + 'static) -> Worker<H> {
+        self.beside.push(Box::pin(task));
+        self
+    }
+}
+
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Open connections per worker, and each worker's inbox for connections handed to it.
+///
+/// All workers accept from one socket, and the kernel wakes whichever is waiting: often the one
+/// that is already busy, so a burst of new connections can land 3:1 on one thread while the
+/// other idles (seen with wrk's 32 connections). A worker that holds at least two connections
+/// more than the least loaded one passes a new connection over instead of serving it.
+struct Balance {
+    load: Box<[AtomicUsize]>,
+    inbox: Box<[mpsc::UnboundedSender<Handed>]>,
+}
+
+impl Balance {
+    /// The worker to hand a new connection to, if `me` is too busy for it.
+    fn elsewhere(&self, me: usize) -> Option<usize> {
+        let mine = self.load[me].load(Ordering::Relaxed);
+        let (least, load) = self
+            .load
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, l)| l)?;
+        (least != me && mine >= load + 2).then_some(least)
+    }
+}
+
+/// A connection passed to another worker, with its place under `max_connections`.
+type Handed = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// A worker's place in a [`Balance`].
+struct Seat {
+    balance: Arc<Balance>,
+    me: usize,
+    inbox: mpsc::UnboundedReceiver<Handed>,
+}
+
+/// Counts one open connection of a worker while it lives.
+struct Occupied(Arc<Balance>, usize);
+
+impl Drop for Occupied {
+    fn drop(&mut self) {
+        self.0.load[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What one open client connection holds: its place under `max_connections`, its count in its
+/// worker's load and in its port's [`Gauge`]. Released when dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _occupied: Option<Occupied>,
+    gauge: Option<Arc<dyn Gauge>>,
+}
+
+impl Slot {
+    fn new(
+        permit: OwnedSemaphorePermit,
+        occupied: Option<Occupied>,
+        gauge: Option<Arc<dyn Gauge>>,
+    ) -> Slot {
+        if let Some(g) = &gauge {
+            g.opened();
+        }
+        Slot {
+            _permit: permit,
+            _occupied: occupied,
+            gauge,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.closed();
+        }
+    }
+}
+
+/// A client socket with its [`Slot`]: the slot lives exactly as long as the socket, so the
+/// connection is counted whoever holds it: hyper while it speaks HTTP, or an upgraded
+/// connection's tunnel after hyper has handed the socket over (which ends hyper's connection
+/// future long before the client goes). Every call passes straight through.
+struct Held<S> {
+    io: S,
+    _slot: Slot,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
+    #[inline]
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
+    #[inline]
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Serves `listener` on `workers` threads until `shutdown` completes, then drains every
+/// worker's connections and returns once all workers have stopped. `worker(i)` is called here,
+/// once per thread, for what thread `i` serves with.
+pub async fn serve_workers<H: Handler>(
+    listener: TcpListener,
+    workers: NonZeroUsize,
+    front: Front,
+    mut worker: impl FnMut(usize) -> Worker<H>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    // Out of this runtime's reactor, so each worker can register its own handle to the socket.
+    let socket = listener.into_std()?;
+    let limit = front.connection_limit();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (senders, mut inboxes): (Vec<_>, Vec<_>) = (0..workers.get())
+        .map(|_| mpsc::unbounded_channel())
+        .unzip();
+    let balance = Arc::new(Balance {
+        load: (0..workers.get()).map(|_| AtomicUsize::new(0)).collect(),
+        inbox: senders.into(),
+    });
+    let mut stopped = Vec::with_capacity(workers.get());
+    for (i, inbox) in inboxes.drain(..).enumerate() {
+        let socket = socket.try_clone()?;
+        let serves = worker(i);
+        let front = front.clone();
+        let limit = limit.clone();
+        let mut stop = stop_rx.clone();
+        let seat = Seat {
+            balance: balance.clone(),
+            me: i,
+            inbox,
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("keygate-worker-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(socket) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(worker = i, error = %e, "worker cannot use the listener");
+                            return;
+                        }
+                    };
+                    let stop = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    accept_loop(listener, front, serves, stop, limit, Some(seat)).await;
+                });
+                // Dropping the runtime here ends what is left (idle upstream connections).
+                drop(runtime);
+                let _ = done_tx.send(());
+            })?;
+        stopped.push(done_rx);
+    }
+    drop(socket);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for done in stopped {
+        let _ = done.await;
+    }
+    Ok(())
+}
+
+/// Serves `listener` on the caller's runtime until `shutdown` completes, then drains
+/// connections.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    front: Front,
+    worker: Worker<H>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limit = front.connection_limit();
+    accept_loop(listener, front, worker, shutdown, limit, None).await;
+}
+
+/// The next connection, once there is room for it: at `max_connections`, new clients wait in
+/// the kernel's listen backlog instead of costing us file descriptors. Cancel-safe.
+async fn accept_within(
+    listener: &TcpListener,
+    limit: &Arc<Semaphore>,
+) -> std::io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let permit = match limit.clone().acquire_owned().await {
+        Ok(p) => p,
+        // Never closed; wait for the shutdown instead of spinning.
+        Err(_) => std::future::pending().await,
+    };
+    let (stream, peer) = listener.accept().await?;
+    Ok((stream, peer, permit))
+}
+
+/// HTTP/1 and HTTP/2 with the edge limits of `[server]`, and the idle timeout.
+fn http_builder(front: &Front) -> (auto::Builder<TokioExecutor>, Duration) {
+    // Read at start, like the listener itself: changing them needs a restart.
+    let (head_timeout, max_head, max_streams, idle_timeout) = {
+        let snap = front.published.load();
+        let s = &snap.server;
+        (
+            s.header_read_timeout,
+            s.max_header_bytes,
+            s.max_streams,
+            s.idle_timeout,
+        )
+    };
+    let max_head = usize::try_from(max_head).unwrap_or(usize::MAX);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .max_buf_size(max_head);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .max_concurrent_streams(max_streams);
+    (builder, idle_timeout)
+}
+
+/// [`serve`], as one of several workers when `seat` is given.
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    front: Front,
+    worker: Worker<H>,
+    shutdown: impl Future<Output = ()>,
+    limit: Arc<Semaphore>,
+    mut seat: Option<Seat>,
+) {
+    let Worker {
+        handler,
+        gauge,
+        beside,
+    } = worker;
+    // They end with what they serve, or with this worker's runtime.
+    for task in beside {
+        tokio::spawn(task);
+    }
+    let handler = Arc::new(handler);
+    let (builder, idle_timeout) = http_builder(&front);
+    let builder = Arc::new(builder);
+    // Every connection holds a receiver: `closed()` on the sender is the end of the drain.
+    let (drain, _) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let handed_over = async {
+            match seat.as_mut() {
+                Some(seat) => seat.inbox.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (stream, peer, permit, accepted_here) = tokio::select! {
+            accepted = accept_within(&listener, &limit) => match accepted {
+                Ok((stream, peer, permit)) => (stream, peer, permit, true),
+                Err(e) => {
+                    tracing::warn!(listener = front.name, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            Some((stream, peer, permit)) = handed_over => match TcpStream::from_std(stream) {
+                Ok(stream) => (stream, peer, permit, false),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take over a connection");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, permit) = match (&seat, accepted_here) {
+            (Some(seat), true) => match pass_on(seat, stream, peer, permit) {
+                Some(kept) => kept,
+                None => continue,
+            },
+            _ => (stream, permit),
+        };
+        // Small responses must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        let occupied = seat.as_ref().map(|seat| {
+            seat.balance.load[seat.me].fetch_add(1, Ordering::Relaxed);
+            Occupied(seat.balance.clone(), seat.me)
+        });
+        let stream = Held {
+            io: stream,
+            _slot: Slot::new(permit, occupied, gauge.clone()),
+        };
+        let conn = Conn {
+            handler: handler.clone(),
+            published: front.published.clone(),
+            builder: builder.clone(),
+            stop: drain.subscribe(),
+            peer,
+            idle_timeout,
+        };
+        tokio::spawn(conn.serve(stream, front.tls.clone()));
+    }
+    drop(listener);
+    tracing::info!(
+        listener = front.name,
+        connections = drain.receiver_count(),
+        "stopped accepting; draining"
+    );
+    let _ = drain.send(true);
+    // Read now, so a reload before the shutdown applies.
+    let grace = front.published.load().server.shutdown_timeout;
+    if tokio::time::timeout(grace, drain.closed()).await.is_err() {
+        tracing::warn!(
+            listener = front.name,
+            "shutdown grace period over; closing remaining connections"
+        );
+    }
+}
+
+/// Hands `stream` to a less busy worker; gives it back when it is ours to serve.
+fn pass_on(
+    seat: &Seat,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    let Some(to) = seat.balance.elsewhere(seat.me) else {
+        return Some((stream, permit));
+    };
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot pass a connection on");
+            return None;
+        }
+    };
+    match seat.balance.inbox[to].send((stream, peer, permit)) {
+        Ok(()) => None,
+        // That worker has stopped: serve it here after all.
+        Err(mpsc::error::SendError((stream, _, permit))) => {
+            TcpStream::from_std(stream).ok().map(|s| (s, permit))
+        }
+    }
+}
+
+/// One accepted connection.
+struct Conn<H> {
+    handler: Arc<H>,
+    published: Arc<Published>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Becomes true when the server shuts down. Held (here, by the connection's requests and
+    /// by an upgraded tunnel) for as long as the shutdown should wait for it.
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    idle_timeout: Duration,
+}
+
+impl<H: Handler> Conn<H> {
+    async fn serve(self, stream: Held<TcpStream>, tls: Option<TlsAcceptor>) {
+        let Some(acceptor) = tls else {
+            return self.http(TokioIo::new(stream), "http").await;
+        };
+        // Read per connection, so a reload changes it for the next handshake.
+        let limit = self
+            .published
+            .load()
+            .server
+            .tls
+            .as_ref()
+            .map(|t| t.handshake_timeout);
+        let limit = limit.unwrap_or(crate::config::validate::DEFAULT_HANDSHAKE_TIMEOUT);
+        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => self.http(TokioIo::new(stream), "https").await,
+            Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+        }
+    }
+
+    /// Serves HTTP on `io` until the client closes, the connection stays idle for
+    /// `idle_timeout` (no request in flight: HTTP/1.1 closes, HTTP/2 sends GOAWAY), or the
+    /// server shuts down (the same, once the requests in flight are answered).
+    async fn http<I>(self, io: I, proto: &'static str)
+    where
+        I: Read + Write + Unpin + Send + 'static,
+    {
+        let Conn {
+            handler,
+            builder,
+            mut stop,
+            peer,
+            idle_timeout,
+            ..
+        } = self;
+        let activity = Arc::new(Activity::new(Instant::now().into_std(), stop.clone()));
+        let connection = Connection {
+            peer,
+            proto,
+            activity: activity.clone(),
+        };
+        let service = service_fn(move |req: Request<Incoming>| {
+            let answer = match invalid_host(&req) {
+                true => Err(invalid_request(&req)),
+                false => Ok((
+                    InFlight::begin(&connection.activity),
+                    handler.call(req, &connection),
+                )),
+            };
+            async move {
+                let resp = match answer {
+                    Err(refused) => refused.map(Either::Left),
+                    Ok((in_flight, handled)) => {
+                        let resp = handled.await;
+                        drop(in_flight);
+                        resp.map(Either::Right)
+                    }
+                };
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let mut closing = false;
+        // When an idle close began. HTTP/2's graceful close waits for the client to answer a
+        // PING; a client that never does is dropped once idle for another `idle_timeout`.
+        let mut idle_close: Option<std::time::Instant> = None;
+        loop {
+            // Idle since the last request ended, or since the idle close began.
+            let idle_since = || {
+                activity
+                    .idle_since()
+                    .map(|since| idle_close.map_or(since, |began| began.max(since)))
+            };
+            // Busy: look again in a full period; idle: when the period since it went idle ends.
+            let check = match idle_since() {
+                Some(since) => Instant::from_std(since) + idle_timeout,
+                None => Instant::now() + idle_timeout,
+            };
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = stop.wait_for(|s| *s), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = tokio::time::sleep_until(check), if !closing || idle_close.is_some() => {
+                    if idle_since().is_some_and(|since| since.elapsed() >= idle_timeout) {
+                        if idle_close.is_some() {
+                            tracing::debug!(%peer, "dropping an idle connection that did not close");
+                            break;
+                        }
+                        tracing::debug!(%peer, "closing an idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        idle_close = Some(std::time::Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A client connection's requests in flight, and when the last one ended, for
+/// `[server] idle_timeout`.
+pub struct Activity {
+    active: AtomicUsize,
+    /// Nanoseconds after `since` at which the last request ended.
+    ended_at: AtomicU64,
+    /// When the connection was accepted.
+    since: std::time::Instant,
+    /// The server's shutdown waits while this is held: by the connection, by each request
+    /// until its response is sent, and by an upgraded connection's tunnel.
+    _drain: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Activity {
+    pub fn new(now: std::time::Instant, drain: tokio::sync::watch::Receiver<bool>) -> Activity {
+        Activity {
+            active: AtomicUsize::new(0),
+            ended_at: AtomicU64::new(0),
+            since: now,
+            _drain: drain,
+        }
+    }
+
+    /// `None` while a request is in flight; else when the connection became idle.
+    pub fn idle_since(&self) -> Option<std::time::Instant> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.since + Duration::from_nanos(self.ended_at.load(Ordering::Acquire)))
+    }
+
+    pub(crate) fn begin(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn end(&self, at: std::time::Instant) {
+        let nanos = u64::try_from(at.saturating_duration_since(self.since).as_nanos());
+        self.ended_at
+            .store(nanos.unwrap_or(u64::MAX), Ordering::Release);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One request in flight, from its head until its handler has answered (or was dropped). A
+/// handler whose response outlives that (the proxy's streamed bodies and tunnels) marks its
+/// own on the same [`Activity`]; counting the same request twice only keeps it busy.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: &Arc<Activity>) -> InFlight {
+        activity.begin();
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end(std::time::Instant::now());
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any HTTP/1 request with more than
+/// one, is refused, so that no two parties can read a different host out of it. HTTP/1.0 may
+/// omit it; HTTP/2 names the authority in `:authority`, which hyper checks.
+fn invalid_host<B>(req: &Request<B>) -> bool {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    match req.version() {
+        Version::HTTP_11 => hosts.next().is_none() || hosts.next().is_some(),
+        Version::HTTP_10 | Version::HTTP_09 => hosts.nth(1).is_some(),
+        _ => false,
+    }
+}
+
+/// The 400 for a request the front refuses, `invalid_request` in the problem+json shape of
+/// every other refusal (`proxy::deny`), with `Connection: close`: what follows it on the
+/// connection cannot be trusted to be framed the way the client meant.
+fn invalid_request(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    const CODE: &str = "invalid_request";
+    /// The fields, in the order, of `proxy::deny`'s problem (RFC 9457).
+    #[derive(serde::Serialize)]
+    struct Problem<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        title: &'a str,
+        status: u16,
+        detail: &'a str,
+        code: &'a str,
+        request_id: &'a str,
+    }
+    let id = request_id::of(req.headers());
+    let problem = Problem {
+        kind: format!("tag:keygate,2026:problem:{CODE}"),
+        title: "Invalid request",
+        status: StatusCode::BAD_REQUEST.as_u16(),
+        detail: "An HTTP/1.1 request needs exactly one Host header field.",
+        code: CODE,
+        // Request ids are checked to be visible ASCII by `request_id::of`.
+        request_id: id.to_str().unwrap_or_default(),
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = resp.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(request_id::X_REQUEST_ID, id);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balance(loads: &[usize]) -> Balance {
+        Balance {
+            load: loads.iter().map(|&l| AtomicUsize::new(l)).collect(),
+            inbox: loads.iter().map(|_| mpsc::unbounded_channel().0).collect(),
+        }
+    }
+
+    /// RFC 9112 §3.2, by version and number of `Host` lines.
+    #[test]
+    fn one_host_is_required_of_http_1_1_and_at_most_one_of_http_1_0() {
+        let req = |version, hosts: usize| {
+            let mut r = Request::new(());
+            *r.version_mut() = version;
+            for _ in 0..hosts {
+                r.headers_mut()
+                    .append(HOST, HeaderValue::from_static("a.test"));
+            }
+            r
+        };
+        assert!(invalid_host(&req(Version::HTTP_11, 0)));
+        assert!(!invalid_host(&req(Version::HTTP_11, 1)));
+        assert!(invalid_host(&req(Version::HTTP_11, 2)));
+        assert!(!invalid_host(&req(Version::HTTP_10, 0)));
+        assert!(!invalid_host(&req(Version::HTTP_10, 1)));
+        assert!(invalid_host(&req(Version::HTTP_10, 2)));
+        // HTTP/2 names the authority in `:authority`; hyper checks it.
+        assert!(!invalid_host(&req(Version::HTTP_2, 0)));
+    }
+
+    /// A worker keeps a new connection unless it holds two or more than the least loaded one.
+    #[test]
+    fn connections_go_to_the_least_loaded_worker_only_when_the_gap_is_two() {
+        assert_eq!(balance(&[0, 0]).elsewhere(0), None);
+        assert_eq!(balance(&[1, 0]).elsewhere(0), None);
+        assert_eq!(balance(&[2, 0]).elsewhere(0), Some(1));
+        assert_eq!(balance(&[5, 3, 1]).elsewhere(0), Some(2));
+        assert_eq!(balance(&[5, 3, 1]).elsewhere(2), None);
+        assert_eq!(balance(&[7]).elsewhere(0), None);
+    }
+
+    /// A connection passed to a worker that has stopped comes back to be served here.
+    #[tokio::test]
+    async fn a_connection_for_a_stopped_worker_is_served_by_the_one_that_accepted_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(TcpStream::connect(addr));
+        let (stream, peer) = listener.accept().await.unwrap();
+        let _client = client.await.unwrap().unwrap();
+        let (tx0, rx0) = mpsc::unbounded_channel();
+        let (tx1, rx1) = mpsc::unbounded_channel();
+        let b = Arc::new(Balance {
+            load: vec![AtomicUsize::new(3), AtomicUsize::new(0)].into(),
+            inbox: vec![tx0, tx1].into(),
+        });
+        let seat = Seat {
+            balance: b.clone(),
+            me: 0,
+            inbox: rx0,
+        };
+        drop(rx1);
+        let limit = Arc::new(Semaphore::new(2));
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let kept = pass_on(&seat, stream, peer, permit);
+        assert!(kept.is_some(), "worker 1 is gone");
+        assert_eq!(
+            limit.available_permits(),
+            1,
+            "the place goes with the connection"
+        );
+        drop(kept);
+
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let b = Arc::new(Balance {
+            load: vec![AtomicUsize::new(3), AtomicUsize::new(0)].into(),
+            inbox: vec![seat.balance.inbox[0].clone(), tx1].into(),
+        });
+        let seat = Seat { balance: b, ..seat };
+        let client = tokio::spawn(TcpStream::connect(addr));
+        let (stream, peer) = listener.accept().await.unwrap();
+        let _client = client.await.unwrap().unwrap();
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        assert!(
+            pass_on(&seat, stream, peer, permit).is_none(),
+            "handed to worker 1"
+        );
+        let handed = rx1.recv().await.unwrap();
+        assert_eq!(handed.1, peer);
+        assert_eq!(
+            limit.available_permits(),
+            1,
+            "the handed connection keeps its place"
+        );
+    }
+}
