@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use crate::config::defaults::DEFAULT_KEY_PREFIX;
 use crate::config::diagnostics::{Checker, Subject};
 use crate::config::raw::{RawAdmin, RawAdminKey};
+use crate::model::KeyHash;
 use crate::model::{Admin, AdminKey, Server};
-use crate::secret::KeyHash;
 
 /// `[admin]` and `[[admin_keys]]`. `Some(None)` when there is no admin API.
 pub fn admin(

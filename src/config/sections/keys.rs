@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use crate::config::diagnostics::{Checker, Failure, File, Subject};
 use crate::config::raw::{HasKeys, RawKey};
 use crate::config::scan;
+use crate::model::KeyHash;
 use crate::model::{IdArena, IpList, Key, KeyParts, List, Paths, Rules, TargetIdx, TargetSet};
-use crate::secret::KeyHash;
 use crate::snapshot::KeyTable;
 
 pub fn key_count<'a, R: HasKeys<'a>>(f: &File<'_, R>) -> usize {
