@@ -2,6 +2,20 @@
 //!
 //! Nothing here knows about requests. The same [`load`] serves `keygate check`, startup and
 //! (later) reload, so every way in applies the same rules.
+//!
+//! ```text
+//! raw.rs          serde types that mirror the TOML, section by section
+//! scan.rs         cuts the [[keys]] tables out, so a large key table is read one key at a time
+//! validate.rs     runs the sections in order and assembles the snapshot
+//! sections/       one validator per section of raw.rs: server, admin, log, metrics, cluster,
+//!                 targets, consumers, keys
+//! values.rs       how each kind of value is read (ids, networks, rates, durations, sizes, ...)
+//! diagnostics.rs  every problem with its file, line, column and subject
+//! defaults.rs     the default of every setting
+//! ```
+//!
+//! A new setting touches one file per layer: `raw.rs`, its type in `model/`, its section in
+//! `sections/`, and `defaults.rs` when it has a default.
 
 mod defaults;
 mod diagnostics;
@@ -238,7 +252,10 @@ secret = "static-secret"
         let admin = s.admin.as_ref().unwrap();
         assert_eq!(admin.listen.port(), 9901);
         assert_eq!(&*admin.key_prefix, "kg_");
-        assert_eq!(admin.keys.values().next().unwrap().role, raw::Role::Admin);
+        assert_eq!(
+            admin.keys.values().next().unwrap().role,
+            crate::model::Role::Admin
+        );
     }
 
     #[test]
