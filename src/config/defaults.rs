@@ -1,4 +1,4 @@
-//! The default of every setting the config may leave out, in one place: the example config
+//! The default of every setting the config may leave out, in one place: `config/keygate.toml`
 //! documents each, and `tests/config_defaults.rs` checks that they match.
 
 use std::time::Duration;
