@@ -22,22 +22,22 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cli;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod config;
 pub mod http;
 pub mod limits;
-pub mod manage;
-pub mod metrics;
+pub(crate) mod manage;
+pub(crate) mod metrics;
 pub(crate) mod model;
 pub mod proxy;
-pub mod reload;
+pub(crate) mod reload;
 pub mod secret;
 pub mod snapshot;
 pub mod state;
 pub mod store;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -2,46 +2,35 @@
 //!
 //! Nothing here knows about requests. The same [`load`] serves `keygate check`, startup and
 //! (later) reload, so every way in applies the same rules.
+//!
+//! ```text
+//! raw.rs          serde types that mirror the TOML, section by section
+//! scan.rs         cuts the [[keys]] tables out, so a large key table is read one key at a time
+//! validate.rs     runs the sections in order and assembles the snapshot
+//! sections/       one validator per section of raw.rs: server, admin, log, metrics, cluster,
+//!                 targets, consumers, keys
+//! values.rs       how each kind of value is read (ids, networks, rates, durations, sizes, ...)
+//! diagnostics.rs  every problem with its file, line, column and subject
+//! defaults.rs     the default of every setting
+//! ```
+//!
+//! A new setting touches one file per layer: `raw.rs`, its type in `model/`, its section in
+//! `sections/`, and `defaults.rs` when it has a default.
 
-pub mod raw;
-pub mod scan;
+mod defaults;
+mod diagnostics;
+pub(crate) mod raw;
+pub(crate) mod scan;
+mod sections;
 pub mod validate;
+mod values;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use self::diagnostics::{ConfigError, Severity};
+use self::diagnostics::{Failure, File, Source};
 use crate::snapshot::Snapshot;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    Error,
-    Warning,
-}
-
-/// One problem in a config file, with its position: `file:line:column: subject: message`.
-#[derive(Debug, Clone)]
-pub struct ConfigError {
-    pub severity: Severity,
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    /// The key, consumer or target the problem belongs to, e.g. `key "acme-reports"`.
-    pub subject: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
-        if self.severity == Severity::Warning {
-            f.write_str("warning: ")?;
-        }
-        if let Some(s) = &self.subject {
-            write!(f, "{s}: ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +112,7 @@ fn parse_files(
         if keys.is_none()
             && let Some(k) = &main.raw.keys_file
         {
-            let path = validate::relative_to(file, k.get_ref());
+            let path = values::relative_to(file, k.get_ref());
             let text = match keys_text {
                 Some(t) => std::borrow::Cow::Borrowed(t),
                 None => std::borrow::Cow::Owned(read_keys_file(&path)?),
@@ -141,14 +130,14 @@ fn parse_files(
         };
         match validate::validate(&main, managed.as_ref()) {
             Ok((snapshot, warnings)) => return Ok(Loaded { snapshot, warnings }),
-            Err(validate::Failure::Invalid(mut problems)) => {
+            Err(Failure::Invalid(mut problems)) => {
                 problems
                     .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
                 return Err(LoadError::Invalid(problems));
             }
             // Parsing the whole file either fails (with toml's error, as before) or gives the
             // keys in it: a file parsed whole has no split-off keys, so this happens once.
-            Err(validate::Failure::Reparse(i)) => whole[i] = true,
+            Err(Failure::Reparse(i)) => whole[i] = true,
         }
     }
 }
@@ -158,25 +147,25 @@ fn read<'a, R>(
     text: &'a str,
     file: &'a Path,
     split: Option<&'a scan::Split>,
-) -> Result<validate::File<'a, R>, LoadError>
+) -> Result<File<'a, R>, LoadError>
 where
     R: serde::Deserialize<'a> + raw::HasKeys<'a>,
 {
-    let source = validate::Source { file, text };
+    let source = Source { file, text };
     if let Some(split) = split.filter(|s| !s.keys.is_empty())
         && let Ok(raw) = toml::from_str::<R>(&split.rest)
         // Keys both in the rest and in split-off tables: only the whole file says how they go
         // together (or that they cannot).
         && raw.keys().is_none()
     {
-        return Ok(validate::File {
+        return Ok(File {
             source,
             raw,
             map: &split.map,
             chunks: &split.keys,
         });
     }
-    Ok(validate::File {
+    Ok(File {
         source,
         raw: from_toml(text, file)?,
         map: &[],
@@ -199,7 +188,7 @@ pub fn read_keys_file(path: &Path) -> Result<String, LoadError> {
 
 fn from_toml<'a, T: serde::Deserialize<'a>>(src: &'a str, file: &Path) -> Result<T, LoadError> {
     toml::from_str(src).map_err(|e| {
-        let (line, column) = validate::line_col(src, e.span().map_or(0, |s| s.start));
+        let (line, column) = diagnostics::line_col(src, e.span().map_or(0, |s| s.start));
         LoadError::Invalid(vec![ConfigError {
             severity: Severity::Error,
             file: file.to_path_buf(),
@@ -263,7 +252,10 @@ secret = "static-secret"
         let admin = s.admin.as_ref().unwrap();
         assert_eq!(admin.listen.port(), 9901);
         assert_eq!(&*admin.key_prefix, "kg_");
-        assert_eq!(admin.keys.values().next().unwrap().role, raw::Role::Admin);
+        assert_eq!(
+            admin.keys.values().next().unwrap().role,
+            crate::model::Role::Admin
+        );
     }
 
     #[test]

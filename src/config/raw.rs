@@ -15,7 +15,7 @@ use toml::Spanned;
 use toml::value::Datetime;
 
 // The values a raw table holds as they are: the model's own.
-pub use crate::model::{Access, Role, Status};
+use crate::model::{Access, Role, Status};
 
 /// A string of the config: borrowed from the file when it is written without escapes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -19,7 +19,8 @@ use std::borrow::Cow;
 use toml::Spanned;
 use toml::value::Datetime;
 
-use super::raw::{Access, RawKey, Status, Text};
+use super::raw::{RawKey, Text};
+use crate::model::{Access, Status};
 
 /// A file cut into its `[[keys]]` tables and everything else.
 #[derive(Debug, Default)]

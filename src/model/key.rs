@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::id::Id;
+use super::key_hash::KeyHash;
 use super::rate::Rate;
 use super::rules::{IpList, NO_RULES, Paths, Rules, TargetSet};
-use crate::secret::KeyHash;
 
 /// `status = "active" | "inactive"`: an inactive key is refused with `key_inactive`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -12,9 +12,9 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::id::Id;
+use super::key_hash::KeyHash;
 use super::rate::Rate;
 use super::rules::{IpList, TargetSet};
-use crate::secret::KeyHash;
 
 /// `[server]`.
 #[derive(Debug)]

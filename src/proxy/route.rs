@@ -7,8 +7,9 @@ use http::Request;
 use http::header::HOST;
 
 use crate::model::TargetIdx;
-// `segment_prefix` by its old path, for `proxy/policy.rs`.
-pub use crate::snapshot::{Routes, segment_prefix};
+use crate::snapshot::Routes;
+// By its old path, for `proxy/policy.rs`.
+pub use crate::snapshot::segment_prefix;
 
 // The table is data and knows nothing of HTTP; finding a request's route is this phase's.
 impl Routes {

@@ -1,7 +1,7 @@
 //! The snapshot's one lookup table: keys by the hashes of their secrets.
 
 use crate::model::Key;
-use crate::secret::KeyHash;
+use crate::model::KeyHash;
 
 /// Keys by the hashes of their secrets (current and, after a rotation, previous): open
 /// addressing over `u32` slots, each the index of a key in `Snapshot::keys` with 7 bits of the

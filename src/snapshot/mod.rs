@@ -20,12 +20,12 @@ pub use self::key_table::KeyTable;
 pub use self::routes::{Routes, segment_prefix};
 // The model's types also by their old paths (`crate::snapshot::Key`,
 // `keygate::snapshot::IpList`), for the files that still name them so.
+use crate::model::KeyHash;
 pub use crate::model::{
     Access, AccessTo, Admin, AdminKey, ClusterConfig, ClusterMode, Consumer, Id, IdArena, IpList,
     Key, KeyParts, List, Log, LogFormat, OnRedisError, Paths, Rate, Role, Rules, Server, Status,
     Target, TargetIdx, TargetSet,
 };
-use crate::secret::KeyHash;
 
 /// How a presented secret matched a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
