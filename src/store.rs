@@ -25,6 +25,13 @@ use crate::snapshot::{Access, Id, Rate, Snapshot, Status};
 /// enough to tell keys apart in a list, far too few to help guess one.
 const SHOWN_SECRET_CHARS: usize = 4;
 
+/// The longest `grace_seconds` a rotation takes (ten years): the old secret of a key must stop
+/// working some day, and the time it stops must be a date keygate can write and read back.
+pub const MAX_GRACE_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// The most keys a consumer's `max_keys` may allow: the config holds it as a 32-bit count.
+pub const MAX_MAX_KEYS: u64 = u32::MAX as u64;
+
 /// Why a change was refused. Each maps to one status and `code` in the admin API.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -105,7 +112,9 @@ pub struct NewConsumer {
     pub allow_ips: Option<Vec<String>>,
     pub targets: Option<Vec<String>>,
     pub rate_limit: Option<String>,
-    pub max_keys: Option<u32>,
+    /// Any whole number is read; past [`MAX_MAX_KEYS`] the change is refused with the field.
+    #[serde(default, deserialize_with = "some_whole")]
+    pub max_keys: Option<u64>,
 }
 
 /// A change to a consumer.
@@ -118,8 +127,8 @@ pub struct ConsumerPatch {
     pub targets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    pub max_keys: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present_whole")]
+    pub max_keys: Option<Option<u64>>,
 }
 
 /// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
@@ -129,6 +138,57 @@ where
     T: serde::Deserialize<'de>,
 {
     serde::Deserialize::deserialize(d).map(Some)
+}
+
+/// A whole number as JSON Schema's `integer` means it (`5` and `5.0` alike; `5.5` and `-1` are
+/// not), so that a client following docs/admin-api.yaml is never refused for how its JSON
+/// library writes numbers. Beyond `u64` it saturates; the field's range check then refuses it.
+pub(crate) fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number, 0 or more")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            if v.is_finite() && v >= 0.0 && v.fract() == 0.0 {
+                // Saturating: any whole number too large for u64 is out of every field's range.
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
+}
+
+fn some_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    whole(d).map(Some)
+}
+
+/// [`present`] for a whole number: `null` clears, absent stays.
+fn present_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct W(#[serde(deserialize_with = "whole")] u64);
+    let v: Option<W> = serde::Deserialize::deserialize(d)?;
+    Ok(Some(v.map(|W(n)| n)))
+}
+
+/// `max_keys` as the config holds it.
+fn check_max_keys(n: u64) -> Result<i64, StoreError> {
+    if n > MAX_MAX_KEYS {
+        return Err(bad(
+            "max_keys",
+            format!("{n} is more than the largest max_keys, {MAX_MAX_KEYS}"),
+        ));
+    }
+    Ok(n as i64)
 }
 
 /// A change that was written: its result, and the config as it now is on disk.
@@ -420,6 +480,19 @@ impl Store {
         grace: Duration,
         secret_prefix: &str,
     ) -> Result<Written<String>, StoreError> {
+        // Checked before anything is read: `now + grace` must be a time keygate can write.
+        let until = (grace.as_secs() <= MAX_GRACE_SECONDS)
+            .then(|| SystemTime::now().checked_add(grace))
+            .flatten()
+            .ok_or_else(|| {
+                bad(
+                    "grace_seconds",
+                    format!(
+                        "{} is more than the longest grace, {MAX_GRACE_SECONDS} seconds (ten years)",
+                        grace.as_secs()
+                    ),
+                )
+            })?;
         self.change_as(Edit::Key(id), |doc, snap| {
             let old = snap
                 .keys
@@ -435,7 +508,7 @@ impl Store {
             match old {
                 Some(old) if !grace.is_zero() => {
                     t["previous_hash"] = value(old.to_string());
-                    t["previous_expires_at"] = value(datetime(SystemTime::now() + grace)?);
+                    t["previous_expires_at"] = value(datetime(until)?);
                 }
                 _ => {
                     t.remove("previous_hash");
@@ -478,7 +551,7 @@ impl Store {
                 t["rate_limit"] = value(check_rate(r)?);
             }
             if let Some(m) = new.max_keys {
-                t["max_keys"] = value(i64::from(m));
+                t["max_keys"] = value(check_max_keys(m)?);
             }
             t["created_at"] = value(datetime(SystemTime::now())?);
             tables(doc, "consumers")?.push(t);
@@ -508,7 +581,7 @@ impl Store {
                 None => {}
             }
             match patch.max_keys {
-                Some(Some(m)) => t["max_keys"] = value(i64::from(m)),
+                Some(Some(m)) => t["max_keys"] = value(check_max_keys(m)?),
                 Some(None) => {
                     t.remove("max_keys");
                 }
