@@ -74,15 +74,25 @@ fn bad(field: &'static str, message: impl Into<String>) -> StoreError {
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    #[serde(default, deserialize_with = "not_null")]
     pub id: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub consumer: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub status: Option<Status>,
+    #[serde(default, deserialize_with = "not_null")]
     pub expires_at: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub targets: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub access: Option<Access>,
+    #[serde(default, deserialize_with = "not_null")]
     pub paths: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub rate_limit: Option<String>,
 }
 
@@ -92,12 +102,17 @@ pub struct NewKey {
 pub struct KeyPatch {
     #[serde(default, deserialize_with = "present")]
     pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub status: Option<Status>,
     #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub targets: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub access: Option<Access>,
+    #[serde(default, deserialize_with = "not_null")]
     pub paths: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<String>>,
@@ -108,9 +123,13 @@ pub struct KeyPatch {
 #[serde(deny_unknown_fields)]
 pub struct NewConsumer {
     pub id: String,
+    #[serde(default, deserialize_with = "not_null")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub targets: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub rate_limit: Option<String>,
     /// Any whole number is read; past [`MAX_MAX_KEYS`] the change is refused with the field.
     #[serde(default, deserialize_with = "some_whole")]
@@ -123,12 +142,24 @@ pub struct NewConsumer {
 pub struct ConsumerPatch {
     #[serde(default, deserialize_with = "present")]
     pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub targets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<String>>,
     #[serde(default, deserialize_with = "present_whole")]
     pub max_keys: Option<Option<u64>>,
+}
+
+/// An optional field that may be absent but not `null`: for these, `null` would mean nothing
+/// (it neither clears nor sets), so it is refused as the document says rather than ignored.
+fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
@@ -831,10 +862,31 @@ fn check_id(id: &str, field: &'static str) -> Result<(), StoreError> {
     })
 }
 
+/// An address or network as docs/admin-api.yaml's `IpOrCidr` spells it: the address as the
+/// standard library reads it (no leading zeros in IPv4 octets), an optional `/prefix` in decimal
+/// without leading zeros. Stricter than the config file's reader on purpose: what the API
+/// accepts is exactly what its document says.
 fn check_cidr(s: &str) -> Result<String, StoreError> {
-    crate::config::validate::parse_net(s)
-        .map(|_| s.to_owned())
-        .ok_or_else(|| bad("allow_ips", format!("{s:?} is not an IP address or CIDR")))
+    let (addr, prefix) = match s.split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (s, None),
+    };
+    let valid = addr.parse::<std::net::IpAddr>().ok().is_some_and(|ip| {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        prefix.is_none_or(|p| {
+            let canonical =
+                p == "0" || (!p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit()));
+            canonical && p.len() <= 3 && p.parse::<u8>().is_ok_and(|n| n <= max)
+        })
+    });
+    if valid && crate::config::validate::parse_net(s).is_some() {
+        Ok(s.to_owned())
+    } else {
+        Err(bad(
+            "allow_ips",
+            format!("{s:?} is not an IP address or CIDR"),
+        ))
+    }
 }
 
 fn check_path(s: &str) -> Result<String, StoreError> {
@@ -877,15 +929,28 @@ fn access_str(a: Access) -> &'static str {
 }
 
 /// A TOML offset date-time from RFC 3339 text, e.g. `2027-01-01T00:00:00Z`.
+/// Exactly docs/admin-api.yaml's `Time`: `T` between date and time (the parser takes any byte
+/// there), no leap second, years 0001 to 9998 (so that any offset stays within the years TOML
+/// can hold once the time is written in UTC).
 fn parse_datetime(s: &str, field: &'static str) -> Result<toml_edit::Datetime, StoreError> {
+    let refused = || {
+        bad(
+            field,
+            format!(
+                "{s:?} is not an RFC 3339 date-time from year 0001 to 9998 such as 2027-01-01T00:00:00Z"
+            ),
+        )
+    };
     let checked = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| {
-            bad(
-                field,
-                format!("{s:?} is not an RFC 3339 date-time such as 2027-01-01T00:00:00Z"),
-            )
-        })?;
-    datetime(checked.into())
+        .map_err(|_| refused())?;
+    let b = s.as_bytes();
+    let shaped = matches!(b.get(10), Some(b'T' | b't'))
+        && b.get(17..19) != Some(b"60")
+        && (1..=9998).contains(&checked.year());
+    if !shaped {
+        return Err(refused());
+    }
+    datetime(checked.into()).map_err(|_| refused())
 }
 
 /// `t` as a TOML offset date-time in UTC, to the second.

@@ -211,3 +211,292 @@ async fn the_admin_key_is_read_like_the_proxy_reads_keys() {
     expect(&gw.api().get("/v1/keys").await, 200);
     assert_no_keygate_panic();
 }
+
+/// Whether `body` is valid for the request schema `schema` of docs/admin-api.yaml.
+fn document_allows(schema: &str, body: &serde_json::Value) -> bool {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/admin-api.yaml"))
+        .unwrap();
+    let spec: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": spec["components"],
+        "allOf": [{"$ref": format!("#/components/schemas/{schema}")}],
+    });
+    // Formats asserted too, as a validating client (and schemathesis) does.
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&root)
+        .expect("the schema compiles")
+        .is_valid(body)
+}
+
+/// docs/admin-api.yaml is exact: every body below is accepted by keygate exactly when the
+/// document allows it (ids, IP and CIDR spellings, paths, rates, integers and their ranges,
+/// `null` where it means nothing, unknown fields).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_and_the_server_agree_on_every_body() {
+    let gw = Gateway::start("document-exact").await;
+    let api = gw.api();
+    api.create_key(json!({"id": "k"})).await;
+    let long_id = "i".repeat(128);
+    let too_long_id = "i".repeat(129);
+    let cases: Vec<(&str, &str, &str, serde_json::Value)> = vec![
+        ("POST", "/v1/keys", "NewKey", json!({})),
+        ("POST", "/v1/keys", "NewKey", json!({"id": long_id})),
+        ("POST", "/v1/keys", "NewKey", json!({"id": too_long_id})),
+        ("POST", "/v1/keys", "NewKey", json!({"id": ""})),
+        ("POST", "/v1/keys", "NewKey", json!({"id": "a b"})),
+        ("POST", "/v1/keys", "NewKey", json!({"id": "a.b_c:d@e-F9"})),
+        ("POST", "/v1/keys", "NewKey", json!({"name": null})),
+        ("POST", "/v1/keys", "NewKey", json!({"targets": null})),
+        ("POST", "/v1/keys", "NewKey", json!({"status": null})),
+        ("POST", "/v1/keys", "NewKey", json!({"unknown": 1})),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["10.0.0.1"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["10.0.0.1/8"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["010.0.0.1"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["10.0.0.0/08"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["10.0.0.0/33"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["10.0.0.0/"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["::ffff:1.2.3.4"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["2001:db8::/128"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["2001:db8::/129"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["::1:2:3:4:5:6:7:8/64"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["fe80::1%eth0"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"paths": ["/reports/x"]}),
+        ),
+        ("POST", "/v1/keys", "NewKey", json!({"paths": ["/a b"]})),
+        ("POST", "/v1/keys", "NewKey", json!({"paths": ["/a?b"]})),
+        ("POST", "/v1/keys", "NewKey", json!({"paths": ["a"]})),
+        ("POST", "/v1/keys", "NewKey", json!({"rate_limit": "5/s"})),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"rate_limit": " +05 / hour "}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"rate_limit": "4294967295/m"}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"rate_limit": "4294967296/m"}),
+        ),
+        ("POST", "/v1/keys", "NewKey", json!({"rate_limit": "0/s"})),
+        ("POST", "/v1/keys", "NewKey", json!({"rate_limit": "5/day"})),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"expires_at": "2030-01-01T00:00:00Z"}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"expires_at": "2030-01-01"}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": 0}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": 60.0}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": 315_360_000}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": 315_360_001}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": 2.5}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": -1}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": null}),
+        ),
+        ("PATCH", "/v1/keys/k", "KeyPatch", json!({"name": null})),
+        ("PATCH", "/v1/keys/k", "KeyPatch", json!({"targets": null})),
+        ("PATCH", "/v1/keys/k", "KeyPatch", json!({"access": null})),
+        (
+            "PATCH",
+            "/v1/keys/k",
+            "KeyPatch",
+            json!({"rate_limit": null}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"id": "c1", "max_keys": 4294967295_u64}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"id": "c2", "max_keys": 4294967296_u64}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"id": "c3", "max_keys": 1.0}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"id": "c4", "max_keys": null}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"id": "c5", "name": null}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"name": "no id"}),
+        ),
+        (
+            "PATCH",
+            "/v1/consumers/acme",
+            "ConsumerPatch",
+            json!({"max_keys": null}),
+        ),
+        (
+            "PATCH",
+            "/v1/consumers/acme",
+            "ConsumerPatch",
+            json!({"max_keys": 7}),
+        ),
+        (
+            "PATCH",
+            "/v1/consumers/acme",
+            "ConsumerPatch",
+            json!({"allow_ips": null}),
+        ),
+        (
+            "POST",
+            "/v1/consumers/acme/allow_ips",
+            "Cidr",
+            json!({"cidr": "192.0.2.0/24"}),
+        ),
+        (
+            "POST",
+            "/v1/consumers/acme/allow_ips",
+            "Cidr",
+            json!({"cidr": "192.0.2.0/024"}),
+        ),
+        (
+            "POST",
+            "/v1/consumers/acme/allow_ips",
+            "Cidr",
+            json!({"cidr": null}),
+        ),
+    ];
+    let mut disagreements = Vec::new();
+    for (method, path, schema, body) in cases {
+        let allowed = document_allows(schema, &body);
+        let resp = api.send(method, path, Some(&body.to_string())).await;
+        let accepted = resp.status.is_success();
+        if accepted != allowed || (!accepted && resp.status != 400) {
+            disagreements.push(format!(
+                "{method} {path} {body}: the document {} it, keygate answered {}: {}",
+                if allowed { "allows" } else { "forbids" },
+                resp.status,
+                resp.text()
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+    assert_no_keygate_panic();
+}
