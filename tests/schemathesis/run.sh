@@ -66,13 +66,20 @@ printf '[[consumers]]\nid = "acme"\n' > "$dir/keys.toml"
 
 "$bin" run --config "$dir/keygate.toml" > "$dir/keygate.log" 2>&1 &
 pid=$!
+ready=
 for _ in $(seq 1 200); do
-  if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null; then
+  if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null; then
+    ready=1
     break
   fi
-  kill -0 "$pid" 2>/dev/null || { cat "$dir/keygate.log"; echo "keygate exited before serving" >&2; exit 1; }
+  kill -0 "$pid" 2>/dev/null || break
   sleep 0.05
 done
+if [ -z "$ready" ]; then
+  cat "$dir/keygate.log" >&2
+  echo "keygate did not become ready on 127.0.0.1:$port" >&2
+  exit 1
+fi
 
 status=0
 # Run from the temp dir: schemathesis keeps a cache directory where it runs.
