@@ -15,11 +15,13 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -29,8 +31,11 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 
 use crate::cluster::Cluster;
+use crate::http::problem;
 use crate::limits::FailedAuth;
 use crate::metrics::{self, Metrics};
+use crate::proxy::credential;
+use crate::proxy::deny::Deny;
 use crate::proxy::request_id;
 use crate::reload::{Outcome, Reloader};
 use crate::secret::KeyHash;
@@ -38,6 +43,8 @@ use crate::snapshot::{Access, Consumer, Role, Snapshot, Status};
 use crate::state::{Live, Published};
 use crate::store::{self, Store, StoreError, Written};
 
+/// The header admin keys are read from (the proxy's `key_header` may be another).
+const ADMIN_KEY_HEADER: http::HeaderName = http::HeaderName::from_static("x-api-key");
 /// Largest request body accepted: key and consumer documents are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
 /// Page size of list endpoints when `?limit=` is absent, and the most it may ask for.
@@ -104,12 +111,14 @@ impl Admin {
 
     /// `GET /healthz`, `GET /readyz` and `GET /metrics`, for load balancers, Kubernetes probes
     /// and Prometheus: no key, no secret in the answer. `None` for any other request.
-    fn probe(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    /// Other methods on these paths are not probes: they need a key like any other request,
+    /// then get a 405.
+    fn probe(&self, req: &Request<Incoming>) -> Option<Answer> {
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
             return None;
         }
         let (status, body) = match req.uri().path() {
-            "/metrics" => return Some(metrics::response(&self.metrics, &self.published)),
+            "/metrics" => return Some(Ok(metrics::response(&self.metrics, &self.published))),
             "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/readyz" => {
                 let snap = self.published.load();
@@ -135,7 +144,7 @@ impl Admin {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        Some(resp)
+        Some(Ok(resp))
     }
 }
 
@@ -160,6 +169,8 @@ pub struct Problem {
     field: Option<String>,
     /// Seconds, for a 429.
     retry_after: Option<u64>,
+    /// The methods the path does support, for a 405's `Allow` (RFC 9110 §15.5.6).
+    allow: Option<&'static str>,
 }
 
 impl Problem {
@@ -170,7 +181,18 @@ impl Problem {
             detail: detail.into(),
             field: None,
             retry_after: None,
+            allow: None,
         }
+    }
+
+    /// A 500 whose detail says nothing about the cause: the cause (a panic's message, an I/O
+    /// error's path) is for the log, never for the client.
+    fn internal() -> Problem {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "The admin API failed to complete the request; the cause is in keygate's log.",
+        )
     }
 
     fn not_found(what: &str, id: &str) -> Problem {
@@ -202,7 +224,7 @@ impl From<StoreError> for Problem {
             StoreError::CurrentInvalid(_) => (StatusCode::CONFLICT, "store_invalid"),
             StoreError::Io { .. } => {
                 tracing::error!("admin change failed: {e}");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                return Problem::internal();
             }
         };
         Problem::new(status, code, detail)
@@ -214,10 +236,24 @@ type Answer = Result<Response<Full<Bytes>>, Problem>;
 impl Admin {
     async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
         let request_id = request_id::of(req.headers());
-        let answer = match self.probe(&req) {
-            Some(resp) => Ok(resp),
-            None => self.route(req, peer).await,
-        };
+        let answered = AssertUnwindSafe(async {
+            match self.probe(&req) {
+                Some(answer) => answer,
+                None => self.route(req, peer).await,
+            }
+        })
+        .catch_unwind()
+        .await;
+        // A bug must not cost the caller its answer, nor show it the panic's message.
+        let answer = answered.unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            tracing::error!(panic = message, "admin request panicked");
+            Err(Problem::internal())
+        });
         let mut resp = match answer {
             Ok(resp) => resp,
             Err(p) => problem(&p, &request_id),
@@ -245,21 +281,22 @@ impl Admin {
             p.retry_after = Some(secs);
             return Err(p);
         }
-        let mut values = req.headers().get_all("x-api-key").iter();
-        let secret = match (values.next(), values.next()) {
-            (Some(v), None) if !v.is_empty() => v.as_bytes(),
-            (Some(_), Some(_)) => {
-                return Err(Problem::new(
-                    StatusCode::FORBIDDEN,
-                    "key_invalid",
-                    "X-API-Key given twice",
-                ));
-            }
-            _ => {
+        // The proxy's reader, without a query parameter: the same hostile values (the header
+        // twice, an over-long value) are refused the same way on both fronts.
+        let secret = match credential::extract(req.headers(), None, &ADMIN_KEY_HEADER, "") {
+            Ok(secret) => secret,
+            Err(Deny::KeyMissing) => {
                 return Err(Problem::new(
                     StatusCode::FORBIDDEN,
                     "key_missing",
                     "Send an admin key in the X-API-Key header.",
+                ));
+            }
+            Err(_) => {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "key_invalid",
+                    "X-API-Key must be given once, and at most 512 bytes long.",
                 ));
             }
         };
@@ -267,7 +304,7 @@ impl Admin {
         let found = snap
             .admin
             .as_ref()
-            .and_then(|a| a.keys.get(&KeyHash::of(secret)));
+            .and_then(|a| a.keys.get(&KeyHash::of(&secret)));
         match found {
             Some(k) => Ok(k.role),
             None => {
@@ -296,20 +333,22 @@ impl Admin {
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let method = req.method().clone();
         let writes = method != Method::GET && method != Method::HEAD;
-        let known = matches!(segs.as_slice(), ["v1", "keys" | "consumers", ..]);
-        if !known {
+        let Some(allow) = allowed(&segs) else {
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no endpoint {path}"),
             ));
-        }
+        };
         if writes && role < Role::Admin {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "role_insufficient",
                 "This admin key may only read.",
             ));
+        }
+        if !allow.split(", ").any(|m| m == method.as_str()) {
+            return Err(not_allowed(&method, &path, allow));
         }
         let query = req.uri().query().unwrap_or_default().to_owned();
         match (method, segs.as_slice()) {
@@ -417,10 +456,12 @@ impl Admin {
                 self.write_then_consumer(id.clone(), move |s| s.remove_consumer_ip(&id, &cidr))
                     .await
             }
-            (m, _) => Err(Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{m} is not allowed on {path}"),
+            // A probe's path spelled another way (`/healthz/`): the probes answer only their
+            // exact path.
+            _ => Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no endpoint {path}"),
             )),
         }
     }
@@ -444,7 +485,11 @@ impl Admin {
             Ok::<_, StoreError>(value)
         })
         .await
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(|e| {
+            // A panic's message may quote anything; it goes to the log, not to the client.
+            tracing::error!(error = %e, "admin change failed");
+            Problem::internal()
+        })?;
         Ok(done?)
     }
 
@@ -547,6 +592,34 @@ impl Admin {
     }
 }
 
+/// The methods an endpoint answers, as its 405's `Allow` lists them; `None` for no endpoint.
+/// Kept beside [`Admin::route`]'s arms, which it must match.
+fn allowed(segs: &[&str]) -> Option<&'static str> {
+    match segs {
+        ["healthz" | "readyz" | "metrics"] => Some(PROBE_METHODS),
+        ["v1", "keys" | "consumers"] => Some("GET, POST"),
+        ["v1", "keys" | "consumers", _] => Some("GET, PATCH, DELETE"),
+        ["v1", "keys", _, "rotate"] | ["v1", "keys" | "consumers", _, "allow_ips"] => Some("POST"),
+        ["v1", "keys" | "consumers", _, "allow_ips", cidr @ ..] if !cidr.is_empty() => {
+            Some("DELETE")
+        }
+        _ => None,
+    }
+}
+
+/// The methods of the probes, which answer without a key.
+const PROBE_METHODS: &str = "GET, HEAD";
+
+fn not_allowed(method: &Method, path: &str, allow: &'static str) -> Problem {
+    let mut p = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {path}; use {allow}"),
+    );
+    p.allow = Some(allow);
+    p
+}
+
 /// `?limit=&after=&consumer=` of list endpoints.
 struct Page {
     limit: usize,
@@ -605,7 +678,8 @@ struct Cidr {
 #[derive(Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Rotate {
-    #[serde(default)]
+    /// Range-checked by the store (`store::MAX_GRACE_SECONDS`).
+    #[serde(default, deserialize_with = "store::whole")]
     grace_seconds: u64,
 }
 
@@ -638,6 +712,15 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Problem> {
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    // serde would read a struct from an array of its fields in order (`[]` is an empty patch);
+    // every body of this API is an object, as the document says.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -653,8 +736,10 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Answer {
-    let body = serde_json::to_vec(value)
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let body = serde_json::to_vec(value).map_err(|e| {
+        tracing::error!(error = %e, "admin answer could not be serialized");
+        Problem::internal()
+    })?;
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -669,38 +754,18 @@ fn no_content() -> Answer {
 }
 
 fn problem(p: &Problem, request_id: &HeaderValue) -> Response<Full<Bytes>> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        #[serde(rename = "type")]
-        kind: String,
-        title: &'a str,
-        status: u16,
-        detail: &'a str,
-        code: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        field: Option<&'a str>,
-        request_id: &'a str,
-    }
-    let body = Body {
-        kind: format!("tag:keygate,2026:problem:{}", p.code),
-        title: p.status.canonical_reason().unwrap_or("Error"),
-        status: p.status.as_u16(),
-        detail: &p.detail,
-        code: p.code,
-        field: p.field.as_deref(),
-        request_id: request_id.to_str().unwrap_or_default(),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(&body).unwrap_or_default(),
-    )));
-    *resp.status_mut() = p.status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
+    let mut shown = problem::Problem::new(
+        p.status,
+        p.code,
+        p.status.canonical_reason().unwrap_or("Error"),
+        &p.detail,
     );
-    if let Some(secs) = p.retry_after {
+    shown.field = p.field.as_deref();
+    shown.retry_after = p.retry_after;
+    let mut resp = shown.response(request_id);
+    if let Some(allow) = p.allow {
         resp.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            .insert(http::header::ALLOW, HeaderValue::from_static(allow));
     }
     resp
 }

@@ -275,7 +275,7 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                 allow_ips: list(fields.allow_ips),
                 targets: list(fields.targets),
                 rate_limit: fields.rate_limit,
-                max_keys: fields.max_keys,
+                max_keys: fields.max_keys.map(u64::from),
             };
             show(&written_snapshot(store.create_consumer(new)?.loaded)?, &id)
         }
@@ -297,7 +297,7 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                 max_keys: if no_max_keys {
                     Some(None)
                 } else {
-                    fields.max_keys.map(Some)
+                    fields.max_keys.map(|m| Some(u64::from(m)))
                 },
             };
             show(

@@ -25,6 +25,13 @@ use crate::snapshot::{Access, Id, Rate, Snapshot, Status};
 /// enough to tell keys apart in a list, far too few to help guess one.
 const SHOWN_SECRET_CHARS: usize = 4;
 
+/// The longest `grace_seconds` a rotation takes (ten years): the old secret of a key must stop
+/// working some day, and the time it stops must be a date keygate can write and read back.
+pub const MAX_GRACE_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// The most keys a consumer's `max_keys` may allow: the config holds it as a 32-bit count.
+pub const MAX_MAX_KEYS: u64 = u32::MAX as u64;
+
 /// Why a change was refused. Each maps to one status and `code` in the admin API.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,15 +74,25 @@ fn bad(field: &'static str, message: impl Into<String>) -> StoreError {
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    #[serde(default, deserialize_with = "not_null")]
     pub id: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub consumer: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub status: Option<Status>,
+    #[serde(default, deserialize_with = "not_null")]
     pub expires_at: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub targets: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub access: Option<Access>,
+    #[serde(default, deserialize_with = "not_null")]
     pub paths: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub rate_limit: Option<String>,
 }
 
@@ -85,12 +102,17 @@ pub struct NewKey {
 pub struct KeyPatch {
     #[serde(default, deserialize_with = "present")]
     pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub status: Option<Status>,
     #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub targets: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub access: Option<Access>,
+    #[serde(default, deserialize_with = "not_null")]
     pub paths: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<String>>,
@@ -101,11 +123,17 @@ pub struct KeyPatch {
 #[serde(deny_unknown_fields)]
 pub struct NewConsumer {
     pub id: String,
+    #[serde(default, deserialize_with = "not_null")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub targets: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub rate_limit: Option<String>,
-    pub max_keys: Option<u32>,
+    /// Any whole number is read; past [`MAX_MAX_KEYS`] the change is refused with the field.
+    #[serde(default, deserialize_with = "some_whole")]
+    pub max_keys: Option<u64>,
 }
 
 /// A change to a consumer.
@@ -114,12 +142,24 @@ pub struct NewConsumer {
 pub struct ConsumerPatch {
     #[serde(default, deserialize_with = "present")]
     pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub targets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    pub max_keys: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present_whole")]
+    pub max_keys: Option<Option<u64>>,
+}
+
+/// An optional field that may be absent but not `null`: for these, `null` would mean nothing
+/// (it neither clears nor sets), so it is refused as the document says rather than ignored.
+fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
@@ -129,6 +169,57 @@ where
     T: serde::Deserialize<'de>,
 {
     serde::Deserialize::deserialize(d).map(Some)
+}
+
+/// A whole number as JSON Schema's `integer` means it (`5` and `5.0` alike; `5.5` and `-1` are
+/// not), so that a client following docs/admin-api.yaml is never refused for how its JSON
+/// library writes numbers. Beyond `u64` it saturates; the field's range check then refuses it.
+pub(crate) fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number, 0 or more")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            if v.is_finite() && v >= 0.0 && v.fract() == 0.0 {
+                // Saturating: any whole number too large for u64 is out of every field's range.
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
+}
+
+fn some_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    whole(d).map(Some)
+}
+
+/// [`present`] for a whole number: `null` clears, absent stays.
+fn present_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct W(#[serde(deserialize_with = "whole")] u64);
+    let v: Option<W> = serde::Deserialize::deserialize(d)?;
+    Ok(Some(v.map(|W(n)| n)))
+}
+
+/// `max_keys` as the config holds it.
+fn check_max_keys(n: u64) -> Result<i64, StoreError> {
+    if n > MAX_MAX_KEYS {
+        return Err(bad(
+            "max_keys",
+            format!("{n} is more than the largest max_keys, {MAX_MAX_KEYS}"),
+        ));
+    }
+    Ok(n as i64)
 }
 
 /// A change that was written: its result, and the config as it now is on disk.
@@ -420,6 +511,19 @@ impl Store {
         grace: Duration,
         secret_prefix: &str,
     ) -> Result<Written<String>, StoreError> {
+        // Checked before anything is read: `now + grace` must be a time keygate can write.
+        let until = (grace.as_secs() <= MAX_GRACE_SECONDS)
+            .then(|| SystemTime::now().checked_add(grace))
+            .flatten()
+            .ok_or_else(|| {
+                bad(
+                    "grace_seconds",
+                    format!(
+                        "{} is more than the longest grace, {MAX_GRACE_SECONDS} seconds (ten years)",
+                        grace.as_secs()
+                    ),
+                )
+            })?;
         self.change_as(Edit::Key(id), |doc, snap| {
             let old = snap
                 .keys
@@ -435,7 +539,7 @@ impl Store {
             match old {
                 Some(old) if !grace.is_zero() => {
                     t["previous_hash"] = value(old.to_string());
-                    t["previous_expires_at"] = value(datetime(SystemTime::now() + grace)?);
+                    t["previous_expires_at"] = value(datetime(until)?);
                 }
                 _ => {
                     t.remove("previous_hash");
@@ -478,7 +582,7 @@ impl Store {
                 t["rate_limit"] = value(check_rate(r)?);
             }
             if let Some(m) = new.max_keys {
-                t["max_keys"] = value(i64::from(m));
+                t["max_keys"] = value(check_max_keys(m)?);
             }
             t["created_at"] = value(datetime(SystemTime::now())?);
             tables(doc, "consumers")?.push(t);
@@ -508,7 +612,7 @@ impl Store {
                 None => {}
             }
             match patch.max_keys {
-                Some(Some(m)) => t["max_keys"] = value(i64::from(m)),
+                Some(Some(m)) => t["max_keys"] = value(check_max_keys(m)?),
                 Some(None) => {
                     t.remove("max_keys");
                 }
@@ -758,10 +862,31 @@ fn check_id(id: &str, field: &'static str) -> Result<(), StoreError> {
     })
 }
 
+/// An address or network as docs/admin-api.yaml's `IpOrCidr` spells it: the address as the
+/// standard library reads it (no leading zeros in IPv4 octets), an optional `/prefix` in decimal
+/// without leading zeros. Stricter than the config file's reader on purpose: what the API
+/// accepts is exactly what its document says.
 fn check_cidr(s: &str) -> Result<String, StoreError> {
-    crate::config::validate::parse_net(s)
-        .map(|_| s.to_owned())
-        .ok_or_else(|| bad("allow_ips", format!("{s:?} is not an IP address or CIDR")))
+    let (addr, prefix) = match s.split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (s, None),
+    };
+    let valid = addr.parse::<std::net::IpAddr>().ok().is_some_and(|ip| {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        prefix.is_none_or(|p| {
+            let canonical =
+                p == "0" || (!p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit()));
+            canonical && p.len() <= 3 && p.parse::<u8>().is_ok_and(|n| n <= max)
+        })
+    });
+    if valid && crate::config::validate::parse_net(s).is_some() {
+        Ok(s.to_owned())
+    } else {
+        Err(bad(
+            "allow_ips",
+            format!("{s:?} is not an IP address or CIDR"),
+        ))
+    }
 }
 
 fn check_path(s: &str) -> Result<String, StoreError> {
@@ -804,15 +929,28 @@ fn access_str(a: Access) -> &'static str {
 }
 
 /// A TOML offset date-time from RFC 3339 text, e.g. `2027-01-01T00:00:00Z`.
+/// Exactly docs/admin-api.yaml's `Time`: `T` between date and time (the parser takes any byte
+/// there), no leap second, years 0001 to 9998 (so that any offset stays within the years TOML
+/// can hold once the time is written in UTC).
 fn parse_datetime(s: &str, field: &'static str) -> Result<toml_edit::Datetime, StoreError> {
+    let refused = || {
+        bad(
+            field,
+            format!(
+                "{s:?} is not an RFC 3339 date-time from year 0001 to 9998 such as 2027-01-01T00:00:00Z"
+            ),
+        )
+    };
     let checked = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| {
-            bad(
-                field,
-                format!("{s:?} is not an RFC 3339 date-time such as 2027-01-01T00:00:00Z"),
-            )
-        })?;
-    datetime(checked.into())
+        .map_err(|_| refused())?;
+    let b = s.as_bytes();
+    let shaped = matches!(b.get(10), Some(b'T' | b't'))
+        && b.get(17..19) != Some(b"60")
+        && (1..=9998).contains(&checked.year());
+    if !shaped {
+        return Err(refused());
+    }
+    datetime(checked.into()).map_err(|_| refused())
 }
 
 /// `t` as a TOML offset date-time in UTC, to the second.

@@ -1,4 +1,6 @@
-//! The HTTP front every port shares: accept, TLS, edge limits, and the conformance checks that
-//! come before any port's own handling.
+//! The HTTP front every port shares: accept, TLS, edge limits and the conformance checks that
+//! come before any port's own handling (`listener`), and the problem+json every refusal is
+//! answered with, the proxy's and the admin API's alike (`problem`).
 
 pub mod listener;
+pub mod problem;

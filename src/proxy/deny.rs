@@ -3,20 +3,18 @@
 //! Phases return `Err(Deny)` and use `?`; only [`Deny::response`] knows status codes and bodies,
 //! so the contract (status, `code`, problem+json shape) lives in one screen of code.
 
-use bytes::Bytes;
 use std::fmt::Write as _;
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
-use serde::Serialize;
+use http_body_util::Either;
 
 use super::pool::PooledBody;
+use crate::http::problem::Problem;
 use crate::limits::{Limited, RateStatus};
 use crate::snapshot::{Consumer, Id, Key};
 
 /// A response body before `observe::Body` wraps it: the upstream's, streamed, or keygate's own.
-pub type Inner = Either<PooledBody, Full<Bytes>>;
+pub type Inner = Either<PooledBody, http_body_util::Full<bytes::Bytes>>;
 
 /// Why keygate refused or could not complete a request. `code()` strings are a contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,35 +126,18 @@ impl Deny {
         }
     }
 
-    /// The RFC 9457 problem+json response for this denial.
+    /// The RFC 9457 problem+json response for this denial, rendered by the renderer the admin
+    /// API uses too.
     pub fn response(self, request_id: &HeaderValue) -> Response<Inner> {
-        let problem = Problem {
-            kind: self.code(),
-            title: self.title(),
-            status: self.status().as_u16(),
-            detail: self.detail(),
-            code: self.code(),
-            // Request ids are checked to be visible ASCII before they get here.
-            request_id: request_id.to_str().unwrap_or_default(),
+        let mut problem = Problem::new(self.status(), self.code(), self.title(), self.detail());
+        problem.retry_after = match self {
+            Deny::RateLimited(limited) => Some(limited.retry_after),
+            Deny::TooManyFailures(secs) => Some(secs),
+            _ => None,
         };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
-        *resp.status_mut() = self.status();
-        let headers = resp.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        match self {
-            Deny::RateLimited(limited) => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(limited.retry_after));
-                rate_headers(&limited.status, headers);
-            }
-            Deny::TooManyFailures(secs) => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(secs));
-            }
-            _ => {}
+        let mut resp = problem.response(request_id).map(Either::Right);
+        if let Deny::RateLimited(limited) = self {
+            rate_headers(&limited.status, resp.headers_mut());
         }
         resp
     }
@@ -194,23 +175,6 @@ const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remai
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type", serialize_with = "problem_type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    code: &'a str,
-    request_id: &'a str,
-}
-
-/// A stable, non-resolvable URI per code (RFC 9457 allows tag URIs for exactly this).
-fn problem_type<S: serde::Serializer>(code: &&str, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&format_args!("tag:keygate,2026:problem:{code}"))
-}
-
 /// A refusal on its way from the phase that made it to the one place it is recorded and
 /// answered (`respond`): the reason, and the key (with its consumer) it concerns when the
 /// secret matched one, so that the access log and the per-key metrics can name it.
