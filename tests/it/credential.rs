@@ -1,10 +1,8 @@
 //! Step 2, the credential: X-API-Key header, else the first api_key query parameter; hostile input.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::harness::*;
 
 async fn gateway() -> (SocketAddr, Upstream) {
     let up = start_upstream("main").await;

@@ -3,12 +3,10 @@
 //! Every limit here is per minute or per hour and every test finishes in well under the first
 //! refill, so nothing depends on timing and nothing sleeps.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::policy::*;
-use common::*;
+use crate::harness::policy::*;
+use crate::harness::*;
 
 /// Key `metered`: 3/minute.
 const METERED: &str = "kg_metered_cmF0ZVRlc3RNZXRlcmVkS2V5XzAwMDAwMDAwMQ";

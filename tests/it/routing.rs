@@ -1,10 +1,8 @@
 //! Step 1, routing: Host and path pick the target; no match is 404 `no_route`.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::harness::*;
 
 /// Five targets, each on its own labelled echo upstream:
 /// - `any-root`   any host, `/`

@@ -1,8 +1,6 @@
 //! Deploy-target bindings: the key's and its consumer's `targets` must both include the routed target (403 target_not_allowed).
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 
 const STAGE_ONLY: &str = "kg_stage_dGFyZ2V0VGVzdFN0YWdlT25seUtleV8wMDAwMDE";
 const PROD_ONLY: &str = "kg_prod_dGFyZ2V0VGVzdFByb2RPbmx5S2V5XzAwMDAwMDE";

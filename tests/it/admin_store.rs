@@ -1,7 +1,5 @@
 //! The keys file behind the admin API: hand edits kept, refused changes writing nothing, parallel changes across a restart, and SIGKILL mid-write.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use common::admin::*;
-use common::*;
+use crate::harness::admin::*;
+use crate::harness::*;
 
 /// A key written into the keys file by hand.
 const HAND_SECRET: &str = "kg_hand_aGFuZE1hZGVTZWNyZXRGb3JTdG9yZVRlc3RzMDAwMQ";

@@ -1,11 +1,9 @@
 //! `keygate keys ...` and `keygate consumers ...` on real files: JSON output, changes in keys.toml, errors, and a running keygate picking each change up.
 
-mod common;
-
 use serde_json::{Value, json};
 
-use common::admin::*;
-use common::*;
+use crate::harness::admin::*;
+use crate::harness::*;
 
 /// A config directory for commands only (no keygate running).
 async fn files(name: &str) -> Files {

@@ -1,11 +1,9 @@
 //! IP allow-lists: the key's and its consumer's `allow_ips` must both allow the client (403 ip_not_allowed).
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::policy::*;
-use common::*;
+use crate::harness::policy::*;
+use crate::harness::*;
 
 const PINNED: &str = "kg_pinned_aXBBbGxvd1Rlc3RQaW5uZWRLZXlfMDAwMDAwMDE";
 const OFFICE: &str = "kg_office_aXBBbGxvd1Rlc3RPZmZpY2VLZXlfMDAwMDAwMDE";

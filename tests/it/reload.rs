@@ -1,7 +1,5 @@
 //! Hot reload over real sockets with the real file watcher: revocation by each kind of file change, bad files keeping the last good config, rate-limit buckets across reloads, requests in flight, SIGHUP and the listen address.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -11,8 +9,8 @@ use http::{Response, StatusCode};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use common::live::*;
-use common::*;
+use crate::harness::live::*;
+use crate::harness::*;
 
 /// Stays in every config of a test.
 const KEPT: &str = "kg_live_kept_a2VwdFNlY3JldEZvclJlbG9hZFRlc3RzMDE";

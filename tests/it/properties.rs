@@ -19,8 +19,7 @@ use keygate::snapshot::IpList;
 use proptest::prelude::*;
 use proptest::sample::select;
 
-mod oracle;
-use oracle::*;
+use crate::oracle::*;
 
 const PARAM: &str = "api_key";
 
@@ -588,7 +587,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // config
 
-const EXAMPLE: &str = include_str!("../config/keygate.toml");
+const EXAMPLE: &str = include_str!("../../config/keygate.toml");
 
 /// A config path in a directory that does not exist, so that the example's relative
 /// `keys_file` is an empty store rather than whatever lies next to the test.

@@ -1,15 +1,13 @@
 //! The limits keygate puts on clients at the edge, each with a config key and a default
 //! (`config/keygate.toml`), on the real binary.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use common::admin::*;
-use common::*;
+use crate::harness::admin::*;
+use crate::harness::*;
 
 /// Files whose `[server]` section starts with `lines`.
 async fn files(name: &str, lines: &str) -> Files {

@@ -1,11 +1,9 @@
 //! Failed attempts: past `[server] failed_auth_limit` key_invalid answers, a client address gets 429 too_many_failures for any key.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::policy::*;
-use common::*;
+use crate::harness::policy::*;
+use crate::harness::*;
 
 const VALID: &str = "kg_valid_ZmFpbGVkVGVzdFZhbGlkS2V5XzAwMDAwMDAwMDAx";
 const OFF: &str = "kg_off_ZmFpbGVkVGVzdE9mZktleV8wMDAwMDAwMDAwMDAwMDE";

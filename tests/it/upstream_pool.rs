@@ -7,8 +7,6 @@
 //! Every scripted response carries `x-conn: N`, the number of the upstream connection (in accept
 //! order, from 1) that answered it; keygate passes that header through to the client.
 
-mod common;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +18,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use common::live::eventually_for;
-use common::*;
+use crate::harness::live::eventually_for;
+use crate::harness::*;
 
 /// Connections a scripted upstream accepts before it stops: a bound far above any test here.
 const MAX_CONNECTIONS: usize = 500;

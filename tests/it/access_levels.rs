@@ -1,10 +1,8 @@
 //! Access levels: `access = "read-only"` and `paths` prefixes on whole segments (403 access_denied).
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::harness::*;
 
 const READER: &str = "kg_reader_YWNjZXNzVGVzdFJlYWRlcktleV8wMDAwMDAwMDE";
 const WRITER: &str = "kg_writer_YWNjZXNzVGVzdFdyaXRlcktleV8wMDAwMDAwMDE";

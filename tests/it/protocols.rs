@@ -1,13 +1,11 @@
 //! Client protocols: HTTP/2 with prior knowledge (h2c), HTTP/1.1 keep-alive, Upgrade passthrough.
 
-mod common;
-
 use std::net::SocketAddr;
 
 use http::{StatusCode, Version};
 use http_body_util::BodyExt as _;
 
-use common::*;
+use crate::harness::*;
 
 async fn gateway() -> (SocketAddr, Upstream) {
     let up = start_upstream("main").await;
@@ -412,7 +410,7 @@ async fn an_upstream_that_declines_the_upgrade_answers_normally() {
 /// and two tunnels open, a third client waits; closing one tunnel lets it in. Real binary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_tunnels_hold_their_place_under_max_connections() {
-    use common::admin::{Files, Process, STATIC_SECRET, open_connections, poll};
+    use crate::harness::admin::{Files, Process, STATIC_SECRET, open_connections, poll};
     use std::time::Duration;
 
     let files = Files::for_binary_with("tunnel-slots", "max_connections = 2", None).await;

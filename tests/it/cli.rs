@@ -1,7 +1,5 @@
 //! The `keygate` binary: `check`, `keys generate`, `keys hash` and `run`.
 
-mod common;
-
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -9,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
-use common::*;
+use crate::harness::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/keygate.toml");
@@ -306,7 +304,7 @@ async fn run_listens_serves_and_never_logs_a_secret() {
         };
         let found = line
             .contains("keygate listening")
-            .then(|| common::logged_addr(&line));
+            .then(|| crate::harness::logged_addr(&line));
         log.push(line);
         if found.is_some() {
             addr = found;

@@ -2,15 +2,13 @@
 //! tunnels finish within `[server] shutdown_timeout` (cut them when it runs out), answer
 //! `/readyz` with 503 meanwhile, exit 0; a second signal exits at once.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use common::admin::*;
-use common::*;
+use crate::harness::admin::*;
+use crate::harness::*;
 
 /// Files whose only upstream is `up`, with `shutdown_timeout = "10s"`.
 async fn files(name: &str, up: SocketAddr) -> Files {

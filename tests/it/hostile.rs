@@ -87,8 +87,6 @@
 //! | upstream resets before answering | RST after reading the request | 502 `upstream_unavailable` |
 //! | client leaves mid-upload | `Content-Length: 100`, 10 bytes, then the client's write side closes | 400 `invalid_body`; the upstream never gets a whole request |
 
-mod common;
-
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -106,7 +104,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 
-use common::*;
+use crate::harness::*;
 
 /// The longest one read of a case may wait: far above what a local answer takes.
 const READ_LIMIT: Duration = Duration::from_secs(5);

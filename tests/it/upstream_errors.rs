@@ -1,11 +1,9 @@
 //! Upstream failures: refused or reset is 502 `upstream_unavailable`, no answer in time is 504.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 
 /// Two targets: `/bad` goes to `bad_upstream` (with `extra` in its table), the rest to a good
 /// echo upstream, so each test also shows the gateway keeps serving after the failure.

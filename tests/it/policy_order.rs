@@ -1,11 +1,9 @@
 //! The order of the checks: IP, target, access, then the rate limit last, so a refused request spends no quota.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::policy::*;
-use common::*;
+use crate::harness::policy::*;
+use crate::harness::*;
 
 /// Key `guarded`: from 127.0.0.1 only, on `main` only, read-only, under `/ok`, 2/minute.
 const GUARDED: &str = "kg_guarded_b3JkZXJUZXN0R3VhcmRlZEtleV8wMDAwMDAwMQ";

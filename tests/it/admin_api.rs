@@ -1,13 +1,11 @@
 //! The admin API against a real keygate and real files: every endpoint, role and error, and its effect on the proxy.
 
-mod common;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::admin::*;
-use common::*;
+use crate::harness::admin::*;
+use crate::harness::*;
 
 // --- keys: create, get, list -----------------------------------------------------------------
 

@@ -6,17 +6,17 @@
 //! The exposition text is parsed (name, labels, value) by a small parser here, so a count is
 //! read from its exact series, never guessed from a substring.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use common::admin::*;
-use common::live::{KeygateProcess, TempDir, key_toml, replace_file, server_toml, target_toml};
-use common::*;
+use crate::harness::admin::*;
+use crate::harness::live::{
+    KeygateProcess, TempDir, key_toml, replace_file, server_toml, target_toml,
+};
+use crate::harness::*;
 
 // ---------------------------------------------------------------------------------------------
 // The exposition format

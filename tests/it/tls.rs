@@ -1,7 +1,5 @@
 //! TLS on both sides over real sockets, with certificates made in the test (rcgen): ALPN h2 and http/1.1, TLS 1.2, a certificate swap seen by new connections, https upstreams with a private CA, stalled handshakes.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,8 +9,8 @@ use rustls::ProtocolVersion;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 
-use common::live::*;
-use common::*;
+use crate::harness::live::*;
+use crate::harness::*;
 
 const SECRET_TLS: &str = "kg_live_tls_dGxzU2VjcmV0Rm9yVGxzVGVzdHNPbmx5MDE";
 

@@ -1,11 +1,9 @@
 //! Steps 3 and 4: the key lookup (unknown key), then the key's status and expiry.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::harness::*;
 
 async fn gateway() -> (SocketAddr, Upstream) {
     let up = start_upstream("main").await;

@@ -1,11 +1,9 @@
 //! The client address: the TCP peer, or what `X-Forwarded-For` / `Forwarded` say only when the peer is a trusted proxy.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::policy::*;
-use common::*;
+use crate::harness::policy::*;
+use crate::harness::*;
 
 /// Allowed only from 10.1.2.3.
 const FROM_10123: &str = "kg_far_Y2xpZW50SXBUZXN0RmFyS2V5XzAwMDAwMDAwMDAwMDE";

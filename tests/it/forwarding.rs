@@ -1,7 +1,5 @@
 //! Step 6, forwarding: what the upstream sees, what comes back, and streaming both ways.
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +10,7 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt as _;
 use tokio::sync::Notify;
 
-use common::*;
+use crate::harness::*;
 
 async fn gateway() -> (SocketAddr, Upstream) {
     let up = start_upstream("main").await;

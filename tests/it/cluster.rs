@@ -5,14 +5,12 @@
 //! Without `redis-server` on the machine these tests say so and pass, so that `cargo test`
 //! works anywhere; `.ci/run` installs it, and with `CI` set a missing server fails them.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::live::*;
-use common::*;
+use crate::harness::live::*;
+use crate::harness::*;
 
 const FLEET_KEY: &str = "kg_fleet_metered_ZmxlZXRNZXRlcmVkU2VjcmV0MDEyMzQ1";
 const OTHER_KEY: &str = "kg_fleet_other_b3RoZXJGbGVldFNlY3JldDAxMjM0NTY3";
@@ -725,7 +723,7 @@ async fn a_revocation_on_one_instance_is_refused_by_another_within_a_second() {
     // its periodic check.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let deleted = common::admin::Api::new(admin, Some(ADMIN_KEY))
+    let deleted = crate::harness::admin::Api::new(admin, Some(ADMIN_KEY))
         .delete("/v1/keys/doomed")
         .await;
     assert!(deleted.status.is_success(), "{}", deleted.text());
@@ -780,7 +778,8 @@ async fn last_used_at_is_the_latest_use_on_any_instance() {
     )
     .unwrap();
     let mut a = KeygateProcess::start(&a_path).await;
-    let api = common::admin::Api::new(a.wait_addr("admin API listening").await, Some(ADMIN_KEY));
+    let api =
+        crate::harness::admin::Api::new(a.wait_addr("admin API listening").await, Some(ADMIN_KEY));
     let b = fleet(&dir, 1, &instance_config(up.addr, &redis, "", &keys)).await;
     assert!(api.get("/v1/keys/roaming").await.json()["last_used_at"].is_null());
 
