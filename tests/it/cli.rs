@@ -54,8 +54,9 @@ impl Drop for TempConfig {
 
 /// The example config's counts, as the library reads them.
 fn example_summary() -> String {
-    keygate::config::load(Path::new(EXAMPLE))
+    crate::harness::launch::load(Path::new(EXAMPLE))
         .unwrap()
+        .0
         .snapshot
         .summary()
 }

@@ -52,7 +52,7 @@ async fn connections_past_max_connections_wait_for_a_free_place() {
 #[tokio::test]
 async fn max_connections_must_be_at_least_one() {
     let files = files("max-connections-zero", "max_connections = 0").await;
-    let err = keygate::load(&files.config).unwrap_err().to_string();
+    let err = launch::load(&files.config).unwrap_err().to_string();
     assert!(err.contains("max_connections: must be at least 1"), "{err}");
     assert!(err.contains("keygate.toml:"), "{err}");
 }
@@ -136,7 +136,7 @@ async fn a_request_head_over_max_header_bytes_gets_431() {
 #[tokio::test]
 async fn max_header_bytes_has_a_floor() {
     let files = files("big-head-floor", "max_header_bytes = 100").await;
-    let err = keygate::load(&files.config).unwrap_err().to_string();
+    let err = launch::load(&files.config).unwrap_err().to_string();
     assert!(
         err.contains("max_header_bytes: must be at least 8192"),
         "{err}"
@@ -398,7 +398,7 @@ async fn with_the_default_idle_timeout_a_connection_stays_open() {
 #[tokio::test]
 async fn idle_timeout_must_not_be_zero() {
     let files = files("idle-zero", "idle_timeout = \"0s\"").await;
-    let err = format!("{:#}", keygate::load(&files.config).unwrap_err());
+    let err = format!("{:#}", launch::load(&files.config).unwrap_err());
     let text = std::fs::read_to_string(&files.config).unwrap();
     let line = text
         .lines()
@@ -516,7 +516,7 @@ async fn max_body_refuses_larger_bodies_with_413() {
 async fn max_body_must_be_a_size() {
     let files = files("max-body-lots", "").await;
     files.add_to_target("main", "max_body = \"lots\"");
-    let err = format!("{:#}", keygate::load(&files.config).unwrap_err());
+    let err = format!("{:#}", launch::load(&files.config).unwrap_err());
     let text = std::fs::read_to_string(&files.config).unwrap();
     let line = text
         .lines()

@@ -830,7 +830,7 @@ fn bad_log_format_and_metrics_listen_are_refused_naming_the_key() {
         let bad = toml.lines().nth(1).unwrap();
         let line = text.lines().position(|l| l == bad).unwrap() + 1;
         std::fs::write(&config, &text).unwrap();
-        let err = match keygate::load(&config) {
+        let err = match launch::load(&config) {
             Ok(_) => panic!("loaded with {toml:?}"),
             Err(e) => format!("{e:#}"),
         };

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::harness::launch;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
@@ -53,23 +54,15 @@ async fn start() -> Session {
     );
     let path = dir.join("keygate.toml");
     std::fs::write(&path, config).unwrap();
-    let (mut loaded, text) = keygate::load(&path).unwrap();
+    let (mut loaded, text) = launch::load(&path).unwrap();
     // Its default (stdout) would bypass the harness's output capture.
     loaded.snapshot.log.access = keygate::snapshot::AccessTo::Off;
     let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        keygate::serve_with_admin(
-            &path,
-            loaded,
-            &text,
-            proxy,
-            Some(admin_listener),
-            std::future::pending(),
-        )
-        .await
-    });
+    tokio::spawn(
+        async move { launch::serve(&path, loaded, &text, proxy, Some(admin_listener)).await },
+    );
     Session {
         spec,
         client: Client::builder(TokioExecutor::new()).build_http(),

@@ -589,7 +589,7 @@ async fn a_change_before_the_watch_starts_is_picked_up_at_once() {
     let served = path.clone();
     runtime.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let _ = keygate::serve(&served, loaded, &text, listener, std::future::pending()).await;
+        let _ = launch::serve(&served, loaded, &text, listener, None).await;
     });
     // `until_status` gives up after 3 s: before the periodic check could have done it.
     until_status(addr, REVOKED, 403, "key_invalid").await;

@@ -231,8 +231,8 @@ impl Files {
 
     /// The config as keygate loads it from disk now.
     pub fn load(&self) -> keygate::config::Loaded {
-        match keygate::config::load(&self.config) {
-            Ok(l) => l,
+        match super::launch::load(&self.config) {
+            Ok((l, _)) => l,
             Err(e) => panic!("the files do not load: {e}\n---\n{}", self.keys_text()),
         }
     }
@@ -284,17 +284,9 @@ impl Gateway {
         let (proxy_addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
         let path = files.config.clone();
         tokio::spawn(async move {
-            let served = keygate::serve_with_admin(
-                &path,
-                loaded,
-                &text,
-                proxy,
-                Some(admin),
-                std::future::pending(),
-            )
-            .await;
+            let served = super::launch::serve(&path, loaded, &text, proxy, Some(admin)).await;
             if let Err(e) = served {
-                eprintln!("keygate::serve_with_admin failed: {e:#}");
+                eprintln!("keygate failed to serve: {e:#}");
             }
         });
         Gateway {

@@ -218,9 +218,9 @@ pub fn start_live(path: &Path) -> Gate {
     let path = path.to_path_buf();
     runtime.spawn(async move {
         let listener = TcpListener::from_std(listener).unwrap();
-        let served = keygate::serve(&path, loaded, &text, listener, std::future::pending()).await;
+        let served = super::launch::serve(&path, loaded, &text, listener, None).await;
         if let Err(e) = served {
-            eprintln!("keygate::serve failed: {e:#}");
+            eprintln!("keygate failed to serve: {e:#}");
         }
     });
     Gate {

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod launch;
 pub mod live;
 pub mod policy;
 
@@ -66,7 +67,7 @@ pub fn logged_addr(line: &str) -> SocketAddr {
 /// Loads `path` as `keygate run` does, with the access log off unless the config has a `[log]`
 /// table: its default (stdout) would bypass the test harness's output capture.
 pub fn load_quiet(path: &std::path::Path) -> anyhow::Result<(keygate::config::Loaded, Vec<u8>)> {
-    let (mut loaded, text) = keygate::load(path)?;
+    let (mut loaded, text) = launch::load(path)?;
     if !String::from_utf8_lossy(&text).contains("[log]") {
         loaded.snapshot.log.access = keygate::snapshot::AccessTo::Off;
     }
@@ -171,21 +172,9 @@ pub fn target_with(upstream: SocketAddr, extra: &str) -> String {
 /// Starts a real keygate (the library's own server) on `127.0.0.1:0` with this config.
 pub async fn start_keygate(config: &str) -> SocketAddr {
     watch_panics();
-    let loaded = match keygate::config::parse(config, std::path::Path::new("test.toml")) {
-        Ok(l) => l,
-        Err(e) => panic!("test config is invalid: {e}\n---\n{config}"),
-    };
-    let published = Arc::new(keygate::snapshot::Published::new(loaded.snapshot));
-    let proxy = Arc::new(keygate::proxy::Proxy::new(published));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    // Plain HTTP (no TLS acceptor): HTTP/1.1 and h2c on one port.
-    tokio::spawn(keygate::proxy::server::serve(
-        listener,
-        proxy,
-        None,
-        std::future::pending(),
-    ));
+    launch::spawn_proxy(config, listener);
     addr
 }
 

@@ -5,7 +5,6 @@
 //! binding its socket to 127.0.0.2, 127.0.0.3, ... before connecting to keygate on 127.0.0.1.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket};
@@ -76,10 +75,10 @@ pub async fn get_key_from(
 /// address cannot be bound here (e.g. no IPv6 loopback), so that a test can skip.
 pub async fn start_keygate_on(config: &str, listen: SocketAddr) -> Option<SocketAddr> {
     watch_panics();
-    let loaded = match keygate::config::parse(config, std::path::Path::new("test.toml")) {
-        Ok(l) => l,
-        Err(e) => panic!("test config is invalid: {e}\n---\n{config}"),
-    };
+    // Checked before binding, so that an invalid config fails even where `listen` cannot be bound.
+    if let Err(e) = keygate::config::parse(config, std::path::Path::new("test.toml")) {
+        panic!("test config is invalid: {e}\n---\n{config}");
+    }
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -88,14 +87,7 @@ pub async fn start_keygate_on(config: &str, listen: SocketAddr) -> Option<Socket
         }
     };
     let addr = listener.local_addr().unwrap();
-    let published = Arc::new(keygate::snapshot::Published::new(loaded.snapshot));
-    let proxy = Arc::new(keygate::proxy::Proxy::new(published));
-    tokio::spawn(keygate::proxy::server::serve(
-        listener,
-        proxy,
-        None,
-        std::future::pending(),
-    ));
+    super::launch::spawn_proxy(config, listener);
     Some(addr)
 }
 
