@@ -1,38 +1,46 @@
 //! Step 2, the credential: X-API-Key header, else the first api_key query parameter; hostile input.
 
-use std::net::SocketAddr;
-
 use crate::harness::*;
 
-async fn gateway() -> (SocketAddr, Upstream) {
-    let up = start_upstream("main").await;
-    let addr = start_keygate(&one_target(up.addr)).await;
-    (addr, up)
+async fn gateway() -> Gw {
+    crate::harness::gateway().shared_keys().start().await
 }
 
 /// A good request still works and nothing in keygate has panicked.
-async fn assert_still_serving(addr: SocketAddr) {
-    let echo = get_ok(addr, "/still-alive").await.echo();
+async fn assert_still_serving(gw: &Gw) {
+    let echo = gw.get("/still-alive").key(SECRET).send().await.echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     assert_no_keygate_panic();
 }
 
 #[tokio::test]
 async fn key_in_the_header_is_accepted() {
-    let (addr, _up) = gateway().await;
-    let echo = get(addr, "/r", &[("X-API-Key", SECRET)]).await.echo();
+    let gw = gateway().await;
+    let echo = gw
+        .get("/r")
+        .headers(&[("X-API-Key", SECRET)])
+        .send()
+        .await
+        .echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     // Header names are case-insensitive.
-    let echo = get(addr, "/r", &[("x-api-KEY", SECRET_LONER)]).await.echo();
+    let echo = gw
+        .get("/r")
+        .headers(&[("x-api-KEY", SECRET_LONER)])
+        .send()
+        .await
+        .echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("loner"));
 }
 
 #[tokio::test]
 async fn key_in_the_query_is_accepted() {
-    let (addr, _up) = gateway().await;
-    let echo = get(addr, &format!("/r?api_key={SECRET}"), &[]).await.echo();
+    let gw = gateway().await;
+    let echo = gw.get(&format!("/r?api_key={SECRET}")).send().await.echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
-    let echo = get(addr, &format!("/r?a=1&api_key={SECRET_LONER}&b=2"), &[])
+    let echo = gw
+        .get(&format!("/r?a=1&api_key={SECRET_LONER}&b=2"))
+        .send()
         .await
         .echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("loner"));
@@ -40,37 +48,38 @@ async fn key_in_the_query_is_accepted() {
 
 #[tokio::test]
 async fn query_values_are_percent_decoded() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     // "kg_" written as "kg%5F": the value is the decoded secret.
     let encoded = SECRET.replacen("kg_", "kg%5F", 1);
-    let echo = get(addr, &format!("/r?api_key={encoded}"), &[])
-        .await
-        .echo();
+    let echo = gw.get(&format!("/r?api_key={encoded}")).send().await.echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
 }
 
 #[tokio::test]
 async fn the_first_api_key_parameter_is_the_one_used() {
-    let (addr, _up) = gateway().await;
-    let echo = get(addr, &format!("/r?api_key={SECRET}&api_key=not-a-key"), &[])
+    let gw = gateway().await;
+    let echo = gw
+        .get(&format!("/r?api_key={SECRET}&api_key=not-a-key"))
+        .send()
         .await
         .echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
-    let echo = get(
-        addr,
-        &format!("/r?api_key={SECRET_LONER}&api_key={SECRET}"),
-        &[],
-    )
-    .await
-    .echo();
+    let echo = gw
+        .get(&format!("/r?api_key={SECRET_LONER}&api_key={SECRET}"))
+        .send()
+        .await
+        .echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("loner"));
-    let resp = get(addr, &format!("/r?api_key=not-a-key&api_key={SECRET}"), &[]).await;
+    let resp = gw
+        .get(&format!("/r?api_key=not-a-key&api_key={SECRET}"))
+        .send()
+        .await;
     assert_problem(&resp, 403, "key_invalid");
 }
 
 #[tokio::test]
 async fn no_credential_is_403_key_missing() {
-    let (addr, up) = gateway().await;
+    let gw = gateway().await;
     for path in [
         "/r",
         "/r?a=1",
@@ -78,74 +87,72 @@ async fn no_credential_is_403_key_missing() {
         "/r?my_api_key=x",
         "/r?api_key=",
     ] {
-        assert_problem(&get(addr, path, &[]).await, 403, "key_missing");
+        assert_problem(&gw.get(path).send().await, 403, "key_missing");
     }
     // Another credential-looking header is not the key.
-    let resp = get(
-        addr,
-        "/r",
-        &[("authorization", &format!("Bearer {SECRET}"))],
-    )
-    .await;
+    let resp = gw
+        .get("/r")
+        .headers(&[("authorization", &format!("Bearer {SECRET}"))])
+        .send()
+        .await;
     assert_problem(&resp, 403, "key_missing");
-    assert_eq!(up.hits(), 0, "a denied request must not reach the upstream");
+    assert_eq!(gw.hits(), 0, "a denied request must not reach the upstream");
 }
 
 #[tokio::test]
 async fn key_header_given_twice_is_403_key_invalid() {
-    let (addr, up) = gateway().await;
+    let gw = gateway().await;
     // Twice the same valid key: ambiguous all the same.
-    let resp = get(addr, "/r", &[("x-api-key", SECRET), ("x-api-key", SECRET)]).await;
+    let resp = gw
+        .get("/r")
+        .headers(&[("x-api-key", SECRET), ("x-api-key", SECRET)])
+        .send()
+        .await;
     assert_problem(&resp, 403, "key_invalid");
-    let resp = get(
-        addr,
-        "/r",
-        &[("x-api-key", SECRET), ("X-Api-Key", SECRET_LONER)],
-    )
-    .await;
+    let resp = gw
+        .get("/r")
+        .headers(&[("x-api-key", SECRET), ("X-Api-Key", SECRET_LONER)])
+        .send()
+        .await;
     assert_problem(&resp, 403, "key_invalid");
-    let resp = get(
-        addr,
-        "/r",
-        &[("x-api-key", "not-a-key"), ("x-api-key", SECRET)],
-    )
-    .await;
+    let resp = gw
+        .get("/r")
+        .headers(&[("x-api-key", "not-a-key"), ("x-api-key", SECRET)])
+        .send()
+        .await;
     assert_problem(&resp, 403, "key_invalid");
-    assert_eq!(up.hits(), 0);
+    assert_eq!(gw.hits(), 0);
 }
 
 #[tokio::test]
 async fn header_and_query_disagreeing_is_403_key_invalid() {
-    let (addr, up) = gateway().await;
-    let resp = get(
-        addr,
-        &format!("/r?api_key={SECRET_LONER}"),
-        &[("x-api-key", SECRET)],
-    )
-    .await;
+    let gw = gateway().await;
+    let resp = gw
+        .get(&format!("/r?api_key={SECRET_LONER}"))
+        .key(SECRET)
+        .send()
+        .await;
     assert_problem(&resp, 403, "key_invalid");
-    let resp = get(addr, "/r?api_key=not-a-key", &[("x-api-key", SECRET)]).await;
+    let resp = gw.get("/r?api_key=not-a-key").key(SECRET).send().await;
     assert_problem(&resp, 403, "key_invalid");
-    let resp = get(
-        addr,
-        &format!("/r?api_key={SECRET}"),
-        &[("x-api-key", "not-a-key")],
-    )
-    .await;
+    let resp = gw
+        .get(&format!("/r?api_key={SECRET}"))
+        .key("not-a-key")
+        .send()
+        .await;
     assert_problem(&resp, 403, "key_invalid");
-    assert_eq!(up.hits(), 0);
+    assert_eq!(gw.hits(), 0);
 }
 
 #[tokio::test]
 async fn header_and_query_agreeing_is_fine() {
-    let (addr, _up) = gateway().await;
-    let echo = get(
-        addr,
-        &format!("/r?api_key={SECRET}&x=1"),
-        &[("x-api-key", SECRET)],
-    )
-    .await
-    .echo();
+    let gw = gateway().await;
+    let echo = gw
+        .get(&format!("/r?api_key={SECRET}&x=1"))
+        .key(SECRET)
+        .send()
+        .await
+        .echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     assert_eq!(echo.uri, "/r?x=1");
     assert!(!echo.has("x-api-key"));
@@ -153,20 +160,27 @@ async fn header_and_query_agreeing_is_fine() {
 
 #[tokio::test]
 async fn key_header_and_query_names_come_from_the_config() {
-    let up = start_upstream("main").await;
-    let config = format!(
-        "[server]\nkey_header = \"X-Token\"\nkey_query = \"token\"\n\n{}",
-        one_target(up.addr)
-    );
-    let addr = start_keygate(&config).await;
+    let gw = crate::harness::gateway()
+        .server("key_header = \"X-Token\"")
+        .server("key_query = \"token\"")
+        .shared_keys()
+        .start()
+        .await;
 
-    let echo = get(addr, "/r?a=1", &[("x-token", SECRET)]).await.echo();
+    let echo = gw
+        .get("/r?a=1")
+        .headers(&[("x-token", SECRET)])
+        .send()
+        .await
+        .echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     assert!(
         !echo.has("x-token"),
         "the configured key header must be stripped"
     );
-    let echo = get(addr, &format!("/r?token={SECRET}&a=1"), &[])
+    let echo = gw
+        .get(&format!("/r?token={SECRET}&a=1"))
+        .send()
         .await
         .echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
@@ -174,12 +188,12 @@ async fn key_header_and_query_names_come_from_the_config() {
 
     // The defaults are no longer credentials (and so are just forwarded).
     assert_problem(
-        &get(addr, "/r", &[("x-api-key", "plain-header")]).await,
+        &gw.get("/r").key("plain-header").send().await,
         403,
         "key_missing",
     );
     assert_problem(
-        &get(addr, "/r?api_key=plain-param", &[]).await,
+        &gw.get("/r?api_key=plain-param").send().await,
         403,
         "key_missing",
     );
@@ -189,40 +203,35 @@ async fn key_header_and_query_names_come_from_the_config() {
 
 #[tokio::test]
 async fn an_8_kb_key_header_is_refused_without_harm() {
-    let (addr, up) = gateway().await;
+    let gw = gateway().await;
     let huge = "k".repeat(8 * 1024);
-    assert_problem(
-        &get(addr, "/r", &[("x-api-key", &huge)]).await,
-        403,
-        "key_invalid",
-    );
+    assert_problem(&gw.get("/r").key(&huge).send().await, 403, "key_invalid");
     // A valid secret with 8 KB of junk after it is not the secret.
     let padded = format!("{SECRET}{huge}");
-    assert_problem(
-        &get(addr, "/r", &[("x-api-key", &padded)]).await,
-        403,
-        "key_invalid",
-    );
+    assert_problem(&gw.get("/r").key(&padded).send().await, 403, "key_invalid");
     // 8 KB in another header is just a header.
-    let echo = get(addr, "/r", &[("x-api-key", SECRET), ("x-big", &huge)])
+    let echo = gw
+        .get("/r")
+        .headers(&[("x-api-key", SECRET), ("x-big", &huge)])
+        .send()
         .await
         .echo();
     assert_eq!(echo.one("x-big").map(str::len), Some(8 * 1024));
     // 8 KB in the query.
-    let resp = get(addr, &format!("/r?api_key={huge}"), &[]).await;
+    let resp = gw.get(&format!("/r?api_key={huge}")).send().await;
     assert_problem(&resp, 403, "key_invalid");
-    assert_eq!(up.hits(), 1);
-    assert_still_serving(addr).await;
+    assert_eq!(gw.hits(), 1);
+    assert_still_serving(&gw).await;
 }
 
 #[tokio::test]
 async fn non_utf8_bytes_in_headers_are_refused_without_harm() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     let secret = SECRET.as_bytes();
 
     // A key header of bytes that are not UTF-8 (obs-text, allowed on the wire).
     let req = b"GET /r HTTP/1.1\r\nHost: gateway.test\r\nX-API-Key: \xff\xfe\x80k\xc3\x28\r\nConnection: close\r\n\r\n";
-    assert_problem(&raw_exchange(addr, req).await, 403, "key_invalid");
+    assert_problem(&raw_exchange(gw.addr, req).await, 403, "key_invalid");
 
     // A valid key with a non-UTF-8 byte appended is not the key.
     let req = [
@@ -231,7 +240,7 @@ async fn non_utf8_bytes_in_headers_are_refused_without_harm() {
         b"\xff\r\nConnection: close\r\n\r\n",
     ]
     .concat();
-    assert_problem(&raw_exchange(addr, &req).await, 403, "key_invalid");
+    assert_problem(&raw_exchange(gw.addr, &req).await, 403, "key_invalid");
 
     // Non-UTF-8 Host, X-Forwarded-For, X-Request-Id and another header next to a valid key.
     let req = [
@@ -240,7 +249,7 @@ async fn non_utf8_bytes_in_headers_are_refused_without_harm() {
         b"\r\nX-Odd: \xfe\xff\r\nX-Forwarded-For: \xff\r\nX-Request-Id: \xff\xfe\r\nConnection: close\r\n\r\n",
     ]
     .concat();
-    let resp = raw_exchange(addr, &req).await;
+    let resp = raw_exchange(gw.addr, &req).await;
     assert!(
         resp.status.as_u16() < 500,
         "non-UTF-8 headers must not make keygate fail: {} {}",
@@ -252,12 +261,12 @@ async fn non_utf8_bytes_in_headers_are_refused_without_harm() {
         .header("x-request-id")
         .expect("X-Request-Id on the response");
     assert!(!id.is_empty() && id.is_ascii());
-    assert_still_serving(addr).await;
+    assert_still_serving(&gw).await;
 }
 
 #[tokio::test]
 async fn odd_percent_encoding_in_the_query_is_refused_without_harm() {
-    let (addr, up) = gateway().await;
+    let gw = gateway().await;
     for (query, code) in [
         ("api_key=%zz%", "key_invalid"),
         ("api_key=%", "key_invalid"),
@@ -271,7 +280,7 @@ async fn odd_percent_encoding_in_the_query_is_refused_without_harm() {
         ("=", "key_missing"),
         ("api_key", "key_missing"),
     ] {
-        let resp = get(addr, &format!("/r?{query}"), &[]).await;
+        let resp = gw.get(&format!("/r?{query}")).send().await;
         let json = assert_problem(&resp, 403, code);
         if query.len() > 3 {
             assert!(
@@ -281,20 +290,23 @@ async fn odd_percent_encoding_in_the_query_is_refused_without_harm() {
         }
     }
     // Odd encoding elsewhere in the query next to a valid key header: forwarded untouched.
-    let echo = get(addr, "/r?x=%zz%&%=%&y=%ff", &[("x-api-key", SECRET)])
+    let echo = gw
+        .get("/r?x=%zz%&%=%&y=%ff")
+        .key(SECRET)
+        .send()
         .await
         .echo();
     assert_eq!(echo.uri, "/r?x=%zz%&%=%&y=%ff");
-    assert_eq!(up.hits(), 1);
-    assert_still_serving(addr).await;
+    assert_eq!(gw.hits(), 1);
+    assert_still_serving(&gw).await;
 }
 
 #[tokio::test]
 async fn raw_non_utf8_bytes_in_the_request_target_do_not_harm() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     let req =
         b"GET /r?api_key=\xff\xfe HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n";
-    let mut raw = Raw::connect(addr).await;
+    let mut raw = Raw::connect(gw.addr).await;
     raw.write(req).await;
     // Refused one way or another (hyper answers 400 for an invalid request target); the point
     // is that the process keeps serving.
@@ -309,5 +321,5 @@ async fn raw_non_utf8_bytes_in_the_request_target_do_not_harm() {
         !text.starts_with("HTTP/1.1 2"),
         "must not be accepted: {text}"
     );
-    assert_still_serving(addr).await;
+    assert_still_serving(&gw).await;
 }

@@ -3,8 +3,6 @@
 //! Every limit here is per minute or per hour and every test finishes in well under the first
 //! refill, so nothing depends on timing and nothing sleeps.
 
-use std::net::SocketAddr;
-
 use crate::harness::policy::*;
 use crate::harness::*;
 
@@ -25,71 +23,29 @@ const HOURLY: &str = "kg_hourly_cmF0ZVRlc3RIb3VybHlLZXlfMDAwMDAwMDAwMQ";
 /// Host of target `dead`, whose upstream port is closed.
 const DEAD_HOST: &str = "dead.example.com";
 
-async fn gateway() -> (SocketAddr, Upstream) {
-    let up = start_upstream("main").await;
-    let config = format!(
-        r#"
-[[targets]]
-name = "main"
-upstream = "http://{}"
-
-[[targets]]
-name = "dead"
-upstream = "http://{}"
-hosts = ["{DEAD_HOST}"]
-
-[[consumers]]
-id = "team"
-rate_limit = "2/minute"
-
-[[consumers]]
-id = "big"
-rate_limit = "5/minute"
-
-[[keys]]
-id = "metered"
-secret = "{METERED}"
-rate_limit = "3/minute"
-
-[[keys]]
-id = "other-metered"
-secret = "{OTHER}"
-rate_limit = "3/minute"
-
-[[keys]]
-id = "free"
-secret = "{FREE}"
-
-[[keys]]
-id = "team-a"
-consumer = "team"
-secret = "{TEAM_A}"
-
-[[keys]]
-id = "team-b"
-consumer = "team"
-secret = "{TEAM_B}"
-
-[[keys]]
-id = "both"
-consumer = "big"
-secret = "{BOTH}"
-rate_limit = "2/minute"
-
-[[keys]]
-id = "hourly"
-secret = "{HOURLY}"
-rate_limit = "2/hour"
-"#,
-        up.addr,
-        closed_port().await,
-    );
-    let addr = start_keygate(&config).await;
-    (addr, up)
+async fn gateway() -> Gw {
+    crate::harness::gateway()
+        .target(target("main"))
+        .target(
+            target("dead")
+                .upstream(closed_port().await)
+                .hosts(&[DEAD_HOST]),
+        )
+        .consumer(consumer("team").rate_limit("2/minute"))
+        .consumer(consumer("big").rate_limit("5/minute"))
+        .key(key("metered", METERED).rate_limit("3/minute"))
+        .key(key("other-metered", OTHER).rate_limit("3/minute"))
+        .key(key("free", FREE))
+        .key(key("team-a", TEAM_A).consumer("team"))
+        .key(key("team-b", TEAM_B).consumer("team"))
+        .key(key("both", BOTH).consumer("big").rate_limit("2/minute"))
+        .key(key("hourly", HOURLY).rate_limit("2/hour"))
+        .start()
+        .await
 }
 
-async fn call(addr: SocketAddr, secret: &str) -> Resp {
-    get(addr, "/r", &[("x-api-key", secret)]).await
+async fn call(gw: &Gw, secret: &str) -> Resp {
+    gw.get("/r").key(secret).send().await
 }
 
 /// Checks a 429 `rate_limited`: problem+json and a `Retry-After` in whole seconds within
@@ -107,10 +63,10 @@ fn assert_rate_limited(resp: &Resp, max: u64) -> u64 {
 
 #[tokio::test]
 async fn three_per_minute_lets_three_pass_and_refuses_the_fourth() {
-    let (addr, up) = gateway().await;
+    let gw = gateway().await;
     let mut last_reset = 0;
     for expected_remaining in [2, 1, 0] {
-        let resp = call(addr, METERED).await;
+        let resp = call(&gw, METERED).await;
         assert_eq!(resp.echo().one("x-keygate-key-id"), Some("metered"));
         assert_eq!(num_header(&resp, "ratelimit-limit"), 3);
         assert_eq!(num_header(&resp, "ratelimit-remaining"), expected_remaining);
@@ -129,7 +85,7 @@ async fn three_per_minute_lets_three_pass_and_refuses_the_fourth() {
         );
     }
     // Nothing refills within this test: 3/minute is one request every 20 s.
-    let resp = call(addr, METERED).await;
+    let resp = call(&gw, METERED).await;
     let retry = assert_rate_limited(&resp, 20);
     assert_eq!(resp.header("cache-control"), Some("no-store"));
     assert_eq!(num_header(&resp, "ratelimit-limit"), 3);
@@ -140,66 +96,66 @@ async fn three_per_minute_lets_three_pass_and_refuses_the_fourth() {
     let state = must_header(&resp, "ratelimit");
     assert!(state.contains("\"key\";r=0"), "{state}");
     // Still refused, and never sent upstream.
-    let again = call(addr, METERED).await;
+    let again = call(&gw, METERED).await;
     let retry_again = assert_rate_limited(&again, 20);
     assert!(retry_again <= retry);
-    assert_eq!(up.hits(), 3);
+    assert_eq!(gw.hits(), 3);
     assert_no_keygate_panic();
 }
 
 #[tokio::test]
 async fn keys_without_limits_get_no_rate_limit_headers() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     for _ in 0..5 {
-        let resp = call(addr, FREE).await;
+        let resp = call(&gw, FREE).await;
         assert_eq!(resp.status, 200);
         assert_no_rate_headers(&resp);
     }
     // Nor does a denial before any key is known.
-    assert_no_rate_headers(&call(addr, "kg_unknown_key_for_rate_tests").await);
+    assert_no_rate_headers(&call(&gw, "kg_unknown_key_for_rate_tests").await);
 }
 
 #[tokio::test]
 async fn each_key_has_its_own_bucket() {
-    let (addr, up) = gateway().await;
+    let gw = gateway().await;
     for _ in 0..3 {
-        assert_eq!(call(addr, METERED).await.status, 200);
+        assert_eq!(call(&gw, METERED).await.status, 200);
     }
-    assert_rate_limited(&call(addr, METERED).await, 20);
-    let resp = call(addr, OTHER).await;
+    assert_rate_limited(&call(&gw, METERED).await, 20);
+    let resp = call(&gw, OTHER).await;
     assert_eq!(resp.echo().one("x-keygate-key-id"), Some("other-metered"));
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 2);
-    assert_eq!(call(addr, FREE).await.status, 200);
-    assert_eq!(up.hits(), 5);
+    assert_eq!(call(&gw, FREE).await.status, 200);
+    assert_eq!(gw.hits(), 5);
 }
 
 #[tokio::test]
 async fn a_consumers_keys_share_one_bucket() {
-    let (addr, up) = gateway().await;
-    let a = call(addr, TEAM_A).await;
+    let gw = gateway().await;
+    let a = call(&gw, TEAM_A).await;
     assert_eq!(a.echo().one("x-keygate-key-id"), Some("team-a"));
     assert_eq!(num_header(&a, "ratelimit-limit"), 2);
     assert_eq!(num_header(&a, "ratelimit-remaining"), 1);
     let policy = must_header(&a, "ratelimit-policy");
     assert!(policy.contains("\"consumer\";q=2;w=60"), "{policy}");
     assert!(!policy.contains("\"key\""), "{policy}");
-    let b = call(addr, TEAM_B).await;
+    let b = call(&gw, TEAM_B).await;
     assert_eq!(b.echo().one("x-keygate-key-id"), Some("team-b"));
     assert_eq!(num_header(&b, "ratelimit-remaining"), 0);
     // The consumer's two requests are spent, whichever key asks next.
     for secret in [TEAM_A, TEAM_B] {
-        let resp = call(addr, secret).await;
+        let resp = call(&gw, secret).await;
         assert_rate_limited(&resp, 30);
         assert_eq!(num_header(&resp, "ratelimit-remaining"), 0);
         assert!(must_header(&resp, "ratelimit").contains("\"consumer\";r=0"));
     }
-    assert_eq!(up.hits(), 2);
+    assert_eq!(gw.hits(), 2);
 }
 
 #[tokio::test]
 async fn key_and_consumer_limits_both_apply_and_both_are_reported() {
-    let (addr, up) = gateway().await;
-    let resp = call(addr, BOTH).await;
+    let gw = gateway().await;
+    let resp = call(&gw, BOTH).await;
     assert_eq!(resp.status, 200);
     let policy = must_header(&resp, "ratelimit-policy");
     assert!(policy.contains("\"key\";q=2;w=60"), "{policy}");
@@ -210,33 +166,33 @@ async fn key_and_consumer_limits_both_apply_and_both_are_reported() {
     // The single-limit fields show the limit closest to refusing: the key's.
     assert_eq!(num_header(&resp, "ratelimit-limit"), 2);
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 1);
-    assert_eq!(call(addr, BOTH).await.status, 200);
+    assert_eq!(call(&gw, BOTH).await.status, 200);
     // The key's 2/minute refuses before the consumer's 5/minute.
-    let resp = call(addr, BOTH).await;
+    let resp = call(&gw, BOTH).await;
     assert_rate_limited(&resp, 30);
     assert!(must_header(&resp, "ratelimit-policy").contains("\"key\";q=2;w=60"));
-    assert_eq!(up.hits(), 2);
+    assert_eq!(gw.hits(), 2);
 }
 
 #[tokio::test]
 async fn per_hour_limits_report_an_hour_window() {
-    let (addr, up) = gateway().await;
-    let first = call(addr, HOURLY).await;
+    let gw = gateway().await;
+    let first = call(&gw, HOURLY).await;
     assert!(must_header(&first, "ratelimit-policy").contains("\"key\";q=2;w=3600"));
     assert_eq!(num_header(&first, "ratelimit-remaining"), 1);
-    assert_eq!(call(addr, HOURLY).await.status, 200);
+    assert_eq!(call(&gw, HOURLY).await.status, 200);
     // One request every 30 minutes.
-    let retry = assert_rate_limited(&call(addr, HOURLY).await, 1800);
+    let retry = assert_rate_limited(&call(&gw, HOURLY).await, 1800);
     assert!(retry > 60, "Retry-After {retry} for a 2/hour limit");
-    assert_eq!(up.hits(), 2);
+    assert_eq!(gw.hits(), 2);
 }
 
 /// The limit holds whatever the transport: HTTP/2 streams on one connection and fresh
 /// HTTP/1.1 connections from other source addresses draw on the same bucket.
 #[tokio::test]
 async fn the_bucket_is_the_keys_not_the_connections() {
-    let (addr, up) = gateway().await;
-    let mut h2 = H2::connect(addr).await;
+    let gw = gateway().await;
+    let mut h2 = H2::connect(gw.addr).await;
     let resp = h2
         .send(h2_request(
             "GET",
@@ -247,9 +203,9 @@ async fn the_bucket_is_the_keys_not_the_connections() {
         ))
         .await;
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 2);
-    let resp = get_key_from(ip("127.0.0.2"), addr, METERED, &[]).await;
+    let resp = gw.get("/r").key(METERED).from("127.0.0.2").send().await;
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 1);
-    let resp = get_key_from(ip("127.0.0.3"), addr, METERED, &[]).await;
+    let resp = gw.get("/r").key(METERED).from("127.0.0.3").send().await;
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 0);
     let resp = h2
         .send(h2_request(
@@ -261,29 +217,29 @@ async fn the_bucket_is_the_keys_not_the_connections() {
         ))
         .await;
     assert_rate_limited(&resp, 20);
-    assert_eq!(up.hits(), 3);
+    assert_eq!(gw.hits(), 3);
 }
 
 /// The headers ride on every response to a limited key, not only keygate's 200s and 429s: an
 /// upstream's own error and keygate's 502 carry them too, and both spend quota.
 #[tokio::test]
 async fn upstream_errors_carry_the_rate_limit_headers_too() {
-    let (addr, _up) = gateway().await;
-    let resp = get(
-        addr,
-        "/r",
-        &[("x-api-key", METERED), ("x-reply-status", "503")],
-    )
-    .await;
+    let gw = gateway().await;
+    let resp = gw
+        .get("/r")
+        .key(METERED)
+        .header("x-reply-status", "503")
+        .send()
+        .await;
     assert_eq!(resp.status, 503);
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 2);
     assert!(must_header(&resp, "ratelimit-policy").contains("\"key\";q=3;w=60"));
-    let resp = get(addr, "/r", &[("host", DEAD_HOST), ("x-api-key", METERED)]).await;
+    let resp = gw.get("/r").host(DEAD_HOST).key(METERED).send().await;
     assert_problem(&resp, 502, "upstream_unavailable");
     assert_eq!(num_header(&resp, "ratelimit-limit"), 3);
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 1);
     assert!(must_header(&resp, "ratelimit").contains("\"key\";r=1"));
-    let resp = get(addr, "/r", &[("host", DEAD_HOST), ("x-api-key", FREE)]).await;
+    let resp = gw.get("/r").host(DEAD_HOST).key(FREE).send().await;
     assert_problem(&resp, 502, "upstream_unavailable");
     assert_no_rate_headers(&resp);
 }

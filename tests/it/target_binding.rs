@@ -8,95 +8,39 @@ const ANY_TARGET: &str = "kg_any_dGFyZ2V0VGVzdEFueVRhcmdldEtleV8wMDAwMDAx";
 const CI_PROD_STAGE: &str = "kg_ciboth_dGFyZ2V0VGVzdENpUHJvZFN0YWdlS2V5XzAx";
 const CI_PLAIN: &str = "kg_ciplain_dGFyZ2V0VGVzdENpUGxhaW5LZXlfMDAwMDAx";
 
-struct Gateway {
-    addr: std::net::SocketAddr,
-    production: Upstream,
-    staging: Upstream,
-    sandbox: Upstream,
+/// Requests that reached `production`, `staging` and `sandbox`.
+fn hits(gw: &Gw) -> [usize; 3] {
+    ["production", "staging", "sandbox"].map(|t| gw.up(t).hits())
 }
 
-impl Gateway {
-    fn hits(&self) -> [usize; 3] {
-        [
-            self.production.hits(),
-            self.staging.hits(),
-            self.sandbox.hits(),
-        ]
-    }
-}
-
-async fn gateway() -> Gateway {
-    let production = start_upstream("production").await;
-    let staging = start_upstream("staging").await;
-    let sandbox = start_upstream("sandbox").await;
-    let config = format!(
-        r#"
-[[targets]]
-name = "production"
-upstream = "http://{production}"
-
-[[targets]]
-name = "staging"
-upstream = "http://{staging}"
-hosts = ["staging.example.com"]
-
-[[targets]]
-name = "sandbox"
-upstream = "http://{sandbox}"
-path_prefix = "/sandbox"
-
-[[consumers]]
-id = "ci"
-targets = ["staging", "sandbox"]
-
-[[keys]]
-id = "stage-only"
-secret = "{STAGE_ONLY}"
-targets = ["staging"]
-
-[[keys]]
-id = "prod-only"
-secret = "{PROD_ONLY}"
-targets = ["production"]
-
-[[keys]]
-id = "any-target"
-secret = "{ANY_TARGET}"
-targets = []
-
-[[keys]]
-id = "ci-prod-stage"
-consumer = "ci"
-secret = "{CI_PROD_STAGE}"
-targets = ["production", "staging"]
-
-[[keys]]
-id = "ci-plain"
-consumer = "ci"
-secret = "{CI_PLAIN}"
-"#,
-        production = production.addr,
-        staging = staging.addr,
-        sandbox = sandbox.addr,
-    );
-    let addr = start_keygate(&config).await;
-    Gateway {
-        addr,
-        production,
-        staging,
-        sandbox,
-    }
+async fn gateway() -> Gw {
+    crate::harness::gateway()
+        .target(target("production"))
+        .target(target("staging").hosts(&["staging.example.com"]))
+        .target(target("sandbox").path_prefix("/sandbox"))
+        .consumer(consumer("ci").targets(&["staging", "sandbox"]))
+        .key(key("stage-only", STAGE_ONLY).targets(&["staging"]))
+        .key(key("prod-only", PROD_ONLY).targets(&["production"]))
+        .key(key("any-target", ANY_TARGET).targets(&[]))
+        .key(
+            key("ci-prod-stage", CI_PROD_STAGE)
+                .consumer("ci")
+                .targets(&["production", "staging"]),
+        )
+        .key(key("ci-plain", CI_PLAIN).consumer("ci"))
+        .start()
+        .await
 }
 
 /// Where a request with `secret` lands: the upstream's label, or the denial code.
-async fn lands(gw: &Gateway, target: &str, secret: &str) -> String {
+async fn lands(gw: &Gw, target: &str, secret: &str) -> String {
     let (host, path) = match target {
         "production" => (HOST, "/r"),
         "staging" => ("staging.example.com", "/r"),
         "sandbox" => (HOST, "/sandbox/r"),
         other => panic!("no such target {other}"),
     };
-    let resp = get(gw.addr, path, &[("host", host), ("x-api-key", secret)]).await;
+    let resp = gw.get(path).host(host).key(secret).send().await;
     if resp.status.is_success() {
         resp.echo().upstream
     } else {
@@ -117,7 +61,7 @@ async fn a_key_bound_to_staging_is_refused_on_production() {
         "target_not_allowed"
     );
     assert_eq!(lands(&gw, "staging", STAGE_ONLY).await, "staging");
-    assert_eq!(gw.hits(), [0, 1, 0]);
+    assert_eq!(hits(&gw), [0, 1, 0]);
 }
 
 #[tokio::test]
@@ -126,7 +70,7 @@ async fn a_key_bound_to_production_is_refused_on_staging() {
     assert_eq!(lands(&gw, "production", PROD_ONLY).await, "production");
     assert_eq!(lands(&gw, "staging", PROD_ONLY).await, "target_not_allowed");
     assert_eq!(lands(&gw, "sandbox", PROD_ONLY).await, "target_not_allowed");
-    assert_eq!(gw.hits(), [1, 0, 0]);
+    assert_eq!(hits(&gw), [1, 0, 0]);
 }
 
 #[tokio::test]
@@ -135,7 +79,7 @@ async fn a_key_without_bindings_reaches_every_target() {
     for target in ["production", "staging", "sandbox"] {
         assert_eq!(lands(&gw, target, ANY_TARGET).await, target);
     }
-    assert_eq!(gw.hits(), [1, 1, 1]);
+    assert_eq!(hits(&gw), [1, 1, 1]);
 }
 
 #[tokio::test]
@@ -158,7 +102,7 @@ async fn consumer_bindings_apply_too() {
     );
     assert_eq!(lands(&gw, "staging", CI_PLAIN).await, "staging");
     assert_eq!(lands(&gw, "sandbox", CI_PLAIN).await, "sandbox");
-    assert_eq!(gw.hits(), [0, 2, 1]);
+    assert_eq!(hits(&gw), [0, 2, 1]);
 }
 
 /// The target is the one the request is routed to, over HTTP/2 as well (`:authority`).
@@ -186,5 +130,5 @@ async fn the_routed_target_decides_over_http2_too() {
         ))
         .await;
     assert_problem(&resp, 403, "target_not_allowed");
-    assert_eq!(gw.hits(), [0, 1, 0]);
+    assert_eq!(hits(&gw), [0, 1, 0]);
 }

@@ -7,49 +7,49 @@ use crate::harness::*;
 
 /// Two targets: `/bad` goes to `bad_upstream` (with `extra` in its table), the rest to a good
 /// echo upstream, so each test also shows the gateway keeps serving after the failure.
-async fn gateway(bad_upstream: SocketAddr, extra: &str) -> (SocketAddr, Upstream) {
-    let good = start_upstream("good").await;
-    let config = format!(
-        r#"
-[[targets]]
-name = "good"
-upstream = "http://{}"
-
-[[targets]]
-name = "bad"
-upstream = "http://{bad_upstream}"
-path_prefix = "/bad"
-{extra}
-{}"#,
-        good.addr,
-        keys_toml()
-    );
-    (start_keygate(&config).await, good)
+async fn gateway(bad_upstream: SocketAddr, extra: &str) -> Gw {
+    let mut bad = target("bad").upstream(bad_upstream).path_prefix("/bad");
+    if !extra.is_empty() {
+        bad = bad.line(extra);
+    }
+    crate::harness::gateway()
+        .target(target("good"))
+        .target(bad)
+        .shared_keys()
+        .start()
+        .await
 }
 
-async fn assert_good_target_still_works(addr: SocketAddr) {
-    assert_eq!(get_ok(addr, "/fine").await.echo().upstream, "good");
+async fn assert_good_target_still_works(gw: &Gw) {
+    assert_eq!(
+        gw.get("/fine").key(SECRET).send().await.echo().upstream,
+        "good"
+    );
     assert_no_keygate_panic();
 }
 
 #[tokio::test]
 async fn refused_connection_is_502_upstream_unavailable() {
-    let (addr, _good) = gateway(closed_port().await, "").await;
-    let resp = get_ok(addr, "/bad/x").await;
+    let gw = gateway(closed_port().await, "").await;
+    let resp = gw.get("/bad/x").key(SECRET).send().await;
     assert_problem(&resp, 502, "upstream_unavailable");
     // The key in the query is not carried into the error either (checked for every response).
-    let resp = get(addr, &format!("/bad?api_key={SECRET}"), &[]).await;
+    let resp = gw.get(&format!("/bad?api_key={SECRET}")).send().await;
     assert_problem(&resp, 502, "upstream_unavailable");
-    assert_good_target_still_works(addr).await;
+    assert_good_target_still_works(&gw).await;
 }
 
 #[tokio::test]
 async fn reset_connection_is_502_upstream_unavailable() {
-    let (addr, _good) = gateway(start_resetting_upstream().await, "").await;
+    let gw = gateway(start_resetting_upstream().await, "").await;
     for _ in 0..3 {
-        assert_problem(&get_ok(addr, "/bad/x").await, 502, "upstream_unavailable");
+        assert_problem(
+            &gw.get("/bad/x").key(SECRET).send().await,
+            502,
+            "upstream_unavailable",
+        );
     }
-    let resp = H1::connect(addr)
+    let resp = H1::connect(gw.addr)
         .await
         .send(request(
             "POST",
@@ -59,14 +59,18 @@ async fn reset_connection_is_502_upstream_unavailable() {
         ))
         .await;
     assert_problem(&resp, 502, "upstream_unavailable");
-    assert_good_target_still_works(addr).await;
+    assert_good_target_still_works(&gw).await;
 }
 
 #[tokio::test]
 async fn connection_closed_without_an_answer_is_502_upstream_unavailable() {
-    let (addr, _good) = gateway(start_closing_upstream().await, "").await;
-    assert_problem(&get_ok(addr, "/bad/x").await, 502, "upstream_unavailable");
-    assert_good_target_still_works(addr).await;
+    let gw = gateway(start_closing_upstream().await, "").await;
+    assert_problem(
+        &gw.get("/bad/x").key(SECRET).send().await,
+        502,
+        "upstream_unavailable",
+    );
+    assert_good_target_still_works(&gw).await;
 }
 
 #[tokio::test]
@@ -86,16 +90,20 @@ async fn an_upstream_that_does_not_speak_http_is_502_upstream_unavailable() {
             });
         }
     });
-    let (addr, _good) = gateway(garbage, "").await;
-    assert_problem(&get_ok(addr, "/bad/x").await, 502, "upstream_unavailable");
-    assert_good_target_still_works(addr).await;
+    let gw = gateway(garbage, "").await;
+    assert_problem(
+        &gw.get("/bad/x").key(SECRET).send().await,
+        502,
+        "upstream_unavailable",
+    );
+    assert_good_target_still_works(&gw).await;
 }
 
 #[tokio::test]
 async fn no_answer_within_the_target_timeout_is_504_upstream_timeout() {
-    let (addr, _good) = gateway(start_silent_upstream().await, "timeout = \"200ms\"").await;
+    let gw = gateway(start_silent_upstream().await, "timeout = \"200ms\"").await;
     let started = Instant::now();
-    let resp = get_ok(addr, "/bad/x").await;
+    let resp = gw.get("/bad/x").key(SECRET).send().await;
     let took = started.elapsed();
     assert_problem(&resp, 504, "upstream_timeout");
     assert!(
@@ -106,7 +114,7 @@ async fn no_answer_within_the_target_timeout_is_504_upstream_timeout() {
         took < Duration::from_secs(10),
         "the configured timeout was not used: {took:?}"
     );
-    assert_good_target_still_works(addr).await;
+    assert_good_target_still_works(&gw).await;
 }
 
 #[tokio::test]
@@ -116,16 +124,16 @@ async fn a_slow_answer_within_the_timeout_is_not_a_timeout() {
         http::Response::new(full("late but fine"))
     })
     .await;
-    let (addr, _good) = gateway(slow.addr, "timeout = \"5s\"").await;
-    let resp = get_ok(addr, "/bad/x").await;
+    let gw = gateway(slow.addr, "timeout = \"5s\"").await;
+    let resp = gw.get("/bad/x").key(SECRET).send().await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "late but fine");
 }
 
 #[tokio::test]
 async fn upstream_errors_over_keep_alive_leave_the_client_connection_usable() {
-    let (addr, _good) = gateway(closed_port().await, "").await;
-    let mut h1 = H1::connect(addr).await;
+    let gw = gateway(closed_port().await, "").await;
+    let mut h1 = H1::connect(gw.addr).await;
     let resp = h1
         .send(request("GET", "/bad", &[("x-api-key", SECRET)], empty()))
         .await;
@@ -138,13 +146,12 @@ async fn upstream_errors_over_keep_alive_leave_the_client_connection_usable() {
 
 #[tokio::test]
 async fn a_client_request_id_is_kept_on_upstream_errors() {
-    let (addr, _good) = gateway(start_silent_upstream().await, "timeout = \"200ms\"").await;
-    let resp = get(
-        addr,
-        "/bad",
-        &[("x-api-key", SECRET), ("x-request-id", "trace-504")],
-    )
-    .await;
+    let gw = gateway(start_silent_upstream().await, "timeout = \"200ms\"").await;
+    let resp = gw
+        .get("/bad")
+        .headers(&[("x-api-key", SECRET), ("x-request-id", "trace-504")])
+        .send()
+        .await;
     let json = assert_problem(&resp, 504, "upstream_timeout");
     assert_eq!(json["request_id"], "trace-504");
 }

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod gateway;
 pub mod launch;
 pub mod live;
 pub mod policy;
@@ -37,6 +38,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+pub use gateway::{GatewayBuilder, Gw, consumer, gateway, key, target};
 
 /// The longest any single network step of a test may take before the test fails.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -627,7 +630,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// Fails if any test secret appears in a header (name or value) or the body of `resp`.
 #[track_caller]
 pub fn assert_no_secret(resp: &Resp) {
-    for secret in ALL_SECRETS {
+    assert_none_of(resp, ALL_SECRETS);
+}
+
+/// Fails if any of `secrets` appears in a header (name or value) or the body of `resp`.
+#[track_caller]
+pub fn assert_none_of<'s>(resp: &Resp, secrets: impl IntoIterator<Item = &'s str>) {
+    for secret in secrets {
         for (name, value) in &resp.headers {
             assert!(
                 !contains(value.as_bytes(), secret.as_bytes())
