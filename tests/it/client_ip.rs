@@ -1,6 +1,5 @@
 //! The client address: the TCP peer, or what `X-Forwarded-For` / `Forwarded` say only when the peer is a trusted proxy.
 
-
 use crate::harness::*;
 
 /// Allowed only from 10.1.2.3.

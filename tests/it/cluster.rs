@@ -269,12 +269,12 @@ fn instance_config(up: SocketAddr, redis: &Redis, cluster: &str, rest: &str) -> 
 
 /// Starts `n` keygate processes (the real binary), each with its own copy of `config`, and
 /// waits until each has connected to Redis.
-async fn fleet(dir: &TempDir, n: usize, config: &str) -> Vec<KeygateProcess> {
+async fn fleet(dir: &TempDir, n: usize, config: &str) -> Vec<Process> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let path = dir.join(&format!("instance-{i}.toml"));
         std::fs::write(&path, config).unwrap();
-        let mut p = KeygateProcess::start(&path).await;
+        let mut p = Process::start_proxy(&path).await;
         // Requests before the first connection would fall back to the instance's own limits.
         p.wait_log("the connection to Redis", |l| {
             l.contains("connected to Redis")
@@ -325,7 +325,7 @@ async fn strict_mode_shares_one_limit_across_three_instances() {
         &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
     );
     let gates = fleet(&dir, 3, &config).await;
-    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();
     let seen = spread(&addrs, FLEET_KEY, 30, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 10, "{seen:?}");
     assert_eq!(count(&seen, 429, "rate_limited"), 20, "{seen:?}");
@@ -356,7 +356,7 @@ async fn strict_mode_is_exact_under_concurrent_requests() {
     let gates = fleet(&dir, 3, &config).await;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..30 {
-        let addr = gates[i % gates.len()].addr;
+        let addr = gates[i % gates.len()].proxy;
         calls.spawn(async move { outcome(&call(addr, FLEET_KEY).await) });
     }
     let mut seen = std::collections::BTreeMap::new();
@@ -381,7 +381,7 @@ async fn local_sync_mode_keeps_the_fleet_near_one_limit() {
         &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
     );
     let gates = fleet(&dir, 3, &config).await;
-    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();
     // Each instance's first request makes its view of the bucket; let them sync once.
     let first = spread(&addrs, FLEET_KEY, 3, Duration::from_millis(50)).await;
     assert_eq!(count(&first, 200, ""), 3, "{first:?}");
@@ -418,7 +418,7 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
         ),
     );
     let mut gates = fleet(&dir, 2, &config).await;
-    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();
     let mut scrape_at = Vec::new();
     for g in gates.iter_mut() {
         scrape_at.push(g.wait_addr("metrics listening").await);
@@ -504,26 +504,32 @@ async fn on_redis_error_deny_and_allow() {
     )
     .await;
     redis.kill();
-    let seen = spread(&[deny[0].addr], FLEET_KEY, 3, Duration::ZERO).await;
+    let seen = spread(&[deny[0].proxy], FLEET_KEY, 3, Duration::ZERO).await;
     assert_eq!(count(&seen, 503, "rate_limit_unavailable"), 3, "{seen:?}");
-    let seen = spread(&[deny[0].addr], OTHER_KEY, 3, Duration::ZERO).await;
+    let seen = spread(&[deny[0].proxy], OTHER_KEY, 3, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 3, "{seen:?}");
-    let seen = spread(&[allow[0].addr], FLEET_KEY, 5, Duration::ZERO).await;
+    let seen = spread(&[allow[0].proxy], FLEET_KEY, 5, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 5, "{seen:?}");
 
     redis.run();
     // Redis lost its buckets: the deny instance's next try takes the first of the 2 ...
-    until_status_for(deny[0].addr, FLEET_KEY, 200, "", Duration::from_secs(5)).await;
+    until_status_for(deny[0].proxy, FLEET_KEY, 200, "", Duration::from_secs(5)).await;
     // ... and the allow instance, which let everything through, is held to the fleet's again.
     until_status_for(
-        allow[0].addr,
+        allow[0].proxy,
         FLEET_KEY,
         429,
         "rate_limited",
         Duration::from_secs(5),
     )
     .await;
-    let seen = spread(&[deny[0].addr, allow[0].addr], THIRD_KEY, 8, Duration::ZERO).await;
+    let seen = spread(
+        &[deny[0].proxy, allow[0].proxy],
+        THIRD_KEY,
+        8,
+        Duration::ZERO,
+    )
+    .await;
     assert_eq!(count(&seen, 200, ""), 3, "{seen:?}");
     assert_eq!(count(&seen, 429, "rate_limited"), 5, "{seen:?}");
 }
@@ -555,7 +561,7 @@ async fn local_sync_deny_recovers_after_an_outage_and_from_one_at_start() {
     // An instance learns of the outage at its next sync, after the request that used a bucket.
     for g in &gates {
         until_status_for(
-            g.addr,
+            g.proxy,
             FLEET_KEY,
             503,
             "rate_limit_unavailable",
@@ -566,13 +572,13 @@ async fn local_sync_deny_recovers_after_an_outage_and_from_one_at_start() {
     // One that starts while Redis is down refuses too, having never reached it.
     let late = dir.join("instance-late.toml");
     std::fs::write(&late, &config).unwrap();
-    let mut late = KeygateProcess::start(&late).await;
+    let mut late = Process::start_proxy(&late).await;
     late.wait_log("the outage at start", |l| l.contains("Redis unavailable"))
         .await;
-    let resp = call(late.addr, FLEET_KEY).await;
+    let resp = call(late.proxy, FLEET_KEY).await;
     assert_problem(&resp, 503, "rate_limit_unavailable");
     gates.push(late);
-    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();
 
     redis.run();
     for addr in &addrs {
@@ -636,7 +642,7 @@ async fn a_frozen_redis_holds_no_request_and_is_used_again_once_it_answers() {
     let resp = within_for(
         Duration::from_secs(1),
         "local-sync on a frozen Redis",
-        call(gates[2].addr, FLEET_KEY),
+        call(gates[2].proxy, FLEET_KEY),
     )
     .await;
     assert_eq!(outcome(&resp), (200, String::new()));
@@ -652,7 +658,7 @@ async fn a_frozen_redis_holds_no_request_and_is_used_again_once_it_answers() {
         let mut seen = std::collections::BTreeMap::new();
         for _ in 0..10 {
             let asked = Instant::now();
-            let resp = call(g.addr, FLEET_KEY).await;
+            let resp = call(g.proxy, FLEET_KEY).await;
             let took = asked.elapsed();
             assert!(
                 took < Duration::from_secs(1),
@@ -671,13 +677,13 @@ async fn a_frozen_redis_holds_no_request_and_is_used_again_once_it_answers() {
     // most every 500 ms) ...
     for g in &gates {
         eventually_for(Duration::from_secs(5), "Redis answers again", async || {
-            let _ = call(g.addr, OTHER_KEY).await;
+            let _ = call(g.proxy, OTHER_KEY).await;
             (!g.lines(|l| l.contains("Redis answers again")).is_empty()).then_some(())
         })
         .await;
     }
     // ... and shares limits through it: one 3/minute across the two strict instances.
-    let strict = [gates[0].addr, gates[1].addr];
+    let strict = [gates[0].proxy, gates[1].proxy];
     let seen = spread(&strict, THIRD_KEY, 8, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 3, "{seen:?}");
     assert_eq!(count(&seen, 429, "rate_limited"), 5, "{seen:?}");
@@ -715,10 +721,10 @@ async fn a_revocation_on_one_instance_is_refused_by_another_within_a_second() {
     let b_path = dir.join("b/keygate.toml");
     std::fs::write(&a_path, &a_config).unwrap();
     std::fs::write(&b_path, &b_config).unwrap();
-    let mut a = KeygateProcess::start(&a_path).await;
-    let b = KeygateProcess::start(&b_path).await;
+    let mut a = Process::start_proxy(&a_path).await;
+    let b = Process::start_proxy(&b_path).await;
     let admin = a.wait_addr("admin API listening").await;
-    until_status(b.addr, FLEET_KEY, 200, "").await;
+    until_status(b.proxy, FLEET_KEY, 200, "").await;
     // Let B's subscription settle (it logs nothing): a change before it would only be seen by
     // its periodic check.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -729,7 +735,7 @@ async fn a_revocation_on_one_instance_is_refused_by_another_within_a_second() {
     assert!(deleted.status.is_success(), "{}", deleted.text());
     let revoked_at = Instant::now();
     until_status_for(
-        b.addr,
+        b.proxy,
         FLEET_KEY,
         403,
         "key_invalid",
@@ -737,7 +743,7 @@ async fn a_revocation_on_one_instance_is_refused_by_another_within_a_second() {
     )
     .await;
     eprintln!("refused by B after {:?}", revoked_at.elapsed());
-    let resp = call(b.addr, OTHER_KEY).await;
+    let resp = call(b.proxy, OTHER_KEY).await;
     assert_eq!(outcome(&resp), (200, String::new()));
     a.stop().await;
 }
@@ -777,13 +783,13 @@ async fn last_used_at_is_the_latest_use_on_any_instance() {
         instance_config(up.addr, &redis, "", &format!("{admin}{keys}")),
     )
     .unwrap();
-    let mut a = KeygateProcess::start(&a_path).await;
+    let mut a = Process::start_proxy(&a_path).await;
     let api =
         crate::harness::admin::Api::new(a.wait_addr("admin API listening").await, Some(ADMIN_KEY));
     let b = fleet(&dir, 1, &instance_config(up.addr, &redis, "", &keys)).await;
     assert!(api.get("/v1/keys/roaming").await.json()["last_used_at"].is_null());
 
-    let resp = call(b[0].addr, FLEET_KEY).await;
+    let resp = call(b[0].proxy, FLEET_KEY).await;
     assert_eq!(outcome(&resp), (200, String::new()));
     let started = Instant::now();
     let seen = loop {
@@ -829,7 +835,7 @@ async fn fleet_last_used_keeps_the_latest_and_is_written_in_batches() {
     for i in 0..40 {
         let secret = if i % 2 == 0 { FLEET_KEY } else { OTHER_KEY };
         assert_eq!(
-            outcome(&call(gate[0].addr, secret).await),
+            outcome(&call(gate[0].proxy, secret).await),
             (200, String::new())
         );
     }
@@ -889,7 +895,7 @@ async fn a_redis_cluster_shares_limits_too() {
         target_toml("main", &format!("http://{}", up.addr), ""),
     );
     let gates = fleet(&dir, 2, &config).await;
-    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();
     let seen = spread(&addrs, FLEET_KEY, 12, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 5, "{seen:?}");
     // The member's own 100/minute is not what binds: its consumer's 6/minute is.
@@ -969,7 +975,7 @@ async fn through_sentinel_limits_follow_a_failover() {
         key_toml("after", OTHER_KEY, "rate_limit = \"4/minute\""),
     );
     let mut gates = fleet(&dir, 2, &config).await;
-    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();
     let seen = spread(&addrs, FLEET_KEY, 12, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 5, "{seen:?}");
 
@@ -996,7 +1002,7 @@ async fn through_sentinel_limits_follow_a_failover() {
                 "an instance never followed the failover: {:#?}",
                 g.log()
             );
-            let _ = call(g.addr, FLEET_KEY).await;
+            let _ = call(g.proxy, FLEET_KEY).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

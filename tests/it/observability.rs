@@ -13,9 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::admin::*;
-use crate::harness::live::{
-    KeygateProcess, TempDir, key_toml, replace_file, server_toml, target_toml,
-};
+use crate::harness::live::{TempDir, key_toml, replace_file, server_toml, target_toml};
 use crate::harness::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -771,7 +769,7 @@ async fn metrics_listen_serves_only_metrics_when_the_admin_api_is_off() {
         ),
     )
     .unwrap();
-    let mut kg = KeygateProcess::start(&config).await;
+    let mut kg = Process::start_proxy(&config).await;
     let line = kg
         .wait_log("the metrics listening line", |l| {
             l.contains("metrics listening")
@@ -780,7 +778,7 @@ async fn metrics_listen_serves_only_metrics_when_the_admin_api_is_off() {
     assert!(line.contains(&format!("addr={metrics}")), "{line}");
     assert!(!kg.log().iter().any(|l| l.contains("admin API listening")));
 
-    assert_eq!(call(kg.addr, STATIC_SECRET).await.status, 200);
+    assert_eq!(call(kg.proxy, STATIC_SECRET).await.status, 200);
     let m = scrape_until(metrics, "the request counted", |m| {
         m.total("keygate_requests_total") == 1.0
     })
@@ -808,7 +806,7 @@ async fn metrics_listen_serves_only_metrics_when_the_admin_api_is_off() {
     let r = send(metrics, "POST", "/metrics", &[], empty()).await;
     assert_eq!(r.status, 404, "POST /metrics");
     // On the proxy's port, /metrics is just a path of target `main`, which needs a key.
-    assert_problem(&get(kg.addr, "/metrics", &[]).await, 403, "key_missing");
+    assert_problem(&get(kg.proxy, "/metrics", &[]).await, 403, "key_missing");
     let _ = kg.stop().await;
 }
 

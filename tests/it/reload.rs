@@ -444,22 +444,22 @@ async fn sighup_reloads_and_applies_a_change_the_watcher_cannot_see() {
 
     // The first periodic check comes at least PERIODIC_CHECK after this.
     let started = Instant::now();
-    let mut kg = KeygateProcess::start(&link).await;
-    assert_admitted(kg.addr, KEPT, "kept").await;
-    assert_admitted(kg.addr, REVOKED, "revoked").await;
+    let mut kg = Process::start_proxy(&link).await;
+    assert_admitted(kg.proxy, KEPT, "kept").await;
+    assert_admitted(kg.proxy, REVOKED, "revoked").await;
 
     std::fs::write(&real, plain_config(up.addr, &kept())).unwrap();
     let margin = Duration::from_millis(500);
     let blind_checked = started.elapsed() + HOLD_WINDOW + margin < PERIODIC_CHECK;
     if blind_checked {
         // Before the first periodic check, only SIGHUP can apply this edit.
-        keeps_status(kg.addr, &[(KEPT, 200, ""), (REVOKED, 200, "")]).await;
+        keeps_status(kg.proxy, &[(KEPT, 200, ""), (REVOKED, 200, "")]).await;
     } else {
         eprintln!("slow start: skipped the check that the watcher does not see the edit");
     }
 
     kg.hangup();
-    until_status(kg.addr, REVOKED, 403, "key_invalid").await;
+    until_status(kg.proxy, REVOKED, 403, "key_invalid").await;
     let by_signal = started.elapsed() + margin < PERIODIC_CHECK;
     let reloaded = |l: &str| l.contains("config reloaded");
     let line = kg
@@ -483,8 +483,8 @@ async fn sighup_reloads_and_applies_a_change_the_watcher_cannot_see() {
         .await;
     assert!(line.contains("trigger=Signal"), "{line}");
     assert!(line.contains("keys_removed=0"), "{line}");
-    assert_admitted(kg.addr, KEPT, "kept").await;
-    assert_problem(&call(kg.addr, REVOKED).await, 403, "key_invalid");
+    assert_admitted(kg.proxy, KEPT, "kept").await;
+    assert_problem(&call(kg.proxy, REVOKED).await, 403, "key_invalid");
     kg.assert_running();
     let log = kg.stop().await;
     assert_eq!(
@@ -502,8 +502,8 @@ async fn a_changed_listen_address_is_logged_as_needing_a_restart_and_ignored() {
     let path = dir.join("keygate.toml");
     let up = start_upstream("main").await;
     std::fs::write(&path, plain_config(up.addr, &(kept() + &revoked()))).unwrap();
-    let mut kg = KeygateProcess::start(&path).await;
-    assert_admitted(kg.addr, REVOKED, "revoked").await;
+    let mut kg = Process::start_proxy(&path).await;
+    assert_admitted(kg.proxy, REVOKED, "revoked").await;
 
     // An address that is reserved (bound) but not listening: nobody else can take it.
     let reserved = tokio::net::TcpSocket::new_v4().unwrap();
@@ -517,14 +517,14 @@ async fn a_changed_listen_address_is_logged_as_needing_a_restart_and_ignored() {
     );
     replace_file(&path, moved.as_bytes());
 
-    until_status(kg.addr, REVOKED, 403, "key_invalid").await;
+    until_status(kg.proxy, REVOKED, 403, "key_invalid").await;
     let line = kg
         .wait_log("the restart warning", |l| l.contains("listen changed"))
         .await;
     assert!(line.contains("restart"), "{line}");
     // `running` names the configured address ("127.0.0.1:0" here), not the bound one.
     assert!(line.contains(&format!("configured={elsewhere}")), "{line}");
-    assert_admitted(kg.addr, KEPT, "kept").await;
+    assert_admitted(kg.proxy, KEPT, "kept").await;
     assert!(
         TcpStream::connect(elsewhere).await.is_err(),
         "something listens on {elsewhere}"
@@ -542,8 +542,8 @@ async fn a_changed_admin_listen_address_is_logged_as_needing_a_restart() {
     let admin = |listen: &str| format!("\n[admin]\nlisten = \"{listen}\"\n");
     let first = plain_config(up.addr, &(kept() + &revoked())) + &admin("127.0.0.1:0");
     std::fs::write(&path, first).unwrap();
-    let mut kg = KeygateProcess::start(&path).await;
-    assert_admitted(kg.addr, REVOKED, "revoked").await;
+    let mut kg = Process::start_proxy(&path).await;
+    assert_admitted(kg.proxy, REVOKED, "revoked").await;
 
     let reserved = tokio::net::TcpSocket::new_v4().unwrap();
     reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -551,7 +551,7 @@ async fn a_changed_admin_listen_address_is_logged_as_needing_a_restart() {
     let moved = plain_config(up.addr, &kept()) + &admin(&elsewhere.to_string());
     replace_file(&path, moved.as_bytes());
 
-    until_status(kg.addr, REVOKED, 403, "key_invalid").await;
+    until_status(kg.proxy, REVOKED, 403, "key_invalid").await;
     let line = kg
         .wait_log("the admin restart warning", |l| {
             l.contains("[admin] listen changed")
@@ -578,23 +578,10 @@ async fn a_change_before_the_watch_starts_is_picked_up_at_once() {
     let (loaded, text) = load_quiet(&path).unwrap();
     // The revocation lands between `load` and `serve`.
     replace_file(&path, plain_config(up.addr, &kept()).as_bytes());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = path.clone();
-    runtime.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let _ = launch::serve(&served, loaded, &text, listener, None).await;
-    });
+    let gate = serve_live(&path, loaded, text);
     // `until_status` gives up after 3 s: before the periodic check could have done it.
-    until_status(addr, REVOKED, 403, "key_invalid").await;
-    assert_admitted(addr, KEPT, "kept").await;
-    runtime.shutdown_background();
+    until_status(gate.addr, REVOKED, 403, "key_invalid").await;
+    assert_admitted(gate.addr, KEPT, "kept").await;
 }
 
 /// A bad file is logged once, with file, line and column; writing the same bad content again
@@ -605,8 +592,8 @@ async fn a_bad_file_is_logged_once_with_file_line_and_column() {
     let path = dir.join("keygate.toml");
     let up = start_upstream("main").await;
     std::fs::write(&path, plain_config(up.addr, &(kept() + &revoked()))).unwrap();
-    let mut kg = KeygateProcess::start(&path).await;
-    assert_admitted(kg.addr, REVOKED, "revoked").await;
+    let mut kg = Process::start_proxy(&path).await;
+    assert_admitted(kg.proxy, REVOKED, "revoked").await;
 
     let good = plain_config(up.addr, &kept());
     let bad = format!(
@@ -628,10 +615,10 @@ async fn a_bad_file_is_logged_once_with_file_line_and_column() {
         n => Err(format!("{n} error lines")),
     })
     .await;
-    assert_admitted(kg.addr, REVOKED, "revoked").await;
+    assert_admitted(kg.proxy, REVOKED, "revoked").await;
 
     replace_file(&path, good.as_bytes());
-    until_status(kg.addr, REVOKED, 403, "key_invalid").await;
+    until_status(kg.proxy, REVOKED, 403, "key_invalid").await;
     kg.wait_log("the reload", |l| l.contains("config reloaded"))
         .await;
     kg.assert_running();

@@ -6,8 +6,7 @@
 //! Every wait is a bounded poll for the expected state, never a fixed sleep.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Output, Stdio};
-use std::time::Instant;
+use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
@@ -51,8 +50,6 @@ pub const OTHER_PATH: &str = "/other/x";
 pub const RELOAD_LIMIT: Duration = Duration::from_secs(10);
 /// Pause between two probes of a poll.
 pub const POLL_EVERY: Duration = Duration::from_millis(10);
-/// Most probes a poll makes, whatever the clock says.
-const MAX_PROBES: usize = 5_000;
 
 /// `sha256:<hex>` as keygate computes it.
 pub fn keygate_hash(secret: &str) -> String {
@@ -63,20 +60,8 @@ pub fn keygate_hash(secret: &str) -> String {
 // Polls
 // ---------------------------------------------------------------------------------------------
 
-/// Probes until `probe` returns `Some`, every [`POLL_EVERY`], for at most `limit`.
-pub async fn poll<T>(limit: Duration, what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    for _ in 0..MAX_PROBES {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        if start.elapsed() >= limit {
-            break;
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-    panic!("not within {limit:?}: {what}");
-}
+/// Probes until `probe` returns `Some`, every 10 ms, for at most `limit`.
+pub use super::live::eventually_for as poll;
 
 // ---------------------------------------------------------------------------------------------
 // Files
@@ -556,140 +541,7 @@ pub async fn try_send(
 // The binary
 // ---------------------------------------------------------------------------------------------
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
-/// `keygate run` as a child process, its log collected line by line. Killed when dropped.
-pub struct Process {
-    pub proxy: SocketAddr,
-    pub admin: SocketAddr,
-    child: tokio::process::Child,
-    log: Arc<Mutex<Vec<String>>>,
-    /// Its stdout, line by line, when started with [`Process::start_with`] asking for it.
-    stdout: Option<Arc<Mutex<Vec<String>>>>,
-}
-
-impl Process {
-    /// Runs the binary on `config` and waits until it logs where both listeners are.
-    pub async fn start(config: &Path) -> Process {
-        Process::start_with(config, "info", false).await
-    }
-
-    /// [`Process::start`] at `KEYGATE_LOG=level`, collecting stdout too when `stdout`.
-    pub async fn start_with(config: &Path, level: &str, stdout: bool) -> Process {
-        let (child, log, stdout) = super::live::spawn_logged_with(config, level, stdout);
-        let unset: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut p = Process {
-            proxy: unset,
-            admin: unset,
-            child,
-            log,
-            stdout,
-        };
-        p.admin = p
-            .wait_addr("admin API listening", "the admin API's listening line")
-            .await;
-        p.proxy = p
-            .wait_addr("keygate listening", "the proxy's listening line")
-            .await;
-        assert_ne!(p.admin.port(), p.proxy.port());
-        p
-    }
-
-    /// Waits (bounded) for a log line containing `marker` and returns its `addr=`.
-    async fn wait_addr(&mut self, marker: &str, what: &str) -> SocketAddr {
-        let line = self.wait_log(what, |l| l.contains(marker)).await;
-        super::logged_addr(&line)
-    }
-
-    /// Waits (bounded) for a log line that `pred` accepts and returns it.
-    pub async fn wait_log(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        let limit = Duration::from_secs(30);
-        for _ in 0..MAX_PROBES {
-            if let Some(line) = self.log().into_iter().find(|l| pred(l)) {
-                return line;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("keygate exited ({status}) before {what}: {:#?}", self.log());
-            }
-            if start.elapsed() >= limit {
-                break;
-            }
-            tokio::time::sleep(POLL_EVERY).await;
-        }
-        panic!("no {what} within {limit:?}: {:#?}", self.log());
-    }
-
-    pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Its stdout lines so far (empty unless started asking for them).
-    pub fn stdout(&self) -> Vec<String> {
-        self.stdout
-            .as_ref()
-            .map(|o| o.lock().unwrap().clone())
-            .unwrap_or_default()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id().expect("keygate has exited")
-    }
-
-    pub fn api(&self) -> Api {
-        Api::new(self.admin, Some(ADMIN_SECRET))
-    }
-
-    /// Sends SIGTERM with `kill -TERM <pid>` and waits (bounded) for the exit.
-    pub async fn terminate(mut self) -> (ExitStatus, Vec<String>) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
-        let exit = within("keygate's exit after SIGTERM", self.child.wait())
-            .await
-            .unwrap();
-        (exit, self.log())
-    }
-
-    /// [`Process::terminate`], then waits (bounded) until stderr and stdout are read to their
-    /// end; returns the exit, every stderr line and every stdout line.
-    pub async fn terminate_drained(self) -> (ExitStatus, Vec<String>, Vec<String>) {
-        let (log, stdout) = (self.log.clone(), self.stdout.clone());
-        let (exit, _) = self.terminate().await;
-        // Each reader lets go of its lines at the end of its stream.
-        let readers_done = || {
-            Arc::strong_count(&log) == 1
-                && stdout.as_ref().is_none_or(|o| Arc::strong_count(o) == 1)
-        };
-        poll(
-            Duration::from_secs(10),
-            "keygate's output to end",
-            async || readers_done().then_some(()),
-        )
-        .await;
-        let stdout = stdout
-            .map(|o| o.lock().unwrap().clone())
-            .unwrap_or_default();
-        let log = log.lock().unwrap().clone();
-        (exit, log, stdout)
-    }
-
-    /// Waits (bounded) for an exit that the test's own signals caused.
-    pub async fn wait_exit(mut self) -> (ExitStatus, Vec<String>) {
-        let exit = within("keygate's exit", self.child.wait()).await.unwrap();
-        (exit, self.log())
-    }
-
-    /// Sends SIGKILL and waits (bounded) for the exit.
-    pub async fn kill(mut self) -> ExitStatus {
-        self.child.start_kill().expect("SIGKILL");
-        within("keygate's exit after SIGKILL", self.child.wait())
-            .await
-            .unwrap()
-    }
-}
+pub use super::process::{BIN, Process};
 
 // ---------------------------------------------------------------------------------------------
 // Commands

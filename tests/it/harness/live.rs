@@ -7,14 +7,12 @@
 //! ([`holds_for`]).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio_rustls::client::TlsStream;
 
 use super::*;
@@ -27,7 +25,7 @@ pub const POLL_EVERY: Duration = Duration::from_millis(10);
 /// How long "nothing changes" is watched for.
 pub const HOLD_WINDOW: Duration = Duration::from_millis(500);
 /// Most probes a poll makes, whatever the clock says.
-const MAX_PROBES: usize = 2_000;
+const MAX_PROBES: usize = 5_000;
 
 /// Probes until `probe` returns `Some`, every [`POLL_EVERY`], for at most [`RELOAD_WAIT`].
 pub async fn eventually<T>(what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
@@ -201,11 +199,16 @@ impl Drop for Gate {
 /// Loads `path` and serves it on a fresh `127.0.0.1:0` listener with the real reloader (file
 /// watcher, SIGHUP, periodic check), exactly as `keygate run` does after binding.
 pub fn start_live(path: &Path) -> Gate {
-    watch_panics();
     let (loaded, text) = match super::load_quiet(path) {
         Ok(l) => l,
         Err(e) => panic!("test config {} is invalid: {e:#}", path.display()),
     };
+    serve_live(path, loaded, text)
+}
+
+/// Like [`start_live`], with the config already loaded (the file may have changed since).
+pub fn serve_live(path: &Path, loaded: keygate::config::Loaded, text: Vec<u8>) -> Gate {
+    watch_panics();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("keygate-live")
@@ -271,161 +274,6 @@ pub async fn keeps_status(addr: SocketAddr, expect: &[(&str, u16, &str)]) {
         Ok(())
     })
     .await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// keygate as a child process
-// ---------------------------------------------------------------------------------------------
-
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-/// Log lines kept from a child, at most.
-const MAX_LOG_LINES: usize = 100_000;
-
-/// Starts `keygate run --config <config>` (log level info, no colours) and collects its stderr
-/// line by line (at most [`MAX_LOG_LINES`]). The child is killed when dropped.
-pub fn spawn_logged(config: &Path) -> (tokio::process::Child, Arc<Mutex<Vec<String>>>) {
-    let (child, log, _) = spawn_logged_with(config, "info", false);
-    (child, log)
-}
-
-/// Like [`spawn_logged`], at `KEYGATE_LOG=level`, and with `stdout` also collected line by line
-/// (the access log's default destination) instead of discarded.
-pub fn spawn_logged_with(
-    config: &Path,
-    level: &str,
-    stdout: bool,
-) -> (tokio::process::Child, Lines, Option<Lines>) {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .env_remove("KEYGATE_CONFIG")
-        .env_remove("RUST_LOG")
-        .env("KEYGATE_LOG", level)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(if stdout {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run keygate");
-    let log = collect_lines(child.stderr.take().unwrap());
-    let out = child.stdout.take().map(collect_lines);
-    (child, log, out)
-}
-
-/// A child's output, line by line, as a reader task collects it.
-pub type Lines = Arc<Mutex<Vec<String>>>;
-
-/// Collects what `from` writes, line by line (at most [`MAX_LOG_LINES`]), until it closes.
-fn collect_lines(from: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Lines {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(from).lines();
-        for _ in 0..MAX_LOG_LINES {
-            match lines.next_line().await {
-                Ok(Some(line)) => sink.lock().unwrap().push(line),
-                _ => break,
-            }
-        }
-    });
-    log
-}
-
-/// `keygate run` as a child process, its log collected line by line. Killed when dropped.
-pub struct KeygateProcess {
-    pub addr: SocketAddr,
-    child: tokio::process::Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl KeygateProcess {
-    /// Runs the binary on `config` (which must listen on `127.0.0.1:0`) and waits until it
-    /// logs where it listens.
-    pub async fn start(config: &Path) -> KeygateProcess {
-        let (child, log) = spawn_logged(config);
-        let mut process = KeygateProcess {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            child,
-            log,
-        };
-        process.addr = process.wait_addr("keygate listening").await;
-        process
-    }
-
-    /// Waits (bounded) for the log line containing `marker` and returns its `addr=`.
-    pub async fn wait_addr(&mut self, marker: &str) -> SocketAddr {
-        let line = self.wait_log(marker, |l| l.contains(marker)).await;
-        super::logged_addr(&line)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id().expect("keygate has exited")
-    }
-
-    /// Every log line so far.
-    pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Log lines so far that `pred` accepts.
-    pub fn lines(&self, pred: impl Fn(&str) -> bool) -> Vec<String> {
-        self.log().into_iter().filter(|l| pred(l)).collect()
-    }
-
-    /// Waits (bounded) for a log line that `pred` accepts and returns it.
-    pub async fn wait_log(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        let limit = Duration::from_secs(20);
-        for _ in 0..MAX_PROBES {
-            if let Some(line) = self.log().into_iter().find(|l| pred(l)) {
-                return line;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("keygate exited ({status}) before {what}: {:#?}", self.log());
-            }
-            if start.elapsed() >= limit {
-                break;
-            }
-            tokio::time::sleep(POLL_EVERY).await;
-        }
-        panic!("no {what} within {limit:?}: {:#?}", self.log());
-    }
-
-    /// Sends SIGHUP with `kill -HUP <pid>`.
-    pub fn hangup(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -HUP failed: {status}");
-    }
-
-    /// Fails if the process has exited.
-    #[track_caller]
-    pub fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("keygate exited ({status}): {:#?}", self.log());
-        }
-    }
-
-    /// Kills the process and waits for it; returns the whole log.
-    pub async fn stop(mut self) -> Vec<String> {
-        let _ = self.child.start_kill();
-        within("keygate exit", self.child.wait()).await.unwrap();
-        // The reader task ends at EOF and lets go of the log: wait (bounded) for its last lines.
-        for _ in 0..200 {
-            if Arc::strong_count(&self.log) == 1 {
-                break;
-            }
-            tokio::time::sleep(POLL_EVERY).await;
-        }
-        self.log()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,50 +395,20 @@ pub fn alpn_of(tls: &TlsStream<TcpStream>) -> Option<String> {
 impl H1 {
     /// HTTP/1.1 over an established TLS connection.
     pub async fn over_tls(tls: TlsStream<TcpStream>) -> H1 {
-        let (sender, conn) = within(
-            "h1 handshake",
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        H1 { sender }
+        H1::over(tls).await
     }
 }
 
 impl H2 {
     /// HTTP/2 over an established TLS connection.
     pub async fn over_tls(tls: TlsStream<TcpStream>) -> H2 {
-        let (sender, conn) = within(
-            "h2 handshake",
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        H2 { sender }
+        H2::over(tls).await
     }
 }
 
 /// An HTTP/2 GET of `https://localhost{path}` with these headers.
 pub fn h2_get(path: &str, headers: &[(&str, &str)]) -> Request<TestBody> {
-    let mut req = Request::builder()
-        .method("GET")
-        .uri(format!("https://localhost{path}"))
-        .version(Version::HTTP_2)
-        .body(empty())
-        .unwrap();
-    for (k, v) in headers {
-        req.headers_mut().append(
-            HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    req
+    h2_request_to("GET", &format!("https://localhost{path}"), headers, empty())
 }
 
 // ---------------------------------------------------------------------------------------------

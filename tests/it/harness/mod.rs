@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod launch;
 pub mod live;
 pub mod policy;
+pub mod process;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,6 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 pub use gateway::{GatewayBuilder, Gw, consumer, gateway, key, target};
+pub use process::Process;
 
 /// The longest any single network step of a test may take before the test fails.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -729,6 +731,31 @@ pub fn request(
     req
 }
 
+/// The request methods of [`H1`] and [`H2`]: the same on either sender.
+macro_rules! client_methods {
+    () => {
+        /// Sends a request and reads the whole response.
+        pub async fn send(&mut self, req: Request<TestBody>) -> Resp {
+            into_resp(self.send_streaming(req).await).await
+        }
+
+        /// Sends a request and returns as soon as the response head is in; the body still
+        /// streams.
+        pub async fn send_streaming(&mut self, req: Request<TestBody>) -> Response<Incoming> {
+            within("connection ready", self.sender.ready())
+                .await
+                .expect("connection closed");
+            within("response head", self.sender.send_request(req))
+                .await
+                .expect("request failed")
+        }
+
+        pub fn is_closed(&self) -> bool {
+            self.sender.is_closed()
+        }
+    };
+}
+
 /// One HTTP/1.1 client connection (keep-alive: send as many requests as you like on it).
 pub struct H1 {
     sender: hyper::client::conn::http1::SendRequest<TestBody>,
@@ -737,9 +764,17 @@ pub struct H1 {
 impl H1 {
     pub async fn connect(addr: SocketAddr) -> H1 {
         let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+        H1::over(stream).await
+    }
+
+    /// HTTP/1.1 over an established connection (TCP from a chosen source, TLS, ...).
+    pub async fn over<S>(io: S) -> H1
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = within(
             "h1 handshake",
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)),
+            hyper::client::conn::http1::handshake(TokioIo::new(io)),
         )
         .await
         .unwrap();
@@ -749,24 +784,7 @@ impl H1 {
         H1 { sender }
     }
 
-    /// Sends a request and reads the whole response.
-    pub async fn send(&mut self, req: Request<TestBody>) -> Resp {
-        into_resp(self.send_streaming(req).await).await
-    }
-
-    /// Sends a request and returns as soon as the response head is in; the body still streams.
-    pub async fn send_streaming(&mut self, req: Request<TestBody>) -> Response<Incoming> {
-        within("connection ready", self.sender.ready())
-            .await
-            .expect("connection closed");
-        within("response head", self.sender.send_request(req))
-            .await
-            .expect("request failed")
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
-    }
+    client_methods!();
 }
 
 /// A GET on a fresh HTTP/1.1 connection.
@@ -791,9 +809,17 @@ pub struct H2 {
 impl H2 {
     pub async fn connect(addr: SocketAddr) -> H2 {
         let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+        H2::over(stream).await
+    }
+
+    /// HTTP/2 over an established connection (e.g. TLS).
+    pub async fn over<S>(io: S) -> H2
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = within(
             "h2 handshake",
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)),
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
         )
         .await
         .unwrap();
@@ -803,22 +829,7 @@ impl H2 {
         H2 { sender }
     }
 
-    pub async fn send(&mut self, req: Request<TestBody>) -> Resp {
-        into_resp(self.send_streaming(req).await).await
-    }
-
-    pub async fn send_streaming(&mut self, req: Request<TestBody>) -> Response<Incoming> {
-        within("connection ready", self.sender.ready())
-            .await
-            .expect("connection closed");
-        within("response head", self.sender.send_request(req))
-            .await
-            .expect("request failed")
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
-    }
+    client_methods!();
 }
 
 /// An HTTP/2 request for `http://{authority}{path}` (HTTP/2 carries the host as `:authority`).
@@ -829,9 +840,19 @@ pub fn h2_request(
     headers: &[(&str, &str)],
     body: TestBody,
 ) -> Request<TestBody> {
+    h2_request_to(method, &format!("http://{authority}{path}"), headers, body)
+}
+
+/// An HTTP/2 request for the absolute `uri`, headers appended in order.
+pub fn h2_request_to(
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: TestBody,
+) -> Request<TestBody> {
     let mut req = Request::builder()
         .method(method)
-        .uri(format!("http://{authority}{path}"))
+        .uri(uri)
         .version(Version::HTTP_2)
         .body(body)
         .unwrap();

@@ -6,7 +6,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket};
 
 use super::{H1, Resp, TestBody, empty, request, watch_panics, within};
@@ -32,16 +31,7 @@ pub async fn connect_from(from: IpAddr, addr: SocketAddr) -> H1 {
         .await
         .unwrap_or_else(|e| panic!("cannot connect from {from} to {addr}: {e}"));
     assert_eq!(stream.local_addr().unwrap().ip(), from);
-    let (sender, conn) = within(
-        "h1 handshake",
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    H1 { sender }
+    H1::over(stream).await
 }
 
 /// Sends `req` on a fresh connection from `from` and reads the whole response.
