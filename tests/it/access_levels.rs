@@ -2,28 +2,44 @@
 
 use crate::harness::*;
 
-const READER: &str = "kg_reader_YWNjZXNzVGVzdFJlYWRlcktleV8wMDAwMDAwMDE";
-const WRITER: &str = "kg_writer_YWNjZXNzVGVzdFdyaXRlcktleV8wMDAwMDAwMDE";
-const CONV: &str = "kg_conv_YWNjZXNzVGVzdENvbnZLZXlfMDAwMDAwMDAwMDAwMDE";
-const CONV_READER: &str = "kg_convro_YWNjZXNzVGVzdENvbnZSZWFkZXJLZXlfMDAwMDE";
-
 async fn gateway() -> Gw {
     crate::harness::gateway()
-        .key(key("reader", READER).access("read-only"))
-        .key(key("writer", WRITER).access("read-write"))
-        .key(key("conv", CONV).paths(&["/conv", "/reports/2026"]))
         .key(
-            key("conv-reader", CONV_READER)
-                .access("read-only")
-                .paths(&["/conv"]),
+            key(
+                "reader",
+                "kg_reader_YWNjZXNzVGVzdFJlYWRlcktleV8wMDAwMDAwMDE",
+            )
+            .access("read-only"),
+        )
+        .key(
+            key(
+                "writer",
+                "kg_writer_YWNjZXNzVGVzdFdyaXRlcktleV8wMDAwMDAwMDE",
+            )
+            .access("read-write"),
+        )
+        .key(
+            key(
+                "conv",
+                "kg_conv_YWNjZXNzVGVzdENvbnZLZXlfMDAwMDAwMDAwMDAwMDE",
+            )
+            .paths(&["/conv", "/reports/2026"]),
+        )
+        .key(
+            key(
+                "conv-reader",
+                "kg_convro_YWNjZXNzVGVzdENvbnZSZWFkZXJLZXlfMDAwMDE",
+            )
+            .access("read-only")
+            .paths(&["/conv"]),
         )
         .start()
         .await
 }
 
-/// `method` on `path` with `secret`; a write carries a small JSON body.
-async fn call(gw: &Gw, method: &str, path: &str, secret: &str) -> Resp {
-    let req = gw.request(method, path).key(secret);
+/// `method` on `path` with key `id`; a write carries a small JSON body.
+async fn call(gw: &Gw, method: &str, path: &str, id: &str) -> Resp {
+    let req = gw.request(method, path).key_of(id);
     if matches!(method, "POST" | "PUT" | "PATCH") {
         req.body("{\"x\":1}").send().await
     } else {
@@ -35,7 +51,7 @@ async fn call(gw: &Gw, method: &str, path: &str, secret: &str) -> Resp {
 async fn read_only_allows_get_head_and_options() {
     let gw = gateway().await;
     for method in ["GET", "HEAD", "OPTIONS"] {
-        let resp = call(&gw, method, "/r", READER).await;
+        let resp = call(&gw, method, "/r", "reader").await;
         assert_eq!(resp.status, 200, "{method}: {}", resp.text());
         assert_eq!(resp.header("x-upstream"), Some("main"), "{method}");
     }
@@ -46,11 +62,11 @@ async fn read_only_allows_get_head_and_options() {
 async fn read_only_refuses_every_other_method() {
     let gw = gateway().await;
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
-        let resp = call(&gw, method, "/r", READER).await;
+        let resp = call(&gw, method, "/r", "reader").await;
         assert_problem(&resp, 403, "access_denied");
     }
     // An extension method is not a read either.
-    let resp = call(&gw, "PROPFIND", "/r", READER).await;
+    let resp = call(&gw, "PROPFIND", "/r", "reader").await;
     assert_problem(&resp, 403, "access_denied");
     assert_eq!(gw.hits(), 0);
 }
@@ -59,7 +75,7 @@ async fn read_only_refuses_every_other_method() {
 async fn read_write_allows_every_method() {
     let gw = gateway().await;
     for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
-        let resp = call(&gw, method, "/r", WRITER).await;
+        let resp = call(&gw, method, "/r", "writer").await;
         assert_eq!(resp.echo().method, method);
     }
     assert_eq!(gw.hits(), 5);
@@ -76,7 +92,7 @@ async fn paths_allow_their_prefixes_on_whole_segments() {
         "/reports/2026",
         "/reports/2026/11",
     ] {
-        let echo = call(&gw, "GET", path, CONV).await.echo();
+        let echo = call(&gw, "GET", path, "conv").await.echo();
         assert_eq!(echo.uri, path, "the path reaches the upstream unchanged");
     }
     for path in [
@@ -90,7 +106,7 @@ async fn paths_allow_their_prefixes_on_whole_segments() {
         "/reports/20261",
         "/CONV",
     ] {
-        let resp = call(&gw, "GET", path, CONV).await;
+        let resp = call(&gw, "GET", path, "conv").await;
         assert_problem(&resp, 403, "access_denied");
     }
     assert_eq!(gw.hits(), 6);
@@ -110,13 +126,14 @@ async fn paths_cannot_be_escaped_with_dot_segments_or_encodings() {
         "/conv/%2F..%2Fadmin",
         "/conv/..%5cadmin",
     ] {
-        let resp = call(&gw, "GET", path, CONV).await;
+        let resp = call(&gw, "GET", path, "conv").await;
         assert_problem(&resp, 403, "access_denied");
     }
     // Sent byte for byte, in case a client library would tidy the path.
+    let conv = gw.secret("conv");
     for path in ["/conv/../admin", "/conv/%2e%2e/admin", "/conv/..\\admin"] {
         let head = format!(
-            "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {CONV}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {conv}\r\nConnection: close\r\n\r\n"
         );
         let resp = raw_exchange(gw.addr, head.as_bytes()).await;
         gw.assert_no_secret(&resp);
@@ -131,12 +148,12 @@ async fn paths_cannot_be_escaped_with_dot_segments_or_encodings() {
 #[tokio::test]
 async fn method_and_path_restrictions_combine() {
     let gw = gateway().await;
-    assert_eq!(call(&gw, "GET", "/conv/x", CONV_READER).await.status, 200);
-    let resp = call(&gw, "POST", "/conv/x", CONV_READER).await;
+    assert_eq!(call(&gw, "GET", "/conv/x", "conv-reader").await.status, 200);
+    let resp = call(&gw, "POST", "/conv/x", "conv-reader").await;
     assert_problem(&resp, 403, "access_denied");
-    let resp = call(&gw, "GET", "/admin", CONV_READER).await;
+    let resp = call(&gw, "GET", "/admin", "conv-reader").await;
     assert_problem(&resp, 403, "access_denied");
     // A path-limited read-write key may write inside its paths.
-    assert_eq!(call(&gw, "DELETE", "/conv/x", CONV).await.status, 200);
+    assert_eq!(call(&gw, "DELETE", "/conv/x", "conv").await.status, 200);
     assert_eq!(gw.hits(), 2);
 }

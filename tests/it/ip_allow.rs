@@ -5,31 +5,59 @@ use std::net::SocketAddr;
 use crate::harness::policy::*;
 use crate::harness::*;
 
-const PINNED: &str = "kg_pinned_aXBBbGxvd1Rlc3RQaW5uZWRLZXlfMDAwMDAwMDE";
-const OFFICE: &str = "kg_office_aXBBbGxvd1Rlc3RPZmZpY2VLZXlfMDAwMDAwMDE";
-const LAB: &str = "kg_lab_aXBBbGxvd1Rlc3RMYWJLZXlfMDAwMDAwMDAwMDAwMDE";
-const OPEN: &str = "kg_open_aXBBbGxvd1Rlc3RPcGVuS2V5XzAwMDAwMDAwMDAwMDE";
-const NET: &str = "kg_net_aXBBbGxvd1Rlc3ROZXRLZXlfMDAwMDAwMDAwMDAwMDE";
-const V6: &str = "kg_v6_aXBBbGxvd1Rlc3RWNktleV8wMDAwMDAwMDAwMDAwMDAwMDE";
-const V4_ONLY: &str = "kg_v4only_aXBBbGxvd1Rlc3RWNE9ubHlLZXlfMDAwMDAwMDE";
-
 /// The gateway, not started yet (the IPv6 tests choose its listen address).
 fn gateway() -> GatewayBuilder {
     crate::harness::gateway()
         // 127.0.0.0 - 127.0.0.3
         .consumer(consumer("office").allow_ips(&["127.0.0.0/30"]))
         .consumer(consumer("lab").allow_ips(&["127.0.0.3"]))
-        .key(key("pinned", PINNED).allow_ips(&["127.0.0.2"]))
         .key(
-            key("office-key", OFFICE)
-                .consumer("office")
-                .allow_ips(&["127.0.0.2", "127.0.0.5"]),
+            key(
+                "pinned",
+                "kg_pinned_aXBBbGxvd1Rlc3RQaW5uZWRLZXlfMDAwMDAwMDE",
+            )
+            .allow_ips(&["127.0.0.2"]),
         )
-        .key(key("lab-key", LAB).consumer("lab"))
-        .key(key("open", OPEN).allow_ips(&[]))
-        .key(key("net", NET).allow_ips(&["127.0.8.0/24", "2001:db8::/32"]))
-        .key(key("v6", V6).allow_ips(&["::1"]))
-        .key(key("v4-only", V4_ONLY).allow_ips(&["127.0.0.1"]))
+        .key(
+            key(
+                "office-key",
+                "kg_office_aXBBbGxvd1Rlc3RPZmZpY2VLZXlfMDAwMDAwMDE",
+            )
+            .consumer("office")
+            .allow_ips(&["127.0.0.2", "127.0.0.5"]),
+        )
+        .key(
+            key(
+                "lab-key",
+                "kg_lab_aXBBbGxvd1Rlc3RMYWJLZXlfMDAwMDAwMDAwMDAwMDE",
+            )
+            .consumer("lab"),
+        )
+        .key(
+            key(
+                "open",
+                "kg_open_aXBBbGxvd1Rlc3RPcGVuS2V5XzAwMDAwMDAwMDAwMDE",
+            )
+            .allow_ips(&[]),
+        )
+        .key(
+            key("net", "kg_net_aXBBbGxvd1Rlc3ROZXRLZXlfMDAwMDAwMDAwMDAwMDE")
+                .allow_ips(&["127.0.8.0/24", "2001:db8::/32"]),
+        )
+        .key(
+            key(
+                "v6",
+                "kg_v6_aXBBbGxvd1Rlc3RWNktleV8wMDAwMDAwMDAwMDAwMDAwMDE",
+            )
+            .allow_ips(&["::1"]),
+        )
+        .key(
+            key(
+                "v4-only",
+                "kg_v4only_aXBBbGxvd1Rlc3RWNE9ubHlLZXlfMDAwMDAwMDE",
+            )
+            .allow_ips(&["127.0.0.1"]),
+        )
 }
 
 #[track_caller]
@@ -41,16 +69,16 @@ fn assert_passed(resp: &Resp, key_id: &str) {
 async fn key_allowed_from_one_address_works_there_and_nowhere_else() {
     let gw = gateway().start().await;
     assert_passed(
-        &gw.get("/r").key(PINNED).from("127.0.0.2").send().await,
+        &gw.get("/r").key_of("pinned").from("127.0.0.2").send().await,
         "pinned",
     );
     for from in ["127.0.0.1", "127.0.0.3", "127.0.0.22"] {
-        let resp = gw.get("/r").key(PINNED).from(from).send().await;
+        let resp = gw.get("/r").key_of("pinned").from(from).send().await;
         assert_problem(&resp, 403, "ip_not_allowed");
     }
     // Through the query parameter too: the check is on the key, not on how it came.
     let resp = gw
-        .get(&format!("/r?api_key={PINNED}"))
+        .get(&format!("/r?api_key={}", gw.secret("pinned")))
         .from("127.0.0.1")
         .send()
         .await;
@@ -68,14 +96,28 @@ async fn key_and_consumer_lists_must_both_allow_the_client() {
     let gw = gateway().start().await;
     // Both allow 127.0.0.2.
     assert_passed(
-        &gw.get("/r").key(OFFICE).from("127.0.0.2").send().await,
+        &gw.get("/r")
+            .key_of("office-key")
+            .from("127.0.0.2")
+            .send()
+            .await,
         "office-key",
     );
     // The consumer allows 127.0.0.1, the key does not.
-    let resp = gw.get("/r").key(OFFICE).from("127.0.0.1").send().await;
+    let resp = gw
+        .get("/r")
+        .key_of("office-key")
+        .from("127.0.0.1")
+        .send()
+        .await;
     assert_problem(&resp, 403, "ip_not_allowed");
     // The key allows 127.0.0.5, the consumer does not.
-    let resp = gw.get("/r").key(OFFICE).from("127.0.0.5").send().await;
+    let resp = gw
+        .get("/r")
+        .key_of("office-key")
+        .from("127.0.0.5")
+        .send()
+        .await;
     assert_problem(&resp, 403, "ip_not_allowed");
     assert_eq!(gw.hits(), 1);
 }
@@ -84,11 +126,15 @@ async fn key_and_consumer_lists_must_both_allow_the_client() {
 async fn a_consumer_list_applies_to_keys_without_their_own() {
     let gw = gateway().start().await;
     assert_passed(
-        &gw.get("/r").key(LAB).from("127.0.0.3").send().await,
+        &gw.get("/r")
+            .key_of("lab-key")
+            .from("127.0.0.3")
+            .send()
+            .await,
         "lab-key",
     );
     for from in ["127.0.0.1", "127.0.0.2"] {
-        let resp = gw.get("/r").key(LAB).from(from).send().await;
+        let resp = gw.get("/r").key_of("lab-key").from(from).send().await;
         assert_problem(&resp, 403, "ip_not_allowed");
     }
     assert_eq!(gw.hits(), 1);
@@ -98,7 +144,7 @@ async fn a_consumer_list_applies_to_keys_without_their_own() {
 async fn an_empty_list_allows_any_address() {
     let gw = gateway().start().await;
     for from in ["127.0.0.1", "127.0.0.2", "127.0.0.200"] {
-        assert_passed(&gw.get("/r").key(OPEN).from(from).send().await, "open");
+        assert_passed(&gw.get("/r").key_of("open").from(from).send().await, "open");
     }
     assert_eq!(gw.hits(), 3);
 }
@@ -107,10 +153,10 @@ async fn an_empty_list_allows_any_address() {
 async fn networks_match_every_address_inside_them() {
     let gw = gateway().start().await;
     for from in ["127.0.8.1", "127.0.8.254"] {
-        assert_passed(&gw.get("/r").key(NET).from(from).send().await, "net");
+        assert_passed(&gw.get("/r").key_of("net").from(from).send().await, "net");
     }
     for from in ["127.0.7.255", "127.0.9.0", "127.0.0.1"] {
-        let resp = gw.get("/r").key(NET).from(from).send().await;
+        let resp = gw.get("/r").key_of("net").from(from).send().await;
         assert_problem(&resp, 403, "ip_not_allowed");
     }
 }
@@ -128,18 +174,22 @@ async fn ipv6_clients_match_ipv6_rules() {
         return;
     };
     let from = "::1";
-    assert_passed(&gw.get("/r").key(V6).from(from).send().await, "v6");
-    assert_passed(&gw.get("/r").key(OPEN).from(from).send().await, "open");
-    for secret in [V4_ONLY, PINNED, NET, LAB] {
-        let resp = gw.get("/r").key(secret).from(from).send().await;
+    assert_passed(&gw.get("/r").key_of("v6").from(from).send().await, "v6");
+    assert_passed(&gw.get("/r").key_of("open").from(from).send().await, "open");
+    for id in ["v4-only", "pinned", "net", "lab-key"] {
+        let resp = gw.get("/r").key_of(id).from(from).send().await;
         assert_problem(&resp, 403, "ip_not_allowed");
     }
     // And the IPv6-only key is refused to an IPv4 client of an IPv4 listener.
     let v4 = gateway().start().await;
-    let resp = v4.get("/r").key(V6).from("127.0.0.1").send().await;
+    let resp = v4.get("/r").key_of("v6").from("127.0.0.1").send().await;
     assert_problem(&resp, 403, "ip_not_allowed");
     assert_passed(
-        &v4.get("/r").key(V4_ONLY).from("127.0.0.1").send().await,
+        &v4.get("/r")
+            .key_of("v4-only")
+            .from("127.0.0.1")
+            .send()
+            .await,
         "v4-only",
     );
 }
@@ -157,7 +207,7 @@ async fn ipv4_mapped_peers_match_ipv4_rules() {
     let v4 = SocketAddr::new(ip("127.0.0.1"), gw.addr.port());
     let resp = gw
         .get("/r")
-        .key(V4_ONLY)
+        .key_of("v4-only")
         .from("127.0.0.1")
         .to(v4)
         .send()
@@ -168,12 +218,18 @@ async fn ipv4_mapped_peers_match_ipv4_rules() {
     assert_eq!(echo.one("x-forwarded-for"), Some("127.0.0.1"));
     let resp = gw
         .get("/r")
-        .key(PINNED)
+        .key_of("pinned")
         .from("127.0.0.2")
         .to(v4)
         .send()
         .await;
     assert_passed(&resp, "pinned");
-    let resp = gw.get("/r").key(V6).from("127.0.0.1").to(v4).send().await;
+    let resp = gw
+        .get("/r")
+        .key_of("v6")
+        .from("127.0.0.1")
+        .to(v4)
+        .send()
+        .await;
     assert_problem(&resp, 403, "ip_not_allowed");
 }

@@ -6,20 +6,6 @@
 use crate::harness::policy::*;
 use crate::harness::*;
 
-/// Key `metered`: 3/minute.
-const METERED: &str = "kg_metered_cmF0ZVRlc3RNZXRlcmVkS2V5XzAwMDAwMDAwMQ";
-/// Key `other-metered`: 3/minute, its own bucket.
-const OTHER: &str = "kg_othermet_cmF0ZVRlc3RPdGhlck1ldGVyZWRLZXlfMDAx";
-/// Key `free`: no limit, no consumer.
-const FREE: &str = "kg_free_cmF0ZVRlc3RGcmVlS2V5XzAwMDAwMDAwMDAwMDAwMQ";
-/// Keys `team-a` and `team-b` of consumer `team` (2/minute); no limits of their own.
-const TEAM_A: &str = "kg_teama_cmF0ZVRlc3RUZWFtQUtleV8wMDAwMDAwMDAwMDE";
-const TEAM_B: &str = "kg_teamb_cmF0ZVRlc3RUZWFtQktleV8wMDAwMDAwMDAwMDE";
-/// Key `both` (2/minute) of consumer `big` (5/minute).
-const BOTH: &str = "kg_both_cmF0ZVRlc3RCb3RoS2V5XzAwMDAwMDAwMDAwMDAwMQ";
-/// Key `hourly`: 2/hour.
-const HOURLY: &str = "kg_hourly_cmF0ZVRlc3RIb3VybHlLZXlfMDAwMDAwMDAwMQ";
-
 /// Host of target `dead`, whose upstream port is closed.
 const DEAD_HOST: &str = "dead.example.com";
 
@@ -33,19 +19,44 @@ async fn gateway() -> Gw {
         )
         .consumer(consumer("team").rate_limit("2/minute"))
         .consumer(consumer("big").rate_limit("5/minute"))
-        .key(key("metered", METERED).rate_limit("3/minute"))
-        .key(key("other-metered", OTHER).rate_limit("3/minute"))
-        .key(key("free", FREE))
-        .key(key("team-a", TEAM_A).consumer("team"))
-        .key(key("team-b", TEAM_B).consumer("team"))
-        .key(key("both", BOTH).consumer("big").rate_limit("2/minute"))
-        .key(key("hourly", HOURLY).rate_limit("2/hour"))
+        // Key `metered`: 3/minute.
+        .key(
+            key(
+                "metered",
+                "kg_metered_cmF0ZVRlc3RNZXRlcmVkS2V5XzAwMDAwMDAwMQ",
+            )
+            .rate_limit("3/minute"),
+        )
+        // Key `other-metered`: 3/minute, its own bucket.
+        .key(
+            key(
+                "other-metered",
+                "kg_othermet_cmF0ZVRlc3RPdGhlck1ldGVyZWRLZXlfMDAx",
+            )
+            .rate_limit("3/minute"),
+        )
+        // Key `free`: no limit, no consumer.
+        .key(key(
+            "free",
+            "kg_free_cmF0ZVRlc3RGcmVlS2V5XzAwMDAwMDAwMDAwMDAwMQ",
+        ))
+        // Keys `team-a` and `team-b` of consumer `team` (2/minute); no limits of their own.
+        .key(key("team-a", "kg_teama_cmF0ZVRlc3RUZWFtQUtleV8wMDAwMDAwMDAwMDE").consumer("team"))
+        .key(key("team-b", "kg_teamb_cmF0ZVRlc3RUZWFtQktleV8wMDAwMDAwMDAwMDE").consumer("team"))
+        // Key `both` (2/minute) of consumer `big` (5/minute).
+        .key(
+            key("both", "kg_both_cmF0ZVRlc3RCb3RoS2V5XzAwMDAwMDAwMDAwMDAwMQ")
+                .consumer("big")
+                .rate_limit("2/minute"),
+        )
+        // Key `hourly`: 2/hour.
+        .key(key("hourly", "kg_hourly_cmF0ZVRlc3RIb3VybHlLZXlfMDAwMDAwMDAwMQ").rate_limit("2/hour"))
         .start()
         .await
 }
 
-async fn call(gw: &Gw, secret: &str) -> Resp {
-    gw.get("/r").key(secret).send().await
+async fn call(gw: &Gw, id: &str) -> Resp {
+    gw.get("/r").key_of(id).send().await
 }
 
 /// Checks a 429 `rate_limited`: problem+json and a `Retry-After` in whole seconds within
@@ -66,7 +77,7 @@ async fn three_per_minute_lets_three_pass_and_refuses_the_fourth() {
     let gw = gateway().await;
     let mut last_reset = 0;
     for expected_remaining in [2, 1, 0] {
-        let resp = call(&gw, METERED).await;
+        let resp = call(&gw, "metered").await;
         assert_eq!(resp.echo().one("x-keygate-key-id"), Some("metered"));
         assert_eq!(num_header(&resp, "ratelimit-limit"), 3);
         assert_eq!(num_header(&resp, "ratelimit-remaining"), expected_remaining);
@@ -85,7 +96,7 @@ async fn three_per_minute_lets_three_pass_and_refuses_the_fourth() {
         );
     }
     // Nothing refills within this test: 3/minute is one request every 20 s.
-    let resp = call(&gw, METERED).await;
+    let resp = call(&gw, "metered").await;
     let retry = assert_rate_limited(&resp, 20);
     assert_eq!(resp.header("cache-control"), Some("no-store"));
     assert_eq!(num_header(&resp, "ratelimit-limit"), 3);
@@ -96,7 +107,7 @@ async fn three_per_minute_lets_three_pass_and_refuses_the_fourth() {
     let state = must_header(&resp, "ratelimit");
     assert!(state.contains("\"key\";r=0"), "{state}");
     // Still refused, and never sent upstream.
-    let again = call(&gw, METERED).await;
+    let again = call(&gw, "metered").await;
     let retry_again = assert_rate_limited(&again, 20);
     assert!(retry_again <= retry);
     assert_eq!(gw.hits(), 3);
@@ -107,44 +118,49 @@ async fn three_per_minute_lets_three_pass_and_refuses_the_fourth() {
 async fn keys_without_limits_get_no_rate_limit_headers() {
     let gw = gateway().await;
     for _ in 0..5 {
-        let resp = call(&gw, FREE).await;
+        let resp = call(&gw, "free").await;
         assert_eq!(resp.status, 200);
         assert_no_rate_headers(&resp);
     }
     // Nor does a denial before any key is known.
-    assert_no_rate_headers(&call(&gw, "kg_unknown_key_for_rate_tests").await);
+    let unknown = gw
+        .get("/r")
+        .key("kg_unknown_key_for_rate_tests")
+        .send()
+        .await;
+    assert_no_rate_headers(&unknown);
 }
 
 #[tokio::test]
 async fn each_key_has_its_own_bucket() {
     let gw = gateway().await;
     for _ in 0..3 {
-        assert_eq!(call(&gw, METERED).await.status, 200);
+        assert_eq!(call(&gw, "metered").await.status, 200);
     }
-    assert_rate_limited(&call(&gw, METERED).await, 20);
-    let resp = call(&gw, OTHER).await;
+    assert_rate_limited(&call(&gw, "metered").await, 20);
+    let resp = call(&gw, "other-metered").await;
     assert_eq!(resp.echo().one("x-keygate-key-id"), Some("other-metered"));
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 2);
-    assert_eq!(call(&gw, FREE).await.status, 200);
+    assert_eq!(call(&gw, "free").await.status, 200);
     assert_eq!(gw.hits(), 5);
 }
 
 #[tokio::test]
 async fn a_consumers_keys_share_one_bucket() {
     let gw = gateway().await;
-    let a = call(&gw, TEAM_A).await;
+    let a = call(&gw, "team-a").await;
     assert_eq!(a.echo().one("x-keygate-key-id"), Some("team-a"));
     assert_eq!(num_header(&a, "ratelimit-limit"), 2);
     assert_eq!(num_header(&a, "ratelimit-remaining"), 1);
     let policy = must_header(&a, "ratelimit-policy");
     assert!(policy.contains("\"consumer\";q=2;w=60"), "{policy}");
     assert!(!policy.contains("\"key\""), "{policy}");
-    let b = call(&gw, TEAM_B).await;
+    let b = call(&gw, "team-b").await;
     assert_eq!(b.echo().one("x-keygate-key-id"), Some("team-b"));
     assert_eq!(num_header(&b, "ratelimit-remaining"), 0);
     // The consumer's two requests are spent, whichever key asks next.
-    for secret in [TEAM_A, TEAM_B] {
-        let resp = call(&gw, secret).await;
+    for id in ["team-a", "team-b"] {
+        let resp = call(&gw, id).await;
         assert_rate_limited(&resp, 30);
         assert_eq!(num_header(&resp, "ratelimit-remaining"), 0);
         assert!(must_header(&resp, "ratelimit").contains("\"consumer\";r=0"));
@@ -155,7 +171,7 @@ async fn a_consumers_keys_share_one_bucket() {
 #[tokio::test]
 async fn key_and_consumer_limits_both_apply_and_both_are_reported() {
     let gw = gateway().await;
-    let resp = call(&gw, BOTH).await;
+    let resp = call(&gw, "both").await;
     assert_eq!(resp.status, 200);
     let policy = must_header(&resp, "ratelimit-policy");
     assert!(policy.contains("\"key\";q=2;w=60"), "{policy}");
@@ -166,9 +182,9 @@ async fn key_and_consumer_limits_both_apply_and_both_are_reported() {
     // The single-limit fields show the limit closest to refusing: the key's.
     assert_eq!(num_header(&resp, "ratelimit-limit"), 2);
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 1);
-    assert_eq!(call(&gw, BOTH).await.status, 200);
+    assert_eq!(call(&gw, "both").await.status, 200);
     // The key's 2/minute refuses before the consumer's 5/minute.
-    let resp = call(&gw, BOTH).await;
+    let resp = call(&gw, "both").await;
     assert_rate_limited(&resp, 30);
     assert!(must_header(&resp, "ratelimit-policy").contains("\"key\";q=2;w=60"));
     assert_eq!(gw.hits(), 2);
@@ -177,12 +193,12 @@ async fn key_and_consumer_limits_both_apply_and_both_are_reported() {
 #[tokio::test]
 async fn per_hour_limits_report_an_hour_window() {
     let gw = gateway().await;
-    let first = call(&gw, HOURLY).await;
+    let first = call(&gw, "hourly").await;
     assert!(must_header(&first, "ratelimit-policy").contains("\"key\";q=2;w=3600"));
     assert_eq!(num_header(&first, "ratelimit-remaining"), 1);
-    assert_eq!(call(&gw, HOURLY).await.status, 200);
+    assert_eq!(call(&gw, "hourly").await.status, 200);
     // One request every 30 minutes.
-    let retry = assert_rate_limited(&call(&gw, HOURLY).await, 1800);
+    let retry = assert_rate_limited(&call(&gw, "hourly").await, 1800);
     assert!(retry > 60, "Retry-After {retry} for a 2/hour limit");
     assert_eq!(gw.hits(), 2);
 }
@@ -198,21 +214,31 @@ async fn the_bucket_is_the_keys_not_the_connections() {
             "GET",
             HOST,
             "/r",
-            &[("x-api-key", METERED)],
+            &[("x-api-key", gw.secret("metered"))],
             empty(),
         ))
         .await;
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 2);
-    let resp = gw.get("/r").key(METERED).from("127.0.0.2").send().await;
+    let resp = gw
+        .get("/r")
+        .key_of("metered")
+        .from("127.0.0.2")
+        .send()
+        .await;
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 1);
-    let resp = gw.get("/r").key(METERED).from("127.0.0.3").send().await;
+    let resp = gw
+        .get("/r")
+        .key_of("metered")
+        .from("127.0.0.3")
+        .send()
+        .await;
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 0);
     let resp = h2
         .send(h2_request(
             "GET",
             HOST,
             "/r",
-            &[("x-api-key", METERED)],
+            &[("x-api-key", gw.secret("metered"))],
             empty(),
         ))
         .await;
@@ -227,19 +253,19 @@ async fn upstream_errors_carry_the_rate_limit_headers_too() {
     let gw = gateway().await;
     let resp = gw
         .get("/r")
-        .key(METERED)
+        .key_of("metered")
         .header("x-reply-status", "503")
         .send()
         .await;
     assert_eq!(resp.status, 503);
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 2);
     assert!(must_header(&resp, "ratelimit-policy").contains("\"key\";q=3;w=60"));
-    let resp = gw.get("/r").host(DEAD_HOST).key(METERED).send().await;
+    let resp = gw.get("/r").host(DEAD_HOST).key_of("metered").send().await;
     assert_problem(&resp, 502, "upstream_unavailable");
     assert_eq!(num_header(&resp, "ratelimit-limit"), 3);
     assert_eq!(num_header(&resp, "ratelimit-remaining"), 1);
     assert!(must_header(&resp, "ratelimit").contains("\"key\";r=1"));
-    let resp = gw.get("/r").host(DEAD_HOST).key(FREE).send().await;
+    let resp = gw.get("/r").host(DEAD_HOST).key_of("free").send().await;
     assert_problem(&resp, 502, "upstream_unavailable");
     assert_no_rate_headers(&resp);
 }

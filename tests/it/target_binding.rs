@@ -2,12 +2,6 @@
 
 use crate::harness::*;
 
-const STAGE_ONLY: &str = "kg_stage_dGFyZ2V0VGVzdFN0YWdlT25seUtleV8wMDAwMDE";
-const PROD_ONLY: &str = "kg_prod_dGFyZ2V0VGVzdFByb2RPbmx5S2V5XzAwMDAwMDE";
-const ANY_TARGET: &str = "kg_any_dGFyZ2V0VGVzdEFueVRhcmdldEtleV8wMDAwMDAx";
-const CI_PROD_STAGE: &str = "kg_ciboth_dGFyZ2V0VGVzdENpUHJvZFN0YWdlS2V5XzAx";
-const CI_PLAIN: &str = "kg_ciplain_dGFyZ2V0VGVzdENpUGxhaW5LZXlfMDAwMDAx";
-
 /// Requests that reached `production`, `staging` and `sandbox`.
 fn hits(gw: &Gw) -> [usize; 3] {
     ["production", "staging", "sandbox"].map(|t| gw.up(t).hits())
@@ -19,28 +13,55 @@ async fn gateway() -> Gw {
         .target(target("staging").hosts(&["staging.example.com"]))
         .target(target("sandbox").path_prefix("/sandbox"))
         .consumer(consumer("ci").targets(&["staging", "sandbox"]))
-        .key(key("stage-only", STAGE_ONLY).targets(&["staging"]))
-        .key(key("prod-only", PROD_ONLY).targets(&["production"]))
-        .key(key("any-target", ANY_TARGET).targets(&[]))
         .key(
-            key("ci-prod-stage", CI_PROD_STAGE)
-                .consumer("ci")
-                .targets(&["production", "staging"]),
+            key(
+                "stage-only",
+                "kg_stage_dGFyZ2V0VGVzdFN0YWdlT25seUtleV8wMDAwMDE",
+            )
+            .targets(&["staging"]),
         )
-        .key(key("ci-plain", CI_PLAIN).consumer("ci"))
+        .key(
+            key(
+                "prod-only",
+                "kg_prod_dGFyZ2V0VGVzdFByb2RPbmx5S2V5XzAwMDAwMDE",
+            )
+            .targets(&["production"]),
+        )
+        .key(
+            key(
+                "any-target",
+                "kg_any_dGFyZ2V0VGVzdEFueVRhcmdldEtleV8wMDAwMDAx",
+            )
+            .targets(&[]),
+        )
+        .key(
+            key(
+                "ci-prod-stage",
+                "kg_ciboth_dGFyZ2V0VGVzdENpUHJvZFN0YWdlS2V5XzAx",
+            )
+            .consumer("ci")
+            .targets(&["production", "staging"]),
+        )
+        .key(
+            key(
+                "ci-plain",
+                "kg_ciplain_dGFyZ2V0VGVzdENpUGxhaW5LZXlfMDAwMDAx",
+            )
+            .consumer("ci"),
+        )
         .start()
         .await
 }
 
-/// Where a request with `secret` lands: the upstream's label, or the denial code.
-async fn lands(gw: &Gw, target: &str, secret: &str) -> String {
+/// Where a request with key `id` lands: the upstream's label, or the denial code.
+async fn lands(gw: &Gw, target: &str, id: &str) -> String {
     let (host, path) = match target {
         "production" => (HOST, "/r"),
         "staging" => ("staging.example.com", "/r"),
         "sandbox" => (HOST, "/sandbox/r"),
         other => panic!("no such target {other}"),
     };
-    let resp = gw.get(path).host(host).key(secret).send().await;
+    let resp = gw.get(path).host(host).key_of(id).send().await;
     if resp.status.is_success() {
         resp.echo().upstream
     } else {
@@ -53,23 +74,29 @@ async fn lands(gw: &Gw, target: &str, secret: &str) -> String {
 async fn a_key_bound_to_staging_is_refused_on_production() {
     let gw = gateway().await;
     assert_eq!(
-        lands(&gw, "production", STAGE_ONLY).await,
+        lands(&gw, "production", "stage-only").await,
         "target_not_allowed"
     );
     assert_eq!(
-        lands(&gw, "sandbox", STAGE_ONLY).await,
+        lands(&gw, "sandbox", "stage-only").await,
         "target_not_allowed"
     );
-    assert_eq!(lands(&gw, "staging", STAGE_ONLY).await, "staging");
+    assert_eq!(lands(&gw, "staging", "stage-only").await, "staging");
     assert_eq!(hits(&gw), [0, 1, 0]);
 }
 
 #[tokio::test]
 async fn a_key_bound_to_production_is_refused_on_staging() {
     let gw = gateway().await;
-    assert_eq!(lands(&gw, "production", PROD_ONLY).await, "production");
-    assert_eq!(lands(&gw, "staging", PROD_ONLY).await, "target_not_allowed");
-    assert_eq!(lands(&gw, "sandbox", PROD_ONLY).await, "target_not_allowed");
+    assert_eq!(lands(&gw, "production", "prod-only").await, "production");
+    assert_eq!(
+        lands(&gw, "staging", "prod-only").await,
+        "target_not_allowed"
+    );
+    assert_eq!(
+        lands(&gw, "sandbox", "prod-only").await,
+        "target_not_allowed"
+    );
     assert_eq!(hits(&gw), [1, 0, 0]);
 }
 
@@ -77,7 +104,7 @@ async fn a_key_bound_to_production_is_refused_on_staging() {
 async fn a_key_without_bindings_reaches_every_target() {
     let gw = gateway().await;
     for target in ["production", "staging", "sandbox"] {
-        assert_eq!(lands(&gw, target, ANY_TARGET).await, target);
+        assert_eq!(lands(&gw, target, "any-target").await, target);
     }
     assert_eq!(hits(&gw), [1, 1, 1]);
 }
@@ -87,21 +114,21 @@ async fn consumer_bindings_apply_too() {
     let gw = gateway().await;
     // Key: production + staging; consumer: staging + sandbox. Only staging is in both.
     assert_eq!(
-        lands(&gw, "production", CI_PROD_STAGE).await,
+        lands(&gw, "production", "ci-prod-stage").await,
         "target_not_allowed"
     );
     assert_eq!(
-        lands(&gw, "sandbox", CI_PROD_STAGE).await,
+        lands(&gw, "sandbox", "ci-prod-stage").await,
         "target_not_allowed"
     );
-    assert_eq!(lands(&gw, "staging", CI_PROD_STAGE).await, "staging");
+    assert_eq!(lands(&gw, "staging", "ci-prod-stage").await, "staging");
     // A key of the consumer without bindings of its own has the consumer's.
     assert_eq!(
-        lands(&gw, "production", CI_PLAIN).await,
+        lands(&gw, "production", "ci-plain").await,
         "target_not_allowed"
     );
-    assert_eq!(lands(&gw, "staging", CI_PLAIN).await, "staging");
-    assert_eq!(lands(&gw, "sandbox", CI_PLAIN).await, "sandbox");
+    assert_eq!(lands(&gw, "staging", "ci-plain").await, "staging");
+    assert_eq!(lands(&gw, "sandbox", "ci-plain").await, "sandbox");
     assert_eq!(hits(&gw), [0, 2, 1]);
 }
 
@@ -115,7 +142,7 @@ async fn the_routed_target_decides_over_http2_too() {
             "GET",
             "staging.example.com",
             "/r",
-            &[("x-api-key", STAGE_ONLY)],
+            &[("x-api-key", gw.secret("stage-only"))],
             empty(),
         ))
         .await;
@@ -125,7 +152,7 @@ async fn the_routed_target_decides_over_http2_too() {
             "GET",
             HOST,
             "/r",
-            &[("x-api-key", STAGE_ONLY)],
+            &[("x-api-key", gw.secret("stage-only"))],
             empty(),
         ))
         .await;

@@ -382,11 +382,17 @@ impl GatewayBuilder {
         };
         let addr = listener.local_addr().unwrap();
         launch::spawn_proxy(&config, listener);
+        let keys: Vec<(String, String)> = self
+            .keys
+            .iter()
+            .map(|k| (k.id.clone(), k.secret.clone()))
+            .collect();
         let mut secrets: Vec<String> = self.keys.iter().map(|k| k.secret.clone()).collect();
         secrets.extend(ALL_SECRETS.iter().map(|s| (*s).to_owned()));
         Some(Gw {
             addr,
             ups,
+            keys: keys.into(),
             secrets: secrets.into(),
             config,
         })
@@ -401,6 +407,8 @@ impl GatewayBuilder {
 pub struct Gw {
     pub addr: SocketAddr,
     ups: Vec<(String, Upstream)>,
+    /// Its keys' ids and secrets.
+    keys: Arc<[(String, String)]>,
     secrets: Arc<[String]>,
     /// The config it runs, as written.
     pub config: String,
@@ -413,6 +421,15 @@ impl Gw {
         match self.ups.iter().find(|(l, _)| l == label) {
             Some((_, up)) => up,
             None => panic!("no echo upstream {label}"),
+        }
+    }
+
+    /// The secret of its key `id`.
+    #[track_caller]
+    pub fn secret(&self, id: &str) -> &str {
+        match self.keys.iter().find(|(k, _)| k == id) {
+            Some((_, secret)) => secret,
+            None => panic!("no key {id} in this gateway"),
         }
     }
 
@@ -436,6 +453,7 @@ impl Gw {
             from: None,
             body: None,
             h2: false,
+            keys: self.keys.clone(),
             secrets: self.secrets.clone(),
         }
     }
@@ -457,6 +475,7 @@ pub struct Req {
     from: Option<IpAddr>,
     body: Option<Bytes>,
     h2: bool,
+    keys: Arc<[(String, String)]>,
     secrets: Arc<[String]>,
 }
 
@@ -470,6 +489,16 @@ impl Req {
     pub fn header(mut self, name: &str, value: &str) -> Req {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
+    }
+
+    /// `X-API-Key` with the secret of the gateway's key `id`.
+    #[track_caller]
+    pub fn key_of(self, id: &str) -> Req {
+        let secret = match self.keys.iter().find(|(k, _)| k == id) {
+            Some((_, secret)) => secret.clone(),
+            None => panic!("no key {id} in this gateway"),
+        };
+        self.key(&secret)
     }
 
     /// Header lines, in order (see [`Req::header`]).
