@@ -16,17 +16,12 @@ async fn assert_still_serving(gw: &Gw) {
 #[tokio::test]
 async fn key_in_the_header_is_accepted() {
     let gw = gateway().await;
-    let echo = gw
-        .get("/r")
-        .headers(&[("X-API-Key", SECRET)])
-        .send()
-        .await
-        .echo();
+    let echo = gw.get("/r").header("X-API-Key", SECRET).send().await.echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     // Header names are case-insensitive.
     let echo = gw
         .get("/r")
-        .headers(&[("x-api-KEY", SECRET_LONER)])
+        .header("x-api-KEY", SECRET_LONER)
         .send()
         .await
         .echo();
@@ -92,7 +87,7 @@ async fn no_credential_is_403_key_missing() {
     // Another credential-looking header is not the key.
     let resp = gw
         .get("/r")
-        .headers(&[("authorization", &format!("Bearer {SECRET}"))])
+        .header("authorization", &format!("Bearer {SECRET}"))
         .send()
         .await;
     assert_problem(&resp, 403, "key_missing");
@@ -103,23 +98,16 @@ async fn no_credential_is_403_key_missing() {
 async fn key_header_given_twice_is_403_key_invalid() {
     let gw = gateway().await;
     // Twice the same valid key: ambiguous all the same.
-    let resp = gw
-        .get("/r")
-        .headers(&[("x-api-key", SECRET), ("x-api-key", SECRET)])
-        .send()
-        .await;
+    let resp = gw.get("/r").key(SECRET).key(SECRET).send().await;
     assert_problem(&resp, 403, "key_invalid");
     let resp = gw
         .get("/r")
-        .headers(&[("x-api-key", SECRET), ("X-Api-Key", SECRET_LONER)])
+        .key(SECRET)
+        .header("X-Api-Key", SECRET_LONER)
         .send()
         .await;
     assert_problem(&resp, 403, "key_invalid");
-    let resp = gw
-        .get("/r")
-        .headers(&[("x-api-key", "not-a-key"), ("x-api-key", SECRET)])
-        .send()
-        .await;
+    let resp = gw.get("/r").key("not-a-key").key(SECRET).send().await;
     assert_problem(&resp, 403, "key_invalid");
     assert_eq!(gw.hits(), 0);
 }
@@ -169,7 +157,7 @@ async fn key_header_and_query_names_come_from_the_config() {
 
     let echo = gw
         .get("/r?a=1")
-        .headers(&[("x-token", SECRET)])
+        .header("x-token", SECRET)
         .send()
         .await
         .echo();
@@ -212,7 +200,8 @@ async fn an_8_kb_key_header_is_refused_without_harm() {
     // 8 KB in another header is just a header.
     let echo = gw
         .get("/r")
-        .headers(&[("x-api-key", SECRET), ("x-big", &huge)])
+        .key(SECRET)
+        .header("x-big", &huge)
         .send()
         .await
         .echo();

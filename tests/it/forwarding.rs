@@ -1,7 +1,6 @@
 //! Step 6, forwarding: what the upstream sees, what comes back, and streaming both ways.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,25 +11,23 @@ use tokio::sync::Notify;
 
 use crate::harness::*;
 
-async fn gateway() -> (SocketAddr, Upstream) {
-    let up = start_upstream("main").await;
-    let addr = start_keygate(&one_target(up.addr)).await;
-    (addr, up)
+async fn gateway() -> Gw {
+    crate::harness::gateway().shared_keys().start().await
 }
 
 // --- the credential never travels on -------------------------------------------------------
 
 #[tokio::test]
 async fn upstream_never_sees_the_key_header() {
-    let (addr, _up) = gateway().await;
-    let echo = get(addr, "/r", &[("X-API-Key", SECRET)]).await.echo();
+    let gw = gateway().await;
+    let echo = gw.get("/r").header("X-API-Key", SECRET).send().await.echo();
     assert!(!echo.has("x-api-key"), "{:?}", echo.headers);
     assert_eq!(echo.uri, "/r");
 }
 
 #[tokio::test]
 async fn upstream_never_sees_the_api_key_pair_and_the_rest_of_the_query_is_byte_identical() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     for (sent, expected) in [
         (
             format!("/p?b=2&api_key={SECRET}&a=%20x&c"),
@@ -59,7 +56,7 @@ async fn upstream_never_sees_the_api_key_pair_and_the_rest_of_the_query_is_byte_
             "/p?my_api_key=1&api_keys=2",
         ),
     ] {
-        let echo = get(addr, &sent, &[]).await.echo();
+        let echo = gw.get(&sent).send().await.echo();
         assert_eq!(echo.uri, expected, "sent {sent}");
         assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     }
@@ -67,7 +64,7 @@ async fn upstream_never_sees_the_api_key_pair_and_the_rest_of_the_query_is_byte_
 
 #[tokio::test]
 async fn a_query_without_the_key_is_forwarded_untouched() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     for path in [
         "/p?",
         "/p?b=2&a=%20x&c",
@@ -75,15 +72,15 @@ async fn a_query_without_the_key_is_forwarded_untouched() {
         "/p?q=a+b&q=%2B",
         "/p/%7Euser",
     ] {
-        let echo = get(addr, path, &[("x-api-key", SECRET)]).await.echo();
+        let echo = gw.get(path).key(SECRET).send().await.echo();
         assert_eq!(echo.uri, path);
     }
 }
 
 #[tokio::test]
 async fn method_path_and_body_are_forwarded() {
-    let (addr, _up) = gateway().await;
-    let mut h1 = H1::connect(addr).await;
+    let gw = gateway().await;
+    let mut h1 = H1::connect(gw.addr).await;
     for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
         let req = request(
             method,
@@ -100,24 +97,24 @@ async fn method_path_and_body_are_forwarded() {
 
 #[tokio::test]
 async fn head_is_forwarded_and_answered_without_a_body() {
-    let (addr, up) = gateway().await;
-    let resp = H1::connect(addr)
+    let gw = gateway().await;
+    let resp = H1::connect(gw.addr)
         .await
         .send(request("HEAD", "/r", &[("x-api-key", SECRET)], empty()))
         .await;
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.header("x-upstream"), Some("main"));
     assert!(resp.body.is_empty());
-    assert_eq!(up.hits(), 1);
+    assert_eq!(gw.hits(), 1);
 }
 
 #[tokio::test]
 async fn an_absolute_form_request_target_is_stripped_and_forwarded_in_origin_form() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     let req = format!(
         "GET http://gateway.test/abs?x=1&api_key={SECRET} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n"
     );
-    let echo = raw_exchange(addr, req.as_bytes()).await.echo();
+    let echo = raw_exchange(gw.addr, req.as_bytes()).await.echo();
     assert_eq!(echo.uri, "/abs?x=1");
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
 }
@@ -126,7 +123,7 @@ async fn an_absolute_form_request_target_is_stripped_and_forwarded_in_origin_for
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     // Raw bytes, so that every header is on the wire exactly as written.
     let req = format!(
         "GET /hop HTTP/1.1\r\n\
@@ -143,7 +140,7 @@ async fn hop_by_hop_headers_are_removed() {
          X-End-To-End: kept\r\n\
          \r\n"
     );
-    let mut raw = Raw::connect(addr).await;
+    let mut raw = Raw::connect(gw.addr).await;
     raw.write(req.as_bytes()).await;
     let echo = raw.read_response().await.echo();
     for gone in [
@@ -175,7 +172,7 @@ async fn hop_by_hop_headers_are_removed() {
 
 #[tokio::test]
 async fn hop_by_hop_headers_of_the_response_are_removed() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     let req = format!(
         "GET /r HTTP/1.1\r\n\
          Host: gateway.test\r\n\
@@ -187,7 +184,7 @@ async fn hop_by_hop_headers_of_the_response_are_removed() {
          X-Reply-Header: X-Up-Kept: yes\r\n\
          \r\n"
     );
-    let mut raw = Raw::connect(addr).await;
+    let mut raw = Raw::connect(gw.addr).await;
     raw.write(req.as_bytes()).await;
     let resp = raw.read_response().await;
     assert_eq!(resp.status, StatusCode::OK);
@@ -203,7 +200,7 @@ async fn hop_by_hop_headers_of_the_response_are_removed() {
 
 #[tokio::test]
 async fn incoming_x_keygate_headers_are_replaced_by_keygates_own() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     let forged = [
         ("X-Keygate-Key-Id", "admin"),
         ("x-keygate-key-id", "root"),
@@ -215,7 +212,7 @@ async fn incoming_x_keygate_headers_are_replaced_by_keygates_own() {
     // A key with a consumer: both identity headers, each exactly once, with our values.
     let mut headers = vec![("x-api-key", SECRET)];
     headers.extend(forged);
-    let echo = get(addr, "/r", &headers).await.echo();
+    let echo = gw.get("/r").headers(&headers).send().await.echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     assert_eq!(echo.one("x-keygate-consumer"), Some("acme"));
     assert!(!echo.has("x-keygate-anything"));
@@ -224,7 +221,7 @@ async fn incoming_x_keygate_headers_are_replaced_by_keygates_own() {
     // A key without a consumer: no consumer header at all, even a forged one.
     let mut headers = vec![("x-api-key", SECRET_LONER)];
     headers.extend(forged);
-    let echo = get(addr, "/r", &headers).await.echo();
+    let echo = gw.get("/r").headers(&headers).send().await.echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("loner"));
     assert!(
         !echo.has("x-keygate-consumer"),
@@ -241,11 +238,11 @@ async fn incoming_x_keygate_headers_are_replaced_by_keygates_own() {
 
 #[tokio::test]
 async fn key_id_and_consumer_are_set_for_the_upstream() {
-    let (addr, _up) = gateway().await;
-    let echo = get_ok(addr, "/r").await.echo();
+    let gw = gateway().await;
+    let echo = gw.get("/r").key(SECRET).send().await.echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     assert_eq!(echo.one("x-keygate-consumer"), Some("acme"));
-    let echo = get(addr, "/r", &[("x-api-key", SECRET_LONER)]).await.echo();
+    let echo = gw.get("/r").key(SECRET_LONER).send().await.echo();
     assert_eq!(echo.one("x-keygate-key-id"), Some("loner"));
     assert!(!echo.has("x-keygate-consumer"));
 }
@@ -257,30 +254,27 @@ fn joined(echo: &Echo, name: &str) -> String {
 
 #[tokio::test]
 async fn x_forwarded_for_gets_the_client_address_appended() {
-    let (addr, _up) = gateway().await;
-    let echo = get_ok(addr, "/r").await.echo();
+    let gw = gateway().await;
+    let echo = gw.get("/r").key(SECRET).send().await.echo();
     assert_eq!(joined(&echo, "x-forwarded-for"), "127.0.0.1");
 
-    let echo = get(
-        addr,
-        "/r",
-        &[("x-api-key", SECRET), ("x-forwarded-for", "203.0.113.9")],
-    )
-    .await
-    .echo();
+    let echo = gw
+        .get("/r")
+        .key(SECRET)
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .echo();
     assert_eq!(joined(&echo, "x-forwarded-for"), "203.0.113.9, 127.0.0.1");
 
-    let echo = get(
-        addr,
-        "/r",
-        &[
-            ("x-api-key", SECRET),
-            ("x-forwarded-for", "198.51.100.1"),
-            ("x-forwarded-for", "198.51.100.2, 2001:db8::1"),
-        ],
-    )
-    .await
-    .echo();
+    let echo = gw
+        .get("/r")
+        .key(SECRET)
+        .header("x-forwarded-for", "198.51.100.1")
+        .header("x-forwarded-for", "198.51.100.2, 2001:db8::1")
+        .send()
+        .await
+        .echo();
     assert_eq!(
         joined(&echo, "x-forwarded-for"),
         "198.51.100.1, 198.51.100.2, 2001:db8::1, 127.0.0.1"
@@ -289,30 +283,27 @@ async fn x_forwarded_for_gets_the_client_address_appended() {
 
 #[tokio::test]
 async fn x_forwarded_proto_and_host_are_set() {
-    let (addr, _up) = gateway().await;
-    let echo = get(
-        addr,
-        "/r",
-        &[("host", "Client.Example:8443"), ("x-api-key", SECRET)],
-    )
-    .await
-    .echo();
+    let gw = gateway().await;
+    let echo = gw
+        .get("/r")
+        .host("Client.Example:8443")
+        .key(SECRET)
+        .send()
+        .await
+        .echo();
     assert_eq!(echo.one("x-forwarded-proto"), Some("http"));
     assert_eq!(echo.one("x-forwarded-host"), Some("Client.Example:8443"));
 
     // Set, not appended to: a client cannot claim https or another host.
-    let echo = get(
-        addr,
-        "/r",
-        &[
-            ("host", "real.example"),
-            ("x-api-key", SECRET),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "forged.example"),
-        ],
-    )
-    .await
-    .echo();
+    let echo = gw
+        .get("/r")
+        .host("real.example")
+        .key(SECRET)
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "forged.example")
+        .send()
+        .await
+        .echo();
     assert_eq!(echo.one("x-forwarded-proto"), Some("http"));
     assert_eq!(echo.one("x-forwarded-host"), Some("real.example"));
 }
@@ -320,7 +311,7 @@ async fn x_forwarded_proto_and_host_are_set() {
 #[tokio::test]
 async fn upstream_gets_its_own_host_unless_preserve_host() {
     let up = start_upstream("main").await;
-    let addr = start_keygate(&one_target(up.addr)).await;
+    let addr = gateway_to(up.addr).await.addr;
     let echo = get(
         addr,
         "/r",
@@ -330,7 +321,16 @@ async fn upstream_gets_its_own_host_unless_preserve_host() {
     .echo();
     assert_eq!(echo.one("host"), Some(up.addr.to_string().as_str()));
 
-    let addr = start_keygate(&target_with(up.addr, "preserve_host = true")).await;
+    let addr = crate::harness::gateway()
+        .target(
+            target("main")
+                .upstream(up.addr)
+                .line("preserve_host = true"),
+        )
+        .shared_keys()
+        .start()
+        .await
+        .addr;
     let echo = get(
         addr,
         "/r",
@@ -344,8 +344,8 @@ async fn upstream_gets_its_own_host_unless_preserve_host() {
 
 #[tokio::test]
 async fn x_request_id_is_made_when_absent_and_returned() {
-    let (addr, _up) = gateway().await;
-    let resp = get_ok(addr, "/r").await;
+    let gw = gateway().await;
+    let resp = gw.get("/r").key(SECRET).send().await;
     let id = resp
         .header("x-request-id")
         .expect("X-Request-Id on the response")
@@ -353,7 +353,7 @@ async fn x_request_id_is_made_when_absent_and_returned() {
     assert!(!id.is_empty());
     assert_eq!(resp.echo().one("x-request-id"), Some(id.as_str()));
 
-    let other = get_ok(addr, "/r").await;
+    let other = gw.get("/r").key(SECRET).send().await;
     assert_ne!(
         other.header("x-request-id"),
         Some(id.as_str()),
@@ -361,24 +361,28 @@ async fn x_request_id_is_made_when_absent_and_returned() {
     );
 
     // Errors carry one too, the same in the header and the body.
-    let denied = get(addr, "/r", &[]).await;
+    let denied = gw.get("/r").send().await;
     let json = assert_problem(&denied, 403, "key_missing");
     assert_ne!(json["request_id"].as_str(), Some(id.as_str()));
 }
 
 #[tokio::test]
 async fn a_client_supplied_x_request_id_is_kept_and_returned() {
-    let (addr, _up) = gateway().await;
-    let resp = get(
-        addr,
-        "/r",
-        &[("x-api-key", SECRET), ("x-request-id", "client-req-42")],
-    )
-    .await;
+    let gw = gateway().await;
+    let resp = gw
+        .get("/r")
+        .key(SECRET)
+        .header("x-request-id", "client-req-42")
+        .send()
+        .await;
     assert_eq!(resp.header("x-request-id"), Some("client-req-42"));
     assert_eq!(resp.echo().one("x-request-id"), Some("client-req-42"));
 
-    let denied = get(addr, "/r", &[("x-request-id", "client-req-43")]).await;
+    let denied = gw
+        .get("/r")
+        .header("x-request-id", "client-req-43")
+        .send()
+        .await;
     let json = assert_problem(&denied, 403, "key_missing");
     assert_eq!(json["request_id"], "client-req-43");
 }
@@ -387,20 +391,17 @@ async fn a_client_supplied_x_request_id_is_kept_and_returned() {
 
 #[tokio::test]
 async fn upstream_status_headers_and_body_come_back() {
-    let (addr, _up) = gateway().await;
-    let resp = get(
-        addr,
-        "/made",
-        &[
-            ("x-api-key", SECRET),
-            ("x-reply-status", "201"),
-            ("x-reply-header", "X-Up: one"),
-            ("x-reply-header", "Set-Cookie: a=1"),
-            ("x-reply-header", "Set-Cookie: b=2"),
-            ("x-reply-header", "Location: /made/1"),
-        ],
-    )
-    .await;
+    let gw = gateway().await;
+    let resp = gw
+        .get("/made")
+        .key(SECRET)
+        .header("x-reply-status", "201")
+        .header("x-reply-header", "X-Up: one")
+        .header("x-reply-header", "Set-Cookie: a=1")
+        .header("x-reply-header", "Set-Cookie: b=2")
+        .header("x-reply-header", "Location: /made/1")
+        .send()
+        .await;
     assert_eq!(resp.status, StatusCode::CREATED);
     assert_eq!(resp.header("x-up"), Some("one"));
     assert_eq!(resp.header("x-upstream"), Some("main"));
@@ -414,17 +415,14 @@ async fn upstream_status_headers_and_body_come_back() {
 
 #[tokio::test]
 async fn upstream_errors_pass_through_as_they_are() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     for status in [400u16, 403, 404, 500, 502, 503, 504] {
-        let resp = get(
-            addr,
-            "/r",
-            &[
-                ("x-api-key", SECRET),
-                ("x-reply-status", &status.to_string()),
-            ],
-        )
-        .await;
+        let resp = gw
+            .get("/r")
+            .key(SECRET)
+            .header("x-reply-status", &status.to_string())
+            .send()
+            .await;
         assert_eq!(resp.status.as_u16(), status);
         // Not a keygate problem: the upstream's own body and type.
         assert_eq!(resp.header("content-type"), Some("application/json"));
@@ -440,14 +438,14 @@ const EIGHT_MB: usize = 8 * 1024 * 1024;
 
 #[tokio::test]
 async fn an_8_mb_upload_with_content_length_arrives_whole() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     let req = request(
         "POST",
         "/upload",
         &[("x-api-key", SECRET)],
         full(pattern(0, EIGHT_MB)),
     );
-    let echo = H1::connect(addr).await.send(req).await.echo();
+    let echo = H1::connect(gw.addr).await.send(req).await.echo();
     assert_eq!(echo.body_len, EIGHT_MB as u64);
     assert_eq!(
         echo.one("content-length"),
@@ -457,7 +455,7 @@ async fn an_8_mb_upload_with_content_length_arrives_whole() {
 
 #[tokio::test]
 async fn an_8_mb_chunked_upload_arrives_whole() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     let (tx, body) = channel_body(4);
     tokio::spawn(async move {
         let chunk = 256 * 1024;
@@ -468,7 +466,7 @@ async fn an_8_mb_chunked_upload_arrives_whole() {
         }
     });
     let req = request("PUT", "/upload", &[("x-api-key", SECRET)], body);
-    let echo = H1::connect(addr).await.send(req).await.echo();
+    let echo = H1::connect(gw.addr).await.send(req).await.echo();
     assert_eq!(echo.body_len, EIGHT_MB as u64);
     assert_eq!(echo.method, "PUT");
 }
@@ -498,7 +496,7 @@ async fn an_upload_streams_to_the_upstream_before_it_ends() {
         Response::new(reply)
     })
     .await;
-    let addr = start_keygate(&one_target(up.addr)).await;
+    let addr = gateway_to(up.addr).await.addr;
 
     let (tx, body) = channel_body(4);
     let mut h1 = H1::connect(addr).await;
@@ -546,7 +544,7 @@ async fn an_upload_streams_to_the_upstream_before_it_ends() {
 
 #[tokio::test]
 async fn a_large_response_streams_back_whole() {
-    let (addr, _up) = gateway().await;
+    let gw = gateway().await;
     let total = 16 * 1024 * 1024;
     let req = request(
         "GET",
@@ -554,7 +552,7 @@ async fn a_large_response_streams_back_whole() {
         &[("x-api-key", SECRET), ("x-reply-bytes", &total.to_string())],
         empty(),
     );
-    let resp = H1::connect(addr).await.send_streaming(req).await;
+    let resp = H1::connect(gw.addr).await.send_streaming(req).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let (mut n, mut ok) = (0usize, true);
@@ -598,7 +596,7 @@ async fn a_response_streams_back_before_it_ends() {
         }
     })
     .await;
-    let addr = start_keygate(&one_target(up.addr)).await;
+    let addr = gateway_to(up.addr).await.addr;
 
     let req = request("GET", "/slow", &[("x-api-key", SECRET)], empty());
     let resp = within_for(
@@ -633,8 +631,8 @@ async fn a_response_streams_back_before_it_ends() {
 
 #[tokio::test]
 async fn several_requests_on_one_client_connection() {
-    let (addr, up) = gateway().await;
-    let mut h1 = H1::connect(addr).await;
+    let gw = gateway().await;
+    let mut h1 = H1::connect(gw.addr).await;
     for i in 0..10 {
         let path = format!("/seq/{i}?n={i}");
         let echo = h1
@@ -655,15 +653,15 @@ async fn several_requests_on_one_client_connection() {
         .echo();
     assert_eq!(echo.uri, "/after");
     assert!(!h1.is_closed());
-    assert_eq!(up.hits(), 11);
+    assert_eq!(gw.hits(), 11);
 }
 
 /// Upstream connections are pooled: sequential requests mostly reuse one connection, which the
 /// upstream sees as the same peer address.
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
-    let (addr, _up) = gateway().await;
-    let mut h1 = H1::connect(addr).await;
+    let gw = gateway().await;
+    let mut h1 = H1::connect(gw.addr).await;
     let mut peers = HashSet::new();
     let requests = 10;
     for _ in 0..requests {
@@ -679,7 +677,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
     // Separate client connections share the pool too.
     for _ in 0..requests {
-        peers.insert(get_ok(addr, "/pool").await.echo().peer);
+        peers.insert(gw.get("/pool").key(SECRET).send().await.echo().peer);
     }
     assert!(peers.len() < 2 * requests, "{peers:?}");
 }

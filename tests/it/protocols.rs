@@ -1,24 +1,20 @@
 //! Client protocols: HTTP/2 with prior knowledge (h2c), HTTP/1.1 keep-alive, Upgrade passthrough.
 
-use std::net::SocketAddr;
-
 use http::{StatusCode, Version};
 use http_body_util::BodyExt as _;
 
 use crate::harness::*;
 
-async fn gateway() -> (SocketAddr, Upstream) {
-    let up = start_upstream("main").await;
-    let addr = start_keygate(&one_target(up.addr)).await;
-    (addr, up)
+async fn gateway() -> Gw {
+    crate::harness::gateway().shared_keys().start().await
 }
 
 // --- h2c ------------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn h2c_request_is_authenticated_and_forwarded() {
-    let (addr, _up) = gateway().await;
-    let mut h2 = H2::connect(addr).await;
+    let gw = gateway().await;
+    let mut h2 = H2::connect(gw.addr).await;
     let req = h2_request(
         "POST",
         "client.example:8443",
@@ -52,8 +48,8 @@ async fn h2c_request_is_authenticated_and_forwarded() {
 
 #[tokio::test]
 async fn h2c_errors_are_problem_json() {
-    let (addr, up) = gateway().await;
-    let mut h2 = H2::connect(addr).await;
+    let gw = gateway().await;
+    let mut h2 = H2::connect(gw.addr).await;
     let resp = h2.send(h2_request("GET", "gw", "/r", &[], empty())).await;
     assert_eq!(resp.version, Version::HTTP_2);
     assert_problem(&resp, 403, "key_missing");
@@ -98,31 +94,18 @@ async fn h2c_errors_are_problem_json() {
         ))
         .await;
     assert_eq!(resp.echo().uri, "/r");
-    assert_eq!(up.hits(), 1);
+    assert_eq!(gw.hits(), 1);
 }
 
 #[tokio::test]
 async fn h2c_routes_by_authority() {
-    let any = start_upstream("any").await;
-    let hosted = start_upstream("hosted").await;
-    let config = format!(
-        r#"
-[[targets]]
-name = "any"
-upstream = "http://{}"
-path_prefix = "/api"
-
-[[targets]]
-name = "hosted"
-upstream = "http://{}"
-hosts = ["api.example.com"]
-{}"#,
-        any.addr,
-        hosted.addr,
-        keys_toml()
-    );
-    let addr = start_keygate(&config).await;
-    let mut h2 = H2::connect(addr).await;
+    let gw = crate::harness::gateway()
+        .target(target("any").path_prefix("/api"))
+        .target(target("hosted").hosts(&["api.example.com"]))
+        .shared_keys()
+        .start()
+        .await;
+    let mut h2 = H2::connect(gw.addr).await;
     let key = [("x-api-key", SECRET)];
     let resp = h2
         .send(h2_request("GET", "API.Example.com:9", "/x", &key, empty()))
@@ -140,8 +123,8 @@ hosts = ["api.example.com"]
 
 #[tokio::test]
 async fn h2c_carries_concurrent_streams_on_one_connection() {
-    let (addr, up) = gateway().await;
-    let h2 = H2::connect(addr).await;
+    let gw = gateway().await;
+    let h2 = H2::connect(gw.addr).await;
     let mut tasks = Vec::new();
     for i in 0..20 {
         let mut h2 = h2.clone();
@@ -162,13 +145,13 @@ async fn h2c_carries_concurrent_streams_on_one_connection() {
     for t in tasks {
         within("h2 stream", t).await.unwrap();
     }
-    assert_eq!(up.hits(), 20);
+    assert_eq!(gw.hits(), 20);
 }
 
 #[tokio::test]
 async fn h2c_streams_large_bodies_both_ways() {
-    let (addr, _up) = gateway().await;
-    let mut h2 = H2::connect(addr).await;
+    let gw = gateway().await;
+    let mut h2 = H2::connect(gw.addr).await;
     let size = 8 * 1024 * 1024;
     let req = h2_request(
         "PUT",
@@ -195,8 +178,8 @@ async fn h2c_streams_large_bodies_both_ways() {
 
 #[tokio::test]
 async fn http1_keep_alive_serves_many_requests_on_one_connection() {
-    let (addr, _up) = gateway().await;
-    let mut raw = Raw::connect(addr).await;
+    let gw = gateway().await;
+    let mut raw = Raw::connect(gw.addr).await;
     for i in 0..5 {
         let req = format!("GET /ka/{i} HTTP/1.1\r\nHost: gw\r\nX-API-Key: {SECRET}\r\n\r\n");
         raw.write(req.as_bytes()).await;
@@ -241,8 +224,8 @@ async fn http1_keep_alive_serves_many_requests_on_one_connection() {
 /// until it hears `100 Continue`, so keygate must let that through instead of waiting for it.
 #[tokio::test]
 async fn expect_100_continue_uploads_go_through() {
-    let (addr, _up) = gateway().await;
-    let mut raw = Raw::connect(addr).await;
+    let gw = gateway().await;
+    let mut raw = Raw::connect(gw.addr).await;
     let head = format!(
         "POST /upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {SECRET}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
     );
@@ -258,14 +241,14 @@ async fn expect_100_continue_uploads_go_through() {
 /// A refused upload is refused at once: no `100 Continue`, no waiting for the body.
 #[tokio::test]
 async fn expect_100_continue_without_a_key_is_refused_before_the_body() {
-    let (addr, up) = gateway().await;
-    let mut raw = Raw::connect(addr).await;
+    let gw = gateway().await;
+    let mut raw = Raw::connect(gw.addr).await;
     raw.write(
         b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
     )
     .await;
     assert_problem(&raw.read_response().await, 403, "key_missing");
-    assert_eq!(up.hits(), 0);
+    assert_eq!(gw.hits(), 0);
 }
 
 // --- Upgrade (WebSocket) --------------------------------------------------------------------
@@ -284,8 +267,8 @@ fn upgrade_request(extra: &str) -> String {
 
 #[tokio::test]
 async fn upgrade_with_a_valid_key_passes_through_and_bytes_flow_both_ways() {
-    let (addr, up) = gateway().await;
-    let mut raw = Raw::connect(addr).await;
+    let gw = gateway().await;
+    let mut raw = Raw::connect(gw.addr).await;
     raw.write(upgrade_request(&format!("X-API-Key: {SECRET}\r\n")).as_bytes())
         .await;
     let resp = raw.read_response().await;
@@ -299,7 +282,7 @@ async fn upgrade_with_a_valid_key_passes_through_and_bytes_flow_both_ways() {
     // The upstream saw the identity, not the credential.
     assert_eq!(resp.header("x-echo-key-id"), Some("primary"));
     assert_eq!(resp.header("x-echo-api-key"), Some("absent"));
-    assert_eq!(up.hits(), 1);
+    assert_eq!(gw.hits(), 1);
 
     // Bytes both ways, several round trips, including binary and a larger message.
     let messages: [&[u8]; 4] = [
@@ -334,8 +317,8 @@ async fn upgrade_with_a_valid_key_passes_through_and_bytes_flow_both_ways() {
 /// the removal of the headers `Connection` names.
 #[tokio::test]
 async fn upgrade_with_a_connection_token_list_passes_through() {
-    let (addr, _up) = gateway().await;
-    let mut raw = Raw::connect(addr).await;
+    let gw = gateway().await;
+    let mut raw = Raw::connect(gw.addr).await;
     let req = upgrade_request(&format!("X-API-Key: {SECRET}\r\n")).replacen(
         "Connection: Upgrade",
         "Connection: keep-alive, Upgrade",
@@ -350,8 +333,8 @@ async fn upgrade_with_a_connection_token_list_passes_through() {
 
 #[tokio::test]
 async fn upgrade_with_the_key_in_the_query_passes_through() {
-    let (addr, _up) = gateway().await;
-    let mut raw = Raw::connect(addr).await;
+    let gw = gateway().await;
+    let mut raw = Raw::connect(gw.addr).await;
     let req = upgrade_request("").replacen("/ws?room=1", &format!("/ws?api_key={SECRET}"), 1);
     raw.write(req.as_bytes()).await;
     let resp = raw.read_response().await;
@@ -363,18 +346,18 @@ async fn upgrade_with_the_key_in_the_query_passes_through() {
 
 #[tokio::test]
 async fn upgrade_without_a_valid_key_is_refused_and_never_reaches_the_upstream() {
-    let (addr, up) = gateway().await;
-    let resp = raw_exchange(addr, upgrade_request("").as_bytes()).await;
+    let gw = gateway().await;
+    let resp = raw_exchange(gw.addr, upgrade_request("").as_bytes()).await;
     assert_problem(&resp, 403, "key_missing");
-    let resp = raw_exchange(addr, upgrade_request("X-API-Key: wrong\r\n").as_bytes()).await;
+    let resp = raw_exchange(gw.addr, upgrade_request("X-API-Key: wrong\r\n").as_bytes()).await;
     assert_problem(&resp, 403, "key_invalid");
     let resp = raw_exchange(
-        addr,
+        gw.addr,
         upgrade_request(&format!("X-API-Key: {SECRET_INACTIVE}\r\n")).as_bytes(),
     )
     .await;
     assert_problem(&resp, 403, "key_inactive");
-    assert_eq!(up.hits(), 0);
+    assert_eq!(gw.hits(), 0);
 }
 
 #[tokio::test]
@@ -386,7 +369,7 @@ async fn an_upstream_that_declines_the_upgrade_answers_normally() {
             .unwrap()
     })
     .await;
-    let addr = start_keygate(&one_target(up.addr)).await;
+    let addr = gateway_to(up.addr).await.addr;
     let mut h1 = H1::connect(addr).await;
     let req = request(
         "GET",

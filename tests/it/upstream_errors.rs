@@ -149,7 +149,8 @@ async fn a_client_request_id_is_kept_on_upstream_errors() {
     let gw = gateway(start_silent_upstream().await, "timeout = \"200ms\"").await;
     let resp = gw
         .get("/bad")
-        .headers(&[("x-api-key", SECRET), ("x-request-id", "trace-504")])
+        .key(SECRET)
+        .header("x-request-id", "trace-504")
         .send()
         .await;
     let json = assert_problem(&resp, 504, "upstream_timeout");

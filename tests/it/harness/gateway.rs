@@ -258,6 +258,16 @@ pub fn gateway() -> GatewayBuilder {
     }
 }
 
+/// A gateway with the shared test keys ([`GatewayBuilder::shared_keys`]) and one any-host target
+/// `main` on `/` to `upstream`, an upstream the test started itself.
+pub async fn gateway_to(upstream: SocketAddr) -> Gw {
+    gateway()
+        .target(target("main").upstream(upstream))
+        .shared_keys()
+        .start()
+        .await
+}
+
 impl GatewayBuilder {
     pub fn target(mut self, target: Target) -> GatewayBuilder {
         self.targets.push(target);
