@@ -494,53 +494,19 @@ async fn sighup_reloads_and_applies_a_change_the_watcher_cannot_see() {
     );
 }
 
-/// A changed `listen` is logged as needing a restart and otherwise ignored: the old listener
-/// keeps serving, the rest of the change applies, nothing listens on the new address.
-#[tokio::test]
-async fn a_changed_listen_address_is_logged_as_needing_a_restart_and_ignored() {
-    let dir = TempDir::new("listen");
+/// Runs the binary on `first` (keys `kept` and `revoked`), then
+/// rewrites the file to `moved(elsewhere)` (without `revoked`), where `elsewhere` is an address
+/// reserved (bound) but not listening, so nobody else can take it. Waits until the rest of the
+/// change applied (the revocation) and for the log line `marker` finds; returns the process,
+/// that line and `elsewhere`.
+async fn move_a_listener(
+    name: &str,
+    first: String,
+    moved: impl Fn(SocketAddr) -> String,
+    marker: &str,
+) -> (Process, String, SocketAddr) {
+    let dir = TempDir::new(name);
     let path = dir.join("keygate.toml");
-    let up = start_upstream("main").await;
-    std::fs::write(&path, plain_config(up.addr, &(kept() + &revoked()))).unwrap();
-    let mut kg = Process::start_proxy(&path).await;
-    assert_admitted(kg.proxy, REVOKED, "revoked").await;
-
-    // An address that is reserved (bound) but not listening: nobody else can take it.
-    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
-    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let elsewhere = reserved.local_addr().unwrap();
-    let moved = format!(
-        "{}{}{}",
-        server_toml(&elsewhere.to_string(), ""),
-        target_toml("main", &format!("http://{}", up.addr), ""),
-        kept()
-    );
-    replace_file(&path, moved.as_bytes());
-
-    until_status(kg.proxy, REVOKED, 403, "key_invalid").await;
-    let line = kg
-        .wait_log("the restart warning", |l| l.contains("listen changed"))
-        .await;
-    assert!(line.contains("restart"), "{line}");
-    // `running` names the configured address ("127.0.0.1:0" here), not the bound one.
-    assert!(line.contains(&format!("configured={elsewhere}")), "{line}");
-    assert_admitted(kg.proxy, KEPT, "kept").await;
-    assert!(
-        TcpStream::connect(elsewhere).await.is_err(),
-        "something listens on {elsewhere}"
-    );
-    kg.assert_running();
-    kg.stop().await;
-}
-
-/// A changed `[admin] listen` is logged as needing a restart too; the rest of the file applies.
-#[tokio::test]
-async fn a_changed_admin_listen_address_is_logged_as_needing_a_restart() {
-    let dir = TempDir::new("admin-listen");
-    let path = dir.join("keygate.toml");
-    let up = start_upstream("main").await;
-    let admin = |listen: &str| format!("\n[admin]\nlisten = \"{listen}\"\n");
-    let first = plain_config(up.addr, &(kept() + &revoked())) + &admin("127.0.0.1:0");
     std::fs::write(&path, first).unwrap();
     let mut kg = Process::start_proxy(&path).await;
     assert_admitted(kg.proxy, REVOKED, "revoked").await;
@@ -548,22 +514,51 @@ async fn a_changed_admin_listen_address_is_logged_as_needing_a_restart() {
     let reserved = tokio::net::TcpSocket::new_v4().unwrap();
     reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let elsewhere = reserved.local_addr().unwrap();
-    let moved = plain_config(up.addr, &kept()) + &admin(&elsewhere.to_string());
-    replace_file(&path, moved.as_bytes());
+    replace_file(&path, moved(elsewhere).as_bytes());
 
     until_status(kg.proxy, REVOKED, 403, "key_invalid").await;
     let line = kg
-        .wait_log("the admin restart warning", |l| {
-            l.contains("[admin] listen changed")
-        })
+        .wait_log("the restart warning", |l| l.contains(marker))
         .await;
     assert!(line.contains("restart"), "{line}");
-    assert!(line.contains(&elsewhere.to_string()), "{line}");
     assert!(
         TcpStream::connect(elsewhere).await.is_err(),
         "something listens on {elsewhere}"
     );
     kg.assert_running();
+    (kg, line, elsewhere)
+}
+
+/// A changed `listen` is logged as needing a restart and otherwise ignored: the old listener
+/// keeps serving, the rest of the change applies, nothing listens on the new address.
+#[tokio::test]
+async fn a_changed_listen_address_is_logged_as_needing_a_restart_and_ignored() {
+    let up = start_upstream("main").await;
+    let upstream = format!("http://{}", up.addr);
+    let first = plain_config(up.addr, &(kept() + &revoked()));
+    let moved = |elsewhere: SocketAddr| {
+        let server = server_toml(&elsewhere.to_string(), "");
+        format!("{server}{}{}", target_toml("main", &upstream, ""), kept())
+    };
+    let (mut kg, line, elsewhere) = move_a_listener("listen", first, moved, "listen changed").await;
+    // `running` names the configured address ("127.0.0.1:0" here), not the bound one.
+    assert!(line.contains(&format!("configured={elsewhere}")), "{line}");
+    assert_admitted(kg.proxy, KEPT, "kept").await;
+    kg.assert_running();
+    kg.stop().await;
+}
+
+/// A changed `[admin] listen` is logged as needing a restart too; the rest of the file applies.
+#[tokio::test]
+async fn a_changed_admin_listen_address_is_logged_as_needing_a_restart() {
+    let up = start_upstream("main").await;
+    let admin = |listen: &str| format!("\n[admin]\nlisten = \"{listen}\"\n");
+    let first = plain_config(up.addr, &(kept() + &revoked())) + &admin("127.0.0.1:0");
+    let moved =
+        |elsewhere: SocketAddr| plain_config(up.addr, &kept()) + &admin(&elsewhere.to_string());
+    let marker = "[admin] listen changed";
+    let (kg, line, elsewhere) = move_a_listener("admin-listen", first, moved, marker).await;
+    assert!(line.contains(&elsewhere.to_string()), "{line}");
     kg.stop().await;
 }
 

@@ -28,6 +28,13 @@ async fn assert_good_target_still_works(gw: &Gw) {
     assert_no_keygate_panic();
 }
 
+/// `/bad/x` is 502 `upstream_unavailable`, and the good target still works after it.
+async fn assert_unavailable_then_good(gw: &Gw) {
+    let resp = gw.get("/bad/x").key(SECRET).send().await;
+    assert_problem(&resp, 502, "upstream_unavailable");
+    assert_good_target_still_works(gw).await;
+}
+
 #[tokio::test]
 async fn refused_connection_is_502_upstream_unavailable() {
     let gw = gateway(closed_port().await, "").await;
@@ -65,12 +72,7 @@ async fn reset_connection_is_502_upstream_unavailable() {
 #[tokio::test]
 async fn connection_closed_without_an_answer_is_502_upstream_unavailable() {
     let gw = gateway(start_closing_upstream().await, "").await;
-    assert_problem(
-        &gw.get("/bad/x").key(SECRET).send().await,
-        502,
-        "upstream_unavailable",
-    );
-    assert_good_target_still_works(&gw).await;
+    assert_unavailable_then_good(&gw).await;
 }
 
 #[tokio::test]
@@ -91,12 +93,7 @@ async fn an_upstream_that_does_not_speak_http_is_502_upstream_unavailable() {
         }
     });
     let gw = gateway(garbage, "").await;
-    assert_problem(
-        &gw.get("/bad/x").key(SECRET).send().await,
-        502,
-        "upstream_unavailable",
-    );
-    assert_good_target_still_works(&gw).await;
+    assert_unavailable_then_good(&gw).await;
 }
 
 #[tokio::test]

@@ -377,7 +377,7 @@ async fn kinds(s: Seen) -> Reply {
 /// A keygate with one target on a [`kinds`] upstream.
 async fn gateway() -> (SocketAddr, Scripted) {
     let up = start_scripted(kinds).await;
-    let addr = start_keygate(&one_target(up.addr)).await;
+    let addr = gateway_to(up.addr).await.addr;
     (addr, up)
 }
 
@@ -683,7 +683,7 @@ async fn fifty_concurrent_requests_all_succeed_on_at_most_fifty_connections() {
         }
     })
     .await;
-    let addr = start_keygate(&one_target(up.addr)).await;
+    let addr = gateway_to(up.addr).await.addr;
 
     for wave in 1..=2 {
         let started = Instant::now();
@@ -732,7 +732,12 @@ async fn fifty_concurrent_requests_all_succeed_on_at_most_fifty_connections() {
 #[tokio::test]
 async fn a_request_does_not_wait_for_another_clients_unfinished_upload() {
     let up = start_scripted(kinds).await;
-    let addr = start_keygate(&target_with(up.addr, "timeout = \"3s\"")).await;
+    let addr = crate::harness::gateway()
+        .target(target("main").upstream(up.addr).line("timeout = \"3s\""))
+        .shared_keys()
+        .start()
+        .await
+        .addr;
 
     let mut uploader = Raw::connect(addr).await;
     uploader

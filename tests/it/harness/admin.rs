@@ -41,7 +41,7 @@ pub const KEY_FIELDS: [&str; 14] = [
 ];
 
 /// The path every proxy probe uses (target `main`).
-pub const PROBE: &str = "/live";
+pub use super::live::PROBE_PATH as PROBE;
 /// A path routed to target `other`.
 pub const OTHER_PATH: &str = "/other/x";
 
@@ -457,20 +457,9 @@ pub async fn call_path(proxy: SocketAddr, path: &str, secret: &str) -> Resp {
     get(proxy, path, &[("x-api-key", secret)]).await
 }
 
-/// A GET of [`PROBE`] on the proxy with `secret`.
-pub async fn call(proxy: SocketAddr, secret: &str) -> Resp {
-    call_path(proxy, PROBE, secret).await
-}
-
-/// Status and keygate's problem `code` ("" for an upstream answer).
-pub fn outcome(resp: &Resp) -> (u16, String) {
-    let code = if resp.header("content-type") == Some("application/problem+json") {
-        resp.json()["code"].as_str().unwrap_or("").to_owned()
-    } else {
-        String::new()
-    };
-    (resp.status.as_u16(), code)
-}
+/// A GET of [`PROBE`] on the proxy with `secret`, and a response's status and problem code:
+/// the same as the reload tests'.
+pub use super::live::{call, outcome};
 
 /// Asserts that `secret` reaches the upstream as key `id`, now.
 pub async fn assert_admitted(proxy: SocketAddr, secret: &str, id: &str) {
