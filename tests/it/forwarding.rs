@@ -20,7 +20,7 @@ async fn gateway() -> Gw {
 #[tokio::test]
 async fn upstream_never_sees_the_key_header() {
     let gw = gateway().await;
-    let echo = gw.get("/r").header("X-API-Key", SECRET).send().await.echo();
+    let echo = gw.get("/r").header("X-API-Key", SECRET).echo().await;
     assert!(!echo.has("x-api-key"), "{:?}", echo.headers);
     assert_eq!(echo.uri, "/r");
 }
@@ -56,7 +56,7 @@ async fn upstream_never_sees_the_api_key_pair_and_the_rest_of_the_query_is_byte_
             "/p?my_api_key=1&api_keys=2",
         ),
     ] {
-        let echo = gw.get(&sent).send().await.echo();
+        let echo = gw.get(&sent).echo().await;
         assert_eq!(echo.uri, expected, "sent {sent}");
         assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     }
@@ -72,7 +72,7 @@ async fn a_query_without_the_key_is_forwarded_untouched() {
         "/p?q=a+b&q=%2B",
         "/p/%7Euser",
     ] {
-        let echo = gw.get(path).key(SECRET).send().await.echo();
+        let echo = gw.get(path).key(SECRET).echo().await;
         assert_eq!(echo.uri, path);
     }
 }
@@ -212,7 +212,7 @@ async fn incoming_x_keygate_headers_are_replaced_by_keygates_own() {
     // A key with a consumer: both identity headers, each exactly once, with our values.
     let mut headers = vec![("x-api-key", SECRET)];
     headers.extend(forged);
-    let echo = gw.get("/r").headers(&headers).send().await.echo();
+    let echo = gw.get("/r").headers(&headers).echo().await;
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     assert_eq!(echo.one("x-keygate-consumer"), Some("acme"));
     assert!(!echo.has("x-keygate-anything"));
@@ -221,7 +221,7 @@ async fn incoming_x_keygate_headers_are_replaced_by_keygates_own() {
     // A key without a consumer: no consumer header at all, even a forged one.
     let mut headers = vec![("x-api-key", SECRET_LONER)];
     headers.extend(forged);
-    let echo = gw.get("/r").headers(&headers).send().await.echo();
+    let echo = gw.get("/r").headers(&headers).echo().await;
     assert_eq!(echo.one("x-keygate-key-id"), Some("loner"));
     assert!(
         !echo.has("x-keygate-consumer"),
@@ -239,10 +239,10 @@ async fn incoming_x_keygate_headers_are_replaced_by_keygates_own() {
 #[tokio::test]
 async fn key_id_and_consumer_are_set_for_the_upstream() {
     let gw = gateway().await;
-    let echo = gw.get("/r").key(SECRET).send().await.echo();
+    let echo = gw.get("/r").key(SECRET).echo().await;
     assert_eq!(echo.one("x-keygate-key-id"), Some("primary"));
     assert_eq!(echo.one("x-keygate-consumer"), Some("acme"));
-    let echo = gw.get("/r").key(SECRET_LONER).send().await.echo();
+    let echo = gw.get("/r").key(SECRET_LONER).echo().await;
     assert_eq!(echo.one("x-keygate-key-id"), Some("loner"));
     assert!(!echo.has("x-keygate-consumer"));
 }
@@ -255,16 +255,15 @@ fn joined(echo: &Echo, name: &str) -> String {
 #[tokio::test]
 async fn x_forwarded_for_gets_the_client_address_appended() {
     let gw = gateway().await;
-    let echo = gw.get("/r").key(SECRET).send().await.echo();
+    let echo = gw.get("/r").key(SECRET).echo().await;
     assert_eq!(joined(&echo, "x-forwarded-for"), "127.0.0.1");
 
     let echo = gw
         .get("/r")
         .key(SECRET)
         .header("x-forwarded-for", "203.0.113.9")
-        .send()
-        .await
-        .echo();
+        .echo()
+        .await;
     assert_eq!(joined(&echo, "x-forwarded-for"), "203.0.113.9, 127.0.0.1");
 
     let echo = gw
@@ -272,9 +271,8 @@ async fn x_forwarded_for_gets_the_client_address_appended() {
         .key(SECRET)
         .header("x-forwarded-for", "198.51.100.1")
         .header("x-forwarded-for", "198.51.100.2, 2001:db8::1")
-        .send()
-        .await
-        .echo();
+        .echo()
+        .await;
     assert_eq!(
         joined(&echo, "x-forwarded-for"),
         "198.51.100.1, 198.51.100.2, 2001:db8::1, 127.0.0.1"
@@ -288,9 +286,8 @@ async fn x_forwarded_proto_and_host_are_set() {
         .get("/r")
         .host("Client.Example:8443")
         .key(SECRET)
-        .send()
-        .await
-        .echo();
+        .echo()
+        .await;
     assert_eq!(echo.one("x-forwarded-proto"), Some("http"));
     assert_eq!(echo.one("x-forwarded-host"), Some("Client.Example:8443"));
 
@@ -301,9 +298,8 @@ async fn x_forwarded_proto_and_host_are_set() {
         .key(SECRET)
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "forged.example")
-        .send()
-        .await
-        .echo();
+        .echo()
+        .await;
     assert_eq!(echo.one("x-forwarded-proto"), Some("http"));
     assert_eq!(echo.one("x-forwarded-host"), Some("real.example"));
 }
@@ -677,7 +673,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
     // Separate client connections share the pool too.
     for _ in 0..requests {
-        peers.insert(gw.get("/pool").key(SECRET).send().await.echo().peer);
+        peers.insert(gw.get("/pool").key(SECRET).echo().await.peer);
     }
     assert!(peers.len() < 2 * requests, "{peers:?}");
 }

@@ -48,7 +48,7 @@ fn toml_list(items: &[&str]) -> String {
 
 /// The lines of one table, each `name = value`, in the order given.
 #[derive(Clone, Default)]
-struct Lines(Vec<String>);
+pub struct Lines(Vec<String>);
 
 impl Lines {
     fn set(&mut self, name: &str, value: String) {
@@ -127,6 +127,34 @@ impl Target {
     }
 }
 
+/// What a consumer and a key can both be restricted by, and any other line of their table.
+pub trait Restricted: Sized {
+    #[doc(hidden)]
+    fn lines(&mut self) -> &mut Lines;
+
+    fn rate_limit(mut self, limit: &str) -> Self {
+        self.lines().set("rate_limit", toml_str(limit));
+        self
+    }
+
+    fn allow_ips(mut self, ips: &[&str]) -> Self {
+        self.lines().set("allow_ips", toml_list(ips));
+        self
+    }
+
+    fn targets(mut self, targets: &[&str]) -> Self {
+        self.lines().set("targets", toml_list(targets));
+        self
+    }
+
+    /// Any other line of the table, as TOML (e.g. `status = "inactive"`). A `# comment` is
+    /// kept as written.
+    fn line(mut self, line: &str) -> Self {
+        self.lines().raw(line);
+        self
+    }
+}
+
 /// A `[[consumers]]` table.
 #[derive(Clone)]
 pub struct Consumer {
@@ -142,26 +170,9 @@ pub fn consumer(id: &str) -> Consumer {
     }
 }
 
-impl Consumer {
-    pub fn rate_limit(mut self, limit: &str) -> Consumer {
-        self.lines.set("rate_limit", toml_str(limit));
-        self
-    }
-
-    pub fn allow_ips(mut self, ips: &[&str]) -> Consumer {
-        self.lines.set("allow_ips", toml_list(ips));
-        self
-    }
-
-    pub fn targets(mut self, targets: &[&str]) -> Consumer {
-        self.lines.set("targets", toml_list(targets));
-        self
-    }
-
-    /// Any other line of the table, as TOML. A `# comment` is kept as written.
-    pub fn line(mut self, line: &str) -> Consumer {
-        self.lines.raw(line);
-        self
+impl Restricted for Consumer {
+    fn lines(&mut self) -> &mut Lines {
+        &mut self.lines
     }
 }
 
@@ -197,11 +208,6 @@ impl Key {
         self
     }
 
-    pub fn rate_limit(mut self, limit: &str) -> Key {
-        self.lines.set("rate_limit", toml_str(limit));
-        self
-    }
-
     /// `"read-only"` or `"read-write"`.
     pub fn access(mut self, access: &str) -> Key {
         self.lines.set("access", toml_str(access));
@@ -212,21 +218,11 @@ impl Key {
         self.lines.set("paths", toml_list(paths));
         self
     }
+}
 
-    pub fn allow_ips(mut self, ips: &[&str]) -> Key {
-        self.lines.set("allow_ips", toml_list(ips));
-        self
-    }
-
-    pub fn targets(mut self, targets: &[&str]) -> Key {
-        self.lines.set("targets", toml_list(targets));
-        self
-    }
-
-    /// Any other line of the table, as TOML (e.g. `expires_at = 2001-01-01T00:00:00Z`).
-    pub fn line(mut self, line: &str) -> Key {
-        self.lines.raw(line);
-        self
+impl Restricted for Key {
+    fn lines(&mut self) -> &mut Lines {
+        &mut self.lines
     }
 }
 
@@ -545,6 +541,18 @@ impl Req {
     pub fn h2(mut self) -> Req {
         self.h2 = true;
         self
+    }
+
+    /// Sends it and checks that keygate refused it with `status` and problem `code`
+    /// ([`assert_problem`]); returns the problem. (A failure names the harness's line; the
+    /// message says what came instead.)
+    pub async fn problem(self, status: u16, code: &str) -> serde_json::Value {
+        assert_problem(&self.send().await, status, code)
+    }
+
+    /// Sends it and returns what the echo upstream saw (failing unless it answered 200).
+    pub async fn echo(self) -> Echo {
+        self.send().await.echo()
     }
 
     /// Sends it on a fresh connection and reads the whole response, checked for secrets.

@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-pub use gateway::{GatewayBuilder, Gw, consumer, gateway, gateway_to, key, target};
+pub use gateway::{GatewayBuilder, Gw, Restricted, consumer, gateway, gateway_to, key, target};
 pub use process::Process;
 
 /// The longest any single network step of a test may take before the test fails.
