@@ -548,18 +548,6 @@ async fn key_allow_ips_are_added_and_removed_by_percent_encoded_cidr() {
 
 // --- consumers -------------------------------------------------------------------------------
 
-const CONSUMER_FIELDS: [&str; 9] = [
-    "allow_ips",
-    "created_at",
-    "id",
-    "keys",
-    "managed",
-    "max_keys",
-    "name",
-    "rate_limit",
-    "targets",
-];
-
 #[track_caller]
 fn assert_consumer_shape(c: &Value) {
     let mut got: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();

@@ -121,15 +121,19 @@ async fn an_absolute_form_request_target_is_stripped_and_forwarded_in_origin_for
 
 // --- headers --------------------------------------------------------------------------------
 
+/// A raw HTTP/1.1 `GET target` with Host and the primary key, then `lines` (each ending in
+/// CRLF) exactly as given.
+fn raw_get(target: &str, lines: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {SECRET}\r\n{lines}\r\n")
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed() {
     let gw = gateway().await;
     // Raw bytes, so that every header is on the wire exactly as written.
-    let req = format!(
-        "GET /hop HTTP/1.1\r\n\
-         Host: gateway.test\r\n\
-         X-API-Key: {SECRET}\r\n\
-         Connection: keep-alive, X-Custom-Hop, x-other-hop\r\n\
+    let req = raw_get(
+        "/hop",
+        "Connection: keep-alive, X-Custom-Hop, x-other-hop\r\n\
          X-Custom-Hop: one\r\n\
          X-Other-Hop: two\r\n\
          Keep-Alive: timeout=5, max=100\r\n\
@@ -137,12 +141,10 @@ async fn hop_by_hop_headers_are_removed() {
          Trailer: X-Checksum\r\n\
          Proxy-Authorization: Basic dXNlcjpwYXNz\r\n\
          Proxy-Connection: keep-alive\r\n\
-         X-End-To-End: kept\r\n\
-         \r\n"
+         X-End-To-End: kept\r\n",
     );
     let mut raw = Raw::connect(gw.addr).await;
-    raw.write(req.as_bytes()).await;
-    let echo = raw.read_response().await.echo();
+    let echo = raw.exchange(req.as_bytes()).await.echo();
     for gone in [
         "connection",
         "keep-alive",
@@ -162,31 +164,22 @@ async fn hop_by_hop_headers_are_removed() {
     assert_eq!(echo.one("x-end-to-end"), Some("kept"));
 
     // The client's connection stays open (it asked for keep-alive).
-    raw.write(
-        format!("GET /again HTTP/1.1\r\nHost: gateway.test\r\nX-API-Key: {SECRET}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await;
-    assert_eq!(raw.read_response().await.echo().uri, "/again");
+    let again = raw_get("/again", "");
+    assert_eq!(raw.exchange(again.as_bytes()).await.echo().uri, "/again");
 }
 
 #[tokio::test]
 async fn hop_by_hop_headers_of_the_response_are_removed() {
     let gw = gateway().await;
-    let req = format!(
-        "GET /r HTTP/1.1\r\n\
-         Host: gateway.test\r\n\
-         X-API-Key: {SECRET}\r\n\
-         X-Reply-Header: Connection: X-Up-Hop\r\n\
+    let req = raw_get(
+        "/r",
+        "X-Reply-Header: Connection: X-Up-Hop\r\n\
          X-Reply-Header: X-Up-Hop: 1\r\n\
          X-Reply-Header: Keep-Alive: timeout=9\r\n\
          X-Reply-Header: Proxy-Authenticate: Basic realm=up\r\n\
-         X-Reply-Header: X-Up-Kept: yes\r\n\
-         \r\n"
+         X-Reply-Header: X-Up-Kept: yes\r\n",
     );
-    let mut raw = Raw::connect(gw.addr).await;
-    raw.write(req.as_bytes()).await;
-    let resp = raw.read_response().await;
+    let resp = raw_exchange(gw.addr, req.as_bytes()).await;
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.header("x-up-kept"), Some("yes"));
     for gone in ["x-up-hop", "keep-alive", "proxy-authenticate"] {
@@ -306,34 +299,20 @@ async fn x_forwarded_proto_and_host_are_set() {
 
 #[tokio::test]
 async fn upstream_gets_its_own_host_unless_preserve_host() {
-    let up = start_upstream("main").await;
-    let addr = gateway_to(up.addr).await.addr;
-    let echo = get(
-        addr,
-        "/r",
-        &[("host", "client.example"), ("x-api-key", SECRET)],
-    )
-    .await
-    .echo();
-    assert_eq!(echo.one("host"), Some(up.addr.to_string().as_str()));
+    let gw = gateway().await;
+    let echo = gw.get("/r").host("client.example").key(SECRET).echo().await;
+    let upstream = gw.up("main").addr.to_string();
+    assert_eq!(echo.one("host"), Some(upstream.as_str()));
+}
 
-    let addr = crate::harness::gateway()
-        .target(
-            target("main")
-                .upstream(up.addr)
-                .line("preserve_host = true"),
-        )
+#[tokio::test]
+async fn preserve_host_gives_the_upstream_the_clients_host() {
+    let gw = crate::harness::gateway()
+        .target(target("main").line("preserve_host = true"))
         .shared_keys()
         .start()
-        .await
-        .addr;
-    let echo = get(
-        addr,
-        "/r",
-        &[("host", "client.example"), ("x-api-key", SECRET)],
-    )
-    .await
-    .echo();
+        .await;
+    let echo = gw.get("/r").host("client.example").key(SECRET).echo().await;
     assert_eq!(echo.one("host"), Some("client.example"));
     assert_eq!(echo.one("x-forwarded-host"), Some("client.example"));
 }

@@ -14,21 +14,7 @@ async fn files(name: &str) -> Files {
 fn assert_consumer(c: &Value, id: &str) {
     let mut fields: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
     fields.sort_unstable();
-    assert_eq!(
-        fields,
-        [
-            "allow_ips",
-            "created_at",
-            "id",
-            "keys",
-            "managed",
-            "max_keys",
-            "name",
-            "rate_limit",
-            "targets"
-        ],
-        "{c}"
-    );
+    assert_eq!(fields, CONSUMER_FIELDS, "{c}");
     assert_eq!(c["id"], id, "{c}");
 }
 

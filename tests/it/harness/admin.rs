@@ -40,6 +40,19 @@ pub const KEY_FIELDS: [&str; 14] = [
     "managed",
 ];
 
+/// The fields of a consumer as the admin API and the commands show it, exactly (sorted).
+pub const CONSUMER_FIELDS: [&str; 9] = [
+    "allow_ips",
+    "created_at",
+    "id",
+    "keys",
+    "managed",
+    "max_keys",
+    "name",
+    "rate_limit",
+    "targets",
+];
+
 /// The path every proxy probe uses (target `main`).
 pub use super::live::PROBE_PATH as PROBE;
 /// A path routed to target `other`.

@@ -731,6 +731,13 @@ pub fn request(
     req
 }
 
+/// Runs a client connection's I/O in the background until it ends.
+fn drive(conn: impl Future + Send + 'static) {
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+}
+
 /// The request methods of [`H1`] and [`H2`]: the same on either sender.
 macro_rules! client_methods {
     () => {
@@ -772,15 +779,9 @@ impl H1 {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, conn) = within(
-            "h1 handshake",
-            hyper::client::conn::http1::handshake(TokioIo::new(io)),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let handshake = hyper::client::conn::http1::handshake(TokioIo::new(io));
+        let (sender, conn) = within("h1 handshake", handshake).await.unwrap();
+        drive(conn);
         H1 { sender }
     }
 
@@ -817,15 +818,10 @@ impl H2 {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, conn) = within(
-            "h2 handshake",
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let io = TokioIo::new(io);
+        let handshake = hyper::client::conn::http2::handshake(TokioExecutor::new(), io);
+        let (sender, conn) = within("h2 handshake", handshake).await.unwrap();
+        drive(conn);
         H2 { sender }
     }
 
@@ -1007,11 +1003,17 @@ impl Raw {
     }
 }
 
+impl Raw {
+    /// Writes `request` and reads one response.
+    pub async fn exchange(&mut self, request: &[u8]) -> Resp {
+        self.write(request).await;
+        self.read_response().await
+    }
+}
+
 /// Writes `request` on a fresh connection and reads one response.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Resp {
-    let mut raw = Raw::connect(addr).await;
-    raw.write(request).await;
-    raw.read_response().await
+    Raw::connect(addr).await.exchange(request).await
 }
 
 /// An upstream that tells the test when a request arrived and answers it only when released.
