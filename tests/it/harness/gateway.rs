@@ -590,3 +590,14 @@ impl Req {
         resp
     }
 }
+
+/// The check every [`Req::send`] makes: a secret of the gateway's own keys (not only the shared
+/// test secrets) that comes back in a response fails the test. The echo upstream reflects every
+/// request header, so one sent in another header comes back in the body.
+#[tokio::test]
+#[should_panic(expected = "a secret came back in the response body")]
+async fn a_secret_of_the_gateways_own_keys_coming_back_fails_the_request() {
+    const OWN: &str = "kg_own_aGFybmVzc1NlbGZUZXN0T3duS2V5XzAwMDAwMDAwMDE";
+    let gw = gateway().key(key("own", OWN)).start().await;
+    let _ = gw.get("/r").key(OWN).header("x-copy", OWN).send().await;
+}
