@@ -1,5 +1,14 @@
 //! Shared helpers for the integration tests: real upstreams, a real keygate, and clients.
 //!
+//! - [`gateway`]: the gateway builder (targets, consumers and keys with their restrictions,
+//!   `[server]` lines) and the request builder (`gw.get("/x").key(K).from(ip).send()`);
+//! - [`process`]: keygate as the real binary, for signals, exit codes and its output;
+//! - [`launch`]: the one place that calls keygate's launch API;
+//! - [`admin`]: a config directory with a keys file, the admin API client, the key commands;
+//! - [`live`]: config files rewritten under a running keygate, TLS certificates and clients;
+//! - [`policy`]: clients from a chosen source address, rate-limit header readers;
+//! - here: upstreams, responses and their checks, HTTP/1.1, HTTP/2 and raw TCP clients.
+//!
 //! Everything binds `127.0.0.1:0` first and only then starts serving, so no test waits for a
 //! server to come up and no two tests share a port. Every network wait is bounded by
 //! [`within`], every loop by a count or by the data it reads.
@@ -163,13 +172,8 @@ expires_at = 2999-12-31T23:59:59Z
 
 /// One any-host target `main` on `/` to `upstream`, with the shared keys.
 pub fn one_target(upstream: SocketAddr) -> String {
-    target_with(upstream, "")
-}
-
-/// Like [`one_target`], with extra lines in the `[[targets]]` table (e.g. `timeout = "200ms"`).
-pub fn target_with(upstream: SocketAddr, extra: &str) -> String {
     format!(
-        "[[targets]]\nname = \"main\"\nupstream = \"http://{upstream}\"\n{extra}\n{}",
+        "[[targets]]\nname = \"main\"\nupstream = \"http://{upstream}\"\n\n{}",
         keys_toml()
     )
 }
