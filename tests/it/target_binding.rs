@@ -70,33 +70,44 @@ async fn lands(gw: &Gw, target: &str, id: &str) -> String {
     }
 }
 
+/// Asserts that each `(target, key id, outcome)` lands as [`lands`] says.
+async fn assert_lands(gw: &Gw, cases: &[(&str, &str, &str)]) {
+    for (target, id, outcome) in cases {
+        assert_eq!(
+            lands(gw, target, id).await,
+            *outcome,
+            "key {id} on {target}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_key_bound_to_staging_is_refused_on_production() {
     let gw = gateway().await;
-    assert_eq!(
-        lands(&gw, "production", "stage-only").await,
-        "target_not_allowed"
-    );
-    assert_eq!(
-        lands(&gw, "sandbox", "stage-only").await,
-        "target_not_allowed"
-    );
-    assert_eq!(lands(&gw, "staging", "stage-only").await, "staging");
+    assert_lands(
+        &gw,
+        &[
+            ("production", "stage-only", "target_not_allowed"),
+            ("sandbox", "stage-only", "target_not_allowed"),
+            ("staging", "stage-only", "staging"),
+        ],
+    )
+    .await;
     assert_eq!(hits(&gw), [0, 1, 0]);
 }
 
 #[tokio::test]
 async fn a_key_bound_to_production_is_refused_on_staging() {
     let gw = gateway().await;
-    assert_eq!(lands(&gw, "production", "prod-only").await, "production");
-    assert_eq!(
-        lands(&gw, "staging", "prod-only").await,
-        "target_not_allowed"
-    );
-    assert_eq!(
-        lands(&gw, "sandbox", "prod-only").await,
-        "target_not_allowed"
-    );
+    assert_lands(
+        &gw,
+        &[
+            ("production", "prod-only", "production"),
+            ("staging", "prod-only", "target_not_allowed"),
+            ("sandbox", "prod-only", "target_not_allowed"),
+        ],
+    )
+    .await;
     assert_eq!(hits(&gw), [1, 0, 0]);
 }
 
@@ -113,22 +124,19 @@ async fn a_key_without_bindings_reaches_every_target() {
 async fn consumer_bindings_apply_too() {
     let gw = gateway().await;
     // Key: production + staging; consumer: staging + sandbox. Only staging is in both.
-    assert_eq!(
-        lands(&gw, "production", "ci-prod-stage").await,
-        "target_not_allowed"
-    );
-    assert_eq!(
-        lands(&gw, "sandbox", "ci-prod-stage").await,
-        "target_not_allowed"
-    );
-    assert_eq!(lands(&gw, "staging", "ci-prod-stage").await, "staging");
-    // A key of the consumer without bindings of its own has the consumer's.
-    assert_eq!(
-        lands(&gw, "production", "ci-plain").await,
-        "target_not_allowed"
-    );
-    assert_eq!(lands(&gw, "staging", "ci-plain").await, "staging");
-    assert_eq!(lands(&gw, "sandbox", "ci-plain").await, "sandbox");
+    assert_lands(
+        &gw,
+        &[
+            ("production", "ci-prod-stage", "target_not_allowed"),
+            ("sandbox", "ci-prod-stage", "target_not_allowed"),
+            ("staging", "ci-prod-stage", "staging"),
+            // A key of the consumer without bindings of its own has the consumer's.
+            ("production", "ci-plain", "target_not_allowed"),
+            ("staging", "ci-plain", "staging"),
+            ("sandbox", "ci-plain", "sandbox"),
+        ],
+    )
+    .await;
     assert_eq!(hits(&gw), [0, 2, 1]);
 }
 
