@@ -82,43 +82,34 @@ async fn no_credential_is_403_key_missing() {
     assert_eq!(gw.hits(), 0, "a denied request must not reach the upstream");
 }
 
+/// `path` with `headers` is refused 403 `key_invalid`.
+async fn assert_key_invalid(gw: &Gw, path: &str, headers: &[(&str, &str)]) {
+    gw.get(path)
+        .headers(headers)
+        .problem(403, "key_invalid")
+        .await;
+}
+
 #[tokio::test]
 async fn key_header_given_twice_is_403_key_invalid() {
     let gw = gateway().await;
     // Twice the same valid key: ambiguous all the same.
-    gw.get("/r")
-        .key(SECRET)
-        .key(SECRET)
-        .problem(403, "key_invalid")
-        .await;
-    gw.get("/r")
-        .key(SECRET)
-        .header("X-Api-Key", SECRET_LONER)
-        .problem(403, "key_invalid")
-        .await;
-    gw.get("/r")
-        .key("not-a-key")
-        .key(SECRET)
-        .problem(403, "key_invalid")
-        .await;
+    assert_key_invalid(&gw, "/r", &[("x-api-key", SECRET), ("x-api-key", SECRET)]).await;
+    let lone = ("X-Api-Key", SECRET_LONER);
+    assert_key_invalid(&gw, "/r", &[("x-api-key", SECRET), lone]).await;
+    let wrong = ("x-api-key", "not-a-key");
+    assert_key_invalid(&gw, "/r", &[wrong, ("x-api-key", SECRET)]).await;
     assert_eq!(gw.hits(), 0);
 }
 
 #[tokio::test]
 async fn header_and_query_disagreeing_is_403_key_invalid() {
     let gw = gateway().await;
-    gw.get(&format!("/r?api_key={SECRET_LONER}"))
-        .key(SECRET)
-        .problem(403, "key_invalid")
-        .await;
-    gw.get("/r?api_key=not-a-key")
-        .key(SECRET)
-        .problem(403, "key_invalid")
-        .await;
-    gw.get(&format!("/r?api_key={SECRET}"))
-        .key("not-a-key")
-        .problem(403, "key_invalid")
-        .await;
+    let primary = [("x-api-key", SECRET)];
+    assert_key_invalid(&gw, &format!("/r?api_key={SECRET_LONER}"), &primary).await;
+    assert_key_invalid(&gw, "/r?api_key=not-a-key", &primary).await;
+    let wrong = [("x-api-key", "not-a-key")];
+    assert_key_invalid(&gw, &format!("/r?api_key={SECRET}"), &wrong).await;
     assert_eq!(gw.hits(), 0);
 }
 
