@@ -717,17 +717,30 @@ pub fn request(
     headers: &[(&str, &str)],
     body: TestBody,
 ) -> Request<TestBody> {
+    let mut all = Vec::with_capacity(headers.len() + 1);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        all.push(("host", HOST));
+    }
+    all.extend_from_slice(headers);
+    build_request(method, path, Version::HTTP_11, &all, body)
+}
+
+/// A request for `uri` in `version`, with `headers` appended in order.
+fn build_request(
+    method: &str,
+    uri: &str,
+    version: Version,
+    headers: &[(&str, &str)],
+    body: TestBody,
+) -> Request<TestBody> {
     let mut req = Request::builder()
         .method(method)
-        .uri(path)
+        .uri(uri)
+        .version(version)
         .body(body)
         .unwrap();
-    let h = req.headers_mut();
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        h.insert(http::header::HOST, HeaderValue::from_static(HOST));
-    }
     for (k, v) in headers {
-        h.append(
+        req.headers_mut().append(
             HeaderName::from_bytes(k.as_bytes()).unwrap(),
             HeaderValue::from_str(v).unwrap(),
         );
@@ -742,9 +755,20 @@ fn drive(conn: impl Future + Send + 'static) {
     });
 }
 
-/// The request methods of [`H1`] and [`H2`]: the same on either sender.
+/// A connected byte stream a client can speak HTTP over (TCP, TLS).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// The methods of [`H1`] and [`H2`] that are the same on either sender.
 macro_rules! client_methods {
     () => {
+        /// A fresh connection to `addr`.
+        pub async fn connect(addr: SocketAddr) -> Self {
+            let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+            Self::over(stream).await
+        }
+
         /// Sends a request and reads the whole response.
         pub async fn send(&mut self, req: Request<TestBody>) -> Resp {
             into_resp(self.send_streaming(req).await).await
@@ -773,16 +797,8 @@ pub struct H1 {
 }
 
 impl H1 {
-    pub async fn connect(addr: SocketAddr) -> H1 {
-        let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
-        H1::over(stream).await
-    }
-
     /// HTTP/1.1 over an established connection (TCP from a chosen source, TLS, ...).
-    pub async fn over<S>(io: S) -> H1
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
+    pub async fn over(io: impl Io) -> H1 {
         let handshake = hyper::client::conn::http1::handshake(TokioIo::new(io));
         let (sender, conn) = within("h1 handshake", handshake).await.unwrap();
         drive(conn);
@@ -812,16 +828,8 @@ pub struct H2 {
 }
 
 impl H2 {
-    pub async fn connect(addr: SocketAddr) -> H2 {
-        let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
-        H2::over(stream).await
-    }
-
     /// HTTP/2 over an established connection (e.g. TLS).
-    pub async fn over<S>(io: S) -> H2
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
+    pub async fn over(io: impl Io) -> H2 {
         let io = TokioIo::new(io);
         let handshake = hyper::client::conn::http2::handshake(TokioExecutor::new(), io);
         let (sender, conn) = within("h2 handshake", handshake).await.unwrap();
@@ -850,19 +858,7 @@ pub fn h2_request_to(
     headers: &[(&str, &str)],
     body: TestBody,
 ) -> Request<TestBody> {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .version(Version::HTTP_2)
-        .body(body)
-        .unwrap();
-    for (k, v) in headers {
-        req.headers_mut().append(
-            HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    req
+    build_request(method, uri, Version::HTTP_2, headers, body)
 }
 
 // ---------------------------------------------------------------------------------------------
