@@ -1,0 +1,500 @@
+//! The admin API against HTTP and its own document, from outside: numbers out of range, bodies of
+//! the wrong JSON type, 405s with `Allow`, and no panic ever reaching a response.
+
+use serde_json::json;
+
+use crate::harness::admin::*;
+use crate::harness::*;
+
+/// Every endpoint that reads a JSON body.
+const BODY_ENDPOINTS: [(&str, &str); 7] = [
+    ("POST", "/v1/keys"),
+    ("PATCH", "/v1/keys/k"),
+    ("POST", "/v1/keys/k/rotate"),
+    ("POST", "/v1/keys/k/allow_ips"),
+    ("POST", "/v1/consumers"),
+    ("PATCH", "/v1/consumers/acme"),
+    ("POST", "/v1/consumers/acme/allow_ips"),
+];
+
+/// The reported case: a `grace_seconds` that overflows the clock is a 400 naming the field, not
+/// a 500 with the panic's message; nothing is written and the key keeps its secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grace_beyond_the_clock_is_a_400_not_a_panic() {
+    let gw = Gateway::start("grace-overflow").await;
+    let api = gw.api();
+    let (_, secret) = api.create_key(json!({"id": "k"})).await;
+    let before = gw.files.keys_bytes();
+    for grace in [
+        json!(35009115257423436_u64),
+        json!(u64::MAX),
+        json!(1e300),
+        json!(315_360_001),
+    ] {
+        let resp = api
+            .post("/v1/keys/k/rotate", &json!({"grace_seconds": grace}))
+            .await;
+        let p = assert_field_problem(&resp, "invalid_field", "grace_seconds");
+        assert!(!resp.text().contains("panic"), "{p}");
+    }
+    assert_eq!(gw.files.keys_bytes(), before, "a refused rotation wrote");
+    assert_admitted(gw.proxy, &secret, "k").await;
+    assert_no_keygate_panic();
+}
+
+/// The longest grace is accepted, and whole numbers count as integers however they are
+/// written (`60.0`), as JSON Schema's `integer` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_numbers_are_integers_up_to_their_maximum() {
+    let gw = Gateway::start("grace-max").await;
+    let api = gw.api();
+    let (_, old) = api.create_key(json!({"id": "k"})).await;
+    let resp = api
+        .post("/v1/keys/k/rotate", &json!({"grace_seconds": 315_360_000}))
+        .await;
+    expect(&resp, 200);
+    assert_admitted(gw.proxy, &old, "k").await;
+    let resp = api
+        .send(
+            "POST",
+            "/v1/keys/k/rotate",
+            Some(r#"{"grace_seconds": 60.0}"#),
+        )
+        .await;
+    expect(&resp, 200);
+    let c = expect(
+        &api.send(
+            "POST",
+            "/v1/consumers",
+            Some(r#"{"id": "c", "max_keys": 3.0}"#),
+        )
+        .await,
+        201,
+    );
+    assert_eq!(c["max_keys"], 3);
+    let c = expect(
+        &api.patch("/v1/consumers/c", &json!({"max_keys": 4294967295_u64}))
+            .await,
+        200,
+    );
+    assert_eq!(c["max_keys"], 4294967295_u64);
+    for bad in [json!(4294967296_u64), json!(1e20)] {
+        for resp in [
+            api.post("/v1/consumers", &json!({"id": "d", "max_keys": bad}))
+                .await,
+            api.patch("/v1/consumers/c", &json!({"max_keys": bad}))
+                .await,
+        ] {
+            assert_field_problem(&resp, "invalid_field", "max_keys");
+        }
+    }
+    // Not whole, or below 0: not an integer at all.
+    for bad in ["2.5", "-1", "-1.0"] {
+        let body = format!(r#"{{"grace_seconds": {bad}}}"#);
+        let resp = api.send("POST", "/v1/keys/k/rotate", Some(&body)).await;
+        assert_field_problem(&resp, "invalid_body", "grace_seconds");
+    }
+    assert_no_keygate_panic();
+}
+
+/// A body that is JSON but not an object (`[]`, `1`, `"x"`, `null`, `true`) is a 400 on every
+/// endpoint that takes a body; none is read as an empty change, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_an_object_is_a_400() {
+    let gw = Gateway::start("wrong-json-type").await;
+    let api = gw.api();
+    api.create_key(json!({"id": "k"})).await;
+    let before = gw.files.keys_bytes();
+    for (method, path) in BODY_ENDPOINTS {
+        for body in ["[]", "[null]", "1", "\"x\"", "null", "true", " []"] {
+            let resp = api.send(method, path, Some(body)).await;
+            let p = assert_problem(&resp, 400, "invalid_body");
+            assert!(
+                p["detail"].as_str().unwrap().contains("object"),
+                "{method} {path} {body}: {p}"
+            );
+        }
+    }
+    assert_eq!(gw.files.keys_bytes(), before, "a refused body wrote");
+    assert_no_keygate_panic();
+}
+
+/// A 405 lists the methods the path does support in `Allow` (RFC 9110 §15.5.6), on every
+/// path; a path that is no endpoint at all is a 404, whatever the method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_405_carries_allow_with_the_methods_of_its_path() {
+    let gw = Gateway::start("allow").await;
+    let api = gw.api();
+    api.create_key(json!({"id": "k"})).await;
+    let cases = [
+        ("/healthz", "GET, HEAD", ["POST", "TRACE", "DELETE"]),
+        ("/readyz", "GET, HEAD", ["PUT", "TRACE", "OPTIONS"]),
+        ("/metrics", "GET, HEAD", ["POST", "TRACE", "PATCH"]),
+        ("/v1/keys", "GET, POST", ["PUT", "TRACE", "DELETE"]),
+        ("/v1/consumers", "GET, POST", ["PATCH", "TRACE", "DELETE"]),
+        ("/v1/keys/k", "GET, PATCH, DELETE", ["POST", "PUT", "TRACE"]),
+        (
+            "/v1/consumers/acme",
+            "GET, PATCH, DELETE",
+            ["POST", "PUT", "OPTIONS"],
+        ),
+        ("/v1/keys/k/rotate", "POST", ["GET", "DELETE", "TRACE"]),
+        ("/v1/keys/k/allow_ips", "POST", ["GET", "DELETE", "PUT"]),
+        (
+            "/v1/consumers/acme/allow_ips",
+            "POST",
+            ["GET", "DELETE", "PATCH"],
+        ),
+        (
+            "/v1/keys/k/allow_ips/10.0.0.0%2F8",
+            "DELETE",
+            ["GET", "POST", "TRACE"],
+        ),
+        (
+            "/v1/consumers/acme/allow_ips/10.0.0.1",
+            "DELETE",
+            ["GET", "PATCH", "PUT"],
+        ),
+    ];
+    for (path, allow, methods) in cases {
+        for method in methods {
+            let resp = api.send(method, path, None).await;
+            assert_problem(&resp, 405, "method_not_allowed");
+            assert_eq!(resp.header("allow"), Some(allow), "{method} {path}");
+        }
+    }
+    for path in [
+        "/v1/consumers/acme/rotate",
+        "/v1/keys/k/rotate/now",
+        "/v1/keys/k/nothing",
+    ] {
+        for method in ["GET", "POST"] {
+            let resp = api.send(method, path, None).await;
+            assert_problem(&resp, 404, "not_found");
+            assert_eq!(resp.header("allow"), None, "{method} {path}");
+        }
+    }
+    assert_no_keygate_panic();
+}
+
+/// The admin API reads its key with the proxy's reader: the header twice or longer than 512
+/// bytes is `key_invalid` before any lookup, as on the proxy, and the admin key given once
+/// works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_key_is_read_like_the_proxy_reads_keys() {
+    let gw = Gateway::start("admin-credential").await;
+    let long = "k".repeat(513);
+    for headers in [
+        vec![("x-api-key", ADMIN_SECRET), ("x-api-key", ADMIN_SECRET)],
+        vec![("x-api-key", long.as_str())],
+    ] {
+        let resp = H1::connect(gw.admin)
+            .await
+            .send(request("GET", "/v1/keys", &headers, empty()))
+            .await;
+        assert_problem(&resp, 403, "key_invalid");
+        let proxied = H1::connect(gw.proxy)
+            .await
+            .send(request("GET", PROBE, &headers, empty()))
+            .await;
+        assert_problem(&proxied, 403, "key_invalid");
+    }
+    for headers in [vec![], vec![("x-api-key", "")]] {
+        let resp = H1::connect(gw.admin)
+            .await
+            .send(request("GET", "/v1/keys", &headers, empty()))
+            .await;
+        assert_problem(&resp, 403, "key_missing");
+    }
+    expect(&gw.api().get("/v1/keys").await, 200);
+    assert_no_keygate_panic();
+}
+
+/// Whether `body` is valid for the request schema `schema` of docs/admin-api.yaml.
+fn document_allows(schema: &str, body: &serde_json::Value) -> bool {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/admin-api.yaml"))
+        .unwrap();
+    let spec: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": spec["components"],
+        "allOf": [{"$ref": format!("#/components/schemas/{schema}")}],
+    });
+    // Formats asserted too, as a validating client (and schemathesis) does.
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&root)
+        .expect("the schema compiles")
+        .is_valid(body)
+}
+
+/// docs/admin-api.yaml is exact: every body below is accepted by keygate exactly when the
+/// document allows it (ids, IP and CIDR spellings, paths, rates, integers and their ranges,
+/// `null` where it means nothing, unknown fields).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_and_the_server_agree_on_every_body() {
+    let gw = Gateway::start("document-exact").await;
+    let api = gw.api();
+    api.create_key(json!({"id": "k"})).await;
+    let long_id = "i".repeat(128);
+    let too_long_id = "i".repeat(129);
+    let cases: Vec<(&str, &str, &str, serde_json::Value)> = vec![
+        ("POST", "/v1/keys", "NewKey", json!({})),
+        ("POST", "/v1/keys", "NewKey", json!({"id": long_id})),
+        ("POST", "/v1/keys", "NewKey", json!({"id": too_long_id})),
+        ("POST", "/v1/keys", "NewKey", json!({"id": ""})),
+        ("POST", "/v1/keys", "NewKey", json!({"id": "a b"})),
+        ("POST", "/v1/keys", "NewKey", json!({"id": "a.b_c:d@e-F9"})),
+        ("POST", "/v1/keys", "NewKey", json!({"name": null})),
+        ("POST", "/v1/keys", "NewKey", json!({"targets": null})),
+        ("POST", "/v1/keys", "NewKey", json!({"status": null})),
+        ("POST", "/v1/keys", "NewKey", json!({"unknown": 1})),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["10.0.0.1"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["10.0.0.1/8"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["010.0.0.1"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["10.0.0.0/08"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["10.0.0.0/33"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["10.0.0.0/"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["::ffff:1.2.3.4"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["2001:db8::/128"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["2001:db8::/129"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["::1:2:3:4:5:6:7:8/64"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"allow_ips": ["fe80::1%eth0"]}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"paths": ["/reports/x"]}),
+        ),
+        ("POST", "/v1/keys", "NewKey", json!({"paths": ["/a b"]})),
+        ("POST", "/v1/keys", "NewKey", json!({"paths": ["/a?b"]})),
+        ("POST", "/v1/keys", "NewKey", json!({"paths": ["a"]})),
+        ("POST", "/v1/keys", "NewKey", json!({"rate_limit": "5/s"})),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"rate_limit": " +05 / hour "}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"rate_limit": "4294967295/m"}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"rate_limit": "4294967296/m"}),
+        ),
+        ("POST", "/v1/keys", "NewKey", json!({"rate_limit": "0/s"})),
+        ("POST", "/v1/keys", "NewKey", json!({"rate_limit": "5/day"})),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"expires_at": "2030-01-01T00:00:00Z"}),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "NewKey",
+            json!({"expires_at": "2030-01-01"}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": 0}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": 60.0}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": 315_360_000}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": 315_360_001}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": 2.5}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": -1}),
+        ),
+        (
+            "POST",
+            "/v1/keys/k/rotate",
+            "Rotate",
+            json!({"grace_seconds": null}),
+        ),
+        ("PATCH", "/v1/keys/k", "KeyPatch", json!({"name": null})),
+        ("PATCH", "/v1/keys/k", "KeyPatch", json!({"targets": null})),
+        ("PATCH", "/v1/keys/k", "KeyPatch", json!({"access": null})),
+        (
+            "PATCH",
+            "/v1/keys/k",
+            "KeyPatch",
+            json!({"rate_limit": null}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"id": "c1", "max_keys": 4294967295_u64}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"id": "c2", "max_keys": 4294967296_u64}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"id": "c3", "max_keys": 1.0}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"id": "c4", "max_keys": null}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"id": "c5", "name": null}),
+        ),
+        (
+            "POST",
+            "/v1/consumers",
+            "NewConsumer",
+            json!({"name": "no id"}),
+        ),
+        (
+            "PATCH",
+            "/v1/consumers/acme",
+            "ConsumerPatch",
+            json!({"max_keys": null}),
+        ),
+        (
+            "PATCH",
+            "/v1/consumers/acme",
+            "ConsumerPatch",
+            json!({"max_keys": 7}),
+        ),
+        (
+            "PATCH",
+            "/v1/consumers/acme",
+            "ConsumerPatch",
+            json!({"allow_ips": null}),
+        ),
+        (
+            "POST",
+            "/v1/consumers/acme/allow_ips",
+            "Cidr",
+            json!({"cidr": "192.0.2.0/24"}),
+        ),
+        (
+            "POST",
+            "/v1/consumers/acme/allow_ips",
+            "Cidr",
+            json!({"cidr": "192.0.2.0/024"}),
+        ),
+        (
+            "POST",
+            "/v1/consumers/acme/allow_ips",
+            "Cidr",
+            json!({"cidr": null}),
+        ),
+    ];
+    let mut disagreements = Vec::new();
+    for (method, path, schema, body) in cases {
+        let allowed = document_allows(schema, &body);
+        let resp = api.send(method, path, Some(&body.to_string())).await;
+        let accepted = resp.status.is_success();
+        if accepted != allowed || (!accepted && resp.status != 400) {
+            disagreements.push(format!(
+                "{method} {path} {body}: the document {} it, keygate answered {}: {}",
+                if allowed { "allows" } else { "forbids" },
+                resp.status,
+                resp.text()
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+    assert_no_keygate_panic();
+}
