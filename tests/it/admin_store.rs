@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::harness::admin::*;
+use crate::harness::live::replace_file;
 use crate::harness::*;
 
 /// A key written into the keys file by hand.
@@ -50,7 +51,9 @@ async fn a_hand_edit_between_two_api_calls_is_kept() {
          hash = \"{}\" # an inline comment\n",
         keygate_hash(HAND_SECRET)
     );
-    std::fs::write(&gw.files.keys, &edited).unwrap();
+    // Saved whole (temp file, rename), as a careful editor does: a write in place could be
+    // reloaded between its truncate and its write, as a valid file with no keys.
+    replace_file(&gw.files.keys, edited.as_bytes());
 
     // The next API write.
     let (_, second) = api.create_key(json!({"id": "second"})).await;
@@ -229,7 +232,8 @@ async fn a_broken_keys_file_refuses_changes_and_keeps_the_hand_text() {
     let (_, secret) = api.create_key(json!({"id": "k"})).await;
     let good = gw.files.keys_text();
     let broken = format!("{good}\n[[keys]\nid = \"half-typed\"\n");
-    std::fs::write(&gw.files.keys, &broken).unwrap();
+    // Saved whole: a reload between a truncate and the write would see a valid, empty file.
+    replace_file(&gw.files.keys, broken.as_bytes());
 
     let p = assert_problem(
         &api.post("/v1/keys", &json!({"id": "new"})).await,
@@ -249,7 +253,7 @@ async fn a_broken_keys_file_refuses_changes_and_keeps_the_hand_text() {
     );
     assert_admitted(gw.proxy, &secret, "k").await;
 
-    std::fs::write(&gw.files.keys, &good).unwrap();
+    replace_file(&gw.files.keys, good.as_bytes());
     let (_, new) = api.create_key(json!({"id": "new"})).await;
     assert_admitted(gw.proxy, &new, "new").await;
     assert_no_keygate_panic();
