@@ -98,11 +98,13 @@ fn start_keygate(path: PathBuf) -> SocketAddr {
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let (mut loaded, text) = keygate::load(&path).expect("config");
-            loaded.snapshot.log.access = keygate::snapshot::AccessTo::Off;
+            let mut gateway = keygate::Gateway::load(&path).expect("config");
+            gateway.snapshot_mut().log.access = keygate::snapshot::AccessTo::Off;
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             tx.send(listener.local_addr().expect("addr")).expect("send");
-            keygate::serve(&path, loaded, &text, listener, std::future::pending())
+            let listeners = gateway.bind(Some(listener), None).await.expect("bind");
+            gateway
+                .run(listeners, std::future::pending())
                 .await
                 .expect("serve");
         });

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, LoadError};
+use crate::config;
 use crate::secret::{self, KeyHash};
 
 /// Where the config is read from when neither `--config` nor `$KEYGATE_CONFIG` is given.
@@ -150,7 +150,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("{}: ok: {}", path.display(), loaded.snapshot.summary());
             ExitCode::SUCCESS
         }
-        Err(e @ LoadError::Io { .. }) | Err(e @ LoadError::Invalid(_)) => {
+        Err(e) => {
             let _ = writeln!(std::io::stderr(), "{e}");
             ExitCode::FAILURE
         }

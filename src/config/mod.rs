@@ -40,6 +40,8 @@ pub enum LoadError {
         file: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: the file is not UTF-8 text", file.display())]
+    NotUtf8 { file: PathBuf },
     #[error("{}", Problems(.0))]
     Invalid(Vec<ConfigError>),
 }
@@ -70,13 +72,21 @@ pub struct Loaded {
     pub warnings: Vec<ConfigError>,
 }
 
-/// Reads and validates a config file.
+/// Reads and validates a config file (and the keys file it names).
 pub fn load(file: &Path) -> Result<Loaded, LoadError> {
-    let src = std::fs::read_to_string(file).map_err(|source| LoadError::Io {
+    parse(&read_text(file)?, file)
+}
+
+/// Reads a config file's text: `keygate run`, `check` and the commands read it through here,
+/// so they refuse the same files with the same words.
+pub fn read_text(file: &Path) -> Result<String, LoadError> {
+    let bytes = std::fs::read(file).map_err(|source| LoadError::Io {
         file: file.to_path_buf(),
         source,
     })?;
-    parse(&src, file)
+    String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8 {
+        file: file.to_path_buf(),
+    })
 }
 
 /// Validates config text, reading the keys file it names (if any) from disk; `file` names the

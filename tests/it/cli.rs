@@ -56,8 +56,7 @@ impl Drop for TempConfig {
 fn example_summary() -> String {
     crate::harness::launch::load(Path::new(EXAMPLE))
         .unwrap()
-        .0
-        .snapshot
+        .snapshot()
         .summary()
 }
 

@@ -54,15 +54,13 @@ async fn start() -> Session {
     );
     let path = dir.join("keygate.toml");
     std::fs::write(&path, config).unwrap();
-    let (mut loaded, text) = launch::load(&path).unwrap();
+    let mut gateway = launch::load(&path).unwrap();
     // Its default (stdout) would bypass the harness's output capture.
-    loaded.snapshot.log.access = keygate::snapshot::AccessTo::Off;
+    gateway.snapshot_mut().log.access = keygate::snapshot::AccessTo::Off;
     let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
-    tokio::spawn(
-        async move { launch::serve(&path, loaded, &text, proxy, Some(admin_listener)).await },
-    );
+    tokio::spawn(async move { launch::serve(gateway, proxy, Some(admin_listener)).await });
     Session {
         spec,
         client: Client::builder(TokioExecutor::new()).build_http(),

@@ -609,7 +609,7 @@ fn parse_checked(text: &str) -> Result<(), TestCaseError> {
             );
             problems.clone()
         }
-        Err(e @ LoadError::Io { file, .. }) => {
+        Err(e @ (LoadError::Io { file, .. } | LoadError::NotUtf8 { file })) => {
             prop_assert!(e.to_string().starts_with(&file.display().to_string()));
             prop_assert!(text.contains("keys_file"), "{}", e);
             vec![]

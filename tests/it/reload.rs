@@ -570,10 +570,10 @@ async fn a_change_before_the_watch_starts_is_picked_up_at_once() {
     let path = dir.join("keygate.toml");
     let up = start_upstream("main").await;
     std::fs::write(&path, plain_config(up.addr, &(kept() + &revoked()))).unwrap();
-    let (loaded, text) = load_quiet(&path).unwrap();
+    let gateway = load_quiet(&path).unwrap();
     // The revocation lands between `load` and `serve`.
     replace_file(&path, plain_config(up.addr, &kept()).as_bytes());
-    let gate = serve_live(&path, loaded, text);
+    let gate = serve_live(gateway);
     // `until_status` gives up after 3 s: before the periodic check could have done it.
     until_status(gate.addr, REVOKED, 403, "key_invalid").await;
     assert_admitted(gate.addr, KEPT, "kept").await;

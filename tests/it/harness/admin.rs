@@ -229,8 +229,8 @@ impl Files {
 
     /// The config as keygate loads it from disk now.
     pub fn load(&self) -> keygate::config::Loaded {
-        match super::launch::load(&self.config) {
-            Ok((l, _)) => l,
+        match keygate::config::load(&self.config) {
+            Ok(l) => l,
             Err(e) => panic!("the files do not load: {e}\n---\n{}", self.keys_text()),
         }
     }
@@ -273,16 +273,15 @@ impl Gateway {
     pub async fn start_with(name: &str, keys: Option<&str>) -> Gateway {
         watch_panics();
         let files = Files::new(name, None, "127.0.0.1:0", keys).await;
-        let (loaded, text) = match super::load_quiet(&files.config) {
+        let gateway = match super::load_quiet(&files.config) {
             Ok(l) => l,
             Err(e) => panic!("test config is invalid: {e:#}"),
         };
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (proxy_addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
-        let path = files.config.clone();
         tokio::spawn(async move {
-            let served = super::launch::serve(&path, loaded, &text, proxy, Some(admin)).await;
+            let served = super::launch::serve(gateway, proxy, Some(admin)).await;
             if let Err(e) = served {
                 eprintln!("keygate failed to serve: {e:#}");
             }

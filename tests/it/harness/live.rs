@@ -199,15 +199,15 @@ impl Drop for Gate {
 /// Loads `path` and serves it on a fresh `127.0.0.1:0` listener with the real reloader (file
 /// watcher, SIGHUP, periodic check), exactly as `keygate run` does after binding.
 pub fn start_live(path: &Path) -> Gate {
-    let (loaded, text) = match super::load_quiet(path) {
-        Ok(l) => l,
+    let gateway = match super::load_quiet(path) {
+        Ok(g) => g,
         Err(e) => panic!("test config {} is invalid: {e:#}", path.display()),
     };
-    serve_live(path, loaded, text)
+    serve_live(gateway)
 }
 
 /// Like [`start_live`], with the config already loaded (the file may have changed since).
-pub fn serve_live(path: &Path, loaded: keygate::config::Loaded, text: Vec<u8>) -> Gate {
+pub fn serve_live(gateway: keygate::Gateway) -> Gate {
     watch_panics();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -218,10 +218,9 @@ pub fn serve_live(path: &Path, loaded: keygate::config::Loaded, text: Vec<u8>) -
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let path = path.to_path_buf();
     runtime.spawn(async move {
         let listener = TcpListener::from_std(listener).unwrap();
-        let served = super::launch::serve(&path, loaded, &text, listener, None).await;
+        let served = super::launch::serve(gateway, listener, None).await;
         if let Err(e) = served {
             eprintln!("keygate failed to serve: {e:#}");
         }

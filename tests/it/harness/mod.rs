@@ -80,12 +80,13 @@ pub fn logged_addr(line: &str) -> SocketAddr {
 
 /// Loads `path` as `keygate run` does, with the access log off unless the config has a `[log]`
 /// table: its default (stdout) would bypass the test harness's output capture.
-pub fn load_quiet(path: &std::path::Path) -> anyhow::Result<(keygate::config::Loaded, Vec<u8>)> {
-    let (mut loaded, text) = launch::load(path)?;
-    if !String::from_utf8_lossy(&text).contains("[log]") {
-        loaded.snapshot.log.access = keygate::snapshot::AccessTo::Off;
+pub fn load_quiet(path: &std::path::Path) -> anyhow::Result<keygate::Gateway> {
+    let mut gateway = launch::load(path)?;
+    let text = std::fs::read_to_string(path)?;
+    if !text.contains("[log]") {
+        gateway.snapshot_mut().log.access = keygate::snapshot::AccessTo::Off;
     }
-    Ok((loaded, text))
+    Ok(gateway)
 }
 
 /// Awaits `f`, failing the test if it takes longer than [`IO_TIMEOUT`].
