@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::admin::{consumer_json, key_json};
-use crate::snapshot::{Access, Snapshot, Status};
+use crate::model::{Access, Status};
+use crate::snapshot::Snapshot;
 // A command shows keys as the API does, without the times only a running gateway records.
 use crate::state::Live;
 use crate::store::{ConsumerPatch, KeyPatch, NewConsumer, NewKey, Store, Written};

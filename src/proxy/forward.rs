@@ -25,7 +25,7 @@ use super::observe::Activity;
 use super::pool::{Pool, PooledBody, Upstream};
 use super::request_id::X_REQUEST_ID;
 
-use crate::snapshot::{Consumer, Id, Key, Server, Target};
+use crate::model::{Consumer, Id, Key, Server, Target};
 
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 pub const X_KEYGATE_CONSUMER: HeaderName = HeaderName::from_static("x-keygate-consumer");
