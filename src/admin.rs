@@ -6,12 +6,14 @@
 //! reloader, so a key created here works on the proxy as soon as the response is sent, and a
 //! deleted one is refused.
 //!
-//! Errors are problem+json like the proxy's, with these `code`s: `key_missing`, `key_invalid`,
-//! `role_insufficient` (403), `too_many_failures` (429, after `[server] failed_auth_limit` wrong
-//! keys from one address), `invalid_body`, `invalid_field`, `invalid_change` (400),
-//! `not_found` (404), `method_not_allowed` (405), `key_read_only`, `consumer_read_only`,
-//! `id_taken`, `key_limit_reached`, `consumer_in_use`, `no_keys_file`, `store_invalid` (409),
-//! `internal` (500).
+//! Errors are problem+json rendered by `http::problem`, as the proxy's are, with these `code`s:
+//! `key_missing`, `key_invalid`, `role_insufficient` (403), `too_many_failures` (429, after
+//! `[server] failed_auth_limit` wrong keys from one address), `invalid_body`, `invalid_field`,
+//! `invalid_change` (400), `not_found` (404), `method_not_allowed` (405, with `Allow`),
+//! `key_read_only`, `consumer_read_only`, `id_taken`, `key_limit_reached`, `consumer_in_use`,
+//! `no_keys_file`, `store_invalid` (409), `internal` (500, whose detail never carries the cause:
+//! that is logged). docs/admin-api.yaml says exactly what each endpoint accepts; the store
+//! checks every number's range.
 
 use std::future::Future;
 use std::net::IpAddr;

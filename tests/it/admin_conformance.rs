@@ -498,3 +498,28 @@ async fn the_document_and_the_server_agree_on_every_body() {
     assert!(disagreements.is_empty(), "{disagreements:#?}");
     assert_no_keygate_panic();
 }
+
+/// `keygate keys rotate --grace-seconds` goes through the same store: a grace beyond the clock
+/// is refused with the field named and a non-zero exit, not a panic, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotate_command_refuses_a_grace_beyond_the_clock() {
+    let files = Files::new("grace-command", None, "127.0.0.1:0", Some(INITIAL_KEYS)).await;
+    cmd_json(&files.config, &["keys", "create", "--id", "k"]).await;
+    let before = files.keys_bytes();
+    let out = keygate_cmd(
+        &files.config,
+        &[
+            "keys",
+            "rotate",
+            "k",
+            "--grace-seconds",
+            "35009115257423436",
+        ],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("grace_seconds"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(files.keys_bytes(), before);
+}
