@@ -269,6 +269,22 @@ fn instance_config(up: SocketAddr, redis: &Redis, cluster: &str, rest: &str) -> 
 
 /// Starts `n` keygate processes (the real binary), each with its own copy of `config`, and
 /// waits until each has connected to Redis.
+/// `n` instances on one echo upstream sharing `redis`, with the `[cluster]` lines `cluster`
+/// and `rest` after the target (keys, other tables), their files in a temp dir `name`.
+async fn start_fleet(
+    name: &str,
+    redis: &Redis,
+    n: usize,
+    cluster: &str,
+    rest: &str,
+) -> (Upstream, TempDir, Vec<Process>) {
+    let up = start_upstream("up").await;
+    let dir = TempDir::new(name);
+    let config = instance_config(up.addr, redis, cluster, rest);
+    let gates = fleet(&dir, n, &config).await;
+    (up, dir, gates)
+}
+
 async fn fleet(dir: &TempDir, n: usize, config: &str) -> Vec<Process> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -316,15 +332,14 @@ fn count(
 #[tokio::test]
 async fn strict_mode_shares_one_limit_across_three_instances() {
     let Some(redis) = Redis::start() else { return };
-    let up = start_upstream("up").await;
-    let dir = TempDir::new("cluster-strict");
-    let config = instance_config(
-        up.addr,
+    let (_up, _dir, gates) = start_fleet(
+        "cluster-strict",
         &redis,
+        3,
         "mode = \"strict\"",
         &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
-    );
-    let gates = fleet(&dir, 3, &config).await;
+    )
+    .await;
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();
     let seen = spread(&addrs, FLEET_KEY, 30, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 10, "{seen:?}");
@@ -344,16 +359,15 @@ async fn strict_mode_shares_one_limit_across_three_instances() {
 #[tokio::test]
 async fn strict_mode_is_exact_under_concurrent_requests() {
     let Some(redis) = Redis::start() else { return };
-    let up = start_upstream("up").await;
-    let dir = TempDir::new("cluster-strict-concurrent");
-    let config = instance_config(
-        up.addr,
+    // Generous: on a loaded machine a call timing out would be decided locally instead.
+    let (_up, _dir, gates) = start_fleet(
+        "cluster-strict-concurrent",
         &redis,
-        // Generous: on a loaded machine a call timing out would be decided locally instead.
+        3,
         "mode = \"strict\"\ntimeout = \"1s\"",
         &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
-    );
-    let gates = fleet(&dir, 3, &config).await;
+    )
+    .await;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..30 {
         let addr = gates[i % gates.len()].proxy;
@@ -372,15 +386,14 @@ async fn strict_mode_is_exact_under_concurrent_requests() {
 #[tokio::test]
 async fn local_sync_mode_keeps_the_fleet_near_one_limit() {
     let Some(redis) = Redis::start() else { return };
-    let up = start_upstream("up").await;
-    let dir = TempDir::new("cluster-local-sync");
-    let config = instance_config(
-        up.addr,
+    let (_up, _dir, gates) = start_fleet(
+        "cluster-local-sync",
         &redis,
+        3,
         "mode = \"local-sync\"\nsync_interval = \"10ms\"",
         &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
-    );
-    let gates = fleet(&dir, 3, &config).await;
+    )
+    .await;
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();
     // Each instance's first request makes its view of the bucket; let them sync once.
     let first = spread(&addrs, FLEET_KEY, 3, Duration::from_millis(50)).await;
@@ -405,19 +418,18 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
     let Some(mut redis) = Redis::start() else {
         return;
     };
-    let up = start_upstream("up").await;
-    let dir = TempDir::new("cluster-outage");
-    let config = instance_config(
-        up.addr,
+    let (_up, _dir, mut gates) = start_fleet(
+        "cluster-outage",
         &redis,
+        2,
         "mode = \"strict\"\ntimeout = \"50ms\"",
         &format!(
             "[metrics]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
             key_toml("metered", FLEET_KEY, "rate_limit = \"4/minute\""),
             key_toml("other", OTHER_KEY, "rate_limit = \"4/minute\"")
         ),
-    );
-    let mut gates = fleet(&dir, 2, &config).await;
+    )
+    .await;
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();
     let mut scrape_at = Vec::new();
     for g in gates.iter_mut() {
