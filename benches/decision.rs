@@ -37,6 +37,9 @@
 //!
 //! Run: `cargo bench --bench decision` (about 1.5 minutes; `-- decision/1m` for one group).
 
+// A test or bench that cannot go on fails loudly: unwrap, expect and panic are how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};

@@ -11,6 +11,9 @@
 //!    rename to the new key working), whether any request failed, and p50/p99/max latency of the
 //!    requests in flight during the reload window against those before it.
 
+// A test or bench that cannot go on fails loudly: unwrap, expect and panic are how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

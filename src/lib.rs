@@ -1,43 +1,45 @@
 //! keygate: an authenticating reverse proxy. Every request needs a valid API key; a valid key
 //! reaches its deploy target's upstream with the credential stripped and the caller's identity
-//! attached.
+//! attached. `docs/architecture.md` tells the whole story; this is the map.
 //!
-//! # Layout
-//!
-//! The request path, in the order a request meets it (`src/proxy/`):
+//! The request path (`proxy::Proxy::handle`), one file per phase:
 //!
 //! ```text
-//! server.rs      accept TCP, speak HTTP/1.1 or h2c
-//! route.rs       Host + path -> target                      404 no_route
-//! credential.rs  X-API-Key header, else api_key query        403 key_missing / key_invalid
-//! client_ip.rs   peer -> canonical client address
-//! policy.rs      SHA-256, one lookup, status, expiry         403 key_invalid / inactive / expired
-//! forward.rs     strip key, set identity headers, stream     502 / 504 upstream_*
-//! deny.rs        every denial -> problem+json, in one place
+//! http/listener  accept, TLS, HTTP/1.1 + h2, edge limits     400 invalid_request, 431
+//! client_ip      peer or trusted forwarders -> client address
+//! route          Host + path -> target                        404 no_route
+//! credential     X-API-Key header, else api_key query         403 key_missing / key_invalid
+//! authorize      pure: hash, one lookup, status, expiry,      429 too_many_failures, 403 ...
+//!                IP, target, access
+//! rate           local, local-sync or strict, one call         429 rate_limited
+//! forward        strip the key, stream to the upstream         413 / 400 / 502 / 504
+//! respond        the one place a refusal is recorded and rendered
+//! observe        metrics and the access log, when the body ends
 //! ```
-//!
-//! Beside it: `config/` reads `keygate.toml` (raw serde types, then validation with line and
-//! column), `snapshot.rs` holds the validated config that requests read and that is swapped whole,
-//! `secret.rs` hashes and generates secrets, `cli.rs` is the command line.
 
 #![forbid(unsafe_code)]
 
+// Operations: the process, its commands, and what changes or watches the state.
 pub(crate) mod admin;
 pub mod cli;
 pub(crate) mod cluster;
-pub mod config;
 pub mod gateway;
-pub mod http;
-pub mod limits;
 pub(crate) mod manage;
 pub(crate) mod metrics;
-pub(crate) mod model;
-pub mod proxy;
 pub(crate) mod reload;
+pub mod store;
+
+// The request path.
+pub mod http;
+pub mod proxy;
+
+// State and config: what a request reads, and how it is built.
+pub mod config;
+pub mod limits;
+pub(crate) mod model;
 pub mod secret;
 pub mod snapshot;
 pub mod state;
-pub mod store;
 pub(crate) mod tls;
 
 pub use gateway::{Gateway, Listeners, run};

@@ -11,6 +11,9 @@
 //! Also runs the unit tests of loadgen.rs (its histogram, target and duration parsing), which
 //! cargo does not run for an example.
 
+// A test or bench that cannot go on fails loudly: unwrap, expect and panic are how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[allow(dead_code)]
 #[path = "../benches/load/loadgen.rs"]
 mod loadgen;

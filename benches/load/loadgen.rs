@@ -28,6 +28,9 @@
 //!     --rate 20000 --connections 32 --duration 5s
 //! ```
 
+// A test or bench that cannot go on fails loudly: unwrap, expect and panic are how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;

@@ -7,6 +7,9 @@
 //!
 //! Run one area with `cargo test --test it hostile::` (a name filter).
 
+// A test or bench that cannot go on fails loudly: unwrap, expect and panic are how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod harness;
 /// The credential and client-address oracles; also included by path by the fuzz targets in
 /// `fuzz/fuzz_targets/`, so it stays where they look for it.
