@@ -1,8 +1,8 @@
 //! The per-request decision, as `Proxy::admit` runs it minus routing and forwarding: find the
 //! presented secret (`credential::extract` on a real `HeaderMap` and query string), resolve
 //! the client address, then `proxy::guarded_authorize` and `rate`: one SHA-256, one hash-map lookup, status and
-//! expiry (steps 2-4 of the request path), then the IP, target, access and rate-limit checks
-//! (step 5), and the key's last-used stamp; against snapshots of 10,000 and 1,000,000 keys.
+//! expiry (credential and authorize), then the IP, target and access checks and the rate limit
+//! (authorize and rate), and the key's last-used stamp; against snapshots of 10,000 and 1,000,000 keys.
 //!
 //! Why: every request pays this before anything is forwarded, and a key-guessing flood pays it
 //! too (the `miss` benches), so it must stay flat as the key table grows. Hits cycle through
@@ -23,7 +23,7 @@
 //!   its gap to `extract_header` is the cost of reading 16,384 requests' headers from cold
 //!   cache, which a real server (whose request was just parsed) does not pay, so the
 //!   `decision/*` numbers are on the pessimistic side.
-//! - `route/*`: step 1, `snapshot.routes.find(host, path)`.
+//! - `route/*`: the route phase, `snapshot.routes.find(host, path)`.
 //!
 //! `now` is read once at setup: the real path reads two clocks per request (a few ns each).
 //!
@@ -477,7 +477,7 @@ fn parts(c: &mut Criterion, env: &Env, hits: &[Req]) {
     g.finish();
 }
 
-/// Step 1 on its own: a host route, an any-host prefix route, and a mixed-case Host (which
+/// The route phase on its own: a host route, an any-host prefix route, and a mixed-case Host (which
 /// lowercases into a new string before the lookup).
 fn routes(c: &mut Criterion, snap: &Snapshot) {
     let mut g = c.benchmark_group("route");

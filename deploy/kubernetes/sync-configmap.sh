@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rewrites configmap.yaml from config/keygate.toml (or the file given), changing only the three
-# lines Kubernetes needs. Run it after editing the example config; tests/deploy.rs fails until
+# lines Kubernetes needs. Run it after editing the example config; tests/it/deploy.rs fails until
 # the two agree.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

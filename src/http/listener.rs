@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST};
+use http::header::{CONNECTION, HOST};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body as HttpBody, Incoming};
@@ -38,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use super::problem::Problem;
 use crate::proxy::request_id;
 use crate::state::Published;
 
@@ -717,37 +718,15 @@ fn invalid_host<B>(req: &Request<B>) -> bool {
 /// every other refusal (`proxy::deny`), with `Connection: close`: what follows it on the
 /// connection cannot be trusted to be framed the way the client meant.
 fn invalid_request(req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    const CODE: &str = "invalid_request";
-    /// The fields, in the order, of `proxy::deny`'s problem (RFC 9457).
-    #[derive(serde::Serialize)]
-    struct Problem<'a> {
-        #[serde(rename = "type")]
-        kind: String,
-        title: &'a str,
-        status: u16,
-        detail: &'a str,
-        code: &'a str,
-        request_id: &'a str,
-    }
     let id = request_id::of(req.headers());
-    let problem = Problem {
-        kind: format!("tag:keygate,2026:problem:{CODE}"),
-        title: "Invalid request",
-        status: StatusCode::BAD_REQUEST.as_u16(),
-        detail: "An HTTP/1.1 request needs exactly one Host header field.",
-        code: CODE,
-        // Request ids are checked to be visible ASCII by `request_id::of`.
-        request_id: id.to_str().unwrap_or_default(),
-    };
-    let body = serde_json::to_vec(&problem).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let mut resp = Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "Invalid request",
+        "An HTTP/1.1 request needs exactly one Host header field.",
+    )
+    .response(&id);
     let headers = resp.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(CONNECTION, HeaderValue::from_static("close"));
     headers.insert(request_id::X_REQUEST_ID, id);
     resp

@@ -1,4 +1,4 @@
-//! Phase 2: the credential. The key header, else the first key query parameter; and, for the
+//! Credential: the key header, else the first key query parameter; and, for the
 //! upstream and for logs, the query with that parameter removed or redacted.
 //!
 //! Everything here takes hostile input: lengths are capped, decoding never panics, and any

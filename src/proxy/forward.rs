@@ -1,4 +1,4 @@
-//! Phase 6: the request as the upstream sees it, then the exchange itself.
+//! Forward: the request as the upstream sees it, then the exchange itself.
 //!
 //! [`rewrite`] runs while the snapshot is loaded and edits the request in place (no header map
 //! is copied): credential out, hop-by-hop headers out, identity and forwarding headers in.

@@ -1,4 +1,4 @@
-//! Phase 6b: the upstream connections, one pool per server worker.
+//! Forward, its connections: the upstream connections, one pool per server worker.
 //!
 //! Each worker thread has its own pool (see `server::serve_workers`), so an upstream connection
 //! is only used and driven by one thread and the pool's lock is never contended. Connections are

@@ -1,4 +1,4 @@
-//! Phase 1: Host + path -> target.
+//! Route: Host + path -> target.
 //!
 //! Reads the host a request asked for and looks it up in the snapshot's routing table
 //! (`snapshot/routes.rs`, which says how a route is chosen).
