@@ -570,29 +570,25 @@ impl<H: Handler> Conn<H> {
             ..
         } = self;
         let activity = Arc::new(Activity::new(Instant::now().into_std(), stop.clone()));
-        let connection = Connection {
+        let connection = Arc::new(Connection {
             peer,
             proto,
             activity: activity.clone(),
-        };
+        });
         let service = service_fn(move |req: Request<Incoming>| {
-            let answer = match invalid_host(&req) {
-                true => Err(invalid_request(&req)),
-                false => Ok((
-                    InFlight::begin(&connection.activity),
-                    handler.call(req, &connection),
-                )),
-            };
+            let refused = invalid_host(&req).then(|| invalid_request(&req));
+            let (handler, connection) = (handler.clone(), connection.clone());
+            // The handler's future is made inside this one, on its first poll: made here and
+            // moved in, it was copied whole (kilobytes) on every request (callgrind: +11,000
+            // instructions a request in memcpy).
             async move {
-                let resp = match answer {
-                    Err(refused) => refused.map(Either::Left),
-                    Ok((in_flight, handled)) => {
-                        let resp = handled.await;
-                        drop(in_flight);
-                        resp.map(Either::Right)
-                    }
-                };
-                Ok::<_, Infallible>(resp)
+                if let Some(refused) = refused {
+                    return Ok::<_, Infallible>(refused.map(Either::Left));
+                }
+                let in_flight = InFlight::begin(&connection.activity);
+                let resp = handler.call(req, &connection).await;
+                drop(in_flight);
+                Ok(resp.map(Either::Right))
             }
         });
         let conn = builder.serve_connection_with_upgrades(io, service);

@@ -104,13 +104,14 @@ fn is_unambiguous(path: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
     use std::time::Duration;
 
     use super::*;
 
-    const CONFIG: &str = r#"
+    /// Also the rate phase's tests' config: it authorizes before it limits.
+    pub(crate) const CONFIG: &str = r#"
 [server]
 failed_auth_limit = "2/minute"
 
@@ -176,7 +177,7 @@ consumer = "acme"
         wall
     }
 
-    fn facts<'a>(secret: &'a str, ip: &str) -> Facts<'a> {
+    pub(crate) fn facts<'a>(secret: &'a str, ip: &str) -> Facts<'a> {
         Facts {
             secret: secret.as_bytes(),
             target: 0,

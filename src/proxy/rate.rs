@@ -113,52 +113,25 @@ fn limited_refusal(snap: &Live, a: &Authorized<'_>, limited: Limited) -> Refusal
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
     use std::path::Path;
     use std::time::{Duration, SystemTime};
 
-    use http::Method;
-
     use super::*;
-    use crate::proxy::authorize::{Facts, authorize};
+    use crate::proxy::authorize::authorize;
+    use crate::proxy::authorize::tests::{CONFIG, facts};
 
-    const CONFIG: &str = r#"
-[[targets]]
-name = "production"
-upstream = "http://127.0.0.1:3000"
-
-[[consumers]]
-id = "acme"
-allow_ips = ["10.0.0.0/8"]
-rate_limit = "3/minute"
-
-[[keys]]
-id = "live"
-secret = "live-secret"
-
-[[keys]]
-id = "acme-a"
-secret = "acme-a-secret"
-consumer = "acme"
-rate_limit = "2/minute"
-
-[[keys]]
-id = "acme-b"
-secret = "acme-b-secret"
-consumer = "acme"
-"#;
+    fn live() -> Live {
+        Live::new(
+            crate::config::parse(CONFIG, Path::new("t.toml"))
+                .unwrap()
+                .snapshot,
+        )
+    }
 
     /// Authorize, then rate, as the request path does (refusals by code).
     fn decide(snap: &Live, secret: &str, ip: &str) -> Result<Option<RateStatus>, &'static str> {
-        let facts = Facts {
-            secret: secret.as_bytes(),
-            target: 0,
-            method: &Method::GET,
-            path: "/",
-            client_ip: ip.parse::<IpAddr>().unwrap(),
-        };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600);
-        let authorized = authorize(snap, &facts, now).map_err(|r| r.deny.code())?;
+        let authorized = authorize(snap, &facts(secret, ip), now).map_err(|r| r.deny.code())?;
         let limiter = RateLimiter::default();
         futures_util::FutureExt::now_or_never(limiter.take(snap, &authorized))
             .expect("local limits never wait")
@@ -167,11 +140,7 @@ consumer = "acme"
 
     #[test]
     fn rate_limit_is_last_and_shared_by_the_consumer() {
-        let snap = Live::new(
-            crate::config::parse(CONFIG, Path::new("t.toml"))
-                .unwrap()
-                .snapshot,
-        );
+        let snap = live();
         // A refusal for another reason spends no quota.
         for _ in 0..5 {
             assert_eq!(
@@ -198,20 +167,13 @@ consumer = "acme"
 
     #[test]
     fn a_rate_limited_refusal_names_its_key_and_consumer() {
-        let snap = Live::new(
-            crate::config::parse(CONFIG, Path::new("t.toml"))
-                .unwrap()
-                .snapshot,
-        );
-        let facts = Facts {
-            secret: b"acme-a-secret",
-            target: 0,
-            method: &Method::GET,
-            path: "/",
-            client_ip: "10.0.0.9".parse().unwrap(),
-        };
-        let now = SystemTime::UNIX_EPOCH;
-        let authorized = authorize(&snap, &facts, now).unwrap();
+        let snap = live();
+        let authorized = authorize(
+            &snap,
+            &facts("acme-a-secret", "10.0.0.9"),
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
         let limiter = RateLimiter::default();
         let take =
             || futures_util::FutureExt::now_or_never(limiter.take(&snap, &authorized)).unwrap();
