@@ -909,8 +909,7 @@ async fn last_used_at_survives_a_sigterm_restart() {
     assert_eq!(api.key("used").await["last_used_at"], second);
     assert_eq!(api.key("idle").await["last_used_at"], Value::Null);
     assert_admitted(kg.proxy, &secret, "used").await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// Both listeners on `127.0.0.1:0` are two different ephemeral ports, never the same one.
@@ -927,8 +926,7 @@ async fn both_listeners_may_ask_for_port_0() {
     assert_ne!(kg.admin, kg.proxy);
     expect(&kg.api().get("/v1/keys").await, 200);
     assert_admitted(kg.proxy, STATIC_SECRET, STATIC_ID).await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 // --- roles and admin authentication ----------------------------------------------------------
@@ -1393,6 +1391,5 @@ async fn health_and_readiness_probes_need_no_key() {
     assert_problem(&anon.get("/v1/keys").await, 403, "key_missing");
     expect(&kg.api().get("/v1/keys").await, 200);
 
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }

@@ -418,8 +418,7 @@ async fn parallel_creates_and_patches_survive_a_restart() {
     assert!(status.success(), "{status}: {log:#?}");
     let kg = Process::start(&files.config).await;
     assert_all_changes(&kg.api(), kg.proxy, &secrets).await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// The same parallel changes, checked on the running gateway before any restart: each answer
@@ -537,6 +536,5 @@ async fn sigkill_mid_write_leaves_a_valid_file_with_every_acknowledged_key() {
     for (id, _) in &all_acked {
         assert!(listed.contains(id), "{id} is not listed");
     }
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
