@@ -555,6 +555,14 @@ impl Req {
         self.send().await.echo()
     }
 
+    /// [`Req::echo`], checking that keygate forwarded it as key `key_id` (the upstream saw
+    /// `X-Keygate-Key-Id: key_id`).
+    pub async fn echo_as(self, key_id: &str) -> Echo {
+        let echo = self.echo().await;
+        assert_eq!(echo.one("x-keygate-key-id"), Some(key_id), "{echo:?}");
+        echo
+    }
+
     /// Sends it on a fresh connection and reads the whole response, checked for secrets.
     pub async fn send(self) -> Resp {
         let body = self.body.clone().map_or_else(empty, full);
