@@ -372,9 +372,7 @@ async fn patch_from_one_rate_limit_to_another_answers_and_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_key_is_refused_right_after_the_204() {
-    let gw = Gateway::start("delete").await;
-    let api = gw.api();
-    let (_, secret) = api.create_key(json!({"id": "doomed"})).await;
+    let (gw, api, secret) = Gateway::start_with_key("delete", "doomed").await;
     let (_, kept) = api.create_key(json!({"id": "kept"})).await;
     assert_admitted(gw.proxy, &secret, "doomed").await;
 
@@ -428,9 +426,7 @@ async fn rotate_without_grace_refuses_the_old_secret_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_with_grace_keeps_both_secrets_working() {
-    let gw = Gateway::start("rotate-60").await;
-    let api = gw.api();
-    let (_, old) = api.create_key(json!({"id": "r"})).await;
+    let (gw, api, old) = Gateway::start_with_key("rotate-60", "r").await;
     let resp = api
         .post("/v1/keys/r/rotate", &json!({"grace_seconds": 60}))
         .await;
@@ -468,9 +464,7 @@ async fn rotate_with_grace_keeps_both_secrets_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_allow_ips_are_added_and_removed_by_percent_encoded_cidr() {
-    let gw = Gateway::start("key-ips").await;
-    let api = gw.api();
-    let (_, secret) = api.create_key(json!({"id": "k"})).await;
+    let (gw, api, secret) = Gateway::start_with_key("key-ips", "k").await;
 
     let k = expect(
         &api.post("/v1/keys/k/allow_ips", &json!({"cidr": "10.0.0.0/8"}))
@@ -810,9 +804,7 @@ async fn last_used_at_is_null_until_a_proxied_request_then_its_time() {
 /// published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_used_at_does_not_flicker_to_null_during_other_changes() {
-    let gw = Gateway::start("last-used-flicker").await;
-    let api = gw.api();
-    let (_, secret) = api.create_key(json!({"id": "used"})).await;
+    let (gw, api, secret) = Gateway::start_with_key("last-used-flicker", "used").await;
     api.create_key(json!({"id": "busy"})).await;
     assert_admitted(gw.proxy, &secret, "used").await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1046,9 +1038,7 @@ async fn main_file_keys_are_shown_but_read_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_ids_endpoints_and_methods_and_taken_ids() {
-    let gw = Gateway::start("not-found").await;
-    let api = gw.api();
-    api.create_key(json!({"id": "k"})).await;
+    let (gw, api, _) = Gateway::start_with_key("not-found", "k").await;
     for resp in [
         api.get("/v1/keys/nope").await,
         api.patch("/v1/keys/nope", &json!({"name": "x"})).await,
@@ -1088,9 +1078,7 @@ async fn unknown_ids_endpoints_and_methods_and_taken_ids() {
 /// Bad bodies get 400 problem+json naming the field, and write nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_name_the_field_and_write_nothing() {
-    let gw = Gateway::start("bad-bodies").await;
-    let api = gw.api();
-    api.create_key(json!({"id": "k"})).await;
+    let (gw, api, _) = Gateway::start_with_key("bad-bodies", "k").await;
     let before = gw.files.keys_bytes();
     let keys = "/v1/keys";
 

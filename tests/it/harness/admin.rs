@@ -323,6 +323,15 @@ impl Gateway {
         Api::new(self.admin, Some(ADMIN_SECRET))
     }
 
+    /// [`Gateway::start`], then key `id` created through the admin API: the gateway, the API as
+    /// the admin, and the key's secret.
+    pub async fn start_with_key(name: &str, id: &str) -> (Gateway, Api, String) {
+        let gw = Gateway::start(name).await;
+        let api = gw.api();
+        let (_, secret) = api.create_key(serde_json::json!({ "id": id })).await;
+        (gw, api, secret)
+    }
+
     /// The admin API as the `read` role.
     pub fn reader(&self) -> Api {
         Api::new(self.admin, Some(READER_SECRET))
