@@ -444,6 +444,15 @@ impl Gw {
         self.ups.iter().map(|(_, up)| up.hits()).sum()
     }
 
+    /// GETs each of `paths` with `secret` in `X-API-Key`: each must reach the upstream with its
+    /// path and query unchanged.
+    pub async fn assert_paths_reach_the_upstream_unchanged(&self, secret: &str, paths: &[&str]) {
+        for path in paths {
+            let echo = self.get(path).key(secret).echo().await;
+            assert_eq!(echo.uri, *path, "the path reaches the upstream unchanged");
+        }
+    }
+
     /// A GET of `path` (origin form, sent as given).
     pub fn get(&self, path: &str) -> Req {
         self.request("GET", path)
