@@ -397,9 +397,7 @@ async fn rotate_without_grace_refuses_the_old_secret_at_once() {
     let api = gw.api();
     let (created, old) = api.create_key(json!({"id": "r", "name": "rotating"})).await;
 
-    let resp = api
-        .post("/v1/keys/r/rotate", &json!({"grace_seconds": 0}))
-        .await;
+    let resp = api.rotate("r", 0).await;
     let rotated = expect(&resp, 200);
     assert_key_shape(&rotated, true);
     let new = rotated["secret"].as_str().unwrap().to_owned();
@@ -427,9 +425,7 @@ async fn rotate_without_grace_refuses_the_old_secret_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_with_grace_keeps_both_secrets_working() {
     let (gw, api, old) = Gateway::start_with_key("rotate-60", "r").await;
-    let resp = api
-        .post("/v1/keys/r/rotate", &json!({"grace_seconds": 60}))
-        .await;
+    let resp = api.rotate("r", 60).await;
     let new = expect(&resp, 200)["secret"].as_str().unwrap().to_owned();
     assert_admitted(gw.proxy, &old, "r").await;
     assert_admitted(gw.proxy, &new, "r").await;
@@ -451,9 +447,7 @@ async fn rotate_with_grace_keeps_both_secrets_working() {
 
     // A grace period ends by itself: the old secret stops, the new one goes on.
     let (_, short_old) = api.create_key(json!({"id": "short"})).await;
-    let resp = api
-        .post("/v1/keys/short/rotate", &json!({"grace_seconds": 2}))
-        .await;
+    let resp = api.rotate("short", 2).await;
     let short_new = expect(&resp, 200)["secret"].as_str().unwrap().to_owned();
     until_outcome(gw.proxy, &short_old, 403, "key_invalid").await;
     assert_admitted(gw.proxy, &short_new, "short").await;

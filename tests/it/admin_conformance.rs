@@ -29,9 +29,7 @@ async fn a_grace_beyond_the_clock_is_a_400_not_a_panic() {
         json!(1e300),
         json!(315_360_001),
     ] {
-        let resp = api
-            .post("/v1/keys/k/rotate", &json!({"grace_seconds": grace}))
-            .await;
+        let resp = api.rotate("k", grace).await;
         let p = assert_field_problem(&resp, "invalid_field", "grace_seconds");
         assert!(!resp.text().contains("panic"), "{p}");
     }
@@ -45,9 +43,7 @@ async fn a_grace_beyond_the_clock_is_a_400_not_a_panic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_numbers_are_integers_up_to_their_maximum() {
     let (gw, api, old) = Gateway::start_with_key("grace-max", "k").await;
-    let resp = api
-        .post("/v1/keys/k/rotate", &json!({"grace_seconds": 315_360_000}))
-        .await;
+    let resp = api.rotate("k", 315_360_000).await;
     expect(&resp, 200);
     assert_admitted(gw.proxy, &old, "k").await;
     let resp = api

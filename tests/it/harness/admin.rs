@@ -381,6 +381,12 @@ impl Api {
         self.send("POST", path, Some(&body.to_string())).await
     }
 
+    /// `POST /v1/keys/{id}/rotate` with `grace_seconds`.
+    pub async fn rotate(&self, id: &str, grace_seconds: impl serde::Serialize) -> Resp {
+        let body = serde_json::json!({ "grace_seconds": grace_seconds });
+        self.post(&format!("/v1/keys/{id}/rotate"), &body).await
+    }
+
     pub async fn patch(&self, path: &str, body: &Value) -> Resp {
         self.send("PATCH", path, Some(&body.to_string())).await
     }
