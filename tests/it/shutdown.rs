@@ -49,7 +49,8 @@ async fn signal_and_wait_refused(pid: u32, sig: &str, proxy: SocketAddr) {
 }
 
 /// keygate (files for `name`, 10 s grace) with one request held at the upstream, sent SIGTERM
-/// and refusing new connections: the files, the process, the request's task and its release.
+/// and refusing new connections: the files, the process, the request's task, its release, and
+/// the moment just before SIGTERM was sent.
 async fn draining_one_held_request(
     name: &str,
 ) -> (
@@ -57,18 +58,20 @@ async fn draining_one_held_request(
     Process,
     tokio::task::JoinHandle<Resp>,
     tokio::sync::oneshot::Sender<()>,
+    Instant,
 ) {
     let (mut up, files, kg) = Files::start_before_held_upstream(name, LONG_GRACE).await;
     let (in_flight, release) = held_request(kg.proxy, &mut up).await;
+    let signalled = Instant::now();
     signal_and_wait_refused(kg.pid(), "-TERM", kg.proxy).await;
-    (files, kg, in_flight, release)
+    (files, kg, in_flight, release, signalled)
 }
 
 /// A request in flight when SIGTERM arrives still gets its 200; meanwhile new connections are
 /// refused; then the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections() {
-    let (_files, kg, in_flight, release) = draining_one_held_request("shutdown-drain").await;
+    let (_files, kg, in_flight, release, _) = draining_one_held_request("shutdown-drain").await;
     let _ = release.send(());
     let resp = tokio::time::timeout(Duration::from_secs(5), in_flight)
         .await
@@ -88,9 +91,9 @@ async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections()
 /// `shutdown_timeout`), with a non-zero status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
-    let started = Instant::now();
     // The first one must have been taken before the second is sent.
-    let (_files, kg, _in_flight, _release) = draining_one_held_request("shutdown-twice").await;
+    let (_files, kg, _in_flight, _release, started) =
+        draining_one_held_request("shutdown-twice").await;
     signal(kg.pid(), "-INT");
     let (status, log) = kg.wait_exit().await;
     assert!(
