@@ -372,9 +372,7 @@ async fn patch_from_one_rate_limit_to_another_answers_and_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_key_is_refused_right_after_the_204() {
-    let gw = Gateway::start("delete").await;
-    let api = gw.api();
-    let (_, secret) = api.create_key(json!({"id": "doomed"})).await;
+    let (gw, api, secret) = Gateway::start_with_key("delete", "doomed").await;
     let (_, kept) = api.create_key(json!({"id": "kept"})).await;
     assert_admitted(gw.proxy, &secret, "doomed").await;
 
@@ -399,9 +397,7 @@ async fn rotate_without_grace_refuses_the_old_secret_at_once() {
     let api = gw.api();
     let (created, old) = api.create_key(json!({"id": "r", "name": "rotating"})).await;
 
-    let resp = api
-        .post("/v1/keys/r/rotate", &json!({"grace_seconds": 0}))
-        .await;
+    let resp = api.rotate("r", 0).await;
     let rotated = expect(&resp, 200);
     assert_key_shape(&rotated, true);
     let new = rotated["secret"].as_str().unwrap().to_owned();
@@ -428,12 +424,8 @@ async fn rotate_without_grace_refuses_the_old_secret_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_with_grace_keeps_both_secrets_working() {
-    let gw = Gateway::start("rotate-60").await;
-    let api = gw.api();
-    let (_, old) = api.create_key(json!({"id": "r"})).await;
-    let resp = api
-        .post("/v1/keys/r/rotate", &json!({"grace_seconds": 60}))
-        .await;
+    let (gw, api, old) = Gateway::start_with_key("rotate-60", "r").await;
+    let resp = api.rotate("r", 60).await;
     let new = expect(&resp, 200)["secret"].as_str().unwrap().to_owned();
     assert_admitted(gw.proxy, &old, "r").await;
     assert_admitted(gw.proxy, &new, "r").await;
@@ -455,9 +447,7 @@ async fn rotate_with_grace_keeps_both_secrets_working() {
 
     // A grace period ends by itself: the old secret stops, the new one goes on.
     let (_, short_old) = api.create_key(json!({"id": "short"})).await;
-    let resp = api
-        .post("/v1/keys/short/rotate", &json!({"grace_seconds": 2}))
-        .await;
+    let resp = api.rotate("short", 2).await;
     let short_new = expect(&resp, 200)["secret"].as_str().unwrap().to_owned();
     until_outcome(gw.proxy, &short_old, 403, "key_invalid").await;
     assert_admitted(gw.proxy, &short_new, "short").await;
@@ -468,9 +458,7 @@ async fn rotate_with_grace_keeps_both_secrets_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_allow_ips_are_added_and_removed_by_percent_encoded_cidr() {
-    let gw = Gateway::start("key-ips").await;
-    let api = gw.api();
-    let (_, secret) = api.create_key(json!({"id": "k"})).await;
+    let (gw, api, secret) = Gateway::start_with_key("key-ips", "k").await;
 
     let k = expect(
         &api.post("/v1/keys/k/allow_ips", &json!({"cidr": "10.0.0.0/8"}))
@@ -810,9 +798,7 @@ async fn last_used_at_is_null_until_a_proxied_request_then_its_time() {
 /// published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_used_at_does_not_flicker_to_null_during_other_changes() {
-    let gw = Gateway::start("last-used-flicker").await;
-    let api = gw.api();
-    let (_, secret) = api.create_key(json!({"id": "used"})).await;
+    let (gw, api, secret) = Gateway::start_with_key("last-used-flicker", "used").await;
     api.create_key(json!({"id": "busy"})).await;
     assert_admitted(gw.proxy, &secret, "used").await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -909,8 +895,7 @@ async fn last_used_at_survives_a_sigterm_restart() {
     assert_eq!(api.key("used").await["last_used_at"], second);
     assert_eq!(api.key("idle").await["last_used_at"], Value::Null);
     assert_admitted(kg.proxy, &secret, "used").await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// Both listeners on `127.0.0.1:0` are two different ephemeral ports, never the same one.
@@ -927,8 +912,7 @@ async fn both_listeners_may_ask_for_port_0() {
     assert_ne!(kg.admin, kg.proxy);
     expect(&kg.api().get("/v1/keys").await, 200);
     assert_admitted(kg.proxy, STATIC_SECRET, STATIC_ID).await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 // --- roles and admin authentication ----------------------------------------------------------
@@ -1048,9 +1032,7 @@ async fn main_file_keys_are_shown_but_read_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_ids_endpoints_and_methods_and_taken_ids() {
-    let gw = Gateway::start("not-found").await;
-    let api = gw.api();
-    api.create_key(json!({"id": "k"})).await;
+    let (gw, api, _) = Gateway::start_with_key("not-found", "k").await;
     for resp in [
         api.get("/v1/keys/nope").await,
         api.patch("/v1/keys/nope", &json!({"name": "x"})).await,
@@ -1090,9 +1072,7 @@ async fn unknown_ids_endpoints_and_methods_and_taken_ids() {
 /// Bad bodies get 400 problem+json naming the field, and write nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_name_the_field_and_write_nothing() {
-    let gw = Gateway::start("bad-bodies").await;
-    let api = gw.api();
-    api.create_key(json!({"id": "k"})).await;
+    let (gw, api, _) = Gateway::start_with_key("bad-bodies", "k").await;
     let before = gw.files.keys_bytes();
     let keys = "/v1/keys";
 
@@ -1393,6 +1373,5 @@ async fn health_and_readiness_probes_need_no_key() {
     assert_problem(&anon.get("/v1/keys").await, 403, "key_missing");
     expect(&kg.api().get("/v1/keys").await, 200);
 
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }

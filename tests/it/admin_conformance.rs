@@ -21,9 +21,7 @@ const BODY_ENDPOINTS: [(&str, &str); 7] = [
 /// a 500 with the panic's message; nothing is written and the key keeps its secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grace_beyond_the_clock_is_a_400_not_a_panic() {
-    let gw = Gateway::start("grace-overflow").await;
-    let api = gw.api();
-    let (_, secret) = api.create_key(json!({"id": "k"})).await;
+    let (gw, api, secret) = Gateway::start_with_key("grace-overflow", "k").await;
     let before = gw.files.keys_bytes();
     for grace in [
         json!(35009115257423436_u64),
@@ -31,9 +29,7 @@ async fn a_grace_beyond_the_clock_is_a_400_not_a_panic() {
         json!(1e300),
         json!(315_360_001),
     ] {
-        let resp = api
-            .post("/v1/keys/k/rotate", &json!({"grace_seconds": grace}))
-            .await;
+        let resp = api.rotate("k", grace).await;
         let p = assert_field_problem(&resp, "invalid_field", "grace_seconds");
         assert!(!resp.text().contains("panic"), "{p}");
     }
@@ -46,12 +42,8 @@ async fn a_grace_beyond_the_clock_is_a_400_not_a_panic() {
 /// written (`60.0`), as JSON Schema's `integer` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_numbers_are_integers_up_to_their_maximum() {
-    let gw = Gateway::start("grace-max").await;
-    let api = gw.api();
-    let (_, old) = api.create_key(json!({"id": "k"})).await;
-    let resp = api
-        .post("/v1/keys/k/rotate", &json!({"grace_seconds": 315_360_000}))
-        .await;
+    let (gw, api, old) = Gateway::start_with_key("grace-max", "k").await;
+    let resp = api.rotate("k", 315_360_000).await;
     expect(&resp, 200);
     assert_admitted(gw.proxy, &old, "k").await;
     let resp = api
@@ -101,9 +93,7 @@ async fn whole_numbers_are_integers_up_to_their_maximum() {
 /// endpoint that takes a body; none is read as an empty change, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_is_not_an_object_is_a_400() {
-    let gw = Gateway::start("wrong-json-type").await;
-    let api = gw.api();
-    api.create_key(json!({"id": "k"})).await;
+    let (gw, api, _) = Gateway::start_with_key("wrong-json-type", "k").await;
     let before = gw.files.keys_bytes();
     for (method, path) in BODY_ENDPOINTS {
         for body in ["[]", "[null]", "1", "\"x\"", "null", "true", " []"] {
@@ -123,9 +113,7 @@ async fn a_body_that_is_not_an_object_is_a_400() {
 /// path; a path that is no endpoint at all is a 404, whatever the method.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_405_carries_allow_with_the_methods_of_its_path() {
-    let gw = Gateway::start("allow").await;
-    let api = gw.api();
-    api.create_key(json!({"id": "k"})).await;
+    let (_gw, api, _) = Gateway::start_with_key("allow", "k").await;
     let cases = [
         ("/healthz", "GET, HEAD", ["POST", "TRACE", "DELETE"]),
         ("/readyz", "GET, HEAD", ["PUT", "TRACE", "OPTIONS"]),
@@ -228,261 +216,89 @@ fn document_allows(schema: &str, body: &serde_json::Value) -> bool {
         .is_valid(body)
 }
 
+/// An admin API operation that takes a body: the method, the path, the document's schema.
+type Operation = (&'static str, &'static str, &'static str);
+const NEW_KEY: Operation = ("POST", "/v1/keys", "NewKey");
+const ROTATE: Operation = ("POST", "/v1/keys/k/rotate", "Rotate");
+const KEY_PATCH: Operation = ("PATCH", "/v1/keys/k", "KeyPatch");
+const NEW_CONSUMER: Operation = ("POST", "/v1/consumers", "NewConsumer");
+const CONSUMER_PATCH: Operation = ("PATCH", "/v1/consumers/acme", "ConsumerPatch");
+const CONSUMER_CIDR: Operation = ("POST", "/v1/consumers/acme/allow_ips", "Cidr");
+
 /// docs/admin-api.yaml is exact: every body below is accepted by keygate exactly when the
 /// document allows it (ids, IP and CIDR spellings, paths, rates, integers and their ranges,
 /// `null` where it means nothing, unknown fields).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_and_the_server_agree_on_every_body() {
-    let gw = Gateway::start("document-exact").await;
-    let api = gw.api();
-    api.create_key(json!({"id": "k"})).await;
+    let (_gw, api, _) = Gateway::start_with_key("document-exact", "k").await;
     let long_id = "i".repeat(128);
     let too_long_id = "i".repeat(129);
-    let cases: Vec<(&str, &str, &str, serde_json::Value)> = vec![
-        ("POST", "/v1/keys", "NewKey", json!({})),
-        ("POST", "/v1/keys", "NewKey", json!({"id": long_id})),
-        ("POST", "/v1/keys", "NewKey", json!({"id": too_long_id})),
-        ("POST", "/v1/keys", "NewKey", json!({"id": ""})),
-        ("POST", "/v1/keys", "NewKey", json!({"id": "a b"})),
-        ("POST", "/v1/keys", "NewKey", json!({"id": "a.b_c:d@e-F9"})),
-        ("POST", "/v1/keys", "NewKey", json!({"name": null})),
-        ("POST", "/v1/keys", "NewKey", json!({"targets": null})),
-        ("POST", "/v1/keys", "NewKey", json!({"status": null})),
-        ("POST", "/v1/keys", "NewKey", json!({"unknown": 1})),
+    let cases = vec![
+        (NEW_KEY, json!({})),
+        (NEW_KEY, json!({"id": long_id})),
+        (NEW_KEY, json!({"id": too_long_id})),
+        (NEW_KEY, json!({"id": ""})),
+        (NEW_KEY, json!({"id": "a b"})),
+        (NEW_KEY, json!({"id": "a.b_c:d@e-F9"})),
+        (NEW_KEY, json!({"name": null})),
+        (NEW_KEY, json!({"targets": null})),
+        (NEW_KEY, json!({"status": null})),
+        (NEW_KEY, json!({"unknown": 1})),
+        (NEW_KEY, json!({"allow_ips": ["10.0.0.1"]})),
+        (NEW_KEY, json!({"allow_ips": ["10.0.0.1/8"]})),
+        (NEW_KEY, json!({"allow_ips": ["010.0.0.1"]})),
+        (NEW_KEY, json!({"allow_ips": ["10.0.0.0/08"]})),
+        (NEW_KEY, json!({"allow_ips": ["10.0.0.0/33"]})),
+        (NEW_KEY, json!({"allow_ips": ["10.0.0.0/"]})),
+        (NEW_KEY, json!({"allow_ips": ["::ffff:1.2.3.4"]})),
+        (NEW_KEY, json!({"allow_ips": ["2001:db8::/128"]})),
+        (NEW_KEY, json!({"allow_ips": ["2001:db8::/129"]})),
+        (NEW_KEY, json!({"allow_ips": ["::1:2:3:4:5:6:7:8/64"]})),
+        (NEW_KEY, json!({"allow_ips": ["fe80::1%eth0"]})),
+        (NEW_KEY, json!({"paths": ["/reports/x"]})),
+        (NEW_KEY, json!({"paths": ["/a b"]})),
+        (NEW_KEY, json!({"paths": ["/a?b"]})),
+        (NEW_KEY, json!({"paths": ["a"]})),
+        (NEW_KEY, json!({"rate_limit": "5/s"})),
+        (NEW_KEY, json!({"rate_limit": " +05 / hour "})),
+        (NEW_KEY, json!({"rate_limit": "4294967295/m"})),
+        (NEW_KEY, json!({"rate_limit": "4294967296/m"})),
+        (NEW_KEY, json!({"rate_limit": "0/s"})),
+        (NEW_KEY, json!({"rate_limit": "5/day"})),
+        (NEW_KEY, json!({"expires_at": "2030-01-01T00:00:00Z"})),
+        (NEW_KEY, json!({"expires_at": "2030-01-01"})),
+        (ROTATE, json!({"grace_seconds": 0})),
+        (ROTATE, json!({"grace_seconds": 60.0})),
+        (ROTATE, json!({"grace_seconds": 315_360_000})),
+        (ROTATE, json!({"grace_seconds": 315_360_001})),
+        (ROTATE, json!({"grace_seconds": 2.5})),
+        (ROTATE, json!({"grace_seconds": -1})),
+        (ROTATE, json!({"grace_seconds": null})),
+        (KEY_PATCH, json!({"name": null})),
+        (KEY_PATCH, json!({"targets": null})),
+        (KEY_PATCH, json!({"access": null})),
+        (KEY_PATCH, json!({"rate_limit": null})),
         (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["10.0.0.1"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["10.0.0.1/8"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["010.0.0.1"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["10.0.0.0/08"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["10.0.0.0/33"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["10.0.0.0/"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["::ffff:1.2.3.4"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["2001:db8::/128"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["2001:db8::/129"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["::1:2:3:4:5:6:7:8/64"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"allow_ips": ["fe80::1%eth0"]}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"paths": ["/reports/x"]}),
-        ),
-        ("POST", "/v1/keys", "NewKey", json!({"paths": ["/a b"]})),
-        ("POST", "/v1/keys", "NewKey", json!({"paths": ["/a?b"]})),
-        ("POST", "/v1/keys", "NewKey", json!({"paths": ["a"]})),
-        ("POST", "/v1/keys", "NewKey", json!({"rate_limit": "5/s"})),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"rate_limit": " +05 / hour "}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"rate_limit": "4294967295/m"}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"rate_limit": "4294967296/m"}),
-        ),
-        ("POST", "/v1/keys", "NewKey", json!({"rate_limit": "0/s"})),
-        ("POST", "/v1/keys", "NewKey", json!({"rate_limit": "5/day"})),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"expires_at": "2030-01-01T00:00:00Z"}),
-        ),
-        (
-            "POST",
-            "/v1/keys",
-            "NewKey",
-            json!({"expires_at": "2030-01-01"}),
-        ),
-        (
-            "POST",
-            "/v1/keys/k/rotate",
-            "Rotate",
-            json!({"grace_seconds": 0}),
-        ),
-        (
-            "POST",
-            "/v1/keys/k/rotate",
-            "Rotate",
-            json!({"grace_seconds": 60.0}),
-        ),
-        (
-            "POST",
-            "/v1/keys/k/rotate",
-            "Rotate",
-            json!({"grace_seconds": 315_360_000}),
-        ),
-        (
-            "POST",
-            "/v1/keys/k/rotate",
-            "Rotate",
-            json!({"grace_seconds": 315_360_001}),
-        ),
-        (
-            "POST",
-            "/v1/keys/k/rotate",
-            "Rotate",
-            json!({"grace_seconds": 2.5}),
-        ),
-        (
-            "POST",
-            "/v1/keys/k/rotate",
-            "Rotate",
-            json!({"grace_seconds": -1}),
-        ),
-        (
-            "POST",
-            "/v1/keys/k/rotate",
-            "Rotate",
-            json!({"grace_seconds": null}),
-        ),
-        ("PATCH", "/v1/keys/k", "KeyPatch", json!({"name": null})),
-        ("PATCH", "/v1/keys/k", "KeyPatch", json!({"targets": null})),
-        ("PATCH", "/v1/keys/k", "KeyPatch", json!({"access": null})),
-        (
-            "PATCH",
-            "/v1/keys/k",
-            "KeyPatch",
-            json!({"rate_limit": null}),
-        ),
-        (
-            "POST",
-            "/v1/consumers",
-            "NewConsumer",
+            NEW_CONSUMER,
             json!({"id": "c1", "max_keys": 4294967295_u64}),
         ),
         (
-            "POST",
-            "/v1/consumers",
-            "NewConsumer",
+            NEW_CONSUMER,
             json!({"id": "c2", "max_keys": 4294967296_u64}),
         ),
-        (
-            "POST",
-            "/v1/consumers",
-            "NewConsumer",
-            json!({"id": "c3", "max_keys": 1.0}),
-        ),
-        (
-            "POST",
-            "/v1/consumers",
-            "NewConsumer",
-            json!({"id": "c4", "max_keys": null}),
-        ),
-        (
-            "POST",
-            "/v1/consumers",
-            "NewConsumer",
-            json!({"id": "c5", "name": null}),
-        ),
-        (
-            "POST",
-            "/v1/consumers",
-            "NewConsumer",
-            json!({"name": "no id"}),
-        ),
-        (
-            "PATCH",
-            "/v1/consumers/acme",
-            "ConsumerPatch",
-            json!({"max_keys": null}),
-        ),
-        (
-            "PATCH",
-            "/v1/consumers/acme",
-            "ConsumerPatch",
-            json!({"max_keys": 7}),
-        ),
-        (
-            "PATCH",
-            "/v1/consumers/acme",
-            "ConsumerPatch",
-            json!({"allow_ips": null}),
-        ),
-        (
-            "POST",
-            "/v1/consumers/acme/allow_ips",
-            "Cidr",
-            json!({"cidr": "192.0.2.0/24"}),
-        ),
-        (
-            "POST",
-            "/v1/consumers/acme/allow_ips",
-            "Cidr",
-            json!({"cidr": "192.0.2.0/024"}),
-        ),
-        (
-            "POST",
-            "/v1/consumers/acme/allow_ips",
-            "Cidr",
-            json!({"cidr": null}),
-        ),
+        (NEW_CONSUMER, json!({"id": "c3", "max_keys": 1.0})),
+        (NEW_CONSUMER, json!({"id": "c4", "max_keys": null})),
+        (NEW_CONSUMER, json!({"id": "c5", "name": null})),
+        (NEW_CONSUMER, json!({"name": "no id"})),
+        (CONSUMER_PATCH, json!({"max_keys": null})),
+        (CONSUMER_PATCH, json!({"max_keys": 7})),
+        (CONSUMER_PATCH, json!({"allow_ips": null})),
+        (CONSUMER_CIDR, json!({"cidr": "192.0.2.0/24"})),
+        (CONSUMER_CIDR, json!({"cidr": "192.0.2.0/024"})),
+        (CONSUMER_CIDR, json!({"cidr": null})),
     ];
     let mut disagreements = Vec::new();
-    for (method, path, schema, body) in cases {
+    for ((method, path, schema), body) in cases {
         let allowed = document_allows(schema, &body);
         let resp = api.send(method, path, Some(&body.to_string())).await;
         let accepted = resp.status.is_success();

@@ -227,9 +227,7 @@ async fn a_refused_change_leaves_the_file_byte_identical() {
 /// nothing; the proxy keeps the last good keys; once fixed by hand, changes work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_keys_file_refuses_changes_and_keeps_the_hand_text() {
-    let gw = Gateway::start("broken").await;
-    let api = gw.api();
-    let (_, secret) = api.create_key(json!({"id": "k"})).await;
+    let (gw, api, secret) = Gateway::start_with_key("broken", "k").await;
     let good = gw.files.keys_text();
     let broken = format!("{good}\n[[keys]\nid = \"half-typed\"\n");
     // Saved whole: a reload between a truncate and the write would see a valid, empty file.
@@ -418,8 +416,7 @@ async fn parallel_creates_and_patches_survive_a_restart() {
     assert!(status.success(), "{status}: {log:#?}");
     let kg = Process::start(&files.config).await;
     assert_all_changes(&kg.api(), kg.proxy, &secrets).await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// The same parallel changes, checked on the running gateway before any restart: each answer
@@ -537,6 +534,5 @@ async fn sigkill_mid_write_leaves_a_valid_file_with_every_acknowledged_key() {
     for (id, _) in &all_acked {
         assert!(listed.contains(id), "{id} is not listed");
     }
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }

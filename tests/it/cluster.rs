@@ -285,6 +285,17 @@ async fn start_fleet(
     (up, dir, gates)
 }
 
+/// Three instances sharing `redis` with the `[cluster]` lines `cluster`, and one key,
+/// `metered` ([`FLEET_KEY`]), at `10/minute`.
+async fn start_three_sharing_10_a_minute(
+    name: &str,
+    redis: &Redis,
+    cluster: &str,
+) -> (Upstream, TempDir, Vec<Process>) {
+    let metered = key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\"");
+    start_fleet(name, redis, 3, cluster, &metered).await
+}
+
 async fn fleet(dir: &TempDir, n: usize, config: &str) -> Vec<Process> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -332,14 +343,8 @@ fn count(
 #[tokio::test]
 async fn strict_mode_shares_one_limit_across_three_instances() {
     let Some(redis) = Redis::start() else { return };
-    let (_up, _dir, gates) = start_fleet(
-        "cluster-strict",
-        &redis,
-        3,
-        "mode = \"strict\"",
-        &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
-    )
-    .await;
+    let (_up, _dir, gates) =
+        start_three_sharing_10_a_minute("cluster-strict", &redis, "mode = \"strict\"").await;
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();
     let seen = spread(&addrs, FLEET_KEY, 30, Duration::ZERO).await;
     assert_eq!(count(&seen, 200, ""), 10, "{seen:?}");
@@ -360,12 +365,10 @@ async fn strict_mode_shares_one_limit_across_three_instances() {
 async fn strict_mode_is_exact_under_concurrent_requests() {
     let Some(redis) = Redis::start() else { return };
     // Generous: on a loaded machine a call timing out would be decided locally instead.
-    let (_up, _dir, gates) = start_fleet(
+    let (_up, _dir, gates) = start_three_sharing_10_a_minute(
         "cluster-strict-concurrent",
         &redis,
-        3,
         "mode = \"strict\"\ntimeout = \"1s\"",
-        &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
     )
     .await;
     let mut calls = tokio::task::JoinSet::new();
@@ -386,12 +389,10 @@ async fn strict_mode_is_exact_under_concurrent_requests() {
 #[tokio::test]
 async fn local_sync_mode_keeps_the_fleet_near_one_limit() {
     let Some(redis) = Redis::start() else { return };
-    let (_up, _dir, gates) = start_fleet(
+    let (_up, _dir, gates) = start_three_sharing_10_a_minute(
         "cluster-local-sync",
         &redis,
-        3,
         "mode = \"local-sync\"\nsync_interval = \"10ms\"",
-        &key_toml("metered", FLEET_KEY, "rate_limit = \"10/minute\""),
     )
     .await;
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.proxy).collect();

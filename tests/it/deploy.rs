@@ -309,6 +309,16 @@ fn pod_labels(dep: &Value) -> serde_json::Map<String, Value> {
 // Dockerfile
 
 /// The Dockerfile's instructions, continuation lines joined, comments dropped.
+/// The values of every `(name, value)` pair named `name`, in order (a Dockerfile's
+/// instructions, a unit file's entries).
+fn values_of<'a>(pairs: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    pairs
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 fn dockerfile() -> Vec<(String, String)> {
     let text = read("deploy/Dockerfile");
     let mut out = Vec::new();
@@ -334,24 +344,13 @@ fn dockerfile() -> Vec<(String, String)> {
 #[test]
 fn dockerfile_is_multi_stage_non_root_with_config_and_healthcheck() {
     let ins = dockerfile();
-    let all = |op: &str| -> Vec<&str> {
-        ins.iter()
-            .filter(|(o, _)| o == op)
-            .map(|(_, r)| r.as_str())
-            .collect()
-    };
+    let all = |op: &str| values_of(&ins, op);
     let froms = all("FROM");
     assert!(froms.len() >= 2, "multi-stage: {froms:?}");
     // The runtime stage: everything after the last FROM.
     let last = ins.iter().rposition(|(o, _)| o == "FROM").unwrap();
     let runtime = &ins[last..];
-    let rt = |op: &str| -> Vec<&str> {
-        runtime
-            .iter()
-            .filter(|(o, _)| o == op)
-            .map(|(_, r)| r.as_str())
-            .collect()
-    };
+    let rt = |op: &str| values_of(runtime, op);
     assert!(
         all("RUN").iter().any(|r| r.contains("cargo build")
             && r.contains("--release")
@@ -436,13 +435,7 @@ fn unit_entries(text: &str) -> Vec<(String, String)> {
 fn systemd_unit_is_hardened_and_reloads_with_sighup() {
     let text = unit();
     let entries = unit_entries(&text);
-    let get = |key: &str| -> Vec<&str> {
-        entries
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    };
+    let get = |key: &str| values_of(&entries, key);
     let one = |key: &str| -> &str {
         let v = get(key);
         assert_eq!(v.len(), 1, "{key}: {v:?}");

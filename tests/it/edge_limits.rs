@@ -1,6 +1,7 @@
 //! The limits keygate puts on clients at the edge, each with a config key and a default
 //! (`config/keygate.toml`), on the real binary.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,28 +15,53 @@ async fn files(name: &str, lines: &str) -> Files {
     Files::for_binary_with(name, lines, None).await
 }
 
+/// keygate started on [`files`] for `name` and `lines`.
+async fn start(name: &str, lines: &str) -> (Files, Process) {
+    let files = files(name, lines).await;
+    let kg = Process::start(&files.config).await;
+    (files, kg)
+}
+
 fn probe() -> hyper::Request<TestBody> {
     request("GET", PROBE, &[("x-api-key", STATIC_SECRET)], empty())
 }
 
-/// With `max_connections = 2`, a third client waits (in the listen backlog, costing no file
-/// descriptor) until one of the first two leaves, and is then served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_max_connections_wait_for_a_free_place() {
-    let files = files("max-connections", "max_connections = 2").await;
-    let kg = Process::start(&files.config).await;
-    let mut a = H1::connect(kg.proxy).await;
-    let mut b = H1::connect(kg.proxy).await;
-    assert_eq!(a.send(probe()).await.status, 200);
-    assert_eq!(b.send(probe()).await.status, 200);
+/// [`probe`] over HTTP/2 to `authority`.
+fn h2_probe(authority: &str) -> hyper::Request<TestBody> {
+    h2_request(
+        "GET",
+        authority,
+        PROBE,
+        &[("x-api-key", STATIC_SECRET)],
+        empty(),
+    )
+}
 
-    let proxy = kg.proxy;
-    let mut third = tokio::spawn(async move { H1::connect(proxy).await.send(probe()).await });
+/// A GET of the admin API's `/healthz`.
+fn health() -> hyper::Request<TestBody> {
+    request("GET", "/healthz", &[], empty())
+}
+
+/// On the port at `addr` (`max_connections = 2`): two clients sending `req()` are served; a
+/// third waits (in the listen backlog) while both stay, and is served once one leaves; the
+/// other goes on being served. `while_full` runs while the two are connected.
+async fn assert_a_third_connection_waits_for_a_free_place(
+    addr: SocketAddr,
+    req: fn() -> hyper::Request<TestBody>,
+    while_full: impl AsyncFnOnce(),
+) {
+    let mut a = H1::connect(addr).await;
+    let mut b = H1::connect(addr).await;
+    assert_eq!(a.send(req()).await.status, 200);
+    assert_eq!(b.send(req()).await.status, 200);
+    while_full().await;
+
+    let mut third = tokio::spawn(async move { H1::connect(addr).await.send(req()).await });
     assert!(
         tokio::time::timeout(Duration::from_millis(300), &mut third)
             .await
             .is_err(),
-        "a third connection was served while two were open"
+        "a third connection to {addr} was served while two were open"
     );
     drop(a);
     let resp = tokio::time::timeout(Duration::from_secs(5), third)
@@ -43,9 +69,26 @@ async fn connections_past_max_connections_wait_for_a_free_place() {
         .expect("served once a place is free")
         .unwrap();
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(b.send(probe()).await.status, 200);
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    assert_eq!(b.send(req()).await.status, 200);
+}
+
+/// Asserts that loading `files` fails on the line of its `key`, and that the message shows
+/// `shown` (the key and its value).
+fn assert_refused_at_its_line(files: &Files, key: &str, shown: &str) {
+    let err = format!("{:#}", launch::load(&files.config).unwrap_err());
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    let line = text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+    assert!(err.contains(&format!("keygate.toml:{line}:")), "{err}");
+    assert!(err.contains(shown), "{err}");
+}
+
+/// With `max_connections = 2`, a third client waits (in the listen backlog, costing no file
+/// descriptor) until one of the first two leaves, and is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_wait_for_a_free_place() {
+    let (_files, kg) = start("max-connections", "max_connections = 2").await;
+    assert_a_third_connection_waits_for_a_free_place(kg.proxy, probe, async || {}).await;
+    kg.terminate_cleanly().await;
 }
 
 /// `max_connections = 0` is refused with file, line and key.
@@ -57,79 +100,25 @@ async fn max_connections_must_be_at_least_one() {
     assert!(err.contains("keygate.toml:"), "{err}");
 }
 
-/// Reads what the server sends until it closes the connection (bounded).
-async fn read_until_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return out,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => panic!(
-                "still open after 5 s; got {:?}",
-                String::from_utf8_lossy(&out)
-            ),
-        }
-    }
-}
+/// How long a connection keygate should close may stay open before the test fails.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 /// A client that starts a request head and never finishes it is dropped after
 /// `header_read_timeout` (slowloris), and keygate goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_sent_too_slowly_is_dropped() {
-    use tokio::io::AsyncWriteExt;
-    let files = files("slow-head", "header_read_timeout = \"300ms\"").await;
-    let kg = Process::start(&files.config).await;
-    let mut s = tokio::net::TcpStream::connect(kg.proxy).await.unwrap();
-    s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
-    let answer = read_until_close(&mut s).await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "closed too early"
-    );
-    let text = String::from_utf8_lossy(&answer);
-    assert!(
-        text.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "{text}"
-    );
+    let (_files, kg) = start("slow-head", "header_read_timeout = \"300ms\"").await;
+    assert_half_head_dropped(kg.proxy, "/live").await;
     assert_eq!(H1::connect(kg.proxy).await.send(probe()).await.status, 200);
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// A request head over `max_header_bytes` gets 431 and a close; smaller heads still pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_over_max_header_bytes_gets_431() {
-    use tokio::io::AsyncWriteExt;
-    let files = files("big-head", "max_header_bytes = 16384").await;
-    let kg = Process::start(&files.config).await;
-    let mut s = tokio::net::TcpStream::connect(kg.proxy).await.unwrap();
-    let big = "a".repeat(20_000);
-    let head = format!(
-        "GET /live HTTP/1.1\r\nHost: x\r\nX-API-Key: {STATIC_SECRET}\r\nX-Big: {big}\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let answer = read_until_close(&mut s).await;
-    let text = String::from_utf8_lossy(&answer);
-    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
-
-    let fits = "a".repeat(8_000);
-    let resp = H1::connect(kg.proxy)
-        .await
-        .send(request(
-            "GET",
-            PROBE,
-            &[("x-api-key", STATIC_SECRET), ("x-fits", fits.as_str())],
-            empty(),
-        ))
-        .await;
-    assert_eq!(resp.status, 200);
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    let (_files, kg) = start("big-head", "max_header_bytes = 16384").await;
+    assert_big_head_gets_431(kg.proxy, PROBE, &[("x-api-key", STATIC_SECRET)]).await;
+    kg.terminate_cleanly().await;
 }
 
 /// `max_header_bytes` below hyper's smallest buffer is refused at load.
@@ -147,55 +136,29 @@ async fn max_header_bytes_has_a_floor() {
 /// the advertised limit) until one of the first two is answered; all three then succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_streams_past_max_streams_wait_for_a_free_one() {
-    let mut up = held_upstream().await;
-    let files = Files::for_binary_with("max-streams", "max_streams = 2", Some(up.addr)).await;
-    let kg = Process::start(&files.config).await;
+    let (mut up, _files, kg) =
+        Files::start_before_held_upstream("max-streams", "max_streams = 2").await;
     let h2 = H2::connect(kg.proxy).await;
     let authority = kg.proxy.to_string();
     // One exchange first, so the client has the server's SETTINGS (a stream opened before them
     // may be refused instead, which is also allowed).
     let warm = {
         let (mut h2, authority) = (h2.clone(), authority.clone());
-        tokio::spawn(async move {
-            h2.send(h2_request(
-                "GET",
-                &authority,
-                PROBE,
-                &[("x-api-key", STATIC_SECRET)],
-                empty(),
-            ))
-            .await
-        })
+        tokio::spawn(async move { h2.send(h2_probe(&authority)).await })
     };
-    let release = tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
-        .await
-        .expect("the first request reaches the upstream")
-        .unwrap();
+    let release = up.next_arrival("the first request").await;
     let _ = release.send(());
     assert_eq!(warm.await.unwrap().status, 200);
     let mut sent = Vec::new();
     for _ in 0..3 {
         let mut h2 = h2.clone();
         let authority = authority.clone();
-        sent.push(tokio::spawn(async move {
-            h2.send(h2_request(
-                "GET",
-                &authority,
-                PROBE,
-                &[("x-api-key", STATIC_SECRET)],
-                empty(),
-            ))
-            .await
-        }));
+        sent.push(tokio::spawn(
+            async move { h2.send(h2_probe(&authority)).await },
+        ));
     }
-    let arrive = async |up: &mut HeldUpstream| {
-        tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
-            .await
-            .expect("a request reaches the upstream")
-            .unwrap()
-    };
-    let first = arrive(&mut up).await;
-    let _second = arrive(&mut up).await;
+    let first = up.next_arrival("a request").await;
+    let _second = up.next_arrival("a request").await;
     assert!(
         tokio::time::timeout(Duration::from_millis(300), up.arrived.recv())
             .await
@@ -203,15 +166,14 @@ async fn h2_streams_past_max_streams_wait_for_a_free_one() {
         "a third stream was open at once"
     );
     let _ = first.send(());
-    let third = arrive(&mut up).await;
+    let third = up.next_arrival("a request").await;
     drop((_second, third));
     for s in sent {
         // Released or dropped by the upstream: either way answered, none refused or lost.
         let resp = s.await.unwrap();
         assert!(resp.status == 200 || resp.status == 502, "{}", resp.status);
     }
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// `[server]` lines for a 1 s idle timeout; the head timeout is far longer, so only the idle
@@ -223,8 +185,7 @@ const IDLE_1S: &str = "idle_timeout = \"1s\"\nheader_read_timeout = \"30s\"";
 /// a request; keygate goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
-    let files = files("idle-h1", IDLE_1S).await;
-    let kg = Process::start(&files.config).await;
+    let (_files, kg) = start("idle-h1", IDLE_1S).await;
     let mut raw = Raw::connect(kg.proxy).await;
     let mut silent = Raw::connect(kg.proxy).await;
     let opened = std::time::Instant::now();
@@ -236,26 +197,23 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_ne!(resp.header("connection"), Some("close"));
     let answered = std::time::Instant::now();
-    let rest = read_until_close(&mut raw.stream).await;
+    let rest = read_to_close(&mut raw.stream, CLOSE_WITHIN).await;
     let idle = answered.elapsed();
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     assert!(idle >= Duration::from_millis(800), "closed after {idle:?}");
 
-    let rest = read_until_close(&mut silent.stream).await;
+    let rest = read_to_close(&mut silent.stream, CLOSE_WITHIN).await;
     assert!(rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"));
     assert!(opened.elapsed() >= Duration::from_millis(800));
     assert_eq!(H1::connect(kg.proxy).await.send(probe()).await.status, 200);
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// A request held at the upstream for longer than `idle_timeout` is not cut off, over
 /// HTTP/1.1 and HTTP/2: the connection is busy, not idle, and both get their 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_longer_than_idle_timeout_is_answered() {
-    let mut up = held_upstream().await;
-    let files = Files::for_binary_with("idle-busy", IDLE_1S, Some(up.addr)).await;
-    let kg = Process::start(&files.config).await;
+    let (mut up, _files, kg) = Files::start_before_held_upstream("idle-busy", IDLE_1S).await;
     let mut h1 = H1::connect(kg.proxy).await;
     let mut h2 = H2::connect(kg.proxy).await;
     let authority = kg.proxy.to_string();
@@ -263,23 +221,10 @@ async fn a_request_in_flight_longer_than_idle_timeout_is_answered() {
         let resp = h1.send(probe()).await;
         (resp, h1)
     });
-    let via_h2 = tokio::spawn(async move {
-        let req = h2_request(
-            "GET",
-            &authority,
-            PROBE,
-            &[("x-api-key", STATIC_SECRET)],
-            empty(),
-        );
-        h2.send(req).await
-    });
+    let via_h2 = tokio::spawn(async move { h2.send(h2_probe(&authority)).await });
     let mut releases = Vec::new();
     for _ in 0..2 {
-        let release = tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
-            .await
-            .expect("both requests reach the upstream")
-            .unwrap();
-        releases.push(release);
+        releases.push(up.next_arrival("each of both requests").await);
     }
     // Held well past the idle timeout.
     tokio::time::sleep(Duration::from_millis(1600)).await;
@@ -299,8 +244,7 @@ async fn a_request_in_flight_longer_than_idle_timeout_is_answered() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "slow-done");
     assert!(!h1.is_closed(), "closed right after its answer");
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// An idle HTTP/2 connection gets a GOAWAY after `idle_timeout` and is closed: at once for a
@@ -308,19 +252,11 @@ async fn a_request_in_flight_longer_than_idle_timeout_is_answered() {
 /// never reads what it is sent (else a silent client would keep its connection forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_h2_connection_gets_goaway_then_close() {
-    let files = files("idle-h2", IDLE_1S).await;
-    let kg = Process::start(&files.config).await;
+    let (_files, kg) = start("idle-h2", IDLE_1S).await;
 
     let mut h2 = H2::connect(kg.proxy).await;
     let authority = kg.proxy.to_string();
-    let req = h2_request(
-        "GET",
-        &authority,
-        PROBE,
-        &[("x-api-key", STATIC_SECRET)],
-        empty(),
-    );
-    assert_eq!(h2.send(req).await.status, 200);
+    assert_eq!(h2.send(h2_probe(&authority)).await.status, 200);
     let answered = std::time::Instant::now();
     poll(
         Duration::from_secs(5),
@@ -343,7 +279,7 @@ async fn an_idle_h2_connection_gets_goaway_then_close() {
             .await
             .unwrap();
     }
-    let frames = read_until_close(&mut s).await;
+    let frames = read_to_close(&mut s, CLOSE_WITHIN).await;
     let open_for = opened.elapsed();
     assert!(
         open_for >= Duration::from_millis(800) && open_for < Duration::from_secs(5),
@@ -367,8 +303,7 @@ async fn an_idle_h2_connection_gets_goaway_then_close() {
         types.contains(&GOAWAY),
         "no GOAWAY before the close: {types:?}"
     );
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// With the default `idle_timeout` (60 s), a keep-alive connection idle for 2 s is still open
@@ -376,8 +311,7 @@ async fn an_idle_h2_connection_gets_goaway_then_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_default_idle_timeout_a_connection_stays_open() {
     use tokio::io::AsyncReadExt;
-    let files = files("idle-default", "").await;
-    let kg = Process::start(&files.config).await;
+    let (_files, kg) = start("idle-default", "").await;
     let mut raw = Raw::connect(kg.proxy).await;
     let req = format!("GET {PROBE} HTTP/1.1\r\nHost: x\r\nX-API-Key: {STATIC_SECRET}\r\n\r\n");
     raw.write(req.as_bytes()).await;
@@ -390,23 +324,14 @@ async fn with_the_default_idle_timeout_a_connection_stays_open() {
     );
     raw.write(req.as_bytes()).await;
     assert_eq!(raw.read_response().await.status, 200);
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// `idle_timeout = "0s"` is refused with file, line and key.
 #[tokio::test]
 async fn idle_timeout_must_not_be_zero() {
     let files = files("idle-zero", "idle_timeout = \"0s\"").await;
-    let err = format!("{:#}", launch::load(&files.config).unwrap_err());
-    let text = std::fs::read_to_string(&files.config).unwrap();
-    let line = text
-        .lines()
-        .position(|l| l.starts_with("idle_timeout"))
-        .unwrap()
-        + 1;
-    assert!(err.contains(&format!("keygate.toml:{line}:")), "{err}");
-    assert!(err.contains("idle_timeout: \"0s\""), "{err}");
+    assert_refused_at_its_line(&files, "idle_timeout", "idle_timeout: \"0s\"");
 }
 
 /// An upstream that answers every request whose body arrived whole with that body, and keeps
@@ -507,8 +432,7 @@ async fn max_body_refuses_larger_bodies_with_413() {
         [1000, 1000, 2_000_000],
         "whole bodies the upstream got"
     );
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// `max_body = "lots"` is refused with file, line and key.
@@ -516,46 +440,23 @@ async fn max_body_refuses_larger_bodies_with_413() {
 async fn max_body_must_be_a_size() {
     let files = files("max-body-lots", "").await;
     files.add_to_target("main", "max_body = \"lots\"");
-    let err = format!("{:#}", launch::load(&files.config).unwrap_err());
-    let text = std::fs::read_to_string(&files.config).unwrap();
-    let line = text
-        .lines()
-        .position(|l| l.starts_with("max_body"))
-        .unwrap()
-        + 1;
-    assert!(err.contains(&format!("keygate.toml:{line}:")), "{err}");
-    assert!(err.contains("max_body: \"lots\""), "{err}");
+    assert_refused_at_its_line(&files, "max_body", "max_body: \"lots\"");
 }
 
 // ---------------------------------------------------------------------------------------------
 // The admin API's and the metrics listener's ports: the same front, the same limits
 // ---------------------------------------------------------------------------------------------
 
-/// keygate with `lines` in `[server]` and `[metrics] listen` on a port of its own; returns the
-/// process and the metrics listener's address (read from its log line).
-async fn with_metrics_port(name: &str, lines: &str) -> (Files, Process, std::net::SocketAddr) {
-    let files = files(name, lines).await;
-    files.append_to_config("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let mut kg = Process::start(&files.config).await;
-    let line = kg
-        .wait_log("the metrics listening line", |l| {
-            l.contains("metrics listening")
-        })
-        .await;
-    let metrics = logged_addr(&line);
-    (files, kg, metrics)
-}
-
 /// Sends half a request head to `addr` and asserts the connection is dropped after
 /// `header_read_timeout` (300 ms here), not held open.
-async fn assert_half_head_dropped(addr: std::net::SocketAddr, path: &str) {
+async fn assert_half_head_dropped(addr: SocketAddr, path: &str) {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n").as_bytes())
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let answer = read_until_close(&mut s).await;
+    let answer = read_to_close(&mut s, CLOSE_WITHIN).await;
     assert!(
         started.elapsed() >= Duration::from_millis(200),
         "closed too early"
@@ -572,39 +473,42 @@ async fn assert_half_head_dropped(addr: std::net::SocketAddr, path: &str) {
 /// goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_sent_too_slowly_to_the_admin_port_is_dropped() {
-    let files = files("slow-head-admin", "header_read_timeout = \"300ms\"").await;
-    let kg = Process::start(&files.config).await;
+    let (_files, kg) = start("slow-head-admin", "header_read_timeout = \"300ms\"").await;
     assert_half_head_dropped(kg.admin, "/healthz").await;
     assert_eq!(get(kg.admin, "/healthz", &[]).await.status, 200);
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// The same on the metrics listener's port (`[metrics] listen`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_sent_too_slowly_to_the_metrics_port_is_dropped() {
-    let (_files, kg, metrics) =
-        with_metrics_port("slow-head-metrics", "header_read_timeout = \"300ms\"").await;
+    let files = files("slow-head-metrics", "header_read_timeout = \"300ms\"").await;
+    let (kg, metrics) = files.start_with_metrics_port().await;
     assert_half_head_dropped(metrics, "/metrics").await;
     assert_eq!(get(metrics, "/metrics", &[]).await.status, 200);
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
-/// Sends a 20 KB request head to `addr` (`max_header_bytes = 16384` here) and asserts a 431 and
-/// a close; then an 8 KB head passes.
-async fn assert_big_head_gets_431(addr: std::net::SocketAddr, path: &str) {
+/// Sends a 20 KB request head with `headers` to `addr` (`max_header_bytes = 16384` here) and
+/// asserts a 431 and a close; then an 8 KB head with them passes.
+async fn assert_big_head_gets_431(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let big = "a".repeat(20_000);
-    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let lines: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{lines}X-Big: {big}\r\n\r\n");
     s.write_all(head.as_bytes()).await.unwrap();
-    let answer = read_until_close(&mut s).await;
+    let answer = read_to_close(&mut s, CLOSE_WITHIN).await;
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 431"), "{text}");
 
     let fits = "a".repeat(8_000);
-    let resp = get(addr, path, &[("x-fits", fits.as_str())]).await;
+    let mut fitting = headers.to_vec();
+    fitting.push(("x-fits", fits.as_str()));
+    let resp = get(addr, path, &fitting).await;
     assert_eq!(resp.status, 200);
 }
 
@@ -612,21 +516,18 @@ async fn assert_big_head_gets_431(addr: std::net::SocketAddr, path: &str) {
 /// read up to hyper's own 400 KB), and smaller heads still pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_over_max_header_bytes_gets_431_on_the_admin_port() {
-    let files = files("big-head-admin", "max_header_bytes = 16384").await;
-    let kg = Process::start(&files.config).await;
-    assert_big_head_gets_431(kg.admin, "/healthz").await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    let (_files, kg) = start("big-head-admin", "max_header_bytes = 16384").await;
+    assert_big_head_gets_431(kg.admin, "/healthz", &[]).await;
+    kg.terminate_cleanly().await;
 }
 
 /// The same on the metrics listener's port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_over_max_header_bytes_gets_431_on_the_metrics_port() {
-    let (_files, kg, metrics) =
-        with_metrics_port("big-head-metrics", "max_header_bytes = 16384").await;
-    assert_big_head_gets_431(metrics, "/metrics").await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    let files = files("big-head-metrics", "max_header_bytes = 16384").await;
+    let (kg, metrics) = files.start_with_metrics_port().await;
+    assert_big_head_gets_431(metrics, "/metrics", &[]).await;
+    kg.terminate_cleanly().await;
 }
 
 /// With `max_connections = 2`, a third client of the admin API waits until one of the first two
@@ -634,47 +535,26 @@ async fn a_request_head_over_max_header_bytes_gets_431_on_the_metrics_port() {
 /// admin port leave the proxy's port free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_respects_max_connections() {
-    let files = files("max-connections-admin", "max_connections = 2").await;
-    let kg = Process::start(&files.config).await;
-    let health = || request("GET", "/healthz", &[], empty());
-    let mut a = H1::connect(kg.admin).await;
-    let mut b = H1::connect(kg.admin).await;
-    assert_eq!(a.send(health()).await.status, 200);
-    assert_eq!(b.send(health()).await.status, 200);
-    assert_eq!(H1::connect(kg.proxy).await.send(probe()).await.status, 200);
-
-    let admin = kg.admin;
-    let mut third = tokio::spawn(async move { H1::connect(admin).await.send(health()).await });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut third)
-            .await
-            .is_err(),
-        "a third admin connection was served while two were open"
-    );
-    drop(a);
-    let resp = tokio::time::timeout(Duration::from_secs(5), third)
-        .await
-        .expect("served once a place is free")
-        .unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(b.send(health()).await.status, 200);
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    let (_files, kg) = start("max-connections-admin", "max_connections = 2").await;
+    let proxy = kg.proxy;
+    assert_a_third_connection_waits_for_a_free_place(kg.admin, health, async || {
+        assert_eq!(H1::connect(proxy).await.send(probe()).await.status, 200);
+    })
+    .await;
+    kg.terminate_cleanly().await;
 }
 
 /// An admin API connection left idle is closed after `idle_timeout` (was: kept forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_admin_connection_is_closed_after_idle_timeout() {
-    let files = files("idle-admin", "idle_timeout = \"300ms\"").await;
-    let kg = Process::start(&files.config).await;
+    let (_files, kg) = start("idle-admin", "idle_timeout = \"300ms\"").await;
     let mut raw = Raw::connect(kg.admin).await;
     raw.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let resp = raw.read_response().await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let answered = std::time::Instant::now();
-    let rest = read_until_close(&mut raw.stream).await;
+    let rest = read_to_close(&mut raw.stream, CLOSE_WITHIN).await;
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     assert!(answered.elapsed() >= Duration::from_millis(200));
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }

@@ -25,6 +25,26 @@ async fn guess(gw: &Gw, from: &str, n: usize) -> Resp {
     gw.get("/r").key(&secret).from(from).send().await
 }
 
+/// A request with the valid key and `headers` from `from`.
+async fn with_valid_key(gw: &Gw, from: &str, headers: &[(&str, &str)]) -> Resp {
+    gw.get("/r")
+        .key(VALID)
+        .headers(headers)
+        .from(from)
+        .send()
+        .await
+}
+
+/// Checks that a request with the valid key from `from` passes, as key `valid`.
+async fn assert_valid_key_passes(gw: &Gw, from: &str) {
+    gw.get("/r").key(VALID).from(from).echo_as("valid").await;
+}
+
+/// Checks that a request without a key from `from` is refused with 403 `key_missing`.
+async fn assert_key_missing(gw: &Gw, from: &str) {
+    gw.get("/r").from(from).problem(403, "key_missing").await;
+}
+
 /// Checks a 429 `too_many_failures` with a `Retry-After` in `1..=max` whole seconds.
 #[track_caller]
 fn assert_blocked(resp: &Resp, max: u64) {
@@ -41,13 +61,12 @@ fn assert_blocked(resp: &Resp, max: u64) {
 async fn past_the_limit_an_address_is_refused_even_with_a_valid_key() {
     let gw = gateway("failed_auth_limit = \"3/minute\"").await;
     // Before any failure the valid key works from there.
-    let resp = gw.get("/r").key(VALID).from("127.0.0.1").send().await;
-    assert_eq!(resp.echo().one("x-keygate-key-id"), Some("valid"));
+    assert_valid_key_passes(&gw, "127.0.0.1").await;
     for n in 0..3 {
         assert_problem(&guess(&gw, "127.0.0.1", n).await, 403, "key_invalid");
     }
     // 3/minute: the next failure may come in 20 s at the latest.
-    let resp = gw.get("/r").key(VALID).from("127.0.0.1").send().await;
+    let resp = with_valid_key(&gw, "127.0.0.1", &[]).await;
     assert_blocked(&resp, 20);
     assert_blocked(&guess(&gw, "127.0.0.1", 99).await, 20);
     // Any key, any way it is sent.
@@ -58,8 +77,7 @@ async fn past_the_limit_an_address_is_refused_even_with_a_valid_key() {
         .await;
     assert_blocked(&resp, 20);
     // Another address is not affected.
-    let resp = gw.get("/r").key(VALID).from("127.0.0.2").send().await;
-    assert_eq!(resp.echo().one("x-keygate-key-id"), Some("valid"));
+    assert_valid_key_passes(&gw, "127.0.0.2").await;
     assert_eq!(gw.hits(), 2);
     assert_no_keygate_panic();
 }
@@ -81,32 +99,17 @@ async fn the_block_covers_keys_that_would_otherwise_pass_any_check() {
 async fn a_missing_key_does_not_count() {
     let gw = gateway("failed_auth_limit = \"3/minute\"").await;
     for _ in 0..10 {
-        gw.get("/r")
-            .from("127.0.0.1")
-            .problem(403, "key_missing")
-            .await;
+        assert_key_missing(&gw, "127.0.0.1").await;
     }
-    let resp = gw.get("/r").key(VALID).from("127.0.0.1").send().await;
-    assert_eq!(resp.echo().one("x-keygate-key-id"), Some("valid"));
+    assert_valid_key_passes(&gw, "127.0.0.1").await;
     // Two invalid keys among them still leave room for one more failure.
     for n in 0..2 {
         assert_problem(&guess(&gw, "127.0.0.1", n).await, 403, "key_invalid");
-        gw.get("/r")
-            .from("127.0.0.1")
-            .problem(403, "key_missing")
-            .await;
+        assert_key_missing(&gw, "127.0.0.1").await;
     }
-    assert_eq!(
-        gw.get("/r")
-            .key(VALID)
-            .from("127.0.0.1")
-            .send()
-            .await
-            .status,
-        200
-    );
+    assert_eq!(with_valid_key(&gw, "127.0.0.1", &[]).await.status, 200);
     assert_problem(&guess(&gw, "127.0.0.1", 2).await, 403, "key_invalid");
-    assert_blocked(&gw.get("/r").key(VALID).from("127.0.0.1").send().await, 20);
+    assert_blocked(&with_valid_key(&gw, "127.0.0.1", &[]).await, 20);
     assert_eq!(gw.hits(), 2);
 }
 
@@ -127,8 +130,7 @@ async fn other_refusals_do_not_count() {
             .problem(403, "ip_not_allowed")
             .await;
     }
-    let resp = gw.get("/r").key(VALID).from("127.0.0.2").send().await;
-    assert_eq!(resp.echo().one("x-keygate-key-id"), Some("valid"));
+    assert_valid_key_passes(&gw, "127.0.0.2").await;
     assert_eq!(gw.hits(), 1);
 }
 
@@ -141,7 +143,7 @@ async fn the_default_limit_is_thirty_per_minute() {
     }
     // 30/minute refills one failure every 2 s: only a run of 30 that took less than that
     // must leave the address blocked (a machine this slow says nothing either way).
-    let resp = gw.get("/r").key(VALID).from("127.0.0.1").send().await;
+    let resp = with_valid_key(&gw, "127.0.0.1", &[]).await;
     let fast = start.elapsed() < std::time::Duration::from_millis(1900);
     if fast {
         assert_blocked(&resp, 2);
@@ -151,15 +153,7 @@ async fn the_default_limit_is_thirty_per_minute() {
             start.elapsed()
         );
     }
-    assert_eq!(
-        gw.get("/r")
-            .key(VALID)
-            .from("127.0.0.2")
-            .send()
-            .await
-            .status,
-        200
-    );
+    assert_eq!(with_valid_key(&gw, "127.0.0.2", &[]).await.status, 200);
     assert_eq!(gw.hits(), if fast { 1 } else { 2 });
 }
 
@@ -178,33 +172,15 @@ async fn failures_count_per_client_behind_a_trusted_proxy() {
             .problem(403, "key_invalid")
             .await;
     }
-    let resp = gw
-        .get("/r")
-        .key(VALID)
-        .headers(&guesser)
-        .from("127.0.0.3")
-        .send()
-        .await;
+    let resp = with_valid_key(&gw, "127.0.0.3", &guesser).await;
     assert_blocked(&resp, 30);
-    let resp = gw
-        .get("/r")
-        .key(VALID)
-        .headers(&bystander)
-        .from("127.0.0.3")
-        .send()
-        .await;
+    let resp = with_valid_key(&gw, "127.0.0.3", &bystander).await;
     assert_eq!(resp.echo().one("x-keygate-key-id"), Some("valid"));
     // An untrusted peer cannot escape its own block by claiming another address.
     for n in 0..2 {
         assert_problem(&guess(&gw, "127.0.0.4", n).await, 403, "key_invalid");
     }
-    let resp = gw
-        .get("/r")
-        .key(VALID)
-        .headers(&bystander)
-        .from("127.0.0.4")
-        .send()
-        .await;
+    let resp = with_valid_key(&gw, "127.0.0.4", &bystander).await;
     assert_blocked(&resp, 30);
     assert_eq!(gw.hits(), 1);
 }

@@ -13,21 +13,6 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 use crate::harness::admin::*;
 use crate::harness::*;
 
-/// keygate with `[metrics] listen` on a port of its own; returns the process and the metrics
-/// listener's address (read from its log line).
-async fn with_metrics_port(name: &str) -> (Files, Process, SocketAddr) {
-    let files = Files::for_binary_with(name, "", None).await;
-    files.append_to_config("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let mut kg = Process::start(&files.config).await;
-    let line = kg
-        .wait_log("the metrics listening line", |l| {
-            l.contains("metrics listening")
-        })
-        .await;
-    let metrics = logged_addr(&line);
-    (files, kg, metrics)
-}
-
 /// Sends `head` on a fresh connection to `addr`; asserts a 400 `invalid_request` problem with
 /// `Connection: close`, then the close.
 async fn assert_refused_and_closed(addr: SocketAddr, what: &str, head: String) {
@@ -105,8 +90,7 @@ async fn the_proxy_port_requires_one_host() {
     let kg = Process::start(&files.config).await;
     let key = format!("X-API-Key: {STATIC_SECRET}\r\n");
     assert_one_host_required(kg.proxy, PROBE, &key).await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// RFC 9112 §3.2 on the admin API's port (was: answered 200).
@@ -115,17 +99,16 @@ async fn the_admin_port_requires_one_host() {
     let files = Files::for_binary_with("host-admin", "", None).await;
     let kg = Process::start(&files.config).await;
     assert_one_host_required(kg.admin, "/healthz", "").await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// RFC 9112 §3.2 on the metrics listener's port (was: answered 200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_port_requires_one_host() {
-    let (_files, kg, metrics) = with_metrics_port("host-metrics").await;
+    let files = Files::for_binary_with("host-metrics", "", None).await;
+    let (kg, metrics) = files.start_with_metrics_port().await;
     assert_one_host_required(metrics, "/metrics", "").await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// With stderr a pipe (as under systemd, or redirected to a file) and `NO_COLOR` unset, the log

@@ -65,20 +65,26 @@ fn assert_passed(resp: &Resp, key_id: &str) {
     assert_eq!(resp.echo().one("x-keygate-key-id"), Some(key_id));
 }
 
-#[tokio::test]
-async fn key_allowed_from_one_address_works_there_and_nowhere_else() {
-    let gw = gateway().start().await;
-    assert_passed(
-        &gw.get("/r").key_of("pinned").from("127.0.0.2").send().await,
-        "pinned",
-    );
-    for from in ["127.0.0.1", "127.0.0.3", "127.0.0.22"] {
+/// Key `id` passes from each address of `allowed`, and is refused with 403 `ip_not_allowed`
+/// from each of `refused`.
+async fn assert_allowed_only_from(gw: &Gw, id: &str, allowed: &[&str], refused: &[&str]) {
+    for from in allowed {
+        assert_passed(&gw.get("/r").key_of(id).from(from).send().await, id);
+    }
+    for from in refused {
         gw.get("/r")
-            .key_of("pinned")
+            .key_of(id)
             .from(from)
             .problem(403, "ip_not_allowed")
             .await;
     }
+}
+
+#[tokio::test]
+async fn key_allowed_from_one_address_works_there_and_nowhere_else() {
+    let gw = gateway().start().await;
+    let elsewhere = ["127.0.0.1", "127.0.0.3", "127.0.0.22"];
+    assert_allowed_only_from(&gw, "pinned", &["127.0.0.2"], &elsewhere).await;
     // Through the query parameter too: the check is on the key, not on how it came.
     gw.get(&format!("/r?api_key={}", gw.secret("pinned")))
         .from("127.0.0.1")
@@ -95,73 +101,35 @@ async fn key_allowed_from_one_address_works_there_and_nowhere_else() {
 #[tokio::test]
 async fn key_and_consumer_lists_must_both_allow_the_client() {
     let gw = gateway().start().await;
-    // Both allow 127.0.0.2.
-    assert_passed(
-        &gw.get("/r")
-            .key_of("office-key")
-            .from("127.0.0.2")
-            .send()
-            .await,
-        "office-key",
-    );
-    // The consumer allows 127.0.0.1, the key does not.
-    gw.get("/r")
-        .key_of("office-key")
-        .from("127.0.0.1")
-        .problem(403, "ip_not_allowed")
-        .await;
-    // The key allows 127.0.0.5, the consumer does not.
-    gw.get("/r")
-        .key_of("office-key")
-        .from("127.0.0.5")
-        .problem(403, "ip_not_allowed")
-        .await;
+    // Both allow 127.0.0.2. The consumer allows 127.0.0.1, the key does not; the key allows
+    // 127.0.0.5, the consumer does not.
+    let refused = ["127.0.0.1", "127.0.0.5"];
+    assert_allowed_only_from(&gw, "office-key", &["127.0.0.2"], &refused).await;
     assert_eq!(gw.hits(), 1);
 }
 
 #[tokio::test]
 async fn a_consumer_list_applies_to_keys_without_their_own() {
     let gw = gateway().start().await;
-    assert_passed(
-        &gw.get("/r")
-            .key_of("lab-key")
-            .from("127.0.0.3")
-            .send()
-            .await,
-        "lab-key",
-    );
-    for from in ["127.0.0.1", "127.0.0.2"] {
-        gw.get("/r")
-            .key_of("lab-key")
-            .from(from)
-            .problem(403, "ip_not_allowed")
-            .await;
-    }
+    let refused = ["127.0.0.1", "127.0.0.2"];
+    assert_allowed_only_from(&gw, "lab-key", &["127.0.0.3"], &refused).await;
     assert_eq!(gw.hits(), 1);
 }
 
 #[tokio::test]
 async fn an_empty_list_allows_any_address() {
     let gw = gateway().start().await;
-    for from in ["127.0.0.1", "127.0.0.2", "127.0.0.200"] {
-        assert_passed(&gw.get("/r").key_of("open").from(from).send().await, "open");
-    }
+    let anywhere = ["127.0.0.1", "127.0.0.2", "127.0.0.200"];
+    assert_allowed_only_from(&gw, "open", &anywhere, &[]).await;
     assert_eq!(gw.hits(), 3);
 }
 
 #[tokio::test]
 async fn networks_match_every_address_inside_them() {
     let gw = gateway().start().await;
-    for from in ["127.0.8.1", "127.0.8.254"] {
-        assert_passed(&gw.get("/r").key_of("net").from(from).send().await, "net");
-    }
-    for from in ["127.0.7.255", "127.0.9.0", "127.0.0.1"] {
-        gw.get("/r")
-            .key_of("net")
-            .from(from)
-            .problem(403, "ip_not_allowed")
-            .await;
-    }
+    let inside = ["127.0.8.1", "127.0.8.254"];
+    let outside = ["127.0.7.255", "127.0.9.0", "127.0.0.1"];
+    assert_allowed_only_from(&gw, "net", &inside, &outside).await;
 }
 
 /// Over IPv6 loopback: a key allowing `::1` works from `::1`; keys allowing only IPv4 addresses

@@ -468,8 +468,7 @@ async fn metrics_count_a_known_mix_of_requests_exactly() {
     // The scrapes themselves are not proxy requests.
     let again = scrape(kg.admin).await;
     assert_eq!(again.total("keygate_requests_total"), 12.0);
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// The config's state follows reloads: a good edit bumps `config_generation` and the key
@@ -535,8 +534,7 @@ async fn metrics_follow_reloads_and_a_failed_reload() {
         ),
         2.0
     );
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// `open_connections` counts client connections held open (with or without a request), and
@@ -617,8 +615,7 @@ async fn metrics_gauges_show_open_connections_and_requests_in_flight() {
         gauge("keygate_open_connections", 0.0),
     )
     .await;
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// Random paths, invented methods, random hosts, random wrong keys, junk headers and
@@ -747,8 +744,7 @@ async fn metrics_label_values_never_come_from_the_client() {
             ),
         ],
     );
-    let (status, _) = kg.terminate().await;
-    assert!(status.success());
+    kg.terminate_cleanly().await;
 }
 
 /// With the admin API off, `[metrics] listen` serves `/metrics` (and nothing else) on its own

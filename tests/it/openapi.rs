@@ -71,6 +71,26 @@ async fn start() -> Session {
 }
 
 impl Session {
+    /// As the admin, adds `cidr` to the allow list of `owner` (`consumers` or `keys`) `id`, then
+    /// removes it by its percent-encoded form.
+    async fn add_and_remove_allow_ip(&mut self, owner: &str, id: &str, cidr: &str) {
+        let list = format!("/v1/{owner}/{id}/allow_ips");
+        let template = format!("/v1/{owner}/{{id}}/allow_ips");
+        let body = json!({ "cidr": cidr });
+        self.call(Method::POST, &template, &list, Some(ADMIN), Some(body))
+            .await;
+        let encoded = cidr.replace(':', "%3A").replace('/', "%2F");
+        let one = format!("{list}/{encoded}");
+        self.call(
+            Method::DELETE,
+            &format!("{template}/{{cidr}}"),
+            &one,
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    }
+
     /// Sends a request and checks the answer against the operation `template` + `method`.
     async fn call(
         &mut self,
@@ -215,22 +235,8 @@ async fn every_answer_matches_the_document() {
         Some(json!({"name": "ACME", "rate_limit": "100/minute"})),
     )
     .await;
-    s.call(
-        M::POST,
-        "/v1/consumers/{id}/allow_ips",
-        "/v1/consumers/acme/allow_ips",
-        a,
-        Some(json!({"cidr": "10.0.0.0/8"})),
-    )
-    .await;
-    s.call(
-        M::DELETE,
-        "/v1/consumers/{id}/allow_ips/{cidr}",
-        "/v1/consumers/acme/allow_ips/10.0.0.0%2F8",
-        a,
-        None,
-    )
-    .await;
+    s.add_and_remove_allow_ip("consumers", "acme", "10.0.0.0/8")
+        .await;
     // Keys.
     let new = json!({"id": "k1", "name": "CI", "consumer": "acme", "rate_limit": "5/second", "expires_at": "2030-01-01T00:00:00Z", "targets": ["production"], "access": "read-only", "paths": ["/reports"]});
     let (status, created) = s.call(M::POST, "/v1/keys", "/v1/keys", a, Some(new)).await;
@@ -266,22 +272,8 @@ async fn every_answer_matches_the_document() {
         Some(json!({"status": "inactive", "expires_at": null, "rate_limit": null})),
     )
     .await;
-    s.call(
-        M::POST,
-        "/v1/keys/{id}/allow_ips",
-        "/v1/keys/k1/allow_ips",
-        a,
-        Some(json!({"cidr": "2001:db8::/32"})),
-    )
-    .await;
-    s.call(
-        M::DELETE,
-        "/v1/keys/{id}/allow_ips/{cidr}",
-        "/v1/keys/k1/allow_ips/2001%3Adb8%3A%3A%2F32",
-        a,
-        None,
-    )
-    .await;
+    s.add_and_remove_allow_ip("keys", "k1", "2001:db8::/32")
+        .await;
     s.call(
         M::POST,
         "/v1/keys/{id}/rotate",

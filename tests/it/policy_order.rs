@@ -82,6 +82,25 @@ async fn assert_limited(gw: &Gw, id: &str, path: &str) {
     assert_problem(&resp, 429, "rate_limited");
 }
 
+/// Sends `refused` with key `id` four times over (each refused as listed, none reaching the
+/// upstream); the 2/minute that `id` is under is then still whole: key `then` (under the same
+/// limit) passes twice on `path`, and `id` is refused after that.
+async fn assert_refusals_leave_the_quota_whole(
+    gw: &Gw,
+    id: &str,
+    refused: &Refused<'_>,
+    then: &str,
+    path: &str,
+) {
+    for _ in 0..4 {
+        assert_refused(gw, id, refused).await;
+    }
+    assert_eq!(gw.hits(), 0);
+    assert_passes_with(gw, then, path, &[1, 0]).await;
+    assert_limited(gw, id, path).await;
+    assert_eq!(gw.hits(), 2);
+}
+
 #[tokio::test]
 async fn refusals_for_ip_target_or_access_spend_no_quota() {
     let gw = gateway().await;
@@ -91,14 +110,8 @@ async fn refusals_for_ip_target_or_access_spend_no_quota() {
         ("POST", "/ok", HOST, "127.0.0.1", "access_denied"),
         ("GET", "/admin", HOST, "127.0.0.1", "access_denied"),
     ];
-    for _ in 0..4 {
-        assert_refused(&gw, "guarded", &refused).await;
-    }
-    assert_eq!(gw.hits(), 0);
     // The whole burst of 2 is still there.
-    assert_passes_with(&gw, "guarded", "/ok", &[1, 0]).await;
-    assert_limited(&gw, "guarded", "/ok").await;
-    assert_eq!(gw.hits(), 2);
+    assert_refusals_leave_the_quota_whole(&gw, "guarded", &refused, "guarded", "/ok").await;
 }
 
 #[tokio::test]
@@ -109,13 +122,8 @@ async fn refusals_spend_none_of_the_consumers_quota_either() {
         ("GET", "/r", OTHER_HOST, "127.0.0.1", "target_not_allowed"),
         ("DELETE", "/r", HOST, "127.0.0.1", "access_denied"),
     ];
-    for _ in 0..4 {
-        assert_refused(&gw, "shop-pinned", &refused).await;
-    }
     // The consumer's 2/minute is untouched: the other key gets both, then 429.
-    assert_passes_with(&gw, "shop-open", "/r", &[1, 0]).await;
-    assert_limited(&gw, "shop-pinned", "/r").await;
-    assert_eq!(gw.hits(), 2);
+    assert_refusals_leave_the_quota_whole(&gw, "shop-pinned", &refused, "shop-open", "/r").await;
 }
 
 #[tokio::test]

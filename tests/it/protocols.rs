@@ -50,39 +50,18 @@ async fn h2c_request_is_authenticated_and_forwarded() {
 async fn h2c_errors_are_problem_json() {
     let gw = gateway().await;
     let mut h2 = H2::connect(gw.addr).await;
-    let resp = h2.send(h2_request("GET", "gw", "/r", &[], empty())).await;
-    assert_eq!(resp.version, Version::HTTP_2);
-    assert_problem(&resp, 403, "key_missing");
-    let resp = h2
-        .send(h2_request(
-            "GET",
-            "gw",
-            "/r",
-            &[("x-api-key", "nope")],
-            empty(),
-        ))
-        .await;
-    assert_problem(&resp, 403, "key_invalid");
-    let resp = h2
-        .send(h2_request(
-            "GET",
-            "gw",
-            "/r",
-            &[("x-api-key", SECRET_INACTIVE)],
-            empty(),
-        ))
-        .await;
-    assert_problem(&resp, 403, "key_inactive");
-    let resp = h2
-        .send(h2_request(
-            "GET",
-            "gw",
-            "/r",
-            &[("x-api-key", SECRET_EXPIRED)],
-            empty(),
-        ))
-        .await;
-    assert_problem(&resp, 403, "key_expired");
+    for (headers, code) in [
+        (&[][..], "key_missing"),
+        (&[("x-api-key", "nope")][..], "key_invalid"),
+        (&[("x-api-key", SECRET_INACTIVE)][..], "key_inactive"),
+        (&[("x-api-key", SECRET_EXPIRED)][..], "key_expired"),
+    ] {
+        let resp = h2
+            .send(h2_request("GET", "gw", "/r", headers, empty()))
+            .await;
+        assert_eq!(resp.version, Version::HTTP_2, "{code}");
+        assert_problem(&resp, 403, code);
+    }
     // The same connection still carries a good request.
     let resp = h2
         .send(h2_request(

@@ -35,6 +35,16 @@ fn newcomer() -> String {
     key_toml("newcomer", NEWCOMER, "")
 }
 
+/// A config directory `name` holding `keygate.toml` with `keys`, every target on a fresh echo
+/// upstream: the directory, the file and the upstream.
+async fn config_file(name: &str, keys: &str) -> (TempDir, PathBuf, Upstream) {
+    let dir = TempDir::new(name);
+    let path = dir.join("keygate.toml");
+    let up = start_upstream("main").await;
+    std::fs::write(&path, plain_config(up.addr, keys)).unwrap();
+    (dir, path, up)
+}
+
 /// A config directory holding `keygate.toml`, an echo upstream, and keygate serving the file
 /// with its real reloader.
 struct Live {
@@ -48,10 +58,7 @@ struct Live {
 
 impl Live {
     async fn start(name: &str, keys: &str) -> Live {
-        let dir = TempDir::new(name);
-        let path = dir.join("keygate.toml");
-        let up = start_upstream("main").await;
-        std::fs::write(&path, plain_config(up.addr, keys)).unwrap();
+        let (dir, path, up) = config_file(name, keys).await;
         let gate = start_live(&path);
         Live {
             addr: gate.addr,
@@ -566,10 +573,7 @@ async fn a_changed_admin_listen_address_is_logged_as_needing_a_restart() {
 /// it is still picked up at once, not at the next periodic check (5 s away).
 #[tokio::test]
 async fn a_change_before_the_watch_starts_is_picked_up_at_once() {
-    let dir = TempDir::new("before-watch");
-    let path = dir.join("keygate.toml");
-    let up = start_upstream("main").await;
-    std::fs::write(&path, plain_config(up.addr, &(kept() + &revoked()))).unwrap();
+    let (_dir, path, up) = config_file("before-watch", &(kept() + &revoked())).await;
     let gateway = load_quiet(&path).unwrap();
     // The revocation lands between `load` and `serve`.
     replace_file(&path, plain_config(up.addr, &kept()).as_bytes());
@@ -583,10 +587,7 @@ async fn a_change_before_the_watch_starts_is_picked_up_at_once() {
 /// logs nothing more; the next good file is reloaded.
 #[tokio::test]
 async fn a_bad_file_is_logged_once_with_file_line_and_column() {
-    let dir = TempDir::new("error-log");
-    let path = dir.join("keygate.toml");
-    let up = start_upstream("main").await;
-    std::fs::write(&path, plain_config(up.addr, &(kept() + &revoked()))).unwrap();
+    let (_dir, path, up) = config_file("error-log", &(kept() + &revoked())).await;
     let mut kg = Process::start_proxy(&path).await;
     assert_admitted(kg.proxy, REVOKED, "revoked").await;
 

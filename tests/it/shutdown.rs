@@ -10,10 +10,8 @@ use tokio::net::TcpStream;
 use crate::harness::admin::*;
 use crate::harness::*;
 
-/// Files whose only upstream is `up`, with `shutdown_timeout = "10s"`.
-async fn files(name: &str, up: SocketAddr) -> Files {
-    Files::for_binary_with(name, "shutdown_timeout = \"10s\"", Some(up)).await
-}
+/// A drain bound far longer than any test here waits.
+const LONG_GRACE: &str = "shutdown_timeout = \"10s\"";
 
 fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("kill")
@@ -36,10 +34,7 @@ async fn held_request(
         let req = request("GET", "/slow", &[("x-api-key", STATIC_SECRET)], empty());
         H1::connect(proxy).await.send(req).await
     });
-    let release = tokio::time::timeout(Duration::from_secs(5), up.arrived.recv())
-        .await
-        .expect("the request reaches the upstream")
-        .unwrap();
+    let release = up.next_arrival("the request").await;
     (in_flight, release)
 }
 
@@ -53,18 +48,30 @@ async fn signal_and_wait_refused(pid: u32, sig: &str, proxy: SocketAddr) {
     }
 }
 
+/// keygate (files for `name`, 10 s grace) with one request held at the upstream, sent SIGTERM
+/// and refusing new connections: the files, the process, the request's task, its release, and
+/// the moment just before SIGTERM was sent.
+async fn draining_one_held_request(
+    name: &str,
+) -> (
+    Files,
+    Process,
+    tokio::task::JoinHandle<Resp>,
+    tokio::sync::oneshot::Sender<()>,
+    Instant,
+) {
+    let (mut up, files, kg) = Files::start_before_held_upstream(name, LONG_GRACE).await;
+    let (in_flight, release) = held_request(kg.proxy, &mut up).await;
+    let signalled = Instant::now();
+    signal_and_wait_refused(kg.pid(), "-TERM", kg.proxy).await;
+    (files, kg, in_flight, release, signalled)
+}
+
 /// A request in flight when SIGTERM arrives still gets its 200; meanwhile new connections are
 /// refused; then the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections() {
-    let mut up = held_upstream().await;
-    let files = files("shutdown-drain", up.addr).await;
-    let kg = Process::start(&files.config).await;
-    let proxy = kg.proxy;
-
-    let (in_flight, release) = held_request(proxy, &mut up).await;
-    signal_and_wait_refused(kg.pid(), "-TERM", proxy).await;
-
+    let (_files, kg, in_flight, release, _) = draining_one_held_request("shutdown-drain").await;
     let _ = release.send(());
     let resp = tokio::time::timeout(Duration::from_secs(5), in_flight)
         .await
@@ -84,14 +91,9 @@ async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections()
 /// `shutdown_timeout`), with a non-zero status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
-    let mut up = held_upstream().await;
-    let files = files("shutdown-twice", up.addr).await;
-    let kg = Process::start(&files.config).await;
-    let proxy = kg.proxy;
-    let (_in_flight, _release) = held_request(proxy, &mut up).await;
-    let started = Instant::now();
     // The first one must have been taken before the second is sent.
-    signal_and_wait_refused(kg.pid(), "-TERM", proxy).await;
+    let (_files, kg, _in_flight, _release, started) =
+        draining_one_held_request("shutdown-twice").await;
     signal(kg.pid(), "-INT");
     let (status, log) = kg.wait_exit().await;
     assert!(
@@ -115,9 +117,8 @@ const CUT_WITHIN: Duration = Duration::from_secs(5);
 /// deploy); the warning in the log is what says requests were cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_when_shutdown_timeout_runs_out_is_cut_and_keygate_exits_0() {
-    let mut up = held_upstream().await;
-    let files = Files::for_binary_with("shutdown-timeout", SHORT_GRACE, Some(up.addr)).await;
-    let kg = Process::start(&files.config).await;
+    let (mut up, _files, kg) =
+        Files::start_before_held_upstream("shutdown-timeout", SHORT_GRACE).await;
     let mut raw = Raw::connect(kg.proxy).await;
     let head = format!("GET /slow HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {STATIC_SECRET}\r\n\r\n");
     raw.write(head.as_bytes()).await;
@@ -155,15 +156,23 @@ async fn exits_0_after_the_grace(kg: Process, signalled: Instant) -> Vec<String>
     log
 }
 
+/// keygate (files for `name`, `grace` in `[server]`) with a tunnel open through it that has
+/// carried `message` both ways: the files, the process and the tunnel.
+async fn with_an_open_tunnel(name: &str, grace: &str, message: &[u8]) -> (Files, Process, Raw) {
+    let files = Files::for_binary_with(name, grace, None).await;
+    let kg = Process::start(&files.config).await;
+    let mut tunnel = open_tunnel(kg.proxy, STATIC_SECRET).await;
+    echo_through(&mut tunnel, message).await;
+    (files, kg, tunnel)
+}
+
 /// A tunnel (an upgraded connection) open at SIGTERM keeps carrying bytes both ways after
 /// keygate has stopped accepting; when the client closes it, keygate exits 0 at once, well
 /// before the 10 s `shutdown_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_open_at_sigterm_keeps_working_until_it_closes_then_keygate_exits_0() {
-    let files = Files::for_binary_with("shutdown-tunnel", "shutdown_timeout = \"10s\"", None).await;
-    let kg = Process::start(&files.config).await;
-    let mut tunnel = open_tunnel(kg.proxy, STATIC_SECRET).await;
-    echo_through(&mut tunnel, b"before").await;
+    let (_files, kg, mut tunnel) =
+        with_an_open_tunnel("shutdown-tunnel", LONG_GRACE, b"before").await;
 
     signal_and_wait_refused(kg.pid(), "-TERM", kg.proxy).await;
     for message in [&b"after"[..], b"\x00\xffbinary\r\n", &[7u8; 100_000]] {
@@ -184,10 +193,8 @@ async fn a_tunnel_open_at_sigterm_keeps_working_until_it_closes_then_keygate_exi
 /// A tunnel still open when `shutdown_timeout` (1 s) runs out is cut, and keygate exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_still_open_when_shutdown_timeout_runs_out_is_cut() {
-    let files = Files::for_binary_with("shutdown-tunnel-cut", SHORT_GRACE, None).await;
-    let kg = Process::start(&files.config).await;
-    let mut tunnel = open_tunnel(kg.proxy, STATIC_SECRET).await;
-    echo_through(&mut tunnel, b"open").await;
+    let (_files, kg, mut tunnel) =
+        with_an_open_tunnel("shutdown-tunnel-cut", SHORT_GRACE, b"open").await;
 
     let signalled = Instant::now();
     signal_and_wait_refused(kg.pid(), "-TERM", kg.proxy).await;
@@ -205,9 +212,8 @@ async fn a_tunnel_still_open_when_shutdown_timeout_runs_out_is_cut() {
 /// stays up until the drain ends. The request in flight still gets its 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_503_while_a_request_drains() {
-    let mut up = held_upstream().await;
-    let files = files("shutdown-readyz", up.addr).await;
-    let kg = Process::start(&files.config).await;
+    let (mut up, _files, kg) =
+        Files::start_before_held_upstream("shutdown-readyz", LONG_GRACE).await;
     let admin = kg.admin;
     // Ready once the workers run, a moment after the listening lines.
     poll(Duration::from_secs(5), "/readyz 200", async || {

@@ -50,6 +50,14 @@ impl TlsGate {
         }
     }
 
+    /// A new CA and a gate (`tls_extra` in `[server.tls]`) on a leaf it signed for
+    /// `localhost`; both named `name`.
+    async fn for_localhost(name: &str, tls_extra: &str) -> (Ca, TlsGate) {
+        let ca = Ca::new(name);
+        let gate = TlsGate::start(name, &ca.leaf(&["localhost"]), tls_extra).await;
+        (ca, gate)
+    }
+
     fn cert(&self) -> PathBuf {
         self.dir.join("tls/cert.pem")
     }
@@ -71,12 +79,21 @@ async fn h1_call(conn: &mut H1, path: &str) -> Echo {
     echo
 }
 
+/// An HTTP/2 GET with the key, over `conn`: must reach the upstream over https.
+async fn h2_call(conn: &mut H2, path: &str) -> Echo {
+    let resp = conn.send(h2_get(path, &[("x-api-key", SECRET_TLS)])).await;
+    assert_eq!(resp.version, Version::HTTP_2);
+    let echo = resp.echo();
+    assert_eq!(echo.one("x-forwarded-proto"), Some("https"));
+    assert_eq!(echo.one("x-keygate-key-id"), Some("tls"));
+    echo
+}
+
 // --- the listener -----------------------------------------------------------------------------
 
 #[tokio::test]
 async fn a_client_offering_h2_negotiates_h2_and_is_served() {
-    let ca = Ca::new("h2");
-    let gate = TlsGate::start("alpn-h2", &ca.leaf(&["localhost"]), "").await;
+    let (ca, gate) = TlsGate::for_localhost("alpn-h2", "").await;
     let tls = tls_connect(gate.addr, client_config(&[&ca], &["h2", "http/1.1"], false)).await;
     assert_eq!(alpn_of(&tls).as_deref(), Some("h2"));
     assert_eq!(
@@ -85,14 +102,10 @@ async fn a_client_offering_h2_negotiates_h2_and_is_served() {
     );
     let mut h2 = H2::over_tls(tls).await;
     for i in 0..3 {
-        let resp = h2
-            .send(h2_get(&format!("/h2/{i}"), &[("x-api-key", SECRET_TLS)]))
-            .await;
-        assert_eq!(resp.version, Version::HTTP_2);
-        let echo = resp.echo();
-        assert_eq!(echo.uri, format!("/h2/{i}"));
-        assert_eq!(echo.one("x-forwarded-proto"), Some("https"));
-        assert_eq!(echo.one("x-keygate-key-id"), Some("tls"));
+        assert_eq!(
+            h2_call(&mut h2, &format!("/h2/{i}")).await.uri,
+            format!("/h2/{i}")
+        );
     }
     // A keygate denial over h2 too.
     let denied = h2
@@ -104,8 +117,7 @@ async fn a_client_offering_h2_negotiates_h2_and_is_served() {
 
 #[tokio::test]
 async fn a_client_offering_only_http11_negotiates_http11_and_is_served() {
-    let ca = Ca::new("h1");
-    let gate = TlsGate::start("alpn-h1", &ca.leaf(&["localhost"]), "").await;
+    let (ca, gate) = TlsGate::for_localhost("alpn-h1", "").await;
     let tls = tls_connect(gate.addr, client_config(&[&ca], &["http/1.1"], false)).await;
     assert_eq!(alpn_of(&tls).as_deref(), Some("http/1.1"));
     let mut h1 = H1::over_tls(tls).await;
@@ -125,19 +137,14 @@ async fn a_client_offering_only_http11_negotiates_http11_and_is_served() {
 
 #[tokio::test]
 async fn tls12_is_accepted() {
-    let ca = Ca::new("tls12");
-    let gate = TlsGate::start("tls12", &ca.leaf(&["localhost"]), "").await;
+    let (ca, gate) = TlsGate::for_localhost("tls12", "").await;
     let tls = tls_connect(gate.addr, client_config(&[&ca], &["h2"], true)).await;
     assert_eq!(
         tls.get_ref().1.protocol_version(),
         Some(ProtocolVersion::TLSv1_2)
     );
     assert_eq!(alpn_of(&tls).as_deref(), Some("h2"));
-    let resp = H2::over_tls(tls)
-        .await
-        .send(h2_get("/v12", &[("x-api-key", SECRET_TLS)]))
-        .await;
-    assert_eq!(resp.echo().one("x-forwarded-proto"), Some("https"));
+    h2_call(&mut H2::over_tls(tls).await, "/v12").await;
 }
 
 /// A renewed certificate (from another CA, files written beside and renamed over) reaches new
@@ -209,8 +216,7 @@ async fn a_swapped_certificate_is_served_to_new_connections() {
 /// Clients that connect and never start a handshake hold sockets, not the server.
 #[tokio::test]
 async fn stalled_handshakes_do_not_hold_up_other_clients() {
-    let ca = Ca::new("stall");
-    let gate = TlsGate::start("stalled-others", &ca.leaf(&["localhost"]), "").await;
+    let (ca, gate) = TlsGate::for_localhost("stalled-others", "").await;
     let mut stalled = Vec::new();
     for _ in 0..32 {
         stalled.push(
@@ -243,13 +249,8 @@ async fn stalled_handshakes_do_not_hold_up_other_clients() {
 /// 10 s whatever the config said); meanwhile other clients are served.
 #[tokio::test]
 async fn a_stalled_handshake_is_dropped_after_the_configured_handshake_timeout() {
-    let ca = Ca::new("stall-timeout");
-    let gate = TlsGate::start(
-        "stalled-timeout",
-        &ca.leaf(&["localhost"]),
-        "handshake_timeout = \"300ms\"",
-    )
-    .await;
+    let (ca, gate) =
+        TlsGate::for_localhost("stalled-timeout", "handshake_timeout = \"300ms\"").await;
     let mut raw = within("connect", TcpStream::connect(gate.addr))
         .await
         .unwrap();
@@ -293,12 +294,23 @@ async fn gate_to(name: &str, upstream_url: &str, target_extra: &str, ca: &Ca) ->
     (dir, start_live(&path))
 }
 
-#[tokio::test]
-async fn an_https_upstream_is_verified_against_its_ca_file_with_sni() {
-    let ca = Ca::new("private");
+/// An https upstream labelled `secure` on a leaf for `localhost` from a new private CA, and
+/// keygate (files for `name`) in front of it, `target_extra` on the target: the upstream, the
+/// directory and keygate.
+async fn gate_to_a_private_ca_upstream(
+    name: &str,
+    target_extra: &str,
+) -> (TlsUpstream, TempDir, Gate) {
+    let ca = Ca::new(name);
     let up = start_tls_upstream(&ca.leaf(&["localhost"]), "secure").await;
     let url = format!("https://localhost:{}", up.addr.port());
-    let (_dir, gate) = gate_to("https-ca", &url, "ca_file = \"ca.pem\"", &ca).await;
+    let (dir, gate) = gate_to(name, &url, target_extra, &ca).await;
+    (up, dir, gate)
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_verified_against_its_ca_file_with_sni() {
+    let (up, _dir, gate) = gate_to_a_private_ca_upstream("https-ca", "ca_file = \"ca.pem\"").await;
     let addr = gate.addr;
 
     for i in 0..3 {
@@ -323,10 +335,7 @@ async fn an_https_upstream_is_verified_against_its_ca_file_with_sni() {
 
 #[tokio::test]
 async fn an_https_upstream_from_a_private_ca_fails_against_the_system_roots() {
-    let ca = Ca::new("unknown");
-    let up = start_tls_upstream(&ca.leaf(&["localhost"]), "secure").await;
-    let url = format!("https://localhost:{}", up.addr.port());
-    let (_dir, gate) = gate_to("https-system", &url, "", &ca).await;
+    let (up, _dir, gate) = gate_to_a_private_ca_upstream("https-system", "").await;
     let addr = gate.addr;
 
     let resp = get(addr, "/secure", &[("x-api-key", SECRET_TLS)]).await;

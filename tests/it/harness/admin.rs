@@ -185,6 +185,31 @@ impl Files {
         files
     }
 
+    /// The files for `name` with `lines` in `[server]`, every target on a [`held_upstream`], and
+    /// keygate started on them: the upstream, the files and the process.
+    pub async fn start_before_held_upstream(
+        name: &str,
+        lines: &str,
+    ) -> (HeldUpstream, Files, Process) {
+        let up = held_upstream().await;
+        let files = Files::for_binary_with(name, lines, Some(up.addr)).await;
+        let kg = Process::start(&files.config).await;
+        (up, files, kg)
+    }
+
+    /// Adds `[metrics] listen` on a port of its own, starts keygate on these files and returns
+    /// the process and the metrics listener's address (read from its log line).
+    pub async fn start_with_metrics_port(&self) -> (Process, SocketAddr) {
+        self.append_to_config("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+        let mut kg = Process::start(&self.config).await;
+        let line = kg
+            .wait_log("the metrics listening line", |l| {
+                l.contains("metrics listening")
+            })
+            .await;
+        (kg, logged_addr(&line))
+    }
+
     /// Adds `lines` to the `[[targets]]` table named `target` of the main config.
     pub fn add_to_target(&self, target: &str, lines: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
@@ -298,6 +323,15 @@ impl Gateway {
         Api::new(self.admin, Some(ADMIN_SECRET))
     }
 
+    /// [`Gateway::start`], then key `id` created through the admin API: the gateway, the API as
+    /// the admin, and the key's secret.
+    pub async fn start_with_key(name: &str, id: &str) -> (Gateway, Api, String) {
+        let gw = Gateway::start(name).await;
+        let api = gw.api();
+        let (_, secret) = api.create_key(serde_json::json!({ "id": id })).await;
+        (gw, api, secret)
+    }
+
     /// The admin API as the `read` role.
     pub fn reader(&self) -> Api {
         Api::new(self.admin, Some(READER_SECRET))
@@ -345,6 +379,12 @@ impl Api {
 
     pub async fn post(&self, path: &str, body: &Value) -> Resp {
         self.send("POST", path, Some(&body.to_string())).await
+    }
+
+    /// `POST /v1/keys/{id}/rotate` with `grace_seconds`.
+    pub async fn rotate(&self, id: &str, grace_seconds: impl serde::Serialize) -> Resp {
+        let body = serde_json::json!({ "grace_seconds": grace_seconds });
+        self.post(&format!("/v1/keys/{id}/rotate"), &body).await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> Resp {

@@ -444,6 +444,15 @@ impl Gw {
         self.ups.iter().map(|(_, up)| up.hits()).sum()
     }
 
+    /// GETs each of `paths` with `secret` in `X-API-Key`: each must reach the upstream with its
+    /// path and query unchanged.
+    pub async fn assert_paths_reach_the_upstream_unchanged(&self, secret: &str, paths: &[&str]) {
+        for path in paths {
+            let echo = self.get(path).key(secret).echo().await;
+            assert_eq!(echo.uri, *path, "the path reaches the upstream unchanged");
+        }
+    }
+
     /// A GET of `path` (origin form, sent as given).
     pub fn get(&self, path: &str) -> Req {
         self.request("GET", path)
@@ -553,6 +562,14 @@ impl Req {
     /// Sends it and returns what the echo upstream saw (failing unless it answered 200).
     pub async fn echo(self) -> Echo {
         self.send().await.echo()
+    }
+
+    /// [`Req::echo`], checking that keygate forwarded it as key `key_id` (the upstream saw
+    /// `X-Keygate-Key-Id: key_id`).
+    pub async fn echo_as(self, key_id: &str) -> Echo {
+        let echo = self.echo().await;
+        assert_eq!(echo.one("x-keygate-key-id"), Some(key_id), "{echo:?}");
+        echo
     }
 
     /// Sends it on a fresh connection and reads the whole response, checked for secrets.

@@ -1058,6 +1058,17 @@ pub async fn held_upstream() -> HeldUpstream {
     HeldUpstream { addr, arrived }
 }
 
+impl HeldUpstream {
+    /// Waits (5 s at most) until the next request reaches the upstream and returns its release;
+    /// `what` names that request in the failure.
+    pub async fn next_arrival(&mut self, what: &str) -> tokio::sync::oneshot::Sender<()> {
+        tokio::time::timeout(Duration::from_secs(5), self.arrived.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} reaches the upstream"))
+            .unwrap()
+    }
+}
+
 /// Opens an upgrade (`Upgrade: websocket`) through keygate at `addr` with `secret` in
 /// `X-API-Key`, and returns the raw stream once the 101 is in: the echo upstream sends back
 /// every byte written to it.

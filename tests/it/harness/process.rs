@@ -223,6 +223,12 @@ impl Process {
         (exit, self.log())
     }
 
+    /// [`Process::terminate`], and asserts keygate exited 0 (the log in the failure).
+    pub async fn terminate_cleanly(self) {
+        let (status, log) = self.terminate().await;
+        assert!(status.success(), "keygate exited {status}: {log:#?}");
+    }
+
     /// [`Process::terminate`], then waits (bounded) until stderr and stdout are read to their
     /// end; returns the exit, every stderr line and every stdout line.
     pub async fn terminate_drained(mut self) -> (ExitStatus, Vec<String>, Vec<String>) {
