@@ -34,11 +34,11 @@ use tokio::net::TcpListener;
 
 use crate::cluster::Cluster;
 use crate::http::problem;
+use crate::http::request_id;
 use crate::limits::FailedAuth;
 use crate::metrics::{self, Metrics};
 use crate::proxy::credential;
 use crate::proxy::deny::Deny;
-use crate::proxy::request_id;
 use crate::reload::{Outcome, Reloader};
 use crate::secret::KeyHash;
 use crate::snapshot::{Access, Consumer, Role, Snapshot, Status};

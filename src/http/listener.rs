@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::problem::Problem;
-use crate::proxy::request_id;
+use crate::http::request_id;
 use crate::state::Published;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

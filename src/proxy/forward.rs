@@ -23,7 +23,7 @@ use super::credential;
 use super::deny::Deny;
 use super::observe::Activity;
 use super::pool::{Pool, PooledBody, Upstream};
-use super::request_id::X_REQUEST_ID;
+use crate::http::request_id::X_REQUEST_ID;
 
 use crate::model::{Consumer, Id, Key, Server, Target};
 

@@ -28,7 +28,6 @@ pub mod forward;
 pub mod observe;
 pub mod pool;
 pub mod rate;
-pub mod request_id;
 pub mod respond;
 pub mod route;
 pub mod server;
@@ -41,6 +40,7 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::{Body as _, Incoming};
 
 use crate::cluster::Cluster;
+use crate::http::request_id;
 use crate::limits::{FailedAuth, RateStatus};
 use crate::metrics::{Metrics, Shard};
 use crate::snapshot::Snapshot;

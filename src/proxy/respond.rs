@@ -7,7 +7,7 @@ use http_body_util::Either;
 use super::deny::{Refusal, rate_headers};
 use super::observe::{Body, Exchange};
 use super::pool::PooledBody;
-use super::request_id::X_REQUEST_ID;
+use crate::http::request_id::X_REQUEST_ID;
 use crate::limits::RateStatus;
 
 /// The upstream's answer or keygate's refusal, with the rate-limit state of an admitted
