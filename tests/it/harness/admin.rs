@@ -165,11 +165,11 @@ impl Files {
         }
     }
 
-    /// Files for the real binary: the proxy on `127.0.0.1:0` (its address is read from the
-    /// log) and the admin API on a fixed free port, so that it stays the same across restarts.
+    /// Files for the real binary: the proxy and the admin API on `127.0.0.1:0`, their
+    /// addresses read from the log (a port picked free and written into the file could be
+    /// taken by another test before keygate binds it).
     pub async fn for_binary(name: &str, keys: Option<&str>) -> Files {
-        let admin = free_port();
-        Files::new(name, Some("127.0.0.1:0"), &admin.to_string(), keys).await
+        Files::new(name, Some("127.0.0.1:0"), "127.0.0.1:0", keys).await
     }
 
     /// Files for the binary with `lines` at the top of `[server]` and every target on `up`
@@ -269,12 +269,6 @@ impl Files {
             .map(|k| k.id.as_str().to_owned())
             .collect()
     }
-}
-
-/// A port on 127.0.0.1 that nothing listens on right now: bound, then released.
-pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
