@@ -238,24 +238,13 @@ type Answer = Result<Response<Full<Bytes>>, Problem>;
 impl Admin {
     async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
         let request_id = request_id::of(req.headers());
-        let answered = AssertUnwindSafe(async {
+        let answer = or_internal(async {
             match self.probe(&req) {
                 Some(answer) => answer,
                 None => self.route(req, peer).await,
             }
         })
-        .catch_unwind()
         .await;
-        // A bug must not cost the caller its answer, nor show it the panic's message.
-        let answer = answered.unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(no message)");
-            tracing::error!(panic = message, "admin request panicked");
-            Err(Problem::internal())
-        });
         let mut resp = match answer {
             Ok(resp) => resp,
             Err(p) => problem(&p, &request_id),
@@ -755,6 +744,23 @@ fn no_content() -> Answer {
     Ok(resp)
 }
 
+/// Awaits `answer`. A bug must not cost the caller its answer, nor show it the panic's
+/// message: a panic becomes a 500 `internal`, and its message goes to the log.
+async fn or_internal(answer: impl std::future::Future<Output = Answer>) -> Answer {
+    AssertUnwindSafe(answer)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            tracing::error!(panic = message, "admin request panicked");
+            Err(Problem::internal())
+        })
+}
+
 fn problem(p: &Problem, request_id: &HeaderValue) -> Response<Full<Bytes>> {
     let mut shown = problem::Problem::new(
         p.status,
@@ -902,5 +908,31 @@ impl<'a> ConsumerView<'a> {
             created_at: c.created_at.map(store::rfc3339),
             managed: c.managed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    fn explode() -> Answer {
+        panic!("the secret kg_live_do_not_show is in this message")
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_500_that_does_not_show_its_message() {
+        let answer = or_internal(async { explode() }).await;
+        let resp = match answer {
+            Ok(_) => panic!("a panic answered as a success"),
+            Err(p) => problem(&p, &HeaderValue::from_static("req-1")),
+        };
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("\"code\":\"internal\""), "{body}");
+        assert!(!body.contains("kg_live_do_not_show"), "{body}");
+        assert!(!body.contains("panic"), "{body}");
     }
 }

@@ -51,10 +51,6 @@ impl Live {
         }
     }
 
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
-    }
-
     /// The snapshot alone, its state dropped (benches edit a setting and build a new `Live`).
     pub fn into_snapshot(self) -> Snapshot {
         self.snapshot
