@@ -219,6 +219,46 @@ impl Files {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Adds `lines` at the top of the main config's `[admin]` table (e.g.
+    /// `session_idle = "1s"`).
+    pub fn add_to_admin(&self, lines: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains("[admin]\n"), "no [admin] in {text}");
+        let text = text.replacen("[admin]\n", &format!("[admin]\n{lines}\n"), 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Sets `[server] failed_auth_limit` (the shared config's is far above what any test sends).
+    pub fn set_failed_auth_limit(&self, limit: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let from = "failed_auth_limit = \"10000/second\"";
+        assert!(text.contains(from), "no {from} in {text}");
+        let text = text.replacen(from, &format!("failed_auth_limit = \"{limit}\""), 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Where the admin API and the commands append their audit lines by default: beside the
+    /// keys file.
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.join("audit.jsonl")
+    }
+
+    /// The audit log at `path`, one JSON value per line (empty when there is no file).
+    pub fn audit_lines_at(path: &Path) -> Vec<Value> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("an audit line is not JSON ({e}): {l:?}"))
+            })
+            .collect()
+    }
+
+    /// The default audit log's lines.
+    pub fn audit_lines(&self) -> Vec<Value> {
+        Files::audit_lines_at(&self.audit_path())
+    }
+
     /// Appends `toml` to the main config.
     pub fn append_to_config(&self, toml: &str) {
         let mut text = std::fs::read_to_string(&self.config).unwrap();
@@ -290,8 +330,22 @@ impl Gateway {
     }
 
     pub async fn start_with(name: &str, keys: Option<&str>) -> Gateway {
-        watch_panics();
         let files = Files::new(name, None, "127.0.0.1:0", keys).await;
+        Gateway::serve(files).await
+    }
+
+    /// Starts on a fresh directory (keys file [`INITIAL_KEYS`]) whose `[admin]` table also has
+    /// `admin_lines`.
+    pub async fn start_with_admin(name: &str, admin_lines: &str) -> Gateway {
+        let files = Files::new(name, None, "127.0.0.1:0", Some(INITIAL_KEYS)).await;
+        files.add_to_admin(admin_lines);
+        Gateway::serve(files).await
+    }
+
+    /// keygate in process on `files` as they are now (made by [`Files::new`] without a proxy
+    /// `listen`, then edited as the test needs).
+    pub async fn serve(files: Files) -> Gateway {
+        watch_panics();
         let gateway = match super::load_quiet(&files.config) {
             Ok(l) => l,
             Err(e) => panic!("test config is invalid: {e:#}"),

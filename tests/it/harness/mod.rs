@@ -7,6 +7,7 @@
 //! - [`admin`]: a config directory with a keys file, the admin API client, the key commands;
 //! - [`live`]: config files rewritten under a running keygate, TLS certificates and clients;
 //! - [`policy`]: clients from a chosen source address, rate-limit header readers;
+//! - [`session`]: the key console's session cookie and CSRF token, as a browser sends them;
 //! - here: upstreams, responses and their checks, HTTP/1.1, HTTP/2 and raw TCP clients.
 //!
 //! Everything binds `127.0.0.1:0` first and only then starts serving, so no test waits for a
@@ -25,6 +26,7 @@ pub mod launch;
 pub mod live;
 pub mod policy;
 pub mod process;
+pub mod session;
 
 use std::convert::Infallible;
 use std::future::Future;
