@@ -19,12 +19,18 @@ pub struct Console {
     pub addr: SocketAddr,
     /// `Some`: HTTPS, trusting this client configuration (verified as `localhost`).
     tls: Option<Arc<ClientConfig>>,
+    /// Over TLS: HTTP/2 (the client configuration must offer `h2`), as a browser speaks it.
+    h2: bool,
 }
 
 impl Console {
     /// The admin listener at `addr`, over plain HTTP.
     pub fn plain(addr: SocketAddr) -> Console {
-        Console { addr, tls: None }
+        Console {
+            addr,
+            tls: None,
+            h2: false,
+        }
     }
 
     /// The admin listener at `addr`, over HTTPS with `config`.
@@ -32,6 +38,17 @@ impl Console {
         Console {
             addr,
             tls: Some(config),
+            h2: false,
+        }
+    }
+
+    /// The admin listener at `addr`, over HTTPS with `config` (which must offer ALPN `h2`),
+    /// speaking HTTP/2: `Host` is then the request's `:authority`.
+    pub fn tls_h2(addr: SocketAddr, config: Arc<ClientConfig>) -> Console {
+        Console {
+            addr,
+            tls: Some(config),
+            h2: true,
         }
     }
 
@@ -60,18 +77,34 @@ impl Console {
         body: Option<&str>,
     ) -> Resp {
         let host = self.host();
-        let mut all: Vec<(&str, &str)> = vec![("host", host.as_str())];
+        let mut all: Vec<(&str, &str)> = Vec::new();
+        if !self.h2 {
+            all.push(("host", host.as_str()));
+        }
         all.extend_from_slice(headers);
         if body.is_some() {
             all.push(("content-type", "application/json"));
         }
         let body = body.map_or_else(empty, |b| full(b.to_owned()));
-        let req = request(method, path, &all, body);
         match &self.tls {
-            None => H1::connect(self.addr).await.send(req).await,
+            None => {
+                let req = request(method, path, &all, body);
+                H1::connect(self.addr).await.send(req).await
+            }
             Some(config) => {
                 let tls = tls_connect(self.addr, config.clone()).await;
-                H1::over_tls(tls).await.send(req).await
+                if self.h2 {
+                    let uri = format!("https://{host}{path}");
+                    let resp = H2::over_tls(tls)
+                        .await
+                        .send(h2_request_to(method, &uri, &all, body))
+                        .await;
+                    assert_eq!(resp.version, Version::HTTP_2, "not HTTP/2");
+                    resp
+                } else {
+                    let req = request(method, path, &all, body);
+                    H1::over_tls(tls).await.send(req).await
+                }
             }
         }
     }
@@ -106,6 +139,7 @@ impl Console {
             token: cookie.value.clone(),
             csrf,
             body,
+            sign_in_headers: resp.headers.clone(),
             set_cookie: cookie,
         }
     }
@@ -160,8 +194,9 @@ pub struct Session {
     /// The cookie's value.
     pub token: String,
     pub csrf: String,
-    /// The sign-in answer.
+    /// The sign-in answer and its headers.
     pub body: Value,
+    pub sign_in_headers: http::HeaderMap,
     pub set_cookie: SetCookie,
 }
 
