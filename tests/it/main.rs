@@ -24,6 +24,7 @@ mod cli;
 mod client_ip;
 mod cluster;
 mod config_defaults;
+mod console;
 mod credential;
 mod deploy;
 mod edge_limits;
