@@ -500,12 +500,12 @@ async fn a_cross_site_post_is_refused() {
         return;
     };
     let b = &c.browser;
-    // text/plain needs no CORS preflight; the field name and value make its body JSON:
-    // {"name":"cross-site","pad":"="}.
+    // text/plain needs no CORS preflight; the field's name, `=` and value make its body a
+    // valid key: {"name":"cross-site="}.
     let page = format!(
         r#"<!doctype html><title>elsewhere</title>
 <form id="f" method="POST" action="http://{admin}/v1/keys" enctype="text/plain">
-<input type="hidden" name='{{"name":"cross-site","pad":"' value='"}}'>
+<input type="hidden" name='{{"name":"cross-site' value='"}}'>
 </form>
 <script>document.getElementById("f").submit();</script>"#,
         admin = c.kg.admin
@@ -535,7 +535,7 @@ async fn a_cross_site_post_is_refused() {
     assert_eq!(problem["status"], 403, "{answer}");
     assert_eq!(problem["code"], "cross_site_request", "{answer}");
     assert!(
-        c.key_named("cross-site").await.is_none(),
+        c.key_named("cross-site=").await.is_none(),
         "the cross-site POST made a key"
     );
 
