@@ -629,15 +629,22 @@ impl Admin {
                 .await
             }
             (Method::DELETE, ["v1", "keys", id]) => {
-                let id = id.to_string();
+                let (id, prefix) = (id.to_string(), self.secret_prefix());
                 let before = self.key_value(&id);
-                {
+                let replacement = {
                     let id = id.clone();
-                    self.write(move |s| s.delete_key(&id)).await?;
-                }
+                    self.write(move |s| s.delete_key(&id, &prefix)).await?
+                };
                 self.audit(actor, "key.revoke", &id, &before, &Value::Null)
                     .await?;
-                no_content()
+                match replacement {
+                    None => no_content(),
+                    // A consumer's default key: it has a new one, whose secret is shown now.
+                    Some(made) => {
+                        let made = self.made_default_key(actor, made).await?;
+                        json(StatusCode::OK, &serde_json::json!({ "replacement": made }))
+                    }
+                }
             }
             (Method::POST, ["v1", "keys", id, "rotate"]) => {
                 let r: Rotate = body_or_default(req).await?;
@@ -682,16 +689,18 @@ impl Admin {
             (Method::GET, ["v1", "consumers"]) => self.list_consumers(&query),
             (Method::POST, ["v1", "consumers"]) => {
                 let new: store::NewConsumer = body(req).await?;
-                let id = new.id.clone();
-                self.write(move |s| s.create_consumer(new)).await?;
-                let after = self.consumer_value(&id);
+                let (id, prefix) = (new.id.clone(), self.secret_prefix());
+                let made = self.write(move |s| s.create_consumer(new, &prefix)).await?;
+                let mut after = self.consumer_value(&id);
                 self.audit(actor, "consumer.create", &id, &Value::Null, &after)
                     .await?;
-                let snap = self.published.load();
-                json(
-                    StatusCode::CREATED,
-                    &ConsumerView::of(&snap, find_consumer(&snap, &id)?),
-                )
+                if let Some(made) = made {
+                    let made = self.made_default_key(actor, made).await?;
+                    if let Some(o) = after.as_object_mut() {
+                        o.insert("default_key_created".into(), made);
+                    }
+                }
+                json(StatusCode::CREATED, &after)
             }
             (Method::GET, ["v1", "consumers", id]) => {
                 let snap = self.published.load();
@@ -702,9 +711,11 @@ impl Admin {
             }
             (Method::PATCH, ["v1", "consumers", id]) => {
                 let patch: store::ConsumerPatch = body(req).await?;
-                let id = id.to_string();
-                self.change_consumer(actor, id.clone(), move |s| s.update_consumer(&id, patch))
-                    .await
+                let (id, prefix) = (id.to_string(), self.secret_prefix());
+                self.change_consumer(actor, id.clone(), move |s| {
+                    s.update_consumer(&id, patch, &prefix)
+                })
+                .await
             }
             (Method::DELETE, ["v1", "consumers", id]) => {
                 let id = id.to_string();
@@ -720,15 +731,19 @@ impl Admin {
             (Method::POST, ["v1", "consumers", id, "allow_ips"]) => {
                 let c: Cidr = body(req).await?;
                 let id = id.to_string();
-                self.change_consumer(actor, id.clone(), move |s| s.add_consumer_ip(&id, &c.cidr))
-                    .await
+                self.change_consumer(actor, id.clone(), move |s| {
+                    Ok(s.add_consumer_ip(&id, &c.cidr)?.map(|()| None))
+                })
+                .await
             }
             (Method::DELETE, ["v1", "consumers", id, "allow_ips", cidr @ ..])
                 if !cidr.is_empty() =>
             {
                 let (id, cidr) = (id.to_string(), cidr.join("/"));
-                self.change_consumer(actor, id.clone(), move |s| s.remove_consumer_ip(&id, &cidr))
-                    .await
+                self.change_consumer(actor, id.clone(), move |s| {
+                    Ok(s.remove_consumer_ip(&id, &cidr)?.map(|()| None))
+                })
+                .await
             }
             // A probe's path spelled another way (`/healthz/`): the probes answer only their
             // exact path.
@@ -783,23 +798,47 @@ impl Admin {
         json(StatusCode::OK, &KeyView::of(&snap, find_key(&snap, &id)?))
     }
 
-    /// A change to consumer `id`, audited, answered with the consumer as it now is.
+    /// A change to consumer `id`, audited, answered with the consumer as it now is (and the
+    /// default key it made, with its secret, if it made one).
     async fn change_consumer(
         &self,
         actor: &Actor,
         id: String,
-        change: impl FnOnce(&Store) -> Result<Written<()>, StoreError> + Send + 'static,
+        change: impl FnOnce(&Store) -> Result<Written<Option<(String, String)>>, StoreError>
+        + Send
+        + 'static,
     ) -> Answer {
         let before = self.consumer_value(&id);
-        self.write(change).await?;
-        let after = self.consumer_value(&id);
+        let made = self.write(change).await?;
+        let mut after = self.consumer_value(&id);
+        if after.is_null() {
+            return Err(Problem::not_found("consumer", &id));
+        }
         self.audit(actor, "consumer.update", &id, &before, &after)
             .await?;
-        let snap = self.published.load();
-        json(
-            StatusCode::OK,
-            &ConsumerView::of(&snap, find_consumer(&snap, &id)?),
-        )
+        if let Some(made) = made {
+            let made = self.made_default_key(actor, made).await?;
+            if let Some(o) = after.as_object_mut() {
+                o.insert("default_key_created".into(), made);
+            }
+        }
+        json(StatusCode::OK, &after)
+    }
+
+    /// Audits a default key keygate made, and shows it with its secret (this once).
+    async fn made_default_key(
+        &self,
+        actor: &Actor,
+        (id, secret): (String, String),
+    ) -> Result<Value, Problem> {
+        let view = self.key_value(&id);
+        self.audit(actor, "key.create", &id, &Value::Null, &view)
+            .await?;
+        let mut shown = view;
+        if let Some(o) = shown.as_object_mut() {
+            o.insert("secret".into(), Value::String(secret));
+        }
+        Ok(shown)
     }
 
     /// `[cluster]`: raises the shown keys' `last_used_at` to the fleet's (the max over every
@@ -1377,6 +1416,7 @@ struct ConsumerView<'a> {
     rate_limit: Option<String>,
     max_keys: Option<u32>,
     keys: usize,
+    default_key: bool,
     created_at: Option<String>,
     managed: bool,
 }
@@ -1404,6 +1444,7 @@ impl<'a> ConsumerView<'a> {
                 .iter()
                 .filter(|k| k.consumer.is_some() && k.consumer == index)
                 .count(),
+            default_key: c.default_key,
             created_at: c.created_at.map(store::rfc3339),
             managed: c.managed,
         }
