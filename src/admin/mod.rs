@@ -965,9 +965,18 @@ impl Admin {
         let next = more
             .then(|| consumers.last().map(|c| c.id.to_string()))
             .flatten();
+        let mut owned = vec![0usize; snap.consumers.len()];
+        for k in snap.keys.iter() {
+            if let Some(c) = k.consumer.and_then(|c| owned.get_mut(c as usize)) {
+                *c += 1;
+            }
+        }
         let items: Vec<ConsumerView<'_>> = consumers
             .iter()
-            .map(|c| ConsumerView::of(&snap, c))
+            .map(|c| {
+                let index = snap.consumers.iter().position(|x| std::ptr::eq(x, *c));
+                ConsumerView::counted(&snap, c, index.map_or(0, |i| owned[i]))
+            })
             .collect();
         json(
             StatusCode::OK,
@@ -1428,6 +1437,17 @@ impl<'a> ConsumerView<'a> {
             .iter()
             .position(|x| std::ptr::eq(x, c))
             .map(|i| i as u32);
+        let keys = snap
+            .keys
+            .iter()
+            .filter(|k| k.consumer.is_some() && k.consumer == index)
+            .count();
+        ConsumerView::counted(snap, c, keys)
+    }
+
+    /// With its number of keys already counted: a page of consumers counts them all in one
+    /// pass over the keys, not one pass per consumer.
+    fn counted(snap: &'a Snapshot, c: &'a Consumer, keys: usize) -> ConsumerView<'a> {
         ConsumerView {
             id: c.id.as_str(),
             name: c.name.as_deref(),
@@ -1439,11 +1459,7 @@ impl<'a> ConsumerView<'a> {
                 .collect(),
             rate_limit: c.rate_limit.map(|r| r.to_string()),
             max_keys: c.max_keys,
-            keys: snap
-                .keys
-                .iter()
-                .filter(|k| k.consumer.is_some() && k.consumer == index)
-                .count(),
+            keys,
             default_key: c.default_key,
             created_at: c.created_at.map(store::rfc3339),
             managed: c.managed,
