@@ -597,6 +597,24 @@ impl Store {
         })
     }
 
+    /// Makes the default key of every consumer with `default_key = true` that has none (one
+    /// written by hand in a config file, say); returns (consumer, key id) of each made. Their
+    /// secrets are shown to nobody: rotating such a key shows its new one.
+    pub fn ensure_default_keys(
+        &self,
+        secret_prefix: &str,
+    ) -> Result<Written<Vec<(String, String)>>, StoreError> {
+        self.change_as(Edit::Append, |doc, snap| {
+            let mut made = Vec::new();
+            for c in missing_default_keys(snap) {
+                let (t, id, _secret) = default_key_table(snap, c, secret_prefix)?;
+                tables(doc, "keys")?.push(t);
+                made.push((c.to_owned(), id));
+            }
+            Ok(made)
+        })
+    }
+
     /// Creates a consumer; with `default_key`, also its default key, returned (id, secret).
     pub fn create_consumer(
         &self,
@@ -722,6 +740,26 @@ impl Store {
             remove_from_list(managed_consumer(doc, snap, id)?, "allow_ips", cidr)
         })
     }
+}
+
+/// The consumers with `default_key = true` that own no key of that name.
+pub fn missing_default_keys(snap: &Snapshot) -> Vec<&str> {
+    let mut has = vec![false; snap.consumers.len()];
+    for k in snap
+        .keys
+        .iter()
+        .filter(|k| k.name() == Some(DEFAULT_KEY_NAME))
+    {
+        if let Some(h) = k.consumer.and_then(|c| has.get_mut(c as usize)) {
+            *h = true;
+        }
+    }
+    snap.consumers
+        .iter()
+        .zip(has)
+        .filter(|(c, has)| c.default_key && !has && c.max_keys != Some(0))
+        .map(|(c, _)| c.id.as_str())
+        .collect()
 }
 
 /// A new default key for consumer `consumer`: its table, id and secret. Its `max_keys` is not

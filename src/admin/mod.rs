@@ -124,6 +124,40 @@ impl Admin {
         }
     }
 
+    /// Makes the default keys the config asks for and lacks (`default_key = true` written by
+    /// hand), audited as keygate's. Blocking: run once at start, on a blocking thread.
+    pub fn ensure_default_keys(&self) {
+        let snap = self.published.load();
+        if store::missing_default_keys(&snap).is_empty() || snap.keys_file.is_none() {
+            return;
+        }
+        let actor = Actor {
+            id: "keygate".into(),
+            source_ip: None,
+            os_user: None,
+        };
+        match self.store.ensure_default_keys(&self.secret_prefix()) {
+            Ok(written) => {
+                for (consumer, id) in written.value {
+                    tracing::info!(%consumer, key = %id, "made the consumer's default key; rotate it to see a secret");
+                    let after = self.key_value(&id);
+                    let entry = audit::Entry {
+                        actor: &actor,
+                        action: "key.create",
+                        object: &id,
+                        changes: audit::changes(&Value::Null, &after),
+                    };
+                    if let Some(path) = audit::path_of(&self.published.load())
+                        && let Err(e) = audit::append(&path, &entry, std::time::SystemTime::now())
+                    {
+                        tracing::error!(error = %e, "the audit log could not be written");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not make the consumers' default keys"),
+        }
+    }
+
     /// The admin listener serves HTTPS: session cookies are marked `Secure`.
     pub fn with_https(mut self, https: bool) -> Admin {
         self.https = https;
