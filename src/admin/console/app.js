@@ -381,14 +381,20 @@ async function withBusy(button, fn) {
 // ---------------------------------------------------------------------------------------------
 // Status line
 
+let statusTimer = 0;
+
 function announce(message, kind = 'ok') {
   const el = $('#status');
   el.classList.toggle('is-error', kind === 'error');
+  el.classList.remove('is-faded');
   // Re-set even an unchanged message so that screen readers announce it again.
   el.textContent = '';
+  clearTimeout(statusTimer);
   setTimeout(() => {
     el.textContent = message;
   }, 30);
+  // The toast fades after a while; its text stays until the next message.
+  statusTimer = setTimeout(() => el.classList.add('is-faded'), kind === 'error' ? 12000 : 6000);
 }
 
 function announceError(err) {
@@ -501,6 +507,8 @@ async function signOut() {
     if (err instanceof SessionEnded) return;
     // The cookie may outlive a failed call, but the page forgets the session either way.
   }
+  // The next person to sign in starts at the keys, not where this one left off.
+  history.replaceState(null, '', location.pathname);
   endSession('', { notice: 'You have signed out.' });
 }
 
@@ -698,7 +706,17 @@ class PagedTable {
       const [title, sub] = this.empty();
       this.message(title, 'empty', false, sub);
     } else {
-      this.body.replaceChildren(...this.items.map((item) => this.renderRow(item)));
+      const labels = $$('thead th', this.wrap).map((th) => th.textContent);
+      this.body.replaceChildren(...this.items.map((item) => {
+        const row = this.renderRow(item);
+        // On a narrow screen each row is a card whose cells are labelled from these (CSS).
+        Array.from(row.cells).forEach((td, i) => {
+          td.dataset.label = labels[i] || '';
+          // One box per cell, so the card's label column holds however many parts a cell has.
+          if (!td.classList.contains('cell-name')) td.append(h('div', { class: 'cell-body' }, ...td.childNodes));
+        });
+        return row;
+      }));
     }
     const start = this.stack.length * PAGE_SIZE + 1;
     this.info.textContent = this.items.length
@@ -720,15 +738,14 @@ class PagedTable {
 
   /**
    * After the last dialog closed (or a row action reloaded the page): focus the same button of
-   * the same row, or something near if the row is gone. Waits for a load under way, whose
-   * render calls this again with `final`.
+   * the same row, or something near if the row is gone. Waits for a load under way (it would
+   * replace the row), whose render calls this again with `final`.
    */
   restoreFocus(final = false) {
     const want = this.focusAfter;
-    if (!want || document.querySelector('dialog[open]')) return;
+    if (!want || document.querySelector('dialog[open]') || (this.loading && !final)) return;
     const row = this.body.querySelector(`tr[${want.attr}="${CSS.escape(want.id)}"]`);
     const btn = row && (row.querySelector(`button[data-action="${want.action}"]`) || row.querySelector('button'));
-    if (!btn && this.loading && !final) return;
     this.focusAfter = null;
     (btn || want.fallback || this.wrap).focus();
   }
@@ -854,6 +871,7 @@ function keyRow(k) {
       k.status === 'active' ? btn('deactivate', 'Deactivate') : btn('activate', 'Activate'),
       btn('revoke', 'Revoke', 'btn-danger-quiet')));
   } else {
+    actions.classList.add('no-actions');
     actions.append(h('span', { class: 'muted', text: '—', title: k.managed === false ? 'Change it in the config file' : 'Read-only session' }));
   }
 
