@@ -141,14 +141,23 @@ impl Gateway {
         let published = Arc::new(Published::new(snap));
         last_used::restore(&published.load(), &state);
         last_used::spawn(published.clone(), config_path.clone(), cluster.clone());
-        let reloader = Arc::new(reload::Reloader::new(
-            config_path.clone(),
-            published.clone(),
-            configured,
-            text.as_bytes(),
-            certs,
-            metrics.clone(),
-        ));
+        let admin_certs = match snap_admin_tls(&published) {
+            None => None,
+            Some(files) => Some(Arc::new(
+                tls::CertStore::load(&files).map_err(|e| anyhow::anyhow!("[admin.tls]: {e}"))?,
+            )),
+        };
+        let reloader = Arc::new(
+            reload::Reloader::new(
+                config_path.clone(),
+                published.clone(),
+                configured,
+                text.as_bytes(),
+                certs,
+                metrics.clone(),
+            )
+            .with_admin_certs(admin_certs.clone()),
+        );
         drop(text);
         reload::spawn(reloader.clone()).context("cannot watch the config file")?;
         if let Some(c) = &cluster {
@@ -172,14 +181,26 @@ impl Gateway {
         };
         if let Some(listener) = listeners.admin {
             tracing::info!(addr = %listener.local_addr()?, "admin API listening");
-            let admin = Arc::new(admin::Admin::new(
-                published.clone(),
-                reloader,
-                metrics.clone(),
-                cluster.clone(),
-            ));
+            let admin_tls = match &admin_certs {
+                None => None,
+                Some(store) => Some(tokio_rustls::TlsAcceptor::from(store.server_config()?)),
+            };
+            let admin = Arc::new(
+                admin::Admin::new(
+                    published.clone(),
+                    reloader,
+                    metrics.clone(),
+                    cluster.clone(),
+                )
+                .with_https(admin_tls.is_some()),
+            );
             ready = Some(admin.readiness());
-            tokio::spawn(admin::serve(listener, admin, stopped(stop_rx.clone())));
+            tokio::spawn(admin::serve(
+                listener,
+                admin,
+                admin_tls,
+                stopped(stop_rx.clone()),
+            ));
         }
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         tracing::info!(%addr, %scheme, "keygate listening");
@@ -278,4 +299,9 @@ async fn either_signal((term, int): &mut Signals) {
         () = one(term) => {},
         () = one(int) => {},
     }
+}
+
+/// `[admin.tls]`, when the admin API serves HTTPS.
+fn snap_admin_tls(published: &Published) -> Option<crate::model::TlsFiles> {
+    published.load().admin.as_ref().and_then(|a| a.tls.clone())
 }

@@ -21,6 +21,7 @@
 
 // Operations: the process, its commands, and what changes or watches the state.
 pub(crate) mod admin;
+pub mod audit;
 pub mod cli;
 pub(crate) mod cluster;
 pub mod gateway;

@@ -76,6 +76,8 @@ pub struct Reloader {
     seen: Mutex<Seen>,
     /// The listener's certificate, when it speaks TLS.
     certs: Option<Arc<CertStore>>,
+    /// `[admin.tls]`'s certificate, refreshed like the proxy's.
+    admin_certs: Option<Arc<CertStore>>,
     /// Told of every reload that publishes or fails.
     metrics: Arc<Metrics>,
 }
@@ -114,8 +116,15 @@ impl Reloader {
             admin_listen,
             seen: Mutex::new(seen),
             certs,
+            admin_certs: None,
             metrics,
         }
+    }
+
+    /// The admin listener's certificate (`[admin.tls]`), reloaded with the config.
+    pub fn with_admin_certs(mut self, certs: Option<Arc<CertStore>>) -> Reloader {
+        self.admin_certs = certs;
+        self
     }
 
     /// Reloads the config, then the listener's certificate (which may change on its own).
@@ -132,6 +141,15 @@ impl Reloader {
             ),
             _ => {}
         }
+        let admin_tls = self
+            .published
+            .load()
+            .admin
+            .as_ref()
+            .and_then(|a| a.tls.clone());
+        if let (Some(store), Some(files)) = (&self.admin_certs, admin_tls) {
+            store.refresh(&files);
+        }
         outcome
     }
 
@@ -139,9 +157,7 @@ impl Reloader {
     fn watched_dirs(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         files.extend(self.published.load().keys_file.clone());
-        if let Some(t) = &self.published.load().server.tls {
-            files.extend([t.cert.clone(), t.key.clone()]);
-        }
+        files.extend(tls_files(&self.published.load()));
         let mut dirs: Vec<PathBuf> = files
             .iter()
             .map(|f| match f.parent() {
@@ -161,9 +177,7 @@ impl Reloader {
         let snap = self.published.load();
         let mut files = vec![self.path.clone()];
         files.extend(snap.keys_file.clone());
-        if let Some(t) = &snap.server.tls {
-            files.extend([t.cert.clone(), t.key.clone()]);
-        }
+        files.extend(tls_files(&snap));
         files
             .iter()
             .filter_map(|f| f.file_name().map(ToOwned::to_owned))
@@ -486,6 +500,16 @@ fn hangup() -> mpsc::Receiver<()> {
     #[cfg(not(unix))]
     drop(tx);
     rx
+}
+
+/// The certificate and key files of `[server.tls]` and `[admin.tls]`.
+fn tls_files(snap: &crate::snapshot::Snapshot) -> Vec<PathBuf> {
+    let admin = snap.admin.as_ref().and_then(|a| a.tls.as_ref());
+    [snap.server.tls.as_ref(), admin]
+        .into_iter()
+        .flatten()
+        .flat_map(|t| [t.cert.clone(), t.key.clone()])
+        .collect()
 }
 
 #[cfg(test)]

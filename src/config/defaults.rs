@@ -40,3 +40,10 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_millis(50);
 /// `[cluster] sync_interval`: how stale a `local-sync` instance's view of the others may be.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(10);
+
+/// `[admin] session_idle`: a console session unused this long ends.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// `[admin] session_max`: a console session ends this long after sign-in.
+pub const DEFAULT_SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
+/// `[admin] audit_log`: the file name beside the keys file.
+pub const DEFAULT_AUDIT_LOG: &str = "audit.jsonl";

@@ -17,7 +17,7 @@
 //! A new setting touches one file per layer: `raw.rs`, its type in `model/`, its section in
 //! `sections/`, and `defaults.rs` when it has a default.
 
-mod defaults;
+pub(crate) mod defaults;
 mod diagnostics;
 pub(crate) mod raw;
 pub(crate) mod scan;

@@ -117,6 +117,14 @@ pub struct RawAdmin {
     pub listen: Spanned<String>,
     /// Prefix of secrets the admin API generates.
     pub key_prefix: Option<Spanned<String>>,
+    /// A console session ends after this long without a request.
+    pub session_idle: Option<Spanned<String>>,
+    /// ... and this long after sign-in, however busy.
+    pub session_max: Option<Spanned<String>>,
+    /// Where every change is recorded: a path (relative to the config file) or `"off"`.
+    pub audit_log: Option<Spanned<String>>,
+    /// `[admin.tls]`: the admin listener (and so the console) over HTTPS.
+    pub tls: Option<Spanned<RawTls>>,
 }
 
 /// `[log]`: where the access log goes and in which format.

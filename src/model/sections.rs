@@ -56,6 +56,22 @@ pub struct Admin {
     pub listen: SocketAddr,
     pub key_prefix: Box<str>,
     pub keys: HashMap<KeyHash, AdminKey>,
+    pub session_idle: std::time::Duration,
+    pub session_max: std::time::Duration,
+    /// What `audit_log` says; resolved against the keys file by `Snapshot::audit_log`.
+    pub audit_log: AuditLog,
+    /// `[admin.tls]`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `[admin] audit_log`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AuditLog {
+    /// `audit.jsonl` beside the keys file (none without a keys file: nothing can change).
+    #[default]
+    BesideKeysFile,
+    Off,
+    File(std::path::PathBuf),
 }
 
 /// One `[[admin_keys]]` entry.

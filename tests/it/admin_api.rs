@@ -1041,7 +1041,7 @@ async fn unknown_ids_endpoints_and_methods_and_taken_ids() {
         api.get("/v1/consumers/nope").await,
         api.get("/v1/nothing").await,
         api.get("/v2/keys").await,
-        api.get("/").await,
+        api.get("/console/nope.js").await,
     ] {
         assert_problem(&resp, 404, "not_found");
     }

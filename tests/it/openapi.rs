@@ -290,6 +290,37 @@ async fn every_answer_matches_the_document() {
         None,
     )
     .await;
+    // The console's page, its session and what its forms read.
+    s.call(M::GET, "/", "/", None, None).await;
+    let (_, session) = s
+        .call(
+            M::POST,
+            "/v1/session",
+            "/v1/session",
+            None,
+            Some(json!({"key": ADMIN})),
+        )
+        .await;
+    assert_eq!(session["role"], "admin", "{session}");
+    s.call(M::GET, "/v1/session", "/v1/session", Some(READER), None)
+        .await;
+    s.call(M::DELETE, "/v1/session", "/v1/session", a, None)
+        .await;
+    s.call(M::GET, "/v1/targets", "/v1/targets", Some(READER), None)
+        .await;
+    let filtered = "/v1/keys?q=ci&status=inactive&expiring_within_days=30&unused_for_days=90";
+    s.call(M::GET, "/v1/keys", filtered, Some(READER), None)
+        .await;
+    let (_, audit) = s
+        .call(
+            M::GET,
+            "/v1/audit",
+            "/v1/audit?object=k1&limit=2",
+            Some(READER),
+            None,
+        )
+        .await;
+    assert_eq!(audit["items"][0]["action"], "key.rotate", "{audit}");
     // Errors are documented problems too.
     let problems = [
         (M::GET, "/v1/keys", "/v1/keys", None, None, 403),
@@ -336,6 +367,16 @@ async fn every_answer_matches_the_document() {
             409,
         ),
         (M::GET, "/v1/keys", "/v1/keys?limit=0", a, None, 400),
+        (M::GET, "/v1/keys", "/v1/keys?status=gone", a, None, 400),
+        (M::GET, "/v1/audit", "/v1/audit?after=x", a, None, 400),
+        (
+            M::POST,
+            "/v1/session",
+            "/v1/session",
+            None,
+            Some(json!({"key": "wrong"})),
+            403,
+        ),
         (
             M::DELETE,
             "/v1/consumers/{id}",

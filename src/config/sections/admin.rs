@@ -3,11 +3,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::config::defaults::DEFAULT_KEY_PREFIX;
+use crate::config::defaults::{DEFAULT_KEY_PREFIX, DEFAULT_SESSION_IDLE, DEFAULT_SESSION_MAX};
 use crate::config::diagnostics::{Checker, Subject};
 use crate::config::raw::{RawAdmin, RawAdminKey};
+use crate::config::sections::server::tls_files;
+use crate::config::values::relative_to;
 use crate::model::KeyHash;
-use crate::model::{Admin, AdminKey, Server};
+use crate::model::{Admin, AdminKey, AuditLog, Server};
 
 /// `[admin]` and `[[admin_keys]]`. `Some(None)` when there is no admin API.
 pub fn admin(
@@ -103,9 +105,32 @@ pub fn admin(
             p.get_ref().as_str().into()
         }
     };
+    let session_idle = c
+        .duration(raw.session_idle.as_ref(), S, "session_idle")
+        .unwrap_or(DEFAULT_SESSION_IDLE);
+    let session_max = c
+        .duration(raw.session_max.as_ref(), S, "session_max")
+        .unwrap_or(DEFAULT_SESSION_MAX);
+    let audit_log = match &raw.audit_log {
+        None => AuditLog::BesideKeysFile,
+        Some(a) if a.get_ref() == "off" => AuditLog::Off,
+        Some(a) if a.get_ref().is_empty() => {
+            c.error(a.span(), S, "audit_log: a file path, or \"off\"");
+            AuditLog::Off
+        }
+        Some(a) => AuditLog::File(relative_to(c.main_file(), a.get_ref())),
+    };
+    let tls = raw
+        .tls
+        .as_ref()
+        .map(|t| tls_files(c, t.get_ref(), "[admin.tls]"));
     Some(Some(Admin {
         listen,
         key_prefix,
         keys,
+        session_idle,
+        session_max,
+        audit_log,
+        tls,
     }))
 }

@@ -6,7 +6,7 @@ use http::HeaderName;
 
 use crate::config::defaults::*;
 use crate::config::diagnostics::Checker;
-use crate::config::raw::RawServer;
+use crate::config::raw::{RawServer, RawTls};
 use crate::config::values::relative_to;
 use crate::model::{IpList, Rate, Server, TlsFiles};
 
@@ -65,20 +65,10 @@ pub fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
             name.as_str().into()
         }
     };
-    let tls = raw.tls.as_ref().map(|t| {
-        let t = t.get_ref();
-        TlsFiles {
-            cert: relative_to(c.main_file(), t.cert.get_ref()),
-            key: relative_to(c.main_file(), t.key.get_ref()),
-            handshake_timeout: c
-                .duration(
-                    t.handshake_timeout.as_ref(),
-                    "[server.tls]",
-                    "handshake_timeout",
-                )
-                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
-        }
-    });
+    let tls = raw
+        .tls
+        .as_ref()
+        .map(|t| tls_files(c, t.get_ref(), "[server.tls]"));
     let failed_auth_limit = match &raw.failed_auth_limit {
         None => Rate::parse(DEFAULT_FAILED_AUTH_LIMIT).ok(),
         some => c.rate(some.as_ref(), S, "failed_auth_limit"),
@@ -138,4 +128,15 @@ pub fn server(c: &mut Checker<'_>, raw: &RawServer) -> Option<Server> {
         failed_auth_limit: failed_auth_limit?,
         tls,
     })
+}
+
+/// `[server.tls]` or `[admin.tls]`: paths relative to the main file.
+pub fn tls_files(c: &mut Checker<'_>, t: &RawTls, section: &'static str) -> TlsFiles {
+    TlsFiles {
+        cert: relative_to(c.main_file(), t.cert.get_ref()),
+        key: relative_to(c.main_file(), t.key.get_ref()),
+        handshake_timeout: c
+            .duration(t.handshake_timeout.as_ref(), section, "handshake_timeout")
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+    }
 }

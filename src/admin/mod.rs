@@ -15,6 +15,9 @@
 //! that is logged). docs/admin-api.yaml says exactly what each endpoint accepts; the store
 //! checks every number's range.
 
+mod console;
+pub mod session;
+
 use std::future::Future;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
@@ -24,14 +27,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::net::TcpListener;
 
+use crate::audit::{self, Actor};
 use crate::cluster::Cluster;
 use crate::http::problem;
 use crate::http::request_id;
@@ -67,6 +72,18 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     /// `[cluster]`: where the fleet's last-used times are.
     cluster: Option<Arc<Cluster>>,
+    /// The console's signed-in people.
+    sessions: session::Sessions,
+    /// The admin listener serves HTTPS (`[admin.tls]`): session cookies are `Secure`.
+    https: bool,
+}
+
+/// Who is calling, and how they proved it.
+struct Caller {
+    actor: Actor,
+    role: Role,
+    /// With the console's cookie: its token and session.
+    session: Option<(String, session::Session)>,
 }
 
 /// Addresses tracked for failed admin logins (32 KiB): the admin port sees few clients.
@@ -102,7 +119,15 @@ impl Admin {
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
             cluster,
+            sessions: session::Sessions::default(),
+            https: false,
         }
+    }
+
+    /// The admin listener serves HTTPS: session cookies are marked `Secure`.
+    pub fn with_https(mut self, https: bool) -> Admin {
+        self.https = https;
+        self
     }
 
     /// The flag `GET /readyz` reports: the caller sets it when the proxy serves and clears it
@@ -152,9 +177,14 @@ impl Admin {
 
 /// Serves the admin API on `listener` until `shutdown` completes, behind the same front and
 /// edge limits as the proxy.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     use crate::http::listener::{self, Connection, Front, Worker};
-    let front = Front::new("admin", admin.published.clone());
+    let front = Front::new("admin", admin.published.clone()).with_tls(tls);
     let handler = move |req: Request<Incoming>, conn: &Connection| {
         let (admin, peer) = (admin.clone(), conn.peer.ip());
         async move { admin.handle(req, peer).await }
@@ -239,6 +269,9 @@ impl Admin {
     async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
         let request_id = request_id::of(req.headers());
         let answer = or_internal(async {
+            if let Some(page) = console_file(&req) {
+                return Ok(page);
+            }
             match self.probe(&req) {
                 Some(answer) => answer,
                 None => self.route(req, peer).await,
@@ -249,15 +282,74 @@ impl Admin {
             Ok(resp) => resp,
             Err(p) => problem(&p, &request_id),
         };
-        resp.headers_mut()
-            .insert(request_id::X_REQUEST_ID, request_id);
-        resp.headers_mut()
-            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let h = resp.headers_mut();
+        h.insert(request_id::X_REQUEST_ID, request_id);
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Every answer, not only the page's: a JSON answer opened as a document is then inert.
+        h.insert(
+            http::header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(console::CSP),
+        );
+        h.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            http::header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        );
+        h.insert(
+            http::header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
         resp
     }
 
-    /// The caller's role, from `X-API-Key`.
-    fn role(&self, req: &Request<Incoming>, peer: IpAddr) -> Result<Role, Problem> {
+    /// Who calls: an admin key in `X-API-Key`, else the console's session cookie. A session's
+    /// changes must also pass [`same_origin`].
+    fn caller(&self, req: &Request<Incoming>, peer: IpAddr) -> Result<Caller, Problem> {
+        let headers = req.headers();
+        let token = session::token(headers);
+        if headers.contains_key(&ADMIN_KEY_HEADER) || token.is_none() {
+            let key = self.admin_key(req, peer)?;
+            return Ok(Caller {
+                actor: Actor::admin(key.id.as_str(), peer),
+                role: key.role,
+                session: None,
+            });
+        }
+        let token = token.unwrap_or_default();
+        let snap = self.published.load();
+        let (idle, max) = session_limits(&snap);
+        let ended = || {
+            Problem::new(
+                StatusCode::FORBIDDEN,
+                "session_expired",
+                "The console session has ended: sign in again.",
+            )
+        };
+        let session = self
+            .sessions
+            .touch(token, std::time::Instant::now(), idle, max)
+            .map_err(|_| ended())?;
+        // The admin key may have been removed or changed role since sign-in.
+        let Some(role) = role_of(&snap, &session.admin_id) else {
+            self.sessions.close(token);
+            return Err(ended());
+        };
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            same_origin(req, &session, self.https)?;
+        }
+        Ok(Caller {
+            actor: Actor::admin(&session.admin_id, peer),
+            role,
+            session: Some((token.to_owned(), session)),
+        })
+    }
+
+    /// Checks a sign-in or `X-API-Key` secret against `[[admin_keys]]`, throttling wrong ones
+    /// per address like `failed_auth_limit`.
+    fn check_secret(&self, secret: &[u8], peer: IpAddr) -> Result<crate::model::AdminKey, Problem> {
         let ip = crate::proxy::client_ip::canonical(peer);
         let (limit, now) = (
             self.published.load().server.failed_auth_limit,
@@ -272,32 +364,13 @@ impl Admin {
             p.retry_after = Some(secs);
             return Err(p);
         }
-        // The proxy's reader, without a query parameter: the same hostile values (the header
-        // twice, an over-long value) are refused the same way on both fronts.
-        let secret = match credential::extract(req.headers(), None, &ADMIN_KEY_HEADER, "") {
-            Ok(secret) => secret,
-            Err(Deny::KeyMissing) => {
-                return Err(Problem::new(
-                    StatusCode::FORBIDDEN,
-                    "key_missing",
-                    "Send an admin key in the X-API-Key header.",
-                ));
-            }
-            Err(_) => {
-                return Err(Problem::new(
-                    StatusCode::FORBIDDEN,
-                    "key_invalid",
-                    "X-API-Key must be given once, and at most 512 bytes long.",
-                ));
-            }
-        };
         let snap = self.published.load();
         let found = snap
             .admin
             .as_ref()
-            .and_then(|a| a.keys.get(&KeyHash::of(&secret)));
+            .and_then(|a| a.keys.get(&KeyHash::of(secret)));
         match found {
-            Some(k) => Ok(k.role),
+            Some(k) => Ok(k.clone()),
             None => {
                 self.failures.record(ip, limit, now);
                 Err(Problem::new(
@@ -309,8 +382,145 @@ impl Admin {
         }
     }
 
+    /// The admin key in `X-API-Key`.
+    fn admin_key(
+        &self,
+        req: &Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<crate::model::AdminKey, Problem> {
+        // The proxy's reader, without a query parameter: the same hostile values (the header
+        // twice, an over-long value) are refused the same way on both fronts.
+        let secret = match credential::extract(req.headers(), None, &ADMIN_KEY_HEADER, "") {
+            Ok(secret) => secret,
+            Err(Deny::KeyMissing) => {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "key_missing",
+                    "Send an admin key in the X-API-Key header, or sign in to the console.",
+                ));
+            }
+            Err(_) => {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "key_invalid",
+                    "X-API-Key must be given once, and at most 512 bytes long.",
+                ));
+            }
+        };
+        self.check_secret(&secret, peer)
+    }
+
+    /// `POST /v1/session`: an admin key for a session cookie.
+    async fn sign_in(&self, req: Request<Incoming>, peer: IpAddr) -> Answer {
+        let anonymous = Actor::admin("anonymous", peer);
+        // A sign-in from another site would sign the browser in as someone else.
+        if !origin_is_own(&req, self.https) {
+            return Err(cross_site());
+        }
+        let SignIn { key } = body(req).await?;
+        let admin = match self.check_secret(key.as_bytes(), peer) {
+            Ok(admin) => admin,
+            Err(mut p) => {
+                if p.code == "key_invalid" {
+                    p.field = Some("key".into());
+                    self.audit(
+                        &anonymous,
+                        "session.sign_in_failed",
+                        "",
+                        &Value::Null,
+                        &Value::Null,
+                    )
+                    .await?;
+                }
+                return Err(p);
+            }
+        };
+        let now = std::time::Instant::now();
+        let (token, session) = self.sessions.open(admin.id.as_str(), now).map_err(|e| {
+            tracing::error!(error = %e, "no randomness for a session token");
+            Problem::internal()
+        })?;
+        let actor = Actor::admin(admin.id.as_str(), peer);
+        self.audit(
+            &actor,
+            "session.sign_in",
+            admin.id.as_str(),
+            &Value::Null,
+            &Value::Null,
+        )
+        .await?;
+        let mut resp = json(StatusCode::OK, &self.session_view(&session, admin.role))?;
+        if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&token, self.https)) {
+            resp.headers_mut().insert(SET_COOKIE, v);
+        }
+        Ok(resp)
+    }
+
+    fn session_view(&self, s: &session::Session, role: Role) -> Value {
+        let snap = self.published.load();
+        let (idle, max) = session_limits(&snap);
+        let left = max.saturating_sub(s.started.elapsed());
+        serde_json::json!({
+            "id": s.admin_id,
+            "role": role,
+            "csrf_token": s.csrf,
+            "idle_seconds": idle.as_secs(),
+            "expires_at": store::rfc3339(std::time::SystemTime::now() + left),
+        })
+    }
+
+    /// Records a change in the audit log before it is reported done; a change that cannot be
+    /// recorded is reported as failed (it was made: the log says why it was not recorded).
+    async fn audit(
+        &self,
+        actor: &Actor,
+        action: &'static str,
+        object: &str,
+        before: &Value,
+        after: &Value,
+    ) -> Result<(), Problem> {
+        let Some(path) = audit::path_of(&self.published.load()) else {
+            return Ok(());
+        };
+        let (actor, object) = (actor.clone(), object.to_owned());
+        let changes = audit::changes(before, after);
+        let written = tokio::task::spawn_blocking(move || {
+            let entry = audit::Entry {
+                actor: &actor,
+                action,
+                object: &object,
+                changes,
+            };
+            audit::append(&path, &entry, std::time::SystemTime::now())
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, action, "the audit log could not be written");
+                Err(Problem::internal())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, action, "the audit log could not be written");
+                Err(Problem::internal())
+            }
+        }
+    }
+
+    /// A key as the API shows it now, `null` when there is none.
+    fn key_value(&self, id: &str) -> Value {
+        let snap = self.published.load();
+        find_key(&snap, id).map_or(Value::Null, |i| key_json(&snap, i, None))
+    }
+
+    /// A consumer as the API shows it now, `null` when there is none.
+    fn consumer_value(&self, id: &str) -> Value {
+        let snap = self.published.load();
+        find_consumer(&snap, id).map_or(Value::Null, |c| consumer_json(&snap, c))
+    }
+
     async fn route(&self, req: Request<Incoming>, peer: IpAddr) -> Answer {
-        let role = self.role(&req, peer)?;
         let path = req.uri().path().to_owned();
         let segments: Vec<String> = path
             .trim_matches('/')
@@ -323,6 +533,10 @@ impl Admin {
             .collect();
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let method = req.method().clone();
+        if segs == ["v1", "session"] && method == Method::POST {
+            return self.sign_in(req, peer).await;
+        }
+        let caller = self.caller(&req, peer)?;
         let writes = method != Method::GET && method != Method::HEAD;
         let Some(allow) = allowed(&segs) else {
             return Err(Problem::new(
@@ -331,7 +545,9 @@ impl Admin {
                 format!("no endpoint {path}"),
             ));
         };
-        if writes && role < Role::Admin {
+        // Signing out changes nothing but the caller's own session.
+        let own_session = segs == ["v1", "session"];
+        if writes && caller.role < Role::Admin && !own_session {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "role_insufficient",
@@ -342,13 +558,52 @@ impl Admin {
             return Err(not_allowed(&method, &path, allow));
         }
         let query = req.uri().query().unwrap_or_default().to_owned();
+        let actor = &caller.actor;
         match (method, segs.as_slice()) {
+            (Method::GET, ["v1", "session"]) => match &caller.session {
+                Some((_, s)) => json(StatusCode::OK, &self.session_view(s, caller.role)),
+                None => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"id": actor.id, "role": caller.role, "csrf_token": null}),
+                ),
+            },
+            (Method::DELETE, ["v1", "session"]) => {
+                if let Some((token, _)) = &caller.session {
+                    self.sessions.close(token);
+                    self.audit(
+                        actor,
+                        "session.sign_out",
+                        &actor.id,
+                        &Value::Null,
+                        &Value::Null,
+                    )
+                    .await?;
+                }
+                let mut resp = no_content()?;
+                if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(self.https)) {
+                    resp.headers_mut().insert(SET_COOKIE, v);
+                }
+                Ok(resp)
+            }
+            (Method::GET, ["v1", "targets"]) => {
+                let snap = self.published.load();
+                let items: Vec<Value> = snap
+                    .targets
+                    .iter()
+                    .map(|t| serde_json::json!({"name": t.name.as_str()}))
+                    .collect();
+                json(StatusCode::OK, &serde_json::json!({"items": items}))
+            }
+            (Method::GET, ["v1", "audit"]) => self.list_audit(&query).await,
             (Method::GET, ["v1", "keys"]) => self.list_keys(&query).await,
             (Method::POST, ["v1", "keys"]) => {
                 let new: store::NewKey = body(req).await?;
                 let prefix = self.secret_prefix();
                 let written = self.write(move |s| s.create_key(new, &prefix)).await?;
                 let (id, secret) = written;
+                let after = self.key_value(&id);
+                self.audit(actor, "key.create", &id, &Value::Null, &after)
+                    .await?;
                 let snap = self.published.load();
                 let key = find_key(&snap, &id)?;
                 json(
@@ -368,23 +623,38 @@ impl Admin {
             (Method::PATCH, ["v1", "keys", id]) => {
                 let patch: store::KeyPatch = body(req).await?;
                 let id = id.to_string();
-                self.write_then_key(id.clone(), move |s| s.update_key(&id, patch))
-                    .await
+                self.change_key(actor, "key.update", id.clone(), move |s| {
+                    s.update_key(&id, patch)
+                })
+                .await
             }
             (Method::DELETE, ["v1", "keys", id]) => {
                 let id = id.to_string();
-                self.write(move |s| s.delete_key(&id)).await?;
+                let before = self.key_value(&id);
+                {
+                    let id = id.clone();
+                    self.write(move |s| s.delete_key(&id)).await?;
+                }
+                self.audit(actor, "key.revoke", &id, &before, &Value::Null)
+                    .await?;
                 no_content()
             }
             (Method::POST, ["v1", "keys", id, "rotate"]) => {
                 let r: Rotate = body_or_default(req).await?;
                 let (id, prefix) = (id.to_string(), self.secret_prefix());
                 let grace = Duration::from_secs(r.grace_seconds);
+                let before = self.key_value(&id);
                 let secret = {
                     let id = id.clone();
                     self.write(move |s| s.rotate_key(&id, grace, &prefix))
                         .await?
                 };
+                let mut after = self.key_value(&id);
+                if let Some(o) = after.as_object_mut() {
+                    o.insert("grace_seconds".into(), r.grace_seconds.into());
+                }
+                self.audit(actor, "key.rotate", &id, &before, &after)
+                    .await?;
                 let snap = self.published.load();
                 json(
                     StatusCode::OK,
@@ -397,19 +667,26 @@ impl Admin {
             (Method::POST, ["v1", "keys", id, "allow_ips"]) => {
                 let c: Cidr = body(req).await?;
                 let id = id.to_string();
-                self.write_then_key(id.clone(), move |s| s.add_key_ip(&id, &c.cidr))
-                    .await
+                self.change_key(actor, "key.update", id.clone(), move |s| {
+                    s.add_key_ip(&id, &c.cidr)
+                })
+                .await
             }
             (Method::DELETE, ["v1", "keys", id, "allow_ips", cidr @ ..]) if !cidr.is_empty() => {
                 let (id, cidr) = (id.to_string(), cidr.join("/"));
-                self.write_then_key(id.clone(), move |s| s.remove_key_ip(&id, &cidr))
-                    .await
+                self.change_key(actor, "key.update", id.clone(), move |s| {
+                    s.remove_key_ip(&id, &cidr)
+                })
+                .await
             }
             (Method::GET, ["v1", "consumers"]) => self.list_consumers(&query),
             (Method::POST, ["v1", "consumers"]) => {
                 let new: store::NewConsumer = body(req).await?;
                 let id = new.id.clone();
                 self.write(move |s| s.create_consumer(new)).await?;
+                let after = self.consumer_value(&id);
+                self.audit(actor, "consumer.create", &id, &Value::Null, &after)
+                    .await?;
                 let snap = self.published.load();
                 json(
                     StatusCode::CREATED,
@@ -426,25 +703,31 @@ impl Admin {
             (Method::PATCH, ["v1", "consumers", id]) => {
                 let patch: store::ConsumerPatch = body(req).await?;
                 let id = id.to_string();
-                self.write_then_consumer(id.clone(), move |s| s.update_consumer(&id, patch))
+                self.change_consumer(actor, id.clone(), move |s| s.update_consumer(&id, patch))
                     .await
             }
             (Method::DELETE, ["v1", "consumers", id]) => {
                 let id = id.to_string();
-                self.write(move |s| s.delete_consumer(&id)).await?;
+                let before = self.consumer_value(&id);
+                {
+                    let id = id.clone();
+                    self.write(move |s| s.delete_consumer(&id)).await?;
+                }
+                self.audit(actor, "consumer.delete", &id, &before, &Value::Null)
+                    .await?;
                 no_content()
             }
             (Method::POST, ["v1", "consumers", id, "allow_ips"]) => {
                 let c: Cidr = body(req).await?;
                 let id = id.to_string();
-                self.write_then_consumer(id.clone(), move |s| s.add_consumer_ip(&id, &c.cidr))
+                self.change_consumer(actor, id.clone(), move |s| s.add_consumer_ip(&id, &c.cidr))
                     .await
             }
             (Method::DELETE, ["v1", "consumers", id, "allow_ips", cidr @ ..])
                 if !cidr.is_empty() =>
             {
                 let (id, cidr) = (id.to_string(), cidr.join("/"));
-                self.write_then_consumer(id.clone(), move |s| s.remove_consumer_ip(&id, &cidr))
+                self.change_consumer(actor, id.clone(), move |s| s.remove_consumer_ip(&id, &cidr))
                     .await
             }
             // A probe's path spelled another way (`/healthz/`): the probes answer only their
@@ -484,22 +767,34 @@ impl Admin {
         Ok(done?)
     }
 
-    async fn write_then_key(
+    /// A change to key `id`, audited as `action`, answered with the key as it now is.
+    async fn change_key(
         &self,
+        actor: &Actor,
+        action: &'static str,
         id: String,
         change: impl FnOnce(&Store) -> Result<Written<()>, StoreError> + Send + 'static,
     ) -> Answer {
+        let before = self.key_value(&id);
         self.write(change).await?;
+        let after = self.key_value(&id);
+        self.audit(actor, action, &id, &before, &after).await?;
         let snap = self.published.load();
         json(StatusCode::OK, &KeyView::of(&snap, find_key(&snap, &id)?))
     }
 
-    async fn write_then_consumer(
+    /// A change to consumer `id`, audited, answered with the consumer as it now is.
+    async fn change_consumer(
         &self,
+        actor: &Actor,
         id: String,
         change: impl FnOnce(&Store) -> Result<Written<()>, StoreError> + Send + 'static,
     ) -> Answer {
+        let before = self.consumer_value(&id);
         self.write(change).await?;
+        let after = self.consumer_value(&id);
+        self.audit(actor, "consumer.update", &id, &before, &after)
+            .await?;
         let snap = self.published.load();
         json(
             StatusCode::OK,
@@ -522,7 +817,7 @@ impl Admin {
     }
 
     async fn list_keys(&self, query: &str) -> Answer {
-        let q = Page::parse(query)?;
+        let q = Page::parse(query, KEY_FILTERS)?;
         let snap = self.published.load_full();
         let consumer = match &q.consumer {
             None => None,
@@ -533,14 +828,37 @@ impl Admin {
                     .ok_or_else(|| Problem::not_found("consumer", c))? as u32,
             ),
         };
+        let now = std::time::SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let expiring_by = q.expiring_within_days.map(|d| now + day * d as u32);
+        let unused_since = q.unused_for_days.map(|d| {
+            now.checked_sub(day * d as u32)
+                .unwrap_or(std::time::UNIX_EPOCH)
+        });
         let id = |i: &usize| snap.keys[*i].id.as_str();
-        let mut keys: Vec<usize> = (0..snap.keys.len())
-            .filter(|&i| consumer.is_none() || snap.keys[i].consumer == consumer)
-            .filter(|i| q.after.as_deref().is_none_or(|a| id(i) > a))
-            .collect();
-        keys.sort_by(|a, b| id(a).cmp(id(b)));
+        let matches = |i: &usize| {
+            let k = &snap.keys[*i];
+            (consumer.is_none() || k.consumer == consumer)
+                && q.after.as_deref().is_none_or(|a| k.id.as_str() > a)
+                && q.status.is_none_or(|s| k.status == s)
+                && expiring_by.is_none_or(|by| k.expires_at.is_some_and(|e| e > now && e <= by))
+                && unused_since.is_none_or(|since| snap.last_used_at(*i).is_none_or(|t| t < since))
+                && q.q.as_deref().is_none_or(|needle| {
+                    [Some(k.id.as_str()), k.name(), k.prefix()]
+                        .into_iter()
+                        .flatten()
+                        .any(|hay| contains_ignoring_case(hay, needle))
+                })
+        };
+        let mut keys: Vec<usize> = (0..snap.keys.len()).filter(matches).collect();
+        // Only the page is sorted: with a million keys, sorting them all for every page would
+        // take most of a second; selecting the first `limit` is linear.
         let more = keys.len() > q.limit;
-        keys.truncate(q.limit);
+        if more {
+            keys.select_nth_unstable_by(q.limit, |a, b| id(a).cmp(id(b)));
+            keys.truncate(q.limit);
+        }
+        keys.sort_unstable_by(|a, b| id(a).cmp(id(b)));
         let next = more
             .then(|| keys.last().map(|i| id(i).to_owned()))
             .flatten();
@@ -555,8 +873,47 @@ impl Admin {
         )
     }
 
+    /// `GET /v1/audit`: the audit log, newest first.
+    async fn list_audit(&self, query: &str) -> Answer {
+        let q = Page::parse(query, &["object"])?;
+        let after = match &q.after {
+            None => None,
+            Some(a) => Some(a.parse::<u64>().map_err(|_| {
+                field_problem("after", "after must be an entry's id (a number)".into())
+            })?),
+        };
+        let Some(path) = audit::path_of(&self.published.load()) else {
+            return json(
+                StatusCode::OK,
+                &serde_json::json!({"items": [], "next_after": null}),
+            );
+        };
+        let (object, limit) = (q.object.clone(), q.limit);
+        let page = tokio::task::spawn_blocking(move || {
+            audit::page(&path, object.as_deref(), after, limit)
+        })
+        .await;
+        match page {
+            Ok(Ok((items, next))) => json(
+                StatusCode::OK,
+                &List {
+                    items,
+                    next_after: next,
+                },
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the audit log could not be read");
+                Err(Problem::internal())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the audit log could not be read");
+                Err(Problem::internal())
+            }
+        }
+    }
+
     fn list_consumers(&self, query: &str) -> Answer {
-        let q = Page::parse(query)?;
+        let q = Page::parse(query, &[])?;
         let snap = self.published.load();
         let mut consumers: Vec<&Consumer> = snap
             .consumers
@@ -588,6 +945,8 @@ impl Admin {
 fn allowed(segs: &[&str]) -> Option<&'static str> {
     match segs {
         ["healthz" | "readyz" | "metrics"] => Some(PROBE_METHODS),
+        ["v1", "session"] => Some("GET, POST, DELETE"),
+        ["v1", "targets" | "audit"] => Some("GET"),
         ["v1", "keys" | "consumers"] => Some("GET, POST"),
         ["v1", "keys" | "consumers", _] => Some("GET, PATCH, DELETE"),
         ["v1", "keys", _, "rotate"] | ["v1", "keys" | "consumers", _, "allow_ips"] => Some("POST"),
@@ -595,6 +954,104 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
             Some("DELETE")
         }
         _ => None,
+    }
+}
+
+/// `hay` contains `needle` (lower case), ignoring ASCII case, without allocating: the keys
+/// page searches every key.
+fn contains_ignoring_case(hay: &str, needle: &str) -> bool {
+    let (hay, needle) = (hay.as_bytes(), needle.as_bytes());
+    needle.len() <= hay.len()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// The console's page and files, for `GET` and `HEAD`; no key needed, nothing secret in them.
+fn console_file(req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let (bytes, content_type) = console::file(req.uri().path())?;
+    let mut resp = Response::new(Full::new(Bytes::from(bytes.into_owned())));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Some(resp)
+}
+
+/// `[admin] session_idle` and `session_max`.
+fn session_limits(snap: &Snapshot) -> (Duration, Duration) {
+    use crate::config::defaults::{DEFAULT_SESSION_IDLE, DEFAULT_SESSION_MAX};
+    snap.admin
+        .as_ref()
+        .map_or((DEFAULT_SESSION_IDLE, DEFAULT_SESSION_MAX), |a| {
+            (a.session_idle, a.session_max)
+        })
+}
+
+/// The role of admin key `id` in the config now, if it is still there.
+fn role_of(snap: &Snapshot, id: &str) -> Option<Role> {
+    snap.admin
+        .as_ref()?
+        .keys
+        .values()
+        .find(|k| k.id.as_str() == id)
+        .map(|k| k.role)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    key: String,
+}
+
+fn cross_site() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "cross_site_request",
+        "A change made with the console's session must come from the console itself.",
+    )
+}
+
+/// The request's `Origin`, when a browser sent one, is the admin listener's own (the scheme it
+/// serves and the `Host` asked for), and `Sec-Fetch-Site`, when sent, does not say another site.
+fn origin_is_own(req: &Request<Incoming>, https: bool) -> bool {
+    let headers = req.headers();
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return false;
+    }
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return true;
+    };
+    let host = headers
+        .get(http::header::HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+    let scheme: &[u8] = if https { b"https://" } else { b"http://" };
+    match (origin.as_bytes().strip_prefix(scheme), host) {
+        (Some(o), Some(h)) => o.eq_ignore_ascii_case(h),
+        _ => false,
+    }
+}
+
+/// A change made with a session cookie: from the console's own origin and with the session's
+/// CSRF token, which another site can neither read nor guess.
+fn same_origin(
+    req: &Request<Incoming>,
+    session: &session::Session,
+    https: bool,
+) -> Result<(), Problem> {
+    let token = req
+        .headers()
+        .get(session::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if origin_is_own(req, https) && session::same(token, &session.csrf) {
+        Ok(())
+    } else {
+        Err(cross_site())
     }
 }
 
@@ -611,25 +1068,57 @@ fn not_allowed(method: &Method, path: &str, allow: &'static str) -> Problem {
     p
 }
 
-/// `?limit=&after=&consumer=` of list endpoints.
+/// The query of list endpoints: `?limit=&after=`, and each endpoint's filters.
+#[derive(Default)]
 struct Page {
     limit: usize,
     after: Option<String>,
     consumer: Option<String>,
+    /// Keys: a case-insensitive part of the name, id or prefix.
+    q: Option<String>,
+    status: Option<Status>,
+    expiring_within_days: Option<u64>,
+    unused_for_days: Option<u64>,
+    /// Audit: the key or consumer a line is about.
+    object: Option<String>,
 }
 
+/// The filters of `GET /v1/keys`.
+const KEY_FILTERS: &[&str] = &[
+    "consumer",
+    "q",
+    "status",
+    "expiring_within_days",
+    "unused_for_days",
+];
+
+/// Days a filter may span: past this, times overflow nothing but mean nothing either.
+const MAX_FILTER_DAYS: u64 = 36_500;
+
 impl Page {
-    fn parse(query: &str) -> Result<Page, Problem> {
+    /// Reads `query`; `filters` are the parameters beside `limit` and `after` this endpoint
+    /// takes, any other is refused.
+    fn parse(query: &str, filters: &[&str]) -> Result<Page, Problem> {
         let mut page = Page {
             limit: DEFAULT_LIMIT,
-            after: None,
-            consumer: None,
+            ..Page::default()
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_encoding::percent_decode_str(v)
+            let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
                 .decode_utf8_lossy()
                 .into_owned();
+            if k != "limit" && k != "after" && !filters.contains(&k) {
+                return Err(field_problem(k, format!("unknown query parameter {k:?}")));
+            }
+            let days = |v: &str| {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|n| *n <= MAX_FILTER_DAYS)
+                    .ok_or_else(|| {
+                        field_problem(k, format!("{k} must be 0 to {MAX_FILTER_DAYS} days"))
+                    })
+            };
             match k {
                 "limit" => {
                     page.limit = v
@@ -642,12 +1131,22 @@ impl Page {
                 }
                 "after" => page.after = Some(v),
                 "consumer" => page.consumer = Some(v),
-                other => {
-                    return Err(field_problem(
-                        other,
-                        format!("unknown query parameter {other:?}"),
-                    ));
+                "object" => page.object = Some(v),
+                "q" => page.q = Some(v.trim().to_lowercase()).filter(|q| !q.is_empty()),
+                "status" => {
+                    page.status = Some(match v.as_str() {
+                        "active" => Status::Active,
+                        "inactive" => Status::Inactive,
+                        _ => {
+                            return Err(field_problem(
+                                "status",
+                                "status must be active or inactive".into(),
+                            ));
+                        }
+                    });
                 }
+                "expiring_within_days" => page.expiring_within_days = Some(days(&v)?),
+                _ => page.unused_for_days = Some(days(&v)?),
             }
         }
         Ok(page)
