@@ -703,8 +703,8 @@ class PagedTable {
 
   render() {
     if (this.items.length === 0) {
-      const [title, sub] = this.empty();
-      this.message(title, 'empty', false, sub);
+      const [title, sub, action] = this.empty();
+      this.message(title, 'empty', false, sub, action);
     } else {
       const labels = $$('thead th', this.wrap).map((th) => th.textContent);
       this.body.replaceChildren(...this.items.map((item) => {
@@ -726,13 +726,15 @@ class PagedTable {
     this.restoreFocus(true);
   }
 
-  /** One full-width row: loading, empty or error. */
-  message(title, kind, retry = false, sub = '') {
+  /** One full-width row: loading, empty or error; `action`: {text, run} for a button. */
+  message(title, kind, retry = false, sub = '', action = null) {
+    if (retry) action = { text: 'Try again', run: () => this.load() };
+    const button = action ? h('button', { type: 'button', class: 'btn btn-small', text: action.text }) : null;
+    button?.addEventListener('click', action.run);
     const cell = h('td', { colSpan: this.columns, class: `table-message is-${kind}` },
       h('p', { class: 'table-message-title', text: title }),
       sub ? h('p', { class: 'muted', text: sub }) : null,
-      retry ? h('button', { type: 'button', class: 'btn btn-small', text: 'Try again', dataset: { retry: '' } }) : null);
-    cell.querySelector('[data-retry]')?.addEventListener('click', () => this.load());
+      button);
     this.body.replaceChildren(h('tr', {}, cell));
   }
 
@@ -785,7 +787,7 @@ const keysList = new PagedTable({
     unused_for_days: keyFilters.unused.checked ? '90' : '',
   }),
   empty: () => (keysFiltered()
-    ? ['No keys match.', 'Try another search or clear the filters.']
+    ? ['No keys match.', 'Try another search or clear the filters.', { text: 'Clear filters', run: clearKeyFilters }]
     : ['No keys yet.', isAdmin() ? 'Create a key to give a client access through keygate.' : '']),
   renderRow: keyRow,
 });
@@ -876,6 +878,16 @@ function keyRow(k) {
   }
 
   return h('tr', { dataset: { keyId: k.id } }, nameCell, keyCell, consumerCell, lastUsed, expires, status, actions);
+}
+
+function clearKeyFilters() {
+  keyFilters.search.value = '';
+  keyFilters.consumer.value = '';
+  keyFilters.status.value = '';
+  keyFilters.expiring.checked = false;
+  keyFilters.unused.checked = false;
+  keysList.restart();
+  keyFilters.search.focus();
 }
 
 const debouncedKeySearch = debounce(() => keysList.restart(), SEARCH_DEBOUNCE_MS);
@@ -1484,17 +1496,22 @@ function formatValue(v) {
   return String(v);
 }
 
-function changesCell(changes) {
+function changesCell(changes, action) {
   const entries = changes && typeof changes === 'object' ? Object.entries(changes) : [];
   if (entries.length === 0) return h('td', {}, h('span', { class: 'muted', text: '—' }));
+  // A creation has nothing before: its values alone read better than a column of "— →".
+  const created = /\.create$/.test(action || '');
   return h('td', {}, h('ul', { class: 'changes' }, ...entries.map(([field, ch]) => {
     const isDiff = ch && typeof ch === 'object' && ('before' in ch || 'after' in ch);
-    return h('li', {},
-      h('span', { class: 'change-field', text: field }), ': ',
-      isDiff
-        ? [h('span', { class: 'change-before', text: formatValue(ch.before) }), ' → ',
-          h('span', { class: 'change-after', text: formatValue(ch.after) })]
-        : h('span', { text: formatValue(ch) }));
+    let value;
+    if (!isDiff) value = h('span', { text: formatValue(ch) });
+    else if (created && (ch.before === null || ch.before === undefined)) {
+      value = h('span', { class: 'change-after', text: formatValue(ch.after) });
+    } else {
+      value = [h('span', { class: 'change-before', text: formatValue(ch.before) }), ' → ',
+        h('span', { class: 'change-after', text: formatValue(ch.after) })];
+    }
+    return h('li', {}, h('span', { class: 'change-field', text: field }), ': ', value);
   })));
 }
 
@@ -1515,7 +1532,7 @@ function auditRow(a) {
         dataset: { object: a.object },
       })
       : h('span', { class: 'muted', text: '—' })),
-    changesCell(a.changes),
+    changesCell(a.changes, a.action),
     h('td', { class: 'mono nowrap', text: a.source_ip || '—' }));
 }
 
