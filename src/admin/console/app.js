@@ -241,6 +241,7 @@ class IpEditor {
     this.addButton = $(`#${prefix}-ip-add`);
     this.list = $(`#${prefix}-ip-list`);
     this.error = $(`#${prefix}-ip-error`);
+    this.emptyHint = $(`#${prefix}-ip-hint`);
     this.items = [];
     this.input.addEventListener('input', () => this.check());
     this.input.addEventListener('keydown', (e) => {
@@ -317,11 +318,28 @@ class IpEditor {
           }))),
     );
     show(this.list, this.items.length > 0);
+    show(this.emptyHint, this.items.length === 0);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Form errors from problem+json
+
+/** Editing a field takes away the error shown for it. */
+function clearErrorOnEdit(form) {
+  const clear = (e) => {
+    const control = e.target.closest('fieldset.fieldset') || e.target;
+    for (const id of (control.getAttribute('aria-describedby') || '').split(/\s+/)) {
+      const el = id && document.getElementById(id);
+      if (el && el.hasAttribute('data-error-for')) setText(el, '');
+    }
+    if (control.getAttribute('aria-invalid') === 'true' && !control.id.endsWith('-ip-input')) {
+      control.removeAttribute('aria-invalid');
+    }
+  };
+  form.addEventListener('input', clear);
+  form.addEventListener('change', clear);
+}
 
 /** `.allow_ips[0]` -> `allow_ips`: the input a problem's field names. */
 function fieldName(field) {
@@ -962,6 +980,7 @@ function confirmRevoke(k) {
 const keyDialog = $('#key-dialog');
 const keyForm = $('#key-form');
 const keyIps = new IpEditor('key');
+clearErrorOnEdit(keyForm);
 let editingKey = null; // the KeyView being edited; null when creating
 let keyInitialExpires = '';
 
@@ -1363,6 +1382,7 @@ function showConsumerKeys(id) {
 const consumerDialog = $('#consumer-dialog');
 const consumerForm = $('#consumer-form');
 const consumerIps = new IpEditor('consumer');
+clearErrorOnEdit(consumerForm);
 let editingConsumer = null;
 
 function openConsumerDialog(c = null) {
