@@ -171,6 +171,21 @@ function timeEl(iso, text) {
   return h('time', { dateTime: iso, title: exactTime(d), text: text(d) });
 }
 
+/** A relative time ("3 days ago") that keeps itself current (see refreshRelativeTimes). */
+function relativeEl(iso, tag = 'time', cls = '') {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return h('span', { text: iso });
+  return h(tag, { class: cls, dateTime: tag === 'time' ? iso : undefined, title: tag === 'time' ? exactTime(d) : undefined, text: relativeTime(d), dataset: { relative: iso } });
+}
+
+// Rows stay on screen for a long time; their "5 minutes ago" should not. Only the text changes,
+// so focus and selection are untouched.
+function refreshRelativeTimes() {
+  const now = Date.now();
+  for (const el of $$('[data-relative]')) el.textContent = relativeTime(new Date(el.dataset.relative), now);
+}
+setInterval(refreshRelativeTimes, 30000);
+
 const pad = (n) => String(n).padStart(2, '0');
 
 /** RFC 3339 -> the value of a datetime-local input, in the browser's time zone. */
@@ -478,8 +493,10 @@ async function boot() {
     const s = await api('GET', '/v1/session');
     startSession(s);
   } catch (err) {
-    const quiet = err.code === 'key_missing' || err.code === 'session_expired';
-    endSession(quiet ? '' : describeError(err));
+    // No cookie is a first visit; a cookie the server no longer knows is a session that ended.
+    if (err.code === 'key_missing') endSession('');
+    else if (err.code === 'session_expired') endSession(SESSION_ENDED);
+    else endSession(describeError(err));
   }
 }
 
@@ -860,7 +877,7 @@ function keyRow(k) {
     k.consumer ? h('span', { class: 'mono', text: k.consumer }) : h('span', { class: 'muted', text: '—' }));
 
   const lastUsed = h('td', { class: 'nowrap' },
-    k.last_used_at ? timeEl(k.last_used_at, (d) => relativeTime(d, now)) : h('span', { class: 'muted', text: 'never' }));
+    k.last_used_at ? relativeEl(k.last_used_at) : h('span', { class: 'muted', text: 'never' }));
 
   let expires;
   if (!k.expires_at) {
@@ -870,7 +887,7 @@ function keyRow(k) {
     const soon = d.getTime() - now <= EXPIRING_SOON_DAYS * DAY_MS;
     expires = h('td', { class: 'nowrap' },
       timeEl(k.expires_at, (x) => dateFmt.format(x)),
-      h('span', { class: `sub ${d.getTime() <= now ? 'text-danger' : soon ? 'text-warning' : ''}`, text: relativeTime(d, now) }));
+      relativeEl(k.expires_at, 'span', `sub ${d.getTime() <= now ? 'text-danger' : soon ? 'text-warning' : ''}`));
   }
 
   const status = h('td', {}, h('span', { class: 'badges' }, ...keyBadges(k, now)));
@@ -1536,11 +1553,10 @@ function changesCell(changes, action) {
 }
 
 function auditRow(a) {
-  const now = Date.now();
   return h('tr', { dataset: { auditId: a.id } },
     h('td', { class: 'nowrap' },
       timeEl(a.time, (d) => dateTimeFmt.format(d)),
-      h('span', { class: 'sub', text: relativeTime(new Date(a.time), now) })),
+      relativeEl(a.time, 'span', 'sub')),
     h('td', { class: 'mono', text: a.actor || '—' }),
     h('td', {}, h('code', { class: `action action-${String(a.action || '').split('.').pop()}`, text: a.action || '—' })),
     h('td', {}, a.object
