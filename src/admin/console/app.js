@@ -524,7 +524,7 @@ async function signIn(e) {
       if (err.code === 'key_invalid') message = 'That admin key is not valid.';
       else if (err.code === 'too_many_failures') {
         message = err.retryAfter
-          ? `Too many wrong keys from this address. Try again in ${err.retryAfter} seconds.`
+          ? `Too many wrong keys from this address. Try again in ${err.retryAfter} second${err.retryAfter === '1' ? '' : 's'}.`
           : 'Too many wrong keys from this address. Wait a minute and try again.';
       } else message = describeError(err);
       setText(error, message);
