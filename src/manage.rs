@@ -128,6 +128,9 @@ pub struct ConsumerFields {
     rate_limit: Option<String>,
     #[arg(long)]
     max_keys: Option<u32>,
+    /// Keep a default key for the consumer (`--default-key` or `--default-key=false`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    default_key: Option<bool>,
 }
 
 fn parse_status(s: &str) -> Result<Status, String> {
@@ -232,7 +235,13 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::Revoke { id } => {
             let before = key_before(config, &id)?;
-            let written = store.delete_key(&id)?;
+            let written = store.delete_key(&id, &secret_prefix(config)?)?;
+            if let Some((new_id, secret)) = &written.value {
+                eprintln!(
+                    "{id:?} was its consumer's default key: a new one, {new_id:?}, replaces it. \
+                     Its secret (shown only now): {secret}"
+                );
+            }
             record(
                 &written_snapshot(written.loaded)?,
                 "key.revoke",
@@ -297,8 +306,11 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                 targets: list(fields.targets),
                 rate_limit: fields.rate_limit,
                 max_keys: fields.max_keys.map(u64::from),
+                default_key: fields.default_key,
             };
-            let snap = written_snapshot(store.create_consumer(new)?.loaded)?;
+            let written = store.create_consumer(new, &secret_prefix(config)?)?;
+            let made = written.value.clone();
+            let snap = Live::new(written_snapshot(written.loaded)?);
             let after = consumer_value(&snap, &id);
             record(
                 &snap,
@@ -307,6 +319,7 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                 &serde_json::Value::Null,
                 &after,
             )?;
+            default_key_made(&snap, made)?;
             show(&snap, &id)
         }
         ConsumerCommand::Update {
@@ -329,11 +342,15 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                 } else {
                     fields.max_keys.map(|m| Some(u64::from(m)))
                 },
+                default_key: fields.default_key,
             };
             let before = consumer_value(&crate::config::load(config)?.snapshot, &id);
-            let snap = written_snapshot(store.update_consumer(&id, patch)?.loaded)?;
+            let written = store.update_consumer(&id, patch, &secret_prefix(config)?)?;
+            let made = written.value.clone();
+            let snap = Live::new(written_snapshot(written.loaded)?);
             let after = consumer_value(&snap, &id);
             record(&snap, "consumer.update", &id, &before, &after)?;
+            default_key_made(&snap, made)?;
             show(&snap, &id)
         }
         ConsumerCommand::Delete { id } => {
@@ -350,6 +367,28 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The prefix of the secrets keygate makes: `[admin] key_prefix`, else `kg_`.
+fn secret_prefix(config: &Path) -> anyhow::Result<String> {
+    Ok(crate::config::load(config)?
+        .snapshot
+        .admin
+        .map_or_else(|| "kg_".to_owned(), |a| a.key_prefix.to_string()))
+}
+
+/// Audits the default key a consumer command made and shows its secret, this once, on stderr
+/// (stdout is the consumer's JSON).
+fn default_key_made(snap: &Live, made: Option<(String, String)>) -> anyhow::Result<()> {
+    let Some((id, secret)) = made else {
+        return Ok(());
+    };
+    let after = key_json(snap, key_index(snap, &id)?, None);
+    record(snap, "key.create", &id, &serde_json::Value::Null, &after)?;
+    eprintln!(
+        "Default key {id:?} made. Give its secret to the consumer now, keygate keeps only its hash: {secret}"
+    );
+    Ok(())
 }
 
 /// Key `id` as the API shows it before a change; `null` when there is none (the change then
