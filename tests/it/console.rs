@@ -458,11 +458,11 @@ async fn sign_out_ends_the_session() {
     assert!(!b.shown("#keys-table").await);
 }
 
-/// With `session_idle = "2s"`, a session left alone for 3 s is sent back to sign-in by the next
+/// With `session_idle = "3s"`, a session left alone for 4 s is sent back to sign-in by the next
 /// thing the person does, with the console's message; its cookie is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_is_sent_back_to_sign_in() {
-    let Some(c) = Console::start_with("idle", "session_idle = \"2s\"").await else {
+    let Some(c) = Console::start_with("idle", "session_idle = \"3s\"").await else {
         return;
     };
     let b = &c.browser;
@@ -470,7 +470,7 @@ async fn an_idle_session_is_sent_back_to_sign_in() {
     b.sign_in_ok(ADMIN_SECRET).await;
     let cookie = c.session_cookie().await.expect("no session cookie");
     // The behaviour under test is time passing: nothing to poll for.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert_problem(
         &replay(c.kg.admin, "/v1/session", &cookie).await,
         403,
