@@ -3,9 +3,13 @@
 //! read session that can change nothing, sign out, an idle session, a cross-site POST, the
 //! Content-Security-Policy, and the screenshots of the keys page and the create dialog.
 //!
-//! The page is driven only through the element ids and labels of the console's contract
-//! (docs of issue 15): `#sign-in`, `#admin-key`, `#keys-table`, `tr[data-key-id]`,
-//! `[data-action]`, the dialogs' ids. Without chromium these tests skip (fail under `CI`).
+//! The page is driven only through the element ids and labels it promises the tests (see
+//! `src/admin/console/index.html` and its README): `#sign-in`, `#admin-key`, `#keys-table`,
+//! `tr[data-key-id]`, `[data-action]`, the dialogs' ids. Renaming one breaks these tests on
+//! purpose. Without chromium they skip (and fail under `CI`).
+//!
+//! `KEYGATE_UPDATE_SCREENSHOT=1 cargo test --test it console::screenshots` also refreshes
+//! `docs/console.png`, which README.md shows.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
