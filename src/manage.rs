@@ -71,6 +71,12 @@ pub enum KeyCommand {
         id: String,
         #[command(flatten)]
         fields: KeyFields,
+        /// Move the key to this consumer.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Take the key from its consumer.
+        #[arg(long, conflicts_with = "consumer")]
+        no_consumer: bool,
         /// Remove the expiry.
         #[arg(long, conflicts_with = "expires_at")]
         no_expiry: bool,
@@ -206,11 +212,18 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
         KeyCommand::Update {
             id,
             fields,
+            consumer,
+            no_consumer,
             no_expiry,
             no_rate_limit,
         } => {
             let patch = KeyPatch {
                 name: fields.name.map(Some),
+                consumer: if no_consumer {
+                    Some(None)
+                } else {
+                    consumer.map(Some)
+                },
                 status: fields.status,
                 expires_at: if no_expiry {
                     Some(None)

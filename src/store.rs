@@ -103,6 +103,9 @@ pub struct NewKey {
 pub struct KeyPatch {
     #[serde(default, deserialize_with = "present")]
     pub name: Option<Option<String>>,
+    /// Moves the key to another consumer (whose `max_keys` must allow it); `null`: to none.
+    #[serde(default, deserialize_with = "present")]
+    pub consumer: Option<Option<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub status: Option<Status>,
     #[serde(default, deserialize_with = "present")]
@@ -430,21 +433,7 @@ impl Store {
                 return Err(StoreError::Taken { what: "key", id });
             }
             if let Some(c) = &new.consumer {
-                let consumer = snap
-                    .consumers
-                    .iter()
-                    .position(|x| x.id.as_str() == c)
-                    .ok_or_else(|| bad("consumer", format!("no consumer has id {c:?}")))?;
-                if let Some(max) = snap.consumers[consumer].max_keys {
-                    let owned = snap
-                        .keys
-                        .iter()
-                        .filter(|k| k.consumer == Some(consumer as u32))
-                        .count();
-                    if owned >= max as usize {
-                        return Err(StoreError::KeyLimit(c.clone()));
-                    }
-                }
+                check_room_for(snap, c, None)?;
             }
             let secret =
                 secret::generate(secret_prefix).map_err(|e| bad("secret", e.to_string()))?;
@@ -482,6 +471,12 @@ impl Store {
             let t = managed_key(doc, snap, id)?;
             if let Some(n) = &patch.name {
                 set_opt_str(t, "name", n.as_deref());
+            }
+            if let Some(c) = &patch.consumer {
+                if let Some(c) = c {
+                    check_room_for(snap, c, Some(id))?;
+                }
+                set_opt_str(t, "consumer", c.as_deref());
             }
             if let Some(s) = patch.status {
                 t["status"] = value(status_str(s));
@@ -740,6 +735,27 @@ impl Store {
             remove_from_list(managed_consumer(doc, snap, id)?, "allow_ips", cidr)
         })
     }
+}
+
+/// Consumer `consumer` exists and may own one more key (`max_keys`); `moving`, a key it may
+/// already own, is not counted twice.
+fn check_room_for(snap: &Snapshot, consumer: &str, moving: Option<&str>) -> Result<(), StoreError> {
+    let index = snap
+        .consumers
+        .iter()
+        .position(|x| x.id.as_str() == consumer)
+        .ok_or_else(|| bad("consumer", format!("no consumer has id {consumer:?}")))?;
+    if let Some(max) = snap.consumers[index].max_keys {
+        let owned = snap
+            .keys
+            .iter()
+            .filter(|k| k.consumer == Some(index as u32) && Some(k.id.as_str()) != moving)
+            .count();
+        if owned >= max as usize {
+            return Err(StoreError::KeyLimit(consumer.to_owned()));
+        }
+    }
+    Ok(())
 }
 
 /// The consumers with `default_key = true` that own no key of that name.

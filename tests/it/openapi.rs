@@ -269,7 +269,7 @@ async fn every_answer_matches_the_document() {
         "/v1/keys/{id}",
         "/v1/keys/k1",
         a,
-        Some(json!({"status": "inactive", "expires_at": null, "rate_limit": null})),
+        Some(json!({"status": "inactive", "expires_at": null, "rate_limit": null, "consumer": "acme"})),
     )
     .await;
     s.add_and_remove_allow_ip("keys", "k1", "2001:db8::/32")

@@ -1014,8 +1014,6 @@ function openKeyDialog(k = null) {
   const consumer = $('#key-consumer');
   fillConsumerSelect(consumer, 'None', k?.consumer ? [k.consumer] : []);
   consumer.value = k ? k.consumer || '' : keyFilters.consumer.value;
-  // The API cannot move a key to another consumer (KeyPatch has no consumer).
-  consumer.disabled = !!k;
   show($('#key-consumer-hint'), !!k);
 
   $('#key-name').value = k?.name || '';
@@ -1099,6 +1097,7 @@ keyForm.addEventListener('submit', async (e) => {
     // Only what changed, so that a save does not undo someone else's change to other fields.
     body = {};
     if ((v.name || null) !== (k.name || null)) body.name = v.name || null;
+    if ((v.consumer || null) !== (k.consumer || null)) body.consumer = v.consumer || null;
     if (v.status !== k.status) body.status = v.status;
     if (v.expiresChanged) body.expires_at = v.expires_at;
     if (!sameSet(v.targets, k.targets || [])) body.targets = v.targets;
