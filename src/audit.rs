@@ -61,23 +61,32 @@ impl Actor {
             .or_else(|_| std::env::var("LOGNAME"))
             .ok()
             .filter(|u| !u.is_empty())
-            .or_else(|| {
-                // No USER in the environment (a service, sudo -i): the numeric uid.
-                std::fs::read_to_string("/proc/self/status")
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("Uid:"))
-                            .and_then(|l| l.split_whitespace().next())
-                            .map(|uid| format!("uid {uid}"))
-                    })
-            });
+            .or_else(os_user_of_uid);
         Actor {
             id: "cli".to_owned(),
             source_ip: None,
             os_user: user,
         }
     }
+}
+
+/// No USER in the environment (a service, `sudo -i`, a container): the name /etc/passwd gives
+/// this process's uid, else the uid itself.
+fn os_user_of_uid() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_owned())
+    });
+    Some(name.unwrap_or_else(|| format!("uid {uid}")))
 }
 
 /// One change, as a line says it.

@@ -195,6 +195,8 @@ impl Gateway {
                 .with_https(admin_tls.is_some()),
             );
             ready = Some(admin.readiness());
+            let a = admin.clone();
+            tokio::task::spawn_blocking(move || a.ensure_default_keys());
             tokio::spawn(admin::serve(
                 listener,
                 admin,

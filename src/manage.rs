@@ -3,11 +3,12 @@
 //! is down or in scripts. A running gateway picks the change up through its reload.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 
 use crate::admin::{consumer_json, key_json};
+use crate::audit::{self, Actor};
 use crate::model::{Access, Status};
 use crate::snapshot::Snapshot;
 // A command shows keys as the API does, without the times only a running gateway records.
@@ -70,6 +71,12 @@ pub enum KeyCommand {
         id: String,
         #[command(flatten)]
         fields: KeyFields,
+        /// Move the key to this consumer.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Take the key from its consumer.
+        #[arg(long, conflicts_with = "consumer")]
+        no_consumer: bool,
         /// Remove the expiry.
         #[arg(long, conflicts_with = "expires_at")]
         no_expiry: bool,
@@ -127,6 +134,9 @@ pub struct ConsumerFields {
     rate_limit: Option<String>,
     #[arg(long)]
     max_keys: Option<u32>,
+    /// Keep a default key for the consumer (`--default-key` or `--default-key=false`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    default_key: Option<bool>,
 }
 
 fn parse_status(s: &str) -> Result<Status, String> {
@@ -193,18 +203,27 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 loaded,
                 ..
             } = store.create_key(new, &prefix)?;
-            eprintln!("Give the secret to its owner now: keygate keeps only its hash.");
             let snap = Live::new(written_snapshot(loaded)?);
+            let after = key_json(&snap, key_index(&snap, &id)?, None);
+            record(&snap, "key.create", &id, &serde_json::Value::Null, &after)?;
+            eprintln!("Give the secret to its owner now: keygate keeps only its hash.");
             print(&key_json(&snap, key_index(&snap, &id)?, Some(secret)))
         }
         KeyCommand::Update {
             id,
             fields,
+            consumer,
+            no_consumer,
             no_expiry,
             no_rate_limit,
         } => {
             let patch = KeyPatch {
                 name: fields.name.map(Some),
+                consumer: if no_consumer {
+                    Some(None)
+                } else {
+                    consumer.map(Some)
+                },
                 status: fields.status,
                 expires_at: if no_expiry {
                     Some(None)
@@ -221,11 +240,28 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                     fields.rate_limit.map(Some)
                 },
             };
+            let before = key_before(config, &id)?;
             let snap = Live::new(written_snapshot(store.update_key(&id, patch)?.loaded)?);
-            print(&key_json(&snap, key_index(&snap, &id)?, None))
+            let after = key_json(&snap, key_index(&snap, &id)?, None);
+            record(&snap, "key.update", &id, &before, &after)?;
+            print(&after)
         }
         KeyCommand::Revoke { id } => {
-            store.delete_key(&id)?;
+            let before = key_before(config, &id)?;
+            let written = store.delete_key(&id, &secret_prefix(config)?)?;
+            if let Some((new_id, secret)) = &written.value {
+                eprintln!(
+                    "{id:?} was its consumer's default key: a new one, {new_id:?}, replaces it. \
+                     Its secret (shown only now): {secret}"
+                );
+            }
+            record(
+                &written_snapshot(written.loaded)?,
+                "key.revoke",
+                &id,
+                &before,
+                &serde_json::Value::Null,
+            )?;
             eprintln!("key {id:?} deleted: a running keygate refuses it once it has reloaded");
             Ok(())
         }
@@ -235,13 +271,19 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
             prefix,
         } => {
             let grace = Duration::from_secs(grace_seconds);
+            let before = key_before(config, &id)?;
             let Written {
                 value: secret,
                 loaded,
                 ..
             } = store.rotate_key(&id, grace, &prefix)?;
-            eprintln!("Give the new secret to its owner now: keygate keeps only its hash.");
             let snap = Live::new(written_snapshot(loaded)?);
+            let mut after = key_json(&snap, key_index(&snap, &id)?, None);
+            if let Some(o) = after.as_object_mut() {
+                o.insert("grace_seconds".into(), grace_seconds.into());
+            }
+            record(&snap, "key.rotate", &id, &before, &after)?;
+            eprintln!("Give the new secret to its owner now: keygate keeps only its hash.");
             print(&key_json(&snap, key_index(&snap, &id)?, Some(secret)))
         }
     }
@@ -277,8 +319,21 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                 targets: list(fields.targets),
                 rate_limit: fields.rate_limit,
                 max_keys: fields.max_keys.map(u64::from),
+                default_key: fields.default_key,
             };
-            show(&written_snapshot(store.create_consumer(new)?.loaded)?, &id)
+            let written = store.create_consumer(new, &secret_prefix(config)?)?;
+            let made = written.value.clone();
+            let snap = Live::new(written_snapshot(written.loaded)?);
+            let after = consumer_value(&snap, &id);
+            record(
+                &snap,
+                "consumer.create",
+                &id,
+                &serde_json::Value::Null,
+                &after,
+            )?;
+            default_key_made(&snap, made)?;
+            show(&snap, &id)
         }
         ConsumerCommand::Update {
             id,
@@ -300,18 +355,94 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                 } else {
                     fields.max_keys.map(|m| Some(u64::from(m)))
                 },
+                default_key: fields.default_key,
             };
-            show(
-                &written_snapshot(store.update_consumer(&id, patch)?.loaded)?,
-                &id,
-            )
+            let before = consumer_value(&crate::config::load(config)?.snapshot, &id);
+            let written = store.update_consumer(&id, patch, &secret_prefix(config)?)?;
+            let made = written.value.clone();
+            let snap = Live::new(written_snapshot(written.loaded)?);
+            let after = consumer_value(&snap, &id);
+            record(&snap, "consumer.update", &id, &before, &after)?;
+            default_key_made(&snap, made)?;
+            show(&snap, &id)
         }
         ConsumerCommand::Delete { id } => {
-            store.delete_consumer(&id)?;
+            let before = consumer_value(&crate::config::load(config)?.snapshot, &id);
+            let snap = written_snapshot(store.delete_consumer(&id)?.loaded)?;
+            record(
+                &snap,
+                "consumer.delete",
+                &id,
+                &before,
+                &serde_json::Value::Null,
+            )?;
             eprintln!("consumer {id:?} deleted");
             Ok(())
         }
     }
+}
+
+/// The prefix of the secrets keygate makes: `[admin] key_prefix`, else `kg_`.
+fn secret_prefix(config: &Path) -> anyhow::Result<String> {
+    Ok(crate::config::load(config)?
+        .snapshot
+        .admin
+        .map_or_else(|| "kg_".to_owned(), |a| a.key_prefix.to_string()))
+}
+
+/// Audits the default key a consumer command made and shows its secret, this once, on stderr
+/// (stdout is the consumer's JSON).
+fn default_key_made(snap: &Live, made: Option<(String, String)>) -> anyhow::Result<()> {
+    let Some((id, secret)) = made else {
+        return Ok(());
+    };
+    let after = key_json(snap, key_index(snap, &id)?, None);
+    record(snap, "key.create", &id, &serde_json::Value::Null, &after)?;
+    eprintln!(
+        "Default key {id:?} made. Give its secret to the consumer now, keygate keeps only its hash: {secret}"
+    );
+    Ok(())
+}
+
+/// Key `id` as the API shows it before a change; `null` when there is none (the change then
+/// fails and says why).
+fn key_before(config: &Path, id: &str) -> anyhow::Result<serde_json::Value> {
+    let snap = Live::new(crate::config::load(config)?.snapshot);
+    Ok(key_index(&snap, id).map_or(serde_json::Value::Null, |i| key_json(&snap, i, None)))
+}
+
+fn consumer_value(snap: &Snapshot, id: &str) -> serde_json::Value {
+    snap.consumers
+        .iter()
+        .find(|c| c.id.as_str() == id)
+        .map_or(serde_json::Value::Null, |c| consumer_json(snap, c))
+}
+
+/// Appends a command's change to the audit log, as `cli` and the OS user; the command fails
+/// (after the change) if it cannot, so nobody believes an unrecorded change was recorded.
+fn record(
+    snap: &Snapshot,
+    action: &str,
+    object: &str,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let Some(path) = audit::path_of(snap) else {
+        return Ok(());
+    };
+    let actor = Actor::cli();
+    let entry = audit::Entry {
+        actor: &actor,
+        action,
+        object,
+        changes: audit::changes(before, after),
+    };
+    audit::append(&path, &entry, SystemTime::now()).map_err(|e| {
+        anyhow::anyhow!(
+            "the change was made, but the audit log {} could not be written: {e}",
+            path.display()
+        )
+    })
 }
 
 /// The config a command's change produced (a command's store has no publisher, so it is there).

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, value};
 
 use crate::config::{self, LoadError, Loaded};
+use crate::model::DEFAULT_KEY_NAME;
 use crate::secret::{self, KeyHash};
 use crate::snapshot::{Access, Id, Rate, Snapshot, Status};
 
@@ -102,6 +103,9 @@ pub struct NewKey {
 pub struct KeyPatch {
     #[serde(default, deserialize_with = "present")]
     pub name: Option<Option<String>>,
+    /// Moves the key to another consumer (whose `max_keys` must allow it); `null`: to none.
+    #[serde(default, deserialize_with = "present")]
+    pub consumer: Option<Option<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub status: Option<Status>,
     #[serde(default, deserialize_with = "present")]
@@ -134,6 +138,9 @@ pub struct NewConsumer {
     /// Any whole number is read; past [`MAX_MAX_KEYS`] the change is refused with the field.
     #[serde(default, deserialize_with = "some_whole")]
     pub max_keys: Option<u64>,
+    /// Make the consumer's default key with it, and keep one.
+    #[serde(default, deserialize_with = "not_null")]
+    pub default_key: Option<bool>,
 }
 
 /// A change to a consumer.
@@ -150,6 +157,9 @@ pub struct ConsumerPatch {
     pub rate_limit: Option<Option<String>>,
     #[serde(default, deserialize_with = "present_whole")]
     pub max_keys: Option<Option<u64>>,
+    /// Turning it on makes the default key if the consumer has none.
+    #[serde(default, deserialize_with = "not_null")]
+    pub default_key: Option<bool>,
 }
 
 /// An optional field that may be absent but not `null`: for these, `null` would mean nothing
@@ -229,6 +239,16 @@ pub struct Written<T> {
     pub loaded: Option<Loaded>,
     /// The main file's bytes, for the reloader's change detection.
     pub main_text: String,
+}
+
+impl<T> Written<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Written<U> {
+        Written {
+            value: f(self.value),
+            loaded: self.loaded,
+            main_text: self.main_text,
+        }
+    }
 }
 
 /// What a running gateway does with each change it writes, while the store is still locked
@@ -413,21 +433,7 @@ impl Store {
                 return Err(StoreError::Taken { what: "key", id });
             }
             if let Some(c) = &new.consumer {
-                let consumer = snap
-                    .consumers
-                    .iter()
-                    .position(|x| x.id.as_str() == c)
-                    .ok_or_else(|| bad("consumer", format!("no consumer has id {c:?}")))?;
-                if let Some(max) = snap.consumers[consumer].max_keys {
-                    let owned = snap
-                        .keys
-                        .iter()
-                        .filter(|k| k.consumer == Some(consumer as u32))
-                        .count();
-                    if owned >= max as usize {
-                        return Err(StoreError::KeyLimit(c.clone()));
-                    }
-                }
+                check_room_for(snap, c, None)?;
             }
             let secret =
                 secret::generate(secret_prefix).map_err(|e| bad("secret", e.to_string()))?;
@@ -466,6 +472,12 @@ impl Store {
             if let Some(n) = &patch.name {
                 set_opt_str(t, "name", n.as_deref());
             }
+            if let Some(c) = &patch.consumer {
+                if let Some(c) = c {
+                    check_room_for(snap, c, Some(id))?;
+                }
+                set_opt_str(t, "consumer", c.as_deref());
+            }
             if let Some(s) = patch.status {
                 t["status"] = value(status_str(s));
             }
@@ -495,12 +507,30 @@ impl Store {
         })
     }
 
-    pub fn delete_key(&self, id: &str) -> Result<Written<()>, StoreError> {
+    /// Deletes a key. When it was a consumer's default key, a new one is made in the same
+    /// write and returned (id, secret): such a consumer always has one.
+    pub fn delete_key(
+        &self,
+        id: &str,
+        secret_prefix: &str,
+    ) -> Result<Written<Option<(String, String)>>, StoreError> {
         self.change_as(Edit::Key(id), |doc, snap| {
             managed_key(doc, snap, id)?;
             let keys = tables(doc, "keys")?;
             keys.retain(|t| t.get("id").and_then(Item::as_str) != Some(id));
-            Ok(())
+            let key = snap.keys.iter().find(|k| k.id.as_str() == id);
+            let owner = key.and_then(|k| snap.consumer_of(k));
+            match owner {
+                Some(c)
+                    if c.default_key && key.and_then(|k| k.name()) == Some(DEFAULT_KEY_NAME) =>
+                {
+                    let (t, new_id, secret) =
+                        default_key_table(snap, c.id.as_str(), secret_prefix)?;
+                    tables(doc, "keys")?.push(t);
+                    Ok(Some((new_id, secret)))
+                }
+                _ => Ok(None),
+            }
         })
     }
 
@@ -562,7 +592,30 @@ impl Store {
         })
     }
 
-    pub fn create_consumer(&self, new: NewConsumer) -> Result<Written<()>, StoreError> {
+    /// Makes the default key of every consumer with `default_key = true` that has none (one
+    /// written by hand in a config file, say); returns (consumer, key id) of each made. Their
+    /// secrets are shown to nobody: rotating such a key shows its new one.
+    pub fn ensure_default_keys(
+        &self,
+        secret_prefix: &str,
+    ) -> Result<Written<Vec<(String, String)>>, StoreError> {
+        self.change_as(Edit::Append, |doc, snap| {
+            let mut made = Vec::new();
+            for c in missing_default_keys(snap) {
+                let (t, id, _secret) = default_key_table(snap, c, secret_prefix)?;
+                tables(doc, "keys")?.push(t);
+                made.push((c.to_owned(), id));
+            }
+            Ok(made)
+        })
+    }
+
+    /// Creates a consumer; with `default_key`, also its default key, returned (id, secret).
+    pub fn create_consumer(
+        &self,
+        new: NewConsumer,
+        secret_prefix: &str,
+    ) -> Result<Written<Option<(String, String)>>, StoreError> {
         self.change(|doc, snap| {
             check_id(&new.id, "id")?;
             if snap.consumers.iter().any(|c| c.id.as_str() == new.id) {
@@ -584,19 +637,43 @@ impl Store {
             if let Some(m) = new.max_keys {
                 t["max_keys"] = value(check_max_keys(m)?);
             }
+            if new.default_key == Some(true) {
+                t["default_key"] = value(true);
+            }
             t["created_at"] = value(datetime(SystemTime::now())?);
             tables(doc, "consumers")?.push(t);
-            Ok(())
+            if new.default_key != Some(true) {
+                return Ok(None);
+            }
+            if new.max_keys == Some(0) {
+                return Err(bad(
+                    "default_key",
+                    "a consumer with max_keys = 0 cannot have a default key",
+                ));
+            }
+            let (k, key_id, secret) = default_key_table(snap, &new.id, secret_prefix)?;
+            tables(doc, "keys")?.push(k);
+            Ok(Some((key_id, secret)))
         })
     }
 
+    /// Changes a consumer; turning `default_key` on makes its default key if it has none,
+    /// returned (id, secret).
     pub fn update_consumer(
         &self,
         id: &str,
         patch: ConsumerPatch,
-    ) -> Result<Written<()>, StoreError> {
+        secret_prefix: &str,
+    ) -> Result<Written<Option<(String, String)>>, StoreError> {
         self.change(|doc, snap| {
             let t = managed_consumer(doc, snap, id)?;
+            match patch.default_key {
+                Some(true) => t["default_key"] = value(true),
+                Some(false) => {
+                    t.remove("default_key");
+                }
+                None => {}
+            }
             if let Some(n) = &patch.name {
                 set_opt_str(t, "name", n.as_deref());
             }
@@ -618,7 +695,18 @@ impl Store {
                 }
                 None => {}
             }
-            Ok(())
+            let index = snap.consumers.iter().position(|c| c.id.as_str() == id);
+            let has_default = snap.keys.iter().any(|k| {
+                k.consumer.is_some()
+                    && k.consumer == index.map(|i| i as u32)
+                    && k.name() == Some(DEFAULT_KEY_NAME)
+            });
+            if patch.default_key != Some(true) || has_default {
+                return Ok(None);
+            }
+            let (k, key_id, secret) = default_key_table(snap, id, secret_prefix)?;
+            tables(doc, "keys")?.push(k);
+            Ok(Some((key_id, secret)))
         })
     }
 
@@ -647,6 +735,73 @@ impl Store {
             remove_from_list(managed_consumer(doc, snap, id)?, "allow_ips", cidr)
         })
     }
+}
+
+/// Consumer `consumer` exists and may own one more key (`max_keys`); `moving`, a key it may
+/// already own, is not counted twice.
+fn check_room_for(snap: &Snapshot, consumer: &str, moving: Option<&str>) -> Result<(), StoreError> {
+    let index = snap
+        .consumers
+        .iter()
+        .position(|x| x.id.as_str() == consumer)
+        .ok_or_else(|| bad("consumer", format!("no consumer has id {consumer:?}")))?;
+    if let Some(max) = snap.consumers[index].max_keys {
+        let owned = snap
+            .keys
+            .iter()
+            .filter(|k| k.consumer == Some(index as u32) && Some(k.id.as_str()) != moving)
+            .count();
+        if owned >= max as usize {
+            return Err(StoreError::KeyLimit(consumer.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// The consumers with `default_key = true` that own no key of that name.
+pub fn missing_default_keys(snap: &Snapshot) -> Vec<&str> {
+    let mut has = vec![false; snap.consumers.len()];
+    for k in snap
+        .keys
+        .iter()
+        .filter(|k| k.name() == Some(DEFAULT_KEY_NAME))
+    {
+        if let Some(h) = k.consumer.and_then(|c| has.get_mut(c as usize)) {
+            *h = true;
+        }
+    }
+    snap.consumers
+        .iter()
+        .zip(has)
+        .filter(|(c, has)| c.default_key && !has && c.max_keys != Some(0))
+        .map(|(c, _)| c.id.as_str())
+        .collect()
+}
+
+/// A new default key for consumer `consumer`: its table, id and secret. Its `max_keys` is not
+/// checked: keygate keeps this key whatever the limit (a limit of 0 refuses `default_key`).
+fn default_key_table(
+    snap: &Snapshot,
+    consumer: &str,
+    secret_prefix: &str,
+) -> Result<(Table, String, String), StoreError> {
+    // 32 random bits: a clash is rare even among a million keys, and a few draws end it.
+    let mut id = generated_id("key")?;
+    for _ in 0..8 {
+        if !snap.keys.iter().any(|k| k.id.as_str() == id) {
+            break;
+        }
+        id = generated_id("key")?;
+    }
+    let secret = secret::generate(secret_prefix).map_err(|e| bad("secret", e.to_string()))?;
+    let mut t = Table::new();
+    t["id"] = value(id.as_str());
+    t["name"] = value(DEFAULT_KEY_NAME);
+    t["consumer"] = value(consumer);
+    t["hash"] = value(KeyHash::of(secret.as_bytes()).to_string());
+    t["prefix"] = value(shown_prefix(&secret, secret_prefix));
+    t["created_at"] = value(datetime(SystemTime::now())?);
+    Ok((t, id, secret))
 }
 
 /// The `[[name]]` array of the document, created if absent.
@@ -1124,7 +1279,7 @@ secret = "static-secret"
         assert!(after.starts_with(&before[..b.start]), "{after}");
         assert!(after.ends_with(&before[b.end..]), "{after}");
         assert!(after[b.start..].contains("name = \"bee\""), "{after}");
-        let w = store.delete_key("b").unwrap();
+        let w = store.delete_key("b", "kg_").unwrap();
         let gone = keys_text(&d);
         assert!(
             gone.starts_with(&before[..b.start]) && gone.ends_with(&before[b.end..]),
@@ -1234,7 +1389,7 @@ secret = "static-secret"
             e = e.err()
         );
         assert!(matches!(
-            store.delete_key("nope"),
+            store.delete_key("nope", "kg_"),
             Err(StoreError::NotFound { .. })
         ));
     }
@@ -1429,6 +1584,73 @@ secret = "static-secret"
         ));
     }
 
+    /// A consumer with `default_key` has one key of that name from the start, a new one each
+    /// time it is revoked (its secret returned), and one when the flag is turned on later.
+    #[test]
+    fn a_default_key_is_made_with_its_consumer_and_anew_when_revoked() {
+        let (d, store) = setup("");
+        let defaults = |store: &Store| -> Vec<String> {
+            let snap = written_snapshot_of(store);
+            snap.keys
+                .iter()
+                .filter(|k| k.name() == Some(DEFAULT_KEY_NAME))
+                .map(|k| k.id.to_string())
+                .collect()
+        };
+        let c = NewConsumer {
+            id: "acme".into(),
+            default_key: Some(true),
+            ..Default::default()
+        };
+        let made = store.create_consumer(c, "kg_").unwrap().value.unwrap();
+        assert!(made.1.starts_with("kg_"));
+        assert_eq!(defaults(&store), std::slice::from_ref(&made.0));
+        assert!(keys_text(&d).contains("default_key = true"));
+        let again = store.delete_key(&made.0, "kg_").unwrap().value.unwrap();
+        assert_ne!(again.0, made.0);
+        assert_eq!(defaults(&store), std::slice::from_ref(&again.0));
+        // Another key of the consumer is just deleted.
+        let other = NewKey {
+            consumer: Some("acme".into()),
+            ..Default::default()
+        };
+        let (other, _) = store.create_key(other, "kg_").unwrap().value;
+        assert!(store.delete_key(&other, "kg_").unwrap().value.is_none());
+        // Turned on later: made once, not twice.
+        store
+            .create_consumer(
+                NewConsumer {
+                    id: "globex".into(),
+                    ..Default::default()
+                },
+                "kg_",
+            )
+            .unwrap();
+        let on = ConsumerPatch {
+            default_key: Some(true),
+            ..Default::default()
+        };
+        assert!(
+            store
+                .update_consumer("globex", on.clone(), "kg_")
+                .unwrap()
+                .value
+                .is_some()
+        );
+        assert!(
+            store
+                .update_consumer("globex", on, "kg_")
+                .unwrap()
+                .value
+                .is_none()
+        );
+        assert_eq!(defaults(&store).len(), 2);
+    }
+
+    fn written_snapshot_of(store: &Store) -> Snapshot {
+        crate::config::load(&store.config).unwrap().snapshot
+    }
+
     #[test]
     fn consumers_limit_and_own_their_keys() {
         let (_d, store) = setup("");
@@ -1437,7 +1659,7 @@ secret = "static-secret"
             max_keys: Some(1),
             ..Default::default()
         };
-        store.create_consumer(c).unwrap();
+        store.create_consumer(c, "kg_").unwrap();
         let mine = || NewKey {
             consumer: Some("acme".into()),
             ..Default::default()
@@ -1455,7 +1677,7 @@ secret = "static-secret"
             max_keys: Some(None),
             ..Default::default()
         };
-        store.update_consumer("acme", patch).unwrap();
+        store.update_consumer("acme", patch, "kg_").unwrap();
         store.create_key(mine(), "kg_").unwrap();
         store.add_consumer_ip("acme", "192.0.2.0/24").unwrap();
         let snap = store

@@ -124,6 +124,40 @@ impl Admin {
         }
     }
 
+    /// Makes the default keys the config asks for and lacks (`default_key = true` written by
+    /// hand), audited as keygate's. Blocking: run once at start, on a blocking thread.
+    pub fn ensure_default_keys(&self) {
+        let snap = self.published.load();
+        if store::missing_default_keys(&snap).is_empty() || snap.keys_file.is_none() {
+            return;
+        }
+        let actor = Actor {
+            id: "keygate".into(),
+            source_ip: None,
+            os_user: None,
+        };
+        match self.store.ensure_default_keys(&self.secret_prefix()) {
+            Ok(written) => {
+                for (consumer, id) in written.value {
+                    tracing::info!(%consumer, key = %id, "made the consumer's default key; rotate it to see a secret");
+                    let after = self.key_value(&id);
+                    let entry = audit::Entry {
+                        actor: &actor,
+                        action: "key.create",
+                        object: &id,
+                        changes: audit::changes(&Value::Null, &after),
+                    };
+                    if let Some(path) = audit::path_of(&self.published.load())
+                        && let Err(e) = audit::append(&path, &entry, std::time::SystemTime::now())
+                    {
+                        tracing::error!(error = %e, "the audit log could not be written");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not make the consumers' default keys"),
+        }
+    }
+
     /// The admin listener serves HTTPS: session cookies are marked `Secure`.
     pub fn with_https(mut self, https: bool) -> Admin {
         self.https = https;
@@ -629,15 +663,22 @@ impl Admin {
                 .await
             }
             (Method::DELETE, ["v1", "keys", id]) => {
-                let id = id.to_string();
+                let (id, prefix) = (id.to_string(), self.secret_prefix());
                 let before = self.key_value(&id);
-                {
+                let replacement = {
                     let id = id.clone();
-                    self.write(move |s| s.delete_key(&id)).await?;
-                }
+                    self.write(move |s| s.delete_key(&id, &prefix)).await?
+                };
                 self.audit(actor, "key.revoke", &id, &before, &Value::Null)
                     .await?;
-                no_content()
+                match replacement {
+                    None => no_content(),
+                    // A consumer's default key: it has a new one, whose secret is shown now.
+                    Some(made) => {
+                        let made = self.made_default_key(actor, made).await?;
+                        json(StatusCode::OK, &serde_json::json!({ "replacement": made }))
+                    }
+                }
             }
             (Method::POST, ["v1", "keys", id, "rotate"]) => {
                 let r: Rotate = body_or_default(req).await?;
@@ -682,16 +723,18 @@ impl Admin {
             (Method::GET, ["v1", "consumers"]) => self.list_consumers(&query),
             (Method::POST, ["v1", "consumers"]) => {
                 let new: store::NewConsumer = body(req).await?;
-                let id = new.id.clone();
-                self.write(move |s| s.create_consumer(new)).await?;
-                let after = self.consumer_value(&id);
+                let (id, prefix) = (new.id.clone(), self.secret_prefix());
+                let made = self.write(move |s| s.create_consumer(new, &prefix)).await?;
+                let mut after = self.consumer_value(&id);
                 self.audit(actor, "consumer.create", &id, &Value::Null, &after)
                     .await?;
-                let snap = self.published.load();
-                json(
-                    StatusCode::CREATED,
-                    &ConsumerView::of(&snap, find_consumer(&snap, &id)?),
-                )
+                if let Some(made) = made {
+                    let made = self.made_default_key(actor, made).await?;
+                    if let Some(o) = after.as_object_mut() {
+                        o.insert("default_key_created".into(), made);
+                    }
+                }
+                json(StatusCode::CREATED, &after)
             }
             (Method::GET, ["v1", "consumers", id]) => {
                 let snap = self.published.load();
@@ -702,9 +745,11 @@ impl Admin {
             }
             (Method::PATCH, ["v1", "consumers", id]) => {
                 let patch: store::ConsumerPatch = body(req).await?;
-                let id = id.to_string();
-                self.change_consumer(actor, id.clone(), move |s| s.update_consumer(&id, patch))
-                    .await
+                let (id, prefix) = (id.to_string(), self.secret_prefix());
+                self.change_consumer(actor, id.clone(), move |s| {
+                    s.update_consumer(&id, patch, &prefix)
+                })
+                .await
             }
             (Method::DELETE, ["v1", "consumers", id]) => {
                 let id = id.to_string();
@@ -720,15 +765,19 @@ impl Admin {
             (Method::POST, ["v1", "consumers", id, "allow_ips"]) => {
                 let c: Cidr = body(req).await?;
                 let id = id.to_string();
-                self.change_consumer(actor, id.clone(), move |s| s.add_consumer_ip(&id, &c.cidr))
-                    .await
+                self.change_consumer(actor, id.clone(), move |s| {
+                    Ok(s.add_consumer_ip(&id, &c.cidr)?.map(|()| None))
+                })
+                .await
             }
             (Method::DELETE, ["v1", "consumers", id, "allow_ips", cidr @ ..])
                 if !cidr.is_empty() =>
             {
                 let (id, cidr) = (id.to_string(), cidr.join("/"));
-                self.change_consumer(actor, id.clone(), move |s| s.remove_consumer_ip(&id, &cidr))
-                    .await
+                self.change_consumer(actor, id.clone(), move |s| {
+                    Ok(s.remove_consumer_ip(&id, &cidr)?.map(|()| None))
+                })
+                .await
             }
             // A probe's path spelled another way (`/healthz/`): the probes answer only their
             // exact path.
@@ -783,23 +832,47 @@ impl Admin {
         json(StatusCode::OK, &KeyView::of(&snap, find_key(&snap, &id)?))
     }
 
-    /// A change to consumer `id`, audited, answered with the consumer as it now is.
+    /// A change to consumer `id`, audited, answered with the consumer as it now is (and the
+    /// default key it made, with its secret, if it made one).
     async fn change_consumer(
         &self,
         actor: &Actor,
         id: String,
-        change: impl FnOnce(&Store) -> Result<Written<()>, StoreError> + Send + 'static,
+        change: impl FnOnce(&Store) -> Result<Written<Option<(String, String)>>, StoreError>
+        + Send
+        + 'static,
     ) -> Answer {
         let before = self.consumer_value(&id);
-        self.write(change).await?;
-        let after = self.consumer_value(&id);
+        let made = self.write(change).await?;
+        let mut after = self.consumer_value(&id);
+        if after.is_null() {
+            return Err(Problem::not_found("consumer", &id));
+        }
         self.audit(actor, "consumer.update", &id, &before, &after)
             .await?;
-        let snap = self.published.load();
-        json(
-            StatusCode::OK,
-            &ConsumerView::of(&snap, find_consumer(&snap, &id)?),
-        )
+        if let Some(made) = made {
+            let made = self.made_default_key(actor, made).await?;
+            if let Some(o) = after.as_object_mut() {
+                o.insert("default_key_created".into(), made);
+            }
+        }
+        json(StatusCode::OK, &after)
+    }
+
+    /// Audits a default key keygate made, and shows it with its secret (this once).
+    async fn made_default_key(
+        &self,
+        actor: &Actor,
+        (id, secret): (String, String),
+    ) -> Result<Value, Problem> {
+        let view = self.key_value(&id);
+        self.audit(actor, "key.create", &id, &Value::Null, &view)
+            .await?;
+        let mut shown = view;
+        if let Some(o) = shown.as_object_mut() {
+            o.insert("secret".into(), Value::String(secret));
+        }
+        Ok(shown)
     }
 
     /// `[cluster]`: raises the shown keys' `last_used_at` to the fleet's (the max over every
@@ -926,9 +999,18 @@ impl Admin {
         let next = more
             .then(|| consumers.last().map(|c| c.id.to_string()))
             .flatten();
+        let mut owned = vec![0usize; snap.consumers.len()];
+        for k in snap.keys.iter() {
+            if let Some(c) = k.consumer.and_then(|c| owned.get_mut(c as usize)) {
+                *c += 1;
+            }
+        }
         let items: Vec<ConsumerView<'_>> = consumers
             .iter()
-            .map(|c| ConsumerView::of(&snap, c))
+            .map(|c| {
+                let index = snap.consumers.iter().position(|x| std::ptr::eq(x, *c));
+                ConsumerView::counted(&snap, c, index.map_or(0, |i| owned[i]))
+            })
             .collect();
         json(
             StatusCode::OK,
@@ -1377,6 +1459,7 @@ struct ConsumerView<'a> {
     rate_limit: Option<String>,
     max_keys: Option<u32>,
     keys: usize,
+    default_key: bool,
     created_at: Option<String>,
     managed: bool,
 }
@@ -1388,6 +1471,17 @@ impl<'a> ConsumerView<'a> {
             .iter()
             .position(|x| std::ptr::eq(x, c))
             .map(|i| i as u32);
+        let keys = snap
+            .keys
+            .iter()
+            .filter(|k| k.consumer.is_some() && k.consumer == index)
+            .count();
+        ConsumerView::counted(snap, c, keys)
+    }
+
+    /// With its number of keys already counted: a page of consumers counts them all in one
+    /// pass over the keys, not one pass per consumer.
+    fn counted(snap: &'a Snapshot, c: &'a Consumer, keys: usize) -> ConsumerView<'a> {
         ConsumerView {
             id: c.id.as_str(),
             name: c.name.as_deref(),
@@ -1399,11 +1493,8 @@ impl<'a> ConsumerView<'a> {
                 .collect(),
             rate_limit: c.rate_limit.map(|r| r.to_string()),
             max_keys: c.max_keys,
-            keys: snap
-                .keys
-                .iter()
-                .filter(|k| k.consumer.is_some() && k.consumer == index)
-                .count(),
+            keys,
+            default_key: c.default_key,
             created_at: c.created_at.map(store::rfc3339),
             managed: c.managed,
         }

@@ -227,6 +227,8 @@ pub struct RawConsumer {
     pub rate_limit: Option<Spanned<String>>,
     /// Creating one more key for this consumer through the admin API is refused.
     pub max_keys: Option<u32>,
+    /// keygate keeps one key named `Default key (created by keygate)` for this consumer.
+    pub default_key: Option<bool>,
     pub created_at: Option<Spanned<Datetime>>,
 }
 

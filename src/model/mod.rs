@@ -17,6 +17,6 @@ pub use key_hash::KeyHash;
 pub use rate::Rate;
 pub use rules::{IpList, List, Paths, Rules, TargetIdx, TargetSet};
 pub use sections::{
-    AccessTo, Admin, AdminKey, AuditLog, ClusterConfig, ClusterMode, Consumer, Log, LogFormat,
-    OnRedisError, Role, Server, Target, TlsFiles,
+    AccessTo, Admin, AdminKey, AuditLog, ClusterConfig, ClusterMode, Consumer, DEFAULT_KEY_NAME,
+    Log, LogFormat, OnRedisError, Role, Server, Target, TlsFiles,
 };

@@ -170,6 +170,9 @@ pub struct Target {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+/// The name of the key keygate keeps for a consumer with `default_key = true`.
+pub const DEFAULT_KEY_NAME: &str = "Default key (created by keygate)";
+
 /// `[[consumers]]`: an account that owns keys.
 #[derive(Debug)]
 pub struct Consumer {
@@ -179,6 +182,9 @@ pub struct Consumer {
     pub targets: TargetSet,
     pub rate_limit: Option<Rate>,
     pub max_keys: Option<u32>,
+    /// `default_key = true`: keygate keeps one key named [`DEFAULT_KEY_NAME`] for it, made
+    /// with the consumer and made anew when revoked.
+    pub default_key: bool,
     pub created_at: Option<SystemTime>,
     /// Defined in the keys file (changeable through the admin API), not the main file.
     pub managed: bool,

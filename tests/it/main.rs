@@ -24,6 +24,7 @@ mod cli;
 mod client_ip;
 mod cluster;
 mod config_defaults;
+mod console;
 mod console_api;
 mod credential;
 mod deploy;

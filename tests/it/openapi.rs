@@ -269,7 +269,7 @@ async fn every_answer_matches_the_document() {
         "/v1/keys/{id}",
         "/v1/keys/k1",
         a,
-        Some(json!({"status": "inactive", "expires_at": null, "rate_limit": null})),
+        Some(json!({"status": "inactive", "expires_at": null, "rate_limit": null, "consumer": "acme"})),
     )
     .await;
     s.add_and_remove_allow_ip("keys", "k1", "2001:db8::/32")
@@ -290,6 +290,25 @@ async fn every_answer_matches_the_document() {
         None,
     )
     .await;
+    // A consumer with a default key: made with it, and made anew when revoked.
+    let (_, with_default) = s
+        .call(
+            M::POST,
+            "/v1/consumers",
+            "/v1/consumers",
+            a,
+            Some(json!({"id": "initech", "default_key": true})),
+        )
+        .await;
+    let made = &with_default["default_key_created"];
+    assert_eq!(
+        made["name"], "Default key (created by keygate)",
+        "{with_default}"
+    );
+    let revoked = format!("/v1/keys/{}", made["id"].as_str().unwrap());
+    let (status, again) = s.call(M::DELETE, "/v1/keys/{id}", &revoked, a, None).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(again["replacement"]["secret"].is_string(), "{again}");
     // The console's page, its session and what its forms read.
     s.call(M::GET, "/", "/", None, None).await;
     let (_, session) = s

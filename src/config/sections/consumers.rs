@@ -41,6 +41,7 @@ pub fn consumers<'r>(
             targets,
             rate_limit,
             max_keys: raw.max_keys,
+            default_key: raw.default_key.unwrap_or(false),
             created_at,
             managed: source == 1,
         });

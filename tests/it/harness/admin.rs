@@ -41,9 +41,10 @@ pub const KEY_FIELDS: [&str; 14] = [
 ];
 
 /// The fields of a consumer as the admin API and the commands show it, exactly (sorted).
-pub const CONSUMER_FIELDS: [&str; 9] = [
+pub const CONSUMER_FIELDS: [&str; 10] = [
     "allow_ips",
     "created_at",
+    "default_key",
     "id",
     "keys",
     "managed",

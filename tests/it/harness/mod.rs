@@ -5,6 +5,7 @@
 //! - [`process`]: keygate as the real binary, for signals, exit codes and its output;
 //! - [`launch`]: the one place that calls keygate's launch API;
 //! - [`admin`]: a config directory with a keys file, the admin API client, the key commands;
+//! - [`browser`]: headless Chromium over WebDriver, for the key console;
 //! - [`live`]: config files rewritten under a running keygate, TLS certificates and clients;
 //! - [`policy`]: clients from a chosen source address, rate-limit header readers;
 //! - [`session`]: the key console's session cookie and CSRF token, as a browser sends them;
@@ -21,6 +22,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod browser;
 pub mod gateway;
 pub mod launch;
 pub mod live;
