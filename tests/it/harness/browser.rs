@@ -517,6 +517,115 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// Picks the option `value` of `<select id=...>` as a person would (the page sees `change`).
+    pub async fn select(&self, id: &str, value: &str) {
+        self.wait_js(
+            &format!("option {value:?} in #{id}"),
+            "const s = document.getElementById(arguments[0]);\
+             return !!s && [...s.options].some(o => o.value === arguments[1]);",
+            vec![json!(id), json!(value)],
+        )
+        .await;
+        let el = self.wait_for(&format!("#{id}")).await;
+        within(
+            &format!("select {value:?} in #{id}"),
+            el.select_by_value(value),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot select {value:?} in #{id}: {e}"));
+    }
+
+    /// Waits for the secret dialog to hold a secret, and returns it.
+    pub async fn shown_secret(&self) -> String {
+        self.wait_dialog("secret-dialog").await;
+        self.wait_js(
+            "a secret in #secret-value",
+            "return document.getElementById('secret-value').value;",
+            vec![],
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned()
+    }
+
+    /// The attribute `attr` of every element matching `css`, in document order.
+    pub async fn attrs(&self, css: &str, attr: &str) -> Vec<String> {
+        let v = self
+            .js(
+                "return [...document.querySelectorAll(arguments[0])]\
+                   .map(e => e.getAttribute(arguments[1]) || '');",
+                vec![json!(css), json!(attr)],
+            )
+            .await;
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The ids of the keys table's rows, top to bottom.
+    pub async fn key_rows(&self) -> Vec<String> {
+        self.attrs("#keys-table tr[data-key-id]", "data-key-id")
+            .await
+    }
+
+    /// The `id` of the focused element ("" when it has none, or nothing is focused).
+    pub async fn focused_id(&self) -> String {
+        let v = self
+            .js(
+                "const a = document.activeElement; return a ? a.id : '';",
+                vec![],
+            )
+            .await;
+        v.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Presses `keys` one after another through WebDriver key actions (no element is
+    /// targeted: they go wherever the focus is). With `shift`, Shift is held throughout.
+    pub async fn press(&self, keys: &[char], shift: bool) {
+        use fantoccini::actions::{InputSource as _, KeyAction, KeyActions};
+        let shift_key: char = fantoccini::key::Key::Shift.into();
+        let mut seq = KeyActions::new("keyboard".to_owned());
+        if shift {
+            seq = seq.then(KeyAction::Down { value: shift_key });
+        }
+        for &k in keys {
+            seq = seq
+                .then(KeyAction::Down { value: k })
+                .then(KeyAction::Up { value: k });
+        }
+        if shift {
+            seq = seq.then(KeyAction::Up { value: shift_key });
+        }
+        within("key actions", self.client.perform_actions(seq))
+            .await
+            .unwrap_or_else(|e| panic!("cannot press {keys:?}: {e}"));
+    }
+
+    /// Types `text` into whatever has the focus, through key actions.
+    pub async fn type_keys(&self, text: &str) {
+        let chars: Vec<char> = text.chars().collect();
+        self.press(&chars, false).await;
+    }
+
+    /// Presses Tab (Shift+Tab when `back`) until `#id` has the focus, at most `max` times;
+    /// returns how many presses it took.
+    pub async fn tab_to(&self, id: &str, back: bool, max: usize) -> usize {
+        let tab: char = fantoccini::key::Key::Tab.into();
+        let mut seen = Vec::new();
+        for n in 0..=max {
+            let now = self.focused_id().await;
+            if now == id {
+                return n;
+            }
+            seen.push(now);
+            if n < max {
+                self.press(&[tab], back).await;
+            }
+        }
+        panic!("#{id} not reached with {max} Tab presses (focus went {seen:?})");
+    }
+}
+
 /// The CSS selector of key `id`'s row in the keys table.
 pub fn row_css(id: &str) -> String {
     format!("#keys-table tr[data-key-id=\"{id}\"]")
