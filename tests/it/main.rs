@@ -26,6 +26,7 @@ mod cluster;
 mod config_defaults;
 mod console;
 mod console_api;
+mod console_flows;
 mod credential;
 mod deploy;
 mod edge_limits;
