@@ -285,6 +285,13 @@ async fn a_consumer_with_a_default_key_keeps_one() {
     assert_eq!(globex["default_key"], true, "{globex}");
     b.click("secret-done").await;
     wait_key_rows(b, "the replacement only", std::slice::from_ref(&second_id)).await;
+    b.click("nav-consumers").await;
+    b.wait_js(
+        "globex's row to say 1 of 2 keys after the revoke",
+        "const c = document.querySelector(arguments[0]); return !!c && c.textContent.trim() === '1 of 2';",
+        vec![json!(format!("{row} td:nth-child(3)"))],
+    )
+    .await;
 }
 
 // --- edit ------------------------------------------------------------------------------------
@@ -339,7 +346,7 @@ async fn edit_a_key_and_see_the_apis_error_at_its_field() {
 
     b.key_action("moving", "edit").await;
     b.wait_dialog("key-dialog").await;
-    b.fill("key-name", "Not saved").await;
+    b.fill("key-name", "After the fix").await;
     b.fill("key-rate-limit", "fast").await;
     b.click("key-submit").await;
     let error = "#key-form [data-error-for=\"rate_limit\"]";
@@ -369,6 +376,23 @@ async fn edit_a_key_and_see_the_apis_error_at_its_field() {
     assert_eq!(key["rate_limit"], "5/second", "{key}");
     assert_eq!(key["status"], "inactive", "{key}");
     assert_eq!(key["consumer"], "acme", "{key}");
+
+    // Fixing the field takes its error away, and the same dialog then saves.
+    b.fill("key-rate-limit", "10/minute").await;
+    b.wait_gone(error).await;
+    assert_eq!(
+        b.find("#key-rate-limit")
+            .await
+            .attr("aria-invalid")
+            .await
+            .unwrap(),
+        None
+    );
+    b.click("key-submit").await;
+    b.wait_dialog_closed("key-dialog").await;
+    let key = f.api().key("moving").await;
+    assert_eq!(key["name"], "After the fix", "{key}");
+    assert_eq!(key["rate_limit"], "10/minute", "{key}");
 }
 
 // --- audit -----------------------------------------------------------------------------------
@@ -508,6 +532,23 @@ async fn the_audit_view_lists_console_changes_newest_first() {
         times.windows(2).all(|w| w[0] >= w[1]),
         "times not newest first: {times:?}"
     );
+
+    let update = b
+        .text_of("#audit-table tr[data-audit-id]:nth-child(4) td:nth-child(5)")
+        .await;
+    assert!(
+        update.contains("name") && update.contains("Audited → Audited twice"),
+        "the update's changes: {update:?}"
+    );
+
+    // An object in the table is a link to its own lines.
+    b.click_css(&format!("#audit-table button[data-object=\"{two}\"]"))
+        .await;
+    wait_audit_rows(b, &format!("{two}'s line only"), |rows| {
+        rows.len() == 1 && rows[0][2] == "key.create" && rows[0][3] == two
+    })
+    .await;
+    assert_eq!(b.value_of("#audit-filter").await, two);
 
     b.fill("audit-filter", &one).await;
     let only = wait_audit_rows(b, &format!("{one}'s lines only"), |rows| {
