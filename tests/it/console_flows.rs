@@ -201,8 +201,10 @@ async fn rotate_with_and_without_a_grace_period() {
 
 /// A consumer made in the console with "Max keys" 2 and "Default key" shows the default key's
 /// secret (which passes the proxy), "1 of 2" in the consumers table, and its "Keys" action shows
-/// the keys view filtered to it: one row, the default key. Revoking that key in the console shows
-/// the replacement's secret, and the consumer has again exactly one default key.
+/// the keys view filtered to it: one row, the default key. A key made from that view is the
+/// consumer's; a third is refused (max_keys) with the API's message in the dialog. Revoking the
+/// default key in the console (the consumer at its max_keys) shows the replacement's secret, and
+/// the consumer has again exactly one default key.
 /// Fails when the page drops `default_key` from the create, or ignores the revoke's replacement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_with_a_default_key_keeps_one() {
@@ -257,16 +259,55 @@ async fn a_consumer_with_a_default_key_keeps_one() {
     let name = b.text_of(&format!("{} .name", row_css(&first_id))).await;
     assert_eq!(name.trim(), DEFAULT_KEY_NAME);
 
+    // A key made from the filtered view is the consumer's; the third is past max_keys.
+    b.click("create-key").await;
+    b.wait_dialog("key-dialog").await;
+    assert_eq!(b.value_of("#key-consumer").await, "globex");
+    b.fill("key-name", "Second").await;
+    b.click("key-submit").await;
+    b.shown_secret().await;
+    b.click("secret-done").await;
+    b.wait_dialog_closed("secret-dialog").await;
+    let second_key = f
+        .api()
+        .all_keys("&consumer=globex")
+        .await
+        .into_iter()
+        .find(|k| k["name"] == "Second")
+        .expect("no key Second of globex")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut both = vec![first_id.clone(), second_key.clone()];
+    both.sort();
+    wait_key_rows(b, "globex's two keys", &both).await;
+    b.click("create-key").await;
+    b.wait_dialog("key-dialog").await;
+    b.fill("key-name", "Third").await;
+    b.click("key-submit").await;
+    let refused = b.wait_for("#key-form-error").await;
+    let refused = refused.text().await.unwrap();
+    assert!(refused.contains("max_keys"), "the error: {refused:?}");
+    b.click("key-cancel").await;
+    b.wait_dialog_closed("key-dialog").await;
+    assert_eq!(f.api().all_keys("&consumer=globex").await.len(), 2);
+
+    // At its max_keys, the default key is still replaced when revoked.
     b.key_action(&first_id, "revoke").await;
     b.wait_dialog("confirm-dialog").await;
     b.click("confirm-yes").await;
     let second = b.shown_secret().await;
     assert_ne!(second, first);
     let keys = f.api().all_keys("&consumer=globex").await;
-    assert_eq!(keys.len(), 1, "globex's keys after the revoke: {keys:#?}");
-    assert_eq!(keys[0]["name"], DEFAULT_KEY_NAME);
-    let second_id = keys[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(keys.len(), 2, "globex's keys after the revoke: {keys:#?}");
+    let defaults: Vec<&Value> = keys
+        .iter()
+        .filter(|k| k["name"] == DEFAULT_KEY_NAME)
+        .collect();
+    assert_eq!(defaults.len(), 1, "default keys of globex: {keys:#?}");
+    let second_id = defaults[0]["id"].as_str().unwrap().to_owned();
     assert_ne!(second_id, first_id, "the revoked key is still there");
+    assert!(keys.iter().any(|k| k["id"] == second_key.as_str()));
     assert_admitted(f.kg.proxy, &second, &second_id).await;
     assert_eq!(call(f.kg.proxy, &first).await.status, 403);
     let dialog = b.text_of("#secret-dialog").await;
@@ -280,15 +321,17 @@ async fn a_consumer_with_a_default_key_keeps_one() {
         .find(|c| c["id"] == "globex")
         .expect("no consumer globex")
         .clone();
-    assert_eq!(globex["keys"], 1, "{globex}");
+    assert_eq!(globex["keys"], 2, "{globex}");
     assert_eq!(globex["max_keys"], 2, "{globex}");
     assert_eq!(globex["default_key"], true, "{globex}");
     b.click("secret-done").await;
-    wait_key_rows(b, "the replacement only", std::slice::from_ref(&second_id)).await;
+    let mut both = vec![second_id.clone(), second_key.clone()];
+    both.sort();
+    wait_key_rows(b, "the replacement and Second", &both).await;
     b.click("nav-consumers").await;
     b.wait_js(
-        "globex's row to say 1 of 2 keys after the revoke",
-        "const c = document.querySelector(arguments[0]); return !!c && c.textContent.trim() === '1 of 2';",
+        "globex's row to say 2 of 2 keys after the revoke",
+        "const c = document.querySelector(arguments[0]); return !!c && c.textContent.trim() === '2 of 2';",
         vec![json!(format!("{row} td:nth-child(3)"))],
     )
     .await;
