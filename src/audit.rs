@@ -118,6 +118,13 @@ pub fn append(path: &Path, entry: &Entry<'_>, now: SystemTime) -> std::io::Resul
     bytes.push(b'\n');
     let _in_process = APPEND.lock().unwrap_or_else(|p| p.into_inner());
     let created = !path.exists();
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        // `audit_log = "audit/keygate.jsonl"`: a missing directory is made, not a failed change.
+        std::fs::create_dir_all(dir)?;
+    }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

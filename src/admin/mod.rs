@@ -366,13 +366,20 @@ impl Admin {
             .sessions
             .touch(token, std::time::Instant::now(), idle, max)
             .map_err(|_| ended())?;
-        // The admin key may have been removed or changed role since sign-in.
-        let Some(role) = role_of(&snap, &session.admin_id) else {
+        // The admin key may have been removed, given a new secret (it leaked?) or another role
+        // since sign-in: the session is the secret signed in with, not only the id.
+        let Some(role) = snap
+            .admin
+            .as_ref()
+            .and_then(|a| a.keys.get(&session.admin_hash))
+            .filter(|k| k.id.as_str() == session.admin_id)
+            .map(|k| k.role)
+        else {
             self.sessions.close(token);
             return Err(ended());
         };
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
-            same_origin(req, &session, self.https)?;
+            same_origin(req, &session, self.https_for(req, peer))?;
         }
         Ok(Caller {
             actor: Actor::admin(&session.admin_id, peer),
@@ -448,7 +455,8 @@ impl Admin {
     async fn sign_in(&self, req: Request<Incoming>, peer: IpAddr) -> Answer {
         let anonymous = Actor::admin("anonymous", peer);
         // A sign-in from another site would sign the browser in as someone else.
-        if !origin_is_own(&req, self.https) {
+        let https = self.https_for(&req, peer);
+        if !origin_is_own(&req, https) {
             return Err(cross_site());
         }
         let SignIn { key } = body(req).await?;
@@ -470,10 +478,13 @@ impl Admin {
             }
         };
         let now = std::time::Instant::now();
-        let (token, session) = self.sessions.open(admin.id.as_str(), now).map_err(|e| {
-            tracing::error!(error = %e, "no randomness for a session token");
-            Problem::internal()
-        })?;
+        let (token, session) = self
+            .sessions
+            .open(admin.id.as_str(), KeyHash::of(key.as_bytes()), now)
+            .map_err(|e| {
+                tracing::error!(error = %e, "no randomness for a session token");
+                Problem::internal()
+            })?;
         let actor = Actor::admin(admin.id.as_str(), peer);
         self.audit(
             &actor,
@@ -484,10 +495,28 @@ impl Admin {
         )
         .await?;
         let mut resp = json(StatusCode::OK, &self.session_view(&session, admin.role))?;
-        if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&token, self.https)) {
+        if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&token, https)) {
             resp.headers_mut().insert(SET_COOKIE, v);
         }
         Ok(resp)
+    }
+
+    /// The browser reached the console over HTTPS: this listener's own TLS, or a TLS-ending
+    /// proxy of `[server] trusted_proxies` that says so in `X-Forwarded-Proto`. The origin a
+    /// change must come from, and whether the cookie is `Secure`, follow.
+    fn https_for(&self, req: &Request<Incoming>, peer: IpAddr) -> bool {
+        if self.https {
+            return true;
+        }
+        let snap = self.published.load();
+        let trusted = &snap.server.trusted_proxies;
+        let peer = crate::proxy::client_ip::canonical(peer);
+        !trusted.is_empty()
+            && trusted.allows(peer)
+            && req
+                .headers()
+                .get("x-forwarded-proto")
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
     }
 
     fn session_view(&self, s: &session::Session, role: Role) -> Value {
@@ -614,7 +643,9 @@ impl Admin {
                     .await?;
                 }
                 let mut resp = no_content()?;
-                if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(self.https)) {
+                if let Ok(v) =
+                    HeaderValue::from_str(&session::clear_cookie(self.https_for(&req, peer)))
+                {
                     resp.headers_mut().insert(SET_COOKIE, v);
                 }
                 Ok(resp)
@@ -949,7 +980,7 @@ impl Admin {
     /// `GET /v1/audit`: the audit log, newest first.
     async fn list_audit(&self, query: &str) -> Answer {
         let q = Page::parse(query, &["object"])?;
-        let after = match &q.after {
+        let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
             None => None,
             Some(a) => Some(a.parse::<u64>().map_err(|_| {
                 field_problem("after", "after must be an entry's id (a number)".into())
@@ -1069,16 +1100,6 @@ fn session_limits(snap: &Snapshot) -> (Duration, Duration) {
         .map_or((DEFAULT_SESSION_IDLE, DEFAULT_SESSION_MAX), |a| {
             (a.session_idle, a.session_max)
         })
-}
-
-/// The role of admin key `id` in the config now, if it is still there.
-fn role_of(snap: &Snapshot, id: &str) -> Option<Role> {
-    snap.admin
-        .as_ref()?
-        .keys
-        .values()
-        .find(|k| k.id.as_str() == id)
-        .map(|k| k.role)
 }
 
 #[derive(serde::Deserialize)]
@@ -1213,7 +1234,7 @@ impl Page {
                 }
                 "after" => page.after = Some(v),
                 "consumer" => page.consumer = Some(v),
-                "object" => page.object = Some(v),
+                "object" => page.object = Some(v).filter(|o| !o.is_empty()),
                 "q" => page.q = Some(v.trim().to_lowercase()).filter(|q| !q.is_empty()),
                 "status" => {
                     page.status = Some(match v.as_str() {

@@ -925,7 +925,7 @@ async fn audit_log_path_is_relative_to_the_config_file() {
         Some(INITIAL_KEYS),
     )
     .await;
-    std::fs::create_dir(files.dir.join("custom")).unwrap();
+    // The directory does not exist: keygate makes it rather than fail the change.
     files.add_to_admin("audit_log = \"custom/path.jsonl\"");
     let g = Gateway::serve(files).await;
     let (_, secret) = g.api().create_key(json!({"id": "logged"})).await;
@@ -1224,5 +1224,67 @@ async fn bad_session_durations_are_refused_with_file_line_and_key() {
         assert!(err.contains(&format!("keygate.toml:{line}:")), "{err}");
         assert!(err.contains(setting), "{err}");
         assert!(err.contains(value), "{err}");
+    }
+}
+
+/// Behind a TLS-ending proxy of `trusted_proxies` that says `X-Forwarded-Proto: https`, the
+/// console's origin is `https://…` and its cookie `Secure`; the same header from a peer that is
+/// not trusted changes nothing. Breaks when the header is ignored (every change from the
+/// proxied page refused) or believed from anyone (a plain-HTTP page's `http://` origin
+/// refused, or the cookie `Secure` where the browser would not send it back).
+#[tokio::test]
+async fn behind_a_trusted_tls_proxy_the_console_origin_is_https() {
+    for (trusted, name) in [
+        ("127.0.0.1", "console-xfp"),
+        ("10.0.0.1", "console-xfp-untrusted"),
+    ] {
+        let files = Files::new(name, None, "127.0.0.1:0", Some(INITIAL_KEYS)).await;
+        let text = std::fs::read_to_string(&files.config).unwrap();
+        let text = text.replacen(
+            "[server]\n",
+            &format!("[server]\ntrusted_proxies = [\"{trusted}\"]\n"),
+            1,
+        );
+        std::fs::write(&files.config, text).unwrap();
+        let g = Gateway::serve(files).await;
+        let console = Console::plain(g.admin);
+        let believed = trusted == "127.0.0.1";
+        let https_origin = format!("https://{}", console.host());
+        let body = json!({ "key": ADMIN_SECRET }).to_string();
+        let resp = console
+            .send(
+                "POST",
+                "/v1/session",
+                &[("origin", &https_origin), ("x-forwarded-proto", "https")],
+                Some(&body),
+            )
+            .await;
+        if !believed {
+            assert_eq!(resp.status, 403, "an https origin over plain HTTP let in");
+            continue;
+        }
+        let body = expect(&resp, 200);
+        let cookie = SetCookie::of(&resp);
+        assert!(
+            cookie.sorted_attrs().iter().any(|a| a == "Secure"),
+            "{cookie:?}"
+        );
+        let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+        let session = format!("{COOKIE}={}", cookie.value);
+        let change = |origin: String| {
+            let (session, csrf, console) = (session.clone(), csrf.clone(), console.clone());
+            async move {
+                let headers = [
+                    ("cookie", session.as_str()),
+                    ("x-csrf-token", csrf.as_str()),
+                    ("origin", origin.as_str()),
+                    ("x-forwarded-proto", "https"),
+                ];
+                console.send("POST", "/v1/keys", &headers, Some("{}")).await
+            }
+        };
+        assert_eq!(change(https_origin.clone()).await.status, 201);
+        let plain = format!("http://{}", console.host());
+        assert_eq!(change(plain).await.status, 403);
     }
 }
