@@ -755,17 +755,14 @@ impl Admin {
             (Method::POST, ["v1", "consumers"]) => {
                 let new: store::NewConsumer = body(req).await?;
                 let (id, prefix) = (new.id.clone(), self.secret_prefix());
-                let made = self.write(move |s| s.create_consumer(new, &prefix)).await?;
-                let mut after = self.consumer_value(&id);
-                self.audit(actor, "consumer.create", &id, &Value::Null, &after)
-                    .await?;
-                if let Some(made) = made {
-                    let made = self.made_default_key(actor, made).await?;
-                    if let Some(o) = after.as_object_mut() {
-                        o.insert("default_key_created".into(), made);
-                    }
-                }
-                json(StatusCode::CREATED, &after)
+                self.change_consumer(actor, "consumer.create", id, move |s| {
+                    s.create_consumer(new, &prefix)
+                })
+                .await
+                .map(|mut resp| {
+                    *resp.status_mut() = StatusCode::CREATED;
+                    resp
+                })
             }
             (Method::GET, ["v1", "consumers", id]) => {
                 let snap = self.published.load();
@@ -777,7 +774,7 @@ impl Admin {
             (Method::PATCH, ["v1", "consumers", id]) => {
                 let patch: store::ConsumerPatch = body(req).await?;
                 let (id, prefix) = (id.to_string(), self.secret_prefix());
-                self.change_consumer(actor, id.clone(), move |s| {
+                self.change_consumer(actor, "consumer.update", id.clone(), move |s| {
                     s.update_consumer(&id, patch, &prefix)
                 })
                 .await
@@ -796,7 +793,7 @@ impl Admin {
             (Method::POST, ["v1", "consumers", id, "allow_ips"]) => {
                 let c: Cidr = body(req).await?;
                 let id = id.to_string();
-                self.change_consumer(actor, id.clone(), move |s| {
+                self.change_consumer(actor, "consumer.update", id.clone(), move |s| {
                     Ok(s.add_consumer_ip(&id, &c.cidr)?.map(|()| None))
                 })
                 .await
@@ -805,7 +802,7 @@ impl Admin {
                 if !cidr.is_empty() =>
             {
                 let (id, cidr) = (id.to_string(), cidr.join("/"));
-                self.change_consumer(actor, id.clone(), move |s| {
+                self.change_consumer(actor, "consumer.update", id.clone(), move |s| {
                     Ok(s.remove_consumer_ip(&id, &cidr)?.map(|()| None))
                 })
                 .await
@@ -868,6 +865,7 @@ impl Admin {
     async fn change_consumer(
         &self,
         actor: &Actor,
+        action: &'static str,
         id: String,
         change: impl FnOnce(&Store) -> Result<Written<Option<(String, String)>>, StoreError>
         + Send
@@ -879,8 +877,7 @@ impl Admin {
         if after.is_null() {
             return Err(Problem::not_found("consumer", &id));
         }
-        self.audit(actor, "consumer.update", &id, &before, &after)
-            .await?;
+        self.audit(actor, action, &id, &before, &after).await?;
         if let Some(made) = made {
             let made = self.made_default_key(actor, made).await?;
             if let Some(o) = after.as_object_mut() {
