@@ -1054,7 +1054,8 @@ impl Admin {
 /// Kept beside [`Admin::route`]'s arms, which it must match.
 fn allowed(segs: &[&str]) -> Option<&'static str> {
     match segs {
-        ["healthz" | "readyz" | "metrics"] => Some(PROBE_METHODS),
+        // The probes, and the console's page and files.
+        ["healthz" | "readyz" | "metrics" | ""] | ["console", _] => Some(PROBE_METHODS),
         ["v1", "session"] => Some("GET, POST, DELETE"),
         ["v1", "targets" | "audit"] => Some("GET"),
         ["v1", "keys" | "consumers"] => Some("GET, POST"),
