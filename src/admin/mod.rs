@@ -124,9 +124,25 @@ impl Admin {
         }
     }
 
+    /// Keeps the default keys the config asks for: at start and after each new config
+    /// generation (a reload of a hand edit that adds `default_key = true`), makes those that
+    /// are missing. Runs until the runtime stops.
+    pub async fn keep_default_keys(self: Arc<Self>) {
+        let mut seen = 0;
+        loop {
+            let generation = self.published.generation();
+            if generation != seen {
+                seen = generation;
+                let admin = self.clone();
+                let _ = tokio::task::spawn_blocking(move || admin.ensure_default_keys()).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Makes the default keys the config asks for and lacks (`default_key = true` written by
-    /// hand), audited as keygate's. Blocking: run once at start, on a blocking thread.
-    pub fn ensure_default_keys(&self) {
+    /// hand), audited as keygate's. Blocking.
+    fn ensure_default_keys(&self) {
         let snap = self.published.load();
         if store::missing_default_keys(&snap).is_empty() || snap.keys_file.is_none() {
             return;

@@ -1288,3 +1288,47 @@ async fn behind_a_trusted_tls_proxy_the_console_origin_is_https() {
         assert_eq!(change(plain).await.status, 403);
     }
 }
+
+/// A consumer given `default_key = true` by a hand edit of the keys file gets its default key
+/// once the edit is reloaded, made by keygate and audited as keygate's. Breaks when only the
+/// API and the commands make default keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_written_default_key_consumer_gets_its_key_after_the_reload() {
+    let g = Gateway::start("console-default-key-reload").await;
+    let mut text = std::fs::read_to_string(&g.files.keys).unwrap_or_default();
+    text.push_str("\n[[consumers]]\nid = \"handmade\"\ndefault_key = true\n");
+    replace_file(&g.files.keys, text.as_bytes());
+    let started = Instant::now();
+    let made = loop {
+        // 404 until the edit is reloaded.
+        let resp = g.api().get("/v1/keys?consumer=handmade").await;
+        if resp.status == 200
+            && let Some(k) = resp.json()["items"].as_array().and_then(|a| a.first())
+        {
+            break k.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no default key made: {}",
+            resp.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(made["name"], "Default key (created by keygate)", "{made}");
+    let page = expect(&g.api().get("/v1/keys?consumer=handmade").await, 200);
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    // Audited just after the write that the test saw published: polled, briefly.
+    let line = loop {
+        let lines = g.files.audit_lines();
+        if let Some(l) = lines.iter().find(|l| l["object"] == made["id"]) {
+            break l.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no audit line for {made}: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line["actor"], "keygate", "{line}");
+    assert_eq!(line["action"], "key.create", "{line}");
+}
