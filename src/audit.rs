@@ -7,7 +7,7 @@
 //! field → before and after, computed from the API's views of the object, which never carry
 //! a secret or a hash).
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -118,6 +118,13 @@ pub fn append(path: &Path, entry: &Entry<'_>, now: SystemTime) -> std::io::Resul
     bytes.push(b'\n');
     let _in_process = APPEND.lock().unwrap_or_else(|p| p.into_inner());
     let created = !path.exists();
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        // `audit_log = "audit/keygate.jsonl"`: a missing directory is made, not a failed change.
+        std::fs::create_dir_all(dir)?;
+    }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -178,40 +185,71 @@ fn is_noise(field: &str) -> bool {
     matches!(field, "last_used_at" | "keys" | "secret" | "managed")
 }
 
-/// One page of the log, newest first: lines before line `after` (a line number, as `id`),
-/// about `object` when given. Returns the page and the `after` of the next one.
+/// One page of the log, newest first: lines that start before byte `after` (an entry's `id` is
+/// the byte offset its line starts at), about `object` when given. Returns the page and the
+/// `after` of the next one. The file is read backwards from `after` in chunks, so a page costs
+/// what it shows, not the size of the log (a filter by object may read further to fill it).
 pub fn page(
     path: &Path,
     object: Option<&str>,
     after: Option<u64>,
     limit: usize,
 ) -> std::io::Result<(Vec<Value>, Option<String>)> {
-    let file = match std::fs::File::open(path) {
+    use std::io::{Read, Seek, SeekFrom};
+    const CHUNK: u64 = 64 * 1024;
+    let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
         Err(e) => return Err(e),
     };
-    // Line numbers are the ids: the file is only ever appended to, so they never move.
-    let mut matching: Vec<(u64, Value)> = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let n = n as u64 + 1;
-        if after.is_some_and(|a| n >= a) {
-            break;
+    let len = file.metadata()?.len();
+    let mut pos = after.map_or(len, |a| a.min(len));
+    // Bytes from `pos` on whose line starts further back, not yet read.
+    let mut tail: Vec<u8> = Vec::new();
+    let mut items: Vec<Value> = Vec::new();
+    // One more than the page: whether there is a next page.
+    while pos > 0 && items.len() <= limit {
+        let start = pos.saturating_sub(CHUNK);
+        let mut data = vec![0u8; (pos - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut data)?;
+        data.extend_from_slice(&tail);
+        // Lines wholly in `data`, last first; the bytes before the first newline belong to a
+        // line that starts in an earlier chunk, unless this chunk starts the file.
+        let mut end = data.len();
+        let mut lines = Vec::new();
+        for i in (0..data.len()).rev() {
+            if data[i] == b'\n' {
+                lines.push((i + 1, end));
+                end = i;
+            }
         }
-        let line = line?;
-        // A line cut short by a crash is skipped, not an error for every later reader.
-        let Ok(Value::Object(mut entry)) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if object.is_some_and(|o| entry.get("object").and_then(Value::as_str) != Some(o)) {
-            continue;
+        if start == 0 {
+            lines.push((0, end));
+            tail.clear();
+        } else {
+            tail = data[..end].to_vec();
         }
-        entry.insert("id".into(), Value::String(n.to_string()));
-        matching.push((n, Value::Object(entry)));
+        for (from, to) in lines {
+            if items.len() > limit {
+                break;
+            }
+            // A line cut short by a crash is skipped, not an error for every later reader.
+            let Ok(Value::Object(mut entry)) = serde_json::from_slice::<Value>(&data[from..to])
+            else {
+                continue;
+            };
+            if object.is_some_and(|o| entry.get("object").and_then(Value::as_str) != Some(o)) {
+                continue;
+            }
+            let offset = start + from as u64;
+            entry.insert("id".into(), Value::String(offset.to_string()));
+            items.push(Value::Object(entry));
+        }
+        pos = start;
     }
-    let more = matching.len() > limit;
-    let start = matching.len().saturating_sub(limit);
-    let items: Vec<Value> = matching.drain(start..).rev().map(|(_, v)| v).collect();
+    let more = items.len() > limit;
+    items.truncate(limit);
     let next = more
         .then(|| {
             items
@@ -263,17 +301,61 @@ mod tests {
             };
             append(&path, &entry, SystemTime::UNIX_EPOCH).unwrap();
         }
+        let objects = |items: &[Value]| -> Vec<String> {
+            items
+                .iter()
+                .map(|v| v["object"].as_str().unwrap().to_owned())
+                .collect()
+        };
         let (items, next) = page(&path, None, None, 2).unwrap();
-        let ids: Vec<&str> = items.iter().map(|v| v["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, ["5", "4"]);
-        assert_eq!(next.as_deref(), Some("4"));
-        let (items, next) = page(&path, None, Some(4), 10).unwrap();
-        let ids: Vec<&str> = items.iter().map(|v| v["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, ["3", "2", "1"]);
+        assert_eq!(objects(&items), ["key_a", "key_b"]);
+        assert_eq!(next.as_deref(), items[1]["id"].as_str());
+        let after = next.unwrap().parse().unwrap();
+        let (items, next) = page(&path, None, Some(after), 10).unwrap();
+        assert_eq!(objects(&items), ["key_a", "key_b", "key_a"]);
+        assert_eq!(items[2]["id"], "0");
         assert_eq!(next, None);
         let (items, _) = page(&path, Some("key_b"), None, 10).unwrap();
-        let ids: Vec<&str> = items.iter().map(|v| v["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, ["4", "2"]);
+        assert_eq!(objects(&items), ["key_b", "key_b"]);
+    }
+
+    /// Lines longer than the chunk read backwards, and more lines than one chunk holds, are
+    /// read whole and in order.
+    #[test]
+    fn pages_cross_chunk_boundaries() {
+        let path = scratch("chunks");
+        let actor = Actor::admin("ops", "127.0.0.1".parse().unwrap());
+        let long = "x".repeat(100_000);
+        for i in 0..600 {
+            let mut changes = Map::new();
+            if i % 200 == 0 {
+                changes.insert("name".into(), json!({"before": null, "after": long}));
+            }
+            let object = format!("key_{i}");
+            let entry = Entry {
+                actor: &actor,
+                action: "key.update",
+                object: &object,
+                changes,
+            };
+            append(&path, &entry, SystemTime::UNIX_EPOCH).unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (items, next) = page(&path, None, after, 170).unwrap();
+            seen.extend(
+                items
+                    .iter()
+                    .map(|v| v["object"].as_str().unwrap().to_owned()),
+            );
+            match next {
+                Some(n) => after = Some(n.parse().unwrap()),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..600).rev().map(|i| format!("key_{i}")).collect();
+        assert_eq!(seen, want);
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl Gateway {
             loaded,
             text,
         } = self;
+        let keys_digest = loaded.keys_digest;
         let snap = loaded.snapshot;
         let addr = listeners.proxy.local_addr()?;
         let configured = snap.server.listen;
@@ -152,7 +153,7 @@ impl Gateway {
                 config_path.clone(),
                 published.clone(),
                 configured,
-                text.as_bytes(),
+                (text.as_bytes(), keys_digest),
                 certs,
                 metrics.clone(),
             )
@@ -195,8 +196,7 @@ impl Gateway {
                 .with_https(admin_tls.is_some()),
             );
             ready = Some(admin.readiness());
-            let a = admin.clone();
-            tokio::task::spawn_blocking(move || a.ensure_default_keys());
+            tokio::spawn(admin.clone().keep_default_keys());
             tokio::spawn(admin::serve(
                 listener,
                 admin,

@@ -93,19 +93,19 @@ struct Seen {
 }
 
 impl Reloader {
-    /// `initial` is the text the published snapshot was loaded from.
+    /// `initial` is the text the published snapshot was loaded from, `keys_digest` its keys
+    /// file's (`Loaded::keys_digest`): an edit made since loading is then seen as one.
     pub fn new(
         path: PathBuf,
         published: Arc<Published>,
         listen: SocketAddr,
-        initial: &[u8],
+        (initial, keys_digest): (&[u8], [u8; 32]),
         certs: Option<Arc<CertStore>>,
         metrics: Arc<Metrics>,
     ) -> Reloader {
-        let keys_file = published.load().keys_file.clone();
         let admin_listen = published.load().admin.as_ref().map(|a| a.listen);
         let seen = Seen {
-            content: Some(digest(initial, keys_file.as_deref())),
+            content: Some(digest(initial, keys_digest)),
             failed: false,
             stamp: None,
         };
@@ -225,11 +225,11 @@ impl Reloader {
                 return Outcome::Failed;
             }
         };
-        let digest = digest(&bytes, keys_file.as_deref());
-        if seen.content == Some(digest) && trigger != Trigger::Signal {
+        let digest_now = read_digest(&bytes, keys_file.as_deref());
+        if seen.content == Some(digest_now) && trigger != Trigger::Signal {
             return Outcome::Unchanged;
         }
-        seen.content = Some(digest);
+        seen.content = Some(digest_now);
         let parsed = std::str::from_utf8(&bytes)
             .map_err(|e| LoadError::Invalid(vec![not_utf8(&self.path, &bytes, e)]))
             .and_then(|text| config::parse(text, &self.path));
@@ -246,6 +246,9 @@ impl Reloader {
             }
         };
         seen.failed = false;
+        // What was parsed, which an edit after the read above may have made newer: the next
+        // check then sees the difference.
+        seen.content = Some(digest(&bytes, loaded.keys_digest));
         self.install(loaded, trigger, started)
     }
 
@@ -254,10 +257,7 @@ impl Reloader {
     pub fn adopt(&self, loaded: Loaded, main_text: &str) -> Outcome {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
-        seen.content = Some(digest(
-            main_text.as_bytes(),
-            loaded.snapshot.keys_file.as_deref(),
-        ));
+        seen.content = Some(digest(main_text.as_bytes(), loaded.keys_digest));
         // Written just now: the next periodic check reads the files once more.
         seen.stamp = None;
         seen.failed = false;
@@ -358,13 +358,23 @@ impl Stamp {
 }
 
 /// What decides whether a reload is needed: the main file's bytes and the keys file's.
-fn digest(main: &[u8], keys_file: Option<&Path>) -> [u8; 32] {
-    let mut h = Sha256::new().chain_update(main);
-    if let Some(path) = keys_file {
-        // Unreadable reads as empty here; parsing reports it properly.
-        h.update(std::fs::read(path).unwrap_or_default());
-    }
-    h.finalize().into()
+/// What a config is: its main file's bytes and its keys file's digest.
+fn digest(main: &[u8], keys_digest: [u8; 32]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(main)
+        .chain_update(keys_digest)
+        .finalize()
+        .into()
+}
+
+/// [`digest`] of the files as they are now, without parsing them.
+fn read_digest(main: &[u8], keys_file: Option<&Path>) -> [u8; 32] {
+    // Unreadable or missing reads as empty, as `config::read_keys_file` has it; parsing
+    // reports an unreadable one properly.
+    let keys = keys_file
+        .map(|p| std::fs::read(p).unwrap_or_default())
+        .unwrap_or_default();
+    digest(main, Sha256::digest(&keys).into())
 }
 
 fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> config::ConfigError {
@@ -534,15 +544,51 @@ hash = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
         std::fs::write(&path, CONFIG).unwrap();
         let loaded = config::parse(CONFIG, &path).unwrap();
         let listen = loaded.snapshot.server.listen;
+        let keys_digest = loaded.keys_digest;
         let published = Arc::new(Published::new(loaded.snapshot));
         Reloader::new(
             path,
             published,
             listen,
-            CONFIG.as_bytes(),
+            (CONFIG.as_bytes(), keys_digest),
             None,
             Metrics::new(),
         )
+    }
+
+    /// The keys file edited between loading and the reloader's start (the harness saw this:
+    /// the edit was never applied, the reloader having hashed the new file as if loaded).
+    #[test]
+    fn a_keys_edit_made_while_starting_is_reloaded() {
+        let dir = temp_dir("edit-while-starting");
+        let path = dir.join("keygate.toml");
+        let main = format!("keys_file = \"keys.toml\"\n{CONFIG}");
+        std::fs::write(&path, &main).unwrap();
+        let keys = dir.join("keys.toml");
+        std::fs::write(&keys, "[[consumers]]\nid = \"a\"\n").unwrap();
+        let loaded = config::parse(&main, &path).unwrap();
+        std::fs::write(
+            &keys,
+            "[[consumers]]\nid = \"a\"\n\n[[consumers]]\nid = \"b\"\n",
+        )
+        .unwrap();
+        let listen = loaded.snapshot.server.listen;
+        let keys_digest = loaded.keys_digest;
+        let published = Arc::new(Published::new(loaded.snapshot));
+        let r = Reloader::new(
+            path,
+            published.clone(),
+            listen,
+            (main.as_bytes(), keys_digest),
+            None,
+            Metrics::new(),
+        );
+        assert!(matches!(
+            r.reload(Trigger::FileEvent),
+            Outcome::Published { .. }
+        ));
+        assert_eq!(published.load().consumers.len(), 2);
+        assert_eq!(r.reload(Trigger::FileEvent), Outcome::Unchanged);
     }
 
     fn temp_dir(name: &str) -> PathBuf {

@@ -124,9 +124,25 @@ impl Admin {
         }
     }
 
+    /// Keeps the default keys the config asks for: at start and after each new config
+    /// generation (a reload of a hand edit that adds `default_key = true`), makes those that
+    /// are missing. Runs until the runtime stops.
+    pub async fn keep_default_keys(self: Arc<Self>) {
+        let mut seen = 0;
+        loop {
+            let generation = self.published.generation();
+            if generation != seen {
+                seen = generation;
+                let admin = self.clone();
+                let _ = tokio::task::spawn_blocking(move || admin.ensure_default_keys()).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Makes the default keys the config asks for and lacks (`default_key = true` written by
-    /// hand), audited as keygate's. Blocking: run once at start, on a blocking thread.
-    pub fn ensure_default_keys(&self) {
+    /// hand), audited as keygate's. Blocking.
+    fn ensure_default_keys(&self) {
         let snap = self.published.load();
         if store::missing_default_keys(&snap).is_empty() || snap.keys_file.is_none() {
             return;
@@ -366,13 +382,20 @@ impl Admin {
             .sessions
             .touch(token, std::time::Instant::now(), idle, max)
             .map_err(|_| ended())?;
-        // The admin key may have been removed or changed role since sign-in.
-        let Some(role) = role_of(&snap, &session.admin_id) else {
+        // The admin key may have been removed, given a new secret (it leaked?) or another role
+        // since sign-in: the session is the secret signed in with, not only the id.
+        let Some(role) = snap
+            .admin
+            .as_ref()
+            .and_then(|a| a.keys.get(&session.admin_hash))
+            .filter(|k| k.id.as_str() == session.admin_id)
+            .map(|k| k.role)
+        else {
             self.sessions.close(token);
             return Err(ended());
         };
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
-            same_origin(req, &session, self.https)?;
+            same_origin(req, &session, self.https_for(req, peer))?;
         }
         Ok(Caller {
             actor: Actor::admin(&session.admin_id, peer),
@@ -448,7 +471,8 @@ impl Admin {
     async fn sign_in(&self, req: Request<Incoming>, peer: IpAddr) -> Answer {
         let anonymous = Actor::admin("anonymous", peer);
         // A sign-in from another site would sign the browser in as someone else.
-        if !origin_is_own(&req, self.https) {
+        let https = self.https_for(&req, peer);
+        if !origin_is_own(&req, https) {
             return Err(cross_site());
         }
         let SignIn { key } = body(req).await?;
@@ -470,10 +494,13 @@ impl Admin {
             }
         };
         let now = std::time::Instant::now();
-        let (token, session) = self.sessions.open(admin.id.as_str(), now).map_err(|e| {
-            tracing::error!(error = %e, "no randomness for a session token");
-            Problem::internal()
-        })?;
+        let (token, session) = self
+            .sessions
+            .open(admin.id.as_str(), KeyHash::of(key.as_bytes()), now)
+            .map_err(|e| {
+                tracing::error!(error = %e, "no randomness for a session token");
+                Problem::internal()
+            })?;
         let actor = Actor::admin(admin.id.as_str(), peer);
         self.audit(
             &actor,
@@ -484,10 +511,28 @@ impl Admin {
         )
         .await?;
         let mut resp = json(StatusCode::OK, &self.session_view(&session, admin.role))?;
-        if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&token, self.https)) {
+        if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&token, https)) {
             resp.headers_mut().insert(SET_COOKIE, v);
         }
         Ok(resp)
+    }
+
+    /// The browser reached the console over HTTPS: this listener's own TLS, or a TLS-ending
+    /// proxy of `[server] trusted_proxies` that says so in `X-Forwarded-Proto`. The origin a
+    /// change must come from, and whether the cookie is `Secure`, follow.
+    fn https_for(&self, req: &Request<Incoming>, peer: IpAddr) -> bool {
+        if self.https {
+            return true;
+        }
+        let snap = self.published.load();
+        let trusted = &snap.server.trusted_proxies;
+        let peer = crate::proxy::client_ip::canonical(peer);
+        !trusted.is_empty()
+            && trusted.allows(peer)
+            && req
+                .headers()
+                .get("x-forwarded-proto")
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
     }
 
     fn session_view(&self, s: &session::Session, role: Role) -> Value {
@@ -614,7 +659,9 @@ impl Admin {
                     .await?;
                 }
                 let mut resp = no_content()?;
-                if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(self.https)) {
+                if let Ok(v) =
+                    HeaderValue::from_str(&session::clear_cookie(self.https_for(&req, peer)))
+                {
                     resp.headers_mut().insert(SET_COOKIE, v);
                 }
                 Ok(resp)
@@ -724,17 +771,14 @@ impl Admin {
             (Method::POST, ["v1", "consumers"]) => {
                 let new: store::NewConsumer = body(req).await?;
                 let (id, prefix) = (new.id.clone(), self.secret_prefix());
-                let made = self.write(move |s| s.create_consumer(new, &prefix)).await?;
-                let mut after = self.consumer_value(&id);
-                self.audit(actor, "consumer.create", &id, &Value::Null, &after)
-                    .await?;
-                if let Some(made) = made {
-                    let made = self.made_default_key(actor, made).await?;
-                    if let Some(o) = after.as_object_mut() {
-                        o.insert("default_key_created".into(), made);
-                    }
-                }
-                json(StatusCode::CREATED, &after)
+                self.change_consumer(actor, "consumer.create", id, move |s| {
+                    s.create_consumer(new, &prefix)
+                })
+                .await
+                .map(|mut resp| {
+                    *resp.status_mut() = StatusCode::CREATED;
+                    resp
+                })
             }
             (Method::GET, ["v1", "consumers", id]) => {
                 let snap = self.published.load();
@@ -746,7 +790,7 @@ impl Admin {
             (Method::PATCH, ["v1", "consumers", id]) => {
                 let patch: store::ConsumerPatch = body(req).await?;
                 let (id, prefix) = (id.to_string(), self.secret_prefix());
-                self.change_consumer(actor, id.clone(), move |s| {
+                self.change_consumer(actor, "consumer.update", id.clone(), move |s| {
                     s.update_consumer(&id, patch, &prefix)
                 })
                 .await
@@ -765,7 +809,7 @@ impl Admin {
             (Method::POST, ["v1", "consumers", id, "allow_ips"]) => {
                 let c: Cidr = body(req).await?;
                 let id = id.to_string();
-                self.change_consumer(actor, id.clone(), move |s| {
+                self.change_consumer(actor, "consumer.update", id.clone(), move |s| {
                     Ok(s.add_consumer_ip(&id, &c.cidr)?.map(|()| None))
                 })
                 .await
@@ -774,7 +818,7 @@ impl Admin {
                 if !cidr.is_empty() =>
             {
                 let (id, cidr) = (id.to_string(), cidr.join("/"));
-                self.change_consumer(actor, id.clone(), move |s| {
+                self.change_consumer(actor, "consumer.update", id.clone(), move |s| {
                     Ok(s.remove_consumer_ip(&id, &cidr)?.map(|()| None))
                 })
                 .await
@@ -837,6 +881,7 @@ impl Admin {
     async fn change_consumer(
         &self,
         actor: &Actor,
+        action: &'static str,
         id: String,
         change: impl FnOnce(&Store) -> Result<Written<Option<(String, String)>>, StoreError>
         + Send
@@ -848,8 +893,7 @@ impl Admin {
         if after.is_null() {
             return Err(Problem::not_found("consumer", &id));
         }
-        self.audit(actor, "consumer.update", &id, &before, &after)
-            .await?;
+        self.audit(actor, action, &id, &before, &after).await?;
         if let Some(made) = made {
             let made = self.made_default_key(actor, made).await?;
             if let Some(o) = after.as_object_mut() {
@@ -949,7 +993,7 @@ impl Admin {
     /// `GET /v1/audit`: the audit log, newest first.
     async fn list_audit(&self, query: &str) -> Answer {
         let q = Page::parse(query, &["object"])?;
-        let after = match &q.after {
+        let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
             None => None,
             Some(a) => Some(a.parse::<u64>().map_err(|_| {
                 field_problem("after", "after must be an entry's id (a number)".into())
@@ -1026,7 +1070,8 @@ impl Admin {
 /// Kept beside [`Admin::route`]'s arms, which it must match.
 fn allowed(segs: &[&str]) -> Option<&'static str> {
     match segs {
-        ["healthz" | "readyz" | "metrics"] => Some(PROBE_METHODS),
+        // The probes, and the console's page and files.
+        ["healthz" | "readyz" | "metrics" | ""] | ["console", _] => Some(PROBE_METHODS),
         ["v1", "session"] => Some("GET, POST, DELETE"),
         ["v1", "targets" | "audit"] => Some("GET"),
         ["v1", "keys" | "consumers"] => Some("GET, POST"),
@@ -1069,16 +1114,6 @@ fn session_limits(snap: &Snapshot) -> (Duration, Duration) {
         .map_or((DEFAULT_SESSION_IDLE, DEFAULT_SESSION_MAX), |a| {
             (a.session_idle, a.session_max)
         })
-}
-
-/// The role of admin key `id` in the config now, if it is still there.
-fn role_of(snap: &Snapshot, id: &str) -> Option<Role> {
-    snap.admin
-        .as_ref()?
-        .keys
-        .values()
-        .find(|k| k.id.as_str() == id)
-        .map(|k| k.role)
 }
 
 #[derive(serde::Deserialize)]
@@ -1213,7 +1248,7 @@ impl Page {
                 }
                 "after" => page.after = Some(v),
                 "consumer" => page.consumer = Some(v),
-                "object" => page.object = Some(v),
+                "object" => page.object = Some(v).filter(|o| !o.is_empty()),
                 "q" => page.q = Some(v.trim().to_lowercase()).filter(|q| !q.is_empty()),
                 "status" => {
                     page.status = Some(match v.as_str() {

@@ -29,6 +29,8 @@ pub struct Session {
     /// The admin key's id: who is signed in. Their role is read from the config on each
     /// request, so a changed or removed admin key takes effect at once.
     pub admin_id: String,
+    /// The hash of the secret signed in with: a replaced secret ends the session.
+    pub admin_hash: KeyHash,
     pub csrf: String,
     pub started: Instant,
     last: Instant,
@@ -53,11 +55,13 @@ impl Sessions {
     pub fn open(
         &self,
         admin_id: &str,
+        admin_hash: KeyHash,
         now: Instant,
     ) -> Result<(String, Session), getrandom::Error> {
         let token = secret::generate("")?;
         let session = Session {
             admin_id: admin_id.to_owned(),
+            admin_hash,
             csrf: secret::generate("")?,
             started: now,
             last: now,
@@ -147,7 +151,7 @@ mod tests {
     fn a_session_ends_when_idle_and_at_its_maximum_age_however_busy() {
         let sessions = Sessions::default();
         let t0 = Instant::now();
-        let (token, s) = sessions.open("ops", t0).unwrap();
+        let (token, s) = sessions.open("ops", KeyHash::of(b"s"), t0).unwrap();
         assert_eq!(s.admin_id, "ops");
         // Used every 20 minutes: never idle, but over after 12 hours.
         let mut now = t0;
@@ -165,7 +169,7 @@ mod tests {
             Closed::Unknown
         );
 
-        let (token, _) = sessions.open("ops", t0).unwrap();
+        let (token, _) = sessions.open("ops", KeyHash::of(b"s"), t0).unwrap();
         let late = t0 + IDLE;
         assert_eq!(
             sessions.touch(&token, late, IDLE, MAX).unwrap_err(),
@@ -177,7 +181,7 @@ mod tests {
     fn closed_and_forged_tokens_open_nothing() {
         let sessions = Sessions::default();
         let now = Instant::now();
-        let (token, _) = sessions.open("ops", now).unwrap();
+        let (token, _) = sessions.open("ops", KeyHash::of(b"s"), now).unwrap();
         assert_eq!(
             sessions.touch("forged", now, IDLE, MAX).unwrap_err(),
             Closed::Unknown

@@ -70,6 +70,9 @@ impl fmt::Display for Problems<'_> {
 pub struct Loaded {
     pub snapshot: Snapshot,
     pub warnings: Vec<ConfigError>,
+    /// SHA-256 of the keys file's text this config was made from (of nothing without one):
+    /// the reloader compares it, not a second read that an edit in between would fool.
+    pub keys_digest: [u8; 32],
 }
 
 /// Reads and validates a config file (and the keys file it names).
@@ -139,7 +142,15 @@ fn parse_files(
             _ => None,
         };
         match validate::validate(&main, managed.as_ref()) {
-            Ok((snapshot, warnings)) => return Ok(Loaded { snapshot, warnings }),
+            Ok((snapshot, warnings)) => {
+                let text = keys.as_ref().map_or("", |(_, t)| t.as_ref());
+                let keys_digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into();
+                return Ok(Loaded {
+                    snapshot,
+                    warnings,
+                    keys_digest,
+                });
+            }
             Err(Failure::Invalid(mut problems)) => {
                 problems
                     .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));

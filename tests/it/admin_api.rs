@@ -1055,6 +1055,9 @@ async fn unknown_ids_endpoints_and_methods_and_taken_ids() {
         405,
         "method_not_allowed",
     );
+    // The console's page is GET and HEAD only, like the probes.
+    let put = api.send("PUT", "/", Some("{}")).await;
+    assert_problem(&put, 405, "method_not_allowed");
 
     let before = gw.files.keys_bytes();
     for id in ["k", STATIC_ID] {

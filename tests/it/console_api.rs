@@ -925,7 +925,7 @@ async fn audit_log_path_is_relative_to_the_config_file() {
         Some(INITIAL_KEYS),
     )
     .await;
-    std::fs::create_dir(files.dir.join("custom")).unwrap();
+    // The directory does not exist: keygate makes it rather than fail the change.
     files.add_to_admin("audit_log = \"custom/path.jsonl\"");
     let g = Gateway::serve(files).await;
     let (_, secret) = g.api().create_key(json!({"id": "logged"})).await;
@@ -1225,4 +1225,110 @@ async fn bad_session_durations_are_refused_with_file_line_and_key() {
         assert!(err.contains(setting), "{err}");
         assert!(err.contains(value), "{err}");
     }
+}
+
+/// Behind a TLS-ending proxy of `trusted_proxies` that says `X-Forwarded-Proto: https`, the
+/// console's origin is `https://…` and its cookie `Secure`; the same header from a peer that is
+/// not trusted changes nothing. Breaks when the header is ignored (every change from the
+/// proxied page refused) or believed from anyone (a plain-HTTP page's `http://` origin
+/// refused, or the cookie `Secure` where the browser would not send it back).
+#[tokio::test]
+async fn behind_a_trusted_tls_proxy_the_console_origin_is_https() {
+    for (trusted, name) in [
+        ("127.0.0.1", "console-xfp"),
+        ("10.0.0.1", "console-xfp-untrusted"),
+    ] {
+        let files = Files::new(name, None, "127.0.0.1:0", Some(INITIAL_KEYS)).await;
+        let text = std::fs::read_to_string(&files.config).unwrap();
+        let text = text.replacen(
+            "[server]\n",
+            &format!("[server]\ntrusted_proxies = [\"{trusted}\"]\n"),
+            1,
+        );
+        std::fs::write(&files.config, text).unwrap();
+        let g = Gateway::serve(files).await;
+        let console = Console::plain(g.admin);
+        let believed = trusted == "127.0.0.1";
+        let https_origin = format!("https://{}", console.host());
+        let body = json!({ "key": ADMIN_SECRET }).to_string();
+        let resp = console
+            .send(
+                "POST",
+                "/v1/session",
+                &[("origin", &https_origin), ("x-forwarded-proto", "https")],
+                Some(&body),
+            )
+            .await;
+        if !believed {
+            assert_eq!(resp.status, 403, "an https origin over plain HTTP let in");
+            continue;
+        }
+        let body = expect(&resp, 200);
+        let cookie = SetCookie::of(&resp);
+        assert!(
+            cookie.sorted_attrs().iter().any(|a| a == "Secure"),
+            "{cookie:?}"
+        );
+        let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+        let session = format!("{COOKIE}={}", cookie.value);
+        let change = |origin: String| {
+            let (session, csrf, console) = (session.clone(), csrf.clone(), console.clone());
+            async move {
+                let headers = [
+                    ("cookie", session.as_str()),
+                    ("x-csrf-token", csrf.as_str()),
+                    ("origin", origin.as_str()),
+                    ("x-forwarded-proto", "https"),
+                ];
+                console.send("POST", "/v1/keys", &headers, Some("{}")).await
+            }
+        };
+        assert_eq!(change(https_origin.clone()).await.status, 201);
+        let plain = format!("http://{}", console.host());
+        assert_eq!(change(plain).await.status, 403);
+    }
+}
+
+/// A consumer given `default_key = true` by a hand edit of the keys file gets its default key
+/// once the edit is reloaded, made by keygate and audited as keygate's. Breaks when only the
+/// API and the commands make default keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_written_default_key_consumer_gets_its_key_after_the_reload() {
+    let g = Gateway::start("console-default-key-reload").await;
+    let mut text = std::fs::read_to_string(&g.files.keys).unwrap_or_default();
+    text.push_str("\n[[consumers]]\nid = \"handmade\"\ndefault_key = true\n");
+    replace_file(&g.files.keys, text.as_bytes());
+    let started = Instant::now();
+    let made = loop {
+        // 404 until the edit is reloaded.
+        let resp = g.api().get("/v1/keys?consumer=handmade").await;
+        if resp.status == 200
+            && let Some(k) = resp.json()["items"].as_array().and_then(|a| a.first())
+        {
+            break k.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no default key made: {}",
+            resp.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(made["name"], "Default key (created by keygate)", "{made}");
+    let page = expect(&g.api().get("/v1/keys?consumer=handmade").await, 200);
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    // Audited just after the write that the test saw published: polled, briefly.
+    let line = loop {
+        let lines = g.files.audit_lines();
+        if let Some(l) = lines.iter().find(|l| l["object"] == made["id"]) {
+            break l.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no audit line for {made}: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line["actor"], "keygate", "{line}");
+    assert_eq!(line["action"], "key.create", "{line}");
 }
