@@ -295,7 +295,12 @@ impl From<StoreError> for Problem {
             StoreError::ReadOnly { what: "key", .. } => (StatusCode::CONFLICT, "key_read_only"),
             StoreError::ReadOnly { .. } => (StatusCode::CONFLICT, "consumer_read_only"),
             StoreError::Taken { .. } => (StatusCode::CONFLICT, "id_taken"),
-            StoreError::KeyLimit(_) => (StatusCode::CONFLICT, "key_limit_reached"),
+            StoreError::KeyLimit(_) => {
+                // Named, so that a form shows it beside the consumer it chose.
+                let mut p = Problem::new(StatusCode::CONFLICT, "key_limit_reached", detail);
+                p.field = Some("consumer".into());
+                return p;
+            }
             StoreError::ConsumerInUse(_) => (StatusCode::CONFLICT, "consumer_in_use"),
             StoreError::BadField { field, .. } => {
                 let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid_field", detail);

@@ -712,6 +712,7 @@ async fn max_keys_refuses_one_key_too_many() {
         "key_limit_reached",
     );
     assert!(p["detail"].as_str().unwrap().contains("small"), "{p}");
+    assert_eq!(p["field"], "consumer", "{p}");
     assert_eq!(
         gw.files.keys_bytes(),
         before,

@@ -285,7 +285,8 @@ async fn a_consumer_with_a_default_key_keeps_one() {
     b.wait_dialog("key-dialog").await;
     b.fill("key-name", "Third").await;
     b.click("key-submit").await;
-    let refused = b.wait_for("#key-form-error").await;
+    // The API names the consumer as the field at fault: the error stands beside it.
+    let refused = b.wait_for("[data-error-for=\"consumer\"]").await;
     let refused = refused.text().await.unwrap();
     assert!(refused.contains("max_keys"), "the error: {refused:?}");
     b.click("key-cancel").await;
