@@ -234,7 +234,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     use crate::http::listener::{self, Connection, Front, Worker};
-    let front = Front::new("admin", admin.published.clone()).with_tls(tls);
+    let front = Front::new("admin", admin.published.clone())
+        .with_tls(tls)
+        .with_handshake_timeout(|snap| {
+            let tls = snap.admin.as_ref().and_then(|a| a.tls.as_ref());
+            tls.map(|t| t.handshake_timeout)
+        });
     let handler = move |req: Request<Incoming>, conn: &Connection| {
         let (admin, peer) = (admin.clone(), conn.peer.ip());
         async move { admin.handle(req, peer).await }

@@ -87,6 +87,15 @@ pub struct Front {
     name: &'static str,
     published: Arc<Published>,
     tls: Option<TlsAcceptor>,
+    /// Where this port's `handshake_timeout` is in the config (`[server.tls]` by default).
+    handshake_timeout: HandshakeTimeout,
+}
+
+/// Reads a port's TLS `handshake_timeout` from the config in force.
+pub type HandshakeTimeout = fn(&crate::snapshot::Snapshot) -> Option<std::time::Duration>;
+
+fn server_handshake_timeout(snap: &crate::snapshot::Snapshot) -> Option<std::time::Duration> {
+    snap.server.tls.as_ref().map(|t| t.handshake_timeout)
 }
 
 impl Front {
@@ -96,11 +105,18 @@ impl Front {
             name,
             published,
             tls: None,
+            handshake_timeout: server_handshake_timeout,
         }
     }
 
-    /// With `tls`, every connection must complete a TLS handshake within `[server.tls]
-    /// handshake_timeout` first.
+    /// Reads the TLS handshake's time limit with `read` instead (`[admin.tls]`'s, say).
+    pub fn with_handshake_timeout(mut self, read: HandshakeTimeout) -> Front {
+        self.handshake_timeout = read;
+        self
+    }
+
+    /// With `tls`, every connection must complete a TLS handshake within the port's
+    /// `handshake_timeout` first (`[server.tls]`'s unless [`Front::with_handshake_timeout`]).
     pub fn with_tls(mut self, tls: Option<TlsAcceptor>) -> Front {
         self.tls = tls;
         self
@@ -476,7 +492,8 @@ async fn accept_loop<H: Handler>(
             peer,
             idle_timeout,
         };
-        tokio::spawn(conn.serve(stream, front.tls.clone()));
+        let tls = front.tls.clone().map(|t| (t, front.handshake_timeout));
+        tokio::spawn(conn.serve(stream, tls));
     }
     drop(listener);
     tracing::info!(
@@ -534,19 +551,13 @@ struct Conn<H> {
 }
 
 impl<H: Handler> Conn<H> {
-    async fn serve(self, stream: Held<TcpStream>, tls: Option<TlsAcceptor>) {
-        let Some(acceptor) = tls else {
+    async fn serve(self, stream: Held<TcpStream>, tls: Option<(TlsAcceptor, HandshakeTimeout)>) {
+        let Some((acceptor, handshake_timeout)) = tls else {
             return self.http(TokioIo::new(stream), "http").await;
         };
         // Read per connection, so a reload changes it for the next handshake.
-        let limit = self
-            .published
-            .load()
-            .server
-            .tls
-            .as_ref()
-            .map(|t| t.handshake_timeout);
-        let limit = limit.unwrap_or(crate::config::validate::DEFAULT_HANDSHAKE_TIMEOUT);
+        let limit = handshake_timeout(&self.published.load())
+            .unwrap_or(crate::config::validate::DEFAULT_HANDSHAKE_TIMEOUT);
         match tokio::time::timeout(limit, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => self.http(TokioIo::new(stream), "https").await,
             Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::harness::admin::*;
@@ -1076,12 +1076,51 @@ async fn the_page_and_its_files_are_served_without_a_key_under_a_strict_csp() {
 /// keygate in process whose admin listener serves HTTPS with `leaf` (`[admin.tls]` on
 /// `tls/cert.pem` and `tls/key.pem` in its directory).
 async fn admin_tls_gateway(name: &str, leaf: &Leaf) -> Gateway {
+    admin_tls_gateway_with(name, leaf, "").await
+}
+
+/// [`admin_tls_gateway`] with `more` lines in `[admin.tls]`.
+async fn admin_tls_gateway_with(name: &str, leaf: &Leaf, more: &str) -> Gateway {
     let files = Files::new(name, None, "127.0.0.1:0", Some(INITIAL_KEYS)).await;
     std::fs::create_dir(files.dir.join("tls")).unwrap();
     std::fs::write(files.dir.join("tls/cert.pem"), &leaf.cert_pem).unwrap();
     std::fs::write(files.dir.join("tls/key.pem"), &leaf.key_pem).unwrap();
-    files.append_to_config("[admin.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n");
+    files.append_to_config(&format!(
+        "[admin.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n{more}\n"
+    ));
     Gateway::serve(files).await
+}
+
+/// `[admin.tls] handshake_timeout` bounds the admin port's handshakes (the proxy port has no
+/// TLS here, whose default is 10 s). Breaks when the admin port reads `[server.tls]`'s.
+#[tokio::test]
+async fn admin_tls_handshake_timeout_is_the_admin_ports_own() {
+    let ca = Ca::new("admin-handshake");
+    let leaf = ca.leaf(&["localhost"]);
+    let g = admin_tls_gateway_with(
+        "console-admin-handshake",
+        &leaf,
+        "handshake_timeout = \"300ms\"",
+    )
+    .await;
+    // Served first, so that the listener is up before the clock starts.
+    let console = Console::tls(g.admin, client_config(&[&ca], &["http/1.1"], false));
+    expect(&console.send("GET", "/healthz", &[], None).await, 200);
+    let mut raw = within("connect", TcpStream::connect(g.admin))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(3), raw.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("keygate sent {n} bytes to a client that sent none"),
+        Err(_) => panic!("a stalled handshake is open after {:?}", started.elapsed()),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// With `[admin.tls]`, the admin API speaks only HTTPS, the session cookie is `Secure`, the
