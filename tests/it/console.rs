@@ -37,71 +37,6 @@ const KEY_COLUMNS: [&str; 7] = [
     "Actions",
 ];
 
-/// keygate (the binary, on its test files) and a browser of the test's own.
-struct Console {
-    browser: Browser,
-    kg: Process,
-    _files: Files,
-}
-
-impl Console {
-    /// `None` when there is no browser (the test then passes, having said so).
-    async fn start(name: &str) -> Option<Console> {
-        Console::start_with(name, "").await
-    }
-
-    /// With `admin_lines` at the top of the config's `[admin]` table.
-    async fn start_with(name: &str, admin_lines: &str) -> Option<Console> {
-        if !browser_installed() {
-            return None;
-        }
-        let files = Files::for_binary(name, Some(INITIAL_KEYS)).await;
-        if !admin_lines.is_empty() {
-            let text = std::fs::read_to_string(&files.config).unwrap();
-            let text = text.replacen("[admin]\n", &format!("[admin]\n{admin_lines}\n"), 1);
-            std::fs::write(&files.config, text).unwrap();
-        }
-        let kg = Process::start(&files.config).await;
-        let browser = Browser::start(name).await?;
-        Some(Console {
-            browser,
-            kg,
-            _files: files,
-        })
-    }
-
-    /// Started, the console opened and signed in with `key`.
-    async fn signed_in(name: &str, key: &str) -> Option<Console> {
-        let c = Console::start(name).await?;
-        c.browser.open_console(c.kg.admin).await;
-        c.browser.sign_in_ok(key).await;
-        Some(c)
-    }
-
-    /// The admin API as the `admin` role (`X-API-Key`).
-    fn api(&self) -> Api {
-        self.kg.api()
-    }
-
-    /// The session cookie's value as the browser holds it.
-    async fn session_cookie(&self) -> Option<String> {
-        self.browser
-            .cookies()
-            .await
-            .into_iter()
-            .find(|(name, value)| name == "kg_session" && !value.is_empty())
-            .map(|(_, value)| value)
-    }
-
-    /// The id of the one key named `name`, through the admin API (`None`: no such key).
-    async fn key_named(&self, name: &str) -> Option<String> {
-        let keys = self.api().all_keys("").await;
-        let found: Vec<&Value> = keys.iter().filter(|k| k["name"] == name).collect();
-        assert!(found.len() <= 1, "{} keys named {name:?}", found.len());
-        found.first().map(|k| k["id"].as_str().unwrap().to_owned())
-    }
-}
-
 /// `GET /v1/session` with `kg_session=cookie` sent from outside the browser.
 async fn replay(admin: SocketAddr, path: &str, cookie: &str) -> Resp {
     get(admin, path, &[("cookie", &format!("kg_session={cookie}"))]).await
@@ -129,7 +64,7 @@ async fn stored_by_page(b: &Browser) -> String {
 /// HttpOnly and SameSite=Strict, and the page stores no key anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_with_the_right_key_only() {
-    let Some(c) = Console::start("sign-in").await else {
+    let Some(c) = ConsoleGate::start("sign-in").await else {
         return;
     };
     let (made, secret) = c
@@ -224,7 +159,7 @@ async fn sign_in_with_the_right_key_only() {
 /// proxy refuses it within a second. The secret is never stored by the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_made_in_the_console_passes_until_revoked_there() {
-    let Some(c) = Console::signed_in("create", ADMIN_SECRET).await else {
+    let Some(c) = ConsoleGate::signed_in("create", ADMIN_SECRET).await else {
         return;
     };
     let b = &c.browser;
@@ -302,7 +237,7 @@ async fn a_key_made_in_the_console_passes_until_revoked_there() {
 /// 127.0.0.2/32 and saving lets 127.0.0.2 in and refuses 127.0.0.1 with `ip_not_allowed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allowed_ip_added_in_the_console_shuts_out_other_addresses() {
-    let Some(c) = Console::start("allow-ip").await else {
+    let Some(c) = ConsoleGate::start("allow-ip").await else {
         return;
     };
     let (_, secret) = c
@@ -374,7 +309,7 @@ async fn an_allowed_ip_added_in_the_console_shuts_out_other_addresses() {
 /// (with its cookie and even its CSRF token) is refused with `role_insufficient`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_session_can_change_nothing() {
-    let Some(c) = Console::start("read-only").await else {
+    let Some(c) = ConsoleGate::start("read-only").await else {
         return;
     };
     c.api()
@@ -437,7 +372,7 @@ async fn a_read_session_can_change_nothing() {
 /// again from outside the browser.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_out_ends_the_session() {
-    let Some(c) = Console::signed_in("sign-out", ADMIN_SECRET).await else {
+    let Some(c) = ConsoleGate::signed_in("sign-out", ADMIN_SECRET).await else {
         return;
     };
     let b = &c.browser;
@@ -468,7 +403,7 @@ async fn sign_out_ends_the_session() {
 /// thing the person does, with the console's message; its cookie is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_is_sent_back_to_sign_in() {
-    let Some(c) = Console::start_with("idle", "session_idle = \"3s\"").await else {
+    let Some(c) = ConsoleGate::start_with("idle", "session_idle = \"3s\"").await else {
         return;
     };
     let b = &c.browser;
@@ -502,7 +437,7 @@ async fn an_idle_session_is_sent_back_to_sign_in() {
 /// in: 403 `cross_site_request`, and no key is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_site_post_is_refused() {
-    let Some(c) = Console::signed_in("cross-site", ADMIN_SECRET).await else {
+    let Some(c) = ConsoleGate::signed_in("cross-site", ADMIN_SECRET).await else {
         return;
     };
     let b = &c.browser;
@@ -597,7 +532,7 @@ fn inline_code(html: &str) -> Option<String> {
 /// script or handler injected inline does not run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_runs_under_a_strict_content_security_policy() {
-    let Some(c) = Console::start("csp").await else {
+    let Some(c) = ConsoleGate::start("csp").await else {
         return;
     };
     for path in ["/", "/console/app.js", "/console/app.css", "/v1/session"] {
@@ -680,15 +615,11 @@ async fn the_console_runs_under_a_strict_content_security_policy() {
 /// sideways (the table scrolls in its box or becomes cards).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screenshots_of_the_keys_page_and_the_create_dialog() {
-    let Some(c) = Console::start("screenshots").await else {
+    let Some(c) = ConsoleGate::start("screenshots").await else {
         return;
     };
     let api = c.api();
-    let soon = (time::OffsetDateTime::now_utc() + time::Duration::days(12))
-        .replace_nanosecond(0)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let soon = in_days(12);
     let keys = [
         json!({ "name": "Checkout service", "consumer": "acme", "expires_at": "2027-06-30T00:00:00Z" }),
         json!({ "name": "Mobile app", "consumer": "acme", "allow_ips": ["203.0.113.0/24"] }),

@@ -20,51 +20,6 @@ use crate::harness::browser::*;
 /// The name keygate gives a consumer's default key.
 const DEFAULT_KEY_NAME: &str = "Default key (created by keygate)";
 
-/// keygate (the binary, on its test files) and a browser of the test's own.
-struct Flow {
-    browser: Browser,
-    kg: Process,
-    files: Files,
-}
-
-impl Flow {
-    /// `None` when there is no browser (the test then passes, having said so).
-    async fn start(name: &str) -> Option<Flow> {
-        if !browser_installed() {
-            return None;
-        }
-        let files = Files::for_binary(name, Some(INITIAL_KEYS)).await;
-        let kg = Process::start(&files.config).await;
-        let browser = Browser::start(name).await?;
-        Some(Flow { browser, kg, files })
-    }
-
-    /// Opens the console and signs in as `ops` (role admin).
-    async fn sign_in(&self) {
-        self.browser.open_console(self.kg.admin).await;
-        self.browser.sign_in_ok(ADMIN_SECRET).await;
-    }
-
-    /// The admin API as the `admin` role (`X-API-Key`).
-    fn api(&self) -> Api {
-        self.kg.api()
-    }
-
-    /// The ids of the keys the API lists for `query` (e.g. `&status=inactive`), every page.
-    async fn key_ids(&self, query: &str) -> Vec<String> {
-        ids(&self.api().all_keys(query).await)
-    }
-}
-
-/// RFC 3339 (whole seconds) of now + `days`.
-fn in_days(days: i64) -> String {
-    (time::OffsetDateTime::now_utc() + time::Duration::days(days))
-        .replace_nanosecond(0)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
-}
-
 /// Polls until the keys table lists exactly `want` (ids, in order); says what it showed if not.
 async fn wait_key_rows(b: &Browser, what: &str, want: &[String]) {
     let start = Instant::now();
@@ -114,7 +69,7 @@ async fn prefix_shown(b: &Browser, id: &str) -> String {
 /// Fails when the page does not send the chosen grace period (e.g. always 0 or always 3600).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_with_and_without_a_grace_period() {
-    let Some(f) = Flow::start("flow-rotate").await else {
+    let Some(f) = ConsoleGate::start("flow-rotate").await else {
         return;
     };
     let (made, first) = f
@@ -208,7 +163,7 @@ async fn rotate_with_and_without_a_grace_period() {
 /// Fails when the page drops `default_key` from the create, or ignores the revoke's replacement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_with_a_default_key_keeps_one() {
-    let Some(f) = Flow::start("flow-consumer").await else {
+    let Some(f) = ConsoleGate::start("flow-consumer").await else {
         return;
     };
     // Keys of others, so that the consumer's filter has something to leave out.
@@ -346,7 +301,7 @@ async fn a_consumer_with_a_default_key_keeps_one() {
 /// Fails when the page shows a field's error at the top of the dialog instead of at the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edit_a_key_and_see_the_apis_error_at_its_field() {
-    let Some(f) = Flow::start("flow-edit").await else {
+    let Some(f) = ConsoleGate::start("flow-edit").await else {
         return;
     };
     f.api()
@@ -480,7 +435,7 @@ async fn wait_audit_rows(
 /// the console showed. Fails when the page lists the lines oldest first or ignores the filter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_view_lists_console_changes_newest_first() {
-    let Some(f) = Flow::start("flow-audit").await else {
+    let Some(f) = ConsoleGate::start("flow-audit").await else {
         return;
     };
     let b = &f.browser;
@@ -628,7 +583,7 @@ async fn the_audit_view_lists_console_changes_newest_first() {
 /// missing), or drops a filter from its query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_filters_and_paging_are_the_servers() {
-    let Some(f) = Flow::start("flow-search").await else {
+    let Some(f) = ConsoleGate::start("flow-search").await else {
         return;
     };
     let api = f.api();
@@ -742,7 +697,7 @@ async fn search_filters_and_paging_are_the_servers() {
 /// in the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_a_key_with_the_keyboard_alone() {
-    let Some(f) = Flow::start("flow-keyboard").await else {
+    let Some(f) = ConsoleGate::start("flow-keyboard").await else {
         return;
     };
     let b = &f.browser;
@@ -822,7 +777,7 @@ async fn create_a_key_with_the_keyboard_alone() {
 /// contract's fields have the contract's label. Fails when a `for` is dropped or mistyped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_field_has_a_label() {
-    let Some(f) = Flow::start("flow-labels").await else {
+    let Some(f) = ConsoleGate::start("flow-labels").await else {
         return;
     };
     f.api().create_key(json!({ "id": "spun" })).await;
@@ -936,7 +891,7 @@ async fn assert_no_sideways_scroll(b: &Browser, what: &str) {
 /// and the secret dialog fits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screenshots_of_consumers_audit_secret_and_sign_in() {
-    let Some(f) = Flow::start("flow-screenshots").await else {
+    let Some(f) = ConsoleGate::start("flow-screenshots").await else {
         return;
     };
     let api = f.api();

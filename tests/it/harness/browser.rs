@@ -341,10 +341,15 @@ impl Browser {
     /// size differs from its viewport by whatever frame it has, measured here).
     pub async fn set_viewport(&self, (w, h): (u32, u32)) {
         let (mut ow, mut oh) = (w, h);
-        for _ in 0..3 {
+        // A resize can land after the next measure on a loaded machine: measure again, a few
+        // times, before calling it impossible.
+        for attempt in 0..10 {
             within("resize", self.client.set_window_size(ow, oh))
                 .await
                 .unwrap_or_else(|e| panic!("cannot resize to {ow}x{oh}: {e}"));
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
             let inner = self
                 .js("return [window.innerWidth, window.innerHeight];", vec![])
                 .await;
@@ -629,4 +634,84 @@ impl Browser {
 /// The CSS selector of key `id`'s row in the keys table.
 pub fn row_css(id: &str) -> String {
     format!("#keys-table tr[data-key-id=\"{id}\"]")
+}
+
+/// keygate (the binary, on its test files) and a browser of the test's own: what every console
+/// test starts.
+pub struct ConsoleGate {
+    pub browser: Browser,
+    pub kg: Process,
+    pub files: super::admin::Files,
+}
+
+impl ConsoleGate {
+    /// `None` when there is no browser (the test then passes, having said so).
+    pub async fn start(name: &str) -> Option<ConsoleGate> {
+        ConsoleGate::start_with(name, "").await
+    }
+
+    /// With `admin_lines` at the top of the config's `[admin]` table.
+    pub async fn start_with(name: &str, admin_lines: &str) -> Option<ConsoleGate> {
+        if !browser_installed() {
+            return None;
+        }
+        let files = super::admin::Files::for_binary(name, Some(super::admin::INITIAL_KEYS)).await;
+        if !admin_lines.is_empty() {
+            files.add_to_admin(admin_lines);
+        }
+        let kg = Process::start(&files.config).await;
+        let browser = Browser::start(name).await?;
+        Some(ConsoleGate { browser, kg, files })
+    }
+
+    /// Started, the console opened and signed in with `key`.
+    pub async fn signed_in(name: &str, key: &str) -> Option<ConsoleGate> {
+        let c = ConsoleGate::start(name).await?;
+        c.browser.open_console(c.kg.admin).await;
+        c.browser.sign_in_ok(key).await;
+        Some(c)
+    }
+
+    /// Opens the console and signs in as `ops` (role admin).
+    pub async fn sign_in(&self) {
+        self.browser.open_console(self.kg.admin).await;
+        self.browser.sign_in_ok(super::admin::ADMIN_SECRET).await;
+    }
+
+    /// The admin API as the `admin` role (`X-API-Key`).
+    pub fn api(&self) -> super::admin::Api {
+        self.kg.api()
+    }
+
+    /// The session cookie's value as the browser holds it.
+    pub async fn session_cookie(&self) -> Option<String> {
+        self.browser
+            .cookies()
+            .await
+            .into_iter()
+            .find(|(name, value)| name == "kg_session" && !value.is_empty())
+            .map(|(_, value)| value)
+    }
+
+    /// The id of the one key named `name`, through the admin API (`None`: no such key).
+    pub async fn key_named(&self, name: &str) -> Option<String> {
+        let keys = self.api().all_keys("").await;
+        let found: Vec<&Value> = keys.iter().filter(|k| k["name"] == name).collect();
+        assert!(found.len() <= 1, "{} keys named {name:?}", found.len());
+        found.first().map(|k| k["id"].as_str().unwrap().to_owned())
+    }
+
+    /// The ids of the keys the API lists for `query` (e.g. `&status=inactive`), every page.
+    pub async fn key_ids(&self, query: &str) -> Vec<String> {
+        super::admin::ids(&self.api().all_keys(query).await)
+    }
+}
+
+/// RFC 3339 (whole seconds) of now + `days`.
+pub fn in_days(days: i64) -> String {
+    (time::OffsetDateTime::now_utc() + time::Duration::days(days))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }
