@@ -5,7 +5,7 @@
 //! screenshots of the consumers and audit pages, the secret dialog and the sign-in page.
 //!
 //! Each test starts its own keygate and its own browser. Like `console.rs`, the page is driven
-//! only through the ids and labels of `/work/console-contract.md`, `src/admin/console/index.html`
+//! only through the ids and labels of `src/admin/console/CONTRACT.md`, `src/admin/console/index.html`
 //! and its README. Without chromium these tests skip (and fail under `CI`).
 
 use std::collections::BTreeSet;
