@@ -211,6 +211,31 @@ impl Mirror {
 }
 
 /// The fleet's shared state: one per process.
+/// A console session as the fleet shares it (`admin::session` keeps the local ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSession {
+    pub admin_id: String,
+    /// `sha256:…` of the admin secret signed in with.
+    pub admin_hash: String,
+    pub csrf: String,
+    /// Sign-in time, Unix ms.
+    pub started_ms: u64,
+}
+
+/// Reads a shared session and pushes back its idle expiry, or ends it at its maximum age.
+/// KEYS[1] the session; ARGV now (Unix ms), idle (ms), max (ms).
+const SESSION_TOUCH: &str = r#"
+local v = redis.call('HMGET', KEYS[1], 'admin_id', 'admin_hash', 'csrf', 'started_ms')
+if not v[1] or not v[4] then return false end
+local left = tonumber(v[4]) + tonumber(ARGV[3]) - tonumber(ARGV[1])
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[2]), left))
+return v
+"#;
+
 pub struct Cluster {
     config: ClusterConfig,
     redis: Conn,
@@ -751,6 +776,81 @@ return out
             Ok(Ok(v)) => Some(v.into_iter().map(Option::unwrap_or_default).collect()),
             _ => None,
         }
+    }
+
+    /// Shares a console session with the fleet: its fields under `<prefix>session:<hash>`,
+    /// gone after `idle` unused (every touch pushes that back) and at `started_ms + max`.
+    /// `false` when Redis did not take it (the session then lives on this instance only).
+    pub async fn session_open(&self, hash: &str, s: &SharedSession, idle: Duration) -> bool {
+        let Some(mut conn) = self.redis.get() else {
+            return false;
+        };
+        let key = format!("{}session:{hash}", self.config.prefix);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    ("admin_id", s.admin_id.as_str()),
+                    ("admin_hash", s.admin_hash.as_str()),
+                    ("csrf", s.csrf.as_str()),
+                    ("started_ms", s.started_ms.to_string().as_str()),
+                ],
+            )
+            .ignore()
+            .pexpire(&key, idle.as_millis().try_into().unwrap_or(i64::MAX))
+            .ignore();
+        let done = pipe.query_async::<()>(&mut conn);
+        matches!(
+            tokio::time::timeout(self.config.timeout.max(Duration::from_millis(500)), done).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// The shared session `hash` at `now_ms`, which then counts as its last use: `Ok(None)`
+    /// when it has ended or never was, `Err` when Redis cannot say.
+    pub async fn session_touch(
+        &self,
+        hash: &str,
+        now_ms: u64,
+        idle: Duration,
+        max: Duration,
+    ) -> Result<Option<SharedSession>, ()> {
+        let mut conn = self.redis.get().ok_or(())?;
+        let script = redis::Script::new(SESSION_TOUCH);
+        let mut call = script.prepare_invoke();
+        call.key(format!("{}session:{hash}", self.config.prefix))
+            .arg(now_ms)
+            .arg(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(max.as_millis()).unwrap_or(u64::MAX));
+        let answer = call.invoke_async::<Option<Vec<String>>>(&mut conn);
+        match tokio::time::timeout(self.config.timeout.max(Duration::from_millis(500)), answer)
+            .await
+        {
+            Ok(Ok(None)) => Ok(None),
+            Ok(Ok(Some(v))) => match <[String; 4]>::try_from(v) {
+                Ok([admin_id, admin_hash, csrf, started]) => Ok(Some(SharedSession {
+                    admin_id,
+                    admin_hash,
+                    csrf,
+                    started_ms: started.parse().map_err(|_| ())?,
+                })),
+                Err(_) => Ok(None),
+            },
+            _ => Err(()),
+        }
+    }
+
+    /// Ends the shared session `hash` on every instance.
+    pub async fn session_close(&self, hash: &str) {
+        let Some(mut conn) = self.redis.get() else {
+            return;
+        };
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(format!("{}session:{hash}", self.config.prefix));
+        let del = cmd.query_async::<i64>(&mut conn);
+        let _ =
+            tokio::time::timeout(self.config.timeout.max(Duration::from_millis(500)), del).await;
     }
 
     /// Connects and loads the scripts before the first request needs them.

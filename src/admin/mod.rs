@@ -367,7 +367,7 @@ impl Admin {
 
     /// Who calls: an admin key in `X-API-Key`, else the console's session cookie. A session's
     /// changes must also pass [`same_origin`].
-    fn caller(&self, req: &Request<Incoming>, peer: IpAddr) -> Result<Caller, Problem> {
+    async fn caller(&self, req: &Request<Incoming>, peer: IpAddr) -> Result<Caller, Problem> {
         let headers = req.headers();
         let token = session::token(headers);
         if headers.contains_key(&ADMIN_KEY_HEADER) || token.is_none() {
@@ -388,10 +388,13 @@ impl Admin {
                 "The console session has ended: sign in again.",
             )
         };
-        let session = self
-            .sessions
-            .touch(token, std::time::Instant::now(), idle, max)
-            .map_err(|_| ended())?;
+        let session = match self.shared_session(token, idle, max).await {
+            Some(shared) => shared.ok_or_else(ended)?,
+            None => self
+                .sessions
+                .touch(token, std::time::Instant::now(), idle, max)
+                .map_err(|_| ended())?,
+        };
         // The admin key may have been removed, given a new secret (it leaked?) or another role
         // since sign-in: the session is the secret signed in with, not only the id.
         let Some(role) = snap
@@ -401,7 +404,7 @@ impl Admin {
             .filter(|k| k.id.as_str() == session.admin_id)
             .map(|k| k.role)
         else {
-            self.sessions.close(token);
+            self.close_session(token).await;
             return Err(ended());
         };
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -412,6 +415,42 @@ impl Admin {
             role,
             session: Some((token.to_owned(), session)),
         })
+    }
+
+    /// With `[cluster]`, the session `token` as the fleet has it, so that a console can talk to
+    /// any instance behind a load balancer: `Some(Some)` open, `Some(None)` ended, `None` when
+    /// there is no cluster or Redis cannot say (this instance's own sessions then decide).
+    async fn shared_session(
+        &self,
+        token: &str,
+        idle: Duration,
+        max: Duration,
+    ) -> Option<Option<session::Session>> {
+        let cluster = self.cluster.as_ref()?;
+        let hash = KeyHash::of(token.as_bytes()).to_string();
+        let now = std::time::SystemTime::now();
+        let shared = cluster
+            .session_touch(&hash, unix_ms(now), idle, max)
+            .await
+            .ok()?;
+        Some(shared.and_then(|s| {
+            let admin_hash = KeyHash::parse(&s.admin_hash)?;
+            let age = Duration::from_millis(unix_ms(now).saturating_sub(s.started_ms));
+            let started = std::time::Instant::now().checked_sub(age)?;
+            Some(session::Session::restored(
+                s.admin_id, admin_hash, s.csrf, started,
+            ))
+        }))
+    }
+
+    /// Ends the session `token` here and, with `[cluster]`, on every instance.
+    async fn close_session(&self, token: &str) {
+        self.sessions.close(token);
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .session_close(&KeyHash::of(token.as_bytes()).to_string())
+                .await;
+        }
     }
 
     /// Checks a sign-in or `X-API-Key` secret against `[[admin_keys]]`, throttling wrong ones
@@ -511,6 +550,21 @@ impl Admin {
                 tracing::error!(error = %e, "no randomness for a session token");
                 Problem::internal()
             })?;
+        if let Some(cluster) = &self.cluster {
+            let shared = crate::cluster::SharedSession {
+                admin_id: admin.id.to_string(),
+                admin_hash: KeyHash::of(key.as_bytes()).to_string(),
+                csrf: session.csrf.clone(),
+                started_ms: unix_ms(std::time::SystemTime::now()),
+            };
+            let (idle, _) = session_limits(&self.published.load());
+            let hash = KeyHash::of(token.as_bytes()).to_string();
+            if !cluster.session_open(&hash, &shared, idle).await {
+                tracing::warn!(
+                    "Redis did not take the console session: it works on this instance only"
+                );
+            }
+        }
         let actor = Actor::admin(admin.id.as_str(), peer);
         self.audit(
             &actor,
@@ -625,7 +679,7 @@ impl Admin {
         if segs == ["v1", "session"] && method == Method::POST {
             return self.sign_in(req, peer).await;
         }
-        let caller = self.caller(&req, peer)?;
+        let caller = self.caller(&req, peer).await?;
         let writes = method != Method::GET && method != Method::HEAD;
         let Some(allow) = allowed(&segs) else {
             return Err(Problem::new(
@@ -658,7 +712,7 @@ impl Admin {
             },
             (Method::DELETE, ["v1", "session"]) => {
                 if let Some((token, _)) = &caller.session {
-                    self.sessions.close(token);
+                    self.close_session(token).await;
                     self.audit(
                         actor,
                         "session.sign_out",
@@ -1114,6 +1168,12 @@ fn console_file(req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     Some(resp)
+}
+
+/// Milliseconds since the Unix epoch, as the fleet's shared sessions count them.
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `[admin] session_idle` and `session_max`.

@@ -36,6 +36,24 @@ pub struct Session {
     last: Instant,
 }
 
+impl Session {
+    /// A session another instance opened (shared through `[cluster]`), as this one holds it.
+    pub fn restored(
+        admin_id: String,
+        admin_hash: KeyHash,
+        csrf: String,
+        started: Instant,
+    ) -> Session {
+        Session {
+            admin_id,
+            admin_hash,
+            csrf,
+            started,
+            last: Instant::now(),
+        }
+    }
+}
+
 /// Why a cookie opened nothing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Closed {

@@ -1078,3 +1078,77 @@ fn cluster_config_mistakes_name_the_key() {
     assert_eq!(c.on_redis_error, keygate::snapshot::OnRedisError::Local);
     assert_eq!(c.timeout, Duration::from_millis(50));
 }
+
+/// With `[cluster]`, a console session opened on one instance works on another (a load
+/// balancer in front of the admin ports need not be sticky), and signing out on either ends it
+/// on both. Fails when sessions live only in the process that opened them.
+#[tokio::test]
+async fn a_console_session_is_shared_by_the_fleet() {
+    use crate::harness::session::{COOKIE, Console};
+    let Some(redis) = Redis::start() else { return };
+    let up = start_upstream("up").await;
+    let dir = TempDir::new("cluster-sessions");
+    let config = format!(
+        "keys_file = \"keys.toml\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[admin_keys]]\nid = \"ops\"\nhash = \"{}\"\nrole = \"admin\"\n\n",
+        instance_config(up.addr, &redis, "mode = \"strict\"", ""),
+        hash_of(ADMIN_KEY)
+    );
+    let mut admins = Vec::new();
+    let mut gates = Vec::new();
+    for name in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        let path = dir.join(&format!("{name}/keygate.toml"));
+        std::fs::write(&path, &config).unwrap();
+        let mut p = Process::start_proxy(&path).await;
+        p.wait_log("the connection to Redis", |l| {
+            l.contains("connected to Redis")
+        })
+        .await;
+        admins.push(p.wait_addr("admin API listening").await);
+        gates.push(p);
+    }
+    let (a, b) = (Console::plain(admins[0]), Console::plain(admins[1]));
+    let s = a.session(ADMIN_KEY).await;
+    let cookie = format!("{COOKIE}={}", s.token);
+
+    // B knows the session A opened: it reads, and changes with the session's CSRF token.
+    let who = b
+        .send("GET", "/v1/session", &[("cookie", &cookie)], None)
+        .await;
+    assert_eq!(who.status, 200, "{}", who.text());
+    assert_eq!(who.json()["csrf_token"], s.csrf.as_str());
+    let origin = b.origin();
+    let made = b
+        .send(
+            "POST",
+            "/v1/keys",
+            &[
+                ("cookie", &cookie),
+                ("x-csrf-token", &s.csrf),
+                ("origin", &origin),
+            ],
+            Some("{\"id\":\"via-b\"}"),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+
+    // Signed out on B: A refuses the cookie too.
+    let out = b
+        .send(
+            "DELETE",
+            "/v1/session",
+            &[
+                ("cookie", &cookie),
+                ("x-csrf-token", &s.csrf),
+                ("origin", &origin),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(out.status, 204, "{}", out.text());
+    let after = a
+        .send("GET", "/v1/session", &[("cookie", &cookie)], None)
+        .await;
+    assert_eq!(after.status, 403, "{}", after.text());
+    assert_eq!(after.json()["code"], "session_expired");
+}
