@@ -1366,12 +1366,13 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Problem>
     parse_json(&bytes)
 }
 
-/// Like [`body`], but an empty body is the type's default.
+/// Like [`body`], but no body at all is the type's default. White space alone is a body, and
+/// not JSON: refused like any other (the document's request body is optional, not blank).
 async fn body_or_default<T: DeserializeOwned + Default>(
     req: Request<Incoming>,
 ) -> Result<T, Problem> {
     let bytes = read_body(req).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    if bytes.is_empty() {
         return Ok(T::default());
     }
     parse_json(&bytes)
