@@ -467,6 +467,8 @@ fn parts(c: &mut Criterion, env: &Env, hits: &[Req]) {
         })
     });
     g.bench_function("rate_limit_key_and_consumer", |b| {
+        // `check`'s `Ok` is as large as its `Err`.
+        #[allow(clippy::result_large_err)]
         b.iter(|| {
             black_box(limits::check(
                 Some(black_box(&key_bucket)),

@@ -449,9 +449,9 @@ impl Cluster {
             };
             status.policies[slot] = Some(PolicyState {
                 scope,
-                limit: rate.count.get(),
+                limit: u64::from(rate.count.get()),
                 window: rate.per.as_secs(),
-                remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                remaining,
                 reset,
             });
         }
@@ -466,6 +466,8 @@ impl Cluster {
     }
 
     /// `local-sync`: decides against this instance's view of the fleet.
+    // The `Ok` side is as large: boxing the refusal would save nothing.
+    #[allow(clippy::result_large_err)]
     pub fn decide_locally(&self, shared: &Shared) -> Result<RateStatus, Limited> {
         let now = self.now_us();
         let mut status = RateStatus::default();
@@ -478,11 +480,11 @@ impl Cluster {
                     .unwrap_or_else(|p| p.into_inner())
                     .push(mirror.clone());
             }
-            let state = |remaining, reset| PolicyState {
+            let state = |remaining: u32, reset| PolicyState {
                 scope,
-                limit: rate.count.get(),
+                limit: u64::from(rate.count.get()),
                 window: rate.per.as_secs(),
-                remaining,
+                remaining: u64::from(remaining),
                 reset,
             };
             match mirror.take(now) {

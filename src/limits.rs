@@ -66,9 +66,9 @@ impl<C: Clock> Bucket<C> {
                 let remaining = state.remaining_burst_capacity().min(limit);
                 Ok(PolicyState {
                     scope,
-                    limit,
+                    limit: u64::from(limit),
                     window: self.rate.per.as_secs(),
-                    remaining,
+                    remaining: u64::from(remaining),
                     // Time until the whole burst is available again.
                     reset: ceil_secs(interval * (limit - remaining)),
                 })
@@ -83,6 +83,10 @@ impl<C: Clock> Bucket<C> {
 pub enum Scope {
     Key,
     Consumer,
+    /// The key's quota.
+    Quota,
+    /// Its consumer's quota.
+    ConsumerQuota,
 }
 
 impl Scope {
@@ -90,6 +94,8 @@ impl Scope {
         match self {
             Scope::Key => "key",
             Scope::Consumer => "consumer",
+            Scope::Quota => "quota",
+            Scope::ConsumerQuota => "consumer_quota",
         }
     }
 }
@@ -98,19 +104,20 @@ impl Scope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyState {
     pub scope: Scope,
-    /// The quota: requests per window (also the burst).
-    pub limit: u32,
+    /// Requests per window (for a rate limit also the burst; for a quota with what was granted).
+    pub limit: u64,
     /// The window, in seconds.
     pub window: u64,
-    pub remaining: u32,
+    pub remaining: u64,
     /// Seconds until `remaining` is back to `limit` (when denied: until the next request may pass).
     pub reset: u64,
 }
 
-/// The limits that applied to a request: the key's, the consumer's, or both.
+/// The limits that applied to a request: the key's and the consumer's rate limits, then the
+/// key's and the consumer's quotas, each when it has one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateStatus {
-    pub policies: [Option<PolicyState>; 2],
+    pub policies: [Option<PolicyState>; 4],
 }
 
 impl RateStatus {
@@ -136,6 +143,8 @@ pub struct Limited {
 /// The key's bucket is taken first; when the consumer's then refuses, the key's token is spent.
 /// Refusing up front would need a look at both buckets without taking, which governor does not
 /// offer, and the cost is at most one token of the key per refusal of its consumer.
+// The `Ok` side is as large: boxing the refusal would save nothing.
+#[allow(clippy::result_large_err)]
 pub fn check<C: Clock>(
     key: Option<&Bucket<C>>,
     consumer: Option<&Bucket<C>>,
@@ -155,7 +164,7 @@ pub fn check<C: Clock>(
                 let retry_after = ceil_secs(wait).max(1);
                 status.policies[slot] = Some(PolicyState {
                     scope,
-                    limit: bucket.rate.count.get(),
+                    limit: u64::from(bucket.rate.count.get()),
                     window: bucket.rate.per.as_secs(),
                     remaining: 0,
                     reset: retry_after,

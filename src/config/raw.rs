@@ -225,6 +225,8 @@ pub struct RawConsumer {
     pub allow_ips: Option<Vec<Spanned<String>>>,
     pub targets: Option<Vec<Spanned<String>>>,
     pub rate_limit: Option<Spanned<String>>,
+    /// `"100000/month"`: shared by all the consumer's keys.
+    pub quota: Option<Spanned<String>>,
     /// Creating one more key for this consumer through the admin API is refused.
     pub max_keys: Option<u32>,
     /// keygate keeps one key named `Default key (created by keygate)` for this consumer.
@@ -257,6 +259,9 @@ pub struct RawKey<'a> {
     pub paths: Option<Vec<Spanned<Text<'a>>>>,
     #[serde(borrow)]
     pub rate_limit: Option<Spanned<Text<'a>>>,
+    /// `"100000/month"`: requests per calendar window (UTC).
+    #[serde(borrow)]
+    pub quota: Option<Spanned<Text<'a>>>,
     /// When the key was made (the admin API sets it).
     pub created_at: Option<Spanned<Datetime>>,
     /// The first characters of the secret, to recognise it by.

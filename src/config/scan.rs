@@ -303,6 +303,7 @@ pub fn key(text: &str, start: usize, end: usize) -> Option<RawKey<'_>> {
             }
             "paths" => k.paths = Some(r.array()?),
             "rate_limit" => k.rate_limit = Some(r.string()?),
+            "quota" => k.quota = Some(r.string()?),
             "created_at" => k.created_at = Some(r.datetime()?),
             "prefix" => k.prefix = Some(r.string()?.into_inner()),
             "previous_hash" => k.previous_hash = Some(r.string()?),
@@ -325,6 +326,7 @@ pub fn key(text: &str, start: usize, end: usize) -> Option<RawKey<'_>> {
         access: k.access,
         paths: k.paths,
         rate_limit: k.rate_limit,
+        quota: k.quota,
         created_at: k.created_at,
         prefix: k.prefix,
         previous_hash: k.previous_hash,
@@ -333,7 +335,7 @@ pub fn key(text: &str, start: usize, end: usize) -> Option<RawKey<'_>> {
 }
 
 /// Every field of [`RawKey`], as written in the file.
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 17] = [
     "id",
     "name",
     "consumer",
@@ -346,6 +348,7 @@ const FIELDS: [&str; 16] = [
     "access",
     "paths",
     "rate_limit",
+    "quota",
     "created_at",
     "prefix",
     "previous_hash",
@@ -366,6 +369,7 @@ struct Fields<'a> {
     access: Option<Access>,
     paths: Option<Vec<Spanned<Text<'a>>>>,
     rate_limit: Option<Spanned<Text<'a>>>,
+    quota: Option<Spanned<Text<'a>>>,
     created_at: Option<Spanned<Datetime>>,
     prefix: Option<Text<'a>>,
     previous_hash: Option<Spanned<Text<'a>>>,
@@ -540,7 +544,7 @@ mod tests {
                 .unwrap_or_else(|| "-".into())
         }
         format!(
-            "id={} name={:?} consumer={} hash={} secret={} status={:?} expires={} targets={} allow={} access={:?} paths={} rate={} created={} prefix={:?} prev={} prev_exp={}",
+            "id={} name={:?} consumer={} hash={} secret={} status={:?} expires={} targets={} allow={} access={:?} paths={} rate={} quota={} created={} prefix={:?} prev={} prev_exp={}",
             s(&k.id),
             k.name.as_deref(),
             opt(&k.consumer),
@@ -553,6 +557,7 @@ mod tests {
             k.access,
             list(&k.paths),
             opt(&k.rate_limit),
+            opt(&k.quota),
             dt(&k.created_at),
             k.prefix.as_deref(),
             opt(&k.previous_hash),

@@ -12,7 +12,7 @@ use toml::Spanned;
 use toml::value::{Datetime, Offset};
 
 use super::diagnostics::{Checker, Subject};
-use crate::model::{Id, IdArena, Rate, TargetIdx};
+use crate::model::{Id, IdArena, Quota, Rate, TargetIdx};
 
 impl Checker<'_> {
     /// The id in `raw`, made in `arena` when one is given.
@@ -74,6 +74,22 @@ impl Checker<'_> {
         let raw = raw?;
         match Rate::parse(raw.get_ref()) {
             Ok(r) => Some(r),
+            Err(e) => {
+                self.error(raw.span(), subject, format!("{field}: {e}"));
+                None
+            }
+        }
+    }
+
+    pub fn quota<'s, S: Deref<Target = str>>(
+        &mut self,
+        raw: Option<&Spanned<S>>,
+        subject: impl Into<Subject<'s>>,
+        field: &str,
+    ) -> Option<Quota> {
+        let raw = raw?;
+        match Quota::parse(raw.get_ref()) {
+            Ok(q) => Some(q),
             Err(e) => {
                 self.error(raw.span(), subject, format!("{field}: {e}"));
                 None

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::id::Id;
 use super::key_hash::KeyHash;
+use super::quota::{Period, Quota};
 use super::rate::Rate;
 use super::rules::{IpList, NO_RULES, Paths, Rules, TargetSet};
 
@@ -35,7 +36,8 @@ pub enum Access {
 /// A million of these are held at once, so the fields that requests read are kept in the struct
 /// (lists as one shared pointer each) and the rest, which only the admin API and the commands
 /// read, in one allocation of their own that keys without any of them do not have: see
-/// [`Key::name`], [`Key::prefix`], [`Key::created_at`], [`Key::previous`], [`Key::rate_limit`].
+/// [`Key::name`], [`Key::prefix`], [`Key::created_at`], [`Key::previous`], [`Key::rate_limit`],
+/// [`Key::quota`].
 #[derive(Debug)]
 pub struct Key {
     pub id: Id,
@@ -64,6 +66,7 @@ pub struct KeyParts<'a> {
     pub rules: Option<Arc<Rules>>,
     pub access: Access,
     pub rate_limit: Option<Rate>,
+    pub quota: Option<Quota>,
     pub created_at: Option<SystemTime>,
     pub prefix: Option<&'a str>,
     pub previous: Option<(KeyHash, SystemTime)>,
@@ -133,10 +136,26 @@ impl Key {
             per: Duration::new(u64_at(b, 4), u32_at(b, 12)),
         })
     }
+
+    /// `quota = "100000/month"`: read by the request path only for keys that have one (the
+    /// flag byte tells), so the common key pays one branch.
+    pub fn quota(&self) -> Option<Quota> {
+        let b = self.cold.get(Cold::QUOTA)?;
+        let period = match b[8] {
+            0 => Period::Hour,
+            1 => Period::Day,
+            2 => Period::Week,
+            _ => Period::Month,
+        };
+        Some(Quota {
+            limit: u64_at(b, 0),
+            period,
+        })
+    }
 }
 
 /// The fields of a key that requests do not read, encoded in one allocation: a byte of flags,
-/// then the fixed-size fields present (`PREVIOUS`, `CREATED`, `RATE`, in that order), then the
+/// then the fixed-size fields present (`PREVIOUS`, `CREATED`, `RATE`, `QUOTA`, in that order), then the
 /// name (a `u32` length and its bytes) and the prefix (the rest).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Cold(Option<Box<[u8]>>);
@@ -150,11 +169,13 @@ impl Cold {
     const RATE: u8 = 4;
     const NAME: u8 = 8;
     const PREFIX: u8 = 16;
+    const QUOTA: u8 = 32;
     /// The fixed-size fields, in their order.
-    const FIXED: [(u8, usize); 3] = [
+    const FIXED: [(u8, usize); 4] = [
         (Cold::PREVIOUS, 32 + TIME_LEN),
         (Cold::CREATED, TIME_LEN),
         (Cold::RATE, 16),
+        (Cold::QUOTA, 9),
     ];
 
     fn new(p: &KeyParts<'_>) -> Cold {
@@ -162,6 +183,7 @@ impl Cold {
             (Cold::PREVIOUS, p.previous.is_some()),
             (Cold::CREATED, p.created_at.is_some()),
             (Cold::RATE, p.rate_limit.is_some()),
+            (Cold::QUOTA, p.quota.is_some()),
             (Cold::NAME, p.name.is_some()),
             (Cold::PREFIX, p.prefix.is_some()),
         ];
@@ -198,6 +220,15 @@ impl Cold {
             out.extend_from_slice(&r.count.get().to_le_bytes());
             out.extend_from_slice(&r.per.as_secs().to_le_bytes());
             out.extend_from_slice(&r.per.subsec_nanos().to_le_bytes());
+        }
+        if let Some(q) = p.quota {
+            out.extend_from_slice(&q.limit.to_le_bytes());
+            out.push(match q.period {
+                Period::Hour => 0,
+                Period::Day => 1,
+                Period::Week => 2,
+                Period::Month => 3,
+            });
         }
         if let Some(name) = name {
             out.extend_from_slice(&(name.len() as u32).to_le_bytes());
@@ -292,6 +323,7 @@ impl Key {
             && self.rules() == other.rules()
             && self.access == other.access
             && self.rate_limit() == other.rate_limit()
+            && self.quota() == other.quota()
             && self.previous() == other.previous()
     }
 }
@@ -323,9 +355,11 @@ pub(crate) mod tests {
                 created_at: Some(before_epoch),
                 previous: Some(previous),
                 rate_limit: Some(rate),
+                quota: Some(Quota::parse("100000/week").unwrap()),
                 ..KeyParts::default()
             },
         );
+        assert_eq!(full.quota(), Some(Quota::parse("100000/week").unwrap()));
         assert_eq!(full.name(), Some("Ünïcode name"));
         assert_eq!(full.prefix(), Some("kg_ab"));
         assert_eq!(full.created_at(), Some(before_epoch));
@@ -342,7 +376,10 @@ pub(crate) mod tests {
         assert_eq!(some.name(), None);
         assert_eq!(some.prefix(), Some(""));
         assert_eq!(some.created_at(), Some(SystemTime::UNIX_EPOCH));
-        assert_eq!((some.previous(), some.rate_limit()), (None, None));
+        assert_eq!(
+            (some.previous(), some.rate_limit(), some.quota()),
+            (None, None, None)
+        );
         let none = key(3, KeyParts::default());
         assert_eq!(none.cold, Cold(None));
         assert_eq!(

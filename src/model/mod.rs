@@ -7,6 +7,7 @@
 pub mod id;
 pub mod key;
 pub mod key_hash;
+pub mod quota;
 pub mod rate;
 pub mod rules;
 pub mod sections;
@@ -14,6 +15,7 @@ pub mod sections;
 pub use id::{Id, IdArena};
 pub use key::{Access, Key, KeyParts, Status};
 pub use key_hash::KeyHash;
+pub use quota::{Period, Quota, Window};
 pub use rate::Rate;
 pub use rules::{IpList, List, Paths, Rules, TargetIdx, TargetSet};
 pub use sections::{

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::id::Id;
 use super::key_hash::KeyHash;
+use super::quota::Quota;
 use super::rate::Rate;
 use super::rules::{IpList, TargetSet};
 
@@ -181,6 +182,8 @@ pub struct Consumer {
     pub allow_ips: IpList,
     pub targets: TargetSet,
     pub rate_limit: Option<Rate>,
+    /// Shared by all its keys.
+    pub quota: Option<Quota>,
     pub max_keys: Option<u32>,
     /// `default_key = true`: keygate keeps one key named [`DEFAULT_KEY_NAME`] for it, made
     /// with the consumer and made anew when revoked.

@@ -17,7 +17,7 @@ use crate::snapshot::{Consumer, Id, Key};
 pub type Inner = Either<PooledBody, http_body_util::Full<bytes::Bytes>>;
 
 /// Why keygate refused or could not complete a request. `code()` strings are a contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deny {
     NoRoute,
     KeyMissing,
@@ -32,7 +32,11 @@ pub enum Deny {
     /// The request body could not be read: a malformed chunked encoding, or the client left
     /// before sending all of it.
     InvalidBody,
-    RateLimited(Limited),
+    /// Boxed, like the next: the state of up to four limits would make every `Result` of
+    /// the request path as large, refused or not.
+    RateLimited(Box<Limited>),
+    /// The key's or its consumer's quota for the current calendar window is used up.
+    QuotaExceeded(Box<Limited>),
     /// Too many `key_invalid` answers to this client address; retry after this many seconds.
     TooManyFailures(u64),
     UpstreamUnavailable,
@@ -42,7 +46,7 @@ pub enum Deny {
 }
 
 impl Deny {
-    pub fn status(self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             Deny::NoRoute => StatusCode::NOT_FOUND,
             Deny::KeyMissing
@@ -54,14 +58,16 @@ impl Deny {
             | Deny::AccessDenied => StatusCode::FORBIDDEN,
             Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Deny::InvalidBody => StatusCode::BAD_REQUEST,
-            Deny::RateLimited(_) | Deny::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
+            Deny::RateLimited(_) | Deny::QuotaExceeded(_) | Deny::TooManyFailures(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Deny::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Deny::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Deny::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    pub fn code(self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             Deny::NoRoute => "no_route",
             Deny::KeyMissing => "key_missing",
@@ -74,6 +80,7 @@ impl Deny {
             Deny::BodyTooLarge => "body_too_large",
             Deny::InvalidBody => "invalid_body",
             Deny::RateLimited(_) => "rate_limited",
+            Deny::QuotaExceeded(_) => "quota_exceeded",
             Deny::TooManyFailures(_) => "too_many_failures",
             Deny::UpstreamUnavailable => "upstream_unavailable",
             Deny::UpstreamTimeout => "upstream_timeout",
@@ -81,7 +88,7 @@ impl Deny {
         }
     }
 
-    fn title(self) -> &'static str {
+    fn title(&self) -> &'static str {
         match self {
             Deny::NoRoute => "No route",
             Deny::KeyMissing => "API key missing",
@@ -94,6 +101,7 @@ impl Deny {
             Deny::BodyTooLarge => "Request body too large",
             Deny::InvalidBody => "Request body invalid",
             Deny::RateLimited(_) => "Rate limit exceeded",
+            Deny::QuotaExceeded(_) => "Quota exceeded",
             Deny::TooManyFailures(_) => "Too many failed attempts",
             Deny::UpstreamUnavailable => "Upstream unavailable",
             Deny::UpstreamTimeout => "Upstream timeout",
@@ -101,7 +109,7 @@ impl Deny {
         }
     }
 
-    fn detail(self) -> &'static str {
+    fn detail(&self) -> &'static str {
         // Never echo what the client sent: a detail must not carry a secret back or into a log.
         match self {
             Deny::NoRoute => "No target is configured for this host and path.",
@@ -115,6 +123,9 @@ impl Deny {
             Deny::BodyTooLarge => "The request body is larger than this target accepts.",
             Deny::InvalidBody => "The request body is malformed or ended early.",
             Deny::RateLimited(_) => "The API key is over its rate limit; see Retry-After.",
+            Deny::QuotaExceeded(_) => {
+                "The API key's quota for this period is used up; see Retry-After."
+            }
             Deny::TooManyFailures(_) => {
                 "Too many requests with invalid API keys from this address; see Retry-After."
             }
@@ -128,15 +139,15 @@ impl Deny {
 
     /// The RFC 9457 problem+json response for this denial, rendered by the renderer the admin
     /// API uses too.
-    pub fn response(self, request_id: &HeaderValue) -> Response<Inner> {
+    pub fn response(&self, request_id: &HeaderValue) -> Response<Inner> {
         let mut problem = Problem::new(self.status(), self.code(), self.title(), self.detail());
         problem.retry_after = match self {
-            Deny::RateLimited(limited) => Some(limited.retry_after),
-            Deny::TooManyFailures(secs) => Some(secs),
+            Deny::RateLimited(limited) | Deny::QuotaExceeded(limited) => Some(limited.retry_after),
+            Deny::TooManyFailures(secs) => Some(*secs),
             _ => None,
         };
         let mut resp = problem.response(request_id).map(Either::Right);
-        if let Deny::RateLimited(limited) = self {
+        if let Deny::RateLimited(limited) | Deny::QuotaExceeded(limited) = self {
             rate_headers(&limited.status, resp.headers_mut());
         }
         resp

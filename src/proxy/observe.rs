@@ -338,7 +338,7 @@ impl Exchange {
         let code = refusal.deny.code();
         self.code = Some(code);
         self.observer.shard.denied(code);
-        if let (Deny::RateLimited(_), Some(key)) = (refusal.deny, &refusal.key) {
+        if let (Deny::RateLimited(_), Some(key)) = (&refusal.deny, &refusal.key) {
             self.observer.shard.rate_limited(key);
         }
         if let (Some(l), Some(key)) = (&mut self.line, &refusal.key) {

@@ -5,10 +5,12 @@
 //! buckets ([`buckets`]) and the last-used times. Publishing a new snapshot builds its `Live`
 //! with the surviving buckets and the times recorded so far, then swaps it in one atomic store,
 //! so a request never sees the config of one generation with the state of another.
-//! `last_used` keeps those times across restarts.
+//! `last_used` keeps those times across restarts; [`quotas`] holds the quota counters, carried
+//! the same way and saved beside them.
 
 pub mod buckets;
 pub mod last_used;
+pub mod quotas;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +30,9 @@ pub struct Live {
     /// Rate-limit buckets, indexed like the snapshot's `keys` and `consumers`: those of the
     /// snapshot before for every id whose rate is unchanged (see [`Limits::attach`]).
     pub buckets: Buckets,
+    /// Quota counters, indexed like the snapshot's `keys` and `consumers`: carried by id
+    /// from the snapshot before, whatever the quota now says (see [`quotas::Registry::attach`]).
+    pub quotas: quotas::Counters,
     /// When each key (by index) was last allowed through, in seconds since the Unix epoch;
     /// 0 for never. Coarse on purpose: the request path stores at most once a second per key.
     last_used: Box<[AtomicU32]>,
@@ -46,6 +51,7 @@ impl Live {
     pub fn new(snapshot: Snapshot) -> Live {
         Live {
             buckets: Buckets::fresh(&snapshot),
+            quotas: quotas::Counters::default(),
             last_used: snapshot.keys.iter().map(|_| AtomicU32::new(0)).collect(),
             snapshot,
         }
@@ -153,17 +159,21 @@ pub struct Published {
     current: ArcSwap<Live>,
     generation: AtomicU64,
     limits: Limits,
+    quotas: quotas::Registry,
 }
 
 impl Published {
     pub fn new(first: Snapshot) -> Published {
         let limits = Limits::default();
+        let quotas = quotas::Registry::default();
         let mut first = Live::new(first);
         limits.attach(&first.snapshot, &mut first.buckets);
+        first.quotas = quotas.attach(&first.snapshot);
         Published {
             current: ArcSwap::from_pointee(first),
             generation: AtomicU64::new(1),
             limits,
+            quotas,
         }
     }
 
@@ -180,6 +190,7 @@ impl Published {
     pub fn publish(&self, next: Snapshot) -> u64 {
         let mut next = Live::new(next);
         self.limits.attach(&next.snapshot, &mut next.buckets);
+        next.quotas = self.quotas.attach(&next.snapshot);
         // Times recorded so far go in before the swap, so a reader never sees a used key as
         // unused; those recorded between this copy and the swap follow in `retire`.
         next.carry_last_used(&self.current.load());
@@ -198,6 +209,11 @@ impl Published {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Every quota counter by id (admin resets and grants, saving).
+    pub fn quotas(&self) -> &quotas::Registry {
+        &self.quotas
     }
 
     pub fn generation(&self) -> u64 {

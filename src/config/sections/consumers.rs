@@ -33,6 +33,7 @@ pub fn consumers<'r>(
         let allow_ips = IpList::new(c.nets(raw.allow_ips.as_deref(), subject, "allow_ips"));
         let targets = TargetSet::new(c.targets(raw.targets.as_deref(), target_names, subject));
         let rate_limit = c.rate(raw.rate_limit.as_ref(), subject, "rate_limit");
+        let quota = c.quota(raw.quota.as_ref(), subject, "quota");
         ids.insert(raw.id.get_ref().clone(), out.len() as u32);
         out.push(Consumer {
             id,
@@ -40,6 +41,7 @@ pub fn consumers<'r>(
             allow_ips,
             targets,
             rate_limit,
+            quota,
             max_keys: raw.max_keys,
             default_key: raw.default_key.unwrap_or(false),
             created_at,

@@ -207,6 +207,7 @@ impl<'t> KeyPass<'t> {
             .filter_map(|p| c.path(p, subject, "paths"))
             .collect();
         let rate_limit = c.rate(raw.rate_limit.as_ref(), subject, "rate_limit");
+        let quota = c.quota(raw.quota.as_ref(), subject, "quota");
         if self.keys.len() >= KeyTable::MAX_KEYS {
             if !self.too_many {
                 self.too_many = true;
@@ -248,6 +249,7 @@ impl<'t> KeyPass<'t> {
             rules,
             access: raw.access.unwrap_or_default(),
             rate_limit,
+            quota,
             created_at,
             prefix: raw.prefix.as_deref(),
             previous: previous.as_ref().map(|&(h, until, _)| (h, until)),
