@@ -20,3 +20,4 @@ pub use sections::{
     AccessTo, Admin, AdminKey, AuditLog, ClusterConfig, ClusterMode, Consumer, DEFAULT_KEY_NAME,
     Log, LogFormat, OnRedisError, Role, Server, Target, TlsFiles,
 };
+pub use sections::{EVENT_NAMES, Webhook};
