@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::snapshot::Snapshot;
 use crate::state::{Published, last_used};
-use crate::{admin, cluster, config, metrics, proxy, reload, tls};
+use crate::{admin, cluster, config, events, metrics, proxy, reload, tls};
 
 /// `keygate run`: load the config, bind, serve until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -139,7 +139,17 @@ impl Gateway {
                     .with_context(|| format!("[cluster] redis = {:?}", c.redis))?,
             ),
         };
+        let spool = events::deliver::spool_path(&snap, &config_path);
+        let (events, event_rx) = events::Events::new(&snap.webhooks, metrics.clone());
         let published = Arc::new(Published::new(snap));
+        // Always running, so a reload that adds the first webhook needs no restart.
+        tokio::spawn(events::deliver::run(
+            event_rx,
+            published.clone(),
+            metrics.clone(),
+            cluster.clone(),
+            spool,
+        ));
         last_used::restore(&published.load(), &state);
         last_used::spawn(published.clone(), config_path.clone(), cluster.clone());
         let admin_certs = match snap_admin_tls(&published) {
@@ -157,7 +167,8 @@ impl Gateway {
                 certs,
                 metrics.clone(),
             )
-            .with_admin_certs(admin_certs.clone()),
+            .with_admin_certs(admin_certs.clone())
+            .with_events(events.clone()),
         );
         drop(text);
         reload::spawn(reloader.clone()).context("cannot watch the config file")?;
@@ -219,6 +230,7 @@ impl Gateway {
             shard: metrics.shard(),
             metrics,
             access: access_log,
+            events: Some(events),
         };
         let proxy = proxy::Proxy::observed(published.clone(), observer).with_cluster(cluster);
         let workers = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
