@@ -163,6 +163,9 @@ fn client() -> HttpClient {
             })
         }
     };
+    let mut tls = tls;
+    // The builder sets ALPN itself (HTTP/1.1 only: a webhook is one small POST).
+    tls.alpn_protocols.clear();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
