@@ -22,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -47,13 +48,44 @@ const IN_FLIGHT_PER_HOOK: usize = 4;
 const SEEN_MAX: usize = 200_000;
 
 /// `keys.webhooks.json` beside `keys.toml`, or `keygate.webhooks.json` beside the config.
+/// With `[cluster]` the instances of a fleet usually share the keys file's directory, and each
+/// needs a spool of its own: `keys.webhooks.<host>-<config>.json`, named after the host and a
+/// digest of this instance's config path, so the same instance finds it again after a restart.
 pub fn spool_path(snap: &Snapshot, config: &Path) -> PathBuf {
     let base = snap.keys_file.as_deref().unwrap_or(config);
     let stem = base
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    base.with_file_name(format!("{stem}.webhooks.json"))
+    let instance = match &snap.cluster {
+        None => String::new(),
+        Some(_) => {
+            let path = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+            let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+            format!(".{}-{}", host(), hex::encode(&digest[..4]))
+        }
+    };
+    base.with_file_name(format!("{stem}.webhooks{instance}.json"))
+}
+
+/// This machine's name (a pod's name in Kubernetes), in file-name-safe characters.
+fn host() -> String {
+    let name = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default();
+    let safe: String = name
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(64)
+        .collect();
+    if safe.is_empty() {
+        "host".to_owned()
+    } else {
+        safe
+    }
 }
 
 /// The wait after `failures` failed attempts (1 or more): `initial`, doubled each time, at most

@@ -355,3 +355,77 @@ async fn an_expired_key_used_again_and_again_is_told_once() {
     );
     kg.terminate_cleanly().await;
 }
+
+/// Two instances sharing one keys file and one Redis (`[cluster]`): a key made through one's
+/// admin API and a key added by hand to the shared file are each seen by both reloads, and
+/// each is told once (the event id is the change's, claimed in Redis by the first instance).
+#[tokio::test]
+async fn a_fleet_tells_each_key_change_once() {
+    use crate::cluster::{Redis, instance_config};
+    use crate::harness::live::{call, key_toml};
+    let Some(redis) = Redis::start() else { return };
+    let rx = Receiver::start(0).await;
+    let up = start_upstream("up").await;
+    let dir = Dir::new("webhooks-fleet");
+    for sub in ["shared", "a", "b"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::write(dir.join("shared/keys.toml"), "").unwrap();
+    let hook = webhook(&rx, "1s");
+    let instance = instance_config(up.addr, &redis, "mode = \"strict\"", &hook);
+    let a_config = format!(
+        "keys_file = \"../shared/keys.toml\"\n{instance}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[admin_keys]]\nid = \"ops\"\nhash = \"{}\"\nrole = \"admin\"\n",
+        keygate_hash(ADMIN_SECRET)
+    );
+    let b_config = format!("keys_file = \"../shared/keys.toml\"\n{instance}");
+    let (a_path, b_path) = (dir.join("a/keygate.toml"), dir.join("b/keygate.toml"));
+    std::fs::write(&a_path, a_config).unwrap();
+    std::fs::write(&b_path, b_config).unwrap();
+    let mut a = Process::start_proxy(&a_path).await;
+    let b = Process::start_proxy(&b_path).await;
+    let admin = a.wait_addr("admin API listening").await;
+    // B's subscription logs nothing: give it a moment, as the cluster tests do.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (_, secret) = Api::new(admin, Some(ADMIN_SECRET))
+        .create_key(json!({ "id": "fleet-made" }))
+        .await;
+    rx.wait_for("key.created", 1, Duration::from_secs(10)).await;
+    poll(RELOAD_LIMIT, "instance B to have the new key", async || {
+        (call(b.proxy, &secret).await.status == 200).then_some(())
+    })
+    .await;
+
+    let by_hand = "kg_fleet_hand_aGFuZEVkaXRlZEZsZWV0S2V5MDEyMzQ1Njc4";
+    let mut keys = std::fs::read_to_string(dir.join("shared/keys.toml")).unwrap();
+    keys.push_str(&key_toml("by-hand", by_hand, ""));
+    std::fs::write(dir.join("shared/keys.toml"), keys).unwrap();
+    for gate in [a.proxy, b.proxy] {
+        poll(
+            RELOAD_LIMIT,
+            "both instances to have the hand-made key",
+            async || (call(gate, by_hand).await.status == 200).then_some(()),
+        )
+        .await;
+    }
+    rx.wait_for("key.created", 2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids: Vec<String> = rx
+        .of("key.created")
+        .iter()
+        .map(|r| r.json()["data"]["key"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["fleet-made", "by-hand"], "one event per change");
+    // Each instance spools apart: the shared directory holds one spool per instance.
+    let spools = std::fs::read_dir(dir.join("shared"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("keys.webhooks.") && name.ends_with(".json")
+        })
+        .count();
+    assert_eq!(spools, 2);
+    a.stop().await;
+    b.stop().await;
+}
