@@ -620,6 +620,90 @@ mod tests {
         assert!(Seen::from_list(seen.to_list(), 3_000).0.is_empty());
     }
 
+    /// What the lead's quota check will do: build a quota event, emit it (twice: the same
+    /// window), and a receiver gets it once, signed.
+    #[tokio::test]
+    async fn events_quota_exceeded_is_delivered_once_per_window() {
+        use crate::events::{Event, Events, QuotaScope};
+        use http_body_util::BodyExt as _;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut got) = tokio::sync::mpsc::channel::<(String, String)>(8);
+        tokio::spawn(async move {
+            for _ in 0..8 {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let tx = tx.clone();
+                            async move {
+                                let sig = req.headers()[SIGNATURE].to_str().unwrap().to_owned();
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let _ = tx
+                                    .send((sig, String::from_utf8(body.to_vec()).unwrap()))
+                                    .await;
+                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                    Bytes::new(),
+                                )))
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("keygate-events-quota-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("keygate.toml");
+        let snap = crate::config::parse(
+            &format!(
+                "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n[[webhooks]]\nurl = \"http://{addr}/q\"\nevents = [\"quota.exceeded\"]\nsecret = \"qsecret\"\n"
+            ),
+            &config,
+        )
+        .unwrap()
+        .snapshot;
+        let metrics = Metrics::new();
+        let (events, rx) = Events::new(&snap.webhooks, metrics.clone());
+        let path = spool_path(&snap, &config);
+        let published = Arc::new(Published::new(snap));
+        let task = tokio::spawn(run(rx, published, metrics.clone(), None, path));
+        let end = SystemTime::now() + Duration::from_secs(3600);
+        assert!(events.wants(Kind::QuotaExceeded));
+        assert!(!events.wants(Kind::QuotaWarning));
+        events.emit(Event::quota_exceeded(QuotaScope::Key, "k1", 100, 100, end));
+        events.emit(Event::quota_exceeded(QuotaScope::Key, "k1", 101, 100, end));
+        let (sig, body) = tokio::time::timeout(Duration::from_secs(10), got.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let now = super::super::secs(SystemTime::now());
+        assert!(super::super::sign::verify(
+            b"qsecret",
+            &sig,
+            body.as_bytes(),
+            now,
+            300
+        ));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["type"], "quota.exceeded");
+        assert_eq!(v["data"]["key"], "k1");
+        assert_eq!(v["data"]["used"], 100);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), got.recv())
+                .await
+                .is_err(),
+            "the second one of the window was sent too"
+        );
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn events_spool_path_is_beside_the_keys_file() {
         assert_eq!(
