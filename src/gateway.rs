@@ -230,7 +230,7 @@ impl Gateway {
             shard: metrics.shard(),
             metrics,
             access: access_log,
-            events: Some(events),
+            events: Some(events.clone()),
         };
         let proxy = proxy::Proxy::observed(published.clone(), observer).with_cluster(cluster);
         let workers = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
@@ -249,6 +249,7 @@ impl Gateway {
         .context("cannot start the server workers")?;
         let _ = stop_tx.send(true);
         drop(stop_rx);
+        events.flush(std::time::Duration::from_secs(2)).await;
         tokio::task::spawn_blocking(move || last_used::flush(&published, &config_path)).await?;
         Ok(())
     }

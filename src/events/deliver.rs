@@ -351,6 +351,13 @@ impl Worker {
 
     async fn accept(&mut self, m: Msg) {
         let event = match m {
+            Msg::Flush(done) => {
+                if self.dirty {
+                    self.flush().await;
+                }
+                let _ = done.send(());
+                return;
+            }
             Msg::Event(e) => e,
             Msg::ExpiredUsed(id, at) => {
                 let snap = self.published.load();

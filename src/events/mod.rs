@@ -362,6 +362,8 @@ pub(crate) enum Msg {
     Event(Event),
     /// Made into an event by the delivery task, off the request path.
     ExpiredUsed(Id, SystemTime),
+    /// Write the spool now and say when it is done (shutdown).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The receiving half, for [`deliver::run`].
@@ -426,6 +428,18 @@ impl Events {
         for e in key_changes(old, new, |k| self.wants(k)) {
             self.emit(e);
         }
+    }
+
+    /// Writes what is pending to the spool, waiting at most `limit`: the shutdown's last step,
+    /// so an event emitted just before SIGTERM is not lost.
+    pub async fn flush(&self, limit: Duration) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let _ = tokio::time::timeout(limit, async {
+            if self.tx.send(Msg::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        })
+        .await;
     }
 
     /// The request path, when an expired key was presented: at most one push per key per

@@ -15,8 +15,7 @@ use crate::config::raw::RawWebhook;
 use crate::config::values::relative_to;
 use crate::model::{EVENT_NAMES, Webhook};
 
-/// A retry is at most this far from the one before: the schedule stays dense enough that a
-/// receiver back after an outage hears within the hour.
+/// The longest `retry_for`: the spool holds what is pending, it is not an archive.
 const MAX_RETRY_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Every `[[webhooks]]` table; one that is wrong is reported and left out.
