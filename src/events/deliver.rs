@@ -711,6 +711,85 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A receiver that is down: past `max_pending` the oldest delivery is dropped, and past
+    /// `retry_for` one is given up; both counted.
+    #[tokio::test]
+    async fn events_max_pending_drops_the_oldest_and_retry_for_gives_up() {
+        use crate::events::{Event, Events, QuotaScope};
+
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let dir = std::env::temp_dir().join(format!("keygate-events-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("keygate.toml");
+        let snap = crate::config::parse(
+            &format!(
+                "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n\
+                 [[webhooks]]\nname = \"down\"\nurl = \"http://{closed}/\"\nevents = [\"quota.exceeded\"]\nsecret = \"s\"\nretry_initial = \"1h\"\nmax_pending = 2\n\
+                 [[webhooks]]\nname = \"brief\"\nurl = \"http://{closed}/\"\nevents = [\"quota.warning\"]\nsecret = \"s\"\nretry_for = \"1ms\"\n"
+            ),
+            &config,
+        )
+        .unwrap()
+        .snapshot;
+        let metrics = Metrics::new();
+        let (events, rx) = Events::new(&snap.webhooks, metrics.clone());
+        let path = spool_path(&snap, &config);
+        let published = Arc::new(Published::new(snap));
+        let task = tokio::spawn(run(
+            rx,
+            published.clone(),
+            metrics.clone(),
+            None,
+            path.clone(),
+        ));
+        let text = || metrics.encode(&published);
+        let wait_for = async |line: &str| {
+            for _ in 0..500 {
+                if text().lines().any(|l| l == line) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no {line:?} in\n{}", text());
+        };
+        let end = SystemTime::now() + Duration::from_secs(3600);
+        for (i, key) in ["k1", "k2", "k3"].into_iter().enumerate() {
+            events.emit(Event::quota_exceeded(QuotaScope::Key, key, 1, 1, end));
+            wait_for(&format!(
+                "keygate_webhook_deliveries_total{{webhook=\"down\",event=\"quota.exceeded\",outcome=\"failed\"}} {}",
+                i + 1
+            ))
+            .await;
+        }
+        wait_for("keygate_webhook_deliveries_total{webhook=\"down\",event=\"quota.exceeded\",outcome=\"dropped\"} 1").await;
+        wait_for("keygate_webhook_pending{webhook=\"down\"} 2").await;
+        events.emit(Event::quota_warning(
+            QuotaScope::Consumer,
+            "acme",
+            8,
+            10,
+            end,
+        ));
+        wait_for("keygate_webhook_deliveries_total{webhook=\"brief\",event=\"quota.warning\",outcome=\"gave_up\"} 1").await;
+        wait_for("keygate_webhook_pending{webhook=\"brief\"} 0").await;
+        // The spool holds the two left, not the dropped one.
+        for _ in 0..200 {
+            let spool = std::fs::read_to_string(&path).unwrap_or_default();
+            if spool.matches("\"hook\":\"down\"").count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let spool = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(spool.matches("\"hook\":\"down\"").count(), 2, "{spool}");
+        assert!(!spool.contains("\\\"key\\\":\\\"k1\\\""), "{spool}");
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn events_spool_path_is_beside_the_keys_file() {
         assert_eq!(

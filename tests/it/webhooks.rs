@@ -157,7 +157,7 @@ async fn metric(kg: &Process, series: &str) -> f64 {
 }
 
 #[tokio::test]
-async fn key_created_is_posted_signed_and_key_changes_follow() {
+async fn key_changes_from_the_api_a_hand_edit_and_the_commands_are_posted_signed_once() {
     let rx = Receiver::start(0).await;
     let files = Files::for_binary("webhooks-created", Some(INITIAL_KEYS)).await;
     files.append_to_config(&webhook(&rx, "1s"));
@@ -205,9 +205,20 @@ async fn key_created_is_posted_signed_and_key_changes_follow() {
     let created = rx.wait_for("key.created", 2, RELOAD_LIMIT).await;
     assert_eq!(created[1].json()["data"]["key"]["id"], "by-hand");
 
+    // `keygate keys create` (the command, on the files) and `keygate keys revoke`.
+    let out = keygate_cmd(&files.config, &["keys", "create", "--id", "from-cmd"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let created = rx.wait_for("key.created", 3, RELOAD_LIMIT).await;
+    assert_eq!(created[2].json()["data"]["key"]["id"], "from-cmd");
+    assert!(!created[2].body.contains("sha256:"));
+    let out = keygate_cmd(&files.config, &["keys", "revoke", "from-cmd"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let revoked = rx.wait_for("key.revoked", 2, RELOAD_LIMIT).await;
+    assert_eq!(revoked[1].json()["data"]["key"]["id"], "from-cmd");
+
     let delivered = "keygate_webhook_deliveries_total{webhook=\"rx\",event=\"key.created\",outcome=\"delivered\"}";
     poll(Duration::from_secs(5), "the delivered metric", async || {
-        (metric(&kg, delivered).await == 2.0).then_some(())
+        (metric(&kg, delivered).await == 3.0).then_some(())
     })
     .await;
     assert_eq!(
@@ -216,9 +227,9 @@ async fn key_created_is_posted_signed_and_key_changes_follow() {
     );
     // Exactly once each: nothing more came.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rx.of("key.created").len(), 2);
+    assert_eq!(rx.of("key.created").len(), 3);
     assert_eq!(rx.of("key.updated").len(), 1);
-    assert_eq!(rx.of("key.revoked").len(), 1);
+    assert_eq!(rx.of("key.revoked").len(), 2);
     kg.terminate_cleanly().await;
 }
 
@@ -428,4 +439,54 @@ async fn a_fleet_tells_each_key_change_once() {
     assert_eq!(spools, 2);
     a.stop().await;
     b.stop().await;
+}
+
+/// A reload applies changed webhooks: an event type added to `events` is sent from then on,
+/// and a webhook removed gets nothing more.
+#[tokio::test]
+async fn a_reload_applies_changed_webhooks() {
+    let rx = Receiver::start(0).await;
+    let files = Files::for_binary("webhooks-reload", Some(INITIAL_KEYS)).await;
+    let only_revoked = webhook(&rx, "1s").replace(
+        "events = [\"key.created\", \"key.updated\", \"key.revoked\", \"key.expired_used\"]",
+        "events = [\"key.revoked\"]",
+    );
+    files.append_to_config(&only_revoked);
+    let kg = Process::start(&files.config).await;
+    let api = kg.api();
+    api.create_key(json!({ "id": "before" })).await;
+    expect(&api.get("/v1/keys/before").await, 200);
+    let resp = api.delete("/v1/keys/before").await;
+    assert!(resp.status.is_success());
+    rx.wait_for("key.revoked", 1, Duration::from_secs(10)).await;
+    assert!(rx.of("key.created").is_empty(), "not asked for yet");
+
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    std::fs::write(
+        &files.config,
+        text.replace("events = [\"key.revoked\"]", "events = [\"key.created\"]"),
+    )
+    .unwrap();
+    // Bounded: each try makes one more key, until the reloaded webhook reports one.
+    let mut n = 0;
+    poll(RELOAD_LIMIT, "key.created after the reload", async || {
+        n += 1;
+        api.create_key(json!({ "id": format!("after-{n}") })).await;
+        (!rx.of("key.created").is_empty()).then_some(())
+    })
+    .await;
+
+    // Removed: nothing more.
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    let cut = text.find("[[webhooks]]").unwrap();
+    std::fs::write(&files.config, &text[..cut]).unwrap();
+    poll(RELOAD_LIMIT, "the webhook to be gone", async || {
+        let before = rx.all().len();
+        n += 1;
+        api.create_key(json!({ "id": format!("after-{n}") })).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (rx.all().len() == before).then_some(())
+    })
+    .await;
+    kg.terminate_cleanly().await;
 }
