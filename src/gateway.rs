@@ -143,13 +143,22 @@ impl Gateway {
         let (events, event_rx) = events::Events::new(&snap.webhooks, metrics.clone());
         let published = Arc::new(Published::new(snap));
         // Always running, so a reload that adds the first webhook needs no restart.
-        tokio::spawn(events::deliver::run(
+        let delivery = tokio::spawn(events::deliver::run(
             event_rx,
             published.clone(),
             metrics.clone(),
             cluster.clone(),
             spool,
         ));
+        tokio::spawn(async move {
+            if let Err(e) = delivery.await
+                && e.is_panic()
+            {
+                tracing::error!(
+                    "the webhook delivery task failed; events are no longer sent until a restart (pending ones are in the spool): {e}"
+                );
+            }
+        });
         last_used::restore(&published.load(), &state);
         last_used::spawn(published.clone(), config_path.clone(), cluster.clone());
         let admin_certs = match snap_admin_tls(&published) {
