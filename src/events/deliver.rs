@@ -499,6 +499,11 @@ impl Worker {
                 self.metrics.webhook_delivery(&p.hook, &p.kind, "delivered");
                 self.pending.remove(&seq);
             }
+            Err(_) if self.hooks.iter().all(|h| *h.name != p.hook) => {
+                // Removed by a reload while this attempt was in flight.
+                self.metrics.webhook_delivery(&p.hook, &p.kind, "dropped");
+                self.pending.remove(&seq);
+            }
             Err(why) => {
                 p.attempts += 1;
                 let now = now_ms();
