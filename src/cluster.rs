@@ -843,6 +843,26 @@ return out
         }
     }
 
+    /// Claims webhook event `id` for this instance for `ttl` (`SET NX`): `false` when another
+    /// instance already did, so each event is sent by one instance of the fleet. `true` when
+    /// Redis cannot say: a duplicate (which receivers drop by id) beats a lost event.
+    pub async fn claim_event(&self, id: &str, ttl: Duration) -> bool {
+        let Some(mut conn) = self.redis.get() else {
+            return true;
+        };
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}webhook:{id}", self.config.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let set = cmd.query_async::<Option<String>>(&mut conn);
+        match tokio::time::timeout(self.config.timeout.max(Duration::from_millis(500)), set).await {
+            Ok(Ok(answer)) => answer.is_some(),
+            _ => true,
+        }
+    }
+
     /// Ends the shared session `hash` on every instance.
     pub async fn session_close(&self, hash: &str) {
         let Some(mut conn) = self.redis.get() else {

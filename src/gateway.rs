@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::snapshot::Snapshot;
 use crate::state::{Published, last_used};
-use crate::{admin, cluster, config, metrics, proxy, reload, tls};
+use crate::{admin, cluster, config, events, metrics, proxy, reload, tls};
 
 /// `keygate run`: load the config, bind, serve until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -139,7 +139,26 @@ impl Gateway {
                     .with_context(|| format!("[cluster] redis = {:?}", c.redis))?,
             ),
         };
+        let spool = events::deliver::spool_path(&snap, &config_path);
+        let (events, event_rx) = events::Events::new(&snap.webhooks, metrics.clone());
         let published = Arc::new(Published::new(snap));
+        // Always running, so a reload that adds the first webhook needs no restart.
+        let delivery = tokio::spawn(events::deliver::run(
+            event_rx,
+            published.clone(),
+            metrics.clone(),
+            cluster.clone(),
+            spool,
+        ));
+        tokio::spawn(async move {
+            if let Err(e) = delivery.await
+                && e.is_panic()
+            {
+                tracing::error!(
+                    "the webhook delivery task failed; events are no longer sent until a restart (pending ones are in the spool): {e}"
+                );
+            }
+        });
         last_used::restore(&published.load(), &state);
         last_used::spawn(published.clone(), config_path.clone(), cluster.clone());
         let admin_certs = match snap_admin_tls(&published) {
@@ -157,7 +176,8 @@ impl Gateway {
                 certs,
                 metrics.clone(),
             )
-            .with_admin_certs(admin_certs.clone()),
+            .with_admin_certs(admin_certs.clone())
+            .with_events(events.clone()),
         );
         drop(text);
         reload::spawn(reloader.clone()).context("cannot watch the config file")?;
@@ -219,6 +239,7 @@ impl Gateway {
             shard: metrics.shard(),
             metrics,
             access: access_log,
+            events: Some(events.clone()),
         };
         let proxy = proxy::Proxy::observed(published.clone(), observer).with_cluster(cluster);
         let workers = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
@@ -237,6 +258,7 @@ impl Gateway {
         .context("cannot start the server workers")?;
         let _ = stop_tx.send(true);
         drop(stop_rx);
+        events.flush(std::time::Duration::from_secs(2)).await;
         tokio::task::spawn_blocking(move || last_used::flush(&published, &config_path)).await?;
         Ok(())
     }

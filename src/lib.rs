@@ -24,6 +24,9 @@ pub(crate) mod admin;
 pub mod audit;
 pub mod cli;
 pub(crate) mod cluster;
+// Webhook events: emitted by the reloader and the request path (a non-blocking push; it
+// imports nothing of the request path), delivered by its own task.
+pub mod events;
 pub mod gateway;
 pub(crate) mod manage;
 pub(crate) mod metrics;

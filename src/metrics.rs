@@ -131,6 +131,27 @@ pub struct Metrics {
     /// published a config. Starts as the load at start.
     reload_time: AtomicU64,
     reload_ok: AtomicU64,
+    /// `[[webhooks]]`: deliveries by (webhook, event, outcome), and pending per webhook, as the
+    /// delivery task reports them (never the request path).
+    webhooks: Mutex<Webhooks>,
+}
+
+#[derive(Default)]
+struct Webhooks {
+    deliveries: BTreeMap<(String, String, &'static str), u64>,
+    pending: BTreeMap<String, i64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: String,
+    event: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookName {
+    webhook: String,
 }
 
 impl Default for Metrics {
@@ -141,6 +162,7 @@ impl Default for Metrics {
             redis_up: Gauge::default(),
             reload_time: AtomicU64::new(0),
             reload_ok: AtomicU64::new(1),
+            webhooks: Mutex::default(),
         };
         m.reloaded(SystemTime::now(), true);
         m
@@ -346,6 +368,23 @@ impl Metrics {
         self.reload_ok.store(u64::from(ok), Ordering::Relaxed);
     }
 
+    /// One webhook delivery's outcome: `delivered`, `failed` (to be retried), `gave_up`
+    /// (retried for `retry_for`) or `dropped` (past `max_pending`, webhook removed, queue full).
+    pub fn webhook_delivery(&self, webhook: &str, event: &str, outcome: &'static str) {
+        let mut w = self.webhooks.lock().unwrap_or_else(|p| p.into_inner());
+        *w.deliveries
+            .entry((webhook.to_owned(), event.to_owned(), outcome))
+            .or_default() += 1;
+    }
+
+    /// Deliveries waiting, per webhook.
+    pub fn webhooks_pending(&self, pending: BTreeMap<String, i64>) {
+        self.webhooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending = pending;
+    }
+
     /// The Prometheus text exposition of everything, with the config's state as of now.
     pub fn encode(&self, published: &Published) -> String {
         let totals = self.totals();
@@ -477,6 +516,37 @@ impl Metrics {
             "Deploy targets in the config",
             count(snap.targets.len()),
         );
+        {
+            let w = self.webhooks.lock().unwrap_or_else(|p| p.into_inner());
+            let deliveries: Family<WebhookLabels, Counter> = Family::default();
+            for ((webhook, event, outcome), &n) in &w.deliveries {
+                deliveries
+                    .get_or_create(&WebhookLabels {
+                        webhook: webhook.clone(),
+                        event: event.clone(),
+                        outcome,
+                    })
+                    .inc_by(n);
+            }
+            r.register(
+                "webhook_deliveries",
+                "Webhook delivery attempts and their end, by webhook, event and outcome (delivered, failed, gave_up, dropped)",
+                deliveries,
+            );
+            let pending: Family<WebhookName, Gauge> = Family::default();
+            for (webhook, &n) in &w.pending {
+                pending
+                    .get_or_create(&WebhookName {
+                        webhook: webhook.clone(),
+                    })
+                    .set(n);
+            }
+            r.register(
+                "webhook_pending",
+                "Webhook deliveries waiting to be sent or retried, by webhook",
+                pending,
+            );
+        }
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &r);

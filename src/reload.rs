@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::{self, LoadError, Loaded};
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::state::Published;
@@ -80,6 +81,9 @@ pub struct Reloader {
     admin_certs: Option<Arc<CertStore>>,
     /// Told of every reload that publishes or fails.
     metrics: Arc<Metrics>,
+    /// Told of every publish: the webhooks to deliver to, and the key changes (events/mod.rs
+    /// says why the key events come from here).
+    events: Option<Arc<Events>>,
 }
 
 #[derive(Default)]
@@ -118,7 +122,14 @@ impl Reloader {
             certs,
             admin_certs: None,
             metrics,
+            events: None,
         }
+    }
+
+    /// Webhook events for every key change this reloader publishes.
+    pub fn with_events(mut self, events: Arc<Events>) -> Reloader {
+        self.events = Some(events);
+        self
     }
 
     /// The admin listener's certificate (`[admin.tls]`), reloaded with the config.
@@ -286,6 +297,10 @@ impl Reloader {
             );
         }
         let (added, removed, changed) = diff(&self.published.load(), &next);
+        if let Some(events) = &self.events {
+            events.configure(&next.webhooks);
+            events.key_changes(&self.published.load(), &next);
+        }
         let generation = self.published.publish(next);
         self.metrics.reloaded(SystemTime::now(), true);
         tracing::info!(

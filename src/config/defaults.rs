@@ -47,3 +47,12 @@ pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 /// `[admin] audit_log`: the file name beside the keys file.
 pub const DEFAULT_AUDIT_LOG: &str = "audit.jsonl";
+
+/// `[[webhooks]] timeout`: one delivery attempt, connect to response head.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[[webhooks]] retry_initial`: the first retry's wait; doubled each time, up to an hour.
+pub const DEFAULT_WEBHOOK_RETRY_INITIAL: Duration = Duration::from_secs(30);
+/// `[[webhooks]] retry_for`: a receiver down for a day still gets what happened meanwhile.
+pub const DEFAULT_WEBHOOK_RETRY_FOR: Duration = Duration::from_secs(24 * 3600);
+/// `[[webhooks]] max_pending`: bounds memory and the spool file while a receiver is down.
+pub const DEFAULT_WEBHOOK_MAX_PENDING: u32 = 10_000;

@@ -74,6 +74,9 @@ pub struct RawConfig<'a> {
     pub cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     pub admin_keys: Vec<RawAdminKey>,
+    /// `[[webhooks]]`: where key and quota events are POSTed.
+    #[serde(default)]
+    pub webhooks: Vec<Spanned<RawWebhook>>,
     #[serde(default)]
     pub targets: Vec<RawTarget>,
     #[serde(default)]
@@ -165,6 +168,29 @@ pub struct RawCluster {
     pub sync_interval: Option<Spanned<String>>,
     /// Prefix of every Redis key and channel keygate uses.
     pub prefix: Option<Spanned<String>>,
+}
+
+/// `[[webhooks]]`: one receiver of events (docs/webhooks.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// `http://` or `https://` URL the events are POSTed to.
+    pub url: Spanned<String>,
+    /// The event names it receives, e.g. `["key.created", "quota.exceeded"]`.
+    pub events: Spanned<Vec<Spanned<String>>>,
+    /// The HMAC-SHA256 signing secret, or a file holding it (relative to the config file).
+    pub secret: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
+    /// Its label in the metrics and logs (default: the URL's host, port and path).
+    pub name: Option<Spanned<String>>,
+    /// Bound on one delivery attempt.
+    pub timeout: Option<Spanned<String>>,
+    /// The wait before the first retry; each next one waits twice as long (up to an hour).
+    pub retry_initial: Option<Spanned<String>>,
+    /// How long a failing delivery is retried before it is given up.
+    pub retry_for: Option<Spanned<String>>,
+    /// Deliveries waiting for this receiver, at most; past it the oldest is dropped.
+    pub max_pending: Option<Spanned<u32>>,
 }
 
 /// `[[admin_keys]]`: who may call the admin API.

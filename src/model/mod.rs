@@ -22,3 +22,4 @@ pub use sections::{
     AccessTo, Admin, AdminKey, AuditLog, ClusterConfig, ClusterMode, Consumer, DEFAULT_KEY_NAME,
     Log, LogFormat, OnRedisError, Role, Server, Target, TlsFiles,
 };
+pub use sections::{EVENT_NAMES, Webhook};

@@ -192,3 +192,41 @@ pub struct Consumer {
     /// Defined in the keys file (changeable through the admin API), not the main file.
     pub managed: bool,
 }
+
+/// `[[webhooks]]`: one receiver of events.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Label in the metrics and logs; unique among the webhooks.
+    pub name: Box<str>,
+    pub url: http::Uri,
+    /// The event names it receives (validated against the known ones).
+    pub events: Vec<Box<str>>,
+    /// The signing secret's bytes.
+    pub secret: Box<[u8]>,
+    pub timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_for: Duration,
+    pub max_pending: u32,
+}
+
+// By hand, so that the secret never reaches a log line.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every event a webhook may ask for (`events/mod.rs` makes them; docs/webhooks.md).
+pub const EVENT_NAMES: [&str; 7] = [
+    "key.created",
+    "key.updated",
+    "key.revoked",
+    "key.expiring",
+    "key.expired_used",
+    "quota.warning",
+    "quota.exceeded",
+];

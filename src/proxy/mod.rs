@@ -82,6 +82,7 @@ impl Proxy {
                 shard: metrics.shard(),
                 metrics,
                 access: None,
+                events: None,
             }
         })
     }
@@ -118,6 +119,7 @@ impl Proxy {
                 metrics: self.observer.metrics.clone(),
                 shard: self.observer.metrics.shard(),
                 access: self.observer.access.clone(),
+                events: self.observer.events.clone(),
             }),
             rate: self.rate.clone(),
         }

@@ -195,6 +195,8 @@ pub struct Observer {
     /// This worker's counts.
     pub shard: Arc<Shard>,
     pub access: Option<Arc<AccessLog>>,
+    /// `key.expired_used` for webhooks: a non-blocking push, at most once per key per hour.
+    pub events: Option<Arc<crate::events::Events>>,
 }
 
 /// A client connection's requests in flight, for `[server] idle_timeout`: the listener's.
@@ -340,6 +342,11 @@ impl Exchange {
         self.observer.shard.denied(code);
         if let (Deny::RateLimited(_), Some(key)) = (&refusal.deny, &refusal.key) {
             self.observer.shard.rate_limited(key);
+        }
+        if let (Deny::KeyExpired, Some(key), Some(events)) =
+            (refusal.deny, &refusal.key, &self.observer.events)
+        {
+            events.expired_used(key);
         }
         if let (Some(l), Some(key)) = (&mut self.line, &refusal.key) {
             l.key = Some(key.clone());

@@ -54,6 +54,8 @@ pub struct Snapshot {
     pub admin: Option<Admin>,
     /// The file of managed consumers and keys, when there is one.
     pub keys_file: Option<std::path::PathBuf>,
+    /// `[[webhooks]]`: a reload applies them to the deliveries still pending.
+    pub webhooks: Vec<crate::model::Webhook>,
 }
 
 impl Snapshot {
@@ -96,6 +98,7 @@ impl Snapshot {
             by_hash,
             admin: None,
             keys_file: None,
+            webhooks: Vec::new(),
         }
     }
 

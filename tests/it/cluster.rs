@@ -18,7 +18,7 @@ const ADMIN_KEY: &str = "kg_fleet_admin_YWRtaW5GbGVldFNlY3JldDAxMjM0NTY3";
 const THIRD_KEY: &str = "kg_fleet_third_dGhpcmRGbGVldFNlY3JldDAxMjM0NTY3";
 
 /// A `redis-server` of the test's own, on a free loopback port, without persistence.
-struct Redis {
+pub(crate) struct Redis {
     port: u16,
     child: Option<Child>,
     /// Extra `redis-server` arguments (cluster mode).
@@ -56,7 +56,7 @@ fn free_port_pair() -> u16 {
 
 impl Redis {
     /// `None` when redis-server is not installed (see [`redis_installed`]).
-    fn start() -> Option<Redis> {
+    pub(crate) fn start() -> Option<Redis> {
         if !redis_installed() {
             return None;
         }
@@ -120,7 +120,7 @@ impl Redis {
         assert!(!self.answers(), "redis still answers after kill");
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
@@ -258,7 +258,7 @@ impl RedisCluster {
 
 /// A config for one instance of the fleet: its own port, the shared Redis, `cluster` lines
 /// (mode, on_redis_error...), one target on `up`, then `rest`.
-fn instance_config(up: SocketAddr, redis: &Redis, cluster: &str, rest: &str) -> String {
+pub(crate) fn instance_config(up: SocketAddr, redis: &Redis, cluster: &str, rest: &str) -> String {
     format!(
         "{}[cluster]\nredis = \"{}\"\n{cluster}\n\n{}{rest}",
         server_toml("127.0.0.1:0", ""),
