@@ -139,6 +139,15 @@ impl Gateway {
                     .with_context(|| format!("[cluster] redis = {:?}", c.redis))?,
             ),
         };
+        let usage = snap.usage.enabled.then(|| {
+            let u = crate::usage::Usage::new(
+                snap.usage.clone(),
+                crate::usage::store::path_for(&snap, &config_path),
+                cluster.clone(),
+            );
+            u.spawn();
+            u
+        });
         let published = Arc::new(Published::new(snap));
         last_used::restore(&published.load(), &state);
         last_used::spawn(published.clone(), config_path.clone(), cluster.clone());
@@ -193,7 +202,8 @@ impl Gateway {
                     metrics.clone(),
                     cluster.clone(),
                 )
-                .with_https(admin_tls.is_some()),
+                .with_https(admin_tls.is_some())
+                .with_usage(usage.clone()),
             );
             ready = Some(admin.readiness());
             tokio::spawn(admin.clone().keep_default_keys());
@@ -219,6 +229,7 @@ impl Gateway {
             shard: metrics.shard(),
             metrics,
             access: access_log,
+            usage: usage.as_ref().map(|u| u.meter()),
         };
         let proxy = proxy::Proxy::observed(published.clone(), observer).with_cluster(cluster);
         let workers = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
@@ -237,6 +248,9 @@ impl Gateway {
         .context("cannot start the server workers")?;
         let _ = stop_tx.send(true);
         drop(stop_rx);
+        if let Some(u) = &usage {
+            u.flush().await;
+        }
         tokio::task::spawn_blocking(move || last_used::flush(&published, &config_path)).await?;
         Ok(())
     }

@@ -17,6 +17,7 @@ use super::sections::log::log;
 use super::sections::metrics::metrics;
 use super::sections::server::server;
 use super::sections::targets::targets;
+use super::sections::usage::usage;
 use crate::snapshot::Snapshot;
 
 // By their old paths (`config::validate::parse_net`, `config::validate::DEFAULT_…`), for the
@@ -52,6 +53,7 @@ pub fn validate(
         .cluster
         .as_ref()
         .and_then(|r| cluster(&mut c, r.get_ref(), r.span()));
+    let usage = usage(&mut c, raw.usage.as_ref(), main.source.file);
     let (targets, target_names) = targets(&mut c, &raw.targets);
     let keys_path = raw
         .keys_file
@@ -84,6 +86,7 @@ pub fn validate(
             snap.log = log;
             snap.metrics_listen = metrics_listen;
             snap.cluster = cluster;
+            snap.usage = usage;
             Ok((snap, c.problems))
         }
         _ => Err(Failure::Invalid(c.problems)),

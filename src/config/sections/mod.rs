@@ -10,3 +10,4 @@ pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod targets;
+pub mod usage;
