@@ -104,7 +104,8 @@ impl Usage {
                 Book::default()
             }
         };
-        book.prune(hour_of(SystemTime::now()), config.retention_days);
+        // Days past retention go at the first flush, even if nothing new is counted.
+        let pruned = book.prune(hour_of(SystemTime::now()), config.retention_days);
         Arc::new(Usage {
             config,
             path,
@@ -112,7 +113,7 @@ impl Usage {
             book: Mutex::new(book),
             unsent: Mutex::new(HashMap::new()),
             cluster,
-            changed: AtomicBool::new(false),
+            changed: AtomicBool::new(pruned),
             sending: tokio::sync::Mutex::new(()),
             writing: Mutex::new(()),
         })

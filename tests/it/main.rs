@@ -50,3 +50,4 @@ mod target_binding;
 mod tls;
 mod upstream_errors;
 mod upstream_pool;
+mod usage;
