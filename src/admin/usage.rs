@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::{Admin, Answer, Problem, field_problem, json};
 use crate::usage::counts::{
     Counts, CountsDoc, csv_header, csv_row, day_of_hour, day_string, hour_of, hour_string,
-    parse_day,
+    parse_date,
 };
 use crate::usage::{Entry, Query, Scope};
 
@@ -31,8 +31,10 @@ const MAX_LIMIT: usize = 10_000;
 /// counts are kept 48 hours anyway).
 const MAX_DAYS: u32 = 366;
 const MAX_HOUR_DAYS: u32 = 7;
-/// The days a range spans when `from` is absent: the last 30, `to` included.
+/// The days a range spans when `from` is absent, `to` included: 30 by day; by hour 2, which
+/// hold the 48 hours kept.
 const DEFAULT_DAYS: u32 = 30;
+const DEFAULT_HOUR_DAYS: u32 = 2;
 
 /// The cursor of the next page of a CSV answer (a JSON answer has it as `next_after`).
 pub const NEXT_AFTER: HeaderName = HeaderName::from_static("keygate-next-after");
@@ -59,7 +61,7 @@ impl Ask {
                 .decode_utf8_lossy()
                 .into_owned();
             let date = |field: &str| {
-                parse_day(&v).ok_or_else(|| {
+                parse_date(&v).ok_or_else(|| {
                     field_problem(
                         field,
                         format!("{field} must be a date such as 2026-12-03 (YYYY-MM-DD, UTC)"),
@@ -106,14 +108,19 @@ impl Ask {
                 _ => return Err(field_problem(k, format!("unknown query parameter {k:?}"))),
             }
         }
-        let today = day_of_hour(hour_of(SystemTime::now()));
+        let today = i64::from(day_of_hour(hour_of(SystemTime::now())));
         let to = to.unwrap_or(today);
-        let from = from.unwrap_or(to.saturating_sub(DEFAULT_DAYS - 1));
+        let span = if hourly {
+            DEFAULT_HOUR_DAYS
+        } else {
+            DEFAULT_DAYS
+        };
+        let from = from.unwrap_or(to - i64::from(span - 1));
         if from > to {
             return Err(field_problem("from", "from must be on or before to".into()));
         }
         let most = if hourly { MAX_HOUR_DAYS } else { MAX_DAYS };
-        if to - from + 1 > most {
+        if to - from + 1 > i64::from(most) {
             return Err(field_problem(
                 "to",
                 format!(
@@ -123,20 +130,11 @@ impl Ask {
                 ),
             ));
         }
-        if export && let Some(a) = &after {
-            let valid = a
-                .split_once('/')
-                .is_some_and(|(d, k)| parse_day(d).is_some() && !k.is_empty());
-            if !valid {
-                return Err(field_problem(
-                    "after",
-                    "after must be the next_after of the previous page (DATE/KEY_ID)".into(),
-                ));
-            }
-        }
+        // Nothing was counted before 1970: days before it read as its first.
+        let day = |d: i64| u32::try_from(d.max(0)).unwrap_or(u32::MAX);
         Ok(Ask {
-            from,
-            to,
+            from: day(from),
+            to: day(to),
             hourly,
             limit,
             after,
@@ -280,24 +278,17 @@ impl Admin {
                 .any(|v| v.to_ascii_lowercase().contains("text/csv"))
         });
         let (rows, scope) = usage.entries(&ask.query(None, None)).await;
-        let after = ask
-            .after
-            .as_deref()
-            .and_then(|a| a.split_once('/'))
-            .map(|(d, k)| (parse_day(d).unwrap_or(0), k));
+        // `DATE/KEY_ID`: the date is fixed-width and followed by `/`, so comparing cursors as
+        // strings compares (date, key id), the order of the rows.
+        let cursor = |r: &Entry| format!("{}/{}", day_string(r.period), r.key.as_str());
         let mut page: Vec<&Entry> = rows
             .iter()
-            .filter(|r| after.is_none_or(|(d, k)| (r.period, r.key.as_str()) > (d, k)))
+            .filter(|r| ask.after.as_deref().is_none_or(|a| cursor(r).as_str() > a))
             .take(ask.limit + 1)
             .collect();
         let more = page.len() > ask.limit;
         page.truncate(ask.limit);
-        let next = more
-            .then(|| {
-                page.last()
-                    .map(|r| format!("{}/{}", day_string(r.period), r.key.as_str()))
-            })
-            .flatten();
+        let next = more.then(|| page.last().map(|r| cursor(r))).flatten();
         if csv {
             let mut out = csv_header();
             for r in &page {

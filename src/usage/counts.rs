@@ -276,8 +276,14 @@ pub fn hour_string(hour: u32) -> String {
     format!("{}T{:02}:00:00Z", day_string(day_of_hour(hour)), hour % 24)
 }
 
-/// The day number of `YYYY-MM-DD`, if it is one (from 1970-01-01).
+/// The day number of `YYYY-MM-DD`, if it is one from 1970-01-01 on.
 pub fn parse_day(s: &str) -> Option<u32> {
+    u32::try_from(parse_date(s)?).ok()
+}
+
+/// Days from 1970-01-01 to the date `YYYY-MM-DD` (RFC 3339 `full-date`, years 0000 to 9999);
+/// negative before 1970.
+pub fn parse_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
@@ -293,7 +299,7 @@ pub fn parse_day(s: &str) -> Option<u32> {
     let month = time::Month::try_from(u8::try_from(m).ok()?).ok()?;
     let date = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?)
         .ok()?;
-    u32::try_from(date.to_julian_day() - UNIX_EPOCH_JULIAN).ok()
+    Some(i64::from(date.to_julian_day() - UNIX_EPOCH_JULIAN))
 }
 
 /// The Julian day number of 1970-01-01.
@@ -313,6 +319,8 @@ mod tests {
         assert_eq!(day_string(day_of_hour(hour_of(after))), "2026-12-04");
         assert_eq!(hour_string(hour_of(after)), "2026-12-04T00:00:00Z");
         assert_eq!(parse_day("1970-01-01"), Some(0));
+        assert_eq!(parse_date("1969-12-31"), Some(-1));
+        assert!(parse_date("0000-01-01").is_some() && parse_date("9999-12-31").is_some());
         assert_eq!(parse_day("2026-12-04"), Some(day_of_hour(hour_of(after))));
         assert_eq!(day_string(parse_day("2028-02-29").unwrap()), "2028-02-29");
         for bad in [
@@ -321,7 +329,6 @@ mod tests {
             "2026-1-01",
             "26-12-01",
             "2026-12-0a",
-            "1969-12-31",
             "",
         ] {
             assert_eq!(parse_day(bad), None, "{bad}");

@@ -84,7 +84,7 @@ impl Meter {
 
 /// Where an answer's counts come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// This instance's counts (no `[cluster]`).
     Instance,
