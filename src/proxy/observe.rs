@@ -387,7 +387,7 @@ impl Exchange {
             bytes_in: self.bytes_in,
             bytes_out,
         });
-        if let (Some(slot), Some(m)) = (self.usage, &self.observer.usage) {
+        if let (Some(slot), Some(m)) = (self.usage.take(), &self.observer.usage) {
             m.record(
                 slot,
                 &crate::usage::Record {
@@ -433,6 +433,16 @@ impl Exchange {
                 bytes_out,
             );
         });
+    }
+}
+
+impl Drop for Exchange {
+    /// A request dropped before its answer (the client left while it waited on Redis) still
+    /// lets go of its usage slot; a finished one has already counted.
+    fn drop(&mut self) {
+        if let (Some(slot), Some(m)) = (self.usage.take(), &self.observer.usage) {
+            m.release(slot);
+        }
     }
 }
 

@@ -75,6 +75,11 @@ impl Meter {
         self.shard.slot(key, consumer) as u32
     }
 
+    /// Lets go of `slot` uncounted: its request was dropped before it was answered.
+    pub fn release(&self, slot: u32) {
+        self.shard.release(slot as usize);
+    }
+
     /// Counts one finished request of the key in `slot`, in the current UTC hour.
     pub fn record(&self, slot: u32, r: &Record) {
         self.shard
@@ -142,7 +147,7 @@ impl Usage {
     pub fn collect(&self, now: SystemTime) {
         let mut taken = Vec::new();
         for s in lock(&self.shards).iter() {
-            s.take(&mut taken);
+            s.take(hour_of(now), &mut taken);
         }
         let mut book = lock(&self.book);
         let mut changed = !taken.is_empty();
