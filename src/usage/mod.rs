@@ -105,7 +105,11 @@ impl Usage {
         let mut book = match store::load(&path) {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable usage file");
+                // Kept aside, not overwritten by the next flush: its counts may still be read
+                // by hand (or by a newer keygate, for a newer format).
+                let aside = path.with_extension("json.unreadable");
+                let moved = std::fs::rename(&path, &aside);
+                tracing::warn!(path = %path.display(), aside = %aside.display(), moved = moved.is_ok(), error = %e, "unreadable usage file set aside; counting starts anew");
                 Book::default()
             }
         };
@@ -219,9 +223,7 @@ impl Usage {
             return;
         }
         let bytes = store::render(&lock(&self.book));
-        let written = bytes
-            .map_err(std::io::Error::other)
-            .and_then(|b| crate::store::write_atomic(&self.path, &b));
+        let written = crate::store::write_atomic(&self.path, &bytes);
         if let Err(e) = written {
             self.changed.store(true, Ordering::Release);
             tracing::warn!(path = %self.path.display(), error = %e, "cannot write the usage file");
