@@ -103,9 +103,9 @@ fn parse_hour(s: &str) -> Option<u32> {
     Some(day * 24 + h)
 }
 
-/// The book as the file's bytes, written directly: a flush rewrites the whole file, so this is
-/// its cost (about 1,500 instructions a row, against 9,000 through serde's maps). Ids need no
-/// escaping: they are `[A-Za-z0-9._:@-]`, checked when the config was loaded.
+/// The book as the file's bytes, written directly rather than through serde's maps of owned
+/// strings: a flush rewrites the whole file, so this is most of its cost (docs/performance.md).
+/// Ids need no escaping: they are `[A-Za-z0-9._:@-]`, checked when the config was loaded.
 pub fn render(book: &Book) -> Vec<u8> {
     use std::fmt::Write as _;
     let rows = book
