@@ -529,6 +529,18 @@ async fn a_fleet_sums_its_counts_in_redis() {
     assert_eq!(fenced, 5);
     let consumer = usage(gates[1].0.admin, "/v1/consumers/acme/usage", "").await;
     assert_eq!(consumer["total"]["requests"], 5);
+    let hourly = usage(
+        gates[0].0.admin,
+        "/v1/keys/fenced/usage",
+        "&granularity=hour",
+    )
+    .await;
+    assert_eq!(hourly["total"]["requests"], 5, "{hourly}");
+    // Redis gone: each instance answers its own counts, and says so.
+    drop(redis);
+    let alone = usage(gates[0].0.admin, "/v1/keys/fenced/usage", "").await;
+    assert_eq!(alone["scope"], "instance_fallback", "{alone}");
+    assert_eq!(alone["total"]["requests"], 2);
     for (kg, _) in gates {
         kg.terminate_cleanly().await;
     }
