@@ -780,6 +780,24 @@ return out
         }
     }
 
+    /// Runs `pipe` on the fleet's Redis within `wait`: usage counts go and come back in
+    /// batches (`usage::fleet`). `None` when Redis is down, slow or refuses a command.
+    pub async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        wait: Duration,
+    ) -> Option<T> {
+        let mut conn = self.redis.get()?;
+        match tokio::time::timeout(wait, pipe.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "a usage pipeline failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Shares a console session with the fleet: its fields under `<prefix>session:<hash>`,
     /// gone after `idle` unused (every touch pushes that back) and at `started_ms + max`.
     /// `false` when Redis did not take it (the session then lives on this instance only).

@@ -141,6 +141,15 @@ impl Gateway {
         };
         let spool = events::deliver::spool_path(&snap, &config_path);
         let (events, event_rx) = events::Events::new(&snap.webhooks, metrics.clone());
+        let usage = snap.usage.enabled.then(|| {
+            let u = crate::usage::Usage::new(
+                snap.usage.clone(),
+                crate::usage::store::path_for(&snap, &config_path),
+                cluster.clone(),
+            );
+            u.spawn();
+            u
+        });
         let published = Arc::new(Published::new(snap));
         // Always running, so a reload that adds the first webhook needs no restart.
         let delivery = tokio::spawn(events::deliver::run(
@@ -213,7 +222,8 @@ impl Gateway {
                     metrics.clone(),
                     cluster.clone(),
                 )
-                .with_https(admin_tls.is_some()),
+                .with_https(admin_tls.is_some())
+                .with_usage(usage.clone()),
             );
             ready = Some(admin.readiness());
             tokio::spawn(admin.clone().keep_default_keys());
@@ -240,6 +250,7 @@ impl Gateway {
             metrics,
             access: access_log,
             events: Some(events.clone()),
+            usage: usage.as_ref().map(|u| u.meter()),
         };
         let proxy = proxy::Proxy::observed(published.clone(), observer).with_cluster(cluster);
         let workers = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
@@ -259,6 +270,9 @@ impl Gateway {
         let _ = stop_tx.send(true);
         drop(stop_rx);
         events.flush(std::time::Duration::from_secs(2)).await;
+        if let Some(u) = &usage {
+            u.flush().await;
+        }
         tokio::task::spawn_blocking(move || last_used::flush(&published, &config_path)).await?;
         Ok(())
     }

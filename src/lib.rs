@@ -32,6 +32,7 @@ pub(crate) mod manage;
 pub(crate) mod metrics;
 pub(crate) mod reload;
 pub mod store;
+pub mod usage;
 
 // The request path.
 pub mod http;

@@ -17,6 +17,7 @@
 
 mod console;
 pub mod session;
+mod usage;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -76,6 +77,8 @@ pub struct Admin {
     sessions: session::Sessions,
     /// The admin listener serves HTTPS (`[admin.tls]`): session cookies are `Secure`.
     https: bool,
+    /// `[usage]`: what the usage endpoints read (`None`: counting is off).
+    usage: Option<Arc<crate::usage::Usage>>,
 }
 
 /// Who is calling, and how they proved it.
@@ -121,6 +124,7 @@ impl Admin {
             cluster,
             sessions: session::Sessions::default(),
             https: false,
+            usage: None,
         }
     }
 
@@ -175,6 +179,12 @@ impl Admin {
     }
 
     /// The admin listener serves HTTPS: session cookies are marked `Secure`.
+    /// Answers the usage endpoints from `usage`.
+    pub fn with_usage(mut self, usage: Option<Arc<crate::usage::Usage>>) -> Admin {
+        self.usage = usage;
+        self
+    }
+
     pub fn with_https(mut self, https: bool) -> Admin {
         self.https = https;
         self
@@ -741,6 +751,11 @@ impl Admin {
             }
             (Method::GET, ["v1", "audit"]) => self.list_audit(&query).await,
             (Method::GET, ["v1", "keys"]) => self.list_keys(&query).await,
+            (Method::GET, ["v1", "keys", id, "usage"]) => self.key_usage(id, &query).await,
+            (Method::GET, ["v1", "consumers", id, "usage"]) => {
+                self.consumer_usage(id, &query).await
+            }
+            (Method::GET, ["v1", "usage"]) => self.usage_export(&query, req.headers()).await,
             (Method::POST, ["v1", "keys"]) => {
                 let new: store::NewKey = body(req).await?;
                 let prefix = self.secret_prefix();
@@ -1137,7 +1152,9 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         // The probes, and the console's page and files.
         ["healthz" | "readyz" | "metrics" | ""] | ["console", _] => Some(PROBE_METHODS),
         ["v1", "session"] => Some("GET, POST, DELETE"),
-        ["v1", "targets" | "audit"] => Some("GET"),
+        ["v1", "targets" | "audit" | "usage"] | ["v1", "keys" | "consumers", _, "usage"] => {
+            Some("GET")
+        }
         ["v1", "keys" | "consumers"] => Some("GET, POST"),
         ["v1", "keys" | "consumers", _] => Some("GET, PATCH, DELETE"),
         ["v1", "keys", _, "rotate"] | ["v1", "keys" | "consumers", _, "allow_ips"] => Some("POST"),

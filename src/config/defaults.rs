@@ -41,6 +41,12 @@ pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_millis(50);
 /// `[cluster] sync_interval`: how stale a `local-sync` instance's view of the others may be.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 
+/// `[usage] flush_interval`: how often counts reach the file and the fleet (what a crash loses).
+pub const DEFAULT_USAGE_FLUSH_INTERVAL: Duration =
+    crate::model::UsageConfig::DEFAULT_FLUSH_INTERVAL;
+/// `[usage] retention`: days of daily counts kept.
+pub const DEFAULT_USAGE_RETENTION_DAYS: u32 = crate::model::UsageConfig::DEFAULT_RETENTION_DAYS;
+
 /// `[admin] session_idle`: a console session unused this long ends.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 /// `[admin] session_max`: a console session ends this long after sign-in.

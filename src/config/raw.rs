@@ -72,6 +72,8 @@ pub struct RawConfig<'a> {
     pub metrics: Option<RawMetrics>,
     /// `[cluster]`: rate limits and key changes shared through Redis.
     pub cluster: Option<Spanned<RawCluster>>,
+    /// `[usage]`: per-key usage counting.
+    pub usage: Option<RawUsage>,
     #[serde(default)]
     pub admin_keys: Vec<RawAdminKey>,
     /// `[[webhooks]]`: where key and quota events are POSTed.
@@ -191,6 +193,17 @@ pub struct RawWebhook {
     pub retry_for: Option<Spanned<String>>,
     /// Deliveries waiting for this receiver, at most; past it the oldest is dropped.
     pub max_pending: Option<Spanned<u32>>,
+}
+
+/// `[usage]`: per-key usage counts, kept in a file and (with `[cluster]`) summed in Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    pub enabled: Option<bool>,
+    pub flush_interval: Option<Spanned<String>>,
+    pub retention: Option<Spanned<String>>,
+    /// Relative to the config file.
+    pub file: Option<Spanned<String>>,
 }
 
 /// `[[admin_keys]]`: who may call the admin API.

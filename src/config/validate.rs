@@ -18,6 +18,7 @@ use super::sections::metrics::metrics;
 use super::sections::server::server;
 use super::sections::targets::targets;
 use super::sections::webhooks::webhooks;
+use super::sections::usage::usage;
 use crate::snapshot::Snapshot;
 
 // By their old paths (`config::validate::parse_net`, `config::validate::DEFAULT_…`), for the
@@ -54,6 +55,7 @@ pub fn validate(
         .as_ref()
         .and_then(|r| cluster(&mut c, r.get_ref(), r.span()));
     let webhooks = webhooks(&mut c, &raw.webhooks);
+    let usage = usage(&mut c, raw.usage.as_ref(), main.source.file);
     let (targets, target_names) = targets(&mut c, &raw.targets);
     let keys_path = raw
         .keys_file
@@ -87,6 +89,7 @@ pub fn validate(
             snap.metrics_listen = metrics_listen;
             snap.cluster = cluster;
             snap.webhooks = webhooks;
+            snap.usage = usage;
             Ok((snap, c.problems))
         }
         _ => Err(Failure::Invalid(c.problems)),

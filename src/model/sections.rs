@@ -153,6 +153,39 @@ pub enum OnRedisError {
     Local,
 }
 
+/// `[usage]`: per-key usage counting (`src/usage/`). Read at start; changing it needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageConfig {
+    /// `enabled = false`: nothing is counted, the usage endpoints answer 404 `usage_disabled`.
+    pub enabled: bool,
+    /// How often the workers' counts are collected, written to the file and sent to the fleet:
+    /// what a crash (not a shutdown) can lose.
+    pub flush_interval: Duration,
+    /// Days of daily counts kept, today included; hourly counts are kept 48 hours.
+    pub retention_days: u32,
+    /// `file`: where counts are kept (`None`: `<keys file stem>.usage.json` beside the keys
+    /// file, or beside the config without one).
+    pub file: Option<PathBuf>,
+}
+
+impl UsageConfig {
+    /// `[usage] flush_interval` when absent.
+    pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+    /// `[usage] retention` when absent: 90 days.
+    pub const DEFAULT_RETENTION_DAYS: u32 = 90;
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            enabled: true,
+            flush_interval: UsageConfig::DEFAULT_FLUSH_INTERVAL,
+            retention_days: UsageConfig::DEFAULT_RETENTION_DAYS,
+            file: None,
+        }
+    }
+}
+
 /// `[[targets]]`: a deploy target and its upstream.
 #[derive(Debug)]
 pub struct Target {

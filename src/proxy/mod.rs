@@ -83,6 +83,7 @@ impl Proxy {
                 metrics,
                 access: None,
                 events: None,
+                usage: None,
             }
         })
     }
@@ -120,6 +121,11 @@ impl Proxy {
                 shard: self.observer.metrics.shard(),
                 access: self.observer.access.clone(),
                 events: self.observer.events.clone(),
+                usage: self
+                    .observer
+                    .usage
+                    .as_ref()
+                    .map(crate::usage::Meter::sibling),
             }),
             rate: self.rate.clone(),
         }
@@ -212,13 +218,13 @@ impl Proxy {
             mono: exchange.started().saturating_duration_since(self.epoch),
         };
         let authorized = guarded_authorize(&snap, &self.failures, &facts, now)?;
-        if exchange.logging() {
-            let key = authorized.key;
-            exchange.key(&key.id, snap.consumer_of(key).map(|c| &c.id));
-        }
+        // Always: usage counts every request of a known key (a slot lookup, no allocation).
+        let key = authorized.key;
+        exchange.key(&key.id, snap.consumer_of(key).map(|c| &c.id));
         let rate = self.rate.take(&snap, &authorized).await?;
         // The one place a key is marked used: it was let through.
         snap.touch(authorized.index, now.wall);
+        exchange.allowed();
         // Known from `Content-Length` before a byte of the body is read; a chunked body is
         // counted as it streams (`forward::Upload`).
         if let Some(max) = t.max_body

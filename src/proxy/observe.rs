@@ -197,6 +197,8 @@ pub struct Observer {
     pub access: Option<Arc<AccessLog>>,
     /// `key.expired_used` for webhooks: a non-blocking push, at most once per key per hour.
     pub events: Option<Arc<crate::events::Events>>,
+    /// This worker's usage counts (`None`: `[usage] enabled = false`).
+    pub usage: Option<crate::usage::Meter>,
 }
 
 /// A client connection's requests in flight, for `[server] idle_timeout`: the listener's.
@@ -230,6 +232,10 @@ pub struct Exchange {
     /// The count of a request body of unknown length, as it streams upstream.
     counted: Option<Arc<AtomicU64>>,
     line: Option<Box<Line>>,
+    /// The key's slot in the worker's usage shard, once a key is known.
+    usage: Option<u32>,
+    /// Let through by authorize and the rate limit.
+    allowed: bool,
 }
 
 impl Exchange {
@@ -272,6 +278,8 @@ impl Exchange {
             bytes_in: 0,
             counted: None,
             line,
+            usage: None,
+            allowed: false,
         }
     }
 
@@ -306,6 +314,9 @@ impl Exchange {
 
     /// The key the secret matched (admitted or not) and its consumer.
     pub fn key(&mut self, key: &Id, consumer: Option<&Id>) {
+        if let Some(m) = &self.observer.usage {
+            self.usage = Some(m.slot(key, consumer));
+        }
         if let Some(l) = &mut self.line {
             l.key = Some(key.clone());
             l.consumer = consumer.cloned();
@@ -329,6 +340,11 @@ impl Exchange {
         }
     }
 
+    /// The request passed authorize and the rate limit: usage counts it as allowed.
+    pub fn allowed(&mut self) {
+        self.allowed = true;
+    }
+
     /// Counted with the rest when the exchange finishes: one lock of the shard per request.
     pub fn upstream_answered(&mut self, took: Duration) {
         self.upstream = Some(took);
@@ -344,13 +360,16 @@ impl Exchange {
             self.observer.shard.rate_limited(key);
         }
         if let (Deny::KeyExpired, Some(key), Some(events)) =
-            (refusal.deny, &refusal.key, &self.observer.events)
+            (&refusal.deny, &refusal.key, &self.observer.events)
         {
             events.expired_used(key);
         }
         if let (Some(l), Some(key)) = (&mut self.line, &refusal.key) {
             l.key = Some(key.clone());
             l.consumer = refusal.consumer.clone();
+        }
+        if let (None, Some(m), Some(key)) = (self.usage, &self.observer.usage, &refusal.key) {
+            self.usage = Some(m.slot(key, refusal.consumer.as_ref()));
         }
     }
 
@@ -375,6 +394,18 @@ impl Exchange {
             bytes_in: self.bytes_in,
             bytes_out,
         });
+        if let (Some(slot), Some(m)) = (self.usage.take(), &self.observer.usage) {
+            m.record(
+                slot,
+                &crate::usage::Record {
+                    allowed: self.allowed,
+                    code: self.code,
+                    upstream_status: self.upstream.map(|_| self.status),
+                    bytes_in: self.bytes_in,
+                    bytes_out,
+                },
+            );
+        }
         if let Some(a) = &self.activity {
             a.end(now);
         }
@@ -409,6 +440,16 @@ impl Exchange {
                 bytes_out,
             );
         });
+    }
+}
+
+impl Drop for Exchange {
+    /// A request dropped before its answer (the client left while it waited on Redis) still
+    /// lets go of its usage slot; a finished one has already counted.
+    fn drop(&mut self) {
+        if let (Some(slot), Some(m)) = (self.usage.take(), &self.observer.usage) {
+            m.release(slot);
+        }
     }
 }
 

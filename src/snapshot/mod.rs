@@ -24,7 +24,7 @@ use crate::model::KeyHash;
 pub use crate::model::{
     Access, AccessTo, Admin, AdminKey, ClusterConfig, ClusterMode, Consumer, Id, IdArena, IpList,
     Key, KeyParts, List, Log, LogFormat, OnRedisError, Paths, Rate, Role, Rules, Server, Status,
-    Target, TargetIdx, TargetSet,
+    Target, TargetIdx, TargetSet, UsageConfig,
 };
 
 /// How a presented secret matched a key.
@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[cluster]`: read at start; changing it needs a restart.
     pub cluster: Option<ClusterConfig>,
+    /// `[usage]`: read at start; changing it needs a restart.
+    pub usage: UsageConfig,
     pub targets: Vec<Target>,
     pub routes: Routes,
     pub consumers: Vec<Consumer>,
@@ -91,6 +93,7 @@ impl Snapshot {
             log: Log::default(),
             metrics_listen: None,
             cluster: None,
+            usage: UsageConfig::default(),
             targets,
             routes,
             consumers,

@@ -51,3 +51,4 @@ mod tls;
 mod upstream_errors;
 mod upstream_pool;
 mod webhooks;
+mod usage;

@@ -21,6 +21,8 @@ struct Session {
     spec: Value,
     client: Client<HttpConnector, Full<Bytes>>,
     admin: SocketAddr,
+    /// The proxy, for traffic the usage endpoints count.
+    proxy: SocketAddr,
     /// (path template, method) pairs answered 2xx.
     covered: BTreeSet<(String, String)>,
     _dir: TempDir,
@@ -58,6 +60,7 @@ async fn start() -> Session {
     // Its default (stdout) would bypass the harness's output capture.
     gateway.snapshot_mut().log.access = keygate::snapshot::AccessTo::Off;
     let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
     tokio::spawn(async move { launch::serve(gateway, proxy, Some(admin_listener)).await });
@@ -65,6 +68,7 @@ async fn start() -> Session {
         spec,
         client: Client::builder(TokioExecutor::new()).build_http(),
         admin,
+        proxy: proxy_addr,
         covered: BTreeSet::new(),
         _dir: TempDir(dir),
     }
@@ -340,6 +344,46 @@ async fn every_answer_matches_the_document() {
         )
         .await;
     assert_eq!(audit["items"][0]["action"], "key.rotate", "{audit}");
+    // Usage: a request of `static` (its upstream refuses: 502), then a key's, a consumer's and
+    // everyone's counts, JSON and CSV.
+    let counted = crate::harness::get(s.proxy, "/", &[("x-api-key", "static-secret")]).await;
+    assert_eq!(counted.status, 502);
+    let (_, key_usage) = s
+        .call(
+            M::GET,
+            "/v1/keys/{id}/usage",
+            "/v1/keys/static/usage?granularity=hour",
+            Some(READER),
+            None,
+        )
+        .await;
+    assert_eq!(key_usage["total"]["requests"], 1, "{key_usage}");
+    s.call(
+        M::GET,
+        "/v1/consumers/{id}/usage",
+        "/v1/consumers/acme/usage?from=2026-01-01&to=2026-01-31",
+        Some(READER),
+        None,
+    )
+    .await;
+    let (_, all) = s
+        .call(
+            M::GET,
+            "/v1/usage",
+            "/v1/usage?limit=10",
+            Some(READER),
+            None,
+        )
+        .await;
+    assert_eq!(all["items"][0]["key_id"], "static", "{all}");
+    s.call(
+        M::GET,
+        "/v1/usage",
+        "/v1/usage?format=csv",
+        Some(READER),
+        None,
+    )
+    .await;
     // Errors are documented problems too.
     let problems = [
         (M::GET, "/v1/keys", "/v1/keys", None, None, 403),
@@ -388,6 +432,22 @@ async fn every_answer_matches_the_document() {
         (M::GET, "/v1/keys", "/v1/keys?limit=0", a, None, 400),
         (M::GET, "/v1/keys", "/v1/keys?status=gone", a, None, 400),
         (M::GET, "/v1/audit", "/v1/audit?after=x", a, None, 400),
+        (
+            M::GET,
+            "/v1/keys/{id}/usage",
+            "/v1/keys/nope/usage",
+            a,
+            None,
+            404,
+        ),
+        (
+            M::GET,
+            "/v1/usage",
+            "/v1/usage?from=2026-02-01&to=2026-01-01",
+            a,
+            None,
+            400,
+        ),
         (
             M::POST,
             "/v1/session",

@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod server;
 pub mod targets;
 pub mod webhooks;
+pub mod usage;

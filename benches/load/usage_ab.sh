@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# What usage counting costs: keep-alive throughput and CPU per request of one keygate release
+# binary run twice side by side, `[usage]` on and `enabled = false`, in interleaved rounds
+# (on, off, on, off, ...), behind the same nginx upstream, with the load harness's keys.
+#
+#   benches/load/usage_ab.sh       KEYS [10000]  LUA_KEYS [2000]  ROUNDS [3]  DURATION [5s]
+#                                  CONNS [32]    KEYGATE_BIN [target/release/keygate]
+# Prints one line per run and the medians. Everything listens on 127.0.0.1; every process it
+# starts is stopped on exit; the whole script is bounded by TOTAL_TIMEOUT [600 s].
+set -euo pipefail
+if [[ -z "${KG_AB_INNER:-}" ]]; then
+  export KG_AB_INNER=1
+  exec timeout -k 10 "${TOTAL_TIMEOUT:-600}" "$0" "$@"
+fi
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+KEYS="${KEYS:-10000}" LUA_KEYS="${LUA_KEYS:-2000}" ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-5s}" CONNS="${CONNS:-32}"
+BIN="${KEYGATE_BIN:-$ROOT/target/release/keygate}"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+python3 "$HERE/gen_keys.py" "$KEYS" "$WORK/keys" --lua-keys "$LUA_KEYS" >/dev/null
+
+UP=$(free_port)
+mkdir -p "$WORK/up"
+cat >"$WORK/up/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/up; proxy_temp_path $WORK/up; fastcgi_temp_path $WORK/up;
+  uwsgi_temp_path $WORK/up; scgi_temp_path $WORK/up;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
+}
+CONF
+nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+wait_port "$UP"
+
+declare -A PORT PID
+for mode in on off; do
+  PORT[$mode]=$(free_port)
+  enabled=true; [[ $mode == off ]] && enabled=false
+  mkdir -p "$WORK/$mode"
+  cat >"$WORK/$mode/keygate.toml" <<TOML
+keys_file = "$WORK/keys/keygate-keys.toml"
+[server]
+listen = "127.0.0.1:${PORT[$mode]}"
+[log]
+access = "off"
+[usage]
+enabled = $enabled
+file = "$WORK/$mode/usage.json"
+[[targets]]
+name = "main"
+upstream = "http://127.0.0.1:$UP"
+TOML
+  KEYGATE_LOG=warn "$BIN" run --config "$WORK/$mode/keygate.toml" 2>"$WORK/$mode/log" &
+  PID[$mode]=$!
+  PIDS+=($!)
+  wait_port "${PORT[$mode]}"
+  wrk -t1 -c4 -d1s -s "$WORK/keys/keys.lua" "http://127.0.0.1:${PORT[$mode]}/" >/dev/null
+done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+declare -A RPS CPU
+for r in $(seq 1 "$ROUNDS"); do
+  for mode in on off; do
+    before=$(cpu_ticks "${PID[$mode]}")
+    out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s -s "$WORK/keys/keys.lua" "http://127.0.0.1:${PORT[$mode]}/")
+    after=$(cpu_ticks "${PID[$mode]}")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+    [[ -z "$non2xx" ]] || { echo "$mode: $non2xx non-2xx answers" >&2; exit 1; }
+    us=$(python3 -c "print(round(($after - $before) / $TICK * 1e6 / $reqs, 2))")
+    echo "round $r usage=$mode req/s=$rps cpu_us/req=$us"
+    RPS[$mode]+="$rps "; CPU[$mode]+="$us "
+  done
+done
+median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" $1; }
+for mode in on off; do
+  echo "median usage=$mode req/s=$(median "${RPS[$mode]}") cpu_us/req=$(median "${CPU[$mode]}")"
+done
+# The counts are real: the "on" instance's file has them after its shutdown flush.
+kill -TERM "${PID[on]}"; wait "${PID[on]}" 2>/dev/null || true
+python3 - "$WORK/on/usage.json" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+print("usage=on counted", sum(r["requests"] for d in doc["days"].values() for r in d.values()), "requests")
+PY
