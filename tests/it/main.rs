@@ -50,5 +50,5 @@ mod target_binding;
 mod tls;
 mod upstream_errors;
 mod upstream_pool;
-mod webhooks;
 mod usage;
+mod webhooks;
