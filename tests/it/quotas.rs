@@ -432,7 +432,16 @@ async fn fleet(
 async fn strict_mode_is_exact_across_three_instances() {
     let Some(redis) = Redis::start() else { return };
     let keys = key_toml("fleet", DAILY, "quota = \"1000/day\"");
-    let (_dir, gates, _up) = fleet("quota-strict", &redis, 3, "mode = \"strict\"", &keys).await;
+    let (_dir, gates, _up) = fleet(
+        "quota-strict",
+        &redis,
+        3,
+        // A Redis slowed by the rest of the suite must still decide (past `timeout` an
+        // instance falls back to its own counters, by design).
+        "mode = \"strict\"\ntimeout = \"5s\"",
+        &keys,
+    )
+    .await;
     let tasks: Vec<_> = gates
         .iter()
         .map(|g| tokio::spawn(send_n(g.proxy, DAILY, 350)))
@@ -465,7 +474,7 @@ async fn strict_mode_is_exact_across_three_instances() {
 async fn local_sync_mode_shares_the_count() {
     let Some(redis) = Redis::start() else { return };
     let keys = key_toml("fleet", DAILY, "quota = \"20/day\"");
-    let cluster = "mode = \"local-sync\"\nsync_interval = \"10ms\"";
+    let cluster = "mode = \"local-sync\"\nsync_interval = \"10ms\"\ntimeout = \"5s\"";
     let (_dir, gates, _up) = fleet("quota-local-sync", &redis, 2, cluster, &keys).await;
     assert_eq!(send_n(gates[0].proxy, DAILY, 12).await, (12, 0));
     // Bounded wait for the sync (10 ms) to carry the count.
