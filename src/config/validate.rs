@@ -17,8 +17,8 @@ use super::sections::log::log;
 use super::sections::metrics::metrics;
 use super::sections::server::server;
 use super::sections::targets::targets;
-use super::sections::webhooks::webhooks;
 use super::sections::usage::usage;
+use super::sections::webhooks::webhooks;
 use crate::snapshot::Snapshot;
 
 // By their old paths (`config::validate::parse_net`, `config::validate::DEFAULT_…`), for the

@@ -110,7 +110,11 @@ fn shared(snap: &Live, a: &Authorized<'_>) -> Shared {
 }
 
 fn limited_refusal(snap: &Live, a: &Authorized<'_>, limited: Limited) -> Refusal {
-    Refusal::of_key(Deny::RateLimited(Box::new(limited)), a.key, snap.consumer_of(a.key))
+    Refusal::of_key(
+        Deny::RateLimited(Box::new(limited)),
+        a.key,
+        snap.consumer_of(a.key),
+    )
 }
 
 #[cfg(test)]

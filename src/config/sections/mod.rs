@@ -10,5 +10,5 @@ pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod targets;
-pub mod webhooks;
 pub mod usage;
+pub mod webhooks;
