@@ -113,7 +113,10 @@ fn decision(env: &Env, req: &Req) -> Result<bool, Deny> {
     let authorized =
         proxy::guarded_authorize(&env.snap, &env.failures, &facts, env.now).map_err(|r| r.deny)?;
     // Local limits complete on the first poll.
-    let rate = env.rate.take(&env.snap, &authorized).now_or_never();
+    let rate = env
+        .rate
+        .take(&env.snap, &authorized, env.now.wall, None)
+        .now_or_never();
     if let Some(Err(refused)) = rate {
         return Err(refused.deny);
     }

@@ -35,34 +35,84 @@ use redis::cluster_async::ClusterConnection;
 
 use crate::limits::{Limited, PolicyState, RateStatus, Scope};
 use crate::metrics::Metrics;
+use crate::model::{Quota, Window};
 use crate::snapshot::{ClusterConfig, Id, OnRedisError, Rate};
+use crate::state::quotas::{Counter, Owner, Taken, Used, Verdict};
 
-/// Judges every bucket in KEYS (ARGV: emission interval in µs and burst, per bucket) at Redis'
-/// `TIME`; takes one request from each only when all allow. Returns
-/// `{allowed, now, tat_1, …, tat_n}`: each bucket's TAT as it would be after this request.
+/// Judges a request's rate limits and quotas in one round trip, at Redis' `TIME`.
+///
+/// KEYS: first `ARGV[1]` GCRA buckets (ARGV `2i`, `2i+1`: emission interval in µs and burst),
+/// then quota counters, one hash per window (ARGV `2j`, `2j+1`: the plan's limit and when the
+/// hash may expire, in ms since the epoch). Takes one request from each only when every bucket
+/// and every quota allows: a request refused by either spends neither.
+/// Returns `{rate_ok, quota_ok, now, tat…, (used, granted, warn, first_refusal)…}`.
 const DECIDE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {1, string.format('%.0f', now)}
+local nb = tonumber(ARGV[1])
+local rate_ok, quota_ok = 1, 1
 local tats = {}
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
+for i = 1, nb do
+  local interval = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
   local new_tat = tat + interval
-  if new_tat - burst * interval > now then out[1] = 0 end
+  if new_tat - burst * interval > now then rate_ok = 0 end
   tats[i] = new_tat
-  out[#out + 1] = string.format('%.0f', new_tat)
 end
-if out[1] == 1 then
-  for i = 1, #KEYS do
+local used, granted = {}, {}
+for j = nb + 1, #KEYS do
+  local v = redis.call('HMGET', KEYS[j], 'used', 'granted')
+  used[j] = tonumber(v[1] or 0)
+  granted[j] = tonumber(v[2] or 0)
+  if used[j] >= tonumber(ARGV[2 * j]) + granted[j] then quota_ok = 0 end
+end
+local out = {rate_ok, quota_ok, string.format('%.0f', now)}
+for i = 1, nb do out[#out + 1] = string.format('%.0f', tats[i]) end
+for j = nb + 1, #KEYS do
+  local allowance = tonumber(ARGV[2 * j]) + granted[j]
+  local warn, first = 0, 0
+  if rate_ok == 1 and quota_ok == 1 then
+    used[j] = redis.call('HINCRBY', KEYS[j], 'used', 1)
+    redis.call('PEXPIREAT', KEYS[j], ARGV[2 * j + 1])
+    if used[j] * 100 >= allowance * 80 then
+      warn = redis.call('HSETNX', KEYS[j], 'warned', 1)
+    end
+  elseif rate_ok == 1 and used[j] >= allowance then
+    first = redis.call('HSETNX', KEYS[j], 'exceeded', 1)
+    redis.call('PEXPIREAT', KEYS[j], ARGV[2 * j + 1])
+  end
+  out[#out + 1] = used[j]
+  out[#out + 1] = granted[j]
+  out[#out + 1] = warn
+  out[#out + 1] = first
+end
+if rate_ok == 1 and quota_ok == 1 then
+  for i = 1, nb do
     local ttl = math.ceil((tats[i] - now) / 1000) + 1000
     redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
   end
 end
 return out
 ";
+
+/// Adds what a `local-sync` instance let through to each quota hash in KEYS (ARGV `2j-1`,
+/// `2j`: the count and the expiry in ms since the epoch) and returns `{used, granted}…`.
+const ADD_QUOTA: &str = r"
+local out = {}
+for j = 1, #KEYS do
+  local n = tonumber(ARGV[2 * j - 1])
+  local used = redis.call('HINCRBY', KEYS[j], 'used', n)
+  redis.call('PEXPIREAT', KEYS[j], ARGV[2 * j])
+  out[#out + 1] = used
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[j], 'granted') or 0)
+end
+return out
+";
+
+/// How long a quota window's hash outlives the window: the admin API can still read it.
+const QUOTA_KEPT_MS: u64 = 86_400_000;
 
 /// Adds what an instance admitted to each bucket in KEYS (ARGV: interval in µs and count, per
 /// bucket) and returns `{now, tat_1, …, tat_n}`, the fleet's TATs after it.
@@ -85,16 +135,35 @@ end
 return out
 ";
 
-/// The limits of one request that the fleet shares: its key's and its consumer's.
+/// The limits of one request that the fleet shares: its key's and its consumer's rate limits
+/// and quotas.
 #[derive(Debug, Clone, Default)]
 pub struct Shared {
     pub key: Option<(Id, Rate)>,
     pub consumer: Option<(Id, Rate)>,
+    /// The key's quota, then the consumer's, with the window of the request.
+    pub quotas: [Option<(Id, Quota, Window)>; 2],
+    /// The key's consumer, whatever limits it has: its id is the hash tag of every Redis key
+    /// of the request, so one script may touch them all on a Redis Cluster.
+    pub tag: Option<Id>,
+}
+
+/// What the fleet said about a request in `strict` mode.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetDecision {
+    /// The rate limits' answer (`Ok(status)` with no rate limit: an empty status).
+    pub rate: Result<RateStatus, Limited>,
+    /// The quotas' answer; `allowed` is false also when only the rate limit refused.
+    pub quotas: Taken,
 }
 
 impl Shared {
     pub fn is_empty(&self) -> bool {
-        self.key.is_none() && self.consumer.is_none()
+        self.key.is_none() && self.consumer.is_none() && self.quotas.iter().all(Option::is_none)
+    }
+
+    pub fn has_rate(&self) -> bool {
+        self.key.is_some() || self.consumer.is_some()
     }
 
     fn buckets(&self) -> impl Iterator<Item = (Scope, &Id, Rate)> {
@@ -105,6 +174,32 @@ impl Shared {
             .map(|(id, r)| (Scope::Consumer, id, *r));
         key.into_iter().chain(consumer)
     }
+}
+
+/// The quotas of `shared` that are set, with whose they are.
+fn quota_owners(shared: &Shared) -> impl Iterator<Item = (Owner, &(Id, Quota, Window))> {
+    [Owner::Key, Owner::Consumer]
+        .into_iter()
+        .zip(&shared.quotas)
+        .filter_map(|(owner, q)| q.as_ref().map(|q| (owner, q)))
+}
+
+/// A quota counter waiting for the next `local-sync` sync.
+struct QueuedQuota {
+    counter: Arc<Counter>,
+    owner: Owner,
+    id: Id,
+    quota: Quota,
+    tag: Option<Id>,
+}
+
+/// A change the admin API makes to the fleet's count of one quota window.
+#[derive(Debug, Clone, Copy)]
+pub enum QuotaChange {
+    Read,
+    Reset,
+    /// More requests, and the window's end (seconds since the epoch).
+    Grant(u64, u64),
 }
 
 /// Redis could not answer in time; what to do is `on_redis_error`'s.
@@ -244,6 +339,7 @@ pub struct Cluster {
     subscribe_to: Vec<redis::Client>,
     decide: redis::Script,
     add: redis::Script,
+    add_quota: redis::Script,
     /// `local-sync` buckets.
     mirrors: DashMap<MirrorId, Arc<Mirror>>,
     /// More mirrors than this and the next sync forgets the full ones ([`forget_full`]).
@@ -251,6 +347,8 @@ pub struct Cluster {
     /// The buckets used since the last sync, each once: what the next sync sends, found
     /// without walking every bucket this instance ever used.
     used: Mutex<Vec<Arc<Mirror>>>,
+    /// `local-sync`: the quota counters that let requests through since the last sync.
+    quotas_used: Mutex<Vec<QueuedQuota>>,
     /// Redis µs minus this host's wall-clock µs, learned at each sync.
     offset: AtomicI64,
     up: AtomicBool,
@@ -351,9 +449,11 @@ impl Cluster {
             subscribe_to,
             decide: redis::Script::new(DECIDE),
             add: redis::Script::new(ADD),
+            add_quota: redis::Script::new(ADD_QUOTA),
             mirrors: DashMap::new(),
             evict_above: AtomicUsize::new(MIRRORS_KEPT),
             used: Mutex::new(Vec::new()),
+            quotas_used: Mutex::new(Vec::new()),
             offset: AtomicI64::new(0),
             up: AtomicBool::new(true),
             retry_at: AtomicU64::new(0),
@@ -384,10 +484,7 @@ impl Cluster {
     /// new bucket (as a reload does locally), and a key's and its consumer's buckets share a
     /// hash tag, so one script may touch both on a Redis Cluster.
     fn bucket_key(&self, shared: &Shared, scope: Scope, id: &Id, rate: Rate) -> String {
-        let tag = shared
-            .consumer
-            .as_ref()
-            .map_or(id.as_str(), |(c, _)| c.as_str());
+        let tag = shared.tag.as_ref().unwrap_or(id).as_str();
         format!(
             "{}rl:{{{tag}}}:{}:{}:{}/{}",
             self.config.prefix,
@@ -398,18 +495,37 @@ impl Cluster {
         )
     }
 
-    /// `strict`: one round trip deciding every limit of `shared`.
-    pub async fn decide(
-        &self,
-        shared: &Shared,
-    ) -> Result<Result<RateStatus, Limited>, Unavailable> {
+    /// `<prefix>q:{<consumer or key>}:<key|consumer>:<id>:<window start>`: a hash of `used`,
+    /// `granted` (and the `warned` / `exceeded` marks) per calendar window, so a new window
+    /// starts from nothing and a changed limit keeps what was used.
+    pub fn quota_key(&self, tag: Option<&Id>, owner: Owner, id: &Id, window: Window) -> String {
+        let tag = tag.unwrap_or(id).as_str();
+        let owner = match owner {
+            Owner::Key => "key",
+            Owner::Consumer => "consumer",
+        };
+        format!(
+            "{}q:{{{tag}}}:{owner}:{}:{}",
+            self.config.prefix,
+            id.as_str(),
+            window.start
+        )
+    }
+
+    /// `strict`: one round trip deciding every rate limit and quota of `shared`.
+    pub async fn decide(&self, shared: &Shared) -> Result<FleetDecision, Unavailable> {
         if !self.worth_trying() {
             return Err(Unavailable);
         }
         let mut call = self.decide.prepare_invoke();
+        call.arg(shared.buckets().count());
         for (scope, id, rate) in shared.buckets() {
             call.key(self.bucket_key(shared, scope, id, rate));
             call.arg(interval_us(rate)).arg(rate.count.get());
+        }
+        for (owner, (id, quota, window)) in quota_owners(shared) {
+            call.key(self.quota_key(shared.tag.as_ref(), owner, id, *window));
+            call.arg(quota.limit).arg(window.end * 1000 + QUOTA_KEPT_MS);
         }
         let Some(mut conn) = self.redis.get() else {
             self.outage("not connected yet");
@@ -429,12 +545,40 @@ impl Cluster {
             return Err(Unavailable);
         };
         self.recovered();
-        let (Some(&allowed), Some(&now)) = (answer.first(), answer.get(1)) else {
+        let nb = shared.buckets().count();
+        let nq = quota_owners(shared).count();
+        if answer.len() != 3 + nb + 4 * nq {
             return Err(Unavailable);
+        }
+        let (rate_ok, quota_ok, now) = (answer[0] == 1, answer[1] == 1, answer[2]);
+        let mut quotas = Taken {
+            allowed: rate_ok && quota_ok,
+            verdicts: [None, None],
         };
+        for (i, (slot, (_, quota, window))) in shared
+            .quotas
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, q)| q.as_ref().map(|q| (slot, q)))
+            .enumerate()
+        {
+            let v = &answer[3 + nb + 4 * i..3 + nb + 4 * i + 4];
+            quotas.verdicts[slot] = Some(Verdict {
+                quota: *quota,
+                used: Used {
+                    start: window.start,
+                    end: window.end,
+                    used: v[0],
+                    granted: v[1],
+                    ..Used::default()
+                },
+                warn: v[2] == 1,
+                first_refusal: v[3] == 1,
+            });
+        }
         let mut status = RateStatus::default();
         let mut wait = 0;
-        for (slot, ((scope, _, rate), &tat)) in shared.buckets().zip(&answer[2..]).enumerate() {
+        for (slot, ((scope, _, rate), &tat)) in shared.buckets().zip(&answer[3..]).enumerate() {
             let interval = interval_us(rate);
             let burst = u64::from(rate.count.get());
             let allow_at = tat.saturating_sub(burst * interval);
@@ -455,13 +599,83 @@ impl Cluster {
                 reset,
             });
         }
-        if allowed == 1 {
-            Ok(Ok(status))
+        let rate = if rate_ok {
+            Ok(status)
         } else {
-            Ok(Err(Limited {
+            Err(Limited {
                 status,
                 retry_after: wait.div_ceil(1_000_000).max(1),
-            }))
+            })
+        };
+        Ok(FleetDecision { rate, quotas })
+    }
+
+    /// `local-sync`: adds what this instance let through to each quota's window in one call
+    /// and returns the fleet's `(used, granted)` after it, in the same order.
+    pub async fn add_quota_counts(
+        &self,
+        counts: &[(String, Window, u64)],
+    ) -> Option<Vec<(u64, u64)>> {
+        if counts.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut call = self.add_quota.prepare_invoke();
+        for (key, window, n) in counts {
+            call.key(key);
+            call.arg(*n).arg(window.end * 1000 + QUOTA_KEPT_MS);
+        }
+        let mut conn = self.redis.get()?;
+        let answer: Vec<u64> =
+            match tokio::time::timeout(self.config.timeout, call.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    self.failed(&e);
+                    return None;
+                }
+                Err(_) => return None,
+            };
+        (answer.len() == 2 * counts.len()).then(|| answer.chunks(2).map(|c| (c[0], c[1])).collect())
+    }
+
+    /// The admin API's reset and grant on the fleet's count of one quota window, and reads of
+    /// it: `(used, granted)` after the change. `None` when Redis does not answer.
+    pub async fn quota_change(&self, key: &str, change: QuotaChange) -> Option<(u64, u64)> {
+        let mut conn = self.redis.get()?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match change {
+            QuotaChange::Read => {}
+            QuotaChange::Reset => {
+                pipe.cmd("HSET").arg(key).arg("used").arg(0).ignore();
+                pipe.cmd("HDEL")
+                    .arg(key)
+                    .arg("warned")
+                    .arg("exceeded")
+                    .ignore();
+            }
+            QuotaChange::Grant(n, expire_at) => {
+                pipe.cmd("HINCRBY").arg(key).arg("granted").arg(n).ignore();
+                pipe.cmd("HDEL").arg(key).arg("exceeded").ignore();
+                pipe.cmd("PEXPIREAT")
+                    .arg(key)
+                    .arg(expire_at * 1000 + QUOTA_KEPT_MS)
+                    .ignore();
+            }
+        }
+        pipe.cmd("HMGET").arg(key).arg("used").arg("granted");
+        let answer: Result<(Vec<Option<u64>>,), _> =
+            tokio::time::timeout(self.config.timeout, pipe.query_async(&mut conn))
+                .await
+                .ok()?;
+        match answer {
+            Ok((v,)) => Some((
+                v.first().copied().flatten().unwrap_or(0),
+                v.get(1).copied().flatten().unwrap_or(0),
+            )),
+            Err(e) => {
+                self.failed(&e);
+                None
+            }
         }
     }
 
@@ -511,7 +725,7 @@ impl Cluster {
     /// The view of one bucket; found without building its Redis key, which only a new one
     /// needs (the request path allocates nothing here once a bucket is known).
     fn mirror(&self, shared: &Shared, scope: Scope, id: &Id, rate: Rate) -> Arc<Mirror> {
-        let tag = shared.consumer.as_ref().map(|(c, _)| c.clone());
+        let tag = shared.tag.clone();
         let mid = MirrorId {
             scope: scope == Scope::Key,
             id: id.clone(),
@@ -546,6 +760,7 @@ impl Cluster {
     /// `local-sync`: sends what this instance admitted since the last sync and takes back the
     /// fleet's TATs, for every bucket used since.
     pub async fn sync(&self) {
+        self.sync_quotas().await;
         let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|p| p.into_inner()));
         let mut batch: Vec<Entry> = Vec::with_capacity(used.len());
         for m in used {
@@ -606,6 +821,78 @@ impl Cluster {
             let left = self.mirrors.len();
             self.evict_above
                 .store(MIRRORS_KEPT.max(left * 2), Ordering::Relaxed);
+        }
+    }
+
+    /// `local-sync`: queues a quota counter that let a request through for the next sync
+    /// (once per sync: the request path allocates here only for a counter's first request).
+    pub fn quota_used(
+        &self,
+        counter: &Arc<Counter>,
+        owner: Owner,
+        id: &Id,
+        quota: Quota,
+        tag: Option<&Id>,
+    ) {
+        if !counter.queued.swap(true, Ordering::AcqRel) {
+            self.quotas_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(QueuedQuota {
+                    counter: counter.clone(),
+                    owner,
+                    id: id.clone(),
+                    quota,
+                    tag: tag.cloned(),
+                });
+        }
+    }
+
+    /// `local-sync`: adds what this instance let through to the fleet's quota counts and takes
+    /// the fleet's counts (and grants) back. What a failed call sent is lost to the fleet but
+    /// stays in this instance's count, as for the buckets.
+    async fn sync_quotas(&self) {
+        let queued =
+            std::mem::take(&mut *self.quotas_used.lock().unwrap_or_else(|p| p.into_inner()));
+        if queued.is_empty() {
+            return;
+        }
+        let now = self.now_us() / 1_000_000;
+        let counts: Vec<(String, Window, u64)> = queued
+            .iter()
+            .map(|q| {
+                q.counter.queued.store(false, Ordering::Release);
+                let (window, n) = q.counter.to_send(q.quota, now);
+                (
+                    self.quota_key(q.tag.as_ref(), q.owner, &q.id, window),
+                    window,
+                    n,
+                )
+            })
+            .collect();
+        // On a Redis Cluster one call per key: a script's keys must share a slot.
+        let answers: Option<Vec<(u64, u64)>> = if matches!(self.redis, Conn::Cluster(_)) {
+            let each = futures_util::future::join_all(
+                counts
+                    .iter()
+                    .map(|c| self.add_quota_counts(std::slice::from_ref(c))),
+            )
+            .await;
+            each.into_iter()
+                .map(|a| a.and_then(|v| v.first().copied()))
+                .collect()
+        } else {
+            self.add_quota_counts(&counts).await
+        };
+        match answers {
+            Some(fleet) => {
+                for (q, ((_, window, _), (used, granted))) in
+                    queued.iter().zip(counts.iter().zip(fleet))
+                {
+                    q.counter.synced(*window, used, granted);
+                }
+            }
+            None => self.outage("quota sync failed"),
         }
     }
 
@@ -1313,6 +1600,8 @@ mod tests {
         let shared = Shared {
             key: Some((id("k1"), rate)),
             consumer: Some((id("acme"), rate)),
+            tag: Some(id("acme")),
+            ..Shared::default()
         };
         let key = format!(
             "{}rl:{{{}}}:{}:{}:{}/{}",
@@ -1322,7 +1611,7 @@ mod tests {
         assert_eq!(interval_us(rate), 6_000_000);
         let alone = Shared {
             key: Some((id("k1"), rate)),
-            consumer: None,
+            ..Shared::default()
         };
         assert!(!alone.is_empty());
         assert_eq!(shared.buckets().count(), 2);

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::snapshot::Snapshot;
-use crate::state::{Published, last_used};
+use crate::state::{Published, last_used, quotas};
 use crate::{admin, cluster, config, events, metrics, proxy, reload, tls};
 
 /// `keygate run`: load the config, bind, serve until SIGINT or SIGTERM.
@@ -170,6 +170,11 @@ impl Gateway {
         });
         last_used::restore(&published.load(), &state);
         last_used::spawn(published.clone(), config_path.clone(), cluster.clone());
+        quotas::restore(
+            published.quotas(),
+            &quotas::path_for(&published.load(), &config_path),
+        );
+        quotas::spawn(published.clone(), config_path.clone());
         let admin_certs = match snap_admin_tls(&published) {
             None => None,
             Some(files) => Some(Arc::new(
@@ -273,7 +278,11 @@ impl Gateway {
         if let Some(u) = &usage {
             u.flush().await;
         }
-        tokio::task::spawn_blocking(move || last_used::flush(&published, &config_path)).await?;
+        tokio::task::spawn_blocking(move || {
+            last_used::flush(&published, &config_path);
+            quotas::flush(&published, &config_path);
+        })
+        .await?;
         Ok(())
     }
 }

@@ -42,6 +42,9 @@ pub struct KeyFields {
     /// N/second|minute|hour.
     #[arg(long)]
     rate_limit: Option<String>,
+    /// N/hour|day|week|month: requests per calendar window (UTC).
+    #[arg(long)]
+    quota: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +86,9 @@ pub enum KeyCommand {
         /// Remove the rate limit.
         #[arg(long, conflicts_with = "rate_limit")]
         no_rate_limit: bool,
+        /// Remove the quota.
+        #[arg(long, conflicts_with = "quota")]
+        no_quota: bool,
     },
     /// Delete a key: the next request with it is refused.
     Revoke { id: String },
@@ -117,6 +123,8 @@ pub enum ConsumerCommand {
         no_rate_limit: bool,
         #[arg(long, conflicts_with = "max_keys")]
         no_max_keys: bool,
+        #[arg(long, conflicts_with = "quota")]
+        no_quota: bool,
     },
     /// Delete a consumer that owns no keys.
     Delete { id: String },
@@ -132,6 +140,9 @@ pub struct ConsumerFields {
     targets: Vec<String>,
     #[arg(long)]
     rate_limit: Option<String>,
+    /// N/hour|day|week|month, shared by the consumer's keys.
+    #[arg(long)]
+    quota: Option<String>,
     #[arg(long)]
     max_keys: Option<u32>,
     /// Keep a default key for the consumer (`--default-key` or `--default-key=false`).
@@ -197,6 +208,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 access: fields.access,
                 paths: list(fields.paths),
                 rate_limit: fields.rate_limit,
+                quota: fields.quota,
             };
             let Written {
                 value: (id, secret),
@@ -216,6 +228,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
             no_consumer,
             no_expiry,
             no_rate_limit,
+            no_quota,
         } => {
             let patch = KeyPatch {
                 name: fields.name.map(Some),
@@ -238,6 +251,11 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                     Some(None)
                 } else {
                     fields.rate_limit.map(Some)
+                },
+                quota: if no_quota {
+                    Some(None)
+                } else {
+                    fields.quota.map(Some)
                 },
             };
             let before = key_before(config, &id)?;
@@ -318,6 +336,7 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                 allow_ips: list(fields.allow_ips),
                 targets: list(fields.targets),
                 rate_limit: fields.rate_limit,
+                quota: fields.quota,
                 max_keys: fields.max_keys.map(u64::from),
                 default_key: fields.default_key,
             };
@@ -340,6 +359,7 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
             fields,
             no_rate_limit,
             no_max_keys,
+            no_quota,
         } => {
             let patch = ConsumerPatch {
                 name: fields.name.map(Some),
@@ -349,6 +369,11 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                     Some(None)
                 } else {
                     fields.rate_limit.map(Some)
+                },
+                quota: if no_quota {
+                    Some(None)
+                } else {
+                    fields.quota.map(Some)
                 },
                 max_keys: if no_max_keys {
                     Some(None)

@@ -95,6 +95,9 @@ pub struct NewKey {
     pub paths: Option<Vec<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub rate_limit: Option<String>,
+    /// `"100000/month"`: requests per calendar window (UTC).
+    #[serde(default, deserialize_with = "not_null")]
+    pub quota: Option<String>,
 }
 
 /// A change to a key: absent fields stay; `null` clears an optional one.
@@ -120,6 +123,9 @@ pub struct KeyPatch {
     pub paths: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<String>>,
+    /// `null` removes the quota.
+    #[serde(default, deserialize_with = "present")]
+    pub quota: Option<Option<String>>,
 }
 
 /// What a new consumer is made from.
@@ -135,6 +141,9 @@ pub struct NewConsumer {
     pub targets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub rate_limit: Option<String>,
+    /// `"100000/month"`: requests per calendar window (UTC).
+    #[serde(default, deserialize_with = "not_null")]
+    pub quota: Option<String>,
     /// Any whole number is read; past [`MAX_MAX_KEYS`] the change is refused with the field.
     #[serde(default, deserialize_with = "some_whole")]
     pub max_keys: Option<u64>,
@@ -155,6 +164,9 @@ pub struct ConsumerPatch {
     pub targets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<String>>,
+    /// `null` removes the quota.
+    #[serde(default, deserialize_with = "present")]
+    pub quota: Option<Option<String>>,
     #[serde(default, deserialize_with = "present_whole")]
     pub max_keys: Option<Option<u64>>,
     /// Turning it on makes the default key if the consumer has none.
@@ -461,6 +473,9 @@ impl Store {
             if let Some(r) = &new.rate_limit {
                 t["rate_limit"] = value(check_rate(r)?);
             }
+            if let Some(q) = &new.quota {
+                t["quota"] = value(check_quota(q)?);
+            }
             tables(doc, "keys")?.push(t);
             Ok((id, secret))
         })
@@ -500,6 +515,13 @@ impl Store {
                 Some(Some(r)) => t["rate_limit"] = value(check_rate(r)?),
                 Some(None) => {
                     t.remove("rate_limit");
+                }
+                None => {}
+            }
+            match &patch.quota {
+                Some(Some(q)) => t["quota"] = value(check_quota(q)?),
+                Some(None) => {
+                    t.remove("quota");
                 }
                 None => {}
             }
@@ -634,6 +656,9 @@ impl Store {
             if let Some(r) = &new.rate_limit {
                 t["rate_limit"] = value(check_rate(r)?);
             }
+            if let Some(q) = &new.quota {
+                t["quota"] = value(check_quota(q)?);
+            }
             if let Some(m) = new.max_keys {
                 t["max_keys"] = value(check_max_keys(m)?);
             }
@@ -685,6 +710,13 @@ impl Store {
                 Some(Some(r)) => t["rate_limit"] = value(check_rate(r)?),
                 Some(None) => {
                     t.remove("rate_limit");
+                }
+                None => {}
+            }
+            match &patch.quota {
+                Some(Some(q)) => t["quota"] = value(check_quota(q)?),
+                Some(None) => {
+                    t.remove("quota");
                 }
                 None => {}
             }
@@ -1059,6 +1091,13 @@ fn check_rate(s: &str) -> Result<String, StoreError> {
     Rate::parse(s)
         .map(|_| s.to_owned())
         .map_err(|e| bad("rate_limit", e))
+}
+
+/// The canonical form (`100_000/month` is written `100000/month`).
+fn check_quota(s: &str) -> Result<String, StoreError> {
+    crate::model::Quota::parse(s)
+        .map(|q| q.to_string())
+        .map_err(|e| bad("quota", e))
 }
 
 fn check_target(snap: &Snapshot, name: &str) -> Result<String, StoreError> {

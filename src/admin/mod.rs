@@ -16,6 +16,7 @@
 //! checks every number's range.
 
 mod console;
+mod quota;
 pub mod session;
 mod usage;
 
@@ -48,6 +49,7 @@ use crate::proxy::deny::Deny;
 use crate::reload::{Outcome, Reloader};
 use crate::secret::KeyHash;
 use crate::snapshot::{Access, Consumer, Role, Snapshot, Status};
+use crate::state::quotas::Owner;
 use crate::state::{Live, Published};
 use crate::store::{self, Store, StoreError, Written};
 
@@ -178,13 +180,13 @@ impl Admin {
         }
     }
 
-    /// The admin listener serves HTTPS: session cookies are marked `Secure`.
     /// Answers the usage endpoints from `usage`.
     pub fn with_usage(mut self, usage: Option<Arc<crate::usage::Usage>>) -> Admin {
         self.usage = usage;
         self
     }
 
+    /// The admin listener serves HTTPS: session cookies are marked `Secure`.
     pub fn with_https(mut self, https: bool) -> Admin {
         self.https = https;
         self
@@ -752,6 +754,21 @@ impl Admin {
             (Method::GET, ["v1", "audit"]) => self.list_audit(&query).await,
             (Method::GET, ["v1", "keys"]) => self.list_keys(&query).await,
             (Method::GET, ["v1", "keys", id, "usage"]) => self.key_usage(id, &query).await,
+            (Method::POST, ["v1", kind @ ("keys" | "consumers"), id, "quota", what]) => {
+                let owner = if *kind == "keys" {
+                    Owner::Key
+                } else {
+                    Owner::Consumer
+                };
+                let change = match *what {
+                    "reset" => {
+                        let _: quota::Reset = body_or_default(req).await?;
+                        None
+                    }
+                    _ => Some(body::<quota::Grant>(req).await?.requests),
+                };
+                self.quota_change(actor, owner, id, change).await
+            }
             (Method::GET, ["v1", "consumers", id, "usage"]) => {
                 self.consumer_usage(id, &query).await
             }
@@ -778,6 +795,11 @@ impl Admin {
                 let snap = self.published.load_full();
                 let index = find_key(&snap, id)?;
                 self.fleet_last_used(&snap, &[index]).await;
+                let k = &snap.keys[index];
+                if let Some(q) = k.quota() {
+                    let tag = snap.consumer_of(k).map(|c| &c.id);
+                    self.fleet_quota(Owner::Key, &k.id, tag, q).await;
+                }
                 json(StatusCode::OK, &KeyView::of(&snap, index))
             }
             (Method::PATCH, ["v1", "keys", id]) => {
@@ -860,11 +882,13 @@ impl Admin {
                 })
             }
             (Method::GET, ["v1", "consumers", id]) => {
-                let snap = self.published.load();
-                json(
-                    StatusCode::OK,
-                    &ConsumerView::of(&snap, find_consumer(&snap, id)?),
-                )
+                let snap = self.published.load_full();
+                let c = find_consumer(&snap, id)?;
+                if let Some(q) = c.quota {
+                    self.fleet_quota(Owner::Consumer, &c.id, Some(&c.id), q)
+                        .await;
+                }
+                json(StatusCode::OK, &ConsumerView::of(&snap, c).stated(&snap, c))
             }
             (Method::PATCH, ["v1", "consumers", id]) => {
                 let patch: store::ConsumerPatch = body(req).await?;
@@ -973,6 +997,14 @@ impl Admin {
             return Err(Problem::not_found("consumer", &id));
         }
         self.audit(actor, action, &id, &before, &after).await?;
+        let snap = self.published.load();
+        if let (Ok(c), Some(o)) = (find_consumer(&snap, &id), after.as_object_mut()) {
+            let state = ConsumerView::of(&snap, c).stated(&snap, c).quota_state;
+            o.insert(
+                "quota_state".into(),
+                serde_json::to_value(state).unwrap_or_default(),
+            );
+        }
         if let Some(made) = made {
             let made = self.made_default_key(actor, made).await?;
             if let Some(o) = after.as_object_mut() {
@@ -1132,7 +1164,7 @@ impl Admin {
             .iter()
             .map(|c| {
                 let index = snap.consumers.iter().position(|x| std::ptr::eq(x, *c));
-                ConsumerView::counted(&snap, c, index.map_or(0, |i| owned[i]))
+                ConsumerView::counted(&snap, c, index.map_or(0, |i| owned[i])).stated(&snap, c)
             })
             .collect();
         json(
@@ -1157,7 +1189,9 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         }
         ["v1", "keys" | "consumers"] => Some("GET, POST"),
         ["v1", "keys" | "consumers", _] => Some("GET, PATCH, DELETE"),
-        ["v1", "keys", _, "rotate"] | ["v1", "keys" | "consumers", _, "allow_ips"] => Some("POST"),
+        ["v1", "keys", _, "rotate"]
+        | ["v1", "keys" | "consumers", _, "allow_ips"]
+        | ["v1", "keys" | "consumers", _, "quota", "reset" | "grant"] => Some("POST"),
         ["v1", "keys" | "consumers", _, "allow_ips", cidr @ ..] if !cidr.is_empty() => {
             Some("DELETE")
         }
@@ -1490,9 +1524,11 @@ fn find_key(snap: &Snapshot, id: &str) -> Result<usize, Problem> {
         .ok_or_else(|| Problem::not_found("key", id))
 }
 
-/// A key as the API and the commands show it, with its secret when one was just made.
+/// A key as the audit log and the commands show it, with its secret when one was just made:
+/// without its quota's state, which is no setting (and a stopped gateway's command cannot know).
 pub(crate) fn key_json(snap: &Live, index: usize, secret: Option<String>) -> serde_json::Value {
-    let view = KeyView::of(snap, index);
+    let mut view = KeyView::of(snap, index);
+    view.quota_state = None;
     match secret {
         Some(secret) => serde_json::to_value(WithSecret { key: view, secret }),
         None => serde_json::to_value(view),
@@ -1500,7 +1536,7 @@ pub(crate) fn key_json(snap: &Live, index: usize, secret: Option<String>) -> ser
     .unwrap_or_default()
 }
 
-/// A consumer as the API and the commands show it.
+/// A consumer as the audit log and the commands show it.
 pub(crate) fn consumer_json(snap: &Snapshot, c: &Consumer) -> serde_json::Value {
     serde_json::to_value(ConsumerView::of(snap, c)).unwrap_or_default()
 }
@@ -1543,6 +1579,9 @@ struct KeyView<'a> {
     access: Access,
     paths: Vec<&'a str>,
     rate_limit: Option<String>,
+    quota: Option<String>,
+    /// What the quota's current window used; the API's answers only (not the audit log's).
+    quota_state: Option<quota::StateView>,
     managed: bool,
 }
 
@@ -1567,6 +1606,10 @@ impl<'a> KeyView<'a> {
             access: k.access,
             paths: k.paths().iter().map(|p| &**p).collect(),
             rate_limit: k.rate_limit().map(|r| r.to_string()),
+            quota: k.quota().map(|q| q.to_string()),
+            quota_state: k
+                .quota()
+                .and_then(|q| quota::StateView::local(snap.quotas.key(index)?, q)),
             managed: k.managed,
         }
     }
@@ -1580,6 +1623,8 @@ struct ConsumerView<'a> {
     allow_ips: Vec<String>,
     targets: Vec<&'a str>,
     rate_limit: Option<String>,
+    quota: Option<String>,
+    quota_state: Option<quota::StateView>,
     max_keys: Option<u32>,
     keys: usize,
     default_key: bool,
@@ -1588,6 +1633,15 @@ struct ConsumerView<'a> {
 }
 
 impl<'a> ConsumerView<'a> {
+    /// With its quota's current window, as the API (not the audit log) shows it.
+    fn stated(mut self, live: &Live, c: &Consumer) -> ConsumerView<'a> {
+        let index = live.consumers.iter().position(|x| std::ptr::eq(x, c));
+        self.quota_state = c
+            .quota
+            .and_then(|q| quota::StateView::local(live.quotas.consumer(index?)?, q));
+        self
+    }
+
     fn of(snap: &'a Snapshot, c: &'a Consumer) -> ConsumerView<'a> {
         let index = snap
             .consumers
@@ -1615,6 +1669,8 @@ impl<'a> ConsumerView<'a> {
                 .map(|t| snap.target(t).name.as_str())
                 .collect(),
             rate_limit: c.rate_limit.map(|r| r.to_string()),
+            quota: c.quota.map(|q| q.to_string()),
+            quota_state: None,
             max_keys: c.max_keys,
             keys,
             default_key: c.default_key,

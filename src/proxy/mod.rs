@@ -221,17 +221,23 @@ impl Proxy {
         // Always: usage counts every request of a known key (a slot lookup, no allocation).
         let key = authorized.key;
         exchange.key(&key.id, snap.consumer_of(key).map(|c| &c.id));
-        let rate = self.rate.take(&snap, &authorized).await?;
-        // The one place a key is marked used: it was let through.
-        snap.touch(authorized.index, now.wall);
-        exchange.allowed();
-        // Known from `Content-Length` before a byte of the body is read; a chunked body is
-        // counted as it streams (`forward::Upload`).
+        // Known from `Content-Length` before a byte of the body is read, so such a request
+        // spends no rate limit or quota; a chunked body is counted as it streams
+        // (`forward::Upload`).
         if let Some(max) = t.max_body
             && req.body().size_hint().lower() > max
         {
-            return Err(Deny::BodyTooLarge.into());
+            return Err(Refusal::of_key(
+                Deny::BodyTooLarge,
+                key,
+                snap.consumer_of(key),
+            ));
         }
+        let events = self.observer.events.as_deref();
+        let rate = self.rate.take(&snap, &authorized, now.wall, events).await?;
+        // The one place a key is marked used: it was let through.
+        snap.touch(authorized.index, now.wall);
+        exchange.allowed();
         let key = authorized.key;
         let caller = Caller {
             key,

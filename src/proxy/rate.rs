@@ -1,28 +1,48 @@
-//! Rate: the one place a request's rate limits are decided, after `authorize` has let its key
-//! through (so a request refused for any other reason spends no quota).
+//! Rate: the one place a request's rate limits and quotas are decided, after `authorize` has
+//! let its key through (so a request refused for any other reason spends neither).
 //!
 //! Three modes behind one call, [`RateLimiter::take`]:
-//! - local (no `[cluster]`): this instance's buckets, carried by the snapshot;
-//! - `[cluster] mode = "local-sync"`: this instance's view of the fleet's buckets, synced with
-//!   Redis in the background (`cluster.rs`), so the request path never waits on it;
-//! - `[cluster] mode = "strict"`: one Redis round trip decides every limit of the request.
+//! - local (no `[cluster]`): this instance's buckets and quota counters, carried by the snapshot;
+//! - `[cluster] mode = "local-sync"`: this instance's view of the fleet's buckets and counters,
+//!   synced with Redis in the background (`cluster.rs`), so the request path never waits on it;
+//! - `[cluster] mode = "strict"`: one Redis round trip decides every limit and quota of the
+//!   request.
 //!
+//! Quotas are checked after the rate limits: a request the rate limit refuses spends no quota.
 //! When Redis cannot be asked, [`RateLimiter::unavailable`] is the one place `on_redis_error`
-//! is decided. A usage quota (a later issue) is one more step beside this one.
+//! is decided, for both.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::authorize::Authorized;
 use super::deny::{Deny, Refusal};
 use crate::cluster::{Cluster, Shared, Unavailable};
-use crate::limits::{self, Limited, RateStatus};
+use crate::events::{Event, Events, Kind, QuotaScope};
+use crate::limits::{self, Limited, PolicyState, RateStatus, Scope};
+use crate::model::Id;
 use crate::snapshot::{ClusterMode, OnRedisError};
 use crate::state::Live;
+use crate::state::quotas::{self, Counter, Owner, Taken};
 
-/// Decides rate limits, locally or with the fleet.
+/// Decides rate limits and quotas, locally or with the fleet.
 #[derive(Clone, Default)]
 pub struct RateLimiter {
     cluster: Option<Arc<Cluster>>,
+}
+
+/// One quota of a request: whose, its id, its plan and this instance's counter.
+struct QuotaOf<'s> {
+    owner: Owner,
+    id: &'s Id,
+    quota: crate::model::Quota,
+    counter: Option<&'s Arc<Counter>>,
+}
+
+/// What the limits said, before it becomes headers or a refusal.
+struct Decided {
+    rate: Result<Option<RateStatus>, Limited>,
+    quotas: Option<Taken>,
 }
 
 impl RateLimiter {
@@ -31,8 +51,10 @@ impl RateLimiter {
         RateLimiter { cluster }
     }
 
-    /// Takes one request from every limit of the authorized key (its own and its consumer's).
-    /// `Ok(None)`: no limit applies (or none could be asked and `on_redis_error = "allow"`).
+    /// Takes one request from every limit of the authorized key (its own and its consumer's
+    /// rate limits, then their quotas) at `now`. `Ok(None)`: no limit applies (or none could be
+    /// asked and `on_redis_error = "allow"`). Quota warnings and the first refusal of a window
+    /// are pushed to `events` without waiting.
     ///
     /// Only `strict` awaits (Redis, bounded by `[cluster] timeout`); the other modes complete
     /// on the first poll.
@@ -40,30 +62,45 @@ impl RateLimiter {
         &self,
         snap: &Live,
         authorized: &Authorized<'_>,
+        now: SystemTime,
+        events: Option<&Events>,
     ) -> Result<Option<RateStatus>, Refusal> {
+        let secs = crate::state::unix_secs(now).into();
+        let quotas = quotas_of(snap, authorized);
         let decided = match &self.cluster {
-            None => local(snap, authorized),
+            None => local(snap, authorized, &quotas, secs, None),
             Some(cluster) => {
-                let shared = shared(snap, authorized);
+                let shared = shared(snap, authorized, &quotas, secs);
                 if shared.is_empty() {
                     return Ok(None);
                 }
-                let fleet = match cluster.config().mode {
-                    ClusterMode::Strict => cluster.decide(&shared).await,
+                match cluster.config().mode {
+                    ClusterMode::Strict => match cluster.decide(&shared).await {
+                        Ok(fleet) => {
+                            mirror(&quotas, &fleet.quotas, secs);
+                            Decided {
+                                rate: fleet.rate.map(Some),
+                                quotas: shared
+                                    .quotas
+                                    .iter()
+                                    .any(Option::is_some)
+                                    .then_some(fleet.quotas),
+                            }
+                        }
+                        Err(Unavailable) => {
+                            self.unavailable(cluster, snap, authorized, &shared, &quotas, secs)?
+                        }
+                    },
                     ClusterMode::LocalSync if cluster.available() => {
-                        Ok(cluster.decide_locally(&shared))
+                        synced(cluster, &shared, &quotas, secs)
                     }
-                    ClusterMode::LocalSync => Err(Unavailable),
-                };
-                match fleet {
-                    Ok(decided) => decided.map(Some),
-                    Err(Unavailable) => {
-                        return self.unavailable(cluster, snap, authorized, &shared);
+                    ClusterMode::LocalSync => {
+                        self.unavailable(cluster, snap, authorized, &shared, &quotas, secs)?
                     }
                 }
             }
         };
-        decided.map_err(|limited| limited_refusal(snap, authorized, limited))
+        finish(snap, authorized, decided, secs, events)
     }
 
     /// `on_redis_error`: what a request gets while Redis does not answer.
@@ -73,48 +110,215 @@ impl RateLimiter {
         snap: &Live,
         authorized: &Authorized<'_>,
         shared: &Shared,
-    ) -> Result<Option<RateStatus>, Refusal> {
-        let decided = match cluster.on_error() {
-            OnRedisError::Allow => return Ok(None),
-            OnRedisError::Deny => return Err(Deny::RateLimitUnavailable.into()),
-            OnRedisError::Local => match cluster.config().mode {
-                ClusterMode::Strict => local(snap, authorized),
+        quotas: &[Option<QuotaOf<'_>>; 2],
+        secs: u64,
+    ) -> Result<Decided, Refusal> {
+        match cluster.on_error() {
+            OnRedisError::Allow => Ok(Decided {
+                rate: Ok(None),
+                quotas: None,
+            }),
+            OnRedisError::Deny => Err(Deny::RateLimitUnavailable.into()),
+            OnRedisError::Local => Ok(match cluster.config().mode {
+                ClusterMode::Strict => local(snap, authorized, quotas, secs, None),
                 // The view keeps deciding: during an outage it holds only this instance's counts.
-                ClusterMode::LocalSync => cluster.decide_locally(shared).map(Some),
-            },
-        };
-        decided.map_err(|limited| limited_refusal(snap, authorized, limited))
+                ClusterMode::LocalSync => synced(cluster, shared, quotas, secs),
+            }),
+        }
     }
 }
 
-/// This instance's own buckets, found by index in the snapshot.
-// The `Ok` side is as large: boxing the refusal would save nothing.
-#[allow(clippy::result_large_err)]
-fn local(snap: &Live, a: &Authorized<'_>) -> Result<Option<RateStatus>, Limited> {
-    limits::check(
+/// The key's and its consumer's quotas, with this instance's counters.
+fn quotas_of<'s>(snap: &'s Live, a: &Authorized<'s>) -> [Option<QuotaOf<'s>>; 2] {
+    let consumer = a.key.consumer.map(|c| c as usize);
+    [
+        a.key.quota().map(|quota| QuotaOf {
+            owner: Owner::Key,
+            id: &a.key.id,
+            quota,
+            counter: snap.quotas.key_arc(a.index),
+        }),
+        consumer.and_then(|c| {
+            let owner = snap.consumers.get(c)?;
+            Some(QuotaOf {
+                owner: Owner::Consumer,
+                id: &owner.id,
+                quota: owner.quota?,
+                counter: snap.quotas.consumer_arc(c),
+            })
+        }),
+    ]
+}
+
+/// `strict`: the fleet's counts copied into this instance's counters, so the admin API's
+/// lists show them (a lock per quota, beside a Redis round trip).
+fn mirror(quotas: &[Option<QuotaOf<'_>>; 2], fleet: &Taken, secs: u64) {
+    for (q, v) in quotas.iter().zip(&fleet.verdicts) {
+        if let (Some(q), Some(v)) = (q, v)
+            && let Some(counter) = q.counter
+        {
+            counter.peek(q.quota, secs);
+            counter.synced(v.used.window(), v.used.used, v.used.granted);
+        }
+    }
+}
+
+/// This instance's own buckets and counters. With `sync`, what the quotas let through is also
+/// queued for the fleet (`local-sync`).
+fn local(
+    snap: &Live,
+    a: &Authorized<'_>,
+    quotas: &[Option<QuotaOf<'_>>; 2],
+    secs: u64,
+    sync: Option<(&Cluster, &Shared)>,
+) -> Decided {
+    let rate = limits::check(
         snap.buckets.key(a.index),
         a.key
             .consumer
             .and_then(|c| snap.buckets.consumer(c as usize)),
-    )
+    );
+    local_quotas(rate, quotas, secs, sync)
 }
 
-/// The limits of the key and its consumer, named as the fleet shares them.
-fn shared(snap: &Live, a: &Authorized<'_>) -> Shared {
-    Shared {
-        key: a.key.rate_limit().map(|r| (a.key.id.clone(), r)),
-        consumer: snap
-            .consumer_of(a.key)
-            .and_then(|c| c.rate_limit.map(|r| (c.id.clone(), r))),
+/// The quotas after a rate decision: taken only when the rate limits allowed.
+fn local_quotas(
+    rate: Result<Option<RateStatus>, Limited>,
+    quotas: &[Option<QuotaOf<'_>>; 2],
+    secs: u64,
+    sync: Option<(&Cluster, &Shared)>,
+) -> Decided {
+    if rate.is_err() || quotas.iter().all(Option::is_none) {
+        return Decided { rate, quotas: None };
+    }
+    let counters =
+        [&quotas[0], &quotas[1]].map(|q| q.as_ref().and_then(|q| Some((&**q.counter?, q.quota))));
+    let taken = quotas::take(counters, secs, sync.is_some());
+    if let Some((cluster, shared)) = sync
+        && taken.allowed
+    {
+        for q in quotas.iter().flatten() {
+            if let Some(counter) = q.counter {
+                cluster.quota_used(counter, q.owner, q.id, q.quota, shared.tag.as_ref());
+            }
+        }
+    }
+    Decided {
+        rate,
+        quotas: Some(taken),
     }
 }
 
-fn limited_refusal(snap: &Live, a: &Authorized<'_>, limited: Limited) -> Refusal {
-    Refusal::of_key(
-        Deny::RateLimited(Box::new(limited)),
-        a.key,
-        snap.consumer_of(a.key),
-    )
+/// `local-sync`: the fleet's buckets as this instance sees them, then its quota counters.
+fn synced(
+    cluster: &Cluster,
+    shared: &Shared,
+    quotas: &[Option<QuotaOf<'_>>; 2],
+    secs: u64,
+) -> Decided {
+    let rate = if shared.has_rate() {
+        cluster.decide_locally(shared).map(Some)
+    } else {
+        Ok(None)
+    };
+    local_quotas(rate, quotas, secs, Some((cluster, shared)))
+}
+
+/// The limits of the key and its consumer, named as the fleet shares them.
+fn shared(snap: &Live, a: &Authorized<'_>, quotas: &[Option<QuotaOf<'_>>; 2], secs: u64) -> Shared {
+    let consumer = snap.consumer_of(a.key);
+    Shared {
+        key: a.key.rate_limit().map(|r| (a.key.id.clone(), r)),
+        consumer: consumer.and_then(|c| c.rate_limit.map(|r| (c.id.clone(), r))),
+        quotas: [&quotas[0], &quotas[1]].map(|q| {
+            q.as_ref()
+                .map(|q| (q.id.clone(), q.quota, q.quota.window(secs)))
+        }),
+        tag: consumer.map(|c| c.id.clone()),
+    }
+}
+
+/// Headers or a refusal, and the quota events that are due.
+fn finish(
+    snap: &Live,
+    a: &Authorized<'_>,
+    decided: Decided,
+    secs: u64,
+    events: Option<&Events>,
+) -> Result<Option<RateStatus>, Refusal> {
+    let refusal = |deny| Refusal::of_key(deny, a.key, snap.consumer_of(a.key));
+    let mut status = match decided.rate {
+        Ok(status) => status,
+        Err(limited) => return Err(refusal(Deny::RateLimited(Box::new(limited)))),
+    };
+    let Some(taken) = decided.quotas else {
+        return Ok(status);
+    };
+    let ids = [Some(&a.key.id), snap.consumer_of(a.key).map(|c| &c.id)];
+    let all = status.get_or_insert_with(RateStatus::default);
+    let mut retry_after = 0;
+    for (slot, verdict) in taken.verdicts.iter().enumerate() {
+        let Some(v) = verdict else { continue };
+        let allowance = v.used.allowance(v.quota);
+        let remaining = v.used.remaining(v.quota);
+        let left = v.used.window().seconds_left(secs);
+        if !taken.allowed && remaining == 0 {
+            retry_after = retry_after.max(left);
+        }
+        all.policies[2 + slot] = Some(PolicyState {
+            scope: if slot == 0 {
+                Scope::Quota
+            } else {
+                Scope::ConsumerQuota
+            },
+            limit: allowance,
+            window: v.used.end.saturating_sub(v.used.start),
+            remaining,
+            reset: left,
+        });
+        if let (Some(events), Some(id)) = (events, ids[slot]) {
+            notify(events, slot, id, v);
+        }
+    }
+    if taken.allowed {
+        Ok(status)
+    } else {
+        let status = status.unwrap_or_default();
+        Err(refusal(Deny::QuotaExceeded(Box::new(Limited {
+            status,
+            retry_after: retry_after.max(1),
+        }))))
+    }
+}
+
+/// `quota.warning` at 80% and `quota.exceeded` at the window's first refusal: a push, never
+/// a wait, and nothing built when no webhook listens.
+fn notify(events: &Events, slot: usize, id: &Id, v: &quotas::Verdict) {
+    let scope = if slot == 0 {
+        QuotaScope::Key
+    } else {
+        QuotaScope::Consumer
+    };
+    let end = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(v.used.end);
+    let allowance = v.used.allowance(v.quota);
+    if v.warn && events.wants(Kind::QuotaWarning) {
+        events.emit(Event::quota_warning(
+            scope,
+            id.as_str(),
+            v.used.used,
+            allowance,
+            end,
+        ));
+    }
+    if v.first_refusal && events.wants(Kind::QuotaExceeded) {
+        events.emit(Event::quota_exceeded(
+            scope,
+            id.as_str(),
+            v.used.used,
+            allowance,
+            end,
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -139,7 +343,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600);
         let authorized = authorize(snap, &facts(secret, ip), now).map_err(|r| r.deny.code())?;
         let limiter = RateLimiter::default();
-        futures_util::FutureExt::now_or_never(limiter.take(snap, &authorized))
+        futures_util::FutureExt::now_or_never(limiter.take(snap, &authorized, now, None))
             .expect("local limits never wait")
             .map_err(|r| r.deny.code())
     }
@@ -181,8 +385,15 @@ mod tests {
         )
         .unwrap();
         let limiter = RateLimiter::default();
-        let take =
-            || futures_util::FutureExt::now_or_never(limiter.take(&snap, &authorized)).unwrap();
+        let take = || {
+            futures_util::FutureExt::now_or_never(limiter.take(
+                &snap,
+                &authorized,
+                SystemTime::UNIX_EPOCH,
+                None,
+            ))
+            .unwrap()
+        };
         assert!(take().is_ok());
         assert!(take().is_ok());
         let refused = take().unwrap_err();

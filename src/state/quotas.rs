@@ -32,6 +32,8 @@ pub const WARN_AT_PERCENT: u64 = 80;
 #[derive(Debug, Default)]
 pub struct Counter {
     state: Mutex<Used>,
+    /// `local-sync`: on the list of counters the next sync sends (each at most once).
+    pub queued: std::sync::atomic::AtomicBool,
 }
 
 /// What a counter holds for its current window.
@@ -237,6 +239,15 @@ impl Counters {
     pub fn consumer(&self, index: usize) -> Option<&Counter> {
         self.consumers.get(index).and_then(|c| c.as_deref())
     }
+
+    /// The key's counter as shared, for a `local-sync` instance to queue it for the fleet.
+    pub fn key_arc(&self, index: usize) -> Option<&Arc<Counter>> {
+        self.keys.get(index).and_then(Option::as_ref)
+    }
+
+    pub fn consumer_arc(&self, index: usize) -> Option<&Arc<Counter>> {
+        self.consumers.get(index).and_then(Option::as_ref)
+    }
 }
 
 /// Every counter by id, carried from snapshot to snapshot.
@@ -357,13 +368,57 @@ pub fn restore(registry: &Registry, path: &Path) {
 
 /// Writes every counter (temp file, fsync, rename) unless nothing changed since `last`.
 pub fn save(registry: &Registry, path: &Path, last: &mut Option<Vec<u8>>) -> std::io::Result<()> {
-    let text = serde_json::to_vec(&registry.saved()).map_err(std::io::Error::other)?;
+    let state = registry.saved();
+    // No file for a gateway that never counted a quota.
+    if state.keys.is_empty() && state.consumers.is_empty() && last.is_none() && !path.exists() {
+        return Ok(());
+    }
+    let text = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
     if last.as_deref() == Some(&text[..]) {
         return Ok(());
     }
     crate::store::write_atomic(path, &text)?;
     *last = Some(text);
     Ok(())
+}
+
+/// Saves the counters every [`FLUSH_EVERY`] while the process runs (when something changed);
+/// call [`flush`] at shutdown.
+pub fn spawn(published: Arc<super::Published>, config: PathBuf) {
+    tokio::spawn(async move {
+        let mut last: Option<Vec<u8>> = None;
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let p = published.clone();
+            let config = config.clone();
+            let before = last.take();
+            let saved = tokio::task::spawn_blocking(move || {
+                let path = path_for(&p.load(), &config);
+                let mut last = before;
+                let result = save(p.quotas(), &path, &mut last);
+                (last, result.map_err(|e| (path, e)))
+            })
+            .await;
+            match saved {
+                Ok((written, Ok(()))) => last = written,
+                Ok((written, Err((path, e)))) => {
+                    last = written;
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write quota counters");
+                }
+                Err(e) => tracing::warn!(error = %e, "quota counter flush failed"),
+            }
+        }
+    });
+}
+
+/// One last write, at shutdown.
+pub fn flush(published: &super::Published, config: &Path) {
+    let path = path_for(&published.load(), config);
+    if let Err(e) = save(published.quotas(), &path, &mut None) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write quota counters");
+    }
 }
 
 #[cfg(test)]
