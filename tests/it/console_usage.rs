@@ -361,7 +361,7 @@ async fn a_quota_set_in_the_console_is_spent_granted_and_reset() {
             vec![],
         )
         .await;
-    assert_eq!(meter, json!([3.0, 3.0]));
+    assert_eq!(meter, json!([3, 3]), "[meter value, max]");
     b.screenshot("quota-used-up", DESKTOP).await;
 
     b.click("quota-grant").await;
