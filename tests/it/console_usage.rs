@@ -297,8 +297,8 @@ async fn the_chart_shows_a_keys_and_a_consumers_last_30_days() {
 
 // --- quota: set, spend, grant, reset -------------------------------------------------------
 
-/// A key made in the create dialog with the quota 3 per month (after "1.5" was refused beside
-/// the Quota field) has `quota = "3/month"`; the proxy lets 3 requests through and refuses the
+/// A key made in the create dialog with the quota 3 per month (after the API refused 0 and the
+/// page refused "1.5", each beside the Quota field) has `quota = "3/month"`; the proxy lets 3 requests through and refuses the
 /// 4th with 429 `quota_exceeded`. The keys table says the quota is used up, and the usage
 /// dialog "3 used of 3 this month". "Grant requests" 2 lets exactly 2 more through, "Reset
 /// quota" (after its confirm dialog) lets requests through again, and the audit view shows
@@ -315,9 +315,20 @@ async fn a_quota_set_in_the_console_is_spent_granted_and_reset() {
     b.click("create-key").await;
     b.wait_dialog("key-dialog").await;
     b.fill("key-name", "Metered").await;
-    b.fill("key-quota", "1.5").await;
+    // 0 passes the page's check (a whole number) and is refused by the API, beside the field.
+    b.fill("key-quota", "0").await;
     b.click("key-submit").await;
     let error = "#key-form [data-error-for=\"quota\"]";
+    b.wait_for(error).await;
+    let detail = b.text_of(error).await;
+    assert!(detail.contains("quota"), "the API's error: {detail:?}");
+    assert!(
+        f.key_named("Metered").await.is_none(),
+        "a key made with quota 0"
+    );
+    b.fill("key-quota", "1.5").await;
+    b.wait_gone(error).await;
+    b.click("key-submit").await;
     b.wait_for(error).await;
     let beside = b
         .js(
