@@ -346,6 +346,14 @@ async fn a_quota_set_in_the_console_is_spent_granted_and_reset() {
     b.fill("key-quota", "3").await;
     b.wait_gone(error).await;
     b.select("key-quota-period", "month").await;
+    b.js(
+        "document.getElementById('key-quota').scrollIntoView({block: 'center'});",
+        vec![],
+    )
+    .await;
+    b.screenshot("create-dialog-quota", DESKTOP).await;
+    b.screenshot("create-dialog-quota", PHONE).await;
+    b.set_viewport(DESKTOP).await;
     b.click("key-submit").await;
     let secret = b.shown_secret().await;
     b.click("secret-done").await;
