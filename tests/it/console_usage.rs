@@ -297,13 +297,15 @@ async fn the_chart_shows_a_keys_and_a_consumers_last_30_days() {
 
 // --- quota: set, spend, grant, reset -------------------------------------------------------
 
-/// A key made in the create dialog with the quota 3 per month (after the API refused 0 and the
-/// page refused "1.5", each beside the Quota field) has `quota = "3/month"`; the proxy lets 3 requests through and refuses the
-/// 4th with 429 `quota_exceeded`. The keys table says the quota is used up, and the usage
-/// dialog "3 used of 3 this month". "Grant requests" 2 lets exactly 2 more through, "Reset
-/// quota" (after its confirm dialog) lets requests through again, and the audit view shows
-/// `quota.grant` and `quota.reset` for the key. A consumer made in its dialog with a quota of
-/// 5 per day has `quota = "5/day"`, shown in the consumers table's Quota column.
+/// A key made in the create dialog with the quota 3 per month (after the API refused 0 and
+/// the page refused "1.5", each beside the Quota field) has `quota = "3/month"`; the proxy lets
+/// 3 requests through and refuses the 4th with 429 `quota_exceeded`. The keys table says the
+/// quota is used up, and the usage dialog "3 used of 3 this month". "Grant requests" 2 lets
+/// exactly 2 more through, "Reset quota" (after its confirm dialog) lets requests through
+/// again, and the audit view shows `quota.grant` and `quota.reset` for the key; its edit dialog
+/// changes the quota. A consumer made in its dialog with a quota of 5 per day has
+/// `quota = "5/day"`, shown in the consumers table's Quota column; an edit that leaves the
+/// field alone keeps it, and emptying the field removes it.
 /// Fails when the page does not send the quota, or posts a reset or grant elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_set_in_the_console_is_spent_granted_and_reset() {
@@ -414,6 +416,18 @@ async fn a_quota_set_in_the_console_is_spent_granted_and_reset() {
     wait_text(b, "#quota-text", "1 used of 3").await;
     b.click("usage-close").await;
     b.wait_dialog_closed("usage-dialog").await;
+
+    // The edit dialog shows the quota; changed there, the key has the new one.
+    b.key_action(&id, "edit").await;
+    b.wait_dialog("key-dialog").await;
+    assert_eq!(b.value_of("#key-quota").await, "3");
+    assert_eq!(b.value_of("#key-quota-period").await, "month");
+    b.fill("key-quota", "10").await;
+    b.select("key-quota-period", "day").await;
+    b.click("key-submit").await;
+    b.wait_dialog_closed("key-dialog").await;
+    assert_eq!(f.api().key(&id).await["quota"], "10/day");
+    wait_text(b, &row_css(&id), "quota 10/day").await;
 
     let audit = expect(&f.api().get(&format!("/v1/audit?object={id}")).await, 200);
     let audited: Vec<String> = audit["items"]
