@@ -43,6 +43,7 @@ mod openapi;
 mod policy_order;
 mod properties;
 mod protocols;
+mod quotas;
 mod rate_limits;
 mod reload;
 mod routing;
