@@ -27,6 +27,7 @@ mod config_defaults;
 mod console;
 mod console_api;
 mod console_flows;
+mod console_usage;
 mod credential;
 mod deploy;
 mod edge_limits;
