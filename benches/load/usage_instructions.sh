@@ -88,6 +88,7 @@ TOML
   # The dump after the zeroing: the newest file.
   last=$(ls -t "$WORK/$mode"/cg.* | head -1)
   ir=$(awk '/^summary:|^totals:/ {print $2; exit}' "$last")
+  [[ -n "${CG_KEEP:-}" ]] && cp "$last" "$CG_KEEP.$mode"
   echo "usage=$mode requests=$reqs instructions=$ir per_request=$(python3 -c "print(round($ir / $reqs))")"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
