@@ -191,7 +191,12 @@ struct QueuedQuota {
     id: Id,
     quota: Quota,
     tag: Option<Id>,
+    /// Synced until then (seconds since the epoch), used here or not.
+    watch_until: u64,
 }
+
+/// How long a `local-sync` instance keeps syncing a quota after a request used it.
+const QUOTA_WATCH_SECS: u64 = 60;
 
 /// A change the admin API makes to the fleet's count of one quota window.
 #[derive(Debug, Clone, Copy)]
@@ -844,6 +849,7 @@ impl Cluster {
                     id: id.clone(),
                     quota,
                     tag: tag.cloned(),
+                    watch_until: self.now_us() / 1_000_000 + QUOTA_WATCH_SECS,
                 });
         }
     }
@@ -851,6 +857,10 @@ impl Cluster {
     /// `local-sync`: adds what this instance let through to the fleet's quota counts and takes
     /// the fleet's counts (and grants) back. What a failed call sent is lost to the fleet but
     /// stays in this instance's count, as for the buckets.
+    ///
+    /// A counter stays on the list [`QUOTA_WATCH_SECS`] after its first request, sent with
+    /// nothing to add when idle here, so this instance keeps up with what the others let
+    /// through: an instance's view is then never older than one sync while its key is in use.
     async fn sync_quotas(&self) {
         let queued =
             std::mem::take(&mut *self.quotas_used.lock().unwrap_or_else(|p| p.into_inner()));
@@ -861,7 +871,6 @@ impl Cluster {
         let counts: Vec<(String, Window, u64)> = queued
             .iter()
             .map(|q| {
-                q.counter.queued.store(false, Ordering::Release);
                 let (window, n) = q.counter.to_send(q.quota, now);
                 (
                     self.quota_key(q.tag.as_ref(), q.owner, &q.id, window),
@@ -894,6 +903,19 @@ impl Cluster {
             }
             None => self.outage("quota sync failed"),
         }
+        let mut watched = Vec::with_capacity(queued.len());
+        for q in queued {
+            if now < q.watch_until {
+                watched.push(q);
+            } else {
+                // Queued again by its next request.
+                q.counter.queued.store(false, Ordering::Release);
+            }
+        }
+        self.quotas_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(watched);
     }
 
     /// One PING, bounded by `timeout`: ends the outage when Redis answers.

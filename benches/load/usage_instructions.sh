@@ -6,6 +6,9 @@
 #
 #   benches/load/usage_instructions.sh     KEYS [10000] LUA_KEYS [2000] DURATION [10s]
 #                                          FLUSH [1h] KEYGATE_BIN [target/release/keygate]
+#                                          QUOTA [none]
+# QUOTA (e.g. "1000000000/month") puts that quota on every key of the "on" run too: usage
+# counting and quotas together against neither.
 # FLUSH is `[usage] flush_interval`: at the default 1h no flush falls in the measured window,
 # so the numbers are the request path's own; a flush (a background task) is measured apart.
 set -euo pipefail
@@ -29,6 +32,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 1 1200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 python3 "$HERE/gen_keys.py" "$KEYS" "$WORK/keys" --lua-keys "$LUA_KEYS" >/dev/null
+QUOTA="${QUOTA:-}"
+if [[ -n "$QUOTA" ]]; then
+  sed "/^\[\[keys\]\]\$/a quota = \"$QUOTA\"" "$WORK/keys/keygate-keys.toml" >"$WORK/keys/quota-keys.toml"
+fi
 UP=$(free_port)
 mkdir -p "$WORK/up"
 cat >"$WORK/up/nginx.conf" <<CONF
@@ -50,9 +57,11 @@ wait_port "$UP"
 for mode in on off; do
   port=$(free_port)
   enabled=true; [[ $mode == off ]] && enabled=false
+  KEYS_FILE="$WORK/keys/keygate-keys.toml"
+  [[ $mode == on && -n "$QUOTA" ]] && KEYS_FILE="$WORK/keys/quota-keys.toml"
   mkdir -p "$WORK/$mode"
   cat >"$WORK/$mode/keygate.toml" <<TOML
-keys_file = "$WORK/keys/keygate-keys.toml"
+keys_file = "$KEYS_FILE"
 [server]
 listen = "127.0.0.1:$port"
 [log]

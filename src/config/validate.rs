@@ -191,6 +191,26 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_quota_names_its_line_on_a_key_and_a_consumer() {
+        let e = errors(
+            "[[consumers]]\nid = \"c\"\nquota = \"0/day\"\n[[keys]]\nid = \"k\"\nsecret = \"s\"\nquota = \"10/minute\"\n",
+        );
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e[0].starts_with(
+                "k.toml:6:9: consumer \"c\": quota: quota \"0/day\": N must be at least 1"
+            ),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].starts_with("k.toml:10:9: key \"k\": quota: quota \"10/minute\": unknown period"),
+            "{}",
+            e[1]
+        );
+    }
+
+    #[test]
     fn hash_xor_secret() {
         let both = one_error(&format!(
             "[[keys]]\nid = \"k\"\nhash = \"{HASH_A}\"\nsecret = \"s\"\n"

@@ -220,6 +220,7 @@ pub fn key_view(snap: &Snapshot, k: &Key) -> Value {
         "access": k.access,
         "paths": k.paths().iter().map(|p| &**p).collect::<Vec<_>>(),
         "rate_limit": k.rate_limit().map(|r| r.to_string()),
+        "quota": k.quota().map(|q| q.to_string()),
         "managed": k.managed,
     })
 }

@@ -79,8 +79,13 @@ impl Used {
     /// Moves to the window of `quota` holding `now`: a new window starts from 0; a changed
     /// period keeps what was used in the window it replaces.
     fn roll(&mut self, quota: Quota, now: u64) {
+        // The common case, without calendar arithmetic: still inside the same window.
+        if self.period == Some(quota.period) && self.start <= now && now < self.end {
+            return;
+        }
         let w = quota.window(now);
         if self.start == w.start && self.end == w.end {
+            self.period = Some(quota.period);
             return;
         }
         let period_changed = self.period.is_some_and(|p| p != quota.period);

@@ -621,7 +621,7 @@ async fn screenshots_of_the_keys_page_and_the_create_dialog() {
     let api = c.api();
     let soon = in_days(12);
     let keys = [
-        json!({ "name": "Checkout service", "consumer": "acme", "expires_at": "2027-06-30T00:00:00Z" }),
+        json!({ "name": "Checkout service", "consumer": "acme", "expires_at": "2027-06-30T00:00:00Z", "quota": "100000/month" }),
         json!({ "name": "Mobile app", "consumer": "acme", "allow_ips": ["203.0.113.0/24"] }),
         json!({ "name": "Partner export", "access": "read-only", "expires_at": soon }),
         json!({ "name": "Old staging key", "status": "inactive" }),

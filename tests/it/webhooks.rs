@@ -16,11 +16,11 @@ use serde_json::{Value, json};
 use crate::harness::admin::*;
 use crate::harness::*;
 
-const WEBHOOK_SECRET: &str = "whsec_test_0123456789";
+pub(crate) const WEBHOOK_SECRET: &str = "whsec_test_0123456789";
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     headers: HeaderMap,
     body: String,
     /// What the receiver answered.
@@ -28,7 +28,7 @@ struct Received {
 }
 
 impl Received {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap()
     }
 
@@ -43,15 +43,15 @@ impl Received {
 
 /// A webhook receiver on `127.0.0.1:0`: records every request, answers 500 while `failing`
 /// is above 0 (counting it down; negative: always), then 200.
-struct Receiver {
-    addr: SocketAddr,
+pub(crate) struct Receiver {
+    pub(crate) addr: SocketAddr,
     got: Arc<Mutex<Vec<Received>>>,
     failing: Arc<AtomicI64>,
     _up: Upstream,
 }
 
 impl Receiver {
-    async fn start(failing: i64) -> Receiver {
+    pub(crate) async fn start(failing: i64) -> Receiver {
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
         let fail = Arc::new(AtomicI64::new(failing));
         let (sink, f) = (got.clone(), fail.clone());
@@ -93,7 +93,7 @@ impl Receiver {
     }
 
     /// Requests for events of `kind`.
-    fn of(&self, kind: &str) -> Vec<Received> {
+    pub(crate) fn of(&self, kind: &str) -> Vec<Received> {
         self.all()
             .into_iter()
             .filter(|r| r.json()["type"] == kind)
@@ -101,7 +101,7 @@ impl Receiver {
     }
 
     /// Waits (bounded) until `n` requests for `kind` have come.
-    async fn wait_for(&self, kind: &str, n: usize, limit: Duration) -> Vec<Received> {
+    pub(crate) async fn wait_for(&self, kind: &str, n: usize, limit: Duration) -> Vec<Received> {
         poll(
             limit,
             &format!("{n} webhook request(s) for {kind}"),
@@ -124,7 +124,7 @@ fn webhook(rx: &Receiver, retry: &str) -> String {
 
 /// Checks `Keygate-Signature` as a receiver would, with HMAC-SHA256 computed here.
 #[track_caller]
-fn assert_signed(r: &Received) {
+pub(crate) fn assert_signed(r: &Received) {
     let header = r.header("keygate-signature");
     let (t, v1) = header
         .split_once(',')

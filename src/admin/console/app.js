@@ -188,6 +188,11 @@ setInterval(refreshRelativeTimes, 30000);
 
 const pad = (n) => String(n).padStart(2, '0');
 
+// English like the rest of the page: "1,234".
+const numFmt = new Intl.NumberFormat('en');
+const num = (n) => numFmt.format(Number(n) || 0);
+const plural = (n, one, many = `${one}s`) => `${num(n)} ${Number(n) === 1 ? one : many}`;
+
 /** RFC 3339 -> the value of a datetime-local input, in the browser's time zone. */
 function toLocalInput(iso) {
   const d = new Date(iso);
@@ -782,9 +787,108 @@ class PagedTable {
     const want = this.focusAfter;
     if (!want || document.querySelector('dialog[open]') || (this.loading && !final)) return;
     const row = this.body.querySelector(`tr[${want.attr}="${CSS.escape(want.id)}"]`);
-    const btn = row && (row.querySelector(`button[data-action="${want.action}"]`) || row.querySelector('button'));
+    const sel = want.action === 'usage' ? 'button[data-usage]' : `button[data-action="${want.action}"]`;
+    const btn = row && (row.querySelector(sel) || row.querySelector('button'));
     this.focusAfter = null;
     (btn || want.fallback || this.wrap).focus();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quotas: "100000/month" on a key or consumer, and its state in the current window
+
+const QUOTA_PERIODS = ['hour', 'day', 'week', 'month'];
+const THIS_PERIOD = { hour: 'this hour', day: 'today', week: 'this week', month: 'this month' };
+
+/** "100000/month" -> {n: "100000", period: "month"}; null for anything else. */
+function parseQuota(q) {
+  const m = /^\s*([0-9]+)\s*\/\s*([a-z]+)\s*$/.exec(q || '');
+  return m && QUOTA_PERIODS.includes(m[2]) ? { n: m[1], period: m[2] } : null;
+}
+
+/** "100000/month" -> "100,000/month" (as it came when it does not parse). */
+function quotaText(q) {
+  const p = parseQuota(q);
+  return p ? `${num(p.n)}/${p.period}` : String(q);
+}
+
+function thisPeriod(view) {
+  return THIS_PERIOD[parseQuota(view.quota)?.period] || 'this window';
+}
+
+/** The state to show; a quota without a counter yet has used nothing. */
+function quotaState(view) {
+  if (view.quota_state) return view.quota_state;
+  const p = parseQuota(view.quota);
+  if (!p) return null;
+  const limit = Number(p.n);
+  return { used: 0, limit, granted: 0, remaining: limit, window_start: null, window_end: null };
+}
+
+/** A badge for a table row when the quota is nearly or wholly spent. */
+function quotaBadge(view) {
+  const s = view.quota ? view.quota_state : null;
+  if (!s) return null;
+  const total = s.limit + s.granted;
+  const spent = `${num(s.used)} of ${num(total)} used ${thisPeriod(view)}`;
+  if (s.remaining <= 0) return badge('quota used up', 'danger', `${spent}: requests get 429 quota_exceeded until it resets`);
+  if (total > 0 && s.used / total >= 0.8) return badge(`quota ${Math.floor((s.used / total) * 100)}%`, 'warning', spent);
+  return null;
+}
+
+/** The consumers table's Quota cell: what was used of how much, and a badge when nearly spent. */
+function quotaCell(c) {
+  if (!c.quota) return h('td', {}, h('span', { class: 'muted', text: 'none' }));
+  const s = quotaState(c);
+  const total = s ? s.limit + s.granted : 0;
+  return h('td', { class: 'quota-cell' },
+    s
+      ? h('span', { class: 'nowrap', text: `${num(s.used)} of ${num(total)} ${thisPeriod(c)}`, title: `Quota ${quotaText(c.quota)}` })
+      : h('span', { class: 'nowrap', text: quotaText(c.quota) }),
+    s ? quotaBadge(c) : null);
+}
+
+/** The row button that opens a key's or consumer's usage (every role: it changes nothing). */
+function usageButton(label) {
+  return h('button', {
+    type: 'button',
+    class: 'btn btn-small',
+    text: 'Usage',
+    dataset: { usage: '' },
+    attrs: { 'aria-label': `Usage and quota of ${label}` },
+  });
+}
+
+/** The Quota field of a dialog: a number and a period; empty is no quota. */
+class QuotaField {
+  constructor(prefix, form) {
+    this.input = $(`#${prefix}-quota`);
+    this.period = $(`#${prefix}-quota-period`);
+    this.form = form;
+    this.initial = '';
+  }
+
+  set(quota) {
+    const p = parseQuota(quota);
+    this.input.value = p ? p.n : '';
+    this.period.value = p ? p.period : 'month';
+    // What the form said when it opened: a save sends the quota only when this changed, so a
+    // quota this page cannot show (none today) is never overwritten by accident.
+    this.initial = p ? `${p.n}/${p.period}` : '';
+  }
+
+  /** "5000/day", "" for none, or undefined with the error shown beside the field. */
+  read() {
+    const raw = this.input.value.trim();
+    if (this.input.validity.badInput || (raw && !/^[0-9]+$/.test(raw))) {
+      showFieldError(this.form, 'quota', 'Enter a whole number of requests, or leave it empty for no quota.');
+      return undefined;
+    }
+    return raw ? `${raw.replace(/^0+(?=[0-9])/, '')}/${this.period.value}` : '';
+  }
+
+  changed(value) {
+    return value !== this.initial;
   }
 }
 
@@ -841,6 +945,8 @@ function keyBadges(k, now = Date.now()) {
   if (k.status === 'active' && !expired && exp !== null && exp - now <= EXPIRING_SOON_DAYS * DAY_MS) {
     out.push(badge('expiring soon', 'warning', `Expires ${relativeTime(new Date(exp), now)}`));
   }
+  const q = quotaBadge(k);
+  if (q) out.push(q);
   if (k.managed === false) {
     out.push(badge('config file', 'info', 'Defined in the main config file: change it there'));
   }
@@ -855,6 +961,7 @@ function keyRestrictions(k) {
   if (k.allow_ips?.length) parts.push(`IPs: ${k.allow_ips.join(', ')}`);
   if (k.paths?.length) parts.push(`paths: ${k.paths.join(', ')}`);
   if (k.rate_limit) parts.push(k.rate_limit);
+  if (k.quota) parts.push(`quota ${quotaText(k.quota)}`);
   return parts;
 }
 
@@ -893,8 +1000,10 @@ function keyRow(k) {
   const status = h('td', {}, h('span', { class: 'badges' }, ...keyBadges(k, now)));
 
   const actions = h('td', { class: 'col-actions' });
+  const label = k.name ? `${k.name} (${k.id})` : k.id;
+  // Not a data-action: it changes nothing, so a read session has it too.
+  const usage = usageButton(label);
   if (isAdmin() && k.managed !== false) {
-    const label = k.name ? `${k.name} (${k.id})` : k.id;
     const btn = (action, text, cls = '') => h('button', {
       type: 'button',
       class: `btn btn-small ${cls}`,
@@ -903,13 +1012,13 @@ function keyRow(k) {
       attrs: { 'aria-label': `${text} ${label}` },
     });
     actions.append(h('span', { class: 'row-actions' },
+      usage,
       btn('edit', 'Edit'),
       btn('rotate', 'Rotate'),
       k.status === 'active' ? btn('deactivate', 'Deactivate') : btn('activate', 'Activate'),
       btn('revoke', 'Revoke', 'btn-danger-quiet')));
   } else {
-    actions.classList.add('no-actions');
-    actions.append(h('span', { class: 'muted', text: '—', title: k.managed === false ? 'Change it in the config file' : 'Read-only session' }));
+    actions.append(h('span', { class: 'row-actions' }, usage));
   }
 
   return h('tr', { dataset: { keyId: k.id } }, nameCell, keyCell, consumerCell, lastUsed, expires, status, actions);
@@ -939,6 +1048,15 @@ for (const f of [keyFilters.consumer, keyFilters.status, keyFilters.expiring, ke
 }
 
 $('#keys-body').addEventListener('click', (e) => {
+  const shown = e.target.closest('button[data-usage]');
+  if (shown) {
+    const id = shown.closest('tr').dataset.keyId;
+    const k = keysList.items.find((x) => x.id === id);
+    if (!k) return;
+    keysList.focusAfter = { attr: 'data-key-id', id, action: 'usage', fallback: keyFilters.search };
+    openUsage('key', k, keysList);
+    return;
+  }
   const btn = e.target.closest('button[data-action]');
   if (!btn) return;
   const id = btn.closest('tr').dataset.keyId;
@@ -997,6 +1115,7 @@ function confirmRevoke(k) {
 const keyDialog = $('#key-dialog');
 const keyForm = $('#key-form');
 const keyIps = new IpEditor('key');
+const keyQuota = new QuotaField('key', keyForm);
 clearErrorOnEdit(keyForm);
 let editingKey = null; // the KeyView being edited; null when creating
 let keyInitialExpires = '';
@@ -1028,6 +1147,7 @@ function openKeyDialog(k = null) {
   $('#key-access').value = k?.access || 'read-write';
   $('#key-paths').value = (k?.paths || []).join('\n');
   $('#key-rate-limit').value = k?.rate_limit || '';
+  keyQuota.set(k?.quota);
   keyDialog.showModal();
   $('#key-name').focus();
 }
@@ -1066,7 +1186,10 @@ function readKeyForm() {
     showFieldError(keyForm, 'expires_at', 'Enter a complete date and time, or clear it for never.');
     return null;
   }
+  const quota = keyQuota.read();
+  if (quota === undefined) return null;
   return {
+    quota,
     name: $('#key-name').value.trim(),
     consumer: $('#key-consumer').value,
     expires_at: expires,
@@ -1093,6 +1216,7 @@ keyForm.addEventListener('submit', async (e) => {
     if (v.consumer) body.consumer = v.consumer;
     if (v.expires_at) body.expires_at = v.expires_at;
     if (v.rate_limit) body.rate_limit = v.rate_limit;
+    if (v.quota) body.quota = v.quota;
   } else {
     // Only what changed, so that a save does not undo someone else's change to other fields.
     body = {};
@@ -1105,6 +1229,7 @@ keyForm.addEventListener('submit', async (e) => {
     if (v.access !== k.access) body.access = v.access;
     if (!sameList(v.paths, k.paths || [])) body.paths = v.paths;
     if ((v.rate_limit || null) !== (k.rate_limit || null)) body.rate_limit = v.rate_limit || null;
+    if (keyQuota.changed(v.quota)) body.quota = v.quota || null;
     if (Object.keys(body).length === 0) {
       keyDialog.close();
       announce('No changes to save.');
@@ -1306,7 +1431,7 @@ const consumersList = new PagedTable({
   prev: $('#consumers-prev'),
   next: $('#consumers-next'),
   info: $('#consumers-page-info'),
-  columns: 7,
+  columns: 8,
   query: () => ({}),
   empty: () => ['No consumers yet.', isAdmin() ? 'A consumer groups keys and shares its restrictions with them.' : ''],
   renderRow: consumerRow,
@@ -1333,6 +1458,7 @@ function consumerRow(c) {
   });
   const canChange = isAdmin() && c.managed !== false;
   actions.append(h('span', { class: 'row-actions' },
+    usageButton(c.id),
     canChange ? btn('edit', 'Edit') : null,
     btn('keys', 'Keys'),
     canChange ? btn('delete', 'Delete', 'btn-danger-quiet') : null));
@@ -1343,10 +1469,20 @@ function consumerRow(c) {
     listCell(c.allow_ips, 'any'),
     listCell(c.targets, 'all'),
     h('td', { class: 'nowrap' }, c.rate_limit ? c.rate_limit : h('span', { class: 'muted', text: 'none' })),
+    quotaCell(c),
     actions);
 }
 
 $('#consumers-body').addEventListener('click', (e) => {
+  const shown = e.target.closest('button[data-usage]');
+  if (shown) {
+    const id = shown.closest('tr').dataset.consumerId;
+    const c = consumersList.items.find((x) => x.id === id);
+    if (!c) return;
+    consumersList.focusAfter = { attr: 'data-consumer-id', id, action: 'usage' };
+    openUsage('consumer', c, consumersList);
+    return;
+  }
   const btn = e.target.closest('button[data-action]');
   if (!btn) return;
   const id = btn.closest('tr').dataset.consumerId;
@@ -1398,6 +1534,7 @@ function showConsumerKeys(id) {
 const consumerDialog = $('#consumer-dialog');
 const consumerForm = $('#consumer-form');
 const consumerIps = new IpEditor('consumer');
+const consumerQuota = new QuotaField('consumer', consumerForm);
 clearErrorOnEdit(consumerForm);
 let editingConsumer = null;
 
@@ -1416,6 +1553,7 @@ function openConsumerDialog(c = null) {
   fillTargets($('#consumer-targets'), c?.targets || []);
   consumerIps.set(c?.allow_ips || []);
   $('#consumer-default-key').checked = !!c?.default_key;
+  consumerQuota.set(c?.quota);
   consumerDialog.showModal();
   (c ? $('#consumer-name') : id).focus();
 }
@@ -1442,6 +1580,8 @@ consumerForm.addEventListener('submit', async (e) => {
     return;
   }
   const maxKeys = maxRaw ? Number(maxRaw) : null;
+  const quota = consumerQuota.read();
+  if (quota === undefined) return;
 
   let body;
   if (!c) {
@@ -1449,6 +1589,7 @@ consumerForm.addEventListener('submit', async (e) => {
     if (name) body.name = name;
     if (rate) body.rate_limit = rate;
     if (maxKeys !== null) body.max_keys = maxKeys;
+    if (quota) body.quota = quota;
     // Sent only when asked for, so a keygate without default keys still takes the body.
     if (defaultKey) body.default_key = true;
   } else {
@@ -1459,6 +1600,7 @@ consumerForm.addEventListener('submit', async (e) => {
     if (!sameSet(targets, c.targets || [])) body.targets = targets;
     if (!sameList(allowIps, c.allow_ips || [])) body.allow_ips = allowIps;
     if (defaultKey !== !!c.default_key) body.default_key = defaultKey;
+    if (consumerQuota.changed(quota)) body.quota = quota || null;
     if (Object.keys(body).length === 0) {
       consumerDialog.close();
       announce('No changes to save.');
@@ -1501,6 +1643,326 @@ $('#create-consumer').addEventListener('click', () => {
 consumerDialog.addEventListener('close', () => {
   editingConsumer = null;
   consumersList.restoreFocus();
+});
+
+// ---------------------------------------------------------------------------------------------
+// Usage dialog: a key's or consumer's last 30 UTC days as a chart, and its quota with the
+// "customer paid" buttons (reset, grant)
+
+const USAGE_DAYS = 30;
+const SVG_NS = 'http://www.w3.org/2000/svg';
+// Days are UTC days (what the API counts by), so they are shown in UTC too.
+const dayFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', timeZone: 'UTC' });
+const dayLongFmt = new Intl.DateTimeFormat(undefined, { weekday: 'short', month: 'short', day: 'numeric', timeZone: 'UTC' });
+
+const usageDialog = $('#usage-dialog');
+const grantDialog = $('#grant-dialog');
+const grantForm = $('#grant-form');
+clearErrorOnEdit(grantForm);
+// {kind: 'key'|'consumer', id, view, list, ctrl, changed}: what the usage dialog shows.
+let detail = null;
+
+/** An SVG element with attributes (never a style attribute: the CSP and app.css see to looks). */
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) if (v !== undefined && v !== null) el.setAttribute(k, String(v));
+  for (const c of children) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+
+/** The last USAGE_DAYS UTC days, oldest first, as YYYY-MM-DD. */
+function lastDays(now = Date.now()) {
+  const days = [];
+  for (let i = USAGE_DAYS - 1; i >= 0; i -= 1) days.push(new Date(now - i * DAY_MS).toISOString().slice(0, 10));
+  return days;
+}
+
+const utcDate = (day) => new Date(`${day}T00:00:00Z`);
+
+function detailBase(d) {
+  return d.kind === 'key' ? `/v1/keys/${encodeURIComponent(d.id)}` : `/v1/consumers/${encodeURIComponent(d.id)}`;
+}
+
+function detailLabel(d) {
+  if (d.kind === 'key') return `key ${keyLabel(d.view)}`;
+  return `consumer ${d.view.name ? `“${d.view.name}” (${d.id})` : d.id}`;
+}
+
+function openUsage(kind, view, list) {
+  detail?.ctrl?.abort();
+  detail = { kind, id: view.id, view, list, ctrl: null, changed: false, shared: null };
+  $('#usage-dialog-title').textContent = kind === 'key' ? 'Key usage and quota' : 'Consumer usage and quota';
+  $('#usage-dialog-sub').textContent = kind === 'key' ? keyLabel(view) : (view.name ? `${view.name} (${view.id})` : view.id);
+  setText($('#quota-error'), '');
+  setText($('#usage-error'), '');
+  renderQuota();
+  $('#usage-chart').replaceChildren(h('p', { class: 'muted usage-loading', text: 'Loading usage…' }));
+  $('#usage-chart').setAttribute('aria-busy', 'true');
+  setText($('#usage-summary'), '');
+  usageDialog.showModal();
+  $('#usage-close').focus();
+  loadDetail();
+}
+
+/** Fetches the object (for a fresh quota state) and its usage; both render when they come. */
+async function loadDetail() {
+  const d = detail;
+  if (!d) return;
+  d.ctrl?.abort();
+  const ctrl = new AbortController();
+  d.ctrl = ctrl;
+  const { signal } = ctrl;
+  const base = detailBase(d);
+  const days = lastDays();
+  const qs = new URLSearchParams({ from: days[0], to: days[days.length - 1], granularity: 'day' });
+  $('#usage-chart').setAttribute('aria-busy', 'true');
+
+  const view = api('GET', base, undefined, { signal }).then(async (v) => {
+    if (d !== detail || d.ctrl !== ctrl) return;
+    d.view = v;
+    setText($('#quota-error'), '');
+    // A key of a consumer with a quota also spends that one: say so, with its state.
+    d.shared = null;
+    if (d.kind === 'key' && v.consumer) {
+      try {
+        const c = await api('GET', `/v1/consumers/${encodeURIComponent(v.consumer)}`, undefined, { signal });
+        if (d === detail && c?.quota) d.shared = c;
+      } catch (err) {
+        if (isQuiet(err)) return;
+      }
+    }
+    if (d === detail) renderQuota();
+  }).catch((err) => {
+    if (d === detail && !isQuiet(err)) setText($('#quota-error'), describeError(err));
+  });
+
+  const usage = api('GET', `${base}/usage?${qs}`, undefined, { signal }).then((u) => {
+    if (d === detail && d.ctrl === ctrl) renderUsage(u, days);
+  }).catch((err) => {
+    if (d !== detail || isQuiet(err)) return;
+    $('#usage-chart').replaceChildren();
+    $('#usage-chart').removeAttribute('aria-busy');
+    setText($('#usage-summary'), '');
+    let message = describeError(err);
+    if (err.code === 'usage_disabled') message = 'Usage counting is off in this keygate ([usage] enabled = false).';
+    else if (err.code === 'not_found') message = 'No usage recorded.';
+    setText($('#usage-error'), message);
+  });
+  await Promise.all([view, usage]);
+}
+
+function renderQuota() {
+  const d = detail;
+  if (!d) return;
+  const v = d.view;
+  const s = v.quota ? quotaState(v) : null;
+  const noun = d.kind === 'key' ? 'key' : 'consumer';
+  show($('#quota-state'), !!s);
+  show($('#quota-actions'), !!s && isAdmin());
+  if (!s) {
+    const canEdit = isAdmin() && v.managed !== false;
+    setText($('#quota-none'), d.shared
+      ? `No quota of its own.${canEdit ? ' Set one with Edit.' : ''}`
+      : `No quota on this ${noun}.${canEdit ? ' Set one with Edit.' : ''}`);
+  } else {
+    setText($('#quota-none'), '');
+    const total = s.limit + s.granted;
+    const granted = s.granted ? ` (+${num(s.granted)} granted)` : '';
+    const text = [`${num(s.used)} used of ${num(s.limit)}${granted} ${thisPeriod(v)}`];
+    if (s.window_end) text.push(', resets ', relativeEl(s.window_end));
+    text.push('.');
+    $('#quota-text').replaceChildren(...text);
+    $('#quota-text').title = `Quota ${quotaText(v.quota)}`;
+    const meter = $('#quota-meter');
+    const max = Math.max(total, 1);
+    meter.max = max;
+    meter.low = max * 0.8;
+    meter.high = max * 0.95;
+    meter.optimum = 0;
+    meter.value = Math.min(s.used, max);
+    meter.textContent = `${num(s.used)} of ${num(total)}`;
+    const left = $('#quota-left');
+    left.classList.toggle('text-danger', s.remaining <= 0);
+    left.textContent = s.remaining > 0
+      ? `${num(s.remaining)} left ${thisPeriod(v)}.`
+      : 'Used up: requests get 429 quota_exceeded until it resets or more are granted.';
+  }
+  const c = d.shared;
+  if (c) {
+    const cs = quotaState(c);
+    const spent = cs ? `: ${num(cs.used)} used of ${num(cs.limit + cs.granted)} ${thisPeriod(c)}` : '';
+    setText($('#quota-consumer'), `Also counts against consumer ${c.id}'s quota of ${quotaText(c.quota)}, shared by its keys${spent}.`);
+  } else {
+    setText($('#quota-consumer'), '');
+  }
+}
+
+/** The chart: one bar per UTC day, allowed below and denied on top, and its text summary. */
+function renderUsage(u, days) {
+  const chart = $('#usage-chart');
+  chart.removeAttribute('aria-busy');
+  setText($('#usage-error'), '');
+  const byDay = new Map((u.items || []).map((it) => [it.period, it]));
+  const rows = days.map((day) => {
+    const it = byDay.get(day);
+    const requests = it?.requests || 0;
+    const allowed = it?.allowed || 0;
+    return { day, requests, allowed, denied: it ? (it.denied ?? requests - allowed) : 0 };
+  });
+  const sum = (f) => rows.reduce((a, r) => a + r[f], 0);
+  const total = {
+    requests: u.total?.requests ?? sum('requests'),
+    allowed: u.total?.allowed ?? sum('allowed'),
+    denied: u.total?.denied ?? sum('denied'),
+  };
+  const summary = $('#usage-summary');
+  summary.classList.toggle('usage-empty', total.requests === 0);
+  if (total.requests === 0) {
+    chart.replaceChildren();
+    setText(summary, `No requests in the last ${USAGE_DAYS} days.`);
+    return;
+  }
+  const sentence = `${plural(total.requests, 'request')} in the last ${USAGE_DAYS} days, ` +
+    `${total.denied ? num(total.denied) : 'none'} denied.`;
+  const busiest = rows.reduce((a, r) => (r.requests > a.requests ? r : a), rows[0]);
+  const busy = rows.filter((r) => r.requests > 0).length > 1
+    ? ` Busiest day: ${dayLongFmt.format(utcDate(busiest.day))}, ${plural(busiest.requests, 'request')}.`
+    : '';
+  setText(summary, sentence + busy);
+
+  // Bars in a 10-unit slot per day; the SVG stretches to the box's width (preserveAspectRatio
+  // none) and the labels are HTML around it, so they keep their size on a phone.
+  const W = USAGE_DAYS * 10;
+  const H = 100;
+  const max = Math.max(busiest.requests, 1);
+  const height = (n) => (n > 0 ? Math.max((n / max) * H, 1.5) : 0);
+  const titleId = 'usage-svg-title';
+  const descId = 'usage-svg-desc';
+  const plot = svg('svg', {
+    class: 'usage-svg',
+    viewBox: `0 0 ${W} ${H}`,
+    preserveAspectRatio: 'none',
+    role: 'img',
+    'aria-labelledby': titleId,
+    'aria-describedby': descId,
+    focusable: 'false',
+  },
+  svg('title', { id: titleId }, `Requests per UTC day, ${dayFmt.format(utcDate(days[0]))} to ${dayFmt.format(utcDate(days[days.length - 1]))}`),
+  svg('desc', { id: descId }, summary.textContent),
+  svg('line', { class: 'usage-grid', x1: 0, x2: W, y1: 0.5, y2: 0.5, 'vector-effect': 'non-scaling-stroke' }),
+  ...rows.map((r, i) => {
+    const x = i * 10;
+    const ha = height(r.allowed);
+    const hd = height(r.denied);
+    const label = `${dayLongFmt.format(utcDate(r.day))}: ${plural(r.requests, 'request')}, ${num(r.allowed)} allowed, ${num(r.denied)} denied`;
+    return svg('g', { class: 'usage-day', 'data-day': r.day, 'data-requests': r.requests, 'data-allowed': r.allowed, 'data-denied': r.denied },
+      svg('title', {}, label),
+      svg('rect', { class: 'usage-hit', x, y: 0, width: 10, height: H }),
+      ha ? svg('rect', { class: 'usage-bar-allowed', x: x + 1.5, y: H - ha, width: 7, height: ha }) : null,
+      hd ? svg('rect', { class: 'usage-bar-denied', x: x + 1.5, y: H - ha - hd, width: 7, height: hd }) : null);
+  }),
+  svg('line', { class: 'usage-axis', x1: 0, x2: W, y1: H - 0.5, y2: H - 0.5, 'vector-effect': 'non-scaling-stroke' }));
+
+  const mid = days[Math.floor(days.length / 2)];
+  chart.replaceChildren(
+    h('div', { class: 'usage-plot' },
+      h('div', { class: 'usage-y', attrs: { 'aria-hidden': 'true' } },
+        h('span', { text: num(max) }),
+        h('span', { text: '0' })),
+      plot,
+      h('div', { class: 'usage-x', attrs: { 'aria-hidden': 'true' } },
+        h('span', { text: dayFmt.format(utcDate(days[0])) }),
+        h('span', { text: dayFmt.format(utcDate(mid)) }),
+        h('span', { text: 'today' }))),
+    h('ul', { class: 'usage-legend', attrs: { 'aria-label': 'Totals' } },
+      h('li', {}, h('span', { class: 'swatch swatch-allowed', attrs: { 'aria-hidden': 'true' } }),
+        'Allowed ', h('strong', { id: 'usage-total-allowed', text: num(total.allowed) })),
+      h('li', {}, h('span', { class: 'swatch swatch-denied', attrs: { 'aria-hidden': 'true' } }),
+        'Denied ', h('strong', { id: 'usage-total-denied', text: num(total.denied) })),
+      u.scope === 'instance_fallback'
+        ? h('li', { class: 'hint', text: 'Redis did not answer: these are this instance’s counts only.' })
+        : null));
+}
+
+/** After a reset or grant: the state the API answered, shown at once. */
+function applyQuotaState(d, state) {
+  if (!state || typeof state !== 'object') return;
+  d.view = { ...d.view, quota_state: state };
+  d.changed = true;
+  if (d === detail) renderQuota();
+}
+
+$('#usage-close').addEventListener('click', () => usageDialog.close());
+$('#usage-refresh').addEventListener('click', () => {
+  if (detail) withBusy($('#usage-refresh'), loadDetail);
+});
+usageDialog.addEventListener('close', () => {
+  const d = detail;
+  detail = null;
+  d?.ctrl?.abort();
+  if (!d) return;
+  // The row's quota badge and numbers change with a reset or grant.
+  if (session && d.changed) d.list.load();
+  else d.list.restoreFocus();
+});
+
+$('#quota-reset').addEventListener('click', () => {
+  const d = detail;
+  if (!d) return;
+  const s = quotaState(d.view);
+  const until = s?.window_end ? ` until ${dateTimeFmt.format(new Date(s.window_end))}` : '';
+  openConfirm({
+    title: 'Reset quota?',
+    text: `Reset the quota of ${detailLabel(d)}? What it used ${thisPeriod(d.view)} goes back to 0, so it has its whole limit again${until}.`,
+    yes: 'Reset quota',
+    owner: d.list,
+    run: () => api('POST', `${detailBase(d)}/quota/reset`),
+    done: (state) => {
+      applyQuotaState(d, state);
+      announce('Quota reset.');
+      if (d === detail) $('#quota-reset').focus();
+    },
+  });
+});
+
+$('#quota-grant').addEventListener('click', () => {
+  const d = detail;
+  if (!d) return;
+  grantForm.reset();
+  clearErrors(grantForm);
+  const s = quotaState(d.view);
+  const until = s?.window_end ? `, until ${dateTimeFmt.format(new Date(s.window_end))}` : '';
+  $('#grant-context').textContent = `More requests for ${detailLabel(d)} ${thisPeriod(d.view)}${until}.`;
+  grantDialog.showModal();
+  $('#grant-requests').focus();
+});
+
+grantForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  clearErrors(grantForm);
+  const d = detail;
+  if (!d) return;
+  const input = $('#grant-requests');
+  const raw = input.value.trim();
+  if (input.validity.badInput || !/^[0-9]+$/.test(raw) || Number(raw) < 1) {
+    showFieldError(grantForm, 'requests', 'Enter a whole number of requests, 1 or more.');
+    return;
+  }
+  const requests = Number(raw);
+  await withBusy($('#grant-submit'), async () => {
+    try {
+      const state = await api('POST', `${detailBase(d)}/quota/grant`, { requests });
+      grantDialog.close();
+      applyQuotaState(d, state);
+      announce(`Granted ${plural(requests, 'more request')}.`);
+    } catch (err) {
+      showProblem(grantForm, err);
+    }
+  });
+});
+$('#grant-cancel').addEventListener('click', () => grantDialog.close());
+grantDialog.addEventListener('close', () => {
+  if (detail && usageDialog.open) $('#quota-grant').focus();
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ pub const STATIC_ID: &str = "static";
 pub const HOUSE_CONSUMER: &str = "house";
 
 /// The fields of a key as the admin API and the commands show it, exactly.
-pub const KEY_FIELDS: [&str; 14] = [
+pub const KEY_FIELDS: [&str; 16] = [
     "id",
     "name",
     "consumer",
@@ -37,11 +37,13 @@ pub const KEY_FIELDS: [&str; 14] = [
     "access",
     "paths",
     "rate_limit",
+    "quota",
+    "quota_state",
     "managed",
 ];
 
 /// The fields of a consumer as the admin API and the commands show it, exactly (sorted).
-pub const CONSUMER_FIELDS: [&str; 10] = [
+pub const CONSUMER_FIELDS: [&str; 12] = [
     "allow_ips",
     "created_at",
     "default_key",
@@ -50,6 +52,8 @@ pub const CONSUMER_FIELDS: [&str; 10] = [
     "managed",
     "max_keys",
     "name",
+    "quota",
+    "quota_state",
     "rate_limit",
     "targets",
 ];
