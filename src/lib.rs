@@ -11,7 +11,8 @@
 //! credential     X-API-Key header, else api_key query         403 key_missing / key_invalid
 //! authorize      pure: hash, one lookup, status, expiry,      429 too_many_failures, 403 ...
 //!                IP, target, access
-//! rate           local, local-sync or strict, one call         429 rate_limited
+//! rate           rate limits, then quotas: local, local-sync   429 rate_limited,
+//!                or strict, one call                           429 quota_exceeded
 //! forward        strip the key, stream to the upstream         413 / 400 / 502 / 504
 //! respond        the one place a refusal is recorded and rendered
 //! observe        metrics and the access log, when the body ends

@@ -25,6 +25,8 @@ use crate::state::quotas::{Counter, Owner, Used};
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Grant {
+    /// Read as every `integer` of the API is (`5.0` too), as the document promises.
+    #[serde(deserialize_with = "crate::store::whole")]
     pub requests: u64,
 }
 

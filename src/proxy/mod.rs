@@ -11,8 +11,9 @@
 //!             status, expiry, IP, target, access: pure      403 key_invalid / key_inactive /
 //!                                                           key_expired / ip_not_allowed /
 //!                                                           target_not_allowed / access_denied
-//! rate        local, local-sync or strict, behind one call  429 rate_limited,
-//!             (a usage quota goes beside it)                503 rate_limit_unavailable
+//! (max_body   a Content-Length over the target's max_body   413 body_too_large)
+//! rate        rate limits, then quotas: local, local-sync   429 rate_limited / quota_exceeded,
+//!             or strict, behind one call                    503 rate_limit_unavailable
 //! forward     rewrite headers + URI, stream to upstream     413 / 400 body, 502 / 504 upstream
 //! respond     outcome -> response; a refusal is recorded here, once
 //! observe     metrics and the access log line, once the response body is done

@@ -230,6 +230,8 @@ const KEY_PATCH: Operation = ("PATCH", "/v1/keys/k", "KeyPatch");
 const NEW_CONSUMER: Operation = ("POST", "/v1/consumers", "NewConsumer");
 const CONSUMER_PATCH: Operation = ("PATCH", "/v1/consumers/acme", "ConsumerPatch");
 const CONSUMER_CIDR: Operation = ("POST", "/v1/consumers/acme/allow_ips", "Cidr");
+const GRANT: Operation = ("POST", "/v1/keys/k/quota/grant", "QuotaGrant");
+const RESET: Operation = ("POST", "/v1/keys/k/quota/reset", "QuotaReset");
 
 /// docs/admin-api.yaml is exact: every body below is accepted by keygate exactly when the
 /// document allows it (ids, IP and CIDR spellings, paths, rates, integers and their ranges,
@@ -284,6 +286,29 @@ async fn the_document_and_the_server_agree_on_every_body() {
         (KEY_PATCH, json!({"targets": null})),
         (KEY_PATCH, json!({"access": null})),
         (KEY_PATCH, json!({"rate_limit": null})),
+        (NEW_KEY, json!({"quota": "1000/day"})),
+        (NEW_KEY, json!({"quota": " _1_000 / mo "})),
+        (NEW_KEY, json!({"quota": "9007199254740992/w"})),
+        (NEW_KEY, json!({"quota": "9007199254740993/w"})),
+        (NEW_KEY, json!({"quota": "0/day"})),
+        (NEW_KEY, json!({"quota": "_/day"})),
+        (NEW_KEY, json!({"quota": "+1/day"})),
+        (NEW_KEY, json!({"quota": "5/minute"})),
+        (NEW_KEY, json!({"quota": "5/Day"})),
+        (NEW_KEY, json!({"quota": null})),
+        (KEY_PATCH, json!({"quota": "10/hour"})),
+        (GRANT, json!({"requests": 1})),
+        (GRANT, json!({"requests": 1_099_511_627_776_u64})),
+        (GRANT, json!({"requests": 1_099_511_627_777_u64})),
+        (GRANT, json!({"requests": 0})),
+        (GRANT, json!({"requests": 2.0})),
+        (GRANT, json!({"requests": 2.5})),
+        (GRANT, json!({"requests": -1})),
+        (GRANT, json!({"requests": null})),
+        (GRANT, json!({})),
+        (RESET, json!({})),
+        (RESET, json!({"requests": 1})),
+        (KEY_PATCH, json!({"quota": null})),
         (
             NEW_CONSUMER,
             json!({"id": "c1", "max_keys": 4294967295_u64}),
@@ -296,6 +321,21 @@ async fn the_document_and_the_server_agree_on_every_body() {
         (NEW_CONSUMER, json!({"id": "c4", "max_keys": null})),
         (NEW_CONSUMER, json!({"id": "c5", "name": null})),
         (NEW_CONSUMER, json!({"name": "no id"})),
+        (NEW_CONSUMER, json!({"id": "c6", "quota": "5/hour"})),
+        (
+            NEW_CONSUMER,
+            json!({"id": "c7", "default_key": true, "max_keys": 0}),
+        ),
+        (
+            NEW_CONSUMER,
+            json!({"id": "c8", "default_key": true, "max_keys": 1}),
+        ),
+        (
+            NEW_CONSUMER,
+            json!({"id": "c9", "default_key": false, "max_keys": 0}),
+        ),
+        (CONSUMER_PATCH, json!({"quota": "1/week"})),
+        (CONSUMER_PATCH, json!({"quota": null})),
         (CONSUMER_PATCH, json!({"max_keys": null})),
         (CONSUMER_PATCH, json!({"max_keys": 7})),
         (CONSUMER_PATCH, json!({"allow_ips": null})),

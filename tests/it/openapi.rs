@@ -236,15 +236,66 @@ async fn every_answer_matches_the_document() {
         "/v1/consumers/{id}",
         "/v1/consumers/acme",
         a,
-        Some(json!({"name": "ACME", "rate_limit": "100/minute"})),
+        Some(json!({"name": "ACME", "rate_limit": "100/minute", "quota": "10_000/month"})),
     )
     .await;
     s.add_and_remove_allow_ip("consumers", "acme", "10.0.0.0/8")
         .await;
     // Keys.
-    let new = json!({"id": "k1", "name": "CI", "consumer": "acme", "rate_limit": "5/second", "expires_at": "2030-01-01T00:00:00Z", "targets": ["production"], "access": "read-only", "paths": ["/reports"]});
+    let new = json!({"id": "k1", "name": "CI", "consumer": "acme", "rate_limit": "5/second", "quota": "100/day", "expires_at": "2030-01-01T00:00:00Z", "targets": ["production"], "access": "read-only", "paths": ["/reports"]});
     let (status, created) = s.call(M::POST, "/v1/keys", "/v1/keys", a, Some(new)).await;
     assert_eq!(status, 201);
+    assert_eq!(created["quota"], "100/day", "{created}");
+    assert_eq!(created["quota_state"]["remaining"], 100, "{created}");
+    // Quotas: the key's and its consumer's, granted more and reset.
+    let (_, granted) = s
+        .call(
+            M::POST,
+            "/v1/keys/{id}/quota/grant",
+            "/v1/keys/k1/quota/grant",
+            a,
+            Some(json!({"requests": 5})),
+        )
+        .await;
+    assert_eq!(
+        (
+            &granted["limit"],
+            &granted["granted"],
+            &granted["remaining"]
+        ),
+        (&json!(100), &json!(5), &json!(105)),
+        "{granted}"
+    );
+    s.call(
+        M::POST,
+        "/v1/keys/{id}/quota/reset",
+        "/v1/keys/k1/quota/reset",
+        a,
+        None,
+    )
+    .await;
+    s.call(
+        M::POST,
+        "/v1/consumers/{id}/quota/grant",
+        "/v1/consumers/acme/quota/grant",
+        a,
+        Some(json!({"requests": 1})),
+    )
+    .await;
+    let (_, reset) = s
+        .call(
+            M::POST,
+            "/v1/consumers/{id}/quota/reset",
+            "/v1/consumers/acme/quota/reset",
+            a,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (&reset["used"], &reset["limit"], &reset["granted"]),
+        (&json!(0), &json!(10_000), &json!(1)),
+        "{reset}"
+    );
     assert!(
         created["secret"]
             .as_str()
@@ -273,7 +324,7 @@ async fn every_answer_matches_the_document() {
         "/v1/keys/{id}",
         "/v1/keys/k1",
         a,
-        Some(json!({"status": "inactive", "expires_at": null, "rate_limit": null, "consumer": "acme"})),
+        Some(json!({"status": "inactive", "expires_at": null, "rate_limit": null, "quota": " 5_000 / week ", "consumer": "acme"})),
     )
     .await;
     s.add_and_remove_allow_ip("keys", "k1", "2001:db8::/32")
@@ -455,6 +506,46 @@ async fn every_answer_matches_the_document() {
             None,
             Some(json!({"key": "wrong"})),
             403,
+        ),
+        (
+            M::POST,
+            "/v1/keys/{id}/quota/grant",
+            "/v1/keys/static/quota/grant",
+            a,
+            Some(json!({"requests": 1})),
+            409,
+        ),
+        (
+            M::POST,
+            "/v1/keys/{id}/quota/grant",
+            "/v1/keys/k1/quota/grant",
+            a,
+            Some(json!({"requests": 0})),
+            400,
+        ),
+        (
+            M::POST,
+            "/v1/keys/{id}/quota/grant",
+            "/v1/keys/k1/quota/grant",
+            a,
+            Some(json!({"requests": 1, "more": 1})),
+            400,
+        ),
+        (
+            M::POST,
+            "/v1/consumers/{id}/quota/reset",
+            "/v1/consumers/acme/quota/reset",
+            Some(READER),
+            None,
+            403,
+        ),
+        (
+            M::POST,
+            "/v1/consumers/{id}/quota/reset",
+            "/v1/consumers/nope/quota/reset",
+            a,
+            None,
+            404,
         ),
         (
             M::DELETE,
