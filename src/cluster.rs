@@ -202,7 +202,8 @@ const QUOTA_WATCH_SECS: u64 = 60;
 #[derive(Debug, Clone, Copy)]
 pub enum QuotaChange {
     Read,
-    Reset,
+    /// Back to 0; the window's end (seconds since the epoch).
+    Reset(u64),
     /// More requests, and the window's end (seconds since the epoch).
     Grant(u64, u64),
 }
@@ -650,12 +651,17 @@ impl Cluster {
         pipe.atomic();
         match change {
             QuotaChange::Read => {}
-            QuotaChange::Reset => {
+            QuotaChange::Reset(expire_at) => {
                 pipe.cmd("HSET").arg(key).arg("used").arg(0).ignore();
                 pipe.cmd("HDEL")
                     .arg(key)
                     .arg("warned")
                     .arg("exceeded")
+                    .ignore();
+                // A reset before the window's first request makes the hash: it must expire.
+                pipe.cmd("PEXPIREAT")
+                    .arg(key)
+                    .arg(expire_at * 1000 + QUOTA_KEPT_MS)
                     .ignore();
             }
             QuotaChange::Grant(n, expire_at) => {

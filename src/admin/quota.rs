@@ -134,7 +134,7 @@ impl Admin {
                 let window = quota.window(now);
                 let key = cluster.quota_key(tag.as_ref(), owner, &found_id, window);
                 let change = match grant {
-                    None => QuotaChange::Reset,
+                    None => QuotaChange::Reset(window.end),
                     Some(n) => QuotaChange::Grant(n, window.end),
                 };
                 let Some((used, granted)) = cluster.quota_change(&key, change).await else {

@@ -194,9 +194,9 @@ fn local_quotas(
     let counters =
         [&quotas[0], &quotas[1]].map(|q| q.as_ref().and_then(|q| Some((&**q.counter?, q.quota))));
     let taken = quotas::take(counters, secs, sync.is_some());
-    if let Some((cluster, shared)) = sync
-        && taken.allowed
-    {
+    // Refused ones too: an instance refusing a spent quota must keep syncing it to see a
+    // grant or a reset made through another instance.
+    if let Some((cluster, shared)) = sync {
         for q in quotas.iter().flatten() {
             if let Some(counter) = q.counter {
                 cluster.quota_used(counter, q.owner, q.id, q.quota, shared.tag.as_ref());
