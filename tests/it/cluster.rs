@@ -112,7 +112,7 @@ impl Redis {
     }
 
     /// Kills the server (SIGKILL) and waits until its port refuses.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -483,3 +483,40 @@ async fn local_sync_mode_shares_the_count() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(send_n(gates[0].proxy, DAILY, 2).await, (0, 2));
 }
+
+/// `on_redis_error` decides for quotas as for rate limits: with Redis gone, `deny` answers 503
+/// `rate_limit_unavailable` to a key with only a quota, `local` lets the instance's own
+/// counter decide.
+#[tokio::test]
+async fn on_redis_error_applies_to_quotas() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let keys = key_toml("fleet", DAILY, "quota = \"3/day\"");
+    let strict = "mode = \"strict\"\ntimeout = \"250ms\"";
+    let (_d1, deny, _u1) = fleet(
+        "quota-redis-deny",
+        &redis,
+        1,
+        &format!("{strict}\non_redis_error = \"deny\""),
+        &keys,
+    )
+    .await;
+    let (_d2, local, _u2) = fleet(
+        "quota-redis-local",
+        &redis,
+        1,
+        &format!("{strict}\non_redis_error = \"local\""),
+        &keys,
+    )
+    .await;
+    assert_eq!(send_n(deny[0].proxy, DAILY, 2).await, (2, 0));
+    redis.kill();
+    assert_problem(
+        &call(deny[0].proxy, DAILY).await,
+        503,
+        "rate_limit_unavailable",
+    );
+    // The local instance never counted a request itself: its own counter allows 3.
+    assert_eq!(send_n(local[0].proxy, DAILY, 4).await, (3, 1));
+}
