@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::snapshot::Snapshot;
-use crate::state::{Published, last_used, quotas};
+use crate::state::{Published, last_used, quotas_file};
 use crate::{admin, cluster, config, events, metrics, proxy, reload, tls};
 
 /// `keygate run`: load the config, bind, serve until SIGINT or SIGTERM.
@@ -170,11 +170,11 @@ impl Gateway {
         });
         last_used::restore(&published.load(), &state);
         last_used::spawn(published.clone(), config_path.clone(), cluster.clone());
-        quotas::restore(
+        quotas_file::restore(
             published.quotas(),
-            &quotas::path_for(&published.load(), &config_path),
+            &quotas_file::path_for(&published.load(), &config_path),
         );
-        quotas::spawn(published.clone(), config_path.clone());
+        quotas_file::spawn(published.clone(), config_path.clone());
         let admin_certs = match snap_admin_tls(&published) {
             None => None,
             Some(files) => Some(Arc::new(
@@ -280,7 +280,7 @@ impl Gateway {
         }
         tokio::task::spawn_blocking(move || {
             last_used::flush(&published, &config_path);
-            quotas::flush(&published, &config_path);
+            quotas_file::flush(&published, &config_path);
         })
         .await?;
         Ok(())

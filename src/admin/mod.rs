@@ -44,12 +44,13 @@ use crate::http::problem;
 use crate::http::request_id;
 use crate::limits::FailedAuth;
 use crate::metrics::{self, Metrics};
+use crate::model::Quota;
 use crate::proxy::credential;
 use crate::proxy::deny::Deny;
 use crate::reload::{Outcome, Reloader};
 use crate::secret::KeyHash;
 use crate::snapshot::{Access, Consumer, Role, Snapshot, Status};
-use crate::state::quotas::Owner;
+use crate::state::quotas::{Counter, Owner, Used};
 use crate::state::{Live, Published};
 use crate::store::{self, Store, StoreError, Written};
 
@@ -760,14 +761,7 @@ impl Admin {
                 } else {
                     Owner::Consumer
                 };
-                let change = match *what {
-                    "reset" => {
-                        let _: quota::Reset = body_or_default(req).await?;
-                        None
-                    }
-                    _ => Some(body::<quota::Grant>(req).await?.requests),
-                };
-                self.quota_change(actor, owner, id, change).await
+                self.quota_route(actor, owner, id, what, req).await
             }
             (Method::GET, ["v1", "consumers", id, "usage"]) => {
                 self.consumer_usage(id, &query).await
@@ -1581,7 +1575,7 @@ struct KeyView<'a> {
     rate_limit: Option<String>,
     quota: Option<String>,
     /// What the quota's current window used; the API's answers only (not the audit log's).
-    quota_state: Option<quota::StateView>,
+    quota_state: Option<StateView>,
     managed: bool,
 }
 
@@ -1609,9 +1603,49 @@ impl<'a> KeyView<'a> {
             quota: k.quota().map(|q| q.to_string()),
             quota_state: k
                 .quota()
-                .and_then(|q| quota::StateView::local(snap.quotas.key(index)?, q)),
+                .and_then(|q| StateView::local(snap.quotas.key(index)?, q)),
             managed: k.managed,
         }
+    }
+}
+
+/// A quota's current window as the API shows it.
+#[derive(Debug, Serialize, Clone)]
+struct StateView {
+    pub used: u64,
+    /// The plan's requests per window, without what was granted.
+    pub limit: u64,
+    pub granted: u64,
+    /// `limit + granted - used`, never below 0.
+    pub remaining: u64,
+    pub window_start: String,
+    pub window_end: String,
+}
+
+impl StateView {
+    pub(super) fn of(u: &Used, quota: Quota) -> StateView {
+        let at = |secs| {
+            crate::store::rfc3339(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        };
+        StateView {
+            used: u.used,
+            limit: quota.limit,
+            granted: u.granted,
+            remaining: u.remaining(quota),
+            window_start: at(u.start),
+            window_end: at(u.end),
+        }
+    }
+
+    /// This instance's count (with `[cluster]`, as of its last request or sync).
+    fn local(counter: &Counter, quota: Quota) -> Option<StateView> {
+        Some(StateView::of(
+            &counter.peek(
+                quota,
+                crate::state::unix_secs(std::time::SystemTime::now()).into(),
+            ),
+            quota,
+        ))
     }
 }
 
@@ -1624,7 +1658,7 @@ struct ConsumerView<'a> {
     targets: Vec<&'a str>,
     rate_limit: Option<String>,
     quota: Option<String>,
-    quota_state: Option<quota::StateView>,
+    quota_state: Option<StateView>,
     max_keys: Option<u32>,
     keys: usize,
     default_key: bool,
@@ -1638,7 +1672,7 @@ impl<'a> ConsumerView<'a> {
         let index = live.consumers.iter().position(|x| std::ptr::eq(x, c));
         self.quota_state = c
             .quota
-            .and_then(|q| quota::StateView::local(live.quotas.consumer(index?)?, q));
+            .and_then(|q| StateView::local(live.quotas.consumer(index?)?, q));
         self
     }
 

@@ -12,19 +12,18 @@
 use std::time::SystemTime;
 
 use http::StatusCode;
-use serde::Serialize;
 use serde_json::Value;
 
-use super::{Admin, Answer, Problem, find_consumer, find_key, json};
+use super::{Admin, Answer, Problem, StateView, find_consumer, find_key, json};
 use crate::audit::Actor;
 use crate::cluster::QuotaChange;
 use crate::model::{Id, Quota};
-use crate::state::quotas::{Counter, Owner, Used};
+use crate::state::quotas::{Owner, Used};
 
 /// `{"requests": N}`: what a grant adds to the current window.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Grant {
+struct Grant {
     /// Read as every `integer` of the API is (`5.0` too), as the document promises.
     #[serde(deserialize_with = "crate::store::whole")]
     pub requests: u64,
@@ -33,41 +32,7 @@ pub(super) struct Grant {
 /// A reset takes no fields: an absent body or `{}`.
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Reset {}
-
-/// A quota's current window as the API shows it.
-#[derive(Debug, Serialize, Clone)]
-pub(super) struct StateView {
-    pub used: u64,
-    /// The plan's requests per window, without what was granted.
-    pub limit: u64,
-    pub granted: u64,
-    /// `limit + granted - used`, never below 0.
-    pub remaining: u64,
-    pub window_start: String,
-    pub window_end: String,
-}
-
-impl StateView {
-    fn of(u: &Used, quota: Quota) -> StateView {
-        let at = |secs| {
-            crate::store::rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        };
-        StateView {
-            used: u.used,
-            limit: quota.limit,
-            granted: u.granted,
-            remaining: u.remaining(quota),
-            window_start: at(u.start),
-            window_end: at(u.end),
-        }
-    }
-
-    /// This instance's count (with `[cluster]`, as of its last request or sync).
-    pub fn local(counter: &Counter, quota: Quota) -> Option<StateView> {
-        Some(StateView::of(&counter.peek(quota, now()), quota))
-    }
-}
+struct Reset {}
 
 fn now() -> u64 {
     crate::state::unix_secs(SystemTime::now()).into()
@@ -78,7 +43,26 @@ const MAX_GRANT: u64 = 1 << 40;
 
 impl Admin {
     /// Resets (`grant` = `None`) or grants more to the quota of a key or consumer.
-    pub(super) async fn quota_change(
+    /// `POST /v1/{keys|consumers}/{id}/quota/{reset|grant}`.
+    pub(super) async fn quota_route(
+        &self,
+        actor: &Actor,
+        owner: Owner,
+        id: &str,
+        what: &str,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> Answer {
+        let grant = match what {
+            "reset" => {
+                let _: Reset = super::body_or_default(req).await?;
+                None
+            }
+            _ => Some(super::body::<Grant>(req).await?.requests),
+        };
+        self.quota_change(actor, owner, id, grant).await
+    }
+
+    async fn quota_change(
         &self,
         actor: &Actor,
         owner: Owner,

@@ -52,11 +52,6 @@ const SEEN_MAX: usize = 200_000;
 /// needs a spool of its own: `keys.webhooks.<host>-<config>.json`, named after the host and a
 /// digest of this instance's config path, so the same instance finds it again after a restart.
 pub fn spool_path(snap: &Snapshot, config: &Path) -> PathBuf {
-    let base = snap.keys_file.as_deref().unwrap_or(config);
-    let stem = base
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let instance = match &snap.cluster {
         None => String::new(),
         Some(_) => {
@@ -65,7 +60,7 @@ pub fn spool_path(snap: &Snapshot, config: &Path) -> PathBuf {
             format!(".{}-{}", host(), hex::encode(&digest[..4]))
         }
     };
-    base.with_file_name(format!("{stem}.webhooks{instance}.json"))
+    snap.state_file(config, &format!("webhooks{instance}"))
 }
 
 /// This machine's name (a pod's name in Kubernetes), in file-name-safe characters.

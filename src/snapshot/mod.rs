@@ -61,6 +61,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// `<stem>.<what>.json` beside the keys file (`keys.quotas.json` beside `keys.toml`), or
+    /// beside the config without one: where the state keygate writes at run time is kept
+    /// (last-used times, quota counters, usage counts, pending webhooks).
+    pub fn state_file(&self, config: &std::path::Path, what: &str) -> std::path::PathBuf {
+        let base = self.keys_file.as_deref().unwrap_or(config);
+        let stem = base
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        base.with_file_name(format!("{stem}.{what}.json"))
+    }
+
     /// Assembles a snapshot; `validate` has already refused duplicate hashes.
     pub fn new(
         server: Server,

@@ -24,12 +24,7 @@ struct State {
 
 /// `keys.last_used.json` beside `keys.toml`, or `keygate.last_used.json` beside the config.
 pub fn path_for(snap: &Snapshot, config: &Path) -> PathBuf {
-    let base = snap.keys_file.as_deref().unwrap_or(config);
-    let stem = base
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    base.with_file_name(format!("{stem}.last_used.json"))
+    snap.state_file(config, "last_used")
 }
 
 /// Reads the state file into `snap`. A missing file is a first start; an unreadable one is

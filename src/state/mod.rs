@@ -11,6 +11,7 @@
 pub mod buckets;
 pub mod last_used;
 pub mod quotas;
+pub mod quotas_file;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -9,21 +9,16 @@
 //! allowance for switching plans), and starts from 0 at the next window.
 //!
 //! Counters are saved to `<keys file stem>.quotas.json` beside the keys file every
-//! [`FLUSH_EVERY`] and at shutdown, so a restart does not hand out a fresh month; a crash loses
+//! [`super::quotas_file::FLUSH_EVERY`] and at shutdown, so a restart does not hand out a fresh month; a crash loses
 //! at most that much counting.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use dashmap::DashMap;
 
 use crate::model::{Id, Period, Quota, Window};
 use crate::snapshot::Snapshot;
-
-/// How often counters reach the disk: what a crash (not a shutdown) can lose.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 /// The share of a quota at which `quota.warning` is due.
 pub const WARN_AT_PERCENT: u64 = 80;
@@ -291,7 +286,7 @@ impl Registry {
     }
 
     /// Every counter with something used or granted, for saving.
-    fn saved(&self) -> State {
+    pub fn saved(&self) -> State {
         let dump = |map: &DashMap<Id, Arc<Counter>>| {
             map.iter()
                 .filter_map(|e| {
@@ -307,7 +302,7 @@ impl Registry {
         }
     }
 
-    fn restore(&self, state: State) {
+    pub fn restore(&self, state: State) {
         for (map, saved) in [(&self.keys, state.keys), (&self.consumers, state.consumers)] {
             for (id, used) in saved {
                 if let Some(c) = Id::new(&id).and_then(|id| map.get(&id)) {
@@ -336,94 +331,12 @@ fn carry<'a>(
     out
 }
 
+/// The counters as saved (`state/quotas_file.rs`).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct State {
-    version: u32,
-    keys: BTreeMap<String, Used>,
-    consumers: BTreeMap<String, Used>,
-}
-
-/// `keys.quotas.json` beside `keys.toml`, or `keygate.quotas.json` beside the config.
-pub fn path_for(snap: &Snapshot, config: &Path) -> PathBuf {
-    let base = snap.keys_file.as_deref().unwrap_or(config);
-    let stem = base
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    base.with_file_name(format!("{stem}.quotas.json"))
-}
-
-/// Reads saved counters into the registry (after the first snapshot attached its counters).
-/// A missing file is a first start; an unreadable one is logged and ignored.
-pub fn restore(registry: &Registry, path: &Path) {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-        Err(e) => {
-            return tracing::warn!(path = %path.display(), error = %e, "cannot read quota counters");
-        }
-    };
-    match serde_json::from_slice::<State>(&text) {
-        Ok(state) => registry.restore(state),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable quota counters")
-        }
-    }
-}
-
-/// Writes every counter (temp file, fsync, rename) unless nothing changed since `last`.
-pub fn save(registry: &Registry, path: &Path, last: &mut Option<Vec<u8>>) -> std::io::Result<()> {
-    let state = registry.saved();
-    // No file for a gateway that never counted a quota.
-    if state.keys.is_empty() && state.consumers.is_empty() && last.is_none() && !path.exists() {
-        return Ok(());
-    }
-    let text = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
-    if last.as_deref() == Some(&text[..]) {
-        return Ok(());
-    }
-    crate::store::write_atomic(path, &text)?;
-    *last = Some(text);
-    Ok(())
-}
-
-/// Saves the counters every [`FLUSH_EVERY`] while the process runs (when something changed);
-/// call [`flush`] at shutdown.
-pub fn spawn(published: Arc<super::Published>, config: PathBuf) {
-    tokio::spawn(async move {
-        let mut last: Option<Vec<u8>> = None;
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let p = published.clone();
-            let config = config.clone();
-            let before = last.take();
-            let saved = tokio::task::spawn_blocking(move || {
-                let path = path_for(&p.load(), &config);
-                let mut last = before;
-                let result = save(p.quotas(), &path, &mut last);
-                (last, result.map_err(|e| (path, e)))
-            })
-            .await;
-            match saved {
-                Ok((written, Ok(()))) => last = written,
-                Ok((written, Err((path, e)))) => {
-                    last = written;
-                    tracing::warn!(path = %path.display(), error = %e, "cannot write quota counters");
-                }
-                Err(e) => tracing::warn!(error = %e, "quota counter flush failed"),
-            }
-        }
-    });
-}
-
-/// One last write, at shutdown.
-pub fn flush(published: &super::Published, config: &Path) {
-    let path = path_for(&published.load(), config);
-    if let Err(e) = save(published.quotas(), &path, &mut None) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot write quota counters");
-    }
+pub struct State {
+    pub version: u32,
+    pub keys: BTreeMap<String, Used>,
+    pub consumers: BTreeMap<String, Used>,
 }
 
 #[cfg(test)]
@@ -514,7 +427,7 @@ mod tests {
             )
         };
         let load = |quota: &str| {
-            crate::config::parse(&config(quota), Path::new("t.toml"))
+            crate::config::parse(&config(quota), std::path::Path::new("t.toml"))
                 .unwrap()
                 .snapshot
         };
@@ -530,46 +443,5 @@ mod tests {
         assert_eq!(c.peek(q("1000/month"), JAN1 + 300).used, 4);
         assert_eq!(c.peek(q("1000/month"), JAN1 + 2 * DAY).used, 4);
         assert_eq!(c.peek(q("1000/month"), JAN1 + 31 * DAY).used, 0);
-    }
-
-    #[test]
-    fn counters_survive_a_save_and_restore() {
-        let text = "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n[[consumers]]\nid = \"acme\"\nquota = \"100/week\"\n[[keys]]\nid = \"k\"\nsecret = \"s\"\nconsumer = \"acme\"\nquota = \"9/day\"\n";
-        let snap = crate::config::parse(text, Path::new("t.toml"))
-            .unwrap()
-            .snapshot;
-        let registry = Registry::default();
-        let counters = registry.attach(&snap);
-        let now = JAN1 + 60;
-        take(
-            [
-                Some((counters.key(0).unwrap(), q("9/day"))),
-                Some((counters.consumer(0).unwrap(), q("100/week"))),
-            ],
-            now,
-            false,
-        );
-        counters.consumer(0).unwrap().grant(q("100/week"), now, 7);
-        let dir = std::env::temp_dir().join(format!("keygate-quotas-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("keys.quotas.json");
-        let mut last = None;
-        save(&registry, &path, &mut last).unwrap();
-        let fresh = Registry::default();
-        let again = fresh.attach(&snap);
-        restore(&fresh, &path);
-        assert_eq!(again.key(0).unwrap().peek(q("9/day"), now).used, 1);
-        let c = again.consumer(0).unwrap().peek(q("100/week"), now);
-        assert_eq!((c.used, c.granted), (1, 7));
-        // Next week the saved window is over.
-        assert_eq!(
-            again
-                .consumer(0)
-                .unwrap()
-                .peek(q("100/week"), now + 7 * DAY)
-                .used,
-            0
-        );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

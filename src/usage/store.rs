@@ -42,12 +42,7 @@ pub fn path_for(snap: &Snapshot, config: &Path) -> PathBuf {
     if let Some(f) = &snap.usage.file {
         return f.clone();
     }
-    let base = snap.keys_file.as_deref().unwrap_or(config);
-    let stem = base
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    base.with_file_name(format!("{stem}.usage.json"))
+    snap.state_file(config, "usage")
 }
 
 /// The file's rows; an empty book for a missing file. A row that does not read (an id that is

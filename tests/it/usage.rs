@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::cluster::Redis;
 use crate::harness::admin::*;
 use crate::harness::*;
 
@@ -432,72 +432,17 @@ async fn usage_off_counts_nothing_and_says_so() {
     assert!(!files.dir.join("keys.usage.json").exists());
 }
 
-/// A `redis-server` of the test's own on a free port, killed when dropped; `None` (the test
-/// says so and passes) when it is not installed and `CI` is unset, as in `cluster.rs`.
-struct Redis {
-    port: u16,
-    child: Child,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed"
-            );
-            eprintln!("SKIPPED: redis-server is not installed");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let redis = Redis { port, child };
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_fleet_sums_its_counts_in_redis() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
     let mut gates = Vec::new();
     let mut seen = Vec::new();
     for (name, n) in [("usage-fleet-a", 2), ("usage-fleet-b", 3)] {
         // An hour between flushes: only a read's own flush can have sent the counts.
         let files = usage_files(name, "flush_interval = \"1h\"").await;
-        files.append_to_config(&format!(
-            "[cluster]\nredis = \"redis://127.0.0.1:{}/0\"\n",
-            redis.port
-        ));
+        files.append_to_config(&format!("[cluster]\nredis = \"{}\"\n", redis.url()));
         let mut kg = Process::start(&files.config).await;
         kg.wait_log("the connection to Redis", |l| {
             l.contains("connected to Redis")
@@ -537,7 +482,7 @@ async fn a_fleet_sums_its_counts_in_redis() {
     .await;
     assert_eq!(hourly["total"]["requests"], 5, "{hourly}");
     // Redis gone: each instance answers its own counts, and says so.
-    drop(redis);
+    redis.kill();
     let alone = usage(gates[0].0.admin, "/v1/keys/fenced/usage", "").await;
     assert_eq!(alone["scope"], "instance_fallback", "{alone}");
     assert_eq!(alone["total"]["requests"], 2);
