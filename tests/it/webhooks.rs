@@ -490,3 +490,64 @@ async fn a_reload_applies_changed_webhooks() {
     .await;
     kg.terminate_cleanly().await;
 }
+
+/// `key.expiring` on the binary: at start the scan finds a key expiring within 7 days and one
+/// within a day (each told once, with its threshold), not one expiring in a month nor an
+/// inactive one; a restart does not tell them again.
+#[tokio::test]
+async fn keys_about_to_expire_are_told_once_at_seven_days_and_one_day() {
+    let rx = Receiver::start(0).await;
+    let at = |secs: u64| {
+        let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs as i64);
+        t.replace_nanosecond(0)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let key = |id: &str, expires: String, extra: &str| {
+        format!(
+            "[[keys]]\nid = \"{id}\"\nhash = \"{}\"\nexpires_at = {expires}\n{extra}\n",
+            keygate_hash(&format!("kg_{id}_ZXhwaXJpbmdTZWNyZXRGb3JXZWJob29rVGVzdA"))
+        )
+    };
+    let keys = format!(
+        "{INITIAL_KEYS}\n{}{}{}{}",
+        key("in-3-days", at(3 * 86_400), ""),
+        key("in-12-hours", at(12 * 3600), ""),
+        key("in-30-days", at(30 * 86_400), ""),
+        key("off-in-2-days", at(2 * 86_400), "status = \"inactive\""),
+    );
+    let files = Files::for_binary("webhooks-expiring", Some(&keys)).await;
+    files.append_to_config(
+        &webhook(&rx, "1s").replace("events = [", "events = [\"key.expiring\", "),
+    );
+    let kg = Process::start(&files.config).await;
+    let got = rx
+        .wait_for("key.expiring", 2, Duration::from_secs(10))
+        .await;
+    let mut told: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            assert_signed(r);
+            let b = r.json();
+            (
+                b["data"]["key"]["id"].as_str().unwrap().to_owned(),
+                b["data"]["expires_in"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    told.sort();
+    assert_eq!(
+        told,
+        [
+            ("in-12-hours".to_owned(), "1d".to_owned()),
+            ("in-3-days".to_owned(), "7d".to_owned())
+        ]
+    );
+    kg.terminate_cleanly().await;
+    let kg = Process::start(&files.config).await;
+    // The scan runs at start: give it and a delivery time to (not) happen.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.of("key.expiring").len(), 2, "{:?}", rx.all());
+    kg.terminate_cleanly().await;
+}
