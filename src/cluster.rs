@@ -506,10 +506,7 @@ impl Cluster {
     /// starts from nothing and a changed limit keeps what was used.
     pub fn quota_key(&self, tag: Option<&Id>, owner: Owner, id: &Id, window: Window) -> String {
         let tag = tag.unwrap_or(id).as_str();
-        let owner = match owner {
-            Owner::Key => "key",
-            Owner::Consumer => "consumer",
-        };
+        let owner = owner.name();
         format!(
             "{}q:{{{tag}}}:{owner}:{}:{}",
             self.config.prefix,

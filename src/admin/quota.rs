@@ -92,11 +92,7 @@ impl Admin {
                 (c.quota, Some(c.id.clone()), c.id.clone())
             }
         };
-        let what = if owner == Owner::Key {
-            "key"
-        } else {
-            "consumer"
-        };
+        let what = owner.name();
         let Some(quota) = quota else {
             return Err(Problem::new(
                 StatusCode::CONFLICT,

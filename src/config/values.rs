@@ -71,14 +71,7 @@ impl Checker<'_> {
         subject: impl Into<Subject<'s>>,
         field: &str,
     ) -> Option<Rate> {
-        let raw = raw?;
-        match Rate::parse(raw.get_ref()) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                self.error(raw.span(), subject, format!("{field}: {e}"));
-                None
-            }
-        }
+        self.parsed(raw, subject, field, Rate::parse)
     }
 
     pub fn quota<'s, S: Deref<Target = str>>(
@@ -87,9 +80,20 @@ impl Checker<'_> {
         subject: impl Into<Subject<'s>>,
         field: &str,
     ) -> Option<Quota> {
+        self.parsed(raw, subject, field, Quota::parse)
+    }
+
+    /// `raw` read by `parse`; its error reported at its place, prefixed with `field`.
+    fn parsed<'s, S: Deref<Target = str>, T>(
+        &mut self,
+        raw: Option<&Spanned<S>>,
+        subject: impl Into<Subject<'s>>,
+        field: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
         let raw = raw?;
-        match Quota::parse(raw.get_ref()) {
-            Ok(q) => Some(q),
+        match parse(raw.get_ref()) {
+            Ok(v) => Some(v),
             Err(e) => {
                 self.error(raw.span(), subject, format!("{field}: {e}"));
                 None

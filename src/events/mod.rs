@@ -93,21 +93,8 @@ impl Kind {
     }
 }
 
-/// What a quota event is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaScope {
-    Key,
-    Consumer,
-}
-
-impl QuotaScope {
-    fn name(self) -> &'static str {
-        match self {
-            QuotaScope::Key => "key",
-            QuotaScope::Consumer => "consumer",
-        }
-    }
-}
+/// What a quota event is about: whose quota, as the counters name it.
+pub use crate::state::quotas::Owner as QuotaScope;
 
 /// One event: its JSON body is made once and sent to every webhook that asked for its kind.
 #[derive(Debug, Clone)]

@@ -266,18 +266,14 @@ fn finish(
             retry_after = retry_after.max(left);
         }
         all.policies[2 + slot] = Some(PolicyState {
-            scope: if slot == 0 {
-                Scope::Quota
-            } else {
-                Scope::ConsumerQuota
-            },
+            scope: [Scope::Quota, Scope::ConsumerQuota][slot],
             limit: allowance,
             window: v.used.end.saturating_sub(v.used.start),
             remaining,
             reset: left,
         });
         if let (Some(events), Some(id)) = (events, ids[slot]) {
-            notify(events, slot, id, v);
+            notify(events, [QuotaScope::Key, QuotaScope::Consumer][slot], id, v);
         }
     }
     if taken.allowed {
@@ -293,12 +289,7 @@ fn finish(
 
 /// `quota.warning` at 80% and `quota.exceeded` at the window's first refusal: a push, never
 /// a wait, and nothing built when no webhook listens.
-fn notify(events: &Events, slot: usize, id: &Id, v: &quotas::Verdict) {
-    let scope = if slot == 0 {
-        QuotaScope::Key
-    } else {
-        QuotaScope::Consumer
-    };
+fn notify(events: &Events, scope: QuotaScope, id: &Id, v: &quotas::Verdict) {
     let end = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(v.used.end);
     let allowance = v.used.allowance(v.quota);
     if v.warn && events.wants(Kind::QuotaWarning) {

@@ -264,6 +264,16 @@ pub enum Owner {
     Consumer,
 }
 
+impl Owner {
+    /// As Redis keys, events and the API name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Owner::Key => "key",
+            Owner::Consumer => "consumer",
+        }
+    }
+}
+
 impl Registry {
     /// The counters for `snap`: the registered one of every id that still has a quota, a new
     /// one for the others; ids without a quota are forgotten.
