@@ -95,6 +95,7 @@ fn facts<'a>(req: &'a Req, secret: &'a [u8], client_ip: IpAddr) -> Facts<'a> {
         method: &req.method,
         path: &req.path,
         client_ip,
+        origin: None,
     }
 }
 

@@ -254,6 +254,22 @@ pub struct RawTarget {
     pub max_body: Option<Spanned<String>>,
     pub preserve_host: Option<bool>,
     pub ca_file: Option<Spanned<String>>,
+    /// `[targets.cors]`: keygate answers browsers' preflights and labels the answers.
+    pub cors: Option<Spanned<RawCors>>,
+}
+
+/// `[targets.cors]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// `"https://shop.example.com"`, `"https://*.example.com"`, or `"*"` for any origin.
+    pub allow_origins: Vec<Spanned<String>>,
+    pub allow_methods: Option<Vec<Spanned<String>>>,
+    pub allow_headers: Option<Vec<Spanned<String>>>,
+    pub expose_headers: Option<Vec<Spanned<String>>>,
+    /// How long a browser may cache a preflight answer, e.g. `"10m"`.
+    pub max_age: Option<Spanned<String>>,
+    pub allow_credentials: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +278,8 @@ pub struct RawConsumer {
     pub id: Spanned<String>,
     pub name: Option<String>,
     pub allow_ips: Option<Vec<Spanned<String>>>,
+    /// Web origins browsers may use the consumer's keys from.
+    pub allow_origins: Option<Vec<Spanned<String>>>,
     pub targets: Option<Vec<Spanned<String>>>,
     pub rate_limit: Option<Spanned<String>>,
     /// `"100000/month"`: shared by all the consumer's keys.
@@ -293,6 +311,9 @@ pub struct RawKey<'a> {
     pub targets: Option<Vec<Spanned<Text<'a>>>>,
     #[serde(borrow)]
     pub allow_ips: Option<Vec<Spanned<Text<'a>>>>,
+    /// `["https://shop.example.com", "https://*.example.com"]`: where a browser may use it.
+    #[serde(borrow)]
+    pub allow_origins: Option<Vec<Spanned<Text<'a>>>>,
     pub access: Option<Access>,
     #[serde(borrow)]
     pub paths: Option<Vec<Spanned<Text<'a>>>>,

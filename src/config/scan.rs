@@ -294,6 +294,7 @@ pub fn key(text: &str, start: usize, end: usize) -> Option<RawKey<'_>> {
             "expires_at" => k.expires_at = Some(r.datetime()?),
             "targets" => k.targets = Some(r.array()?),
             "allow_ips" => k.allow_ips = Some(r.array()?),
+            "allow_origins" => k.allow_origins = Some(r.array()?),
             "access" => {
                 k.access = Some(match &**r.string()?.get_ref() {
                     "read-only" => Access::ReadOnly,
@@ -323,6 +324,7 @@ pub fn key(text: &str, start: usize, end: usize) -> Option<RawKey<'_>> {
         expires_at: k.expires_at,
         targets: k.targets,
         allow_ips: k.allow_ips,
+        allow_origins: k.allow_origins,
         access: k.access,
         paths: k.paths,
         rate_limit: k.rate_limit,
@@ -335,7 +337,7 @@ pub fn key(text: &str, start: usize, end: usize) -> Option<RawKey<'_>> {
 }
 
 /// Every field of [`RawKey`], as written in the file.
-const FIELDS: [&str; 17] = [
+const FIELDS: [&str; 18] = [
     "id",
     "name",
     "consumer",
@@ -345,6 +347,7 @@ const FIELDS: [&str; 17] = [
     "expires_at",
     "targets",
     "allow_ips",
+    "allow_origins",
     "access",
     "paths",
     "rate_limit",
@@ -366,6 +369,7 @@ struct Fields<'a> {
     expires_at: Option<Spanned<Datetime>>,
     targets: Option<Vec<Spanned<Text<'a>>>>,
     allow_ips: Option<Vec<Spanned<Text<'a>>>>,
+    allow_origins: Option<Vec<Spanned<Text<'a>>>>,
     access: Option<Access>,
     paths: Option<Vec<Spanned<Text<'a>>>>,
     rate_limit: Option<Spanned<Text<'a>>>,
@@ -544,7 +548,7 @@ mod tests {
                 .unwrap_or_else(|| "-".into())
         }
         format!(
-            "id={} name={:?} consumer={} hash={} secret={} status={:?} expires={} targets={} allow={} access={:?} paths={} rate={} quota={} created={} prefix={:?} prev={} prev_exp={}",
+            "id={} name={:?} consumer={} hash={} secret={} status={:?} expires={} targets={} allow={} origins={} access={:?} paths={} rate={} quota={} created={} prefix={:?} prev={} prev_exp={}",
             s(&k.id),
             k.name.as_deref(),
             opt(&k.consumer),
@@ -554,6 +558,7 @@ mod tests {
             dt(&k.expires_at),
             list(&k.targets),
             list(&k.allow_ips),
+            list(&k.allow_origins),
             k.access,
             list(&k.paths),
             opt(&k.rate_limit),
@@ -585,6 +590,7 @@ mod tests {
             "  id='lit\\eral'  # comment\n\n# another\n\tconsumer = \"c\"",
             "id = \"k\"\nexpires_at = 2027-01-15T12:00:00Z\ncreated_at = 2026-11-01T00:00:00.250+02:00\nprevious_expires_at = 2027-01-01T00:00:00-05:30 # x\n",
             "id = \"k\"\ntargets = []\nallow_ips = [ \"10.0.0.0/8\" , '::1',]\npaths = [\"/a\",\"/b\"]\n",
+            "id = \"k\"\nallow_origins = [\"https://a.example.com\", 'https://*.example.com']\n",
             "id = \"k\"\nstatus = \"inactive\"\naccess = 'read-only'\nrate_limit = \"5/second\"\nprefix = \"kg_ab\"\n",
             "id = \"k\"\nsecret = \"\"\nprevious_hash = \"sha256:11\"\n",
             "id = \"\"\n",

@@ -191,6 +191,25 @@ mod tests {
     }
 
     #[test]
+    fn bad_origins_name_their_line_on_a_key_a_consumer_and_a_target() {
+        let e = errors(
+            "[[consumers]]\nid = \"c\"\nallow_origins = [\"https://a.com/app\"]\n[[keys]]\nid = \"k\"\nsecret = \"s\"\nallow_origins = [\"https://ok.com\", \"https://a.*.com\", \"a.com\"]\n[[targets]]\nname = \"web\"\nupstream = \"http://127.0.0.1:1\"\npath_prefix = \"/web\"\n[targets.cors]\nallow_origins = [\"*\", \"https://x.com:99999\"]\nallow_credentials = true\nallow_methods = [\"GET\", \"B@D\"]\n",
+        );
+        assert_eq!(e.len(), 6, "{e:#?}");
+        let starts = [
+            "k.toml:6:18: consumer \"c\": allow_origins: \"https://a.com/app\" must not have a path",
+            "k.toml:10:36: key \"k\": allow_origins: \"https://a.*.com\" has no valid host name",
+            "k.toml:10:55: key \"k\": allow_origins: \"a.com\" must be scheme://host[:port]",
+            "k.toml:16:23: target \"web\": cors.allow_origins: \"https://x.com:99999\" has no valid host or port",
+            "k.toml:17:21: target \"web\": cors.allow_credentials = true cannot go with \"*\"",
+            "k.toml:18:25: target \"web\": cors.allow_methods: \"B@D\" is not a method name",
+        ];
+        for (e, want) in e.iter().zip(starts) {
+            assert!(e.starts_with(want), "{e}\n  wanted {want}");
+        }
+    }
+
+    #[test]
     fn a_bad_quota_names_its_line_on_a_key_and_a_consumer() {
         let e = errors(
             "[[consumers]]\nid = \"c\"\nquota = \"0/day\"\n[[keys]]\nid = \"k\"\nsecret = \"s\"\nquota = \"10/minute\"\n",

@@ -12,7 +12,7 @@ use toml::Spanned;
 use toml::value::{Datetime, Offset};
 
 use super::diagnostics::{Checker, Subject};
-use crate::model::{Id, IdArena, Quota, Rate, TargetIdx};
+use crate::model::{Id, IdArena, OriginPattern, Quota, Rate, TargetIdx};
 
 impl Checker<'_> {
     /// The id in `raw`, made in `arena` when one is given.
@@ -63,6 +63,25 @@ impl Checker<'_> {
             }
         }
         nets
+    }
+
+    /// `allow_origins` of a key or consumer: `scheme://host[:port]` patterns.
+    pub fn origins<'s, S: Deref<Target = str>>(
+        &mut self,
+        raw: Option<&[Spanned<S>]>,
+        subject: impl Into<Subject<'s>>,
+        field: &str,
+    ) -> Vec<OriginPattern> {
+        let subject = subject.into();
+        let mut out = Vec::new();
+        for item in raw.unwrap_or_default() {
+            let text: &str = item.get_ref();
+            match OriginPattern::parse(text) {
+                Ok(p) => out.push(p),
+                Err(why) => self.error(item.span(), subject, format!("{field}: {text:?} {why}")),
+            }
+        }
+        out
     }
 
     pub fn rate<'s, S: Deref<Target = str>>(

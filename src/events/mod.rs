@@ -204,6 +204,7 @@ pub fn key_view(snap: &Snapshot, k: &Key) -> Value {
         "expires_at": k.expires_at.map(rfc3339),
         "targets": k.targets().iter().map(|t| snap.target(t).name.as_str()).collect::<Vec<_>>(),
         "allow_ips": k.allow_ips().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "allow_origins": k.allow_origins().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "access": k.access,
         "paths": k.paths().iter().map(|p| &**p).collect::<Vec<_>>(),
         "rate_limit": k.rate_limit().map(|r| r.to_string()),

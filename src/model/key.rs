@@ -11,7 +11,7 @@ use super::id::Id;
 use super::key_hash::KeyHash;
 use super::quota::{Period, Quota};
 use super::rate::Rate;
-use super::rules::{IpList, NO_RULES, Paths, Rules, TargetSet};
+use super::rules::{IpList, NO_RULES, OriginList, Paths, Rules, TargetSet};
 
 /// `status = "active" | "inactive"`: an inactive key is refused with `key_inactive`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -101,6 +101,11 @@ impl Key {
 
     pub fn allow_ips(&self) -> &IpList {
         &self.rules().allow_ips
+    }
+
+    /// Web origins a browser may use the key from; empty means any (and none needed).
+    pub fn allow_origins(&self) -> &OriginList {
+        &self.rules().allow_origins
     }
 
     /// Path prefixes the key may call, matched on whole segments; empty means any path.

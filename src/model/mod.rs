@@ -7,6 +7,7 @@
 pub mod id;
 pub mod key;
 pub mod key_hash;
+pub mod origin;
 pub mod quota;
 pub mod rate;
 pub mod rules;
@@ -15,11 +16,12 @@ pub mod sections;
 pub use id::{Id, IdArena};
 pub use key::{Access, Key, KeyParts, Status};
 pub use key_hash::KeyHash;
+pub use origin::OriginPattern;
 pub use quota::{Period, Quota, Window};
 pub use rate::Rate;
-pub use rules::{IpList, List, Paths, Rules, TargetIdx, TargetSet};
+pub use rules::{IpList, List, OriginList, Paths, Rules, TargetIdx, TargetSet};
 pub use sections::{
-    AccessTo, Admin, AdminKey, AuditLog, ClusterConfig, ClusterMode, Consumer, DEFAULT_KEY_NAME,
-    Log, LogFormat, OnRedisError, Role, Server, Target, TlsFiles, UsageConfig,
+    AccessTo, Admin, AdminKey, AuditLog, ClusterConfig, ClusterMode, Consumer, Cors,
+    DEFAULT_KEY_NAME, Log, LogFormat, OnRedisError, Role, Server, Target, TlsFiles, UsageConfig,
 };
 pub use sections::{EVENT_NAMES, Webhook};

@@ -1,10 +1,12 @@
-//! What a key or consumer is restricted to: targets, client addresses, paths. Each list is held
+//! What a key or consumer is restricted to: targets, client addresses, web origins, paths. Each list is held
 //! in one pointer, shared by every key that has an equal one.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+
+use super::origin::{OriginPattern, RequestOrigin};
 
 /// Index of a target in `Snapshot::targets`. A config holds at most `u16::MAX` targets.
 pub type TargetIdx = u16;
@@ -123,6 +125,42 @@ impl IpList {
     }
 }
 
+/// An `allow_origins` list; empty means any origin (and none needed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct OriginList(List<OriginPattern>);
+
+impl OriginList {
+    pub fn new(patterns: Vec<OriginPattern>) -> OriginList {
+        OriginList(List::new(patterns))
+    }
+
+    pub fn from_list(list: List<OriginPattern>) -> OriginList {
+        OriginList(list)
+    }
+
+    /// True when unrestricted, or when `origin` (the request's `Origin`, else its `Referer`'s
+    /// origin) is listed. A restricted list refuses a request that has neither.
+    pub fn allows(&self, origin: Option<&[u8]>) -> bool {
+        self.0.is_empty()
+            || origin
+                .and_then(RequestOrigin::parse)
+                .is_some_and(|o| self.matches(&o))
+    }
+
+    /// Whether a parsed origin is listed (false for an empty list).
+    pub fn matches(&self, origin: &RequestOrigin<'_>) -> bool {
+        self.0.iter().any(|p| p.matches(origin))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &OriginPattern> {
+        self.0.iter()
+    }
+}
+
 /// Path prefixes a key may call (stored without a trailing `/`); empty means any path.
 pub type Paths = List<Box<str>>;
 
@@ -132,6 +170,8 @@ pub type Paths = List<Box<str>>;
 pub struct Rules {
     pub targets: TargetSet,
     pub allow_ips: IpList,
+    /// Web origins a browser may use the key from (`Origin`, else `Referer`).
+    pub allow_origins: OriginList,
     pub paths: Paths,
 }
 
@@ -139,11 +179,15 @@ impl Rules {
     const NONE: Rules = Rules {
         targets: TargetSet(List(None)),
         allow_ips: IpList(List(None)),
+        allow_origins: OriginList(List(None)),
         paths: List(None),
     };
 
     pub fn is_empty(&self) -> bool {
-        self.targets.is_empty() && self.allow_ips.is_empty() && self.paths.is_empty()
+        self.targets.is_empty()
+            && self.allow_ips.is_empty()
+            && self.allow_origins.is_empty()
+            && self.paths.is_empty()
     }
 }
 

@@ -13,9 +13,10 @@ use serde::Deserialize;
 
 use super::id::Id;
 use super::key_hash::KeyHash;
+use super::origin::RequestOrigin;
 use super::quota::Quota;
 use super::rate::Rate;
-use super::rules::{IpList, TargetSet};
+use super::rules::{IpList, OriginList, TargetSet};
 
 /// `[server]`.
 #[derive(Debug)]
@@ -202,6 +203,40 @@ pub struct Target {
     pub preserve_host: bool,
     /// The verifier for an `https://` upstream.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `[targets.cors]`; shared so that a response can hold it after the snapshot is let go.
+    pub cors: Option<Arc<Cors>>,
+}
+
+/// `[targets.cors]`, with its header values made once at load.
+#[derive(Debug)]
+pub struct Cors {
+    /// `"*"` among `allow_origins`: any origin (refused with `allow_credentials` at load).
+    pub any_origin: bool,
+    pub allow_origins: OriginList,
+    /// `Access-Control-Allow-Methods`.
+    pub allow_methods: HeaderValue,
+    /// `Access-Control-Allow-Headers`; `None`: the preflight's own
+    /// `Access-Control-Request-Headers`, echoed.
+    pub allow_headers: Option<HeaderValue>,
+    /// `Access-Control-Expose-Headers`: keygate's own (rate limits, `Retry-After`,
+    /// `X-Request-Id`) and `expose_headers`.
+    pub expose_headers: HeaderValue,
+    /// `Access-Control-Max-Age`, in seconds.
+    pub max_age: Option<HeaderValue>,
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    /// The methods allowed when `allow_methods` is not given.
+    pub const DEFAULT_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
+    /// Exposed always, so a page can read its rate limit and quote the request id.
+    pub const EXPOSED: &str = "RateLimit, RateLimit-Policy, Retry-After, X-Request-Id";
+
+    /// Whether a browser page of `origin` (an `Origin` header's value) may read the answers.
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        RequestOrigin::parse(origin)
+            .is_some_and(|o| self.any_origin || self.allow_origins.matches(&o))
+    }
 }
 
 /// The name of the key keygate keeps for a consumer with `default_key = true`.
@@ -213,6 +248,8 @@ pub struct Consumer {
     pub id: Id,
     pub name: Option<Box<str>>,
     pub allow_ips: IpList,
+    /// Web origins a browser may use its keys from, on top of each key's own list.
+    pub allow_origins: OriginList,
     pub targets: TargetSet,
     pub rate_limit: Option<Rate>,
     /// Shared by all its keys.

@@ -1,5 +1,5 @@
 //! Authorize: may the key behind this secret make this request? In the contract's order:
-//! lookup, status, expiry, IP, target, access. Pure: (snapshot, request facts, `now`) ->
+//! lookup, status, expiry, IP, origin, target, access. Pure: (snapshot, request facts, `now`) ->
 //! [`Authorized`] or a [`Refusal`]; no state is read or written beyond the snapshot, so it is
 //! unit-tested and benched without sockets. What comes before it (the failed-attempt block) and
 //! after it (the rate limit, last so that a request refused for any other reason spends no
@@ -25,6 +25,9 @@ pub struct Facts<'a> {
     pub path: &'a str,
     /// The resolved client address (`client_ip::resolve`), canonical.
     pub client_ip: IpAddr,
+    /// The `Origin` header, else the origin of the `Referer` (`cors::request_origin`), for
+    /// `allow_origins`.
+    pub origin: Option<&'a [u8]>,
 }
 
 /// A key that may make the request (its rate limit still to be applied).
@@ -65,6 +68,12 @@ pub fn authorize<'s>(
         || consumer.is_some_and(|c| !c.allow_ips.allows(facts.client_ip))
     {
         return Err(refuse(Deny::IpNotAllowed));
+    }
+    // A browser key's defence against another site's pages: which page sent the request.
+    if !key.allow_origins().allows(facts.origin)
+        || consumer.is_some_and(|c| !c.allow_origins.allows(facts.origin))
+    {
+        return Err(refuse(Deny::OriginNotAllowed));
     }
     if !key.targets().allows(facts.target)
         || consumer.is_some_and(|c| !c.targets.allows(facts.target))
@@ -184,6 +193,7 @@ consumer = "acme"
             method: &Method::GET,
             path: "/",
             client_ip: ip.parse().unwrap(),
+            origin: None,
         }
     }
 
@@ -348,6 +358,7 @@ mod rotation_tests {
             method: &Method::GET,
             path: "/",
             client_ip: "127.0.0.1".parse().unwrap(),
+            origin: None,
         };
         let decide = |facts, at| authorize(&snap, &facts, at).map_err(|r| r.deny);
         let before = end - Duration::from_secs(1);
@@ -358,5 +369,111 @@ mod rotation_tests {
             Deny::KeyInvalid
         );
         assert!(decide(facts("new-secret"), end).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[targets]]
+name = "p"
+upstream = "http://127.0.0.1:1"
+
+[[consumers]]
+id = "shop"
+allow_origins = ["https://*.example.com"]
+
+[[keys]]
+id = "web"
+secret = "web-secret"
+allow_origins = ["https://shop.example.com", "http://localhost:5173"]
+
+[[keys]]
+id = "shop-key"
+secret = "shop-secret"
+consumer = "shop"
+
+[[keys]]
+id = "both"
+secret = "both-secret"
+consumer = "shop"
+allow_origins = ["https://a.example.com", "https://example.com"]
+allow_ips = ["10.0.0.0/8"]
+"#;
+
+    fn decide(secret: &str, origin: Option<&str>, ip: &str) -> &'static str {
+        let snap = crate::config::parse(CONFIG, Path::new("t.toml"))
+            .unwrap()
+            .snapshot;
+        let facts = Facts {
+            secret: secret.as_bytes(),
+            target: 0,
+            method: &Method::GET,
+            path: "/",
+            client_ip: ip.parse().unwrap(),
+            origin: origin.map(str::as_bytes),
+        };
+        match authorize(&snap, &facts, SystemTime::UNIX_EPOCH) {
+            Ok(_) => "ok",
+            Err(r) => r.deny.code(),
+        }
+    }
+
+    #[test]
+    fn a_key_with_allow_origins_needs_a_listed_origin() {
+        let ip = "127.0.0.1";
+        assert_eq!(
+            decide("web-secret", Some("https://shop.example.com"), ip),
+            "ok"
+        );
+        assert_eq!(
+            decide("web-secret", Some("HTTPS://Shop.Example.com:443"), ip),
+            "ok"
+        );
+        assert_eq!(
+            decide("web-secret", Some("http://localhost:5173"), ip),
+            "ok"
+        );
+        for refused in [
+            Some("https://evil.example.com"),
+            Some("http://shop.example.com"),
+            Some("null"),
+            None,
+        ] {
+            assert_eq!(decide("web-secret", refused, ip), "origin_not_allowed");
+        }
+    }
+
+    #[test]
+    fn the_consumers_list_applies_to_its_keys_and_both_must_allow() {
+        let ip = "10.0.0.1";
+        assert_eq!(
+            decide("shop-secret", Some("https://a.b.example.com"), ip),
+            "ok"
+        );
+        assert_eq!(
+            decide("shop-secret", Some("https://example.com"), ip),
+            "origin_not_allowed"
+        );
+        assert_eq!(
+            decide("both-secret", Some("https://a.example.com"), ip),
+            "ok"
+        );
+        // The key lists it, the consumer's wildcard does not cover the bare domain.
+        assert_eq!(
+            decide("both-secret", Some("https://example.com"), ip),
+            "origin_not_allowed"
+        );
+        // The consumer covers it, the key does not list it.
+        assert_eq!(
+            decide("both-secret", Some("https://b.example.com"), ip),
+            "origin_not_allowed"
+        );
+        // The IP list is checked first.
+        assert_eq!(decide("both-secret", None, "192.0.2.1"), "ip_not_allowed");
     }
 }

@@ -25,6 +25,9 @@ pub enum Deny {
     KeyInactive,
     KeyExpired,
     IpNotAllowed,
+    /// The key (or its consumer) has `allow_origins`, and the request's `Origin` (else its
+    /// `Referer`'s origin) is not listed, or it has neither.
+    OriginNotAllowed,
     TargetNotAllowed,
     AccessDenied,
     /// The request body is larger than the target's `max_body`.
@@ -54,6 +57,7 @@ impl Deny {
             | Deny::KeyInactive
             | Deny::KeyExpired
             | Deny::IpNotAllowed
+            | Deny::OriginNotAllowed
             | Deny::TargetNotAllowed
             | Deny::AccessDenied => StatusCode::FORBIDDEN,
             Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -75,6 +79,7 @@ impl Deny {
             Deny::KeyInactive => "key_inactive",
             Deny::KeyExpired => "key_expired",
             Deny::IpNotAllowed => "ip_not_allowed",
+            Deny::OriginNotAllowed => "origin_not_allowed",
             Deny::TargetNotAllowed => "target_not_allowed",
             Deny::AccessDenied => "access_denied",
             Deny::BodyTooLarge => "body_too_large",
@@ -96,6 +101,7 @@ impl Deny {
             Deny::KeyInactive => "API key inactive",
             Deny::KeyExpired => "API key expired",
             Deny::IpNotAllowed => "Address not allowed",
+            Deny::OriginNotAllowed => "Origin not allowed",
             Deny::TargetNotAllowed => "Target not allowed",
             Deny::AccessDenied => "Access denied",
             Deny::BodyTooLarge => "Request body too large",
@@ -118,6 +124,7 @@ impl Deny {
             Deny::KeyInactive => "The API key has been switched inactive.",
             Deny::KeyExpired => "The API key has expired.",
             Deny::IpNotAllowed => "The API key may not be used from this address.",
+            Deny::OriginNotAllowed => "The API key may not be used from this web origin.",
             Deny::TargetNotAllowed => "The API key is not bound to this deploy target.",
             Deny::AccessDenied => "The API key may not use this method or path.",
             Deny::BodyTooLarge => "The request body is larger than this target accepts.",

@@ -6,10 +6,14 @@
 //! server      accept, HTTP/1.1 + h2c, edge limits
 //! client_ip   peer + trusted X-Forwarded-For/Forwarded -> client address
 //! route       Host + path -> target                        404 no_route
+//! cors        [targets.cors] only: a preflight is answered   204 (no key needed)
+//!             here; other answers get their CORS headers
+//!             in respond
 //! credential  X-API-Key header, else api_key query          403 key_missing / key_invalid
 //! authorize   (after the failed-attempt block, 429 too_many_failures) hash, one lookup,
-//!             status, expiry, IP, target, access: pure      403 key_invalid / key_inactive /
-//!                                                           key_expired / ip_not_allowed /
+//!             status, expiry, IP, origin, target, access:   403 key_invalid / key_inactive /
+//!             pure                                          key_expired / ip_not_allowed /
+//!                                                           origin_not_allowed /
 //!                                                           target_not_allowed / access_denied
 //! (max_body   a Content-Length over the target's max_body   413 body_too_large)
 //! rate        rate limits, then quotas: local, local-sync   429 rate_limited / quota_exceeded,
@@ -23,6 +27,7 @@
 
 pub mod authorize;
 pub mod client_ip;
+pub mod cors;
 pub mod credential;
 pub mod deny;
 pub mod forward;
@@ -163,6 +168,11 @@ impl Proxy {
         let request_id = request_id::of(req.headers());
         let mut exchange =
             Exchange::begin(&self.observer, &req, &request_id, Instant::now(), activity);
+        // Only a request with `Origin` to a `[targets.cors]` target; a preflight ends here.
+        let browser = self.browser(&req, peer, &mut exchange);
+        if let Some(b) = browser.as_ref().filter(|b| b.is_preflight()) {
+            return respond::preflight(b, request_id, exchange);
+        }
         let (outcome, rate) = match self
             .admit(&mut req, peer, proto, &request_id, &mut exchange)
             .await
@@ -176,7 +186,13 @@ impl Proxy {
             }
             Err(refusal) => (Err(refusal), None),
         };
-        respond::respond(outcome, rate.as_ref(), request_id, exchange)
+        respond::respond(
+            outcome,
+            rate.as_ref(),
+            browser.as_ref(),
+            request_id,
+            exchange,
+        )
     }
 
     /// client IP -> route -> credential -> authorize -> rate, on one snapshot load, ending with
@@ -213,6 +229,7 @@ impl Proxy {
             method: req.method(),
             path: req.uri().path(),
             client_ip,
+            origin: cors::request_origin(req.headers()),
         };
         let now = Now {
             wall: SystemTime::now(),
@@ -253,6 +270,32 @@ impl Proxy {
             rate,
             max_body: t.max_body,
         })
+    }
+
+    /// A browser's request to a target with `[targets.cors]` (`cors.rs`); for a preflight,
+    /// which `admit` never sees, the access log's path, client and target are noted here.
+    fn browser(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+        exchange: &mut Exchange,
+    ) -> Option<cors::Browser> {
+        if !req.headers().contains_key(http::header::ORIGIN) {
+            return None;
+        }
+        let snap = self.published.load();
+        let browser = cors::Browser::of(&snap, req)?;
+        if browser.is_preflight() {
+            let server = &snap.server;
+            exchange.path(req.uri(), &server.key_query);
+            exchange.client(client_ip::resolve(
+                peer.ip(),
+                req.headers(),
+                &server.trusted_proxies,
+            ));
+            exchange.routed(&snap.target(browser.target).name);
+        }
+        Some(browser)
     }
 
     /// Sends the admitted request upstream, with no snapshot held, and streams the answer back.
@@ -340,6 +383,7 @@ mod tests {
                 method: &http::Method::GET,
                 path: "/",
                 client_ip: ip.parse().unwrap(),
+                origin: None,
             };
             match guarded_authorize(&snap, &f, &facts, now) {
                 Ok(_) => "ok",

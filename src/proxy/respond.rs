@@ -4,7 +4,8 @@
 use http::{HeaderValue, Response};
 use http_body_util::Either;
 
-use super::deny::{Refusal, rate_headers};
+use super::cors::Browser;
+use super::deny::{Inner, Refusal, rate_headers};
 use super::observe::{Body, Exchange};
 use super::pool::PooledBody;
 use crate::http::request_id::X_REQUEST_ID;
@@ -12,10 +13,12 @@ use crate::limits::RateStatus;
 
 /// The upstream's answer or keygate's refusal, with the rate-limit state of an admitted
 /// request (shown on its response, even when the upstream then fails), the request id, and
-/// the exchange that finishes with the response body.
+/// the exchange that finishes with the response body. A browser's request to a target with
+/// `[targets.cors]` gets its CORS headers here, on an answer and a refusal alike.
 pub fn respond(
     outcome: Result<Response<PooledBody>, Refusal>,
     rate: Option<&RateStatus>,
+    browser: Option<&Browser>,
     request_id: HeaderValue,
     mut exchange: Exchange,
 ) -> Response<Body> {
@@ -36,6 +39,22 @@ pub fn respond(
     if let Some(rate) = rate {
         rate_headers(rate, resp.headers_mut());
     }
+    if let Some(browser) = browser {
+        browser.label(resp.headers_mut());
+    }
+    finish(resp, request_id, exchange)
+}
+
+/// A CORS preflight keygate answered itself (`cors.rs`), recorded like any answer.
+pub fn preflight(browser: &Browser, request_id: HeaderValue, exchange: Exchange) -> Response<Body> {
+    finish(browser.preflight(), request_id, exchange)
+}
+
+fn finish(
+    mut resp: Response<Inner>,
+    request_id: HeaderValue,
+    mut exchange: Exchange,
+) -> Response<Body> {
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     exchange.status(resp.status().as_u16());
     resp.map(|inner| Body::new(inner, exchange))

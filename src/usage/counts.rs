@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The refusal codes counted per key, in the order of the CSV columns (`denied_<code>`). Only
 /// codes a request with a known key can end with: the rest (`no_route`, `key_missing`,
 /// `key_invalid`, `too_many_failures`) are refused before any key is known. A code not listed
-/// (a newer refusal) is counted under `other`. Appending is fine; renaming or reordering
-/// breaks billing jobs that read the CSV by position.
-pub const CODES: [&str; 13] = [
+/// (a newer refusal) is counted under `other`. Appending (after `other`, so that no column
+/// before it moves) is fine; renaming or reordering breaks billing jobs that read the CSV by
+/// position.
+pub const CODES: [&str; 14] = [
     "key_inactive",
     "key_expired",
     "ip_not_allowed",
@@ -23,17 +24,18 @@ pub const CODES: [&str; 13] = [
     "upstream_unavailable",
     "upstream_timeout",
     "other",
+    "origin_not_allowed",
 ];
+
+/// Where `other` is in [`CODES`].
+const OTHER: usize = 12;
 
 /// The upstream's response classes, in CSV order.
 pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 /// The index of `code` in [`CODES`] (`other` for a code not listed).
 pub fn code_index(code: &str) -> usize {
-    CODES
-        .iter()
-        .position(|c| *c == code)
-        .unwrap_or(CODES.len() - 1)
+    CODES.iter().position(|c| *c == code).unwrap_or(OTHER)
 }
 
 /// What one request adds, as the request path knows it when the response body ends.
@@ -414,15 +416,16 @@ mod tests {
              denied_ip_not_allowed,denied_target_not_allowed,denied_access_denied,\
              denied_rate_limited,denied_rate_limit_unavailable,denied_quota_exceeded,\
              denied_body_too_large,denied_invalid_body,denied_upstream_unavailable,\
-             denied_upstream_timeout,denied_other,2xx,3xx,4xx,5xx,bytes_in,bytes_out"
+             denied_upstream_timeout,denied_other,denied_origin_not_allowed,2xx,3xx,4xx,5xx,\
+             bytes_in,bytes_out"
         );
         assert_eq!(
             lines[1],
-            "2026-12-03,k-1,acme,2,1,1,0,1,0,0,0,0,0,0,0,0,0,0,0,1,0,0,0,3,4"
+            "2026-12-03,k-1,acme,2,1,1,0,1,0,0,0,0,0,0,0,0,0,0,0,0,1,0,0,0,3,4"
         );
         assert_eq!(
             lines[2],
-            "2026-12-04,k-2,,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0"
+            "2026-12-04,k-2,,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0"
         );
         let columns = lines[0].split(',').count();
         assert!(lines.iter().all(|l| l.split(',').count() == columns));

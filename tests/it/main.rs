@@ -20,6 +20,7 @@ mod access_levels;
 mod admin_api;
 mod admin_conformance;
 mod admin_store;
+mod browser_keys;
 mod cli;
 mod client_ip;
 mod cluster;

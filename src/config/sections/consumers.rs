@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::config::diagnostics::{Checker, Subject};
 use crate::config::raw::RawConsumer;
-use crate::model::{Consumer, IpList, TargetIdx, TargetSet};
+use crate::model::{Consumer, IpList, OriginList, TargetIdx, TargetSet};
 
 pub fn consumers<'r>(
     c: &mut Checker<'_>,
@@ -31,6 +31,8 @@ pub fn consumers<'r>(
         }
         let created_at = c.instant(raw.created_at.as_ref(), subject, "created_at");
         let allow_ips = IpList::new(c.nets(raw.allow_ips.as_deref(), subject, "allow_ips"));
+        let allow_origins =
+            OriginList::new(c.origins(raw.allow_origins.as_deref(), subject, "allow_origins"));
         let targets = TargetSet::new(c.targets(raw.targets.as_deref(), target_names, subject));
         let rate_limit = c.rate(raw.rate_limit.as_ref(), subject, "rate_limit");
         let quota = c.quota(raw.quota.as_ref(), subject, "quota");
@@ -39,6 +41,7 @@ pub fn consumers<'r>(
             id,
             name: raw.name.as_deref().map(Into::into),
             allow_ips,
+            allow_origins,
             targets,
             rate_limit,
             quota,

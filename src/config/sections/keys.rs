@@ -11,7 +11,10 @@ use crate::config::diagnostics::{Checker, Failure, File, Subject};
 use crate::config::raw::{HasKeys, RawKey};
 use crate::config::scan;
 use crate::model::KeyHash;
-use crate::model::{IdArena, IpList, Key, KeyParts, List, Paths, Rules, TargetIdx, TargetSet};
+use crate::model::{
+    IdArena, IpList, Key, KeyParts, List, OriginList, OriginPattern, Paths, Rules, TargetIdx,
+    TargetSet,
+};
 use crate::snapshot::KeyTable;
 
 pub fn key_count<'a, R: HasKeys<'a>>(f: &File<'_, R>) -> usize {
@@ -32,6 +35,7 @@ pub struct KeyPass<'t> {
     arena: IdArena,
     /// Each distinct list and set of rules once, shared by the keys that have it.
     nets: HashSet<List<IpNet>>,
+    origins: HashSet<List<OriginPattern>>,
     target_sets: HashSet<List<TargetIdx>>,
     paths: HashSet<Paths>,
     rules: HashSet<Arc<Rules>>,
@@ -53,6 +57,7 @@ impl<'t> KeyPass<'t> {
             ids: IdIndex::with_capacity(count),
             arena: IdArena::default(),
             nets: HashSet::new(),
+            origins: HashSet::new(),
             target_sets: HashSet::new(),
             paths: HashSet::new(),
             rules: HashSet::new(),
@@ -199,6 +204,7 @@ impl<'t> KeyPass<'t> {
         };
         let targets = c.targets(raw.targets.as_deref(), self.target_names, subject);
         let nets = c.nets(raw.allow_ips.as_deref(), subject, "allow_ips");
+        let origins = c.origins(raw.allow_origins.as_deref(), subject, "allow_origins");
         let paths: Vec<Box<str>> = raw
             .paths
             .as_deref()
@@ -228,6 +234,7 @@ impl<'t> KeyPass<'t> {
         let rules = Rules {
             targets: TargetSet::from_list(intern(&mut self.target_sets, targets)),
             allow_ips: IpList::from_list(intern(&mut self.nets, nets)),
+            allow_origins: OriginList::from_list(intern(&mut self.origins, origins)),
             paths: intern(&mut self.paths, paths),
         };
         let rules = match self.rules.get(&rules) {

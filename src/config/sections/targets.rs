@@ -3,15 +3,17 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use http::HeaderValue;
+use std::sync::Arc;
+
 use http::uri::{Scheme, Uri};
+use http::{HeaderName, HeaderValue, Method};
 use toml::Spanned;
 
 use crate::config::defaults::{DEFAULT_MAX_BODY, DEFAULT_UPSTREAM_TIMEOUT};
-use crate::config::diagnostics::{Checker, Subject};
-use crate::config::raw::RawTarget;
+use crate::config::diagnostics::{Checker, Severity, Subject};
+use crate::config::raw::{RawCors, RawTarget};
 use crate::config::values::relative_to;
-use crate::model::{Target, TargetIdx};
+use crate::model::{Cors, OriginList, OriginPattern, Target, TargetIdx};
 
 pub fn targets(
     c: &mut Checker<'_>,
@@ -120,6 +122,7 @@ pub fn targets(
             None => Some(Some(DEFAULT_MAX_BODY)),
             Some(m) => c.size(m, subject, "max_body"),
         };
+        let cors = t.cors.as_ref().map(|raw| cors(c, raw, subject));
         let (
             Some((scheme, authority, upstream_host)),
             Some(path_prefix),
@@ -160,6 +163,7 @@ pub fn targets(
             max_body,
             preserve_host: t.preserve_host.unwrap_or(false),
             tls,
+            cors: cors.flatten().map(Arc::new),
         });
     }
     (out, names)
@@ -198,4 +202,122 @@ fn upstream(
     }
     let host = HeaderValue::from_str(authority.as_str()).ok()?;
     Some((scheme.clone(), authority.clone(), host))
+}
+
+/// `[targets.cors]`: every value checked and its header made here, once.
+fn cors(c: &mut Checker<'_>, raw: &Spanned<RawCors>, subject: Subject<'_>) -> Option<Cors> {
+    let errors = |c: &Checker<'_>| {
+        c.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .count()
+    };
+    let before = errors(c);
+    let r = raw.get_ref();
+    let credentials = r.allow_credentials.as_ref().is_some_and(|b| *b.get_ref());
+    let mut any_origin = false;
+    let mut patterns = Vec::new();
+    if r.allow_origins.is_empty() {
+        c.error(
+            raw.span(),
+            subject,
+            "cors.allow_origins: list the origins whose pages may call this target, e.g. [\"https://shop.example.com\"]",
+        );
+    }
+    for o in &r.allow_origins {
+        if o.get_ref() == "*" {
+            any_origin = true;
+            if let Some(cred) = r.allow_credentials.as_ref().filter(|b| *b.get_ref()) {
+                c.error(
+                    cred.span(),
+                    subject,
+                    "cors.allow_credentials = true cannot go with \"*\" in allow_origins: any site could then read answers made with the user's credentials; list the origins",
+                );
+            }
+            continue;
+        }
+        match OriginPattern::parse(o.get_ref()) {
+            Ok(p) => patterns.push(p),
+            Err(why) => c.error(
+                o.span(),
+                subject,
+                format!("cors.allow_origins: {:?} {why}", o.get_ref()),
+            ),
+        }
+    }
+    let methods = match &r.allow_methods {
+        None => Some(Cors::DEFAULT_METHODS.to_owned()),
+        Some(list) => {
+            let mut ok = true;
+            for m in list {
+                let text = m.get_ref();
+                if text == "*" || Method::from_bytes(text.as_bytes()).is_err() {
+                    ok = false;
+                    c.error(
+                        m.span(),
+                        subject,
+                        format!(
+                            "cors.allow_methods: {text:?} is not a method name such as \"GET\""
+                        ),
+                    );
+                }
+            }
+            ok.then(|| join(list))
+        }
+    };
+    let mut names = |list: Option<&Vec<Spanned<String>>>, field: &str| {
+        let mut ok = true;
+        for h in list.map(Vec::as_slice).unwrap_or_default() {
+            let text = h.get_ref();
+            let why = if text == "*" {
+                // The spec reads `*` as a name like any other once credentials are allowed.
+                credentials
+                    .then_some("cannot be \"*\" with allow_credentials = true: name the headers")
+            } else if HeaderName::from_bytes(text.as_bytes()).is_err() {
+                Some("is not a header name")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                ok = false;
+                c.error(h.span(), subject, format!("cors.{field}: {text:?} {why}"));
+            }
+        }
+        ok
+    };
+    let headers_ok = names(r.allow_headers.as_ref(), "allow_headers");
+    let expose_ok = names(r.expose_headers.as_ref(), "expose_headers");
+    let max_age = match &r.max_age {
+        None => Some(None),
+        some => c
+            .duration(some.as_ref(), subject, "cors.max_age")
+            .map(|d| Some(HeaderValue::from(d.as_secs()))),
+    };
+    let expose = match &r.expose_headers {
+        Some(list) if !list.is_empty() => format!("{}, {}", Cors::EXPOSED, join(list)),
+        _ => Cors::EXPOSED.to_owned(),
+    };
+    if errors(c) != before || !headers_ok || !expose_ok {
+        return None;
+    }
+    Some(Cors {
+        any_origin,
+        allow_origins: OriginList::new(patterns),
+        allow_methods: HeaderValue::try_from(methods?).ok()?,
+        allow_headers: match &r.allow_headers {
+            None => None,
+            Some(list) => Some(HeaderValue::try_from(join(list)).ok()?),
+        },
+        expose_headers: HeaderValue::try_from(expose).ok()?,
+        max_age: max_age?,
+        allow_credentials: credentials,
+    })
+}
+
+/// `a, b, c`: a list header's value.
+fn join(list: &[Spanned<String>]) -> String {
+    list.iter()
+        .map(|s| s.get_ref().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

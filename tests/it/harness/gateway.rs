@@ -142,6 +142,11 @@ pub trait Restricted: Sized {
         self
     }
 
+    fn allow_origins(mut self, origins: &[&str]) -> Self {
+        self.lines().set("allow_origins", toml_list(origins));
+        self
+    }
+
     fn targets(mut self, targets: &[&str]) -> Self {
         self.lines().set("targets", toml_list(targets));
         self
