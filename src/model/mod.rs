@@ -23,5 +23,6 @@ pub use rules::{IpList, List, OriginList, Paths, Rules, TargetIdx, TargetSet};
 pub use sections::{
     AccessTo, Admin, AdminKey, AuditLog, ClusterConfig, ClusterMode, Consumer, Cors,
     DEFAULT_KEY_NAME, Log, LogFormat, OnRedisError, Role, Server, Target, TlsFiles, UsageConfig,
+    Verify,
 };
 pub use sections::{EVENT_NAMES, Webhook};

@@ -19,7 +19,7 @@ use http::header::{
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, REFERER, VARY,
 };
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use super::deny::Inner;
@@ -55,13 +55,20 @@ pub struct Browser {
 impl Browser {
     /// `None` for a request without `Origin` or one routed to a target without
     /// `[targets.cors]`: its answer is left as it is.
-    pub fn of<B>(snap: &Snapshot, req: &Request<B>) -> Option<Browser> {
-        let origin = req.headers().get(ORIGIN)?;
-        let target = snap.routes.find_for(req)?;
+    /// `host` (port included) and `path` route it, as `decide` does.
+    pub fn of(
+        snap: &Snapshot,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<Browser> {
+        let origin = headers.get(ORIGIN)?;
+        let target = snap.routes.find_asked(host, path)?;
         let policy = snap.target(target).cors.as_ref()?.clone();
-        let preflight = (req.method() == Method::OPTIONS
-            && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD))
-        .then(|| req.headers().get(ACCESS_CONTROL_REQUEST_HEADERS).cloned());
+        let preflight = (*method == Method::OPTIONS
+            && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD))
+        .then(|| headers.get(ACCESS_CONTROL_REQUEST_HEADERS).cloned());
         Some(Browser {
             allowed: policy.allows(origin.as_bytes()).then(|| origin.clone()),
             policy,
