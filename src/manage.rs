@@ -33,6 +33,10 @@ pub struct KeyFields {
     /// An address or CIDR the key may be used from (repeat for several).
     #[arg(long = "allow-ip")]
     allow_ips: Vec<String>,
+    /// A web origin (scheme://host[:port], `*.` for subdomains) browsers may use the key from
+    /// (repeat for several).
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
     /// read-only or read-write.
     #[arg(long, value_parser = parse_access)]
     access: Option<Access>,
@@ -136,6 +140,9 @@ pub struct ConsumerFields {
     name: Option<String>,
     #[arg(long = "allow-ip")]
     allow_ips: Vec<String>,
+    /// A web origin browsers may use the consumer's keys from (repeat for several).
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
     #[arg(long = "target")]
     targets: Vec<String>,
     #[arg(long)]
@@ -205,6 +212,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 expires_at: fields.expires_at,
                 targets: list(fields.targets),
                 allow_ips: list(fields.allow_ips),
+                allow_origins: list(fields.allow_origins),
                 access: fields.access,
                 paths: list(fields.paths),
                 rate_limit: fields.rate_limit,
@@ -245,6 +253,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 },
                 targets: list(fields.targets),
                 allow_ips: list(fields.allow_ips),
+                allow_origins: list(fields.allow_origins),
                 access: fields.access,
                 paths: list(fields.paths),
                 rate_limit: if no_rate_limit {
@@ -334,6 +343,7 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
                 id: id.clone(),
                 name: fields.name,
                 allow_ips: list(fields.allow_ips),
+                allow_origins: list(fields.allow_origins),
                 targets: list(fields.targets),
                 rate_limit: fields.rate_limit,
                 quota: fields.quota,
@@ -364,6 +374,7 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
             let patch = ConsumerPatch {
                 name: fields.name.map(Some),
                 allow_ips: list(fields.allow_ips),
+                allow_origins: list(fields.allow_origins),
                 targets: list(fields.targets),
                 rate_limit: if no_rate_limit {
                     Some(None)

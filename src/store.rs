@@ -89,6 +89,9 @@ pub struct NewKey {
     pub targets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    /// `["https://shop.example.com", "https://*.example.com"]`: where a browser may use it.
+    #[serde(default, deserialize_with = "not_null")]
+    pub allow_origins: Option<Vec<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub access: Option<Access>,
     #[serde(default, deserialize_with = "not_null")]
@@ -117,6 +120,9 @@ pub struct KeyPatch {
     pub targets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    /// `["https://shop.example.com", "https://*.example.com"]`: where a browser may use it.
+    #[serde(default, deserialize_with = "not_null")]
+    pub allow_origins: Option<Vec<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub access: Option<Access>,
     #[serde(default, deserialize_with = "not_null")]
@@ -137,6 +143,9 @@ pub struct NewConsumer {
     pub name: Option<String>,
     #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    /// `["https://shop.example.com", "https://*.example.com"]`: where a browser may use it.
+    #[serde(default, deserialize_with = "not_null")]
+    pub allow_origins: Option<Vec<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub targets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "not_null")]
@@ -160,6 +169,9 @@ pub struct ConsumerPatch {
     pub name: Option<Option<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub allow_ips: Option<Vec<String>>,
+    /// `["https://shop.example.com", "https://*.example.com"]`: where a browser may use it.
+    #[serde(default, deserialize_with = "not_null")]
+    pub allow_origins: Option<Vec<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub targets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
@@ -466,6 +478,12 @@ impl Store {
                 check_target(snap, v)
             })?;
             set_list(&mut t, "allow_ips", new.allow_ips.as_deref(), check_cidr)?;
+            set_list(
+                &mut t,
+                "allow_origins",
+                new.allow_origins.as_deref(),
+                check_origin,
+            )?;
             if let Some(a) = new.access {
                 t["access"] = value(access_str(a));
             }
@@ -507,6 +525,12 @@ impl Store {
                 check_target(snap, v)
             })?;
             set_list(t, "allow_ips", patch.allow_ips.as_deref(), check_cidr)?;
+            set_list(
+                t,
+                "allow_origins",
+                patch.allow_origins.as_deref(),
+                check_origin,
+            )?;
             if let Some(a) = patch.access {
                 t["access"] = value(access_str(a));
             }
@@ -650,6 +674,12 @@ impl Store {
             t["id"] = value(new.id.as_str());
             set_opt_str(&mut t, "name", new.name.as_deref());
             set_list(&mut t, "allow_ips", new.allow_ips.as_deref(), check_cidr)?;
+            set_list(
+                &mut t,
+                "allow_origins",
+                new.allow_origins.as_deref(),
+                check_origin,
+            )?;
             set_list(&mut t, "targets", new.targets.as_deref(), |v| {
                 check_target(snap, v)
             })?;
@@ -703,6 +733,12 @@ impl Store {
                 set_opt_str(t, "name", n.as_deref());
             }
             set_list(t, "allow_ips", patch.allow_ips.as_deref(), check_cidr)?;
+            set_list(
+                t,
+                "allow_origins",
+                patch.allow_origins.as_deref(),
+                check_origin,
+            )?;
             set_list(t, "targets", patch.targets.as_deref(), |v| {
                 check_target(snap, v)
             })?;
@@ -1074,6 +1110,13 @@ fn check_cidr(s: &str) -> Result<String, StoreError> {
             format!("{s:?} is not an IP address or CIDR"),
         ))
     }
+}
+
+/// Kept normalised (lower case, no default port), as the API shows it.
+fn check_origin(s: &str) -> Result<String, StoreError> {
+    crate::model::OriginPattern::parse(s)
+        .map(|p| p.to_string())
+        .map_err(|why| bad("allow_origins", format!("{s:?} {why}")))
 }
 
 fn check_path(s: &str) -> Result<String, StoreError> {

@@ -1570,6 +1570,7 @@ struct KeyView<'a> {
     last_used_at: Option<String>,
     targets: Vec<&'a str>,
     allow_ips: Vec<String>,
+    allow_origins: Vec<String>,
     access: Access,
     paths: Vec<&'a str>,
     rate_limit: Option<String>,
@@ -1597,6 +1598,7 @@ impl<'a> KeyView<'a> {
                 .map(|t| snap.target(t).name.as_str())
                 .collect(),
             allow_ips: k.allow_ips().iter().map(ToString::to_string).collect(),
+            allow_origins: k.allow_origins().iter().map(ToString::to_string).collect(),
             access: k.access,
             paths: k.paths().iter().map(|p| &**p).collect(),
             rate_limit: k.rate_limit().map(|r| r.to_string()),
@@ -1655,6 +1657,7 @@ struct ConsumerView<'a> {
     id: &'a str,
     name: Option<&'a str>,
     allow_ips: Vec<String>,
+    allow_origins: Vec<String>,
     targets: Vec<&'a str>,
     rate_limit: Option<String>,
     quota: Option<String>,
@@ -1697,6 +1700,7 @@ impl<'a> ConsumerView<'a> {
             id: c.id.as_str(),
             name: c.name.as_deref(),
             allow_ips: c.allow_ips.iter().map(ToString::to_string).collect(),
+            allow_origins: c.allow_origins.iter().map(ToString::to_string).collect(),
             targets: c
                 .targets
                 .iter()

@@ -534,6 +534,104 @@ async fn key_allow_ips_are_added_and_removed_by_percent_encoded_cidr() {
     assert_no_keygate_panic();
 }
 
+// --- allow_origins ---------------------------------------------------------------------------
+
+/// `allow_origins` on a key and a consumer: created, patched (kept normalised), cleared with
+/// `[]`, refused with the field when malformed; the proxy follows at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_origins_are_set_patched_and_cleared_on_keys_and_consumers() {
+    let gw = Gateway::start("origins").await;
+    let api = gw.api();
+    let (created, secret) = api
+        .create_key(json!({"id": "web", "allow_origins": ["HTTPS://Shop.Example.com:443", "https://*.example.com"]}))
+        .await;
+    assert_key_shape(&created, true);
+    assert_eq!(
+        created["allow_origins"],
+        json!(["https://shop.example.com", "https://*.example.com"])
+    );
+    assert_refused(gw.proxy, &secret, "origin_not_allowed").await;
+    let from = |origin: &'static str| {
+        let (proxy, secret) = (gw.proxy, secret.clone());
+        async move {
+            get(
+                proxy,
+                PROBE,
+                &[("x-api-key", secret.as_str()), ("origin", origin)],
+            )
+            .await
+        }
+    };
+    assert_eq!(from("https://a.example.com").await.status, 200);
+    let k = expect(
+        &api.patch(
+            "/v1/keys/web",
+            &json!({"allow_origins": ["http://localhost:5173"]}),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(k["allow_origins"], json!(["http://localhost:5173"]));
+    assert_problem(
+        &from("https://a.example.com").await,
+        403,
+        "origin_not_allowed",
+    );
+    assert_eq!(from("http://localhost:5173").await.status, 200);
+    assert!(
+        gw.files
+            .keys_text()
+            .contains("allow_origins = [\"http://localhost:5173\"]")
+    );
+    let k = expect(
+        &api.patch("/v1/keys/web", &json!({"allow_origins": []}))
+            .await,
+        200,
+    );
+    assert_eq!(k["allow_origins"], json!([]));
+    assert_admitted(gw.proxy, &secret, "web").await;
+    for bad in [
+        "shop.example.com",
+        "https://a.com/path",
+        "https://a.*.com",
+        "null",
+    ] {
+        assert_field_problem(
+            &api.patch("/v1/keys/web", &json!({"allow_origins": [bad]}))
+                .await,
+            "invalid_field",
+            "allow_origins",
+        );
+    }
+
+    // A consumer's list applies to its keys.
+    let c = api
+        .create_consumer(json!({"id": "shops", "allow_origins": ["https://shop.example.com"]}))
+        .await;
+    assert_eq!(c["allow_origins"], json!(["https://shop.example.com"]));
+    let (_, owned) = api
+        .create_key(json!({"id": "owned", "consumer": "shops"}))
+        .await;
+    assert_refused(gw.proxy, &owned, "origin_not_allowed").await;
+    let c = expect(
+        &api.patch("/v1/consumers/shops", &json!({"allow_origins": []}))
+            .await,
+        200,
+    );
+    assert_eq!(c["allow_origins"], json!([]));
+    assert_admitted(gw.proxy, &owned, "owned").await;
+    assert_field_problem(
+        &api.post(
+            "/v1/consumers",
+            &json!({"id": "bad", "allow_origins": ["ftp:/x"]}),
+        )
+        .await,
+        "invalid_field",
+        "allow_origins",
+    );
+    assert_no_keygate_panic();
+}
+
 // --- consumers -------------------------------------------------------------------------------
 
 #[track_caller]

@@ -140,6 +140,10 @@ async fn keys_create_list_show_update_rotate_revoke_change_the_keys_file() {
             "10.0.0.0/8",
             "--allow-ip",
             "127.0.0.1",
+            "--allow-origin",
+            "https://shop.example.com",
+            "--allow-origin",
+            "https://*.Example.com:443",
             "--no-rate-limit",
             "--no-expiry",
         ],
@@ -150,6 +154,10 @@ async fn keys_create_list_show_update_rotate_revoke_change_the_keys_file() {
     assert_eq!(updated["status"], "inactive");
     assert_eq!(updated["access"], "read-write");
     assert_eq!(updated["allow_ips"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        updated["allow_origins"],
+        json!(["https://shop.example.com", "https://*.example.com"])
+    );
     assert_eq!(updated["rate_limit"], Value::Null);
     assert_eq!(updated["expires_at"], Value::Null);
     assert_eq!(updated["paths"], json!(["/live"]), "untouched");
@@ -206,6 +214,8 @@ async fn consumers_create_list_show_update_delete_change_the_keys_file() {
             "1",
             "--allow-ip",
             "127.0.0.0/8",
+            "--allow-origin",
+            "http://localhost:5173",
             "--target",
             "main",
             "--rate-limit",
@@ -217,6 +227,7 @@ async fn consumers_create_list_show_update_delete_change_the_keys_file() {
     assert_eq!(created["name"], "Globex");
     assert_eq!(created["max_keys"], 1);
     assert_eq!(created["allow_ips"], json!(["127.0.0.0/8"]));
+    assert_eq!(created["allow_origins"], json!(["http://localhost:5173"]));
     assert_eq!(created["targets"], json!(["main"]));
     assert_eq!(created["rate_limit"], "100/minute");
     assert_eq!(created["keys"], 0);

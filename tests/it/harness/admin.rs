@@ -23,7 +23,7 @@ pub const STATIC_ID: &str = "static";
 pub const HOUSE_CONSUMER: &str = "house";
 
 /// The fields of a key as the admin API and the commands show it, exactly.
-pub const KEY_FIELDS: [&str; 16] = [
+pub const KEY_FIELDS: [&str; 17] = [
     "id",
     "name",
     "consumer",
@@ -34,6 +34,7 @@ pub const KEY_FIELDS: [&str; 16] = [
     "last_used_at",
     "targets",
     "allow_ips",
+    "allow_origins",
     "access",
     "paths",
     "rate_limit",
@@ -43,8 +44,9 @@ pub const KEY_FIELDS: [&str; 16] = [
 ];
 
 /// The fields of a consumer as the admin API and the commands show it, exactly (sorted).
-pub const CONSUMER_FIELDS: [&str; 12] = [
+pub const CONSUMER_FIELDS: [&str; 13] = [
     "allow_ips",
+    "allow_origins",
     "created_at",
     "default_key",
     "id",
