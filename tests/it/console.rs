@@ -303,6 +303,115 @@ async fn an_allowed_ip_added_in_the_console_shuts_out_other_addresses() {
     assert_eq!(from_allowed.status, 200, "{}", from_allowed.text());
 }
 
+// --- allowed origins -------------------------------------------------------------------------
+
+/// Adds `origin` with the list editor `prefix` (`key` or `consumer`), after `bad` is refused
+/// as typed.
+async fn add_origin(b: &Browser, prefix: &str, bad: &str, origin: &str) {
+    let input = format!("{prefix}-origin-input");
+    b.fill(&input, bad).await;
+    b.wait_js(
+        &format!("#{input} to be marked invalid"),
+        "return document.getElementById(arguments[0]).getAttribute('aria-invalid') === 'true';",
+        vec![json!(input)],
+    )
+    .await;
+    assert!(
+        !b.find(&format!("#{prefix}-origin-add"))
+            .await
+            .is_enabled()
+            .await
+            .unwrap()
+    );
+    b.fill(&input, origin).await;
+    b.wait_js(
+        &format!("{origin} to be accepted"),
+        "return !document.getElementById(arguments[0]).disabled;",
+        vec![json!(format!("{prefix}-origin-add"))],
+    )
+    .await;
+    b.click(&format!("{prefix}-origin-add")).await;
+    b.wait_for(&format!("#{prefix}-origin-list li[data-cidr=\"{origin}\"]"))
+        .await;
+}
+
+/// "Allowed origins" in the key and consumer dialogs: a key given one in its edit dialog is
+/// refused without that Origin (`origin_not_allowed`) and let in with it; a consumer created
+/// with one passes it to its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_origins_set_in_the_console_fence_keys_to_their_pages() {
+    let Some(c) = ConsoleGate::start("allow-origin").await else {
+        return;
+    };
+    let (_, secret) = c
+        .api()
+        .create_key(json!({ "id": "web", "name": "Web" }))
+        .await;
+    let b = &c.browser;
+    b.open_console(c.kg.admin).await;
+    b.sign_in_ok(ADMIN_SECRET).await;
+    b.wait_key_row("web").await;
+    b.key_action("web", "edit").await;
+    b.wait_dialog("key-dialog").await;
+    add_origin(
+        b,
+        "key",
+        "shop.example.com/cart",
+        "https://shop.example.com",
+    )
+    .await;
+    // For a person to look at: the field beside the allowed IPs.
+    b.js(
+        "document.getElementById('key-origin-input').scrollIntoView({block: 'center'});",
+        vec![],
+    )
+    .await;
+    b.screenshot("key-dialog-origins", (1280, 800)).await;
+    b.click("key-submit").await;
+    b.wait_dialog_closed("key-dialog").await;
+    assert_eq!(
+        c.api().key("web").await["allow_origins"],
+        json!(["https://shop.example.com"])
+    );
+    assert_refused(c.kg.proxy, &secret, "origin_not_allowed").await;
+    let from_shop = get(
+        c.kg.proxy,
+        PROBE,
+        &[
+            ("x-api-key", &secret),
+            ("origin", "https://shop.example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(from_shop.status, 200, "{}", from_shop.text());
+    // The key's row says so, for a read session too.
+    assert!(
+        b.text_of(&row_css("web"))
+            .await
+            .contains("origins: https://shop.example.com"),
+        "{}",
+        b.text_of(&row_css("web")).await
+    );
+
+    b.click("nav-consumers").await;
+    b.click("create-consumer").await;
+    b.wait_dialog("consumer-dialog").await;
+    b.fill("consumer-id", "shops").await;
+    add_origin(b, "consumer", "https://*", "https://*.example.com").await;
+    b.click("consumer-submit").await;
+    b.wait_dialog_closed("consumer-dialog").await;
+    let consumer = c.api().get("/v1/consumers/shops").await;
+    assert_eq!(
+        expect(&consumer, 200)["allow_origins"],
+        json!(["https://*.example.com"])
+    );
+    let (_, owned) = c
+        .api()
+        .create_key(json!({ "id": "owned", "consumer": "shops" }))
+        .await;
+    assert_refused(c.kg.proxy, &owned, "origin_not_allowed").await;
+}
+
 // --- a read session --------------------------------------------------------------------------
 
 /// A `read` session sees the keys but no change button, and a change forged from its page

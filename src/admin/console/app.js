@@ -254,14 +254,24 @@ function isIpOrCidr(raw) {
   return /^(0|[1-9][0-9]{0,2})$/.test(prefix) && Number(prefix) <= max;
 }
 
-/** The add/remove list of allowed IPs in a dialog. */
+/**
+ * A web origin as keygate reads `allow_origins`: scheme://host[:port], no path, `*.` only as
+ * the leftmost label. The server checks it again; this only spares a round trip.
+ */
+function isOrigin(raw) {
+  const m = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/(\*\.)?([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*|\[[0-9A-Fa-f:.]+\])(:([0-9]{1,5}))?$/.exec(raw.trim());
+  return !!m && (m[5] === undefined || Number(m[5]) <= 65535);
+}
+
+/** The add/remove list of allowed IPs (or, with kind 'origin', web origins) in a dialog. */
 class IpEditor {
-  constructor(prefix) {
-    this.input = $(`#${prefix}-ip-input`);
-    this.addButton = $(`#${prefix}-ip-add`);
-    this.list = $(`#${prefix}-ip-list`);
-    this.error = $(`#${prefix}-ip-error`);
-    this.emptyHint = $(`#${prefix}-ip-hint`);
+  constructor(prefix, kind = 'ip', valid = isIpOrCidr) {
+    this.valid = valid;
+    this.input = $(`#${prefix}-${kind}-input`);
+    this.addButton = $(`#${prefix}-${kind}-add`);
+    this.list = $(`#${prefix}-${kind}-list`);
+    this.error = $(`#${prefix}-${kind}-error`);
+    this.emptyHint = $(`#${prefix}-${kind}-hint`);
     this.items = [];
     this.input.addEventListener('input', () => this.check());
     this.input.addEventListener('keydown', (e) => {
@@ -294,7 +304,7 @@ class IpEditor {
   /** Marks the input; returns 'empty', 'bad' or 'good'. */
   check() {
     const v = this.input.value.trim();
-    const verdict = v === '' ? 'empty' : isIpOrCidr(v) ? 'good' : 'bad';
+    const verdict = v === '' ? 'empty' : this.valid(v) ? 'good' : 'bad';
     if (verdict === 'bad') this.input.setAttribute('aria-invalid', 'true');
     else this.input.removeAttribute('aria-invalid');
     show(this.error, verdict === 'bad');
@@ -353,13 +363,16 @@ function clearErrorOnEdit(form) {
       const el = id && document.getElementById(id);
       if (el && el.hasAttribute('data-error-for')) setText(el, '');
     }
-    if (control.getAttribute('aria-invalid') === 'true' && !control.id.endsWith('-ip-input')) {
+    if (control.getAttribute('aria-invalid') === 'true' && !isListInput(control)) {
       control.removeAttribute('aria-invalid');
     }
   };
   form.addEventListener('input', clear);
   form.addEventListener('change', clear);
 }
+
+/** The IP and origin inputs keep their own as-you-type state. */
+const isListInput = (el) => el.id.endsWith('-ip-input') || el.id.endsWith('-origin-input');
 
 /** `.allow_ips[0]` -> `allow_ips`: the input a problem's field names. */
 function fieldName(field) {
@@ -369,8 +382,7 @@ function fieldName(field) {
 function clearErrors(form) {
   for (const el of $$('[data-error-for]', form)) setText(el, '');
   for (const el of $$('[aria-invalid="true"]', form)) {
-    // The IP inputs keep their own as-you-type state.
-    if (!el.id.endsWith('-ip-input')) el.removeAttribute('aria-invalid');
+    if (!isListInput(el)) el.removeAttribute('aria-invalid');
   }
   const general = $('.form-error', form);
   if (general) setText(general, '');
@@ -959,6 +971,7 @@ function keyRestrictions(k) {
   if (k.access === 'read-only') parts.push('read-only');
   if (k.targets?.length) parts.push(`targets: ${k.targets.join(', ')}`);
   if (k.allow_ips?.length) parts.push(`IPs: ${k.allow_ips.join(', ')}`);
+  if (k.allow_origins?.length) parts.push(`origins: ${k.allow_origins.join(', ')}`);
   if (k.paths?.length) parts.push(`paths: ${k.paths.join(', ')}`);
   if (k.rate_limit) parts.push(k.rate_limit);
   if (k.quota) parts.push(`quota ${quotaText(k.quota)}`);
@@ -1115,6 +1128,7 @@ function confirmRevoke(k) {
 const keyDialog = $('#key-dialog');
 const keyForm = $('#key-form');
 const keyIps = new IpEditor('key');
+const keyOrigins = new IpEditor('key', 'origin', isOrigin);
 const keyQuota = new QuotaField('key', keyForm);
 clearErrorOnEdit(keyForm);
 let editingKey = null; // the KeyView being edited; null when creating
@@ -1144,6 +1158,7 @@ function openKeyDialog(k = null) {
   expires.value = keyInitialExpires;
   fillTargets($('#key-targets'), k?.targets || []);
   keyIps.set(k?.allow_ips || []);
+  keyOrigins.set(k?.allow_origins || []);
   $('#key-access').value = k?.access || 'read-write';
   $('#key-paths').value = (k?.paths || []).join('\n');
   $('#key-rate-limit').value = k?.rate_limit || '';
@@ -1173,7 +1188,7 @@ const sameSet = (a, b) => sameList([...a].sort(), [...b].sort());
 
 /** The form's values; null (with the error shown) when one cannot be sent. */
 function readKeyForm() {
-  if (!keyIps.flush()) return null;
+  if (!keyIps.flush() || !keyOrigins.flush()) return null;
   const expiresInput = $('#key-expires');
   let expires = null;
   if (expiresInput.value) {
@@ -1197,6 +1212,7 @@ function readKeyForm() {
     status: $('#key-status').value,
     targets: checkedTargets($('#key-targets')),
     allow_ips: [...keyIps.items],
+    allow_origins: [...keyOrigins.items],
     access: $('#key-access').value,
     paths: lines($('#key-paths').value),
     rate_limit: $('#key-rate-limit').value.trim(),
@@ -1212,6 +1228,7 @@ keyForm.addEventListener('submit', async (e) => {
   let body;
   if (!k) {
     body = { status: v.status, access: v.access, targets: v.targets, allow_ips: v.allow_ips, paths: v.paths };
+    if (v.allow_origins.length) body.allow_origins = v.allow_origins;
     if (v.name) body.name = v.name;
     if (v.consumer) body.consumer = v.consumer;
     if (v.expires_at) body.expires_at = v.expires_at;
@@ -1226,6 +1243,7 @@ keyForm.addEventListener('submit', async (e) => {
     if (v.expiresChanged) body.expires_at = v.expires_at;
     if (!sameSet(v.targets, k.targets || [])) body.targets = v.targets;
     if (!sameList(v.allow_ips, k.allow_ips || [])) body.allow_ips = v.allow_ips; // the whole list
+    if (!sameList(v.allow_origins, k.allow_origins || [])) body.allow_origins = v.allow_origins;
     if (v.access !== k.access) body.access = v.access;
     if (!sameList(v.paths, k.paths || [])) body.paths = v.paths;
     if ((v.rate_limit || null) !== (k.rate_limit || null)) body.rate_limit = v.rate_limit || null;
@@ -1534,6 +1552,7 @@ function showConsumerKeys(id) {
 const consumerDialog = $('#consumer-dialog');
 const consumerForm = $('#consumer-form');
 const consumerIps = new IpEditor('consumer');
+const consumerOrigins = new IpEditor('consumer', 'origin', isOrigin);
 const consumerQuota = new QuotaField('consumer', consumerForm);
 clearErrorOnEdit(consumerForm);
 let editingConsumer = null;
@@ -1552,6 +1571,7 @@ function openConsumerDialog(c = null) {
   $('#consumer-rate-limit').value = c?.rate_limit || '';
   fillTargets($('#consumer-targets'), c?.targets || []);
   consumerIps.set(c?.allow_ips || []);
+  consumerOrigins.set(c?.allow_origins || []);
   $('#consumer-default-key').checked = !!c?.default_key;
   consumerQuota.set(c?.quota);
   consumerDialog.showModal();
@@ -1561,7 +1581,7 @@ function openConsumerDialog(c = null) {
 consumerForm.addEventListener('submit', async (e) => {
   e.preventDefault();
   clearErrors(consumerForm);
-  if (!consumerIps.flush()) return;
+  if (!consumerIps.flush() || !consumerOrigins.flush()) return;
   const c = editingConsumer;
   const id = $('#consumer-id').value.trim();
   const name = $('#consumer-name').value.trim();
@@ -1569,6 +1589,7 @@ consumerForm.addEventListener('submit', async (e) => {
   const rate = $('#consumer-rate-limit').value.trim();
   const targets = checkedTargets($('#consumer-targets'));
   const allowIps = [...consumerIps.items];
+  const allowOrigins = [...consumerOrigins.items];
   const defaultKey = $('#consumer-default-key').checked;
 
   if (!c && !/^[A-Za-z0-9._:@-]{1,128}$/.test(id)) {
@@ -1586,6 +1607,7 @@ consumerForm.addEventListener('submit', async (e) => {
   let body;
   if (!c) {
     body = { id, targets, allow_ips: allowIps };
+    if (allowOrigins.length) body.allow_origins = allowOrigins;
     if (name) body.name = name;
     if (rate) body.rate_limit = rate;
     if (maxKeys !== null) body.max_keys = maxKeys;
@@ -1599,6 +1621,7 @@ consumerForm.addEventListener('submit', async (e) => {
     if (maxKeys !== (typeof c.max_keys === 'number' ? c.max_keys : null)) body.max_keys = maxKeys;
     if (!sameSet(targets, c.targets || [])) body.targets = targets;
     if (!sameList(allowIps, c.allow_ips || [])) body.allow_ips = allowIps;
+    if (!sameList(allowOrigins, c.allow_origins || [])) body.allow_origins = allowOrigins;
     if (defaultKey !== !!c.default_key) body.default_key = defaultKey;
     if (consumerQuota.changed(quota)) body.quota = quota || null;
     if (Object.keys(body).length === 0) {
