@@ -292,10 +292,12 @@ impl Exchange {
     }
 
     /// The request's path and query, the credential redacted (before `forward` rewrites them).
-    pub fn path(&mut self, uri: &http::Uri, key_query: &str) {
+    /// `key_queries`: every query parameter a key may be read from (`[server] key_sources`);
+    /// the log has no request headers, so no other source can reach it.
+    pub fn path(&mut self, uri: &http::Uri, key_queries: &[Box<str>]) {
         if let Some(l) = &mut self.line {
             let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-            l.path = super::credential::redact(pq, key_query).into();
+            l.path = super::credential::redact_all(pq, key_queries).into();
         }
     }
 
