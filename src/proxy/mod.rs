@@ -9,7 +9,8 @@
 //! cors        [targets.cors] only: a preflight is answered   204 (no key needed)
 //!             here; other answers get their CORS headers
 //!             in respond
-//! credential  X-API-Key header, else api_key query          403 key_missing / key_invalid
+//! credential  [server] key_sources in order: header, query,  403 key_missing / key_invalid
+//!             bearer, cookie (default X-API-Key, api_key)
 //! authorize   (after the failed-attempt block, 429 too_many_failures) hash, one lookup,
 //!             status, expiry, IP, origin, target, access:   403 key_invalid / key_inactive /
 //!             pure                                          key_expired / ip_not_allowed /
@@ -252,7 +253,7 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Result<Decided<'s>, Refusal> {
         let server = &snap.server;
-        exchange.path(asked.path_and_query, &server.key_query);
+        exchange.path(asked.path_and_query, server.key_sources.queries());
         // Before routing and the credential, so the access log names the client of every
         // refusal, `no_route` and `key_missing` included.
         let client_ip = client_ip::resolve(peer.ip(), asked.headers, trusted);
@@ -263,12 +264,7 @@ impl Proxy {
             .ok_or(Deny::NoRoute)?;
         let t = snap.target(target);
         exchange.routed(&t.name);
-        let secret = credential::extract(
-            asked.headers,
-            asked.query,
-            &server.key_header,
-            &server.key_query,
-        )?;
+        let secret = credential::extract(asked.headers, asked.query, server.key_sources.list())?;
         let facts = Facts {
             secret: &secret,
             target,
@@ -326,7 +322,7 @@ impl Proxy {
             cors::Browser::of(&snap, asked.method, asked.host, asked.path, asked.headers)?;
         if browser.is_preflight() {
             let server = &snap.server;
-            exchange.path(asked.path_and_query, &server.key_query);
+            exchange.path(asked.path_and_query, server.key_sources.queries());
             exchange.client(client_ip::resolve(
                 peer.ip(),
                 asked.headers,
