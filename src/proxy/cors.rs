@@ -119,7 +119,14 @@ impl Browser {
         h.remove(ACCESS_CONTROL_ALLOW_ORIGIN);
         h.remove(ACCESS_CONTROL_ALLOW_CREDENTIALS);
         h.remove(ACCESS_CONTROL_EXPOSE_HEADERS);
-        h.append(VARY, VARY_ORIGIN);
+        let varies = h.get_all(VARY).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|name| name.trim_ascii().eq_ignore_ascii_case(b"origin"))
+        });
+        if !varies {
+            h.append(VARY, VARY_ORIGIN);
+        }
         let Some(origin) = &self.allowed else {
             return;
         };
@@ -143,6 +150,48 @@ const TRUE: HeaderValue = HeaderValue::from_static("true");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_label_replaces_the_upstreams_cors_headers_and_varies_once() {
+        let policy = Arc::new(Cors {
+            any_origin: false,
+            allow_origins: crate::model::OriginList::new(vec![
+                crate::model::OriginPattern::parse("https://shop.example.com").unwrap(),
+            ]),
+            allow_methods: HeaderValue::from_static(Cors::DEFAULT_METHODS),
+            allow_headers: None,
+            expose_headers: HeaderValue::from_static(Cors::EXPOSED),
+            max_age: None,
+            allow_credentials: false,
+        });
+        let browser = |origin: &'static str| Browser {
+            allowed: policy
+                .allows(origin.as_bytes())
+                .then(|| HeaderValue::from_static(origin)),
+            policy: policy.clone(),
+            preflight: None,
+            target: 0,
+        };
+        let upstream = || {
+            let mut h = HeaderMap::new();
+            h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            h.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE);
+            h.insert(VARY, HeaderValue::from_static("Accept-Encoding, origin"));
+            h
+        };
+        let mut h = upstream();
+        browser("https://shop.example.com").label(&mut h);
+        assert_eq!(h[ACCESS_CONTROL_ALLOW_ORIGIN], "https://shop.example.com");
+        assert_eq!(h.get(ACCESS_CONTROL_ALLOW_CREDENTIALS), None);
+        assert_eq!(h.get_all(VARY).iter().count(), 1);
+        let mut h = upstream();
+        browser("https://evil.example.net").label(&mut h);
+        assert_eq!(h.get(ACCESS_CONTROL_ALLOW_ORIGIN), None);
+        assert_eq!(h.get(ACCESS_CONTROL_ALLOW_CREDENTIALS), None);
+        let mut h = HeaderMap::new();
+        browser("https://shop.example.com").label(&mut h);
+        assert_eq!(h[VARY], "Origin");
+    }
 
     #[test]
     fn the_origin_is_the_header_else_the_referers() {
