@@ -21,6 +21,6 @@ pub use rules::{IpList, List, Paths, Rules, TargetIdx, TargetSet};
 pub use sections::{
     AccessTo, Admin, AdminKey, AuditLog, ClusterConfig, ClusterMode, Consumer, DEFAULT_KEY_NAME,
     DEFAULT_KEY_PREFIX, KeySource, KeySources, Log, LogFormat, OnRedisError, Role, Server, Target,
-    TlsFiles, UsageConfig,
+    TlsFiles, UsageConfig, Verify,
 };
 pub use sections::{EVENT_NAMES, Webhook};

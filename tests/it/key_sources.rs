@@ -294,7 +294,8 @@ async fn on_the_binary_no_place_s_key_reaches_the_upstream_or_the_logs() {
     let (_files, kg) = binary("sources-log").await;
     let p = kg.proxy;
     let wrong = "kg_wrong_bm90QUtleUF0QWxsRm9yVGhpc1Rlc3RPbmx5XzAwMQ";
-    let requests: [(&str, String, Vec<(&str, String)>); 5] = [
+    type Request<'r> = (&'r str, String, Vec<(&'r str, String)>);
+    let requests: [Request<'_>; 5] = [
         (
             "r-query",
             format!("{PROBE}?token={STATIC_SECRET}&a=1"),
