@@ -442,3 +442,44 @@ async fn a_key_stored_for_a_bad_checksum_is_never_looked_up() {
     assert_problem(&refused, 403, "key_invalid");
     kg.terminate_cleanly().await;
 }
+
+/// The example config's commented `key_sources` line, switched on in place of `key_header` and
+/// `key_query`, loads, and reads the four kinds of place in that order.
+#[test]
+fn the_example_s_key_sources_line_works_when_switched_on() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/keygate.toml");
+    let example = std::fs::read_to_string(&path).unwrap();
+    let mut switched = String::new();
+    let mut found = false;
+    for line in example.lines() {
+        if line.starts_with("key_header = ") || line.starts_with("key_query = ") {
+            continue;
+        }
+        if let Some(on) = line.strip_prefix("# key_sources = ") {
+            found = true;
+            switched.push_str(&format!("key_sources = {on}\n"));
+            continue;
+        }
+        switched.push_str(line);
+        switched.push('\n');
+    }
+    assert!(
+        found,
+        "no commented key_sources line in config/keygate.toml"
+    );
+    let loaded = keygate::config::parse(&switched, &path).unwrap();
+    let list = loaded.snapshot.server.key_sources.list().to_vec();
+    use keygate::proxy::credential::KeySource;
+    assert_eq!(
+        list,
+        [
+            KeySource::Header(http::HeaderName::from_static("x-api-key")),
+            KeySource::Query("api_key".into()),
+            KeySource::Bearer,
+            KeySource::Cookie("kg_key".into()),
+        ]
+    );
+    // And with key_header still set, the same line is an error.
+    let both = example.replace("# key_sources = ", "key_sources = ");
+    assert!(keygate::config::parse(&both, &path).is_err());
+}
