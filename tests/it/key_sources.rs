@@ -483,3 +483,42 @@ fn the_example_s_key_sources_line_works_when_switched_on() {
     let both = example.replace("# key_sources = ", "key_sources = ");
     assert!(keygate::config::parse(&both, &path).is_err());
 }
+
+/// The verify listener (forward-auth) reads the key from the same places: the call's headers
+/// (which the calling proxy copies from the client's) and the original URI's query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verify_listener_reads_every_listed_place() {
+    let sources = r#"key_sources = ["query:token", "bearer", "cookie:kg_key", "header:X-Key"]"#;
+    let files = Files::for_binary_with("sources-verify", sources, None).await;
+    files.append_to_config(
+        "[verify]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    );
+    let mut kg = Process::start(&files.config).await;
+    let verify = kg.wait_addr("verify listening").await;
+    let uri = |q: &str| ("x-forwarded-uri", format!("{PROBE}{q}"));
+    let cases: [(&str, Vec<(&str, String)>); 4] = [
+        ("query", vec![uri(&format!("?a=1&token={STATIC_SECRET}"))]),
+        (
+            "bearer",
+            vec![uri(""), ("authorization", bearer(STATIC_SECRET))],
+        ),
+        (
+            "cookie",
+            vec![uri(""), ("cookie", format!("x=1; kg_key={STATIC_SECRET}"))],
+        ),
+        ("header", vec![uri(""), ("x-key", STATIC_SECRET.to_owned())]),
+    ];
+    for (what, headers) in cases {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let resp = get(verify, "/", &h).await;
+        assert_eq!(resp.status, 200, "{what}: {}", resp.text());
+        assert_eq!(resp.header("x-keygate-key-id"), Some(STATIC_ID), "{what}");
+    }
+    let mixed = [
+        uri(&format!("?token={STATIC_SECRET}")),
+        ("authorization", bearer("kg_other")),
+    ];
+    let h: Vec<(&str, &str)> = mixed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_problem(&get(verify, "/", &h).await, 403, "key_invalid");
+    kg.terminate_cleanly().await;
+}
