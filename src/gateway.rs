@@ -47,6 +47,8 @@ pub struct Listeners {
     pub proxy: TcpListener,
     pub admin: Option<TcpListener>,
     pub metrics: Option<TcpListener>,
+    /// `[verify]`: forward-auth calls.
+    pub verify: Option<TcpListener>,
 }
 
 impl Gateway {
@@ -95,10 +97,15 @@ impl Gateway {
             Some(addr) => Some(bind(addr, " for metrics").await?),
             None => None,
         };
+        let verify = match &snap.verify {
+            Some(v) => Some(bind(v.listen, " for verify calls").await?),
+            None => None,
+        };
         Ok(Listeners {
             proxy,
             admin,
             metrics,
+            verify,
         })
     }
 
@@ -265,13 +272,25 @@ impl Gateway {
                 r.store(v, Ordering::Relaxed);
             }
         };
-        proxy::server::serve_workers(listeners.proxy, workers, &proxy, acceptor, async move {
-            set_ready(true);
-            shutdown.await;
-            set_ready(false);
-        })
-        .await
-        .context("cannot start the server workers")?;
+        // One shutdown for both request listeners.
+        let (down_tx, down_rx) = tokio::sync::watch::channel(false);
+        let verify = async {
+            let Some(listener) = listeners.verify else {
+                return Ok(());
+            };
+            tracing::info!(addr = %listener.local_addr()?, "verify listening");
+            proxy::server::serve_verify_workers(listener, workers, &proxy, stopped(down_rx)).await
+        };
+        let serve =
+            proxy::server::serve_workers(listeners.proxy, workers, &proxy, acceptor, async move {
+                set_ready(true);
+                shutdown.await;
+                set_ready(false);
+                let _ = down_tx.send(true);
+            });
+        let (served, verified) = tokio::join!(serve, verify);
+        served.context("cannot start the server workers")?;
+        verified.context("cannot start the verify listener's workers")?;
         let _ = stop_tx.send(true);
         drop(stop_rx);
         events.flush(std::time::Duration::from_secs(2)).await;

@@ -73,6 +73,8 @@ pub struct Reloader {
     listen: SocketAddr,
     /// The same for the admin API's listener (`None`: no admin API is running).
     admin_listen: Option<SocketAddr>,
+    /// The same for the verify listener.
+    verify_listen: Option<SocketAddr>,
     /// Reloads are serialized; holds the content hash last seen (good or bad).
     seen: Mutex<Seen>,
     /// The listener's certificate, when it speaks TLS.
@@ -108,6 +110,7 @@ impl Reloader {
         metrics: Arc<Metrics>,
     ) -> Reloader {
         let admin_listen = published.load().admin.as_ref().map(|a| a.listen);
+        let verify_listen = published.load().verify.as_ref().map(|v| v.listen);
         let seen = Seen {
             content: Some(digest(initial, keys_digest)),
             failed: false,
@@ -118,6 +121,7 @@ impl Reloader {
             published,
             listen,
             admin_listen,
+            verify_listen,
             seen: Mutex::new(seen),
             certs,
             admin_certs: None,
@@ -294,6 +298,14 @@ impl Reloader {
                 running = ?self.admin_listen,
                 configured = ?admin_listen,
                 "[admin] listen changed: restart keygate to apply it; keeping the running admin listener"
+            );
+        }
+        let verify_listen = next.verify.as_ref().map(|v| v.listen);
+        if verify_listen != self.verify_listen {
+            tracing::warn!(
+                running = ?self.verify_listen,
+                configured = ?verify_listen,
+                "[verify] listen changed: restart keygate to apply it; keeping the running verify listener (without [verify] it refuses every call)"
             );
         }
         let (added, removed, changed) = diff(&self.published.load(), &next);

@@ -70,6 +70,8 @@ pub struct RawConfig<'a> {
     pub log: Option<RawLog>,
     /// `[metrics]`: a listener of its own for `/metrics` (the admin API serves it too).
     pub metrics: Option<RawMetrics>,
+    /// `[verify]`: the decision-only listener for forward-auth.
+    pub verify: Option<Spanned<RawVerify>>,
     /// `[cluster]`: rate limits and key changes shared through Redis.
     pub cluster: Option<Spanned<RawCluster>>,
     /// `[usage]`: per-key usage counting.
@@ -147,6 +149,14 @@ pub struct RawLog {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Spanned<String>,
+}
+
+/// `[verify]`: a listener that answers decisions only, for a proxy's forward-auth.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub listen: Spanned<String>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 /// `[cluster]`: several keygate instances sharing rate limits and key changes through Redis.

@@ -18,6 +18,7 @@ use super::sections::metrics::metrics;
 use super::sections::server::server;
 use super::sections::targets::targets;
 use super::sections::usage::usage;
+use super::sections::verify::verify;
 use super::sections::webhooks::webhooks;
 use crate::snapshot::Snapshot;
 
@@ -49,6 +50,13 @@ pub fn validate(
         raw.metrics.as_ref(),
         server.as_ref(),
         admin.as_ref(),
+    );
+    let verify = verify(
+        &mut c,
+        raw.verify.as_ref(),
+        server.as_ref(),
+        admin.as_ref(),
+        metrics_listen,
     );
     let cluster = raw
         .cluster
@@ -87,6 +95,7 @@ pub fn validate(
             snap.keys_file = keys_path;
             snap.log = log;
             snap.metrics_listen = metrics_listen;
+            snap.verify = verify;
             snap.cluster = cluster;
             snap.webhooks = webhooks;
             snap.usage = usage;
@@ -282,6 +291,50 @@ mod tests {
             "[[targets]]\nname = \"other\"\nupstream = \"http://127.0.0.1:3001\"\npath_prefix = \"/\"\n",
         );
         assert!(e.contains("target \"other\": any host with path_prefix \"/\" is already routed to target \"production\""), "{e}");
+    }
+
+    #[test]
+    fn verify_needs_trusted_proxies_and_a_port_of_its_own() {
+        let none = one_error("[verify]\nlisten = \"127.0.0.1:8081\"\n");
+        assert!(
+            none.starts_with("k.toml:")
+                && none.contains("[verify]: trusted_proxies: needed, here or in [server]"),
+            "{none}"
+        );
+        let empty = one_error("[verify]\nlisten = \"127.0.0.1:8081\"\ntrusted_proxies = []\n");
+        assert!(empty.contains("trusted_proxies: empty"), "{empty}");
+        let clash = one_error(
+            "[server]\nlisten = \"127.0.0.1:8081\"\n[verify]\nlisten = \"127.0.0.1:8081\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        );
+        assert!(
+            clash.starts_with(
+                "k.toml:7:10: [verify]: listen: the verify listener needs its own port"
+            ),
+            "{clash}"
+        );
+        let bad = errors("[verify]\nlisten = \"localhost\"\ntrusted_proxies = [\"10.0.0.300\"]\n");
+        assert!(
+            bad[0].starts_with("k.toml:5:10: [verify]: listen: \"localhost\" is not IP:port"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[1].starts_with("k.toml:6:20: [verify]: trusted_proxies: \"10.0.0.300\""),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn verify_inherits_the_servers_trusted_proxies() {
+        let loaded = parse(
+            &format!(
+                "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n[verify]\nlisten = \"127.0.0.1:0\"\n{TARGET}"
+            ),
+            Path::new("k.toml"),
+        )
+        .unwrap();
+        let verify = loaded.snapshot.verify.unwrap();
+        assert!(verify.trusted_proxies.allows("10.1.2.3".parse().unwrap()));
+        assert!(!verify.trusted_proxies.allows("127.0.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -90,6 +90,16 @@ pub enum Role {
     Admin,
 }
 
+/// `[verify]`: the decision-only listener a proxy's forward-auth asks (docs/forward-auth.md).
+#[derive(Debug, Clone)]
+pub struct Verify {
+    /// Changing it needs a restart, as for `[server] listen`.
+    pub listen: SocketAddr,
+    /// The proxies that may ask, and whose `X-Forwarded-*` / `X-Original-*` headers are
+    /// believed: `[verify] trusted_proxies`, else `[server] trusted_proxies`; never empty.
+    pub trusted_proxies: IpList,
+}
+
 /// `[log]`: the access log, one line per request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Log {

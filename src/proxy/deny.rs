@@ -43,6 +43,11 @@ pub enum Deny {
     UpstreamTimeout,
     /// `[cluster] on_redis_error = "deny"` while Redis does not answer.
     RateLimitUnavailable,
+    /// A call to the verify listener from outside its trusted proxies.
+    ProxyNotTrusted,
+    /// A verify call whose description of the original request cannot be read (a malformed or
+    /// repeated `X-Forwarded-Uri`, `X-Forwarded-Method`, ...).
+    InvalidRequest,
 }
 
 impl Deny {
@@ -55,9 +60,10 @@ impl Deny {
             | Deny::KeyExpired
             | Deny::IpNotAllowed
             | Deny::TargetNotAllowed
-            | Deny::AccessDenied => StatusCode::FORBIDDEN,
+            | Deny::AccessDenied
+            | Deny::ProxyNotTrusted => StatusCode::FORBIDDEN,
             Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Deny::InvalidBody => StatusCode::BAD_REQUEST,
+            Deny::InvalidBody | Deny::InvalidRequest => StatusCode::BAD_REQUEST,
             Deny::RateLimited(_) | Deny::QuotaExceeded(_) | Deny::TooManyFailures(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -85,6 +91,8 @@ impl Deny {
             Deny::UpstreamUnavailable => "upstream_unavailable",
             Deny::UpstreamTimeout => "upstream_timeout",
             Deny::RateLimitUnavailable => "rate_limit_unavailable",
+            Deny::ProxyNotTrusted => "proxy_not_trusted",
+            Deny::InvalidRequest => "invalid_request",
         }
     }
 
@@ -106,6 +114,8 @@ impl Deny {
             Deny::UpstreamUnavailable => "Upstream unavailable",
             Deny::UpstreamTimeout => "Upstream timeout",
             Deny::RateLimitUnavailable => "Rate limit unavailable",
+            Deny::ProxyNotTrusted => "Caller not trusted",
+            Deny::InvalidRequest => "Invalid request",
         }
     }
 
@@ -133,6 +143,12 @@ impl Deny {
             Deny::UpstreamTimeout => "The upstream did not answer in time.",
             Deny::RateLimitUnavailable => {
                 "The shared rate limit cannot be checked right now; retry shortly."
+            }
+            Deny::ProxyNotTrusted => {
+                "Only the proxies in the verify listener's trusted_proxies may ask for a decision."
+            }
+            Deny::InvalidRequest => {
+                "The forwarded method, URI or host of the original request cannot be read."
             }
         }
     }

@@ -19,6 +19,9 @@
 //! observe     metrics and the access log line, once the response body is done
 //! ```
 //!
+//! `client_ip` to `rate` are [`Proxy::decide`], which the verify listener (`verify.rs`, forward-auth:
+//! the decision alone, on the request a trusted proxy describes) runs as well.
+//!
 //! A refusal is a [`deny::Refusal`]: the phase's typed [`Deny`] and the key it concerns.
 
 pub mod authorize;
@@ -32,20 +35,24 @@ pub mod rate;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderValue, Request, Response};
+use http::header::HOST;
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::Either;
 use hyper::body::{Body as _, Incoming};
 
 use crate::cluster::Cluster;
 use crate::http::request_id;
 use crate::limits::{FailedAuth, RateStatus};
 use crate::metrics::{Metrics, Shard};
+use crate::model::{IpList, TargetIdx};
 use crate::snapshot::Snapshot;
-use crate::state::Published;
+use crate::state::{Live, Published};
 use crate::tls::Connector;
 use authorize::{Authorized, Facts, authorize};
 use deny::{Deny, Refusal};
@@ -161,28 +168,30 @@ impl Proxy {
         activity: Option<&Arc<Activity>>,
     ) -> Response<Body> {
         let request_id = request_id::of(req.headers());
-        let mut exchange =
-            Exchange::begin(&self.observer, &req, &request_id, Instant::now(), activity);
+        let mut exchange = Exchange::begin(
+            &self.observer,
+            req.method(),
+            || request_host_value(&req),
+            &request_id,
+            Instant::now(),
+            activity,
+        );
         let (outcome, rate) = match self
             .admit(&mut req, peer, proto, &request_id, &mut exchange)
             .await
         {
             Ok(admitted) => {
                 let rate = admitted.rate;
-                (
-                    self.forward(req, admitted, activity, &mut exchange).await,
-                    rate,
-                )
+                let answer = self.forward(req, admitted, activity, &mut exchange).await;
+                (answer.map(|r| r.map(Either::Left)), rate)
             }
             Err(refusal) => (Err(refusal), None),
         };
         respond::respond(outcome, rate.as_ref(), request_id, exchange)
     }
 
-    /// client IP -> route -> credential -> authorize -> rate, on one snapshot load, ending with
-    /// the plan `forward` carries out. Synchronous but for `strict` rate limits, which wait on
-    /// Redis (bounded by `[cluster] timeout`) with the snapshot held, so the key's index stays
-    /// valid for marking it used.
+    /// The request as received -> [`Proxy::decide`] -> the plan `forward` carries out, on one
+    /// snapshot load.
     async fn admit(
         &self,
         req: &mut Request<Incoming>,
@@ -192,33 +201,70 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Result<Admitted, Refusal> {
         let snap = self.published.load();
+        let asked = Asked::received(req);
+        let decided = self
+            .decide(&snap, &asked, peer, &snap.server.trusted_proxies, exchange)
+            .await?;
+        let key = decided.authorized.key;
+        let t = snap.target(decided.target);
+        let caller = Caller {
+            key,
+            consumer: snap.consumer_of(key),
+            peer: client_ip::canonical(peer.ip()),
+            proto,
+            request_id,
+        };
+        let plan = forward::rewrite(req, &snap.server, t, &caller);
+        Ok(Admitted {
+            plan,
+            rate: decided.rate,
+            max_body: t.max_body,
+        })
+    }
+
+    /// The decision, the same for the proxy and for the verify listener (`proxy/verify.rs`):
+    /// client IP -> route -> credential -> authorize -> body size -> rate -> mark used, on the
+    /// `snap` the caller loaded. Synchronous but for `strict` rate limits, which wait on Redis
+    /// (bounded by `[cluster] timeout`) with the snapshot held, so the key's index stays valid
+    /// for marking it used. `trusted` are the proxies whose forwarding headers are believed.
+    async fn decide<'s>(
+        &self,
+        snap: &'s Live,
+        asked: &Asked<'_>,
+        peer: SocketAddr,
+        trusted: &IpList,
+        exchange: &mut Exchange,
+    ) -> Result<Decided<'s>, Refusal> {
         let server = &snap.server;
-        exchange.path(req.uri(), &server.key_query);
+        exchange.path(asked.path_and_query, &server.key_query);
         // Before routing and the credential, so the access log names the client of every
         // refusal, `no_route` and `key_missing` included.
-        let client_ip = client_ip::resolve(peer.ip(), req.headers(), &server.trusted_proxies);
+        let client_ip = client_ip::resolve(peer.ip(), asked.headers, trusted);
         exchange.client(client_ip);
-        let target = snap.routes.find_for(req).ok_or(Deny::NoRoute)?;
+        let target = snap
+            .routes
+            .find_asked(asked.host, asked.path)
+            .ok_or(Deny::NoRoute)?;
         let t = snap.target(target);
         exchange.routed(&t.name);
         let secret = credential::extract(
-            req.headers(),
-            req.uri().query(),
+            asked.headers,
+            asked.query,
             &server.key_header,
             &server.key_query,
         )?;
         let facts = Facts {
             secret: &secret,
             target,
-            method: req.method(),
-            path: req.uri().path(),
+            method: asked.method,
+            path: asked.path,
             client_ip,
         };
         let now = Now {
             wall: SystemTime::now(),
             mono: exchange.started().saturating_duration_since(self.epoch),
         };
-        let authorized = guarded_authorize(&snap, &self.failures, &facts, now)?;
+        let authorized = guarded_authorize(snap, &self.failures, &facts, now)?;
         // Always: usage counts every request of a known key (a slot lookup, no allocation).
         let key = authorized.key;
         exchange.key(&key.id, snap.consumer_of(key).map(|c| &c.id));
@@ -226,7 +272,7 @@ impl Proxy {
         // spends no rate limit or quota; a chunked body is counted as it streams
         // (`forward::Upload`).
         if let Some(max) = t.max_body
-            && req.body().size_hint().lower() > max
+            && asked.body_len > max
         {
             return Err(Refusal::of_key(
                 Deny::BodyTooLarge,
@@ -235,23 +281,14 @@ impl Proxy {
             ));
         }
         let events = self.observer.events.as_deref();
-        let rate = self.rate.take(&snap, &authorized, now.wall, events).await?;
+        let rate = self.rate.take(snap, &authorized, now.wall, events).await?;
         // The one place a key is marked used: it was let through.
         snap.touch(authorized.index, now.wall);
         exchange.allowed();
-        let key = authorized.key;
-        let caller = Caller {
-            key,
-            consumer: snap.consumer_of(key),
-            peer: client_ip::canonical(peer.ip()),
-            proto,
-            request_id,
-        };
-        let plan = forward::rewrite(req, server, t, &caller);
-        Ok(Admitted {
-            plan,
+        Ok(Decided {
+            authorized,
+            target,
             rate,
-            max_body: t.max_body,
         })
     }
 
@@ -280,6 +317,54 @@ impl Proxy {
         exchange.upstream_answered(sent.elapsed());
         Ok(answer)
     }
+}
+
+/// The request a decision is about: the one received (proxy mode), or the one a calling proxy
+/// describes in its headers (verify mode). Everything the phases before forwarding read.
+pub struct Asked<'r> {
+    pub method: &'r Method,
+    /// `Host` (or the authority), port included.
+    pub host: Option<&'r str>,
+    /// Empty for a request target without a path (authority-form), which has no route.
+    pub path: &'r str,
+    pub query: Option<&'r str>,
+    /// `path?query` as sent, for the access log (the credential redacted there).
+    pub path_and_query: &'r str,
+    /// Where the credential is read from (the key header, `Authorization`, `Cookie`).
+    pub headers: &'r HeaderMap,
+    /// The body's declared length (`Content-Length`), 0 when not known before it streams.
+    pub body_len: u64,
+}
+
+impl<'r> Asked<'r> {
+    /// The request as the client sent it to the proxy listener.
+    pub fn received(req: &'r Request<Incoming>) -> Asked<'r> {
+        Asked {
+            method: req.method(),
+            host: route::request_host_port(req),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            path_and_query: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+            headers: req.headers(),
+            body_len: req.body().size_hint().lower(),
+        }
+    }
+}
+
+/// The request's host for the access log: the `Host` header, else the URI's authority (h2).
+fn request_host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// What [`Proxy::decide`] lets through.
+pub struct Decided<'s> {
+    pub authorized: Authorized<'s>,
+    pub target: TargetIdx,
+    pub rate: Option<RateStatus>,
 }
 
 /// [`authorize`] behind the failed-attempt block: an address past `failed_auth_limit` wrong

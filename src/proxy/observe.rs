@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request};
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use http::{HeaderValue, Method};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use std::fmt::Write as _;
 
 use tracing::field::Field;
@@ -239,9 +239,11 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// `host` is asked only when the access log is on.
     pub fn begin(
         observer: &Arc<Observer>,
-        req: &Request<Incoming>,
+        method: &Method,
+        host: impl FnOnce() -> Option<HeaderValue>,
         request_id: &HeaderValue,
         started: Instant,
         activity: Option<&Arc<Activity>>,
@@ -253,12 +255,8 @@ impl Exchange {
         let line = observer.access.as_ref().map(|_| {
             Box::new(Line {
                 request_id: request_id.clone(),
-                method: req.method().clone(),
-                host: req.headers().get(http::header::HOST).cloned().or_else(|| {
-                    req.uri()
-                        .authority()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                }),
+                method: method.clone(),
+                host: host(),
                 path: Box::default(),
                 client_ip: None,
                 target: None,
@@ -270,7 +268,7 @@ impl Exchange {
             observer: observer.clone(),
             activity: activity.cloned(),
             started,
-            method: MethodClass::of(req.method()),
+            method: MethodClass::of(method),
             target: None,
             status: 0,
             code: None,
@@ -292,10 +290,9 @@ impl Exchange {
     }
 
     /// The request's path and query, the credential redacted (before `forward` rewrites them).
-    pub fn path(&mut self, uri: &http::Uri, key_query: &str) {
+    pub fn path(&mut self, path_and_query: &str, key_query: &str) {
         if let Some(l) = &mut self.line {
-            let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-            l.path = super::credential::redact(pq, key_query).into();
+            l.path = super::credential::redact(path_and_query, key_query).into();
         }
     }
 

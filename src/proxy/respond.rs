@@ -2,25 +2,23 @@
 //! a refusal is recorded (metrics and access log, through the [`Exchange`]).
 
 use http::{HeaderValue, Response};
-use http_body_util::Either;
 
-use super::deny::{Refusal, rate_headers};
+use super::deny::{Inner, Refusal, rate_headers};
 use super::observe::{Body, Exchange};
-use super::pool::PooledBody;
 use crate::http::request_id::X_REQUEST_ID;
 use crate::limits::RateStatus;
 
-/// The upstream's answer or keygate's refusal, with the rate-limit state of an admitted
+/// The upstream's answer (or the verify listener's 200) or keygate's refusal, with the rate-limit state of an admitted
 /// request (shown on its response, even when the upstream then fails), the request id, and
 /// the exchange that finishes with the response body.
 pub fn respond(
-    outcome: Result<Response<PooledBody>, Refusal>,
+    outcome: Result<Response<Inner>, Refusal>,
     rate: Option<&RateStatus>,
     request_id: HeaderValue,
     mut exchange: Exchange,
 ) -> Response<Body> {
     let mut resp = match outcome {
-        Ok(resp) => resp.map(Either::Left),
+        Ok(resp) => resp,
         Err(refusal) => {
             exchange.refused(&refusal);
             // Refusals are what a gateway does all day: debug only. The access log has the rest.

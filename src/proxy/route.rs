@@ -13,27 +13,26 @@ pub use crate::snapshot::segment_prefix;
 
 // The table is data and knows nothing of HTTP; finding a request's route is this phase's.
 impl Routes {
-    /// Routes a request by its `Host` header (HTTP/1.1) or its URI authority (HTTP/2).
+    /// Routes a request for `host` (port included: the `Host` header (HTTP/1.1), the URI's
+    /// authority (HTTP/2), or a forward-auth call's `X-Forwarded-Host`) and `path`.
     ///
     /// A request target without a path has no route: the authority-form of `CONNECT host:port`
     /// (and a `GET host`, which parses the same way). keygate is no forward proxy, and forwarding
     /// one would invent the path `/` for the upstream.
-    pub fn find_for<B>(&self, req: &Request<B>) -> Option<TargetIdx> {
-        let path = req.uri().path();
+    pub fn find_asked(&self, host: Option<&str>, path: &str) -> Option<TargetIdx> {
         if path.is_empty() {
             return None;
         }
-        self.find(request_host(req), path)
+        self.find(host.map(strip_port), path)
     }
 }
 
-/// The host the client asked for, without port: the `Host` header, else the URI's authority.
-pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    let raw = match req.headers().get(HOST) {
-        Some(v) => v.to_str().ok()?,
-        None => req.uri().authority()?.as_str(),
-    };
-    Some(strip_port(raw))
+/// The `Host` header, else the URI's authority, with its port.
+pub fn request_host_port<B>(req: &Request<B>) -> Option<&str> {
+    match req.headers().get(HOST) {
+        Some(v) => v.to_str().ok(),
+        None => Some(req.uri().authority()?.as_str()),
+    }
 }
 
 /// `example.com:8080` -> `example.com`; `[::1]:8080` -> `[::1]`.

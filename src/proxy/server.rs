@@ -35,6 +35,35 @@ pub async fn serve_workers(
     .await
 }
 
+/// Serves the `[verify]` listener on `workers` threads of its own, as [`serve_workers`] does
+/// the proxy's: forward-auth calls, answered with the decision alone (`proxy/verify.rs`).
+/// Plain HTTP/1.1 and h2c: it listens for the proxy beside it, on a private address.
+pub async fn serve_verify_workers(
+    listener: TcpListener,
+    workers: NonZeroUsize,
+    proxy: &Proxy,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let front = Front::new("verify", proxy.published().clone());
+    listener::serve_workers(
+        listener,
+        workers,
+        front,
+        |_| {
+            let proxy = Arc::new(proxy.worker());
+            let gauge: Arc<dyn Gauge> = proxy.shard().clone();
+            let handler = move |req: Request<Incoming>, conn: &Connection| {
+                let proxy = proxy.clone();
+                let (peer, activity) = (conn.peer, conn.activity.clone());
+                async move { proxy.verify(req, peer, Some(&activity)).await }
+            };
+            Worker::new(handler).counted(gauge)
+        },
+        shutdown,
+    )
+    .await
+}
+
 /// Serves `listener` on the caller's runtime until `shutdown` completes, then drains
 /// connections. With `tls`, every connection must complete a TLS handshake within
 /// `[server.tls] handshake_timeout` first.

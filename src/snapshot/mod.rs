@@ -24,7 +24,7 @@ use crate::model::KeyHash;
 pub use crate::model::{
     Access, AccessTo, Admin, AdminKey, ClusterConfig, ClusterMode, Consumer, Id, IdArena, IpList,
     Key, KeyParts, List, Log, LogFormat, OnRedisError, Paths, Rate, Role, Rules, Server, Status,
-    Target, TargetIdx, TargetSet, UsageConfig,
+    Target, TargetIdx, TargetSet, UsageConfig, Verify,
 };
 
 /// How a presented secret matched a key.
@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub log: Log,
     /// `[metrics] listen`: read at start; changing it needs a restart.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[verify]`: its listener is bound at start; its trusted proxies follow reloads.
+    pub verify: Option<Verify>,
     /// `[cluster]`: read at start; changing it needs a restart.
     pub cluster: Option<ClusterConfig>,
     /// `[usage]`: read at start; changing it needs a restart.
@@ -104,6 +106,7 @@ impl Snapshot {
             server,
             log: Log::default(),
             metrics_listen: None,
+            verify: None,
             cluster: None,
             usage: UsageConfig::default(),
             targets,

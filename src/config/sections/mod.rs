@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod server;
 pub mod targets;
 pub mod usage;
+pub mod verify;
 pub mod webhooks;
