@@ -807,7 +807,7 @@ async fn an_admitted_call_carries_the_identity_and_the_limits() {
             "/",
             &[
                 ("x-api-key", key),
-                ("x-forwarded-uri", "/x"),
+                ("x-forwarded-uri", "/reports/x"),
                 ("x-request-id", request_id),
             ],
         )
