@@ -4,7 +4,8 @@
 Usage: report.py RAW.tsv OUT.json --meta META.tsv [--conns N ...]   (called by benches/load/run.sh)
 RAW.tsv lines: keys, case, config, round, cpu ticks of the gate during the run, CLK_TCK, RSS kB,
 tool (wrk or loadgen), the tool's output file; the cluster case adds redis-server's cpu ticks
-during the run and the scripts (EVAL/EVALSHA calls) Redis ran during it.
+during the run and the scripts (EVAL/EVALSHA calls) Redis ran during it; the fwdauth case's
+nginx-authreq adds keygate's own cpu ticks (the gate's are nginx's and keygate's together).
 META.tsv lines (one per table size): keys, keygate start s (or -), constant rate (or -), how the
 rate was chosen (or -), the cases run at that size.
 Exits non-zero if any request failed (non-2xx answers or socket errors). Stdlib only.
@@ -180,6 +181,7 @@ def fwdauth_table(rs, keys, a):
     for c in FWD_CONFIGS:
         mine = [r for r in rs if r["config"] == c]
         m = {f: med([r[f] for r in mine]) for f in FIELDS}
+        m["keygate_cpu_s_per_100k"] = med([r.get("keygate_cpu_s_per_100k") for r in mine])
         for f in ["errors", "non_2xx", "socket_errors", "requests"]:
             m[f] = sum(r[f] for r in mine)
         m["runs"] = len(mine)
@@ -197,7 +199,7 @@ def fwdauth_table(rs, keys, a):
     )
     hdr = (
         f"{'config':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
-        f"{'CPU s/100k':>12}{'RSS MB':>9}{'errors':>8}"
+        f"{'CPU s/100k':>12}{'of it kg':>10}{'RSS MB':>9}{'errors':>8}"
     )
     print(hdr)
     print("-" * len(hdr))
@@ -205,18 +207,18 @@ def fwdauth_table(rs, keys, a):
         m = medians[c]
         print(
             f"{c:<24}{fmt(m['rps'], 0):>10}{fmt(m['p50_ms'], 3):>9}{fmt(m['p99_ms'], 3):>9}"
-            f"{fmt(m['p999_ms'], 3):>10}{fmt(m['cpu_s_per_100k'], 3):>12}{fmt(m['rss_mb'], 1):>9}"
-            f"{m['errors']:>8}"
+            f"{fmt(m['p999_ms'], 3):>10}{fmt(m['cpu_s_per_100k'], 3):>12}"
+            f"{fmt(m['keygate_cpu_s_per_100k'], 3):>10}{fmt(m['rss_mb'], 1):>9}{m['errors']:>8}"
         )
     for name, rr in ratios.items():
         print(
             f"{name:<24}{fmt(rr['rps']):>10}{fmt(rr['p50_ms']):>9}{fmt(rr['p99_ms']):>9}"
-            f"{fmt(rr['p999_ms']):>10}{fmt(rr['cpu_s_per_100k']):>12}{fmt(rr['rss_mb']):>9}"
+            f"{fmt(rr['p999_ms']):>10}{fmt(rr['cpu_s_per_100k']):>12}{'':>10}{fmt(rr['rss_mb']):>9}"
         )
     print(
         "(nginx: nginx's own map gate; nginx-authreq: nginx auth_request -> keygate [verify] -> "
-        "upstream, CPU and RSS of nginx and keygate together;\n verify: wrk straight at keygate's "
-        "[verify] listener, the decision alone; keygate: the proxy mode)"
+        "upstream, CPU and RSS of nginx and keygate together, 'of it kg' keygate's share;\n verify: wrk "
+        "straight at keygate's [verify] listener, the decision alone; keygate: the proxy mode)"
     )
     return {"title": CASE_TITLES["fwdauth"], "medians": medians, "ratios": ratios}
 
@@ -335,6 +337,9 @@ def main() -> int:
                 redis_scripts=scripts,
                 redis_scripts_per_req=scripts / max(w["requests"], 1),
             )
+        if len(fields) == 10:  # fwdauth's nginx-authreq: keygate's share of the gate's CPU
+            kg_s = int(fields[9]) / int(tck)
+            w.update(keygate_cpu_s=kg_s, keygate_cpu_s_per_100k=kg_s / max(w["requests"], 1) * 1e5)
         cpu_s = int(ticks) / int(tck)
         w.update(
             keys=int(keys),

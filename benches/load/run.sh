@@ -503,13 +503,15 @@ META="$WORK/meta.tsv"; : >"$META"
 
 run_one() { # n keysdir case config round [rate]
   local n=$1 kd=$2 case=$3 c=$4 r=$5 rate=${6:-} pids t0 t1 rss out tool extra=""
-  local redis_t0 redis_c0 redis_t1 redis_c1
+  local redis_t0 redis_c0 redis_t1 redis_c1 kg_t0=""
   pids=$(gate_pids "$c")
   out="$WORK/n$n/$case-$c-$r.out"
   if [[ $case == cluster ]]; then
     redis_c0=$(redis_scripts) || die "redis-server does not answer INFO"
     redis_t0=$(cpu_ticks "$REDIS_PID")
   fi
+  # nginx-authreq's CPU is nginx's and keygate's: keygate's share is kept apart too
+  [[ $c == nginx-authreq ]] && kg_t0=$(cpu_ticks "$KG_PID")
   t0=$(cpu_ticks $pids)
   case "$case" in
     keepalive | close | post | cluster | fwdauth)
@@ -540,6 +542,7 @@ run_one() { # n keysdir case config round [rate]
     redis_c1=$(redis_scripts) || die "redis-server does not answer INFO"
     extra=$(printf '\t%s\t%s' "$((redis_t1 - redis_t0))" "$((redis_c1 - redis_c0))")
   fi
+  [[ -n "$kg_t0" ]] && extra=$(printf '\t%s' "$(($(cpu_ticks "$KG_PID") - kg_t0))")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s%s\n' "$n" "$case" "$c" "$r" "$((t1 - t0))" "$CLK_TCK" "$rss" "$tool" "$out" "$extra" >>"$RAW"
   if [[ $tool == wrk ]]; then
     log "n=$n round $r/$ROUNDS $case $c: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')"
