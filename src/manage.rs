@@ -409,10 +409,7 @@ pub fn consumers(config: &Path, cmd: ConsumerCommand) -> anyhow::Result<()> {
 
 /// The prefix of the secrets keygate makes: `[admin] key_prefix`, else `kg_`.
 fn secret_prefix(config: &Path) -> anyhow::Result<String> {
-    Ok(crate::config::load(config)?
-        .snapshot
-        .admin
-        .map_or_else(|| "kg_".to_owned(), |a| a.key_prefix.to_string()))
+    Ok(crate::config::load(config)?.snapshot.key_prefix.into())
 }
 
 /// Audits the default key a consumer command made and shows its secret, this once, on stderr

@@ -59,7 +59,11 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|v| v.as_bytes().to_vec())
         .collect();
-    let got = credential::extract(&headers, query, &KEY_HEADER, name).map(|s| s.into_owned());
+    let sources = [
+        credential::KeySource::Header(KEY_HEADER),
+        credential::KeySource::Query(name.into()),
+    ];
+    let got = credential::extract(&headers, query, &sources).map(|s| s.into_owned());
     if let Ok(s) = &got {
         assert!(!s.is_empty() && s.len() <= MAX_SECRET_LEN);
     }

@@ -56,6 +56,9 @@ use crate::store::{self, Store, StoreError, Written};
 
 /// The header admin keys are read from (the proxy's `key_header` may be another).
 const ADMIN_KEY_HEADER: http::HeaderName = http::HeaderName::from_static("x-api-key");
+/// The proxy's reader, given the admin key's one place.
+static ADMIN_KEY_SOURCES: [crate::model::KeySource; 1] =
+    [crate::model::KeySource::Header(ADMIN_KEY_HEADER)];
 /// Largest request body accepted: key and consumer documents are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
 /// Page size of list endpoints when `?limit=` is absent, and the most it may ask for.
@@ -509,7 +512,7 @@ impl Admin {
     ) -> Result<crate::model::AdminKey, Problem> {
         // The proxy's reader, without a query parameter: the same hostile values (the header
         // twice, an over-long value) are refused the same way on both fronts.
-        let secret = match credential::extract(req.headers(), None, &ADMIN_KEY_HEADER, "") {
+        let secret = match credential::extract(req.headers(), None, &ADMIN_KEY_SOURCES) {
             Ok(secret) => secret,
             Err(Deny::KeyMissing) => {
                 return Err(Problem::new(
@@ -931,10 +934,7 @@ impl Admin {
     }
 
     fn secret_prefix(&self) -> String {
-        let snap = self.published.load();
-        snap.admin
-            .as_ref()
-            .map_or_else(|| "kg_".to_owned(), |a| a.key_prefix.to_string())
+        self.published.load().key_prefix.to_string()
     }
 
     /// Runs a store change on a blocking thread, then publishes what it wrote.

@@ -8,7 +8,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_KEY_HEADER: &str = "X-API-Key";
 pub const DEFAULT_KEY_QUERY: &str = "api_key";
 /// Prefix of the secrets the admin API generates, so a leaked one is recognisable in a scan.
-pub const DEFAULT_KEY_PREFIX: &str = "kg_";
+pub const DEFAULT_KEY_PREFIX: &str = crate::model::DEFAULT_KEY_PREFIX;
 /// Enough for a person mistyping a key; far too few to guess one.
 pub const DEFAULT_FAILED_AUTH_LIMIT: &str = "30/minute";
 /// A TLS handshake that has not completed by then is dropped: a stalled client holds a socket,

@@ -233,6 +233,8 @@ pub struct RawServer {
     pub trusted_proxies: Vec<Spanned<String>>,
     pub key_header: Option<Spanned<String>>,
     pub key_query: Option<Spanned<String>>,
+    /// `["header:X-API-Key", "query:api_key", "bearer", "cookie:kg_key"]`; excludes the two above.
+    pub key_sources: Option<Spanned<Vec<Spanned<String>>>>,
     pub failed_auth_limit: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<u32>>,

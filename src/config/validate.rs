@@ -81,7 +81,11 @@ pub fn validate(
     );
     let (consumers, consumer_ids) = consumers(&mut c, consumer_items, &target_names);
     let count = key_count(main) + keys_file.map_or(0, key_count);
-    let mut pass = KeyPass::new(count, &target_names, &consumer_ids);
+    let key_prefix: Box<str> = match &admin {
+        Some(Some(a)) => a.key_prefix.clone(),
+        _ => super::defaults::DEFAULT_KEY_PREFIX.into(),
+    };
+    let mut pass = KeyPass::new(count, &target_names, &consumer_ids, &key_prefix);
     pass.file(&mut c, 0, main)?;
     if let Some(k) = keys_file {
         pass.file(&mut c, 1, k)?;
@@ -91,6 +95,7 @@ pub fn validate(
     match (server, admin) {
         (Some(server), Some(admin)) if !c.has_errors() => {
             let mut snap = Snapshot::with_table(server, targets, consumers, pass.keys, pass.table);
+            snap.key_prefix = key_prefix;
             snap.admin = admin;
             snap.keys_file = keys_path;
             snap.log = log;

@@ -20,6 +20,7 @@ pub use rate::Rate;
 pub use rules::{IpList, List, Paths, Rules, TargetIdx, TargetSet};
 pub use sections::{
     AccessTo, Admin, AdminKey, AuditLog, ClusterConfig, ClusterMode, Consumer, DEFAULT_KEY_NAME,
-    Log, LogFormat, OnRedisError, Role, Server, Target, TlsFiles, UsageConfig, Verify,
+    DEFAULT_KEY_PREFIX, KeySource, KeySources, Log, LogFormat, OnRedisError, Role, Server, Target,
+    TlsFiles, UsageConfig, Verify,
 };
 pub use sections::{EVENT_NAMES, Webhook};

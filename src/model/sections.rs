@@ -23,8 +23,8 @@ pub struct Server {
     /// Changing it needs a restart: a reload logs that and keeps the bound socket.
     pub listen: SocketAddr,
     pub trusted_proxies: IpList,
-    pub key_header: HeaderName,
-    pub key_query: Box<str>,
+    /// Where a key is read from: `key_sources`, else `key_header` then `key_query`.
+    pub key_sources: KeySources,
     pub failed_auth_limit: Rate,
     /// How long a shutdown waits for requests and upgraded connections in flight.
     pub shutdown_timeout: Duration,
@@ -42,6 +42,75 @@ pub struct Server {
     pub tls: Option<TlsFiles>,
 }
 
+/// One place a request may carry its key (`[server] key_sources`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `header:NAME`: the whole value of that header, which must be given at most once.
+    Header(HeaderName),
+    /// `query:NAME`: the first `NAME=` parameter, percent-decoded.
+    Query(Box<str>),
+    /// `bearer`: `Authorization: Bearer <key>` (RFC 6750).
+    Bearer,
+    /// `cookie:NAME`: that cookie of the `Cookie` header(s).
+    Cookie(Box<str>),
+}
+
+/// `[server] key_sources`, in the order they are tried, with what `forward` strips and the
+/// access log redacts worked out once at load: the request path only reads these lists.
+#[derive(Debug, Clone)]
+pub struct KeySources {
+    list: Box<[KeySource]>,
+    headers: Box<[HeaderName]>,
+    queries: Box<[Box<str>]>,
+    cookies: Box<[Box<str>]>,
+    bearer: bool,
+}
+
+impl KeySources {
+    pub fn new(list: Vec<KeySource>) -> KeySources {
+        let mut headers = Vec::new();
+        let mut queries = Vec::new();
+        let mut cookies = Vec::new();
+        let mut bearer = false;
+        for source in &list {
+            match source {
+                KeySource::Header(h) => headers.push(h.clone()),
+                KeySource::Query(q) => queries.push(q.clone()),
+                KeySource::Cookie(c) => cookies.push(c.clone()),
+                KeySource::Bearer => bearer = true,
+            }
+        }
+        KeySources {
+            list: list.into(),
+            headers: headers.into(),
+            queries: queries.into(),
+            cookies: cookies.into(),
+            bearer,
+        }
+    }
+
+    /// Every source, in the order they are tried.
+    pub fn list(&self) -> &[KeySource] {
+        &self.list
+    }
+
+    pub fn headers(&self) -> &[HeaderName] {
+        &self.headers
+    }
+
+    pub fn queries(&self) -> &[Box<str>] {
+        &self.queries
+    }
+
+    pub fn cookies(&self) -> &[Box<str>] {
+        &self.cookies
+    }
+
+    pub fn bearer(&self) -> bool {
+        self.bearer
+    }
+}
+
 /// `[server.tls]`: where the listener's certificate chain and private key are read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -50,6 +119,9 @@ pub struct TlsFiles {
     /// A handshake not done by then is dropped.
     pub handshake_timeout: std::time::Duration,
 }
+
+/// `[admin] key_prefix` when absent (or without `[admin]`): the prefix of generated secrets.
+pub const DEFAULT_KEY_PREFIX: &str = "kg_";
 
 /// `[admin]` with its `[[admin_keys]]`.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use http::Method;
 
 use super::deny::{Deny, Refusal};
 use super::route::segment_prefix;
-use crate::secret::KeyHash;
+use crate::secret::{KeyHash, checksum_fails};
 use crate::snapshot::{Access, Key, Matched, Snapshot, Status, TargetIdx};
 
 /// What authorization needs to know about a request.
@@ -37,6 +37,10 @@ pub struct Authorized<'s> {
 
 /// Decides whether `facts` may pass, at wall-clock time `now`. One hash, one table lookup.
 ///
+/// A secret shaped like a generated one (the key prefix, 38 letters and digits) whose checksum
+/// is wrong is refused first, without a hash or lookup: mistyped or made up, it cannot be a key
+/// keygate made, and it still counts as a failed attempt.
+///
 /// The lookup compares SHA-256 digests, not secrets: how long a comparison takes can only tell
 /// a caller how many leading digest bytes of their guess match a stored one, which does not help
 /// find a secret, since nobody can steer a digest without inverting SHA-256.
@@ -47,6 +51,9 @@ pub fn authorize<'s>(
     facts: &Facts<'_>,
     now: SystemTime,
 ) -> Result<Authorized<'s>, Refusal> {
+    if checksum_fails(facts.secret, &snap.key_prefix) {
+        return Err(Deny::KeyInvalid.into());
+    }
     let found = snap.key_by_hash(&KeyHash::of(facts.secret));
     // A rotated-out secret past its grace period is as unknown as a wrong one.
     let found = found.filter(|(_, _, m)| !matches!(m, Matched::Previous(until) if now >= *until));
@@ -358,5 +365,141 @@ mod rotation_tests {
             Deny::KeyInvalid
         );
         assert!(decide(facts("new-secret"), end).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod checksum_tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::limits::FailedAuth;
+    use crate::proxy::{Now, guarded_authorize};
+
+    /// A generated secret with one character of its random part changed.
+    fn mistyped(good: &str) -> String {
+        let mut typo = good.to_owned().into_bytes();
+        typo[10] = if typo[10] == b'x' { b'y' } else { b'x' };
+        String::from_utf8(typo).unwrap()
+    }
+
+    fn snapshot(keys: &[(&str, &str)], admin: &str) -> Snapshot {
+        let mut config =
+            format!("{admin}[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n");
+        for (id, secret) in keys {
+            config.push_str(&format!(
+                "\n[[keys]]\nid = \"{id}\"\nsecret = \"{secret}\"\n"
+            ));
+        }
+        crate::config::parse(&config, Path::new("t.toml"))
+            .unwrap()
+            .snapshot
+    }
+
+    fn decide(snap: &Snapshot, secret: &str) -> Result<String, Deny> {
+        let facts = Facts {
+            secret: secret.as_bytes(),
+            target: 0,
+            method: &Method::GET,
+            path: "/",
+            client_ip: "127.0.0.1".parse().unwrap(),
+        };
+        authorize(snap, &facts, SystemTime::UNIX_EPOCH)
+            .map(|a| a.key.id.as_str().to_owned())
+            .map_err(|r| r.deny)
+    }
+
+    #[test]
+    fn a_mistyped_generated_secret_is_refused_before_the_lookup() {
+        let good = crate::secret::generate("kg_").unwrap();
+        let typo = mistyped(&good);
+        // The table holds a key whose hash is the mistyped secret's: only a refusal before the
+        // lookup can refuse it.
+        let snap = snapshot(&[("good", &good), ("typo", &typo)], "");
+        assert_eq!(decide(&snap, &good).unwrap(), "good");
+        assert_eq!(decide(&snap, &typo), Err(Deny::KeyInvalid));
+        assert!(snap.key_by_hash(&KeyHash::of(typo.as_bytes())).is_some());
+    }
+
+    #[test]
+    fn a_configured_secret_with_a_wrong_checksum_is_a_warning_at_its_line() {
+        let good = crate::secret::generate("kg_").unwrap();
+        let typo = mistyped(&good);
+        let config = format!(
+            "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n\n[[keys]]\nid = \"good\"\nsecret = \"{good}\"\n\n[[keys]]\nid = \"typo\"\nsecret = \"{typo}\"\n"
+        );
+        let loaded = crate::config::parse(&config, Path::new("t.toml")).unwrap();
+        let found: Vec<String> = loaded
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .filter(|w| w.contains("checksum"))
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "t.toml:11:10: warning: key \"typo\": secret has the shape of a generated secret"
+            ),
+            "{found:?}"
+        );
+        assert!(found[0].contains("refused with key_invalid"), "{found:?}");
+    }
+
+    #[test]
+    fn old_and_hand_written_secrets_still_go_to_the_lookup() {
+        let old = "kg_primary_Q2xlYXJseU5vdEFSZWFsU2VjcmV0X3ByaW1hcnk";
+        // The new shape under another prefix than the configured one is not judged.
+        let other = mistyped(&crate::secret::generate("xy_").unwrap());
+        let snap = snapshot(
+            &[("old", old), ("hand", "live-secret"), ("other", &other)],
+            "",
+        );
+        assert_eq!(decide(&snap, old).unwrap(), "old");
+        assert_eq!(decide(&snap, "live-secret").unwrap(), "hand");
+        assert_eq!(decide(&snap, &other).unwrap(), "other");
+    }
+
+    #[test]
+    fn the_prefix_is_the_admin_key_prefix() {
+        let admin = "[admin]\nlisten = \"127.0.0.1:9\"\nkey_prefix = \"acme_\"\n\n";
+        let good = crate::secret::generate("acme_").unwrap();
+        let typo = mistyped(&good);
+        let kg_typo = mistyped(&crate::secret::generate("kg_").unwrap());
+        let snap = snapshot(&[("good", &good), ("typo", &typo), ("kg", &kg_typo)], admin);
+        assert_eq!(&*snap.key_prefix, "acme_");
+        assert_eq!(decide(&snap, &good).unwrap(), "good");
+        assert_eq!(decide(&snap, &typo), Err(Deny::KeyInvalid));
+        // `kg_` is not this gateway's prefix: a hand-written secret like any other.
+        assert_eq!(decide(&snap, &kg_typo).unwrap(), "kg");
+    }
+
+    #[test]
+    fn a_checksum_refusal_counts_as_a_failed_attempt() {
+        let config = "[server]\nfailed_auth_limit = \"1/minute\"\n\n[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n\n[[keys]]\nid = \"live\"\nsecret = \"live-secret\"\n";
+        let snap = crate::config::parse(config, Path::new("t.toml"))
+            .unwrap()
+            .snapshot;
+        let failures = FailedAuth::new(64);
+        let now = Now {
+            wall: SystemTime::UNIX_EPOCH,
+            mono: Duration::from_secs(1),
+        };
+        let typo = mistyped(&crate::secret::generate("kg_").unwrap());
+        let code = |secret: &str| {
+            let facts = Facts {
+                secret: secret.as_bytes(),
+                target: 0,
+                method: &Method::GET,
+                path: "/",
+                client_ip: "192.0.2.7".parse().unwrap(),
+            };
+            match guarded_authorize(&snap, &failures, &facts, now) {
+                Ok(_) => "ok",
+                Err(r) => r.deny.code(),
+            }
+        };
+        assert_eq!(code(&typo), "key_invalid");
+        assert_eq!(code("live-secret"), "too_many_failures");
     }
 }

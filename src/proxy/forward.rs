@@ -87,7 +87,7 @@ pub fn rewrite<B>(
     };
     strip_hop_by_hop(headers);
     headers.remove(UPGRADE);
-    headers.remove(&server.key_header);
+    credential::strip_headers(headers, &server.key_sources);
     if headers.keys().any(|k| k.as_str().starts_with("x-keygate-")) {
         let ours: Vec<HeaderName> = headers
             .keys()
@@ -123,7 +123,7 @@ pub fn rewrite<B>(
         None => PathAndQuery::from_static("/"),
         Some(pq) => match pq
             .query()
-            .and_then(|q| credential::strip(q, &server.key_query))
+            .and_then(|q| credential::strip_all(q, server.key_sources.queries()))
         {
             None => pq.clone(),
             Some(stripped) => {

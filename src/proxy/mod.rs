@@ -6,7 +6,8 @@
 //! server      accept, HTTP/1.1 + h2c, edge limits
 //! client_ip   peer + trusted X-Forwarded-For/Forwarded -> client address
 //! route       Host + path -> target                        404 no_route
-//! credential  X-API-Key header, else api_key query          403 key_missing / key_invalid
+//! credential  [server] key_sources in order: header, query,  403 key_missing / key_invalid
+//!             bearer, cookie (default X-API-Key, api_key)
 //! authorize   (after the failed-attempt block, 429 too_many_failures) hash, one lookup,
 //!             status, expiry, IP, target, access: pure      403 key_invalid / key_inactive /
 //!                                                           key_expired / ip_not_allowed /
@@ -236,7 +237,7 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Result<Decided<'s>, Refusal> {
         let server = &snap.server;
-        exchange.path(asked.path_and_query, &server.key_query);
+        exchange.path(asked.path_and_query, server.key_sources.queries());
         // Before routing and the credential, so the access log names the client of every
         // refusal, `no_route` and `key_missing` included.
         let client_ip = client_ip::resolve(peer.ip(), asked.headers, trusted);
@@ -247,12 +248,7 @@ impl Proxy {
             .ok_or(Deny::NoRoute)?;
         let t = snap.target(target);
         exchange.routed(&t.name);
-        let secret = credential::extract(
-            asked.headers,
-            asked.query,
-            &server.key_header,
-            &server.key_query,
-        )?;
+        let secret = credential::extract(asked.headers, asked.query, server.key_sources.list())?;
         let facts = Facts {
             secret: &secret,
             target,

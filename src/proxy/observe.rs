@@ -290,9 +290,11 @@ impl Exchange {
     }
 
     /// The request's path and query, the credential redacted (before `forward` rewrites them).
-    pub fn path(&mut self, path_and_query: &str, key_query: &str) {
+    /// `key_queries`: every query parameter a key may be read from (`[server] key_sources`);
+    /// the log has no request headers, so no other source can reach it.
+    pub fn path(&mut self, path_and_query: &str, key_queries: &[Box<str>]) {
         if let Some(l) = &mut self.line {
-            l.path = super::credential::redact(path_and_query, key_query).into();
+            l.path = super::credential::redact_all(path_and_query, key_queries).into();
         }
     }
 

@@ -56,6 +56,10 @@ pub struct Snapshot {
     pub keys: Vec<Key>,
     by_hash: KeyTable,
     pub admin: Option<Admin>,
+    /// The prefix of the secrets keygate generates (`[admin] key_prefix`, else the default):
+    /// a presented secret with it and a generated secret's shape must carry a valid checksum
+    /// (`secret::checksum_fails`), checked before any hash or lookup.
+    pub key_prefix: Box<str>,
     /// The file of managed consumers and keys, when there is one.
     pub keys_file: Option<std::path::PathBuf>,
     /// `[[webhooks]]`: a reload applies them to the deliveries still pending.
@@ -115,6 +119,7 @@ impl Snapshot {
             keys,
             by_hash,
             admin: None,
+            key_prefix: crate::model::DEFAULT_KEY_PREFIX.into(),
             keys_file: None,
             webhooks: Vec::new(),
         }

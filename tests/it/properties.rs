@@ -27,6 +27,14 @@ fn key_header() -> HeaderName {
     HeaderName::from_static("x-api-key")
 }
 
+/// The default sources with the query parameter `name`: the key header, then `name`.
+fn sources(name: &str) -> [credential::KeySource; 2] {
+    [
+        credential::KeySource::Header(key_header()),
+        credential::KeySource::Query(name.into()),
+    ]
+}
+
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig {
         cases: n,
@@ -270,7 +278,7 @@ proptest! {
             headers.append(key_header(), HeaderValue::from_bytes(v).unwrap());
         }
         let query = has_query.then(|| join(&pairs));
-        let got = credential::extract(&headers, query.as_deref(), &key_header(), PARAM)
+        let got = credential::extract(&headers, query.as_deref(), &sources(PARAM))
             .map(|s| s.into_owned());
         let want = expected_extract(&header_values, query.as_deref(), PARAM);
         prop_assert_eq!(got, want, "headers {:?} query {:?}", header_values, query);
@@ -296,7 +304,7 @@ proptest! {
                 kept.push(v);
             }
         }
-        let got = credential::extract(&headers, query.as_deref(), &key_header(), name)
+        let got = credential::extract(&headers, query.as_deref(), &sources(name))
             .map(|s| s.into_owned());
         prop_assert_eq!(got, expected_extract(&kept, query.as_deref(), name));
     }
@@ -317,7 +325,7 @@ proptest! {
     ) {
         let input = format!("{path}?{}", join(&pairs));
         let out = credential::redact(&input, PARAM);
-        if let Ok(secret) = credential::extract(&HeaderMap::new(), Some(&input[path.len() + 1..]), &key_header(), PARAM) {
+        if let Ok(secret) = credential::extract(&HeaderMap::new(), Some(&input[path.len() + 1..]), &sources(PARAM)) {
             prop_assert!(!contains(out.as_bytes(), &secret), "{:?}", out);
         }
         for p in pairs.iter().filter(|p| p.credential) {

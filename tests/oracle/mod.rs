@@ -145,7 +145,11 @@ pub fn secret_left_in(input: &str, out: &str, name: &str) -> Option<String> {
         .filter_map(|p| p.split_once('=').map(|(_, v)| v.as_bytes().to_vec()))
         .collect();
     let header = HeaderName::from_static("x-api-key");
-    if let Ok(secret) = credential::extract(&HeaderMap::new(), Some(query), &header, name) {
+    let sources = [
+        credential::KeySource::Header(header),
+        credential::KeySource::Query(name.into()),
+    ];
+    if let Ok(secret) = credential::extract(&HeaderMap::new(), Some(query), &sources) {
         needles.push(secret.into_owned());
     }
     needles

@@ -12,6 +12,7 @@ use crate::config::raw::{HasKeys, RawKey};
 use crate::config::scan;
 use crate::model::KeyHash;
 use crate::model::{IdArena, IpList, Key, KeyParts, List, Paths, Rules, TargetIdx, TargetSet};
+use crate::secret::checksum_fails;
 use crate::snapshot::KeyTable;
 
 pub fn key_count<'a, R: HasKeys<'a>>(f: &File<'_, R>) -> usize {
@@ -21,6 +22,8 @@ pub fn key_count<'a, R: HasKeys<'a>>(f: &File<'_, R>) -> usize {
 /// The `[[keys]]` of both files, checked one at a time as they are read, into the snapshot's
 /// keys and key table; what else is kept while loading is a few bytes per key.
 pub struct KeyPass<'t> {
+    /// The prefix of generated secrets, to warn of a plaintext secret that will be refused.
+    key_prefix: &'t str,
     target_names: &'t HashMap<String, TargetIdx>,
     consumer_ids: &'t HashMap<String, u32>,
     pub keys: Vec<Key>,
@@ -43,8 +46,10 @@ impl<'t> KeyPass<'t> {
         count: usize,
         target_names: &'t HashMap<String, TargetIdx>,
         consumer_ids: &'t HashMap<String, u32>,
+        key_prefix: &'t str,
     ) -> KeyPass<'t> {
         KeyPass {
+            key_prefix,
             target_names,
             consumer_ids,
             keys: Vec::with_capacity(count),
@@ -134,6 +139,15 @@ impl<'t> KeyPass<'t> {
                         subject,
                         "secret is stored in plaintext; replace it with the `hash = \"sha256:…\"` line that `keygate keys hash` prints",
                     );
+                    // A warning, not an error: one such key must not stop the others from
+                    // loading, and it is refused on its own anyway.
+                    if checksum_fails(s.get_ref().as_bytes(), self.key_prefix) {
+                        c.warn(
+                            s.span(),
+                            subject,
+                            "secret has the shape of a generated secret (key prefix, 32 random and 6 checksum characters) but its checksum is wrong: every request with it is refused with key_invalid; make a new one with `keygate keys generate`",
+                        );
+                    }
                     Some((KeyHash::of(s.get_ref().as_bytes()), s.span()))
                 }
             }

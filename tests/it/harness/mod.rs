@@ -135,6 +135,36 @@ pub fn hash_of(secret: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(secret.as_bytes())))
 }
 
+/// The checksum a generated secret ends with, computed here from the README's description
+/// rather than by keygate: the CRC32 of `prefix_and_random` in 6 base62 digits (`0-9A-Za-z`),
+/// most significant first.
+pub fn readme_checksum(prefix_and_random: &str) -> String {
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut n = crc32fast::hash(prefix_and_random.as_bytes());
+    let mut out = [b'0'; 6];
+    for d in out.iter_mut().rev() {
+        *d = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(out.to_vec()).unwrap()
+}
+
+/// A secret as keygate generates it: `prefix`, 32 random base62 characters and their
+/// [`readme_checksum`].
+#[track_caller]
+pub fn assert_generated_secret(secret: &str, prefix: &str) {
+    let rest = secret
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{secret:?} lacks {prefix}"));
+    assert_eq!(rest.len(), 38, "{secret:?}");
+    assert!(
+        rest.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{secret:?}"
+    );
+    let (signed, sum) = secret.split_at(secret.len() - 6);
+    assert_eq!(sum, readme_checksum(signed), "{secret:?}: checksum");
+}
+
 /// The consumers and keys every test config shares (append after the targets).
 pub fn keys_toml() -> String {
     format!(
