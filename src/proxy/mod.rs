@@ -9,8 +9,8 @@
 //! cors        [targets.cors] only: a preflight is answered   204 (no key needed)
 //!             here; other answers get their CORS headers
 //!             in respond
-//! credential  [server] key_sources in order: header, query,  403 key_missing / key_invalid
-//!             bearer, cookie (default X-API-Key, api_key)
+//! credential  [server] key_sources, in order: header,      403 key_missing / key_invalid
+//!             query, bearer, cookie (default X-API-Key, api_key)
 //! authorize   (after the failed-attempt block, 429 too_many_failures) hash, one lookup,
 //!             status, expiry, IP, origin, target, access:   403 key_invalid / key_inactive /
 //!             pure                                          key_expired / ip_not_allowed /
@@ -24,8 +24,9 @@
 //! observe     metrics and the access log line, once the response body is done
 //! ```
 //!
-//! `client_ip` to `rate` but `cors` (the proxy's alone) are [`Proxy::decide`], which the verify listener (`verify.rs`, forward-auth:
-//! the decision alone, on the request a trusted proxy describes) runs as well.
+//! `client_ip` to `rate`, but for `cors` (the proxy's alone), are [`Proxy::decide`], which the
+//! verify listener (`verify.rs`, forward-auth: the decision alone, on the request a trusted
+//! proxy describes) runs as well.
 //!
 //! A refusal is a [`deny::Refusal`]: the phase's typed [`Deny`] and the key it concerns.
 
