@@ -276,6 +276,40 @@ async fn the_ip_list_is_checked_before_the_origin_list() {
         .await;
 }
 
+/// The verify listener (forward-auth) decides `allow_origins` on the headers the calling proxy
+/// copied from the browser's request, as the proxy mode does; it adds no CORS headers (the
+/// calling proxy answers the browser).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verify_listener_checks_allow_origins_on_the_binary() {
+    let files = Files::for_binary_with("origins-verify", "", None).await;
+    std::fs::write(&files.keys, keys_file()).unwrap();
+    files.add_to_target("main", &format!("cors = {CORS}"));
+    files.append_to_config(
+        "[verify]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    );
+    let mut kg = Process::start(&files.config).await;
+    let verify = kg.wait_addr("verify listening").await;
+    let call = |origin: Option<&'static str>| async move {
+        let mut headers = vec![("x-api-key", WEB_SECRET), ("x-forwarded-uri", "/orders")];
+        if let Some(o) = origin {
+            headers.push(("origin", o));
+        }
+        send(verify, "GET", "/", &headers).await
+    };
+    let ok = call(Some(SHOP)).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    assert_eq!(ok.header("x-keygate-key-id"), Some("web"));
+    no_cors_headers(&ok);
+    for origin in [Some("https://evil.example.net"), None] {
+        let r = call(origin).await;
+        assert_problem(&r, 403, "origin_not_allowed");
+        assert_eq!(r.header("x-keygate-code"), Some("origin_not_allowed"));
+        no_cors_headers(&r);
+    }
+    assert_eq!(files.up.hits(), 0, "the verify listener forwards nothing");
+    kg.terminate_cleanly().await;
+}
+
 // --- [targets.cors] --------------------------------------------------------------------------
 
 const CORS: &str = r#"{ allow_origins = ["https://shop.example.com", "https://*.apps.example.com"], allow_methods = ["GET", "POST"], allow_headers = ["X-API-Key", "Content-Type"], expose_headers = ["X-Total-Count"], max_age = "10m" }"#;
