@@ -272,7 +272,10 @@ impl Proxy {
             method: asked.method,
             path: asked.path,
             client_ip,
-            origin: cors::request_origin(asked.headers),
+            origin: snap
+                .origins
+                .then(|| cors::request_origin(asked.headers))
+                .flatten(),
         };
         let now = Now {
             wall: SystemTime::now(),

@@ -55,6 +55,9 @@ pub struct Snapshot {
     pub consumers: Vec<Consumer>,
     pub keys: Vec<Key>,
     by_hash: KeyTable,
+    /// Whether any key or consumer has `allow_origins`: without, the request path does not
+    /// even look for an `Origin` or `Referer`.
+    pub origins: bool,
     pub admin: Option<Admin>,
     /// The prefix of the secrets keygate generates (`[admin] key_prefix`, else the default):
     /// a presented secret with it and a generated secret's shape must carry a valid checksum
@@ -106,7 +109,10 @@ impl Snapshot {
         by_hash: KeyTable,
     ) -> Snapshot {
         let routes = Routes::build(&targets);
+        let origins = consumers.iter().any(|c| !c.allow_origins.is_empty())
+            || keys.iter().any(|k| !k.allow_origins().is_empty());
         Snapshot {
+            origins,
             server,
             log: Log::default(),
             metrics_listen: None,
