@@ -5,8 +5,11 @@
 //! behind. Skips (passes, saying why) where nginx, haproxy, wrk, curl or python3 is missing; CI
 //! installs them (.ci/run). Where redis-server is installed it also checks the cluster case
 //! (keygate alone, then with `[cluster]` strict and local-sync against the script's own
-//! redis-server) at the first size; without it the script leaves that case out. The figures
-//! themselves are not looked at: this is not a benchmark.
+//! redis-server) at the first size; without it the script leaves that case out. Where nginx has
+//! its auth_request module it also checks the forward-auth case at the first size: nginx
+//! auth_request -> keygate's `[verify]` listener -> upstream (the recipe of docs/forward-auth.md)
+//! and wrk straight at the verify listener. The figures themselves are not looked at: this is not
+//! a benchmark.
 //!
 //! Also runs the unit tests of loadgen.rs (its histogram, target and duration parsing), which
 //! cargo does not run for an example.
@@ -288,6 +291,37 @@ fn smoke_run_of_the_load_harness() {
         assert!(
             output.contains("Redis calls/req"),
             "the cluster table:\n{output}"
+        );
+    }
+    if !output.contains("no auth_request module") {
+        let fwd = &tables["100"]["cases"]["fwdauth"];
+        assert!(fwd.is_object(), "no fwdauth case at 100 keys:\n{output}");
+        for config in ["direct", "nginx", "nginx-authreq", "keygate", "verify"] {
+            let m = &fwd["medians"][config];
+            assert!(
+                m["requests"].as_u64().unwrap_or(0) > 0,
+                "fwdauth/{config}: no requests:\n{output}"
+            );
+            assert_eq!(
+                m["errors"].as_u64(),
+                Some(0),
+                "fwdauth/{config}: errors:\n{output}"
+            );
+            assert!(m["p99_ms"].as_f64().is_some(), "fwdauth/{config}: p99");
+        }
+        assert!(
+            fwd["ratios"]["nginx-authreq/nginx"]["rps"]
+                .as_f64()
+                .is_some(),
+            "the auth_request / map ratio"
+        );
+        assert!(
+            tables["1000"]["cases"].get("fwdauth").is_none(),
+            "the fwdauth case runs at the first table size only"
+        );
+        assert!(
+            output.contains("forward-auth"),
+            "the fwdauth table:\n{output}"
         );
     }
     for needle in ["h2c (HTTP/2", "constant rate", "p99 +ms", "Table size:"] {

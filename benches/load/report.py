@@ -4,7 +4,8 @@
 Usage: report.py RAW.tsv OUT.json --meta META.tsv [--conns N ...]   (called by benches/load/run.sh)
 RAW.tsv lines: keys, case, config, round, cpu ticks of the gate during the run, CLK_TCK, RSS kB,
 tool (wrk or loadgen), the tool's output file; the cluster case adds redis-server's cpu ticks
-during the run and the scripts (EVAL/EVALSHA calls) Redis ran during it.
+during the run and the scripts (EVAL/EVALSHA calls) Redis ran during it; the fwdauth case's
+nginx-authreq adds keygate's own cpu ticks (the gate's are nginx's and keygate's together).
 META.tsv lines (one per table size): keys, keygate start s (or -), constant rate (or -), how the
 rate was chosen (or -), the cases run at that size.
 Exits non-zero if any request failed (non-2xx answers or socket errors). Stdlib only.
@@ -29,11 +30,16 @@ CASE_TITLES = {
     "post": "HTTP/1.1 keep-alive, 1 MB POST body",
     "rate": "HTTP/1.1 keep-alive at a constant rate",
     "cluster": "HTTP/1.1 keep-alive, keygate's rate limits shared through Redis ([cluster])",
+    "fwdauth": "HTTP/1.1 keep-alive, forward-auth: keygate's [verify] listener behind nginx auth_request",
 }
 # The cluster case: keygate alone, then with [cluster] in each mode, against one redis-server.
 CLUSTER_CONFIGS = ["local", "strict", "local-sync"]
 CLUSTER_FIELDS = ["rps", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_100k", "rss_mb",
                   "redis_cpu_s_per_100k", "redis_scripts_per_req"]
+# The fwdauth case: nginx-authreq is nginx auth_request -> keygate's [verify] listener -> upstream
+# (its CPU and RSS are nginx's and keygate's together); verify is wrk straight at the listener.
+FWD_CONFIGS = ["direct", "nginx", "nginx-authreq", "keygate", "verify"]
+FWD_RATIOS = [("nginx-authreq", "nginx"), ("nginx-authreq", "keygate"), ("verify", "keygate")]
 # Below this share of the target rate a constant-rate run did not really run at that rate.
 RATE_SHORTFALL = 0.95
 
@@ -169,10 +175,60 @@ def cluster_table(rs, keys, a):
     }
 
 
+def fwdauth_table(rs, keys, a):
+    """direct, nginx's map gate, nginx auth_request -> keygate, keygate, keygate's verify listener."""
+    medians = {}
+    for c in FWD_CONFIGS:
+        mine = [r for r in rs if r["config"] == c]
+        m = {f: med([r[f] for r in mine]) for f in FIELDS}
+        m["keygate_cpu_s_per_100k"] = med([r.get("keygate_cpu_s_per_100k") for r in mine])
+        for f in ["errors", "non_2xx", "socket_errors", "requests"]:
+            m[f] = sum(r[f] for r in mine)
+        m["runs"] = len(mine)
+        medians[c] = m
+
+    def ratio(x, y, f):
+        a_, b_ = medians[x][f], medians[y][f]
+        return a_ / b_ if a_ is not None and b_ not in (None, 0) else None
+
+    ratios = {f"{x}/{y}": {f: ratio(x, y, f) for f in FIELDS} for x, y in FWD_RATIOS}
+    print()
+    print(
+        f"{CASE_TITLES['fwdauth']}: {keys} keys, wrk -t{a.threads} -c{a.conns} -d{a.duration}, "
+        f"{a.lua_keys} distinct keys in the load, medians of {a.rounds} interleaved round(s)"
+    )
+    hdr = (
+        f"{'config':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+        f"{'CPU s/100k':>12}{'of it kg':>10}{'RSS MB':>9}{'errors':>8}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for c in FWD_CONFIGS:
+        m = medians[c]
+        print(
+            f"{c:<24}{fmt(m['rps'], 0):>10}{fmt(m['p50_ms'], 3):>9}{fmt(m['p99_ms'], 3):>9}"
+            f"{fmt(m['p999_ms'], 3):>10}{fmt(m['cpu_s_per_100k'], 3):>12}"
+            f"{fmt(m['keygate_cpu_s_per_100k'], 3):>10}{fmt(m['rss_mb'], 1):>9}{m['errors']:>8}"
+        )
+    for name, rr in ratios.items():
+        print(
+            f"{name:<24}{fmt(rr['rps']):>10}{fmt(rr['p50_ms']):>9}{fmt(rr['p99_ms']):>9}"
+            f"{fmt(rr['p999_ms']):>10}{fmt(rr['cpu_s_per_100k']):>12}{'':>10}{fmt(rr['rss_mb']):>9}"
+        )
+    print(
+        "(nginx: nginx's own map gate; nginx-authreq: nginx auth_request -> keygate [verify] -> "
+        "upstream, CPU and RSS of nginx and keygate together, 'of it kg' keygate's share;\n verify: wrk "
+        "straight at keygate's [verify] listener, the decision alone; keygate: the proxy mode)"
+    )
+    return {"title": CASE_TITLES["fwdauth"], "medians": medians, "ratios": ratios}
+
+
 def case_table(case, rs, keys, a, rate, basis):
     """Medians, ratios and (rate) p99 added over direct for one case at one table size; prints it."""
     if case == "cluster":
         return cluster_table(rs, keys, a)
+    if case == "fwdauth":
+        return fwdauth_table(rs, keys, a)
     medians = {}
     for c in CONFIGS:
         mine = [r for r in rs if r["config"] == c]
@@ -281,6 +337,9 @@ def main() -> int:
                 redis_scripts=scripts,
                 redis_scripts_per_req=scripts / max(w["requests"], 1),
             )
+        if len(fields) == 10:  # fwdauth's nginx-authreq: keygate's share of the gate's CPU
+            kg_s = int(fields[9]) / int(tck)
+            w.update(keygate_cpu_s=kg_s, keygate_cpu_s_per_100k=kg_s / max(w["requests"], 1) * 1e5)
         cpu_s = int(ticks) / int(tck)
         w.update(
             keys=int(keys),
@@ -342,7 +401,7 @@ def main() -> int:
             n = meta["keys"]
             per_case = {}
             for case in meta["cases"]:
-                if case in ("rate", "cluster") or case not in tables[str(base)]["cases"]:
+                if case in ("rate", "cluster", "fwdauth") or case not in tables[str(base)]["cases"]:
                     continue  # a constant rate is the same at every size; see its latencies
                 big = tables[str(n)]["cases"][case]["medians"]
                 small = tables[str(base)]["cases"][case]["medians"]
@@ -375,6 +434,7 @@ def main() -> int:
             "h2c": {"connections": a.h2_conns, "streams": a.h2_streams, "threads": a.threads},
             "rate": {"connections": a.conns, "threads": a.threads},
             "cluster": {"connections": a.conns, "threads": a.threads, "rate_limit": a.cluster_rate},
+            "fwdauth": {"connections": a.conns, "threads": a.threads},
         },
         "tables": tables,
         "scaling": scaling,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# keygate load harness: direct vs nginx vs HAProxy vs keygate, same N keys, one command; and
-# keygate alone vs keygate with its rate limits shared through Redis ([cluster]).
+# keygate load harness: direct vs nginx vs HAProxy vs keygate, same N keys, one command;
+# keygate alone vs keygate with its rate limits shared through Redis ([cluster]); and forward-auth:
+# keygate's [verify] listener alone, and nginx auth_request -> keygate -> upstream against
+# nginx's own map gate.
 #
 #   benches/load/run.sh                          # the standard run (see docs/performance.md)
 #   KEYS=10000 ROUNDS=1 benches/load/run.sh      # quicker: one table size, one round
@@ -8,13 +10,18 @@
 #
 # Environment (defaults in brackets; SMOKE=1 changes the ones marked *):
 #   KEYS*        table sizes, each measured with every gate restarted ["10000 1000000"]
-#   CASES        ["keepalive close h2c post rate cluster"]: HTTP/1.1 keep-alive (wrk), a new
-#                connection per request (wrk), h2c at saturation (loadgen), a 1 MB POST body over
-#                keep-alive (wrk), a constant rate over HTTP/1.1 keep-alive (loadgen), and
+#   CASES        ["keepalive close h2c post rate cluster fwdauth"]: HTTP/1.1 keep-alive (wrk), a
+#                new connection per request (wrk), h2c at saturation (loadgen), a 1 MB POST body
+#                over keep-alive (wrk), a constant rate over HTTP/1.1 keep-alive (loadgen),
 #                cluster: the keep-alive load through three keygates whose keys all have a
 #                rate_limit too high to refuse (CLUSTER_RATE): local (no [cluster]), strict and
-#                local-sync ([cluster] on a redis-server of its own); first table size only
-#   BIG_CASES*   the cases run at the table sizes after the first [= CASES without cluster]
+#                local-sync ([cluster] on a redis-server of its own); and fwdauth: the keep-alive
+#                load (wrk) through direct, the nginx map gate, nginx-authreq (nginx auth_request
+#                -> keygate's [verify] listener -> upstream, the recipe of docs/forward-auth.md),
+#                keygate (proxy) and verify (wrk straight at the [verify] listener: the decision
+#                alone, nothing forwarded); cluster and fwdauth at the first table size only
+#   BIG_CASES*   the cases run at the table sizes after the first [= CASES without cluster and
+#                fwdauth]
 #   CLUSTER_RATE ["100000000/second"] the rate_limit every key gets in the cluster case
 #   ROUNDS* [3]  DURATION* [5s]  CONNS [32]  THREADS [1] (wrk -t, loadgen --threads)
 #   H2_CONNS [4] H2_STREAMS [8]  h2c: connections x concurrent streams (32 in flight, like CONNS)
@@ -51,13 +58,14 @@ if [[ -z "${KG_LOAD_INNER:-}" ]]; then
 fi
 
 KEYS="${KEYS:-10000 1000000}"
-CASES="${CASES:-keepalive close h2c post rate cluster}"
+CASES="${CASES:-keepalive close h2c post rate cluster fwdauth}"
 without_case() { # case cases...: the cases but that one
   local drop=$1 c out=""; shift
   for c in "$@"; do [[ $c == "$drop" ]] || out+="${out:+ }$c"; done
   echo "$out"
 }
-BIG_CASES="${BIG_CASES-$(without_case cluster $CASES)}"
+NOT_CLUSTER=$(without_case cluster $CASES)  # cluster and fwdauth run at the first size only
+BIG_CASES="${BIG_CASES-$(without_case fwdauth $NOT_CLUSTER)}"
 CLUSTER_RATE="${CLUSTER_RATE:-100000000/second}"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5s}"
@@ -73,7 +81,7 @@ WARMUP="${WARMUP:-1s}"
 KEY_CACHE="${KEY_CACHE-$ROOT/target/load-keys}"
 OUT="${OUT:-$HERE/results.json}"
 export KEYGATE_LOG="${KEYGATE_LOG:-warn}"
-ALL_CASES="keepalive close h2c post rate cluster"
+ALL_CASES="keepalive close h2c post rate cluster fwdauth"
 for case in $CASES $BIG_CASES; do
   [[ " $ALL_CASES " == *" $case "* ]] || { echo "[load] unknown case $case ($ALL_CASES)" >&2; exit 2; }
 done
@@ -114,6 +122,11 @@ for t in nginx haproxy wrk curl python3; do
 done
 if [[ " $CASES " == *" cluster "* ]]; then
   for t in redis-server redis-cli; do command -v "$t" >/dev/null 2>&1 || skip "$t not found"; done
+fi
+if [[ " $CASES " == *" fwdauth "* ]] && ! nginx -V 2>&1 | grep -q http_auth_request_module; then
+  log "this nginx has no auth_request module: leaving the fwdauth case out"
+  CASES=$(without_case fwdauth $CASES)
+  [[ -n "$CASES" ]] || skip "nginx has no auth_request module and no other case asked for"
 fi
 CARGO="${CARGO:-cargo}"
 if [[ -z "${KEYGATE_BIN:-}" || -z "${LOADGEN_BIN:-}" ]]; then
@@ -252,12 +265,24 @@ nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -g 'daemon off;' 2>>"$WORK/up/error
 PIDS+=($!); UP_PID=$!
 wait_port "$UP_PORT" "upstream nginx" "$UP_PID"
 
+# docs/forward-auth.md's nginx recipe (the block after "<!-- tested: nginx -->"), with keygate's
+# verify listener, the upstream and the listening port put in, and the upstream keep-alive of the
+# map gate, so that the two nginx gates differ only in how they decide.
+fwd_recipe() { # verify-port upstream-port listen-port
+  awk '/<!-- tested: nginx -->/ { m = 1; next }
+       m && /^```/ { if (b) exit; b = 1; next }
+       b { print }' "$ROOT/docs/forward-auth.md" |
+    sed -e "s/127\.0\.0\.1:8081/127.0.0.1:$1/g" -e "s/127\.0\.0\.1:3000/127.0.0.1:$2/g" \
+      -e "s/listen 80;/listen 127.0.0.1:$3;/" -e "s/keepalive 16;/keepalive 64; keepalive_requests 1000000;/"
+}
+
 # ---- the gates, started afresh for each table size -----------------------------------------
-start_gates() { # N keysdir
-  local n=$1 kd=$2 w="$WORK/n$1" hash_max t0
+start_gates() { # N keysdir fwd(1: also keygate's [verify] listener and nginx auth_request)
+  local n=$1 kd=$2 fwd=$3 w="$WORK/n$1" hash_max t0 recipe
   mkdir -p "$w/ngx"
   NGX_PORT=$(free_port); NGX_H2_PORT=$(free_port); HAP_PORT=$(free_port); HAP_H2_PORT=$(free_port)
   KG_PORT=$(free_port)
+  KGV_PORT=""; NGXA_PORT=""; NGXA_PID=""
 
   # nginx with a map
   hash_max=$((n * 2)); ((hash_max < 1024)) && hash_max=1024
@@ -349,6 +374,10 @@ name = "up"
 upstream = "http://127.0.0.1:$UP_PORT"
 
 CONF
+  if [[ $fwd == 1 ]]; then
+    KGV_PORT=$(free_port)
+    printf '[verify]\nlisten = "127.0.0.1:%s"\ntrusted_proxies = ["127.0.0.1"]\n\n' "$KGV_PORT" >>"$w/keygate.toml"
+  fi
   cat "$kd/keygate-keys.toml" >>"$w/keygate.toml"
   t0=$(date +%s.%N)
   "$KEYGATE_BIN" run --config "$w/keygate.toml" >"$w/keygate.log" 2>&1 &
@@ -356,13 +385,46 @@ CONF
   wait_port "$KG_PORT" "keygate" "$KG_PID"
   KG_START_S=$(python3 -c "import time; print(round(time.time() - $t0, 3))")
   log "keygate loaded $n keys and listened after ${KG_START_S}s"
+
+  if [[ $fwd == 1 ]]; then
+    wait_port "$KGV_PORT" "keygate's verify listener" "$KG_PID"
+    # nginx auth_request -> keygate's verify listener -> upstream
+    NGXA_PORT=$(free_port)
+    mkdir -p "$w/ngxa"
+    recipe=$(fwd_recipe "$KGV_PORT" "$UP_PORT" "$NGXA_PORT")
+    [[ "$recipe" == *"auth_request /_keygate;"* && "$recipe" == *"listen 127.0.0.1:$NGXA_PORT;"* ]] ||
+      die "no nginx recipe in docs/forward-auth.md (after <!-- tested: nginx -->)"
+    cat >"$w/ngxa/nginx.conf" <<CONF
+$ROOT_USER
+worker_processes auto;
+pid $w/ngxa/nginx.pid;
+error_log $w/ngxa/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  $(temp_paths "$w/ngxa")
+  keepalive_requests 1000000;
+  client_max_body_size 2m;
+$recipe
+}
+CONF
+    nginx -p "$w/ngxa" -c "$w/ngxa/nginx.conf" -t 2>"$w/ngxa/t.log" || { cat "$w/ngxa/t.log" >&2; die "auth_request nginx -t"; }
+    nginx -p "$w/ngxa" -c "$w/ngxa/nginx.conf" -g 'daemon off;' 2>>"$w/ngxa/error.log" &
+    PIDS+=($!); NGXA_PID=$!
+    wait_port "$NGXA_PORT" "nginx auth_request gate" "$NGXA_PID"
+  fi
 }
 
 stop_gates() {
-  stop_pids "$NGX_PID" "$HAP_PID" "$KG_PID"
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ "$p" == "$NGX_PID" || "$p" == "$HAP_PID" || "$p" == "$KG_PID" ]] || keep+=("$p"); done
+  local stop=("$NGX_PID" "$HAP_PID" "$KG_PID") keep=() p
+  [[ -n "$NGXA_PID" ]] && stop+=("$NGXA_PID")
+  stop_pids "${stop[@]}"
+  for p in "${PIDS[@]}"; do [[ " ${stop[*]} " == *" $p "* ]] || keep+=("$p"); done
   PIDS=("${keep[@]}")
+}
+
+configs_of() { # case -> the configs it runs through, in order
+  if [[ $1 == fwdauth ]]; then echo "direct nginx nginx-authreq keygate verify"; else echo "direct nginx haproxy keygate"; fi
 }
 
 port_of() { # config proto(h1|h2c)
@@ -371,6 +433,7 @@ port_of() { # config proto(h1|h2c)
     nginx:h1) echo "$NGX_PORT" ;; nginx:h2c) echo "$NGX_H2_PORT" ;;
     haproxy:h1) echo "$HAP_PORT" ;; haproxy:h2c) echo "$HAP_H2_PORT" ;;
     keygate:*) echo "$KG_PORT" ;;
+    nginx-authreq:h1) echo "$NGXA_PORT" ;; verify:h1) echo "$KGV_PORT" ;;
     local:* | strict:* | local-sync:*) echo "${CL_PORT[$1]}" ;;
   esac
 }
@@ -404,7 +467,14 @@ check_all() { # keysdir cases
       check "$c" "$(port_of "$c" "$pp")" "$last" 200 "$p"
     done
   done
-  log "every gate answers 200 to a valid key and 403 to a wrong one (${protos[*]})"
+  if [[ " $cases " == *" fwdauth "* ]]; then
+    for c in nginx-authreq verify; do
+      check "$c" "$(port_of "$c" h1)" "$good" 200 h1
+      check "$c" "$(port_of "$c" h1)" "$BAD" 403 h1
+      check "$c" "$(port_of "$c" h1)" "$last" 200 h1
+    done
+  fi
+  log "every gate answers 200 to a valid key and 403 to a wrong one (${protos[*]}${NGXA_PORT:+; nginx-authreq, verify})"
 }
 
 # ---- measurement --------------------------------------------------------------------------
@@ -414,7 +484,9 @@ gate_pids() { # name -> pids of the gate's processes
     direct) echo "" ;;
     nginx) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
     haproxy) echo "$HAP_PID $(pgrep -P "$HAP_PID" | tr '\n' ' ')" ;;
-    keygate) echo "$KG_PID" ;;
+    keygate | verify) echo "$KG_PID" ;;
+    # the decision costs keygate's CPU too: both count
+    nginx-authreq) echo "$NGXA_PID $(pgrep -P "$NGXA_PID" | tr '\n' ' ') $KG_PID" ;;
     local | strict | local-sync) echo "${CL_PID[$1]}" ;;
   esac
 }
@@ -431,16 +503,18 @@ META="$WORK/meta.tsv"; : >"$META"
 
 run_one() { # n keysdir case config round [rate]
   local n=$1 kd=$2 case=$3 c=$4 r=$5 rate=${6:-} pids t0 t1 rss out tool extra=""
-  local redis_t0 redis_c0 redis_t1 redis_c1
+  local redis_t0 redis_c0 redis_t1 redis_c1 kg_t0=""
   pids=$(gate_pids "$c")
   out="$WORK/n$n/$case-$c-$r.out"
   if [[ $case == cluster ]]; then
     redis_c0=$(redis_scripts) || die "redis-server does not answer INFO"
     redis_t0=$(cpu_ticks "$REDIS_PID")
   fi
+  # nginx-authreq's CPU is nginx's and keygate's: keygate's share is kept apart too
+  [[ $c == nginx-authreq ]] && kg_t0=$(cpu_ticks "$KG_PID")
   t0=$(cpu_ticks $pids)
   case "$case" in
-    keepalive | close | post | cluster)
+    keepalive | close | post | cluster | fwdauth)
       tool=wrk
       local lua="$kd/keys.lua"
       [[ $case == close ]] && lua="$kd/keys-close.lua"
@@ -468,6 +542,7 @@ run_one() { # n keysdir case config round [rate]
     redis_c1=$(redis_scripts) || die "redis-server does not answer INFO"
     extra=$(printf '\t%s\t%s' "$((redis_t1 - redis_t0))" "$((redis_c1 - redis_c0))")
   fi
+  [[ -n "$kg_t0" ]] && extra=$(printf '\t%s' "$(($(cpu_ticks "$KG_PID") - kg_t0))")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s%s\n' "$n" "$case" "$c" "$r" "$((t1 - t0))" "$CLK_TCK" "$rss" "$tool" "$out" "$extra" >>"$RAW"
   if [[ $tool == wrk ]]; then
     log "n=$n round $r/$ROUNDS $case $c: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')"
@@ -634,30 +709,34 @@ FIRST_N=""
 for N in $KEYS; do
   FIRST=""
   if [[ -z "$FIRST_N" ]]; then FIRST=1; FIRST_N=$N; NCASES="$CASES"; else NCASES="$BIG_CASES"; fi
-  if [[ -z "$FIRST" && " $NCASES " == *" cluster "* ]]; then
-    log "n=$N: the cluster case runs at the first table size only ($FIRST_N keys); leaving it out"
-    NCASES=$(without_case cluster $NCASES)
-  fi
+  for once in cluster fwdauth; do
+    if [[ -z "$FIRST" && " $NCASES " == *" $once "* ]]; then
+      log "n=$N: the $once case runs at the first table size only ($FIRST_N keys); leaving it out"
+      NCASES=$(without_case "$once" $NCASES)
+    fi
+  done
   GATE_CASES=$(without_case cluster $NCASES)
   KD=$(keys_dir "$N")
   KG_START_S="-" RATE_N="" RATE_BASIS=""
   if [[ -n "$GATE_CASES" ]]; then
-    start_gates "$N" "$KD"
+    FWD=0; [[ " $GATE_CASES " == *" fwdauth "* ]] && FWD=1
+    start_gates "$N" "$KD" "$FWD"
     check_all "$KD" "$GATE_CASES"
 
     # Warm-up: a short run through each so first-connection costs are not in round 1.
     if [[ "$WARMUP" != 0 ]]; then
-      for c in direct nginx haproxy keygate; do
+      for c in direct nginx haproxy keygate ${NGXA_PORT:+nginx-authreq verify}; do
         wrk -t1 -c4 -d"$WARMUP" -s "$KD/keys.lua" "http://127.0.0.1:$(port_of "$c" h1)/" >/dev/null 2>&1 || true
       done
     fi
 
-    # Every case but rate: ROUNDS rounds, each through direct, nginx, haproxy, keygate in turn.
+    # Every case but rate: ROUNDS rounds, each through its configs in turn (direct, nginx,
+    # haproxy, keygate; fwdauth: direct, nginx, nginx-authreq, keygate, verify).
     SAT_CASES=""
     for case in $GATE_CASES; do [[ $case == rate ]] || SAT_CASES+="$case "; done
     for r in $(seq 1 "$ROUNDS"); do
       for case in $SAT_CASES; do
-        for c in direct nginx haproxy keygate; do run_one "$N" "$KD" "$case" "$c" "$r"; done
+        for c in $(configs_of "$case"); do run_one "$N" "$KD" "$case" "$c" "$r"; done
       done
     done
 

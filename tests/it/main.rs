@@ -32,6 +32,7 @@ mod credential;
 mod deploy;
 mod edge_limits;
 mod failed_attempts;
+mod forward_auth;
 mod forwarding;
 mod front;
 mod hostile;
