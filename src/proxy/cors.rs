@@ -3,7 +3,8 @@
 //! upstream's and keygate's own refusals alike, so that a page can read either.
 //!
 //! A request without an `Origin` header (the server-to-server case) costs one header lookup
-//! here and allocates nothing.
+//! here and allocates nothing; `Origin` and `Referer` are read for `allow_origins` only when
+//! some key or consumer has one (`Snapshot::origins`).
 //!
 //! A preflight from an origin the target does not list is answered too, 204 without any
 //! `Access-Control-Allow-*` header: the browser fails it as it would fail a refusal, but its
@@ -53,9 +54,9 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// `None` for a request without `Origin` or one routed to a target without
-    /// `[targets.cors]`: its answer is left as it is.
-    /// `host` (port included) and `path` route it, as `decide` does.
+    /// `None` for a request without `Origin` or one routed (by `host`, port included, and
+    /// `path`, as `decide` routes) to a target without `[targets.cors]`: its answer is left as
+    /// it is.
     pub fn of(
         snap: &Snapshot,
         method: &Method,
