@@ -638,6 +638,18 @@ impl Store {
         })
     }
 
+    pub fn add_key_origin(&self, id: &str, origin: &str) -> Result<Written<()>, StoreError> {
+        self.change_as(Edit::Key(id), |doc, snap| {
+            add_origin(managed_key(doc, snap, id)?, origin)
+        })
+    }
+
+    pub fn remove_key_origin(&self, id: &str, origin: &str) -> Result<Written<()>, StoreError> {
+        self.change_as(Edit::Key(id), |doc, snap| {
+            remove_origin(managed_key(doc, snap, id)?, origin)
+        })
+    }
+
     /// Makes the default key of every consumer with `default_key = true` that has none (one
     /// written by hand in a config file, say); returns (consumer, key id) of each made. Their
     /// secrets are shown to nobody: rotating such a key shows its new one.
@@ -802,6 +814,18 @@ impl Store {
         self.change(|doc, snap| {
             remove_from_list(managed_consumer(doc, snap, id)?, "allow_ips", cidr)
         })
+    }
+
+    pub fn add_consumer_origin(&self, id: &str, origin: &str) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| add_origin(managed_consumer(doc, snap, id)?, origin))
+    }
+
+    pub fn remove_consumer_origin(
+        &self,
+        id: &str,
+        origin: &str,
+    ) -> Result<Written<()>, StoreError> {
+        self.change(|doc, snap| remove_origin(managed_consumer(doc, snap, id)?, origin))
     }
 }
 
@@ -1022,6 +1046,39 @@ fn add_to_list(t: &mut Table, field: &'static str, item: &str) -> Result<(), Sto
         array.push(item);
     }
     Ok(())
+}
+
+/// Adds `origin` to `allow_origins`, normalised, unless an equal one is there.
+fn add_origin(t: &mut Table, origin: &str) -> Result<(), StoreError> {
+    let item = check_origin(origin)?;
+    let list = t.entry("allow_origins").or_insert(value(Array::new()));
+    let array = list
+        .as_array_mut()
+        .ok_or_else(|| bad("allow_origins", "is not a list in the keys file"))?;
+    if !array.iter().any(|v| same_origin(v.as_str(), &item)) {
+        array.push(item);
+    }
+    Ok(())
+}
+
+/// Removes the `allow_origins` entry equal to `origin` (however either is written).
+fn remove_origin(t: &mut Table, origin: &str) -> Result<(), StoreError> {
+    let not_in = || bad("allow_origins", format!("{origin:?} is not in the list"));
+    let Some(array) = t.get_mut("allow_origins").and_then(Item::as_array_mut) else {
+        return Err(not_in());
+    };
+    let before = array.len();
+    array.retain(|v| !same_origin(v.as_str(), origin));
+    if array.len() == before {
+        return Err(not_in());
+    }
+    Ok(())
+}
+
+/// The same origin pattern, compared normalised (`HTTPS://A.com:443` is `https://a.com`).
+fn same_origin(stored: Option<&str>, other: &str) -> bool {
+    let parse = crate::model::OriginPattern::parse;
+    stored.is_some_and(|s| s == other || parse(s).is_ok_and(|a| parse(other) == Ok(a)))
 }
 
 fn remove_from_list(t: &mut Table, field: &'static str, item: &str) -> Result<(), StoreError> {

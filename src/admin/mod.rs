@@ -865,6 +865,23 @@ impl Admin {
                 })
                 .await
             }
+            (Method::POST, ["v1", "keys", id, "allow_origins"]) => {
+                let o: OriginItem = body(req).await?;
+                let id = id.to_string();
+                self.change_key(actor, "key.update", id.clone(), move |s| {
+                    s.add_key_origin(&id, &o.origin)
+                })
+                .await
+            }
+            (Method::DELETE, ["v1", "keys", id, "allow_origins", origin @ ..])
+                if !origin.is_empty() =>
+            {
+                let (id, origin) = (id.to_string(), origin.join("/"));
+                self.change_key(actor, "key.update", id.clone(), move |s| {
+                    s.remove_key_origin(&id, &origin)
+                })
+                .await
+            }
             (Method::GET, ["v1", "consumers"]) => self.list_consumers(&query),
             (Method::POST, ["v1", "consumers"]) => {
                 let new: store::NewConsumer = body(req).await?;
@@ -920,6 +937,23 @@ impl Admin {
                 let (id, cidr) = (id.to_string(), cidr.join("/"));
                 self.change_consumer(actor, "consumer.update", id.clone(), move |s| {
                     Ok(s.remove_consumer_ip(&id, &cidr)?.map(|()| None))
+                })
+                .await
+            }
+            (Method::POST, ["v1", "consumers", id, "allow_origins"]) => {
+                let o: OriginItem = body(req).await?;
+                let id = id.to_string();
+                self.change_consumer(actor, "consumer.update", id.clone(), move |s| {
+                    Ok(s.add_consumer_origin(&id, &o.origin)?.map(|()| None))
+                })
+                .await
+            }
+            (Method::DELETE, ["v1", "consumers", id, "allow_origins", origin @ ..])
+                if !origin.is_empty() =>
+            {
+                let (id, origin) = (id.to_string(), origin.join("/"));
+                self.change_consumer(actor, "consumer.update", id.clone(), move |s| {
+                    Ok(s.remove_consumer_origin(&id, &origin)?.map(|()| None))
                 })
                 .await
             }
@@ -1184,11 +1218,15 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         ["v1", "keys" | "consumers"] => Some("GET, POST"),
         ["v1", "keys" | "consumers", _] => Some("GET, PATCH, DELETE"),
         ["v1", "keys", _, "rotate"]
-        | ["v1", "keys" | "consumers", _, "allow_ips"]
+        | ["v1", "keys" | "consumers", _, "allow_ips" | "allow_origins"]
         | ["v1", "keys" | "consumers", _, "quota", "reset" | "grant"] => Some("POST"),
-        ["v1", "keys" | "consumers", _, "allow_ips", cidr @ ..] if !cidr.is_empty() => {
-            Some("DELETE")
-        }
+        [
+            "v1",
+            "keys" | "consumers",
+            _,
+            "allow_ips" | "allow_origins",
+            item @ ..,
+        ] if !item.is_empty() => Some("DELETE"),
         _ => None,
     }
 }
@@ -1395,6 +1433,13 @@ fn field_problem(field: &str, detail: String) -> Problem {
 #[serde(deny_unknown_fields)]
 struct Cidr {
     cidr: String,
+}
+
+/// `POST …/allow_origins`: one origin to add.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OriginItem {
+    origin: String,
 }
 
 #[derive(Default, serde::Deserialize)]

@@ -603,6 +603,40 @@ async fn allow_origins_are_set_patched_and_cleared_on_keys_and_consumers() {
         );
     }
 
+    // One at a time, as allow_ips: added normalised and once, removed however it is written.
+    let path = "/v1/keys/web/allow_origins";
+    let k = expect(
+        &api.post(path, &json!({"origin": "HTTPS://A.example.com:443"}))
+            .await,
+        200,
+    );
+    assert_eq!(k["allow_origins"], json!(["https://a.example.com"]));
+    let again = expect(
+        &api.post(path, &json!({"origin": "https://a.example.com"}))
+            .await,
+        200,
+    );
+    assert_eq!(again["allow_origins"], k["allow_origins"]);
+    assert_refused(gw.proxy, &secret, "origin_not_allowed").await;
+    let k = expect(
+        &api.delete(&format!("{path}/https%3A%2F%2FA.Example.com%3A443"))
+            .await,
+        200,
+    );
+    assert_eq!(k["allow_origins"], json!([]));
+    assert_admitted(gw.proxy, &secret, "web").await;
+    assert_field_problem(
+        &api.delete(&format!("{path}/https%3A%2F%2Fa.example.com"))
+            .await,
+        "invalid_field",
+        "allow_origins",
+    );
+    assert_field_problem(
+        &api.post(path, &json!({"origin": "https://a.com/x"})).await,
+        "invalid_field",
+        "allow_origins",
+    );
+
     // A consumer's list applies to its keys.
     let c = api
         .create_consumer(json!({"id": "shops", "allow_origins": ["https://shop.example.com"]}))
@@ -619,6 +653,22 @@ async fn allow_origins_are_set_patched_and_cleared_on_keys_and_consumers() {
     );
     assert_eq!(c["allow_origins"], json!([]));
     assert_admitted(gw.proxy, &owned, "owned").await;
+    let c = expect(
+        &api.post(
+            "/v1/consumers/shops/allow_origins",
+            &json!({"origin": "https://*.example.com"}),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(c["allow_origins"], json!(["https://*.example.com"]));
+    assert_refused(gw.proxy, &owned, "origin_not_allowed").await;
+    let c = expect(
+        &api.delete("/v1/consumers/shops/allow_origins/https%3A%2F%2F*.example.com")
+            .await,
+        200,
+    );
+    assert_eq!(c["allow_origins"], json!([]));
     assert_field_problem(
         &api.post(
             "/v1/consumers",

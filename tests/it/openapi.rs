@@ -95,6 +95,26 @@ impl Session {
         .await;
     }
 
+    /// As the admin, adds `origin` to the allowed origins of `owner` `id`, then removes it by
+    /// its percent-encoded form.
+    async fn add_and_remove_allow_origin(&mut self, owner: &str, id: &str, origin: &str) {
+        let list = format!("/v1/{owner}/{id}/allow_origins");
+        let template = format!("/v1/{owner}/{{id}}/allow_origins");
+        let body = json!({ "origin": origin });
+        self.call(Method::POST, &template, &list, Some(ADMIN), Some(body))
+            .await;
+        let encoded = origin.replace(':', "%3A").replace('/', "%2F");
+        let one = format!("{list}/{encoded}");
+        self.call(
+            Method::DELETE,
+            &format!("{template}/{{origin}}"),
+            &one,
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    }
+
     /// Sends a request and checks the answer against the operation `template` + `method`.
     async fn call(
         &mut self,
@@ -239,6 +259,8 @@ async fn every_answer_matches_the_document() {
         Some(json!({"name": "ACME", "rate_limit": "100/minute", "quota": "10_000/month"})),
     )
     .await;
+    s.add_and_remove_allow_origin("consumers", "acme", "https://*.example.com")
+        .await;
     s.add_and_remove_allow_ip("consumers", "acme", "10.0.0.0/8")
         .await;
     // Keys.
@@ -327,6 +349,8 @@ async fn every_answer_matches_the_document() {
         Some(json!({"status": "inactive", "expires_at": null, "rate_limit": null, "quota": " 5_000 / week ", "consumer": "acme"})),
     )
     .await;
+    s.add_and_remove_allow_origin("keys", "k1", "http://localhost:5173")
+        .await;
     s.add_and_remove_allow_ip("keys", "k1", "2001:db8::/32")
         .await;
     s.call(

@@ -2,7 +2,7 @@
 
 schemathesis.toml lets schema-valid requests be answered 400; this check refuses every such 400
 except the refusals that depend on what exists (the document cannot list the names a running
-keygate knows): an unknown target or consumer, an address not in the list it is removed from;
+keygate knows): an unknown target or consumer, an address or origin not in the list it is removed from;
 and those between two parameters, which JSON Schema cannot relate: a usage range whose `from`
 is after its `to`, or that spans more days than it may.
 """
@@ -16,6 +16,7 @@ STATE_REFUSALS = [
     ("invalid_field", "targets", "no target is named"),
     ("invalid_field", "consumer", "no consumer has id"),
     ("invalid_field", "allow_ips", "is not in the list"),
+    ("invalid_field", "allow_origins", "is not in the list"),
     ("invalid_field", "from", "from must be on or before to"),
     ("invalid_field", "to", "the range spans"),
 ]
