@@ -903,3 +903,34 @@ async fn verify_calls_share_limits_with_the_proxy_and_are_counted_and_logged() {
     }
     assert_hits(&fx.files.up, 1, "verify calls forward nothing");
 }
+
+/// `[server] key_sources` apply to verify calls: a key the proxy copied from the client in
+/// `Authorization: Bearer` or in a cookie is found there, as in the proxy mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_sources_apply_to_verify_calls() {
+    let fx = Fwd::start_with("fwd-sources", |files| {
+        let text = std::fs::read_to_string(&files.config).unwrap();
+        let sources = "key_sources = [\"header:X-API-Key\", \"bearer\", \"cookie:kg_key\"]";
+        let text = text.replacen("[server]\n", &format!("[server]\n{sources}\n"), 1);
+        std::fs::write(&files.config, text).unwrap();
+    })
+    .await;
+    let ask = async |headers: &[(&str, &str)]| {
+        let mut h = vec![("x-forwarded-uri", "/x"), ("x-forwarded-method", "GET")];
+        h.extend_from_slice(headers);
+        verify_call(&fx, "GET", "/", &h).await
+    };
+
+    let bearer = format!("Bearer {MAIN}");
+    let ok = ask(&[("authorization", &bearer)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.header("x-keygate-key-id"), Some("fwd-main"));
+    let cookie = format!("theme=dark; kg_key={LIMITED}; lang=en");
+    let ok = ask(&[("cookie", &cookie)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.header("x-keygate-key-id"), Some("fwd-limited"));
+    let missing = ask(&[("cookie", "theme=dark")]).await;
+    assert_keygate_refusal(&missing, 403, "key_missing");
+    let wrong = format!("Bearer {WRONG}");
+    assert_keygate_refusal(&ask(&[("authorization", &wrong)]).await, 403, "key_invalid");
+}
