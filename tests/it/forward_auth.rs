@@ -114,10 +114,11 @@ impl Fwd {
         Fwd { files, kg, verify }
     }
 
-    /// The access log's lines so far, as JSON.
+    /// The access log's whole lines so far, as JSON (a line still being written is left out).
     fn access_log(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.files.dir.join("access.log")).unwrap_or_default();
-        text.lines()
+        text.split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
             .map(|l| {
                 serde_json::from_str(l)
                     .unwrap_or_else(|e| panic!("an access log line is not JSON ({e}): {l}"))
@@ -210,7 +211,7 @@ fn retry_after(resp: &Resp, max: u64) -> u64 {
     secs
 }
 
-/// What a refused request's upstream saw: nothing. Fails if the upstream's count moved.
+/// Fails unless exactly `want` requests have reached the upstream so far.
 #[track_caller]
 fn assert_hits(up: &Upstream, want: usize, what: &str) {
     assert_eq!(
