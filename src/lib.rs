@@ -8,9 +8,10 @@
 //! http/listener  accept, TLS, HTTP/1.1 + h2, edge limits     400 invalid_request, 431
 //! client_ip      peer or trusted forwarders -> client address
 //! route          Host + path -> target                        404 no_route
-//! credential     X-API-Key header, else api_key query         403 key_missing / key_invalid
-//! authorize      pure: hash, one lookup, status, expiry,      429 too_many_failures, 403 ...
-//!                IP, target, access
+//! credential     [server] key_sources: header, query, bearer, 403 key_missing / key_invalid
+//!                cookie (default X-API-Key, then api_key)
+//! authorize      pure: checksum, hash, one lookup, status,    429 too_many_failures, 403 ...
+//!                expiry, IP, target, access
 //! rate           rate limits, then quotas: local, local-sync   429 rate_limited,
 //!                or strict, one call                           429 quota_exceeded
 //! forward        strip the key, stream to the upstream         413 / 400 / 502 / 504

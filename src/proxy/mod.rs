@@ -6,8 +6,8 @@
 //! server      accept, HTTP/1.1 + h2c, edge limits
 //! client_ip   peer + trusted X-Forwarded-For/Forwarded -> client address
 //! route       Host + path -> target                        404 no_route
-//! credential  [server] key_sources in order: header, query,  403 key_missing / key_invalid
-//!             bearer, cookie (default X-API-Key, api_key)
+//! credential  [server] key_sources, in order: header,      403 key_missing / key_invalid
+//!             query, bearer, cookie (default X-API-Key, api_key)
 //! authorize   (after the failed-attempt block, 429 too_many_failures) hash, one lookup,
 //!             status, expiry, IP, target, access: pure      403 key_invalid / key_inactive /
 //!                                                           key_expired / ip_not_allowed /

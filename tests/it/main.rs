@@ -38,6 +38,7 @@ mod front;
 mod hostile;
 mod ip_allow;
 mod key_commands;
+mod key_sources;
 mod key_status;
 mod observability;
 mod openapi;
