@@ -444,12 +444,16 @@ async fn start_caddy(verify: SocketAddr, api: SocketAddr) -> Option<Started> {
 /// nginx `auth_request` with the documented recipe: a valid key reaches the upstream with
 /// keygate's identity headers and without the key (header or query); every refusal reaches the
 /// client with keygate's status and code as problem+json, including 429 with `Retry-After` for a
-/// rate-limited and a quota-spent key (which plain `auth_request` would turn into 500); access and
-/// paths are decided on the original method and URI, `allow_ips` on the client's address; with
-/// keygate down, nothing passes.
+/// rate-limited and a quota-spent key and 404 for no route (which plain `auth_request` would turn
+/// into 500); access and paths are decided on the original method and URI, the route on the
+/// original host, `allow_ips` on the client's address; with keygate down, nothing passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_admits_refuses_and_passes_429_with_retry_after() {
-    let fx = Fwd::start("fwd-nginx").await;
+    // Target `main` only for the tests' own host: another host has no route (404).
+    let fx = Fwd::start_with("fwd-nginx", |files| {
+        files.add_to_target("main", &format!("hosts = [\"{HOST}\"]"));
+    })
+    .await;
     let Some(ngx) = start_nginx(fx.verify, fx.files.up.addr).await else {
         return;
     };
@@ -533,6 +537,17 @@ async fn nginx_auth_request_admits_refuses_and_passes_429_with_retry_after() {
     )
     .await;
     assert_problem(&spoofing, 403, "ip_not_allowed");
+    // Routing on the original host (nginx's X-Forwarded-Host).
+    let elsewhere = send_from(
+        CLIENT,
+        to,
+        "GET",
+        "/x",
+        &[("x-api-key", MAIN), ("host", "elsewhere.test")],
+        "",
+    )
+    .await;
+    assert_problem(&elsewhere, 404, "no_route");
     assert_hits(up, 5, "refusals reach no upstream");
 
     // The rate limit: its headers on the admitted answers, then 429 with Retry-After.
