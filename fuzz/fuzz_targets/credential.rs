@@ -64,6 +64,19 @@ fuzz_target!(|data: &[u8]| {
         credential::KeySource::Query(name.into()),
     ];
     let got = credential::extract(&headers, query, &sources).map(|s| s.into_owned());
+    // And with the bearer and cookie places too (hostile Authorization and Cookie values):
+    // never a panic, and stripping them leaves nothing to extract from them.
+    let more = credential::KeySources::new(vec![
+        credential::KeySource::Bearer,
+        credential::KeySource::Cookie("kg_key".into()),
+    ]);
+    let _ = credential::extract(&headers, query, more.list());
+    let mut stripped_headers = headers.clone();
+    credential::strip_headers(&mut stripped_headers, &more);
+    assert_eq!(
+        credential::extract(&stripped_headers, None, more.list()),
+        Err(Deny::KeyMissing)
+    );
     if let Ok(s) = &got {
         assert!(!s.is_empty() && s.len() <= MAX_SECRET_LEN);
     }
@@ -77,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
         let upstream = stripped.as_deref().unwrap_or(q);
         if stripped.is_some() {
             assert_eq!(
-                credential::extract(&HeaderMap::new(), Some(upstream), &KEY_HEADER, name),
+                credential::extract(&HeaderMap::new(), Some(upstream), &sources),
                 Err(Deny::KeyMissing),
                 "a credential survives strip({q:?}) = {upstream:?}"
             );
@@ -89,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(secret_left_in(path_and_query, &out, name), None, "{out:?}");
     assert_eq!(out, expected_redact(path_and_query, name));
     if let Some((_, q)) = out.split_once('?') {
-        match credential::extract(&HeaderMap::new(), Some(q), &KEY_HEADER, name) {
+        match credential::extract(&HeaderMap::new(), Some(q), &sources) {
             Ok(s) => assert_eq!(&*s, b"REDACTED", "{out:?}"),
             Err(e) => assert_eq!(e, Deny::KeyMissing, "{out:?}"),
         }

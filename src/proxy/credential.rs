@@ -97,7 +97,7 @@ fn bearer_token(value: &HeaderValue) -> Option<&[u8]> {
     if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
         return None;
     }
-    let token = rest.trim_ascii_start();
+    let token = rest.trim_ascii();
     (!token.is_empty()).then_some(token)
 }
 

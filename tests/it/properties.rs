@@ -756,3 +756,87 @@ fn the_example_config_parses() {
     let loaded = config::parse(EXAMPLE, Path::new(CONFIG_PATH)).unwrap();
     assert!(!loaded.snapshot.keys.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cookies and bearer tokens (`key_sources`).
+
+/// One cookie pair as a client may send it: a name (sometimes the key cookie's, sometimes a
+/// near miss), `=`, a value (sometimes quoted, sometimes empty), with optional white space.
+fn cookie_pair() -> impl Strategy<Value = (String, bool)> {
+    let name = select(vec![
+        "kg_key", "kg_key", "KG_KEY", "kg_key2", "xkg_key", "a", "sid", "b-c",
+    ]);
+    let value = "[A-Za-z0-9%!#$&'()*+./:<>?@^_`|~-]{0,12}";
+    (name, value, any::<bool>(), select(vec!["", " ", "  "])).prop_map(|(n, v, quoted, ws)| {
+        let v = if quoted { format!("\"{v}\"") } else { v };
+        (format!("{ws}{n}{ws}={ws}{v}{ws}"), n == "kg_key")
+    })
+}
+
+proptest! {
+    #![proptest_config(cases(2048))]
+
+    /// Stripping the key cookie removes exactly the `kg_key` pairs: the rest is the other pairs
+    /// with their separators, byte for byte (only white space before the first one kept goes).
+    /// And nothing is left for `extract` to find.
+    #[test]
+    fn strip_cookies_removes_exactly_the_key_cookie(
+        pairs in proptest::collection::vec(cookie_pair(), 0..6),
+    ) {
+        let header = pairs.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(";");
+        let names: Vec<Box<str>> = vec!["kg_key".into()];
+        let got = credential::strip_cookies(header.as_bytes(), &names);
+        let expected = pairs.iter().any(|(_, key)| *key).then(|| {
+            let kept: Vec<&str> = pairs.iter().filter(|(_, key)| !*key).map(|(p, _)| p.as_str()).collect();
+            kept.join(";").trim_start().as_bytes().to_vec()
+        });
+        prop_assert_eq!(&got, &expected, "{:?}", header);
+        let sources = credential::KeySources::new(vec![credential::KeySource::Cookie("kg_key".into())]);
+        let mut headers = HeaderMap::new();
+        headers.append(http::header::COOKIE, HeaderValue::from_str(&header).unwrap());
+        credential::strip_headers(&mut headers, &sources);
+        prop_assert_eq!(
+            credential::extract(&headers, None, sources.list()).err(),
+            Some(keygate::proxy::deny::Deny::KeyMissing)
+        );
+    }
+
+    /// Any Authorization and Cookie bytes: no panic, and after stripping no key is found.
+    #[test]
+    fn bearer_and_cookies_from_any_bytes(
+        auth in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..3),
+        cookies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..3),
+        scheme in select(vec!["Bearer ", "bearer  ", "Basic ", ""]),
+    ) {
+        let mut headers = HeaderMap::new();
+        for a in &auth {
+            let v = [scheme.as_bytes(), a].concat();
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                headers.append(http::header::AUTHORIZATION, v);
+            }
+        }
+        for c in &cookies {
+            if let Ok(v) = HeaderValue::from_bytes(&[b"kg_key=", c.as_slice()].concat()) {
+                headers.append(http::header::COOKIE, v);
+            }
+        }
+        let sources = credential::KeySources::new(vec![
+            credential::KeySource::Bearer,
+            credential::KeySource::Cookie("kg_key".into()),
+        ]);
+        if let Ok(s) = credential::extract(&headers, None, sources.list()) {
+            prop_assert!(!s.is_empty() && s.len() <= MAX_SECRET_LEN);
+        }
+        credential::strip_headers(&mut headers, &sources);
+        prop_assert_eq!(
+            credential::extract(&headers, None, sources.list()).err(),
+            Some(keygate::proxy::deny::Deny::KeyMissing)
+        );
+        // Every Bearer token went (a bare `Bearer ` carries none and may stay).
+        for v in headers.get_all(http::header::AUTHORIZATION) {
+            let v = v.as_bytes();
+            let bearer = v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ");
+            prop_assert!(!bearer || v[7..].trim_ascii().is_empty(), "{:?}", v);
+        }
+    }
+}
