@@ -114,10 +114,11 @@ impl Fwd {
         Fwd { files, kg, verify }
     }
 
-    /// The access log's lines so far, as JSON.
+    /// The access log's whole lines so far, as JSON (a line still being written is left out).
     fn access_log(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.files.dir.join("access.log")).unwrap_or_default();
-        text.lines()
+        text.split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
             .map(|l| {
                 serde_json::from_str(l)
                     .unwrap_or_else(|e| panic!("an access log line is not JSON ({e}): {l}"))
@@ -210,7 +211,7 @@ fn retry_after(resp: &Resp, max: u64) -> u64 {
     secs
 }
 
-/// What a refused request's upstream saw: nothing. Fails if the upstream's count moved.
+/// Fails unless exactly `want` requests have reached the upstream so far.
 #[track_caller]
 fn assert_hits(up: &Upstream, want: usize, what: &str) {
     assert_eq!(
@@ -443,12 +444,16 @@ async fn start_caddy(verify: SocketAddr, api: SocketAddr) -> Option<Started> {
 /// nginx `auth_request` with the documented recipe: a valid key reaches the upstream with
 /// keygate's identity headers and without the key (header or query); every refusal reaches the
 /// client with keygate's status and code as problem+json, including 429 with `Retry-After` for a
-/// rate-limited and a quota-spent key (which plain `auth_request` would turn into 500); access and
-/// paths are decided on the original method and URI, `allow_ips` on the client's address; with
-/// keygate down, nothing passes.
+/// rate-limited and a quota-spent key and 404 for no route (which plain `auth_request` would turn
+/// into 500); access and paths are decided on the original method and URI, the route on the
+/// original host, `allow_ips` on the client's address; with keygate down, nothing passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_admits_refuses_and_passes_429_with_retry_after() {
-    let fx = Fwd::start("fwd-nginx").await;
+    // Target `main` only for the tests' own host: another host has no route (404).
+    let fx = Fwd::start_with("fwd-nginx", |files| {
+        files.add_to_target("main", &format!("hosts = [\"{HOST}\"]"));
+    })
+    .await;
     let Some(ngx) = start_nginx(fx.verify, fx.files.up.addr).await else {
         return;
     };
@@ -532,6 +537,17 @@ async fn nginx_auth_request_admits_refuses_and_passes_429_with_retry_after() {
     )
     .await;
     assert_problem(&spoofing, 403, "ip_not_allowed");
+    // Routing on the original host (nginx's X-Forwarded-Host).
+    let elsewhere = send_from(
+        CLIENT,
+        to,
+        "GET",
+        "/x",
+        &[("x-api-key", MAIN), ("host", "elsewhere.test")],
+        "",
+    )
+    .await;
+    assert_problem(&elsewhere, 404, "no_route");
     assert_hits(up, 5, "refusals reach no upstream");
 
     // The rate limit: its headers on the admitted answers, then 429 with Retry-After.
@@ -902,4 +918,35 @@ async fn verify_calls_share_limits_with_the_proxy_and_are_counted_and_logged() {
         assert!(!log.contains(secret), "a secret in the access log: {log}");
     }
     assert_hits(&fx.files.up, 1, "verify calls forward nothing");
+}
+
+/// `[server] key_sources` apply to verify calls: a key the proxy copied from the client in
+/// `Authorization: Bearer` or in a cookie is found there, as in the proxy mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_sources_apply_to_verify_calls() {
+    let fx = Fwd::start_with("fwd-sources", |files| {
+        let text = std::fs::read_to_string(&files.config).unwrap();
+        let sources = "key_sources = [\"header:X-API-Key\", \"bearer\", \"cookie:kg_key\"]";
+        let text = text.replacen("[server]\n", &format!("[server]\n{sources}\n"), 1);
+        std::fs::write(&files.config, text).unwrap();
+    })
+    .await;
+    let ask = async |headers: &[(&str, &str)]| {
+        let mut h = vec![("x-forwarded-uri", "/x"), ("x-forwarded-method", "GET")];
+        h.extend_from_slice(headers);
+        verify_call(&fx, "GET", "/", &h).await
+    };
+
+    let bearer = format!("Bearer {MAIN}");
+    let ok = ask(&[("authorization", &bearer)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.header("x-keygate-key-id"), Some("fwd-main"));
+    let cookie = format!("theme=dark; kg_key={LIMITED}; lang=en");
+    let ok = ask(&[("cookie", &cookie)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.header("x-keygate-key-id"), Some("fwd-limited"));
+    let missing = ask(&[("cookie", "theme=dark")]).await;
+    assert_keygate_refusal(&missing, 403, "key_missing");
+    let wrong = format!("Bearer {WRONG}");
+    assert_keygate_refusal(&ask(&[("authorization", &wrong)]).await, 403, "key_invalid");
 }
