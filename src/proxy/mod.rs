@@ -183,16 +183,21 @@ impl Proxy {
             Instant::now(),
             activity,
         );
-        // Only a request with `Origin` to a `[targets.cors]` target; a preflight ends here.
-        let browser = self.browser(&req, peer, &mut exchange);
-        if let Some(b) = browser.as_ref().filter(|b| b.is_preflight()) {
-            return respond::preflight(b, request_id, exchange);
-        }
+        // Only a request with `Origin` to a `[targets.cors]` target has one.
+        let mut browser = None;
         let (outcome, rate) = match self
-            .admit(&mut req, peer, proto, &request_id, &mut exchange)
+            .admit(
+                &mut req,
+                peer,
+                proto,
+                &request_id,
+                &mut exchange,
+                &mut browser,
+            )
             .await
         {
-            Ok(admitted) => {
+            Ok(Admission::Preflight(b)) => return respond::preflight(&b, request_id, exchange),
+            Ok(Admission::Forward(admitted)) => {
                 let rate = admitted.rate;
                 let answer = self.forward(req, admitted, activity, &mut exchange).await;
                 (answer.map(|r| r.map(Either::Left)), rate)
@@ -209,7 +214,9 @@ impl Proxy {
     }
 
     /// The request as received -> [`Proxy::decide`] -> the plan `forward` carries out, on one
-    /// snapshot load.
+    /// snapshot load. A browser's request to a `[targets.cors]` target leaves its [`cors::Browser`]
+    /// in `browser`, for `respond` to label the answer (or the refusal) with; its preflight ends
+    /// here, before the credential.
     async fn admit(
         &self,
         req: &mut Request<Incoming>,
@@ -217,9 +224,17 @@ impl Proxy {
         proto: &'static str,
         request_id: &HeaderValue,
         exchange: &mut Exchange,
-    ) -> Result<Admitted, Refusal> {
+        browser: &mut Option<cors::Browser>,
+    ) -> Result<Admission, Refusal> {
         let snap = self.published.load();
         let asked = Asked::received(req);
+        // Before the credential: browsers never send a key on a preflight.
+        if asked.headers.contains_key(http::header::ORIGIN) {
+            *browser = self.browser(&snap, &asked, peer, exchange);
+            if let Some(b) = browser.take_if(|b| b.is_preflight()) {
+                return Ok(Admission::Preflight(b));
+            }
+        }
         let decided = self
             .decide(&snap, &asked, peer, &snap.server.trusted_proxies, exchange)
             .await?;
@@ -233,11 +248,11 @@ impl Proxy {
             request_id,
         };
         let plan = forward::rewrite(req, &snap.server, t, &caller);
-        Ok(Admitted {
+        Ok(Admission::Forward(Admitted {
             plan,
             rate: decided.rate,
             max_body: t.max_body,
-        })
+        }))
     }
 
     /// The decision, the same for the proxy and for the verify listener (`proxy/verify.rs`):
@@ -310,20 +325,15 @@ impl Proxy {
     }
 
     /// A browser's request to a target with `[targets.cors]` (`cors.rs`); for a preflight,
-    /// which `admit` never sees, the access log's path, client and target are noted here.
+    /// which `decide` never sees, the access log's path, client and target are noted here.
     fn browser(
         &self,
-        req: &Request<Incoming>,
+        snap: &Live,
+        asked: &Asked<'_>,
         peer: SocketAddr,
         exchange: &mut Exchange,
     ) -> Option<cors::Browser> {
-        if !req.headers().contains_key(http::header::ORIGIN) {
-            return None;
-        }
-        let snap = self.published.load();
-        let asked = Asked::received(req);
-        let browser =
-            cors::Browser::of(&snap, asked.method, asked.host, asked.path, asked.headers)?;
+        let browser = cors::Browser::of(snap, asked.method, asked.host, asked.path, asked.headers)?;
         if browser.is_preflight() {
             let server = &snap.server;
             exchange.path(asked.path_and_query, server.key_sources.queries());
@@ -437,6 +447,12 @@ pub fn guarded_authorize<'s>(
 pub struct Now {
     pub wall: SystemTime,
     pub mono: Duration,
+}
+
+/// What `admit` ends with: a preflight it answers itself, or a request to forward.
+enum Admission {
+    Preflight(cors::Browser),
+    Forward(Admitted),
 }
 
 /// What `admit` lets through: the request's plan and its rate-limit state.
