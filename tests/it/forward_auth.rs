@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -144,21 +144,6 @@ impl Fwd {
             .await;
         expect(&resp, 200)
     }
-}
-
-/// Yesterday and today in UTC, as `YYYY-MM-DD`.
-fn days() -> (String, String) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let day = |secs: u64| {
-        let d = time::OffsetDateTime::from_unix_timestamp(secs as i64)
-            .unwrap()
-            .date();
-        format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
-    };
-    (day(now - 86_400), day(now))
 }
 
 /// One request on a fresh HTTP/1.1 connection from `from` to `to`, `Host` [`HOST`] unless given;
