@@ -477,12 +477,10 @@ impl Store {
             set_list(&mut t, "targets", new.targets.as_deref(), |v| {
                 check_target(snap, v)
             })?;
-            set_list(&mut t, "allow_ips", new.allow_ips.as_deref(), check_cidr)?;
-            set_list(
+            set_allowed_from(
                 &mut t,
-                "allow_origins",
+                new.allow_ips.as_deref(),
                 new.allow_origins.as_deref(),
-                check_origin,
             )?;
             if let Some(a) = new.access {
                 t["access"] = value(access_str(a));
@@ -524,12 +522,10 @@ impl Store {
             set_list(t, "targets", patch.targets.as_deref(), |v| {
                 check_target(snap, v)
             })?;
-            set_list(t, "allow_ips", patch.allow_ips.as_deref(), check_cidr)?;
-            set_list(
+            set_allowed_from(
                 t,
-                "allow_origins",
+                patch.allow_ips.as_deref(),
                 patch.allow_origins.as_deref(),
-                check_origin,
             )?;
             if let Some(a) = patch.access {
                 t["access"] = value(access_str(a));
@@ -685,12 +681,10 @@ impl Store {
             let mut t = Table::new();
             t["id"] = value(new.id.as_str());
             set_opt_str(&mut t, "name", new.name.as_deref());
-            set_list(&mut t, "allow_ips", new.allow_ips.as_deref(), check_cidr)?;
-            set_list(
+            set_allowed_from(
                 &mut t,
-                "allow_origins",
+                new.allow_ips.as_deref(),
                 new.allow_origins.as_deref(),
-                check_origin,
             )?;
             set_list(&mut t, "targets", new.targets.as_deref(), |v| {
                 check_target(snap, v)
@@ -744,12 +738,10 @@ impl Store {
             if let Some(n) = &patch.name {
                 set_opt_str(t, "name", n.as_deref());
             }
-            set_list(t, "allow_ips", patch.allow_ips.as_deref(), check_cidr)?;
-            set_list(
+            set_allowed_from(
                 t,
-                "allow_origins",
+                patch.allow_ips.as_deref(),
                 patch.allow_origins.as_deref(),
-                check_origin,
             )?;
             set_list(t, "targets", patch.targets.as_deref(), |v| {
                 check_target(snap, v)
@@ -1127,6 +1119,17 @@ fn set_list(
     }
     t[field] = value(array);
     Ok(())
+}
+
+/// Where a key or a consumer may be used from (`allow_ips`, then `allow_origins`): one place
+/// pairs each list with its check, for both and for creating and changing alike.
+fn set_allowed_from(
+    t: &mut Table,
+    ips: Option<&[String]>,
+    origins: Option<&[String]>,
+) -> Result<(), StoreError> {
+    set_list(t, "allow_ips", ips, check_cidr)?;
+    set_list(t, "allow_origins", origins, check_origin)
 }
 
 fn check_id(id: &str, field: &'static str) -> Result<(), StoreError> {

@@ -35,21 +35,6 @@ async fn usage_files(name: &str, usage: &str) -> Files {
     files
 }
 
-/// Today and yesterday (UTC) as `YYYY-MM-DD`: a range that holds "now" even across midnight.
-fn days() -> (String, String) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let day = |secs: u64| {
-        let d = time::OffsetDateTime::from_unix_timestamp(secs as i64)
-            .unwrap()
-            .date();
-        format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
-    };
-    (day(now - 86_400), day(now))
-}
-
 /// A day `back` days before today (UTC).
 fn day_back(back: u64) -> String {
     let now = SystemTime::now()

@@ -547,6 +547,22 @@ pub fn rfc3339(v: &Value) -> time::OffsetDateTime {
         .unwrap_or_else(|e| panic!("{s:?} is not RFC 3339: {e}"))
 }
 
+/// Yesterday and today (UTC) as `YYYY-MM-DD`: a usage range that holds "now" even across
+/// midnight.
+pub fn days() -> (String, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let day = |secs: u64| {
+        let d = time::OffsetDateTime::from_unix_timestamp(secs as i64)
+            .unwrap()
+            .date();
+        format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+    };
+    (day(now - 86_400), day(now))
+}
+
 /// The ids of a list of keys or consumers.
 pub fn ids(items: &[Value]) -> Vec<String> {
     items
