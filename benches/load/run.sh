@@ -240,21 +240,26 @@ temp_paths() { # dir: nginx's temp paths inside the work dir
   echo "client_body_temp_path $1/body; proxy_temp_path $1/proxy; fastcgi_temp_path $1/fcgi;"
   echo "uwsgi_temp_path $1/uwsgi; scgi_temp_path $1/scgi;"
 }
+nginx_head() { # dir workers: what every nginx here starts with, up to inside `http {`
+  cat <<CONF
+$ROOT_USER
+worker_processes $2;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  $(temp_paths "$1")
+  keepalive_requests 1000000;
+  client_max_body_size 2m;
+CONF
+}
 
 # ---- upstream: nginx return 200 (HTTP/1.1 and h2c), one for the whole run -------------------
 UP_PORT=$(free_port); UP_H2_PORT=$(free_port)
 mkdir -p "$WORK/up"
 cat >"$WORK/up/nginx.conf" <<CONF
-$ROOT_USER
-worker_processes 1;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  $(temp_paths "$WORK/up")
-  keepalive_requests 1000000;
-  client_max_body_size 2m;
+$(nginx_head "$WORK/up" 1)
   server {
     listen 127.0.0.1:$UP_PORT;
     location / { return 200 "ok"; }
@@ -299,16 +304,7 @@ start_gates() { # N keysdir fwd(1: also keygate's [verify] listener and nginx au
       proxy_pass http://backend;
     }'
   cat >"$w/ngx/nginx.conf" <<CONF
-$ROOT_USER
-worker_processes auto;
-pid $w/ngx/nginx.pid;
-error_log $w/ngx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  $(temp_paths "$w/ngx")
-  keepalive_requests 1000000;
-  client_max_body_size 2m;
+$(nginx_head "$w/ngx" auto)
   client_body_buffer_size 2m;  # 1 MB POST bodies buffered in memory, not in temp files
   map_hash_max_size $hash_max;
   map_hash_bucket_size 512;
@@ -400,16 +396,7 @@ CONF
     [[ "$recipe" == *"auth_request /_keygate;"* && "$recipe" == *"listen 127.0.0.1:$NGXA_PORT;"* ]] ||
       die "no nginx recipe in docs/forward-auth.md (after <!-- tested: nginx -->)"
     cat >"$w/ngxa/nginx.conf" <<CONF
-$ROOT_USER
-worker_processes auto;
-pid $w/ngxa/nginx.pid;
-error_log $w/ngxa/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  $(temp_paths "$w/ngxa")
-  keepalive_requests 1000000;
-  client_max_body_size 2m;
+$(nginx_head "$w/ngxa" auto)
 $recipe
 }
 CONF
