@@ -3,7 +3,7 @@
 //! upstream's and keygate's own refusals alike, so that a page can read either.
 //!
 //! A request without an `Origin` header (the server-to-server case) costs one header lookup
-//! here and allocates nothing; `Origin` and `Referer` are read for `allow_origins` only when
+//! here (none when no target has `[targets.cors]`: `Snapshot::cors`) and allocates nothing; `Origin` and `Referer` are read for `allow_origins` only when
 //! some key or consumer has one (`Snapshot::origins`).
 //!
 //! A preflight from an origin the target does not list is answered too, 204 without any

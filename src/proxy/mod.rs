@@ -229,7 +229,7 @@ impl Proxy {
         let snap = self.published.load();
         let asked = Asked::received(req);
         // Before the credential: browsers never send a key on a preflight.
-        if asked.headers.contains_key(http::header::ORIGIN) {
+        if snap.cors && asked.headers.contains_key(http::header::ORIGIN) {
             *browser = self.browser(&snap, &asked, peer, exchange);
             if let Some(b) = browser.take_if(|b| b.is_preflight()) {
                 return Ok(Admission::Preflight(b));

@@ -58,6 +58,9 @@ pub struct Snapshot {
     /// Whether any key or consumer has `allow_origins`: without, the request path does not
     /// even look for an `Origin` or `Referer`.
     pub origins: bool,
+    /// Whether any target has `[targets.cors]`: without, a request's `Origin` is not routed
+    /// a second time to find its target's policy.
+    pub cors: bool,
     pub admin: Option<Admin>,
     /// The prefix of the secrets keygate generates (`[admin] key_prefix`, else the default):
     /// a presented secret with it and a generated secret's shape must carry a valid checksum
@@ -111,8 +114,10 @@ impl Snapshot {
         let routes = Routes::build(&targets);
         let origins = consumers.iter().any(|c| !c.allow_origins.is_empty())
             || keys.iter().any(|k| !k.allow_origins().is_empty());
+        let cors = targets.iter().any(|t| t.cors.is_some());
         Snapshot {
             origins,
+            cors,
             server,
             log: Log::default(),
             metrics_listen: None,
