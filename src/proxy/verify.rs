@@ -140,7 +140,7 @@ struct Original<'r> {
 impl<'r> Original<'r> {
     /// Reads the forwarded description, falling back to the call itself. A header sent twice
     /// is refused rather than guessed: the two could disagree about what is being asked.
-    fn of(req: &'r Request<Incoming>) -> Result<Original<'r>, Deny> {
+    fn of<B>(req: &'r Request<B>) -> Result<Original<'r>, Deny> {
         let h = req.headers();
         let method = match one_of(h, &[X_FORWARDED_METHOD, X_ORIGINAL_METHOD])? {
             None => req.method().clone(),
@@ -196,4 +196,79 @@ fn declared_length(headers: &HeaderMap) -> u64 {
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder()
+            .method(Method::GET)
+            .uri("/_keygate?x=1")
+            .header("host", "127.0.0.1:8081");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    /// (method, path?query, host) as `Original::of` reads them, or the code it refuses with.
+    fn read(headers: &[(&str, &str)]) -> Result<(String, String, Option<String>), &'static str> {
+        let req = call(headers);
+        let o = Original::of(&req).map_err(|d| d.code())?;
+        let pq = o.uri.path_and_query().map(|pq| pq.as_str().to_owned());
+        Ok((
+            o.method.to_string(),
+            pq.unwrap_or_default(),
+            o.host.map(str::to_owned),
+        ))
+    }
+
+    #[test]
+    fn the_forwarded_headers_win_then_the_original_ones_then_the_call() {
+        let own = (
+            "GET".into(),
+            "/_keygate?x=1".into(),
+            Some("127.0.0.1:8081".into()),
+        );
+        assert_eq!(read(&[]), Ok(own));
+        let nginx = read(&[("x-original-method", "POST"), ("x-original-uri", "/a?b=1")]);
+        assert_eq!(nginx.unwrap().0, "POST");
+        let both = read(&[
+            ("x-forwarded-method", "PUT"),
+            ("x-original-method", "POST"),
+            ("x-forwarded-uri", "/f"),
+            ("x-original-uri", "/o"),
+            ("x-forwarded-host", "api.example.com:8443, proxy.internal"),
+        ]);
+        assert_eq!(
+            both,
+            Ok((
+                "PUT".into(),
+                "/f".into(),
+                Some("api.example.com:8443".into())
+            ))
+        );
+        // An absolute URI gives its path and query; its authority is not the host.
+        let absolute = read(&[("x-forwarded-uri", "https://elsewhere.example/p?q=2")]);
+        assert_eq!(
+            absolute,
+            Ok(("GET".into(), "/p?q=2".into(), Some("127.0.0.1:8081".into())))
+        );
+    }
+
+    #[test]
+    fn an_unreadable_or_repeated_description_is_invalid_request() {
+        for headers in [
+            &[("x-forwarded-uri", "/a"), ("x-forwarded-uri", "/b")][..],
+            &[("x-original-method", "GET"), ("x-original-method", "POST")],
+            &[("x-forwarded-host", "a"), ("x-forwarded-host", "b")],
+            &[("x-forwarded-uri", "relative/path")],
+            &[("x-forwarded-uri", "*")],
+            &[("x-forwarded-method", "GE T")],
+        ] {
+            assert_eq!(read(headers), Err("invalid_request"), "{headers:?}");
+        }
+    }
 }
