@@ -169,6 +169,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// that is already busy, so a burst of new connections can land 3:1 on one thread while the
 /// other idles (seen with wrk's 32 connections). A worker that holds at least two connections
 /// more than the least loaded one passes a new connection over instead of serving it.
+///
+/// A socket per worker (`SO_REUSEPORT`) was tried for issue 18 and dropped: the kernel then
+/// picks the worker by a hash of the addresses, busy or not, where the shared socket is taken
+/// by whichever worker is free; with a new connection per request it cost 19% of the
+/// throughput (docs/performance.md).
 struct Balance {
     load: Box<[AtomicUsize]>,
     inbox: Box<[mpsc::UnboundedSender<Handed>]>,
@@ -243,10 +248,39 @@ impl Drop for Slot {
 /// A client socket with its [`Slot`]: the slot lives exactly as long as the socket, so the
 /// connection is counted whoever holds it: hyper while it speaks HTTP, or an upgraded
 /// connection's tunnel after hyper has handed the socket over (which ends hyper's connection
-/// future long before the client goes). Every call passes straight through.
+/// future long before the client goes). Every call passes straight through, but for a plain
+/// connection's first read (see [`Prefetch`]).
 struct Held<S> {
     io: S,
     _slot: Slot,
+    prefetch: Option<Prefetch>,
+}
+
+/// A plain connection's first bytes, read in one call. hyper-util's HTTP/2 sniff asks the socket
+/// for exactly the 24 bytes of the preface, so an HTTP/1.1 connection paid a second `recvfrom`
+/// for the rest of its first request's head: one syscall more per request when every request
+/// comes on a new connection (nginx reads the head in one). Reading up to 4 KiB here serves the
+/// sniff and then hyper from memory.
+struct Prefetch {
+    buf: Box<[u8]>,
+    /// Bytes read into `buf`; `None` before the read.
+    len: Option<usize>,
+    /// Bytes of `buf` already handed out.
+    at: usize,
+}
+
+/// Enough for a typical request head (nginx's `client_header_buffer_size` is 1 KiB); a longer
+/// one is read on as usual.
+const PREFETCH: usize = 4096;
+
+impl Prefetch {
+    fn new() -> Prefetch {
+        Prefetch {
+            buf: vec![0; PREFETCH].into_boxed_slice(),
+            len: None,
+            at: 0,
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
@@ -256,7 +290,32 @@ impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        let Some(pre) = &mut this.prefetch else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        let len = match pre.len {
+            Some(len) => len,
+            // A reader asking for more than the prefetch holds needs no copy.
+            None if buf.remaining() >= PREFETCH => {
+                this.prefetch = None;
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
+            None => {
+                let mut first = ReadBuf::new(&mut pre.buf);
+                std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut first))?;
+                let len = first.filled().len();
+                pre.len = Some(len);
+                len
+            }
+        };
+        let n = buf.remaining().min(len - pre.at);
+        buf.put_slice(&pre.buf[pre.at..pre.at + n]);
+        pre.at += n;
+        if pre.at == len {
+            this.prefetch = None;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -483,6 +542,8 @@ async fn accept_loop<H: Handler>(
         let stream = Held {
             io: stream,
             _slot: Slot::new(permit, occupied, gauge.clone()),
+            // TLS reads the socket in records of its own; the sniff then reads plaintext.
+            prefetch: front.tls.is_none().then(Prefetch::new),
         };
         let conn = Conn {
             handler: handler.clone(),
@@ -835,5 +896,34 @@ mod tests {
             1,
             "the handed connection keeps its place"
         );
+    }
+
+    /// The first read of a plain connection takes what is there, then hands it out in pieces
+    /// as small as the reader asks for: the HTTP/2 sniff's 24 bytes, then the rest.
+    #[tokio::test]
+    async fn the_first_read_is_one_read_served_in_pieces() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let head = b"GET /a-longer-path?x=1 HTTP/1.1\r\nHost: a\r\nX-Api-Key: k\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        client.shutdown().await.unwrap();
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let mut held = Held {
+            io: stream,
+            _slot: Slot::new(permit, None, None),
+            prefetch: Some(Prefetch::new()),
+        };
+        let mut sniff = [0u8; 24];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        held.read_exact(&mut sniff).await.unwrap();
+        assert_eq!(&sniff[..], &head[..24]);
+        assert!(held.prefetch.is_some(), "the rest is still in memory");
+        let mut rest = Vec::new();
+        held.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(&rest[..], &head[24..]);
+        assert!(held.prefetch.is_none());
     }
 }
