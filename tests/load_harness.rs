@@ -145,6 +145,9 @@ fn smoke_run_of_the_load_harness() {
         .env_remove("CASES")
         .env_remove("BIG_CASES")
         .env_remove("RATE")
+        .env_remove("LOGS")
+        .env_remove("LOGS_CASES")
+        .env_remove("KG_ACCESS_LOG")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -209,9 +212,15 @@ fn smoke_run_of_the_load_harness() {
     );
     for (size, table) in tables {
         let cases = table["cases"].as_object().expect("cases");
-        // All cases at the first size; at least keep-alive at the second.
-        let expected: &[&str] = if size == "100" { &CASES } else { &CASES[..1] };
-        for case in expected {
+        // All cases at the first size; at least keep-alive at the second; and keep-alive with
+        // every gate's access log on (the logs variant) at both.
+        let mut expected: Vec<&str> = if size == "100" {
+            CASES.to_vec()
+        } else {
+            CASES[..1].to_vec()
+        };
+        expected.push("keepalive+logs");
+        for case in &expected {
             let medians = &cases
                 .get(*case)
                 .unwrap_or_else(|| panic!("no case {case} at {size} keys:\n{output}"))["medians"];
