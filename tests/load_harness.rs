@@ -8,7 +8,9 @@
 //! redis-server) at the first size; without it the script leaves that case out. Where nginx has
 //! its auth_request module it also checks the forward-auth case at the first size: nginx
 //! auth_request -> keygate's `[verify]` listener -> upstream (the recipe of docs/forward-auth.md)
-//! and wrk straight at the verify listener. The figures themselves are not looked at: this is not
+//! and wrk straight at the verify listener. It also checks the logs variant's keep-alive case
+//! (`keepalive+logs`: every gate writing its access log to a file, the script checking each file
+//! has a line per request) at both sizes. The figures themselves are not looked at: this is not
 //! a benchmark.
 //!
 //! Also runs the unit tests of loadgen.rs (its histogram, target and duration parsing), which
