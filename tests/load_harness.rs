@@ -8,7 +8,9 @@
 //! redis-server) at the first size; without it the script leaves that case out. Where nginx has
 //! its auth_request module it also checks the forward-auth case at the first size: nginx
 //! auth_request -> keygate's `[verify]` listener -> upstream (the recipe of docs/forward-auth.md)
-//! and wrk straight at the verify listener. The figures themselves are not looked at: this is not
+//! and wrk straight at the verify listener. It also checks the logs variant's keep-alive case
+//! (`keepalive+logs`: every gate writing its access log to a file, the script checking each file
+//! has a line per request) at both sizes. The figures themselves are not looked at: this is not
 //! a benchmark.
 //!
 //! Also runs the unit tests of loadgen.rs (its histogram, target and duration parsing), which
@@ -145,6 +147,9 @@ fn smoke_run_of_the_load_harness() {
         .env_remove("CASES")
         .env_remove("BIG_CASES")
         .env_remove("RATE")
+        .env_remove("LOGS")
+        .env_remove("LOGS_CASES")
+        .env_remove("KG_ACCESS_LOG")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -209,9 +214,15 @@ fn smoke_run_of_the_load_harness() {
     );
     for (size, table) in tables {
         let cases = table["cases"].as_object().expect("cases");
-        // All cases at the first size; at least keep-alive at the second.
-        let expected: &[&str] = if size == "100" { &CASES } else { &CASES[..1] };
-        for case in expected {
+        // All cases at the first size; at least keep-alive at the second; and keep-alive with
+        // every gate's access log on (the logs variant) at both.
+        let mut expected: Vec<&str> = if size == "100" {
+            CASES.to_vec()
+        } else {
+            CASES[..1].to_vec()
+        };
+        expected.push("keepalive+logs");
+        for case in &expected {
             let medians = &cases
                 .get(*case)
                 .unwrap_or_else(|| panic!("no case {case} at {size} keys:\n{output}"))["medians"];

@@ -7,7 +7,9 @@ tool (wrk or loadgen), the tool's output file; the cluster case adds redis-serve
 during the run and the scripts (EVAL/EVALSHA calls) Redis ran during it; the fwdauth case's
 nginx-authreq adds keygate's own cpu ticks (the gate's are nginx's and keygate's together).
 META.tsv lines (one per table size): keys, keygate start s (or -), constant rate (or -), how the
-rate was chosen (or -), the cases run at that size.
+rate was chosen (or -), the cases run at that size. With run.sh's LOGS=both a table size has two
+META lines, one per variant: the logs variant's cases are named CASE+logs (every gate writing its
+access log to a file) and get tables of their own.
 Exits non-zero if any request failed (non-2xx answers or socket errors). Stdlib only.
 """
 
@@ -40,6 +42,9 @@ CLUSTER_FIELDS = ["rps", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_100k", "rss_m
 # (its CPU and RSS are nginx's and keygate's together); verify is wrk straight at the listener.
 FWD_CONFIGS = ["direct", "nginx", "nginx-authreq", "keygate", "verify"]
 FWD_RATIOS = [("nginx-authreq", "nginx"), ("nginx-authreq", "keygate"), ("verify", "keygate")]
+# The logs variant's suffix, and what its tables' titles add.
+LOGS_SUFFIX = "+logs"
+LOGS_TITLE = ", every gate writing its access log to a file"
 # Below this share of the target rate a constant-rate run did not really run at that rate.
 RATE_SHORTFALL = 0.95
 
@@ -96,6 +101,16 @@ def parse_loadgen(path: str) -> dict:
     }
 
 
+def base_case(case: str) -> str:
+    """keepalive+logs -> keepalive."""
+    return case[: -len(LOGS_SUFFIX)] if case.endswith(LOGS_SUFFIX) else case
+
+
+def title_of(case: str) -> str:
+    base = base_case(case)
+    return CASE_TITLES.get(base, base) + (LOGS_TITLE if case != base else "")
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -108,7 +123,7 @@ def fmt(x, nd=2):
 FIELDS = ["rps", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_100k", "rss_mb"]
 
 
-def cluster_table(rs, keys, a):
+def cluster_table(rs, keys, a, title):
     """keygate local vs strict vs local-sync: medians, ratios to local, p99 added over local."""
     medians = {}
     for c in CLUSTER_CONFIGS:
@@ -138,7 +153,7 @@ def cluster_table(rs, keys, a):
 
     print()
     print(
-        f"{CASE_TITLES['cluster']}: {keys} keys, each rate_limit = \"{a.cluster_rate}\", "
+        f"{title}: {keys} keys, each rate_limit = \"{a.cluster_rate}\", "
         f"wrk -t{a.threads} -c{a.conns} -d{a.duration}, {a.lua_keys} distinct keys in the load, "
         f"medians of {a.rounds} interleaved round(s)"
     )
@@ -167,7 +182,7 @@ def cluster_table(rs, keys, a):
         "calls Redis ran per request, one round trip each; local has no [cluster])"
     )
     return {
-        "title": CASE_TITLES["cluster"],
+        "title": title,
         "rate_limit": a.cluster_rate,
         "medians": medians,
         "ratios": ratios,
@@ -175,7 +190,7 @@ def cluster_table(rs, keys, a):
     }
 
 
-def fwdauth_table(rs, keys, a):
+def fwdauth_table(rs, keys, a, title):
     """direct, nginx's map gate, nginx auth_request -> keygate, keygate, keygate's verify listener."""
     medians = {}
     for c in FWD_CONFIGS:
@@ -194,7 +209,7 @@ def fwdauth_table(rs, keys, a):
     ratios = {f"{x}/{y}": {f: ratio(x, y, f) for f in FIELDS} for x, y in FWD_RATIOS}
     print()
     print(
-        f"{CASE_TITLES['fwdauth']}: {keys} keys, wrk -t{a.threads} -c{a.conns} -d{a.duration}, "
+        f"{title}: {keys} keys, wrk -t{a.threads} -c{a.conns} -d{a.duration}, "
         f"{a.lua_keys} distinct keys in the load, medians of {a.rounds} interleaved round(s)"
     )
     hdr = (
@@ -220,15 +235,17 @@ def fwdauth_table(rs, keys, a):
         "upstream, CPU and RSS of nginx and keygate together, 'of it kg' keygate's share;\n verify: wrk "
         "straight at keygate's [verify] listener, the decision alone; keygate: the proxy mode)"
     )
-    return {"title": CASE_TITLES["fwdauth"], "medians": medians, "ratios": ratios}
+    return {"title": title, "medians": medians, "ratios": ratios}
 
 
 def case_table(case, rs, keys, a, rate, basis):
     """Medians, ratios and (rate) p99 added over direct for one case at one table size; prints it."""
+    title = title_of(case)
+    case = base_case(case)
     if case == "cluster":
-        return cluster_table(rs, keys, a)
+        return cluster_table(rs, keys, a, title)
     if case == "fwdauth":
-        return fwdauth_table(rs, keys, a)
+        return fwdauth_table(rs, keys, a, title)
     medians = {}
     for c in CONFIGS:
         mine = [r for r in rs if r["config"] == c]
@@ -269,7 +286,7 @@ def case_table(case, rs, keys, a, rate, basis):
         load = f"loadgen {rate:,.0f} req/s ({basis}) over {a.conns} connections, -d{a.duration}"
     print()
     print(
-        f"{CASE_TITLES.get(case, case)}: {keys} keys, {load}, "
+        f"{title}: {keys} keys, {load}, "
         f"{a.lua_keys} distinct keys in the load, medians of {a.rounds} interleaved round(s)"
     )
     extra = case == "rate"
@@ -304,7 +321,7 @@ def case_table(case, rs, keys, a, rate, basis):
                     f"warning: {c} reached only {ach:.0%} of the target rate "
                     f"({medians[c]['unsent']} requests never sent): its latencies are at overload"
                 )
-    out = {"title": CASE_TITLES.get(case, case), "medians": medians, "ratios": ratios}
+    out = {"title": title, "medians": medians, "ratios": ratios}
     if extra:
         out["target_rps"] = rate
         out["rate_basis"] = basis
@@ -371,7 +388,8 @@ def main() -> int:
     empty = []
     for meta in metas:
         n = meta["keys"]
-        cases = {}
+        # A second variant at the same size adds its cases to the size's table.
+        cases = tables[str(n)]["cases"] if str(n) in tables else {}
         for case in meta["cases"]:
             rs = [r for r in runs if r["keys"] == n and r["case"] == case]
             cases[case] = case_table(case, rs, n, a, meta["rate"], meta["basis"])
@@ -379,6 +397,13 @@ def main() -> int:
                 failed += m["errors"]
                 if m["requests"] == 0:
                     empty.append(f"{case}/{c} at {n} keys")
+        if str(n) in tables:
+            t = tables[str(n)]
+            for k, v in [("keygate_start_s", meta["keygate_start_s"]), ("rate_target_rps", meta["rate"]),
+                         ("rate_basis", meta["basis"])]:
+                if t[k] is None:
+                    t[k] = v
+            continue
         tables[str(n)] = {
             "keys": n,
             "keygate_start_s": meta["keygate_start_s"],
@@ -389,19 +414,20 @@ def main() -> int:
     print()
     print("(direct has no gate process, so no CPU or RSS; CPU is the gate's processes' utime+stime;")
     print(" RSS is summed over the gate's processes, so nginx's master and workers count shared pages twice)")
-    for meta in metas:
-        if meta["keygate_start_s"] is not None:
-            print(f"keygate start with {meta['keys']} keys (launch to first answer): {meta['keygate_start_s']:.2f} s")
+    for t in tables.values():
+        if t["keygate_start_s"] is not None:
+            print(f"keygate start with {t['keys']} keys (launch to first answer): {t['keygate_start_s']:.2f} s")
 
     # Cost against the table size: throughput at each larger table / at the first one.
     scaling = {}
-    if len(metas) > 1:
-        base = metas[0]["keys"]
-        for meta in metas[1:]:
-            n = meta["keys"]
+    sizes = list(tables.values())
+    if len(sizes) > 1:
+        base = sizes[0]["keys"]
+        for t in sizes[1:]:
+            n = t["keys"]
             per_case = {}
-            for case in meta["cases"]:
-                if case in ("rate", "cluster", "fwdauth") or case not in tables[str(base)]["cases"]:
+            for case in t["cases"]:
+                if base_case(case) in ("rate", "cluster", "fwdauth") or case not in tables[str(base)]["cases"]:
                     continue  # a constant rate is the same at every size; see its latencies
                 big = tables[str(n)]["cases"][case]["medians"]
                 small = tables[str(base)]["cases"][case]["medians"]
@@ -426,7 +452,7 @@ def main() -> int:
         "smoke": a.smoke,
         "wall_s": a.wall_s,
         "settings": {
-            "keys": [m["keys"] for m in metas],
+            "keys": [t["keys"] for t in tables.values()],
             "rounds": a.rounds,
             "duration": a.duration,
             "lua_keys": a.lua_keys,

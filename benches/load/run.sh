@@ -7,6 +7,7 @@
 #   benches/load/run.sh                          # the standard run (see docs/performance.md)
 #   KEYS=10000 ROUNDS=1 benches/load/run.sh      # quicker: one table size, one round
 #   SMOKE=1 benches/load/run.sh                  # every code path in ~40 s: 1 s runs, tiny tables
+#   LOGS=both CASES=keepalive benches/load/run.sh   # each gate with its access log off, then on
 #
 # Environment (defaults in brackets; SMOKE=1 changes the ones marked *):
 #   KEYS*        table sizes, each measured with every gate restarted ["10000 1000000"]
@@ -36,7 +37,19 @@
 #   TOTAL_TIMEOUT* [2400 s] bound on the whole script   KEEP_WORK=1 keeps configs and logs
 #   NO_INSTALL=1 skips (exit 0) instead of apt-get installing nginx-light, haproxy, wrk; a
 #                missing redis-server only leaves the cluster case out
-#   KG_ACCESS_LOG=1 writes keygate's JSON access log to a file [off, like the nginx and HAProxy gates]
+#   LOGS* [0]    0: every gate with its access log off; 1: the logs variant only, every gate
+#                (nginx, HAProxy, keygate; not the upstream) writing one access log line per
+#                request to a file in the work dir: nginx `access_log FILE kg buffer=64k
+#                flush=1s` (a JSON log_format with keygate's fields), HAProxy `log stdout` with a
+#                log-format of those fields, its stdout appended to a file, keygate
+#                `[log] access = FILE` (JSON); both: each table size runs its cases with logs off,
+#                then again with the gates restarted with logs on. The logs variant's cases are
+#                reported as CASE+logs (keepalive+logs, ...). After every logs run each gate's
+#                file must hold one line per request (give or take those in flight), or the run
+#                fails; the files are emptied after each check. SMOKE: both.
+#   LOGS_CASES*  the cases the logs variant runs [= CASES and BIG_CASES; SMOKE: keepalive]
+#   KG_ACCESS_LOG=1 (older switch) keygate alone writes its access log to a file, in the plain
+#                variant; the nginx and HAProxy gates log nothing
 #   KEYGATE_LOG [warn]  OUT [benches/load/results.json; SMOKE: benches/load/results-smoke.json]
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
@@ -52,6 +65,7 @@ if [[ -n "$SMOKE" ]]; then
   # The smoke run checks that every path works, on a machine busy with the rest of the tests:
   # a Redis answer late by 50 ms there is load, not a finding (the 503s would fail the check).
   : "${CLUSTER_TIMEOUT:=2s}"
+  : "${LOGS:=both}" "${LOGS_CASES:=keepalive}"
   : "${OUT:=$HERE/results-smoke.json}"
 fi
 
@@ -85,9 +99,17 @@ LUA_KEYS="${LUA_KEYS:-2000}"
 WARMUP="${WARMUP:-1s}"
 KEY_CACHE="${KEY_CACHE-$ROOT/target/load-keys}"
 OUT="${OUT:-$HERE/results.json}"
+LOGS="${LOGS:-0}"
+case "$LOGS" in
+  0 | "") VARIANTS="plain" ;;
+  1) VARIANTS="logs" ;;
+  both) VARIANTS="plain logs" ;;
+  *) echo "[load] LOGS must be 0, 1 or both, got $LOGS" >&2; exit 2 ;;
+esac
+LOGS_CASES="${LOGS_CASES-$CASES $BIG_CASES}"
 export KEYGATE_LOG="${KEYGATE_LOG:-warn}"
 ALL_CASES="keepalive close h2c post rate cluster fwdauth"
-for case in $CASES $BIG_CASES; do
+for case in $CASES $BIG_CASES $LOGS_CASES; do
   [[ " $ALL_CASES " == *" $case "* ]] || { echo "[load] unknown case $case ($ALL_CASES)" >&2; exit 2; }
 done
 for n in $KEYS; do
@@ -240,7 +262,15 @@ temp_paths() { # dir: nginx's temp paths inside the work dir
   echo "client_body_temp_path $1/body; proxy_temp_path $1/proxy; fastcgi_temp_path $1/fcgi;"
   echo "uwsgi_temp_path $1/uwsgi; scgi_temp_path $1/scgi;"
 }
-nginx_head() { # dir workers: what every nginx here starts with, up to inside `http {`
+# The logs variant's nginx line: keygate's fields, in keygate's JSON, buffered as nginx advises.
+NGX_LOG_FORMAT="log_format kg escape=json '{\"time\":\"\$time_iso8601\",\"request_id\":\"\$request_id\",'
+    '\"client_ip\":\"\$remote_addr\",\"method\":\"\$request_method\",\"host\":\"\$host\",'
+    '\"path\":\"\$request_uri\",\"status\":\$status,\"upstream_ms\":\"\$upstream_response_time\",'
+    '\"total_ms\":\$request_time,\"bytes_in\":\$request_length,\"bytes_out\":\$bytes_sent}';"
+nginx_head() { # dir workers [access-log-file]: what every nginx here starts with, up to inside `http {`
+  local access="access_log off;"
+  [[ -n "${3:-}" ]] && access="$NGX_LOG_FORMAT
+  access_log $3 kg buffer=64k flush=1s;"
   cat <<CONF
 $ROOT_USER
 worker_processes $2;
@@ -248,7 +278,7 @@ pid $1/nginx.pid;
 error_log $1/error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  $access
   $(temp_paths "$1")
   keepalive_requests 1000000;
   client_max_body_size 2m;
@@ -290,6 +320,12 @@ fwd_recipe() { # verify-port upstream-port listen-port
 start_gates() { # N keysdir fwd(1: also keygate's [verify] listener and nginx auth_request)
   local n=$1 kd=$2 fwd=$3 w="$WORK/n$1" hash_max t0 recipe
   mkdir -p "$w/ngx"
+  rm -f "$w/ngx/access.log" "$w/ngxa/access.log" "$w/access.log"
+  GATE_LOGS=()
+  if [[ -n "$LOGS_ON" ]]; then
+    GATE_LOGS=([nginx]="$w/ngx/access.log" [haproxy]="$w/haproxy-access.log" [keygate]="$w/access.log"
+      [verify]="$w/access.log" [nginx-authreq]="$w/ngxa/access.log $w/access.log")
+  fi
   NGX_PORT=$(free_port); NGX_H2_PORT=$(free_port); HAP_PORT=$(free_port); HAP_H2_PORT=$(free_port)
   KG_PORT=$(free_port)
   KGV_PORT=""; NGXA_PORT=""; NGXA_PID=""
@@ -304,7 +340,7 @@ start_gates() { # N keysdir fwd(1: also keygate's [verify] listener and nginx au
       proxy_pass http://backend;
     }'
   cat >"$w/ngx/nginx.conf" <<CONF
-$(nginx_head "$w/ngx" auto)
+$(nginx_head "$w/ngx" auto "${LOGS_ON:+$w/ngx/access.log}")
   client_body_buffer_size 2m;  # 1 MB POST bodies buffered in memory, not in temp files
   map_hash_max_size $hash_max;
   map_hash_bucket_size 512;
@@ -335,18 +371,31 @@ CONF
   if grep -qi "hash" "$w/ngx/error.log"; then cat "$w/ngx/error.log" >&2; die "nginx warns about its map hash sizes"; fi
 
   # HAProxy with a map file
+  # The logs variant: one line per request to stdout (appended to a file), keygate's fields
+  # (time, a request id, client ip, method, host, path and query, status, times, bytes).
+  local hlog="" hglobal="" hfront=""
+  if [[ -n "$LOGS_ON" ]]; then
+    hglobal="  log stdout format raw local0 info"
+    hlog="  log global"
+    hfront='  capture request header Host len 128
+  unique-id-format %{+X}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid
+  log-format "%tr %ID %ci %HM %hr %HU %ST %Tr %Ta %U %B"'
+  fi
   cat >"$w/haproxy.cfg" <<CONF
 global
   maxconn 4000
+$hglobal
 defaults
   mode http
   timeout connect 5s
   timeout client 30s
   timeout server 30s
   option http-keep-alive
+$hlog
 frontend gate
   bind 127.0.0.1:$HAP_PORT
   bind 127.0.0.1:$HAP_H2_PORT proto h2
+$hfront
   http-request deny deny_status 403 unless { req.hdr(x-api-key),map($kd/haproxy.map) -m found }
   http-request del-header x-api-key
   default_backend up
@@ -355,7 +404,12 @@ backend up
   server s1 127.0.0.1:$UP_PORT maxconn 1000
 CONF
   haproxy -c -f "$w/haproxy.cfg" >"$w/haproxy-check.log" 2>&1 || { cat "$w/haproxy-check.log" >&2; die "haproxy -c"; }
-  haproxy -db -f "$w/haproxy.cfg" >"$w/haproxy.log" 2>&1 &
+  if [[ -n "$LOGS_ON" ]]; then
+    rm -f "$w/haproxy-access.log"
+    haproxy -db -f "$w/haproxy.cfg" >>"$w/haproxy-access.log" 2>"$w/haproxy.log" &
+  else
+    haproxy -db -f "$w/haproxy.cfg" >"$w/haproxy.log" 2>&1 &
+  fi
   PIDS+=($!); HAP_PID=$!
   wait_port "$HAP_PORT" "haproxy gate" "$HAP_PID"
 
@@ -365,10 +419,10 @@ CONF
 listen = "127.0.0.1:$KG_PORT"
 failed_auth_limit = "1000000/second"
 
-# The nginx and HAProxy gates log nothing either; KG_ACCESS_LOG=1 measures keygate with its
-# JSON access log written to a file.
+# Off like the nginx and HAProxy gates, but in the logs variant (or KG_ACCESS_LOG=1): the JSON
+# access log written to a file.
 [log]
-access = "$( [ "${KG_ACCESS_LOG:-0}" = 1 ] && echo "$w/access.log" || echo off )"
+access = "$( [[ -n "$LOGS_ON" || "${KG_ACCESS_LOG:-0}" = 1 ]] && echo "$w/access.log" || echo off )"
 
 [[targets]]
 name = "up"
@@ -396,7 +450,7 @@ CONF
     [[ "$recipe" == *"auth_request /_keygate;"* && "$recipe" == *"listen 127.0.0.1:$NGXA_PORT;"* ]] ||
       die "no nginx recipe in docs/forward-auth.md (after <!-- tested: nginx -->)"
     cat >"$w/ngxa/nginx.conf" <<CONF
-$(nginx_head "$w/ngxa" auto)
+$(nginx_head "$w/ngxa" auto "${LOGS_ON:+$w/ngxa/access.log}")
 $recipe
 }
 CONF
@@ -491,13 +545,50 @@ rss_kb() { local t=0 p r; for p in "$@"; do
   t=$((t + ${r:-0})); done; echo "$t"; }
 
 RAW="$WORK/raw.tsv"; : >"$RAW"
+# The logs variant: LOGS_ON=1, its cases named CASE$SUF; GATE_LOGS: each config's access log
+# files, each to hold one line per request of a run.
+LOGS_ON="" SUF=""
+declare -A GATE_LOGS=()
+lines_in() { if [[ -f "$1" ]]; then wc -l <"$1"; else echo 0; fi; }
+requests_of() { # tool out: the requests the run completed
+  if [[ $1 == wrk ]]; then awk '/requests in/ {print $1; exit}' "$2"
+  else python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests"])' "$2"; fi
+}
+check_logs() { # config tool out: each of the config's log files has one line per request
+  local c=$1 files=${GATE_LOGS[$1]:-} reqs f n tol deadline inflight
+  [[ -n "$files" ]] || return 0
+  reqs=$(requests_of "$2" "$3")
+  [[ "$reqs" =~ ^[0-9]+$ ]] || die "no request count in $3"
+  # Requests still in flight when the load tool stopped are logged but not counted.
+  inflight=$((CONNS > H2_CONNS * H2_STREAMS ? CONNS : H2_CONNS * H2_STREAMS))
+  tol=$((reqs / 200 + 2 * inflight + 8))
+  for f in $files; do
+    # nginx and keygate write what they buffer within a second: every counted request, and
+    # those still in flight, should be there by then.
+    deadline=$((SECONDS + 10))
+    while n=$(lines_in "$f"); ((n < reqs && SECONDS < deadline)); do sleep 0.2; done
+    ((n >= reqs - tol && n <= reqs + tol)) ||
+      die "$c's access log $f has $n lines for $reqs requests (logs variant; KEEP_WORK=1 keeps it)"
+  done
+  log "  $c: access log$( [[ $files == *" "* ]] && echo s) $(for f in $files; do printf '%s ' "$(lines_in "$f")"; done)lines for $reqs requests"
+  for f in $files; do
+    head -n1 "$f" >"$f.first"  # a sample line, for KEEP_WORK=1
+    : >"$f"                    # appended to (O_APPEND), so emptying it is safe
+  done
+}
+empty_logs() { # after checks and warm-ups: wait out the buffers, then start every log afresh
+  local v f
+  [[ -n "$LOGS_ON" ]] || return 0
+  sleep 1.5
+  for v in "${GATE_LOGS[@]}"; do for f in $v; do [[ -f "$f" ]] && : >"$f"; done; done
+}
 META="$WORK/meta.tsv"; : >"$META"
 
 run_one() { # n keysdir case config round [rate]
   local n=$1 kd=$2 case=$3 c=$4 r=$5 rate=${6:-} pids t0 t1 rss out tool extra=""
   local redis_t0 redis_c0 redis_t1 redis_c1 kg_t0=""
   pids=$(gate_pids "$c")
-  out="$WORK/n$n/$case-$c-$r.out"
+  out="$WORK/n$n/$case$SUF-$c-$r.out"
   if [[ $case == cluster ]]; then
     redis_c0=$(redis_scripts) || die "redis-server does not answer INFO"
     redis_t0=$(cpu_ticks "$REDIS_PID")
@@ -535,25 +626,26 @@ run_one() { # n keysdir case config round [rate]
     extra=$(printf '\t%s\t%s' "$((redis_t1 - redis_t0))" "$((redis_c1 - redis_c0))")
   fi
   [[ -n "$kg_t0" ]] && extra=$(printf '\t%s' "$(($(cpu_ticks "$KG_PID") - kg_t0))")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s%s\n' "$n" "$case" "$c" "$r" "$((t1 - t0))" "$CLK_TCK" "$rss" "$tool" "$out" "$extra" >>"$RAW"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s%s\n' "$n" "$case$SUF" "$c" "$r" "$((t1 - t0))" "$CLK_TCK" "$rss" "$tool" "$out" "$extra" >>"$RAW"
   if [[ $tool == wrk ]]; then
-    log "n=$n round $r/$ROUNDS $case $c: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')"
+    log "n=$n round $r/$ROUNDS $case$SUF $c: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')"
   else
-    log "n=$n round $r/$ROUNDS $case $c: $(python3 -c 'import json,sys
+    log "n=$n round $r/$ROUNDS $case$SUF $c: $(python3 -c 'import json,sys
 d = json.load(open(sys.argv[1]))
 print("%.0f req/s, p99 %s ms, non-2xx %d, socket errors %d" % (d["rps"], d["latency_ms"]["p99"], d["non_2xx"], d["socket_errors"]))' "$out")"
   fi
+  [[ -z "$LOGS_ON" ]] || check_logs "$c" "$tool" "$out"
 }
 
-# Median requests/s of nginx's keepalive runs for table size N (from wrk's output).
+# Median requests/s of nginx's keepalive runs for table size N in this variant (from wrk's output).
 nginx_keepalive_rps() {
-  python3 - "$RAW" "$1" <<'PY'
+  python3 - "$RAW" "$1" "keepalive$SUF" <<'PY'
 import re, statistics, sys
-raw, n = sys.argv[1], sys.argv[2]
+raw, n, case = sys.argv[1], sys.argv[2], sys.argv[3]
 xs = []
 for line in open(raw, encoding="utf-8"):
     f = line.rstrip("\n").split("\t")
-    if f[0] == n and f[1] == "keepalive" and f[2] == "nginx":
+    if f[0] == n and f[1] == case and f[2] == "nginx":
         xs.append(float(re.search(r"Requests/sec:\s+([\d.]+)", open(f[8]).read()).group(1)))
 print(statistics.median(xs) if xs else "")
 PY
@@ -603,6 +695,8 @@ start_cluster() { # N keysdir
 
   for c in $CL_CONFIGS; do
     CL_PORT[$c]=$(free_port)
+    rm -f "$w/access-$c.log"
+    [[ -n "$LOGS_ON" ]] && GATE_LOGS[$c]="$w/access-$c.log"
     {
       cat <<CONF
 [server]
@@ -610,7 +704,7 @@ listen = "127.0.0.1:${CL_PORT[$c]}"
 failed_auth_limit = "1000000/second"
 
 [log]
-access = "$( [ "${KG_ACCESS_LOG:-0}" = 1 ] && echo "$w/access-$c.log" || echo off )"
+access = "$( [[ -n "$LOGS_ON" || "${KG_ACCESS_LOG:-0}" = 1 ]] && echo "$w/access-$c.log" || echo off )"
 
 CONF
       [[ $c == local ]] || cat <<CONF
@@ -687,6 +781,7 @@ run_cluster() { # N keysdir
       wrk -t1 -c4 -d"$WARMUP" -s "$kd/keys.lua" "http://127.0.0.1:${CL_PORT[$c]}/" >/dev/null 2>&1 || true
     done
   fi
+  empty_logs
   for r in $(seq 1 "$ROUNDS"); do
     for c in $CL_CONFIGS; do run_one "$n" "$kd" cluster "$c" "$r"; done
   done
@@ -708,60 +803,74 @@ for N in $KEYS; do
       NCASES=$(without_case "$once" $NCASES)
     fi
   done
-  GATE_CASES=$(without_case cluster $NCASES)
   KD=$(keys_dir "$N")
-  KG_START_S="-" RATE_N="" RATE_BASIS=""
-  if [[ -n "$GATE_CASES" ]]; then
-    FWD=0; [[ " $GATE_CASES " == *" fwdauth "* ]] && FWD=1
-    start_gates "$N" "$KD" "$FWD"
-    check_all "$KD" "$GATE_CASES"
-
-    # Warm-up: a short run through each so first-connection costs are not in round 1.
-    if [[ "$WARMUP" != 0 ]]; then
-      for c in direct nginx haproxy keygate ${NGXA_PORT:+nginx-authreq verify}; do
-        wrk -t1 -c4 -d"$WARMUP" -s "$KD/keys.lua" "http://127.0.0.1:$(port_of "$c" h1)/" >/dev/null 2>&1 || true
-      done
+  SIZE_CASES="$NCASES"
+  # Each variant with the gates started afresh: plain (access logs off), logs (every gate's on).
+  for V in $VARIANTS; do
+    LOGS_ON="" SUF="" NCASES="$SIZE_CASES"
+    if [[ $V == logs ]]; then
+      LOGS_ON=1 SUF="+logs" NCASES=""
+      for case in $SIZE_CASES; do [[ " $LOGS_CASES " == *" $case "* ]] && NCASES+="${NCASES:+ }$case"; done
+      [[ -n "$NCASES" ]] || continue
+      log "n=$N: the logs variant (every gate writes its access log to a file): $NCASES"
     fi
+    GATE_CASES=$(without_case cluster $NCASES)
+    VCASES=""; for case in $NCASES; do VCASES+="${VCASES:+ }$case$SUF"; done
+    KG_START_S="-" RATE_N="" RATE_BASIS=""
+    if [[ -n "$GATE_CASES" ]]; then
+      FWD=0; [[ " $GATE_CASES " == *" fwdauth "* ]] && FWD=1
+      start_gates "$N" "$KD" "$FWD"
+      check_all "$KD" "$GATE_CASES"
 
-    # Every case but rate: ROUNDS rounds, each through its configs in turn (direct, nginx,
-    # haproxy, keygate; fwdauth: direct, nginx, nginx-authreq, keygate, verify).
-    SAT_CASES=""
-    for case in $GATE_CASES; do [[ $case == rate ]] || SAT_CASES+="$case "; done
-    for r in $(seq 1 "$ROUNDS"); do
-      for case in $SAT_CASES; do
-        for c in $(configs_of "$case"); do run_one "$N" "$KD" "$case" "$c" "$r"; done
-      done
-    done
-
-    # The constant-rate case, once nginx's saturation throughput for this table size is known.
-    if [[ " $GATE_CASES " == *" rate "* ]]; then
-      if [[ -n "$RATE" ]]; then
-        RATE_N=$RATE; RATE_BASIS="RATE"
-      else
-        NGX_RPS=$(nginx_keepalive_rps "$N")
-        if [[ -z "$NGX_RPS" ]]; then  # keepalive not among the cases: measure nginx once
-          out="$WORK/n$N/calibrate-nginx.out"
-          wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$KD/keys.lua" "http://127.0.0.1:$NGX_PORT/" >"$out" 2>&1 ||
-            { cat "$out" >&2; die "wrk failed against nginx"; }
-          NGX_RPS=$(sed -n 's/^Requests\/sec:[[:space:]]*//p' "$out")
-        fi
-        RATE_N=$(python3 -c "print(max(1, round(float('$NGX_RPS') * float('$RATE_FRACTION'))))")
-        RATE_BASIS="$RATE_FRACTION x nginx keep-alive $NGX_RPS req/s"
-        if [[ -n "$RATE_MAX" ]] && ((RATE_N > RATE_MAX)); then
-          RATE_N=$RATE_MAX; RATE_BASIS+=", capped by RATE_MAX"
-        fi
+      # Warm-up: a short run through each so first-connection costs are not in round 1.
+      if [[ "$WARMUP" != 0 ]]; then
+        for c in direct nginx haproxy keygate ${NGXA_PORT:+nginx-authreq verify}; do
+          wrk -t1 -c4 -d"$WARMUP" -s "$KD/keys.lua" "http://127.0.0.1:$(port_of "$c" h1)/" >/dev/null 2>&1 || true
+        done
       fi
-      log "n=$N constant rate: $RATE_N req/s ($RATE_BASIS)"
-      for r in $(seq 1 "$ROUNDS"); do
-        for c in direct nginx haproxy keygate; do run_one "$N" "$KD" rate "$c" "$r" "$RATE_N"; done
-      done
-    fi
-    stop_gates
-  fi
+      empty_logs
 
-  # keygate alone vs keygate with [cluster], the same keep-alive load (first table size only).
-  if [[ " $NCASES " == *" cluster "* ]]; then run_cluster "$N" "$KD"; fi
-  printf '%s\t%s\t%s\t%s\t%s\n' "$N" "$KG_START_S" "${RATE_N:--}" "${RATE_BASIS:--}" "$NCASES" >>"$META"
+      # Every case but rate: ROUNDS rounds, each through its configs in turn (direct, nginx,
+      # haproxy, keygate; fwdauth: direct, nginx, nginx-authreq, keygate, verify).
+      SAT_CASES=""
+      for case in $GATE_CASES; do [[ $case == rate ]] || SAT_CASES+="$case "; done
+      for r in $(seq 1 "$ROUNDS"); do
+        for case in $SAT_CASES; do
+          for c in $(configs_of "$case"); do run_one "$N" "$KD" "$case" "$c" "$r"; done
+        done
+      done
+
+      # The constant-rate case, once nginx's saturation throughput for this table size is known.
+      if [[ " $GATE_CASES " == *" rate "* ]]; then
+        if [[ -n "$RATE" ]]; then
+          RATE_N=$RATE; RATE_BASIS="RATE"
+        else
+          NGX_RPS=$(nginx_keepalive_rps "$N")
+          if [[ -z "$NGX_RPS" ]]; then  # keepalive not among the cases: measure nginx once
+            out="$WORK/n$N/calibrate-nginx.out"
+            wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$KD/keys.lua" "http://127.0.0.1:$NGX_PORT/" >"$out" 2>&1 ||
+              { cat "$out" >&2; die "wrk failed against nginx"; }
+            NGX_RPS=$(sed -n 's/^Requests\/sec:[[:space:]]*//p' "$out")
+            empty_logs
+          fi
+          RATE_N=$(python3 -c "print(max(1, round(float('$NGX_RPS') * float('$RATE_FRACTION'))))")
+          RATE_BASIS="$RATE_FRACTION x nginx keep-alive $NGX_RPS req/s"
+          if [[ -n "$RATE_MAX" ]] && ((RATE_N > RATE_MAX)); then
+            RATE_N=$RATE_MAX; RATE_BASIS+=", capped by RATE_MAX"
+          fi
+        fi
+        log "n=$N constant rate: $RATE_N req/s ($RATE_BASIS)"
+        for r in $(seq 1 "$ROUNDS"); do
+          for c in direct nginx haproxy keygate; do run_one "$N" "$KD" rate "$c" "$r" "$RATE_N"; done
+        done
+      fi
+      stop_gates
+    fi
+
+    # keygate alone vs keygate with [cluster], the same keep-alive load (first table size only).
+    if [[ " $NCASES " == *" cluster "* ]]; then run_cluster "$N" "$KD"; fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$N" "$KG_START_S" "${RATE_N:--}" "${RATE_BASIS:--}" "$VCASES" >>"$META"
+  done
 done
 
 python3 "$HERE/report.py" "$RAW" "$OUT" --meta "$META" \

@@ -30,6 +30,7 @@
 //!
 //! A refusal is a [`deny::Refusal`]: the phase's typed [`Deny`] and the key it concerns.
 
+pub mod access_log;
 pub mod authorize;
 pub mod client_ip;
 pub mod cors;
