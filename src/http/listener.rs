@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -254,6 +254,8 @@ struct Held<S> {
     io: S,
     _slot: Slot,
     prefetch: Option<Prefetch>,
+    /// The connection's; says whether it became a tunnel (see `poll_shutdown`).
+    activity: Arc<Activity>,
 }
 
 /// A plain connection's first bytes, read in one call. hyper-util's HTTP/2 sniff asks the socket
@@ -348,8 +350,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    #[inline]
+    /// hyper shuts the socket's sending side down before it drops a connection it closes (a
+    /// `Connection: close` answer, an idle or graceful close, HTTP/2's end after GOAWAY). The
+    /// drop closes the socket right after, and `close` sends the same FIN, so that `shutdown`
+    /// was one syscall per connection more than nginx makes (it closes without one); a TLS
+    /// connection's close_notify is written by the TLS layer before it gets here. A tunnel is
+    /// the exception: when the upstream stops sending, the client must see the end of the
+    /// stream while it may still send, which only a real `shutdown` does.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.activity.is_tunnel() {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -539,17 +550,21 @@ async fn accept_loop<H: Handler>(
             seat.balance.load[seat.me].fetch_add(1, Ordering::Relaxed);
             Occupied(seat.balance.clone(), seat.me)
         });
+        let stop = drain.subscribe();
+        let activity = Arc::new(Activity::new(std::time::Instant::now(), stop.clone()));
         let stream = Held {
             io: stream,
             _slot: Slot::new(permit, occupied, gauge.clone()),
             // TLS reads the socket in records of its own; the sniff then reads plaintext.
             prefetch: front.tls.is_none().then(Prefetch::new),
+            activity: activity.clone(),
         };
         let conn = Conn {
             handler: handler.clone(),
             published: front.published.clone(),
             builder: builder.clone(),
-            stop: drain.subscribe(),
+            stop,
+            activity,
             peer,
             idle_timeout,
         };
@@ -607,6 +622,8 @@ struct Conn<H> {
     /// Becomes true when the server shuts down. Held (here, by the connection's requests and
     /// by an upgraded tunnel) for as long as the shutdown should wait for it.
     stop: watch::Receiver<bool>,
+    /// Made at accept, so the socket's [`Held`] shares it.
+    activity: Arc<Activity>,
     peer: SocketAddr,
     idle_timeout: Duration,
 }
@@ -637,11 +654,11 @@ impl<H: Handler> Conn<H> {
             handler,
             builder,
             mut stop,
+            activity,
             peer,
             idle_timeout,
             ..
         } = self;
-        let activity = Arc::new(Activity::new(Instant::now().into_std(), stop.clone()));
         let connection = Arc::new(Connection {
             peer,
             proto,
@@ -713,6 +730,9 @@ impl<H: Handler> Conn<H> {
 /// `[server] idle_timeout`.
 pub struct Activity {
     active: AtomicUsize,
+    /// Set once the connection is an upgraded tunnel: from then on a shutdown of the client
+    /// socket is a real one (see `Held::poll_shutdown`).
+    tunnel: AtomicBool,
     /// Nanoseconds after `since` at which the last request ended.
     ended_at: AtomicU64,
     /// When the connection was accepted.
@@ -726,6 +746,7 @@ impl Activity {
     pub fn new(now: std::time::Instant, drain: tokio::sync::watch::Receiver<bool>) -> Activity {
         Activity {
             active: AtomicUsize::new(0),
+            tunnel: AtomicBool::new(false),
             ended_at: AtomicU64::new(0),
             since: now,
             _drain: drain,
@@ -738,6 +759,15 @@ impl Activity {
             return None;
         }
         Some(self.since + Duration::from_nanos(self.ended_at.load(Ordering::Acquire)))
+    }
+
+    /// The connection now carries a tunnel (an upgrade), not HTTP.
+    pub fn becomes_tunnel(&self) {
+        self.tunnel.store(true, Ordering::Release);
+    }
+
+    fn is_tunnel(&self) -> bool {
+        self.tunnel.load(Ordering::Acquire)
     }
 
     pub(crate) fn begin(&self) {
@@ -915,6 +945,10 @@ mod tests {
             io: stream,
             _slot: Slot::new(permit, None, None),
             prefetch: Some(Prefetch::new()),
+            activity: Arc::new(Activity::new(
+                std::time::Instant::now(),
+                watch::channel(false).1,
+            )),
         };
         let mut sniff = [0u8; 24];
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -185,6 +185,9 @@ pub async fn send(
         && let Some(client_side) = client_side
     {
         let upstream_side = hyper::upgrade::on(&mut resp);
+        if let Some(c) = &connection {
+            c.becomes_tunnel();
+        }
         tokio::spawn(async move {
             tunnel(client_side, upstream_side, plan.target).await;
             // Held until here, so a shutdown waits for the tunnel too.
