@@ -5,6 +5,7 @@
 # Env:   RUNS=5      runs per size; the median is reported
 #        TIMEOUT=900 seconds before one run is killed; a size that times out is not run again
 #        KEEP=1      keep the generated files (printed temp dir) instead of deleting them
+#        KEYGATE_BIN=path  measure this binary (e.g. an older build) instead of building one
 #        SERVE=1     also start `keygate run` RUNS times per size and report, as medians, the
 #                    time from launch (exec) to the first HTTP answer on the proxy port, and
 #                    the resident memory (VmRSS) just after that answer and the peak (VmHWM),
@@ -17,7 +18,7 @@
 # SERVE=1 measures `keygate run` itself: the config is copied with `listen` set to a free port
 # of 127.0.0.1, keygate is started by a small python3 poller (benches/first_answer.py) that
 # tries that port every 5 ms (a bounded loop: TIMEOUT) with `GET /` carrying an unknown key
-# until a status line comes back (401 key_invalid: the key table was looked up), then reads
+# until a status line comes back (403 key_invalid: the key table was looked up), then reads
 # /proc/PID/status and stops keygate with SIGTERM.
 # Everything stays local; nothing is downloaded. Needs python3 and GNU time
 # (apt-get install -y time).
@@ -39,8 +40,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-(cd "$root" && cargo build --release --quiet)
-bin="$root/target/release/keygate"
+if [ -n "${KEYGATE_BIN:-}" ]; then
+    bin=$KEYGATE_BIN
+else
+    (cd "$root" && cargo build --release --quiet)
+    bin="$root/target/release/keygate"
+fi
 
 # Median of the numbers on stdin, one per line.
 median() {
