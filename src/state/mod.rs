@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, Guard};
 
 use crate::snapshot::Snapshot;
-pub use buckets::{Buckets, Limits};
+pub use buckets::Buckets;
 
 /// A published snapshot with its runtime state. Derefs to the [`Snapshot`], so a request reads
 /// the config through it as through the snapshot itself.
@@ -29,7 +29,7 @@ pub use buckets::{Buckets, Limits};
 pub struct Live {
     snapshot: Snapshot,
     /// Rate-limit buckets, indexed like the snapshot's `keys` and `consumers`: those of the
-    /// snapshot before for every id whose rate is unchanged (see [`Limits::attach`]).
+    /// snapshot before for every id whose rate is unchanged (see [`Buckets::carry_over`]).
     pub buckets: Buckets,
     /// Quota counters, indexed like the snapshot's `keys` and `consumers`: carried by id
     /// from the snapshot before, whatever the quota now says (see [`quotas::Registry::attach`]).
@@ -154,26 +154,22 @@ pub fn unix_secs(t: SystemTime) -> u32 {
         .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
 }
 
-/// The current snapshot, swapped whole; readers never wait on a writer. Also keeps the
-/// rate-limit registry, so every published snapshot shares the buckets of the one before.
+/// The current snapshot, swapped whole; readers never wait on a writer. Every published
+/// snapshot takes the rate-limit buckets of the one before (by id) and the quota registry's.
 pub struct Published {
     current: ArcSwap<Live>,
     generation: AtomicU64,
-    limits: Limits,
     quotas: quotas::Registry,
 }
 
 impl Published {
     pub fn new(first: Snapshot) -> Published {
-        let limits = Limits::default();
         let quotas = quotas::Registry::default();
         let mut first = Live::new(first);
-        limits.attach(&first.snapshot, &mut first.buckets);
         first.quotas = quotas.attach(&first.snapshot);
         Published {
             current: ArcSwap::from_pointee(first),
             generation: AtomicU64::new(1),
-            limits,
             quotas,
         }
     }
@@ -190,11 +186,15 @@ impl Published {
     /// reload thread, never from a request.
     pub fn publish(&self, next: Snapshot) -> u64 {
         let mut next = Live::new(next);
-        self.limits.attach(&next.snapshot, &mut next.buckets);
+        // Reloads are serialized (`reload.rs`), so the snapshot read here is the one replaced.
+        let current = self.current.load_full();
+        next.buckets
+            .carry_over(&next.snapshot, &current.snapshot, &current.buckets);
         next.quotas = self.quotas.attach(&next.snapshot);
         // Times recorded so far go in before the swap, so a reader never sees a used key as
         // unused; those recorded between this copy and the swap follow in `retire`.
-        next.carry_last_used(&self.current.load());
+        next.carry_last_used(&current);
+        drop(current);
         let next = Arc::new(next);
         let old = self.current.swap(next.clone());
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -206,10 +206,6 @@ impl Published {
     /// request: those use [`Published::load`]).
     pub fn load_full(&self) -> Arc<Live> {
         self.current.load_full()
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// Every quota counter by id (admin resets and grants, saving).
@@ -246,6 +242,5 @@ mod tests {
         // Another rate: a fresh bucket (this used to deadlock in the registry).
         published.publish(load("2/minute"));
         assert!(crate::limits::check(published.load().buckets.key(0), None).is_ok());
-        assert_eq!(published.limits().len(), (1, 0));
     }
 }
