@@ -294,14 +294,15 @@ impl<'t> KeyPass<'t> {
             allow_origins: OriginList::from_list(intern(&mut self.origins, origins)),
             paths: intern(&mut self.paths, paths),
         };
-        let rules = match self.rules.get(&rules) {
-            _ if rules.is_empty() => None,
-            Some(shared) => Some(shared.clone()),
-            None => {
-                let rules = Arc::new(rules);
-                self.rules.insert(rules.clone());
-                Some(rules)
-            }
+        // Most keys have no rules: those are not hashed nor looked up.
+        let rules = if rules.is_empty() {
+            None
+        } else if let Some(shared) = self.rules.get(&rules) {
+            Some(shared.clone())
+        } else {
+            let rules = Arc::new(rules);
+            self.rules.insert(rules.clone());
+            Some(rules)
         };
         let key = Key::new(KeyParts {
             id: Some(id),
