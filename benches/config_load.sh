@@ -76,7 +76,7 @@ serve() {
     # Lines: "seconds rss_MB peak_MB".
     printf 'serve %s: launch to first answer median %s s, resident after it %s MB, peak %s MB (all: %s)\n' \
         "$n" "$(cut -d' ' -f1 "$out" | median)" "$(cut -d' ' -f2 "$out" | median)" \
-        "$(cut -d' ' -f3 "$out" | median)" "$(awk '{ printf "%s%s/%s/%s", NR > 1 ? " " : "", $1, $2, $3 }' "$out")"
+        "$(cut -d' ' -f3 "$out" | median)" "$(awk '{ printf "%s%s/%s/%s", (NR > 1 ? " " : ""), $1, $2, $3 }' "$out")"
 }
 
 printf '%-9s %9s %8s %6s %12s %14s %s\n' keys file_MB gen_s runs median_s median_RSS_MB "all runs (s / MB)"
