@@ -243,4 +243,42 @@ mod tests {
         published.publish(load("2/minute"));
         assert!(crate::limits::check(published.load().buckets.key(0), None).is_ok());
     }
+
+    /// Buckets follow ids, not positions: a key moved in the file and a consumer keep theirs,
+    /// a key that was gone for one reload comes back with a fresh one.
+    #[test]
+    fn buckets_are_carried_by_id_for_keys_and_consumers() {
+        let key = |id: &str| {
+            format!(
+                "[[keys]]\nid = \"{id}\"\nsecret = \"s-{id}\"\nconsumer = \"c\"\nrate_limit = \"1/minute\"\n"
+            )
+        };
+        let load = |keys: &[&str]| {
+            let text = format!(
+                "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n[[consumers]]\nid = \"c\"\nrate_limit = \"1/minute\"\n{}",
+                keys.iter().map(|k| key(k)).collect::<String>()
+            );
+            crate::config::parse(&text, std::path::Path::new("t.toml"))
+                .unwrap()
+                .snapshot
+        };
+        let spent = |p: &Published, i: usize| {
+            let live = p.load();
+            crate::limits::check(live.buckets.key(i), None).is_err()
+        };
+        let published = Published::new(load(&["a", "b"]));
+        // "a" and the consumer spent, "b" not.
+        assert!(!spent(&published, 0) && spent(&published, 0));
+        assert!(crate::limits::check(None, published.load().buckets.consumer(0)).is_ok());
+        // "b" first now: each key's bucket follows it, the consumer's stays spent.
+        published.publish(load(&["b", "a"]));
+        assert!(spent(&published, 1));
+        assert!(!spent(&published, 0));
+        assert!(crate::limits::check(None, published.load().buckets.consumer(0)).is_err());
+        // "a" gone for one reload, then back: a fresh bucket; "b" keeps its spent one.
+        published.publish(load(&["b"]));
+        published.publish(load(&["b", "a"]));
+        assert!(spent(&published, 0));
+        assert!(!spent(&published, 1));
+    }
 }
