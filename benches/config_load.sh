@@ -5,13 +5,21 @@
 # Env:   RUNS=5      runs per size; the median is reported
 #        TIMEOUT=900 seconds before one run is killed; a size that times out is not run again
 #        KEEP=1      keep the generated files (printed temp dir) instead of deleting them
-#        SERVE=1     also start `keygate run` once per size (on 127.0.0.1:0) and report its
-#                    resident memory once it listens: what a server holds after the load
+#        KEYGATE_BIN=path  measure this binary (e.g. an older build) instead of building one
+#        SERVE=1     also start `keygate run` RUNS times per size and report, as medians, the
+#                    time from launch (exec) to the first HTTP answer on the proxy port, and
+#                    the resident memory (VmRSS) just after that answer and the peak (VmHWM),
+#                    from /proc/PID/status: what a server costs to start and holds after the load
 #
 # Builds target/release/keygate, writes each config with benches/gen_config.py into a temp
 # dir, runs `/usr/bin/time -v keygate check --config FILE` RUNS times and prints the median
 # wall time and the median of "Maximum resident set size". `check` is the same load (read,
 # parse, validate, build the snapshot and its hash table) that `keygate run` does at startup.
+# SERVE=1 measures `keygate run` itself: the config is copied with `listen` set to a free port
+# of 127.0.0.1, keygate is started by a small python3 poller (benches/first_answer.py) that
+# tries that port every 5 ms (a bounded loop: TIMEOUT) with `GET /` carrying an unknown key
+# until a status line comes back (403 key_invalid: the key table was looked up), then reads
+# /proc/PID/status and stops keygate with SIGTERM.
 # Everything stays local; nothing is downloaded. Needs python3 and GNU time
 # (apt-get install -y time).
 set -euo pipefail
@@ -26,16 +34,18 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/keygate-load.XXXXXX")
 [ "${KEEP:-0}" = 1 ] && echo "keeping files in $tmp"
-pid=""
 cleanup() {
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
     if [ "${KEEP:-0}" != 1 ]; then rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-(cd "$root" && cargo build --release --quiet)
-bin="$root/target/release/keygate"
+if [ -n "${KEYGATE_BIN:-}" ]; then
+    bin=$KEYGATE_BIN
+else
+    (cd "$root" && cargo build --release --quiet)
+    bin="$root/target/release/keygate"
+fi
 
 # Median of the numbers on stdin, one per line.
 median() {
@@ -52,31 +62,21 @@ wall_seconds() {
         print s }' "$1"
 }
 
-# `keygate run` on a copy of $2 listening on port 0: prints VmRSS and VmHWM once it listens.
+# `keygate run` on a copy of $2 RUNS times: launch -> first answer, resident after it, peak.
 serve() {
-    local n=$1 cfg=$tmp/serve$1.toml log=$tmp/serve.log waited=0
-    sed 's/^listen = .*/listen = "127.0.0.1:0"/' "$2" >"$cfg"
-    : >"$log"
-    KEYGATE_LOG=info "$bin" run --config "$cfg" >/dev/null 2>"$log" &
-    pid=$!
-    until grep -q "keygate listening" "$log"; do
-        if ! kill -0 "$pid" 2>/dev/null || [ "$waited" -ge "$((TIMEOUT * 10))" ]; then
-            echo "serve $n: keygate run did not start listening:" >&2
-            tail -3 "$log" >&2
-            kill "$pid" 2>/dev/null || true
-            pid=""
+    local n=$1 out=$tmp/serve.$1 r line
+    : >"$out"
+    for ((r = 1; r <= RUNS; r++)); do
+        if ! line=$(python3 "$root/benches/first_answer.py" --timeout "$TIMEOUT" "$bin" "$2"); then
+            echo "serve $n: keygate run gave no answer" >&2
             return 0
         fi
-        sleep 0.1
-        waited=$((waited + 1))
+        echo "$line" >>"$out"
     done
-    awk -v n="$n" '/^VmRSS/ { r = $2 } /^VmHWM/ { h = $2 }
-        END { printf "serve %s: keygate run resident after load %.1f MB (peak %.1f MB)\n", n, r / 1024, h / 1024 }' \
-        "/proc/$pid/status"
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
-    pid=""
-    rm -f "$cfg"
+    # Lines: "seconds rss_MB peak_MB".
+    printf 'serve %s: launch to first answer median %s s, resident after it %s MB, peak %s MB (all: %s)\n' \
+        "$n" "$(cut -d' ' -f1 "$out" | median)" "$(cut -d' ' -f2 "$out" | median)" \
+        "$(cut -d' ' -f3 "$out" | median)" "$(awk '{ printf "%s%s/%s/%s", (NR > 1 ? " " : ""), $1, $2, $3 }' "$out")"
 }
 
 printf '%-9s %9s %8s %6s %12s %14s %s\n' keys file_MB gen_s runs median_s median_RSS_MB "all runs (s / MB)"

@@ -120,7 +120,7 @@ fn decision(env: &Env, req: &Req) -> Result<bool, Deny> {
         return Err(refused.deny);
     }
     env.snap.touch(authorized.index, env.now.wall);
-    Ok(authorized.key.consumer.is_some())
+    Ok(authorized.key.consumer().is_some())
 }
 
 /// A secret shaped like `keygate keys generate` output: "kg_" + 32 base62 characters + their

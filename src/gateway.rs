@@ -29,9 +29,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 pub struct Gateway {
     config_path: PathBuf,
     loaded: config::Loaded,
-    /// The config text as loaded: its hash tells the reloader what is already served. Dropped
-    /// as soon as that hash is taken: a 1,000,000-key config is ~160 MB.
-    text: String,
+    /// The SHA-256 of the config text as loaded: it tells the reloader what is already served.
+    /// (The text itself is gone once loaded: a 1,000,000-key config is ~160 MB.)
+    main_digest: [u8; 32],
 }
 
 impl std::fmt::Debug for Gateway {
@@ -56,7 +56,18 @@ impl Gateway {
     /// warnings.
     pub fn load(path: &Path) -> anyhow::Result<Gateway> {
         let text = config::read_text(path)?;
-        let loaded = config::parse(&text, path)?;
+        // Hashed on a second thread while this one parses: on a large config each takes a
+        // while, and nothing else runs yet.
+        let (main_digest, loaded) = std::thread::scope(|s| {
+            let digest = s.spawn(|| reload::file_digest(text.as_bytes()));
+            let loaded = config::parse(&text, path);
+            let main_digest = digest
+                .join()
+                .unwrap_or_else(|_| reload::file_digest(text.as_bytes()));
+            (main_digest, loaded)
+        });
+        drop(text);
+        let loaded = loaded?;
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
@@ -64,7 +75,7 @@ impl Gateway {
         Ok(Gateway {
             config_path: path.to_path_buf(),
             loaded,
-            text,
+            main_digest,
         })
     }
 
@@ -119,7 +130,7 @@ impl Gateway {
         let Gateway {
             config_path,
             loaded,
-            text,
+            main_digest,
         } = self;
         let keys_digest = loaded.keys_digest;
         let snap = loaded.snapshot;
@@ -193,14 +204,13 @@ impl Gateway {
                 config_path.clone(),
                 published.clone(),
                 configured,
-                (text.as_bytes(), keys_digest),
+                (main_digest, keys_digest),
                 certs,
                 metrics.clone(),
             )
             .with_admin_certs(admin_certs.clone())
             .with_events(events.clone()),
         );
-        drop(text);
         reload::spawn(reloader.clone()).context("cannot watch the config file")?;
         if let Some(c) = &cluster {
             tracing::info!(mode = ?c.config().mode, on_redis_error = ?c.on_error(), "rate limits and key changes shared through Redis");

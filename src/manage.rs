@@ -189,7 +189,7 @@ pub fn keys(config: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 ),
             };
             let items: Vec<_> = (0..snap.keys.len())
-                .filter(|&i| owner.is_none() || snap.keys[i].consumer == owner)
+                .filter(|&i| owner.is_none() || snap.keys[i].consumer() == owner)
                 .map(|i| key_json(&snap, i, None))
                 .collect();
             print(&items)

@@ -99,20 +99,22 @@ struct Seen {
 }
 
 impl Reloader {
-    /// `initial` is the text the published snapshot was loaded from, `keys_digest` its keys
-    /// file's (`Loaded::keys_digest`): an edit made since loading is then seen as one.
+    /// `main_digest` is the [`file_digest`] of the text the published snapshot was loaded from,
+    /// `keys_digest` its keys file's (`Loaded::keys_digest`): an edit made since loading is then
+    /// seen as one. (A digest, not the text: the text of a 1,000,000-key config is ~160 MB,
+    /// which the caller can then free before it starts serving.)
     pub fn new(
         path: PathBuf,
         published: Arc<Published>,
         listen: SocketAddr,
-        (initial, keys_digest): (&[u8], [u8; 32]),
+        (main_digest, keys_digest): ([u8; 32], [u8; 32]),
         certs: Option<Arc<CertStore>>,
         metrics: Arc<Metrics>,
     ) -> Reloader {
         let admin_listen = published.load().admin.as_ref().map(|a| a.listen);
         let verify_listen = published.load().verify.as_ref().map(|v| v.listen);
         let seen = Seen {
-            content: Some(digest(initial, keys_digest)),
+            content: Some(digest(main_digest, keys_digest)),
             failed: false,
             stamp: None,
         };
@@ -219,32 +221,34 @@ impl Reloader {
             return Outcome::Unchanged;
         }
         seen.stamp = stamp;
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(source) => {
-                // A missing file during a rename or a ConfigMap swap is normal for a moment;
-                // say it once, and keep serving.
-                if seen.content.is_some() || !seen.failed {
-                    let e = LoadError::Io {
-                        file: self.path.clone(),
-                        source,
-                    };
-                    tracing::error!(
-                        ?trigger,
-                        "config reload failed, keeping the last good config: {e}"
-                    );
-                }
-                seen.content = None;
-                seen.failed = true;
-                self.metrics.reloaded(now, false);
-                return Outcome::Failed;
+        // The content is hashed as it is read, in small pieces, and only read whole (to be
+        // parsed) when it changed: the check at startup and the periodic check of a
+        // 1,000,000-key file (~160 MB) then cost a hash, not an allocation of the file's size
+        // next to the snapshot being served. A signal reloads anyway: read whole at once.
+        let streamed = if trigger == Trigger::Signal {
+            None
+        } else {
+            match file_digest_of(&self.path) {
+                Ok(d) => Some(digest(d, keys_digest_of(keys_file.as_deref()))),
+                Err(source) => return self.unreadable(&mut seen, source, trigger, now),
             }
         };
-        let digest_now = read_digest(&bytes, keys_file.as_deref());
-        if seen.content == Some(digest_now) && trigger != Trigger::Signal {
-            return Outcome::Unchanged;
+        if let Some(digest_now) = streamed {
+            if seen.content == Some(digest_now) {
+                return Outcome::Unchanged;
+            }
+            seen.content = Some(digest_now);
         }
-        seen.content = Some(digest_now);
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(source) => return self.unreadable(&mut seen, source, trigger, now),
+        };
+        if streamed.is_none() {
+            seen.content = Some(digest(
+                file_digest(&bytes),
+                keys_digest_of(keys_file.as_deref()),
+            ));
+        }
         let parsed = std::str::from_utf8(&bytes)
             .map_err(|e| LoadError::Invalid(vec![not_utf8(&self.path, &bytes, e)]))
             .and_then(|text| config::parse(text, &self.path));
@@ -263,8 +267,34 @@ impl Reloader {
         seen.failed = false;
         // What was parsed, which an edit after the read above may have made newer: the next
         // check then sees the difference.
-        seen.content = Some(digest(&bytes, loaded.keys_digest));
+        seen.content = Some(digest(file_digest(&bytes), loaded.keys_digest));
         self.install(loaded, trigger, started)
+    }
+
+    /// A config file that cannot be read: nothing changes.
+    fn unreadable(
+        &self,
+        seen: &mut Seen,
+        source: std::io::Error,
+        trigger: Trigger,
+        now: SystemTime,
+    ) -> Outcome {
+        // A missing file during a rename or a ConfigMap swap is normal for a moment;
+        // say it once, and keep serving.
+        if seen.content.is_some() || !seen.failed {
+            let e = LoadError::Io {
+                file: self.path.clone(),
+                source,
+            };
+            tracing::error!(
+                ?trigger,
+                "config reload failed, keeping the last good config: {e}"
+            );
+        }
+        seen.content = None;
+        seen.failed = true;
+        self.metrics.reloaded(now, false);
+        Outcome::Failed
     }
 
     /// Publishes a config the admin API has just validated and written, without parsing it
@@ -272,7 +302,10 @@ impl Reloader {
     pub fn adopt(&self, loaded: Loaded, main_text: &str) -> Outcome {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
-        seen.content = Some(digest(main_text.as_bytes(), loaded.keys_digest));
+        seen.content = Some(digest(
+            file_digest(main_text.as_bytes()),
+            loaded.keys_digest,
+        ));
         // Written just now: the next periodic check reads the files once more.
         seen.stamp = None;
         seen.failed = false;
@@ -384,24 +417,44 @@ impl Stamp {
     }
 }
 
-/// What decides whether a reload is needed: the main file's bytes and the keys file's.
-/// What a config is: its main file's bytes and its keys file's digest.
-fn digest(main: &[u8], keys_digest: [u8; 32]) -> [u8; 32] {
+/// What a config is: its main file's [`file_digest`] and its keys file's.
+fn digest(main_digest: [u8; 32], keys_digest: [u8; 32]) -> [u8; 32] {
     Sha256::new()
-        .chain_update(main)
+        .chain_update(main_digest)
         .chain_update(keys_digest)
         .finalize()
         .into()
 }
 
-/// [`digest`] of the files as they are now, without parsing them.
-fn read_digest(main: &[u8], keys_file: Option<&Path>) -> [u8; 32] {
-    // Unreadable or missing reads as empty, as `config::read_keys_file` has it; parsing
-    // reports an unreadable one properly.
-    let keys = keys_file
-        .map(|p| std::fs::read(p).unwrap_or_default())
-        .unwrap_or_default();
-    digest(main, Sha256::digest(&keys).into())
+/// SHA-256 of a file's text: what [`Reloader::new`] is given for the main file.
+pub fn file_digest(text: &[u8]) -> [u8; 32] {
+    Sha256::digest(text).into()
+}
+
+/// [`file_digest`] of a file as it is now, read in pieces of a fixed size.
+fn file_digest_of(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    // Small enough to stay in cache between the read and the hash.
+    let mut buf = vec![0; 256 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(hash.finalize().into()),
+            Ok(n) => hash.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The keys file's digest as it is now, without parsing it. Unreadable or missing reads as
+/// empty, as `config::read_keys_file` has it; parsing reports an unreadable one properly.
+fn keys_digest_of(keys_file: Option<&Path>) -> [u8; 32] {
+    match keys_file.map(file_digest_of) {
+        Some(Ok(d)) => d,
+        None | Some(Err(_)) => file_digest(b""),
+    }
 }
 
 fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> config::ConfigError {
@@ -577,7 +630,7 @@ hash = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
             path,
             published,
             listen,
-            (CONFIG.as_bytes(), keys_digest),
+            (file_digest(CONFIG.as_bytes()), keys_digest),
             None,
             Metrics::new(),
         )
@@ -606,7 +659,7 @@ hash = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
             path,
             published.clone(),
             listen,
-            (main.as_bytes(), keys_digest),
+            (file_digest(main.as_bytes()), keys_digest),
             None,
             Metrics::new(),
         );

@@ -769,8 +769,8 @@ impl Store {
             }
             let index = snap.consumers.iter().position(|c| c.id.as_str() == id);
             let has_default = snap.keys.iter().any(|k| {
-                k.consumer.is_some()
-                    && k.consumer == index.map(|i| i as u32)
+                k.consumer().is_some()
+                    && k.consumer() == index.map(|i| i as u32)
                     && k.name() == Some(DEFAULT_KEY_NAME)
             });
             if patch.default_key != Some(true) || has_default {
@@ -789,7 +789,7 @@ impl Store {
             if snap
                 .keys
                 .iter()
-                .any(|k| k.consumer.is_some() && k.consumer == index.map(|i| i as u32))
+                .any(|k| k.consumer().is_some() && k.consumer() == index.map(|i| i as u32))
             {
                 return Err(StoreError::ConsumerInUse(id.to_owned()));
             }
@@ -833,7 +833,7 @@ fn check_room_for(snap: &Snapshot, consumer: &str, moving: Option<&str>) -> Resu
         let owned = snap
             .keys
             .iter()
-            .filter(|k| k.consumer == Some(index as u32) && Some(k.id.as_str()) != moving)
+            .filter(|k| k.consumer() == Some(index as u32) && Some(k.id.as_str()) != moving)
             .count();
         if owned >= max as usize {
             return Err(StoreError::KeyLimit(consumer.to_owned()));
@@ -850,7 +850,7 @@ pub fn missing_default_keys(snap: &Snapshot) -> Vec<&str> {
         .iter()
         .filter(|k| k.name() == Some(DEFAULT_KEY_NAME))
     {
-        if let Some(h) = k.consumer.and_then(|c| has.get_mut(c as usize)) {
+        if let Some(h) = k.consumer().and_then(|c| has.get_mut(c as usize)) {
             *h = true;
         }
     }
@@ -1384,7 +1384,7 @@ secret = "static-secret"
         assert!(
             snap.keys
                 .iter()
-                .any(|k| k.id.as_str() == "new" && k.consumer.is_some())
+                .any(|k| k.id.as_str() == "new" && k.consumer().is_some())
         );
     }
 

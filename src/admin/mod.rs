@@ -1094,7 +1094,7 @@ impl Admin {
         let id = |i: &usize| snap.keys[*i].id.as_str();
         let matches = |i: &usize| {
             let k = &snap.keys[*i];
-            (consumer.is_none() || k.consumer == consumer)
+            (consumer.is_none() || k.consumer() == consumer)
                 && q.after.as_deref().is_none_or(|a| k.id.as_str() > a)
                 && q.status.is_none_or(|s| k.status == s)
                 && expiring_by.is_none_or(|by| k.expires_at.is_some_and(|e| e > now && e <= by))
@@ -1184,7 +1184,7 @@ impl Admin {
             .flatten();
         let mut owned = vec![0usize; snap.consumers.len()];
         for k in snap.keys.iter() {
-            if let Some(c) = k.consumer.and_then(|c| owned.get_mut(c as usize)) {
+            if let Some(c) = k.consumer().and_then(|c| owned.get_mut(c as usize)) {
                 *c += 1;
             }
         }
@@ -1733,7 +1733,7 @@ impl<'a> ConsumerView<'a> {
         let keys = snap
             .keys
             .iter()
-            .filter(|k| k.consumer.is_some() && k.consumer == index)
+            .filter(|k| k.consumer().is_some() && k.consumer() == index)
             .count();
         ConsumerView::counted(snap, c, keys)
     }

@@ -418,6 +418,46 @@ secret = "static-secret"
         }
     }
 
+    /// Past one batch of the read-ahead thread, and with a duplicate id (the optimistic pass
+    /// is then run again exactly): the same keys, warnings and errors as a whole parse.
+    #[test]
+    fn large_files_with_and_without_duplicates_load_as_whole_files() {
+        let target = "[[targets]]\nname = \"production\"\nupstream = \"http://127.0.0.1:3000\"\n";
+        let key = |i: u32, id: u32| {
+            format!(
+                "[[keys]]\nid = \"k{id}\"\nhash = \"{}\"\n{}",
+                crate::secret::KeyHash::of(&i.to_le_bytes()),
+                if i % 7 == 3 {
+                    "rate_limit = \"5/s\"\n"
+                } else {
+                    ""
+                }
+            )
+        };
+        let file = Path::new("/etc/keygate/keygate.toml");
+        let plain: String = (0..3000).map(|i| key(i, i)).collect();
+        let dup: String = (0..3000)
+            .map(|i| key(i, if i == 2500 { 7 } else { i }))
+            .collect();
+        let bad = format!("{dup}[[keys]]\nid = \"x\"\nsecret = \"s\"\nallow_ips = [\"nope\"]\n");
+        for keys in [plain, dup, bad] {
+            let main = format!("{target}{keys}");
+            let fast = outcome(parse_files(&main, file, None, [false; 2]));
+            let whole = outcome(parse_files(&main, file, None, [true; 2]));
+            assert_eq!(fast, whole);
+        }
+        let dup: String = (0..3000)
+            .map(|i| key(i, if i == 2999 { 0 } else { i }))
+            .collect();
+        let e = errors(&format!("keys_file = \"keys.toml\"\n{target}"), &dup);
+        assert_eq!(
+            e,
+            [
+                "/etc/keygate/keys.toml:9427:6: key \"k0\": duplicate key id (first defined at line 2)"
+            ]
+        );
+    }
+
     #[test]
     fn a_missing_keys_file_is_an_empty_store() {
         let dir = std::env::temp_dir().join(format!("keygate-missing-{}", std::process::id()));

@@ -122,19 +122,36 @@ fn next_header(b: &[u8], pos: usize) -> usize {
             }
             b'[' | b'{' => depth += 1,
             b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+            _ => {
+                // Past a line's start only these bytes matter: skip the others in a tight loop
+                // (most of a key table's bytes; twice as fast as the match for each byte).
+                i += 1;
+                while i < n && !SPECIAL[usize::from(b[i])] {
+                    i += 1;
+                }
+                continue;
+            }
         }
         i += 1;
     }
     n
 }
 
+/// The bytes that [`next_header`] acts on inside a line.
+const SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let s = b"\n#\"'[]{}";
+    let mut k = 0;
+    while k < s.len() {
+        t[s[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
 /// The offset of the `\n` that ends the line `i` is on (or the end of the text).
 fn line_end(b: &[u8], i: usize) -> usize {
-    b[i..]
-        .iter()
-        .position(|&c| c == b'\n')
-        .map_or(b.len(), |p| i + p)
+    memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |p| i + p)
 }
 
 /// The offset just after the string that starts at `i` (a quote). A string left open at the end
@@ -164,11 +181,19 @@ fn skip_string(b: &[u8], i: usize) -> usize {
     }
     let mut j = i + 1;
     while j < n {
-        match b[j] {
-            b'\\' if escapes => j += 2,
-            c if c == q => return j + 1,
-            b'\n' => return j,
-            _ => j += 1,
+        let found = if escapes {
+            memchr::memchr3(q, b'\\', b'\n', &b[j..])
+        } else {
+            memchr::memchr2(q, b'\n', &b[j..])
+        };
+        let Some(at) = found.map(|p| j + p) else {
+            return n;
+        };
+        match b[at] {
+            b'\n' => return at,
+            c if c == q => return at + 1,
+            // A backslash (only looked for with escapes): it and the byte it escapes.
+            _ => j = at + 2,
         }
     }
     n

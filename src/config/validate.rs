@@ -85,10 +85,22 @@ pub fn validate(
         Some(Some(a)) => a.key_prefix.clone(),
         _ => super::defaults::DEFAULT_KEY_PREFIX.into(),
     };
-    let mut pass = KeyPass::new(count, &target_names, &consumer_ids, &key_prefix);
+    // Optimistic first (no duplicate ids), exact only when that may be wrong: the problems
+    // of the first pass are then dropped and found again, duplicates among them.
+    let before = c.problems.len();
+    let mut pass = KeyPass::new(count, &target_names, &consumer_ids, &key_prefix, false);
     pass.file(&mut c, 0, main)?;
     if let Some(k) = keys_file {
         pass.file(&mut c, 1, k)?;
+    }
+    if pass.may_have_duplicate_ids() {
+        c.problems.truncate(before);
+        drop(pass);
+        pass = KeyPass::new(count, &target_names, &consumer_ids, &key_prefix, true);
+        pass.file(&mut c, 0, main)?;
+        if let Some(k) = keys_file {
+            pass.file(&mut c, 1, k)?;
+        }
     }
     c.cur = 0;
     c.base = None;

@@ -41,8 +41,9 @@ pub enum Access {
 #[derive(Debug)]
 pub struct Key {
     pub id: Id,
-    /// Index into [`Snapshot::consumers`](crate::snapshot::Snapshot::consumers).
-    pub consumer: Option<u32>,
+    /// [`Key::consumer`], with [`NO_CONSUMER`] for none: 4 bytes instead of an `Option`'s 8,
+    /// which with the rest keeps a key at 112 bytes (8 MB less for 1,000,000 keys).
+    consumer: u32,
     pub hash: KeyHash,
     pub status: Status,
     pub expires_at: Option<SystemTime>,
@@ -79,7 +80,9 @@ impl Key {
         let cold = Cold::new(&p);
         Some(Key {
             id: p.id?,
-            consumer: p.consumer,
+            // A snapshot never has 4,294,967,295 consumers: the config would be that many
+            // lines long.
+            consumer: p.consumer.unwrap_or(NO_CONSUMER),
             hash: p.hash?,
             status: p.status,
             expires_at: p.expires_at,
@@ -88,6 +91,12 @@ impl Key {
             rules: p.rules.filter(|r| !r.is_empty()),
             cold,
         })
+    }
+
+    /// Index into [`Snapshot::consumers`](crate::snapshot::Snapshot::consumers).
+    #[inline]
+    pub fn consumer(&self) -> Option<u32> {
+        (self.consumer != NO_CONSUMER).then_some(self.consumer)
     }
 
     pub fn rules(&self) -> &Rules {
@@ -158,6 +167,9 @@ impl Key {
         })
     }
 }
+
+/// [`Key`]'s `consumer` without one.
+const NO_CONSUMER: u32 = u32::MAX;
 
 /// The fields of a key that requests do not read, encoded in one allocation: a byte of flags,
 /// then the fixed-size fields present (`PREVIOUS`, `CREATED`, `RATE`, `QUOTA`, in that order), then the
@@ -336,6 +348,12 @@ impl Key {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A million keys are held at once: 8 bytes more per key is 8 MB more resident.
+    #[test]
+    fn a_key_is_112_bytes() {
+        assert_eq!(std::mem::size_of::<Key>(), 112);
+    }
 
     pub(crate) fn key(i: u32, parts: KeyParts<'_>) -> Key {
         Key::new(KeyParts {

@@ -130,7 +130,7 @@ impl RateLimiter {
 
 /// The key's and its consumer's quotas, with this instance's counters.
 fn quotas_of<'s>(snap: &'s Live, a: &Authorized<'s>) -> [Option<QuotaOf<'s>>; 2] {
-    let consumer = a.key.consumer.map(|c| c as usize);
+    let consumer = a.key.consumer().map(|c| c as usize);
     [
         a.key.quota().map(|quota| QuotaOf {
             owner: Owner::Key,
@@ -175,7 +175,7 @@ fn local(
     let rate = limits::check(
         snap.buckets.key(a.index),
         a.key
-            .consumer
+            .consumer()
             .and_then(|c| snap.buckets.consumer(c as usize)),
     );
     local_quotas(rate, quotas, secs, sync)

@@ -132,6 +132,20 @@ impl KeyTable {
         }
     }
 
+    /// Reads the slot each of `hashes` starts at, and nothing else: a hint, before inserting
+    /// them, that brings those slots into the cache all at once.
+    pub fn touch(&self, hashes: impl Iterator<Item = KeyHash>) {
+        let mask = self.slots.len().wrapping_sub(1);
+        if self.slots.is_empty() {
+            return;
+        }
+        // The slots first, then the reads in a loop of a few instructions each, so that the
+        // processor has many of them under way at once.
+        let slots: Vec<usize> = hashes.map(|h| home(&h) & mask).collect();
+        let seen = slots.iter().fold(0u32, |acc, &slot| acc ^ self.slots[slot]);
+        std::hint::black_box(seen);
+    }
+
     /// Bytes held.
     pub fn memory(&self) -> usize {
         self.slots.len() * std::mem::size_of::<u32>()

@@ -149,7 +149,7 @@ impl Snapshot {
     }
 
     pub fn consumer_of(&self, key: &Key) -> Option<&Consumer> {
-        key.consumer.map(|i| &self.consumers[i as usize])
+        key.consumer().map(|i| &self.consumers[i as usize])
     }
 
     pub fn target(&self, t: TargetIdx) -> &Target {

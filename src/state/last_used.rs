@@ -43,6 +43,9 @@ pub fn restore(snap: &Live, path: &Path) {
             return tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable last-used state");
         }
     };
+    if state.last_used.is_empty() {
+        return;
+    }
     for (i, k) in snap.keys.iter().enumerate() {
         if let Some(&secs) = state.last_used.get(k.id.as_str()) {
             snap.merge_last_used(i, secs);

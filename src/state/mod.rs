@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, Guard};
 
 use crate::snapshot::Snapshot;
-pub use buckets::{Buckets, Limits};
+pub use buckets::Buckets;
 
 /// A published snapshot with its runtime state. Derefs to the [`Snapshot`], so a request reads
 /// the config through it as through the snapshot itself.
@@ -29,7 +29,7 @@ pub use buckets::{Buckets, Limits};
 pub struct Live {
     snapshot: Snapshot,
     /// Rate-limit buckets, indexed like the snapshot's `keys` and `consumers`: those of the
-    /// snapshot before for every id whose rate is unchanged (see [`Limits::attach`]).
+    /// snapshot before for every id whose rate is unchanged (see [`Buckets::carry_over`]).
     pub buckets: Buckets,
     /// Quota counters, indexed like the snapshot's `keys` and `consumers`: carried by id
     /// from the snapshot before, whatever the quota now says (see [`quotas::Registry::attach`]).
@@ -154,26 +154,22 @@ pub fn unix_secs(t: SystemTime) -> u32 {
         .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
 }
 
-/// The current snapshot, swapped whole; readers never wait on a writer. Also keeps the
-/// rate-limit registry, so every published snapshot shares the buckets of the one before.
+/// The current snapshot, swapped whole; readers never wait on a writer. Every published
+/// snapshot takes the rate-limit buckets of the one before (by id) and the quota registry's.
 pub struct Published {
     current: ArcSwap<Live>,
     generation: AtomicU64,
-    limits: Limits,
     quotas: quotas::Registry,
 }
 
 impl Published {
     pub fn new(first: Snapshot) -> Published {
-        let limits = Limits::default();
         let quotas = quotas::Registry::default();
         let mut first = Live::new(first);
-        limits.attach(&first.snapshot, &mut first.buckets);
         first.quotas = quotas.attach(&first.snapshot);
         Published {
             current: ArcSwap::from_pointee(first),
             generation: AtomicU64::new(1),
-            limits,
             quotas,
         }
     }
@@ -190,11 +186,15 @@ impl Published {
     /// reload thread, never from a request.
     pub fn publish(&self, next: Snapshot) -> u64 {
         let mut next = Live::new(next);
-        self.limits.attach(&next.snapshot, &mut next.buckets);
+        // Reloads are serialized (`reload.rs`), so the snapshot read here is the one replaced.
+        let current = self.current.load_full();
+        next.buckets
+            .carry_over(&next.snapshot, &current.snapshot, &current.buckets);
         next.quotas = self.quotas.attach(&next.snapshot);
         // Times recorded so far go in before the swap, so a reader never sees a used key as
         // unused; those recorded between this copy and the swap follow in `retire`.
-        next.carry_last_used(&self.current.load());
+        next.carry_last_used(&current);
+        drop(current);
         let next = Arc::new(next);
         let old = self.current.swap(next.clone());
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -206,10 +206,6 @@ impl Published {
     /// request: those use [`Published::load`]).
     pub fn load_full(&self) -> Arc<Live> {
         self.current.load_full()
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// Every quota counter by id (admin resets and grants, saving).
@@ -246,6 +242,43 @@ mod tests {
         // Another rate: a fresh bucket (this used to deadlock in the registry).
         published.publish(load("2/minute"));
         assert!(crate::limits::check(published.load().buckets.key(0), None).is_ok());
-        assert_eq!(published.limits().len(), (1, 0));
+    }
+
+    /// Buckets follow ids, not positions: a key moved in the file and a consumer keep theirs,
+    /// a key that was gone for one reload comes back with a fresh one.
+    #[test]
+    fn buckets_are_carried_by_id_for_keys_and_consumers() {
+        let key = |id: &str| {
+            format!(
+                "[[keys]]\nid = \"{id}\"\nsecret = \"s-{id}\"\nconsumer = \"c\"\nrate_limit = \"1/minute\"\n"
+            )
+        };
+        let load = |keys: &[&str]| {
+            let text = format!(
+                "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n[[consumers]]\nid = \"c\"\nrate_limit = \"1/minute\"\n{}",
+                keys.iter().map(|k| key(k)).collect::<String>()
+            );
+            crate::config::parse(&text, std::path::Path::new("t.toml"))
+                .unwrap()
+                .snapshot
+        };
+        let spent = |p: &Published, i: usize| {
+            let live = p.load();
+            crate::limits::check(live.buckets.key(i), None).is_err()
+        };
+        let published = Published::new(load(&["a", "b"]));
+        // "a" and the consumer spent, "b" not.
+        assert!(!spent(&published, 0) && spent(&published, 0));
+        assert!(crate::limits::check(None, published.load().buckets.consumer(0)).is_ok());
+        // "b" first now: each key's bucket follows it, the consumer's stays spent.
+        published.publish(load(&["b", "a"]));
+        assert!(spent(&published, 1));
+        assert!(!spent(&published, 0));
+        assert!(crate::limits::check(None, published.load().buckets.consumer(0)).is_err());
+        // "a" gone for one reload, then back: a fresh bucket; "b" keeps its spent one.
+        published.publish(load(&["b"]));
+        published.publish(load(&["b", "a"]));
+        assert!(spent(&published, 0));
+        assert!(!spent(&published, 1));
     }
 }

@@ -328,15 +328,22 @@ fn carry<'a>(
     items: impl Iterator<Item = (&'a Id, Option<Quota>)>,
 ) -> Vec<Option<Arc<Counter>>> {
     let mut live = HashSet::new();
-    let out = items
-        .map(|(id, quota)| {
-            quota?;
-            live.insert(id.clone());
-            // Cloned out of the read guard before `entry` takes the shard's write lock.
-            let kept = registry.get(id).map(|c| c.clone());
-            Some(kept.unwrap_or_else(|| registry.entry(id.clone()).or_default().clone()))
-        })
-        .collect();
+    // Read by index with `get`, where a missing slot is no quota too: the vector ends at the
+    // last item with a quota, so a config without any has none (instead of 8 MB of `None`
+    // for 1,000,000 keys).
+    let mut out: Vec<Option<Arc<Counter>>> = Vec::new();
+    for (i, (id, quota)) in items.enumerate() {
+        if quota.is_none() {
+            continue;
+        }
+        live.insert(id.clone());
+        // Cloned out of the read guard before `entry` takes the shard's write lock.
+        let kept = registry.get(id).map(|c| c.clone());
+        out.resize(i, None);
+        out.push(Some(kept.unwrap_or_else(|| {
+            registry.entry(id.clone()).or_default().clone()
+        })));
+    }
     registry.retain(|id, _| live.contains(id));
     out
 }

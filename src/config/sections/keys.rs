@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
@@ -31,26 +32,34 @@ pub struct KeyPass<'t> {
     consumer_ids: &'t HashMap<String, u32>,
     pub keys: Vec<Key>,
     pub table: KeyTable,
-    /// For each key, where its id is (source, offset), for "first defined at" messages.
+    /// For each key, where its id is (source, offset), for "first defined at" messages
+    /// (only with `ids`).
     first: Vec<(u32, usize)>,
-    /// Key indices by id, to find duplicates.
-    ids: IdIndex,
+    /// Key indices by id, to find duplicates as they come: `None` in the first, optimistic
+    /// pass (see [`KeyPass::new`]).
+    ids: Option<IdIndex>,
     arena: IdArena,
     /// Each distinct list and set of rules once, shared by the keys that have it.
-    nets: HashSet<List<IpNet>>,
-    origins: HashSet<List<OriginPattern>>,
-    target_sets: HashSet<List<TargetIdx>>,
-    paths: HashSet<Paths>,
-    rules: HashSet<Arc<Rules>>,
+    nets: Interned<List<IpNet>>,
+    origins: Interned<List<OriginPattern>>,
+    target_sets: Interned<List<TargetIdx>>,
+    paths: Interned<Paths>,
+    rules: Interned<Arc<Rules>>,
     too_many: bool,
 }
 
 impl<'t> KeyPass<'t> {
+    /// A pass over `count` keys. `exact`: duplicate ids are looked for as each key comes, and
+    /// reported. Without it (the optimistic first pass) they are not: then
+    /// [`KeyPass::may_have_duplicate_ids`] says whether the pass must be run again exactly.
+    /// Duplicate ids are an error and rare, and the exact check costs a look into a table of
+    /// the key count's size (a cache miss each, on a large file) and 16 bytes per key.
     pub fn new(
         count: usize,
         target_names: &'t HashMap<String, TargetIdx>,
         consumer_ids: &'t HashMap<String, u32>,
         key_prefix: &'t str,
+        exact: bool,
     ) -> KeyPass<'t> {
         KeyPass {
             key_prefix,
@@ -58,14 +67,14 @@ impl<'t> KeyPass<'t> {
             consumer_ids,
             keys: Vec::with_capacity(count),
             table: KeyTable::with_capacity(count),
-            first: Vec::with_capacity(count),
-            ids: IdIndex::with_capacity(count),
+            first: Vec::with_capacity(if exact { count } else { 0 }),
+            ids: exact.then(|| IdIndex::with_capacity(count)),
             arena: IdArena::default(),
-            nets: HashSet::new(),
-            origins: HashSet::new(),
-            target_sets: HashSet::new(),
-            paths: HashSet::new(),
-            rules: HashSet::new(),
+            nets: Interned::default(),
+            origins: Interned::default(),
+            target_sets: Interned::default(),
+            paths: Interned::default(),
+            rules: Interned::default(),
             too_many: false,
         }
     }
@@ -82,23 +91,72 @@ impl<'t> KeyPass<'t> {
         for raw in file.raw.keys().unwrap_or_default() {
             self.key(c, raw, source);
         }
-        let text = file.source.text;
-        for &(start, end) in file.chunks {
-            let (start, end) = (start as usize, end as usize);
-            match scan::key(text, start, end) {
-                Some(raw) => {
-                    c.base = Some(0);
-                    self.key(c, &raw, source);
+        let (text, chunks) = (file.source.text, file.chunks);
+        // The plain tables are read (`scan::key`) on a second thread, a batch ahead of their
+        // checks here, which stay on this thread and in file order: a large key table then
+        // keeps both cores busy, and every problem is found and reported as before. The
+        // channel holds a few batches, so what is read ahead is a few thousand keys at most.
+        const BATCH: usize = 1024;
+        let (tx, rx) = mpsc::sync_channel::<Vec<Option<RawKey<'_>>>>(4);
+        std::thread::scope(|scope| {
+            if chunks.len() > BATCH {
+                scope.spawn(move || {
+                    for batch in chunks.chunks(BATCH) {
+                        let read = batch
+                            .iter()
+                            .map(|&(start, end)| scan::key(text, start as usize, end as usize))
+                            .collect();
+                        if tx.send(read).is_err() {
+                            return;
+                        }
+                    }
+                });
+            } else {
+                drop(tx);
+            }
+            // Owns the receiver: dropped on an early return, which ends the reader thread's
+            // next send (the scope waits for that thread).
+            let mut batches = rx.into_iter();
+            let mut batch = Vec::new().into_iter();
+            for &(start, end) in chunks {
+                let (start, end) = (start as usize, end as usize);
+                let mut next = batch.next();
+                if next.is_none()
+                    && let Some(b) = batches.next()
+                {
+                    // The key table's slots of a whole batch are looked at before its keys
+                    // go in: a thousand independent reads, whose cache misses overlap, instead
+                    // of one miss at a time (the inserts were a quarter of this thread's time).
+                    self.table.touch(
+                        b.iter()
+                            .flatten()
+                            .filter_map(|raw| KeyHash::parse(raw.hash.as_ref()?.get_ref())),
+                    );
+                    batch = b.into_iter();
+                    next = batch.next();
                 }
-                None => match toml::from_str::<RawKey<'_>>(&text[start..end]) {
-                    Ok(raw) => {
-                        c.base = Some(start);
+                // Without the reader thread (a small file) or past what it sent, read here.
+                let read = match next {
+                    Some(read) => read,
+                    None => scan::key(text, start, end),
+                };
+                match read {
+                    Some(raw) => {
+                        c.base = Some(0);
                         self.key(c, &raw, source);
                     }
-                    Err(_) => return Err(Failure::Reparse(source)),
-                },
+                    None => match toml::from_str::<RawKey<'_>>(&text[start..end]) {
+                        Ok(raw) => {
+                            c.base = Some(start);
+                            self.key(c, &raw, source);
+                        }
+                        // Dropping `ahead` (with the receiver) stops the reader thread.
+                        Err(_) => return Err(Failure::Reparse(source)),
+                    },
+                }
             }
-        }
+            Ok(())
+        })?;
         c.base = None;
         Ok(())
     }
@@ -108,13 +166,14 @@ impl<'t> KeyPass<'t> {
             return;
         };
         let subject = Subject::item("key", raw.id.get_ref());
-        let id_hash = self.ids.hash(id.as_str());
         let keys = &self.keys;
-        let id_slot = match self
-            .ids
-            .find(id_hash, |i| keys[i].id.as_str() == id.as_str())
-        {
-            Ok(first) => {
+        let id_slot = match self.ids.as_ref().map(|ids| {
+            let id_hash = ids.hash(id.as_str());
+            let found = ids.find(id_hash, |i| keys[i].id.as_str() == id.as_str());
+            (id_hash, found)
+        }) {
+            None => None,
+            Some((_, Ok(first))) => {
                 let (src, offset) = self.first[first];
                 let first = c.describe((src as usize, offset));
                 c.error(
@@ -124,7 +183,7 @@ impl<'t> KeyPass<'t> {
                 );
                 return;
             }
-            Err(slot) => slot,
+            Some((id_hash, Err(slot))) => Some((id_hash, slot)),
         };
         let hash = match (&raw.hash, &raw.secret) {
             (Some(h), None) => {
@@ -251,14 +310,15 @@ impl<'t> KeyPass<'t> {
             allow_origins: OriginList::from_list(intern(&mut self.origins, origins)),
             paths: intern(&mut self.paths, paths),
         };
-        let rules = match self.rules.get(&rules) {
-            _ if rules.is_empty() => None,
-            Some(shared) => Some(shared.clone()),
-            None => {
-                let rules = Arc::new(rules);
-                self.rules.insert(rules.clone());
-                Some(rules)
-            }
+        // Most keys have no rules: those are not hashed nor looked up.
+        let rules = if rules.is_empty() {
+            None
+        } else if let Some(shared) = self.rules.get(&rules) {
+            Some(shared.clone())
+        } else {
+            let rules = Arc::new(rules);
+            self.rules.insert(rules.clone());
+            Some(rules)
         };
         let key = Key::new(KeyParts {
             id: Some(id),
@@ -278,9 +338,11 @@ impl<'t> KeyPass<'t> {
         });
         let Some(key) = key else { return };
         self.keys.push(key);
-        self.first
-            .push((source as u32, c.offset(raw.id.span().start)));
-        self.ids.set(id_slot, id_hash, index);
+        if let (Some(ids), Some((id_hash, slot))) = (&mut self.ids, id_slot) {
+            self.first
+                .push((source as u32, c.offset(raw.id.span().start)));
+            ids.set(slot, id_hash, index);
+        }
         if let Some((h, span)) = hash
             && let Some((other, _)) = self.table.try_insert(&self.keys, h, index, false)
         {
@@ -308,8 +370,33 @@ impl<'t> KeyPass<'t> {
     }
 }
 
+impl KeyPass<'_> {
+    /// After an optimistic pass (not `exact`): whether two keys may have the same id, so that
+    /// the pass must be run again exactly (it also reports them). Sorts the ids' 64-bit hashes:
+    /// sequential work of 8 bytes per key instead of a random look per key; two ids with the
+    /// same hash count as the same (a needless second pass, never a missed duplicate).
+    pub fn may_have_duplicate_ids(&self) -> bool {
+        if self.ids.is_some() {
+            return false;
+        }
+        let seed = foldhash::fast::RandomState::default();
+        let mut hashes: Vec<u64> = self
+            .keys
+            .iter()
+            .map(|k| seed.hash_one(k.id.as_str()))
+            .collect();
+        hashes.sort_unstable();
+        hashes.windows(2).any(|w| w[0] == w[1])
+    }
+}
+
+/// The sets that share equal lists and rules while loading: hashed with a seeded hash that is
+/// much quicker than `HashSet`'s default on a million keys (their contents come from the
+/// config, which whoever may create keys writes in part, hence a seed).
+type Interned<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// The list already made that equals `items`, or a new one.
-fn intern<T: Eq + std::hash::Hash>(set: &mut HashSet<List<T>>, items: Vec<T>) -> List<T> {
+fn intern<T: Eq + std::hash::Hash>(set: &mut Interned<List<T>>, items: Vec<T>) -> List<T> {
     if items.is_empty() {
         return List::default();
     }
@@ -328,7 +415,7 @@ fn intern<T: Eq + std::hash::Hash>(set: &mut HashSet<List<T>>, items: Vec<T>) ->
 struct IdIndex {
     slots: Box<[u32]>,
     len: usize,
-    seed: std::hash::RandomState,
+    seed: foldhash::fast::RandomState,
 }
 
 impl IdIndex {
@@ -336,7 +423,7 @@ impl IdIndex {
         IdIndex {
             slots: vec![u32::MAX; IdIndex::slots_for(n)].into_boxed_slice(),
             len: 0,
-            seed: std::hash::RandomState::new(),
+            seed: foldhash::fast::RandomState::default(),
         }
     }
 
