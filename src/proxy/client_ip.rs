@@ -26,6 +26,30 @@ const MAX_HOPS: usize = 32;
 pub fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
+/// `ip` as its `Display` writes it, appended to `out`; IPv4 by hand, since `Display` (through
+/// `core::fmt`) cost 1,300 instructions a request. For `X-Forwarded-For` and the access log.
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
 
 /// The client address for a request from `peer`.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpList) -> IpAddr {
@@ -172,5 +196,25 @@ mod tests {
         assert_eq!(resolve(ip("::1"), &h, &t), ip("2001:db8:cafe::17"));
         let unknown = headers(&[("forwarded", "for=unknown, for=10.0.0.3")]);
         assert_eq!(resolve(ip("10.0.0.1"), &unknown, &t), ip("10.0.0.3"));
+    }
+
+    #[test]
+    fn ips_are_written_as_display_writes_them() {
+        let ips = [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "192.168.10.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+            "::ffff:10.0.0.1",
+        ];
+        for ip in ips {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
     }
 }
