@@ -17,37 +17,8 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 KEYS="${KEYS:-10000}" LUA_KEYS="${LUA_KEYS:-2000}" ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5s}" CONNS="${CONNS:-32}"
 BIN="${KEYGATE_BIN:-$ROOT/target/release/keygate}"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-
-python3 "$HERE/gen_keys.py" "$KEYS" "$WORK/keys" --lua-keys "$LUA_KEYS" >/dev/null
-
-UP=$(free_port)
-mkdir -p "$WORK/up"
-cat >"$WORK/up/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/up; proxy_temp_path $WORK/up; fastcgi_temp_path $WORK/up;
-  uwsgi_temp_path $WORK/up; scgi_temp_path $WORK/up;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
-}
-CONF
-nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
-wait_port "$UP"
+# shellcheck source=rig.sh
+source "$HERE/rig.sh"
 
 declare -A PORT PID
 for mode in on off; do
