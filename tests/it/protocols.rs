@@ -292,6 +292,39 @@ async fn upgrade_with_a_valid_key_passes_through_and_bytes_flow_both_ways() {
     assert_eq!(n, 0);
 }
 
+/// When the upstream ends its side of a tunnel, the client sees the end of the stream while its
+/// own side stays open: keygate passes the half-close on with a real shutdown of the client
+/// socket (a plain connection that hyper closes gets none: `close` sends the FIN).
+#[tokio::test]
+async fn an_upstream_half_close_reaches_the_client_while_it_can_still_send() {
+    let gw = gateway().await;
+    let mut raw = Raw::connect(gw.addr).await;
+    let req = upgrade_request(&format!("X-API-Key: {SECRET}\r\n")).replacen(
+        "/ws?room=1",
+        "/ws-half-close",
+        1,
+    );
+    raw.write(req.as_bytes()).await;
+    let resp = raw.read_response().await;
+    assert_eq!(resp.status, StatusCode::SWITCHING_PROTOCOLS, "{resp:?}");
+    assert_eq!(raw.read_exact(3).await, b"bye");
+    let mut rest = Vec::new();
+    let n = within(
+        "the upstream's half-close",
+        tokio::io::AsyncReadExt::read_to_end(&mut raw.stream, &mut rest),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 0, "nothing after bye");
+    // Our side is still open: what we send is still carried.
+    within(
+        "a write after the half-close",
+        tokio::io::AsyncWriteExt::write_all(&mut raw.stream, b"still here"),
+    )
+    .await
+    .unwrap();
+}
+
 /// Firefox sends `Connection: keep-alive, Upgrade`: still an upgrade, and `Upgrade` survives
 /// the removal of the headers `Connection` names.
 #[tokio::test]

@@ -517,11 +517,20 @@ fn echo_upgrade(req: &mut Request<Incoming>) -> Response<TestBody> {
     };
     let key_id = seen("x-keygate-key-id");
     let api_key = seen("x-api-key");
+    // `/ws-half-close`: the upstream says "bye" and ends its sending side at once, but keeps
+    // reading what the client sends until the client ends its own.
+    let half_close = req.uri().path() == "/ws-half-close";
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
             let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
-            let _ = tokio::io::copy(&mut r, &mut w).await;
+            if half_close {
+                let _ = w.write_all(b"bye").await;
+                let _ = w.shutdown().await;
+                let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
+            } else {
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
         }
     });
     Response::builder()
