@@ -244,6 +244,28 @@ fn upgrade_request(extra: &str) -> String {
     )
 }
 
+/// Connects to `gw`, sends the upgrade request `req` and returns the connection, now a tunnel,
+/// once keygate has answered 101.
+async fn upgraded(gw: &Gw, req: &str) -> Raw {
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(req.as_bytes()).await;
+    let resp = raw.read_response().await;
+    assert_eq!(resp.status, StatusCode::SWITCHING_PROTOCOLS, "{resp:?}");
+    raw
+}
+
+/// Reads `raw` to the end of its stream, within the harness's time limit (`what` names the
+/// wait); how many bytes came.
+async fn read_to_eof(raw: &mut Raw, what: &str) -> usize {
+    let mut rest = Vec::new();
+    within(
+        what,
+        tokio::io::AsyncReadExt::read_to_end(&mut raw.stream, &mut rest),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn upgrade_with_a_valid_key_passes_through_and_bytes_flow_both_ways() {
     let gw = gateway().await;
@@ -282,14 +304,7 @@ async fn upgrade_with_a_valid_key_passes_through_and_bytes_flow_both_ways() {
     )
     .await
     .unwrap();
-    let mut rest = Vec::new();
-    let n = within(
-        "tunnel close",
-        tokio::io::AsyncReadExt::read_to_end(&mut raw.stream, &mut rest),
-    )
-    .await
-    .unwrap();
-    assert_eq!(n, 0);
+    assert_eq!(read_to_eof(&mut raw, "tunnel close").await, 0);
 }
 
 /// When the upstream ends its side of a tunnel, the client sees the end of the stream while its
@@ -298,24 +313,18 @@ async fn upgrade_with_a_valid_key_passes_through_and_bytes_flow_both_ways() {
 #[tokio::test]
 async fn an_upstream_half_close_reaches_the_client_while_it_can_still_send() {
     let gw = gateway().await;
-    let mut raw = Raw::connect(gw.addr).await;
     let req = upgrade_request(&format!("X-API-Key: {SECRET}\r\n")).replacen(
         "/ws?room=1",
         "/ws-half-close",
         1,
     );
-    raw.write(req.as_bytes()).await;
-    let resp = raw.read_response().await;
-    assert_eq!(resp.status, StatusCode::SWITCHING_PROTOCOLS, "{resp:?}");
+    let mut raw = upgraded(&gw, &req).await;
     assert_eq!(raw.read_exact(3).await, b"bye");
-    let mut rest = Vec::new();
-    let n = within(
-        "the upstream's half-close",
-        tokio::io::AsyncReadExt::read_to_end(&mut raw.stream, &mut rest),
-    )
-    .await
-    .unwrap();
-    assert_eq!(n, 0, "nothing after bye");
+    assert_eq!(
+        read_to_eof(&mut raw, "the upstream's half-close").await,
+        0,
+        "nothing after bye"
+    );
     // Our side is still open: what we send is still carried.
     within(
         "a write after the half-close",
@@ -330,15 +339,12 @@ async fn an_upstream_half_close_reaches_the_client_while_it_can_still_send() {
 #[tokio::test]
 async fn upgrade_with_a_connection_token_list_passes_through() {
     let gw = gateway().await;
-    let mut raw = Raw::connect(gw.addr).await;
     let req = upgrade_request(&format!("X-API-Key: {SECRET}\r\n")).replacen(
         "Connection: Upgrade",
         "Connection: keep-alive, Upgrade",
         1,
     );
-    raw.write(req.as_bytes()).await;
-    let resp = raw.read_response().await;
-    assert_eq!(resp.status, StatusCode::SWITCHING_PROTOCOLS, "{resp:?}");
+    let mut raw = upgraded(&gw, &req).await;
     raw.write(b"both ways").await;
     assert_eq!(raw.read_exact(9).await, b"both ways");
 }
