@@ -8,7 +8,6 @@
 //!   `https://` upstream it takes the target's verifier (system roots, or the target's
 //!   `ca_file`) from the current snapshot and sends the upstream's host as SNI.
 
-use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,17 +15,17 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use http::Uri;
-use http::uri::Scheme;
-use hyper_rustls::MaybeHttpsStream;
+use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tower_service::Service as _;
 
 use crate::model::TlsFiles;
 use crate::state::Published;
@@ -217,35 +216,94 @@ impl Connector {
     }
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+impl Connector {
+    /// A new connection to `scheme://authority`: TCP (resolved, `TCP_NODELAY`), and for
+    /// `https` the TLS handshake with the target's verifier, the upstream's host as SNI.
+    pub async fn open(&self, scheme: &Scheme, authority: &Authority) -> Result<Stream, BoxError> {
+        let https = *scheme == Scheme::HTTPS;
+        let uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()?;
+        let tls = if https { self.tls_for(&uri) } else { None };
+        let tcp = self.http.clone().call(uri).await?.into_inner();
+        if !https {
+            return Ok(Stream::Plain(tcp));
+        }
+        let config = tls.ok_or("no TLS settings for this upstream (target removed?)")?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.http.poll_ready(cx).map_err(Into::into)
+/// An upstream connection: plain, or TLS (boxed: rustls's state is large, plain is common).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let https = uri.scheme() == Some(&Scheme::HTTPS);
-        let tls = if https { self.tls_for(&uri) } else { None };
-        let connecting = self.http.call(uri.clone());
-        Box::pin(async move {
-            let tcp = connecting.await?;
-            if !https {
-                return Ok(MaybeHttpsStream::Http(tcp));
-            }
-            let config = tls.ok_or("no TLS settings for this upstream (target removed?)")?;
-            let host = uri
-                .host()
-                .unwrap_or_default()
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let name = ServerName::try_from(host.to_owned())?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, TokioIo::new(tcp))
-                .await?;
-            Ok(MaybeHttpsStream::Https(TokioIo::new(stream)))
-        })
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

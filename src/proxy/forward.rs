@@ -6,6 +6,7 @@
 //! byte tunnel.
 
 pub(super) mod body;
+pub(super) mod wire;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
 
 use self::body::{ClientBody, TooLarge, Upload};
 use super::credential;
@@ -25,6 +27,7 @@ use super::deny::Deny;
 use super::observe::Activity;
 use super::pool::{Pool, PooledBody, Upstream};
 use crate::http::request_id::X_REQUEST_ID;
+use crate::tls::Stream;
 
 use crate::model::{Consumer, Id, Key, Server, Target};
 
@@ -168,7 +171,7 @@ pub async fn send(
         left: max_body.unwrap_or(u64::MAX),
         counted,
     });
-    let exchange = pool.send(&plan.upstream, req);
+    let exchange = pool.send(&plan.upstream, req, plan.upgrade);
     let mut resp = match tokio::time::timeout(plan.timeout, exchange).await {
         Err(_) => {
             tracing::warn!(target = %plan.target, timeout = ?plan.timeout, "upstream timed out");
@@ -184,7 +187,9 @@ pub async fn send(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_side) = client_side
     {
-        let upstream_side = hyper::upgrade::on(&mut resp);
+        let Some(upstream_side) = resp.body_mut().take_upgraded() else {
+            return Err(Deny::UpstreamUnavailable);
+        };
         if let Some(c) = &connection {
             c.becomes_tunnel();
         }
@@ -217,19 +222,23 @@ fn upload_failure(e: &(dyn std::error::Error + 'static)) -> Option<Deny> {
 }
 
 /// Copies bytes both ways between an upgraded client and upstream until either side closes.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    target: Id,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+/// `upstream` carries what the upstream sent right behind its 101, which the client gets first.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: (Stream, Bytes), target: Id) {
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             tracing::debug!(%target, error = %e, "upgrade failed");
             return;
         }
     };
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    let (mut upstream, early) = upstream;
+    let mut client = TokioIo::new(client);
+    if !early.is_empty()
+        && let Err(e) = client.write_all(&early).await
+    {
+        tracing::debug!(%target, error = %e, "upgraded connection ended with an error");
+        return;
+    }
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(%target, error = %e, "upgraded connection ended with an error");
     }
