@@ -55,5 +55,6 @@ mod target_binding;
 mod tls;
 mod upstream_errors;
 mod upstream_pool;
+mod upstream_wire;
 mod usage;
 mod webhooks;

@@ -382,13 +382,13 @@ async fn gateway() -> (SocketAddr, Scripted) {
 }
 
 /// A request with the primary key.
-fn keyed(method: &str, path: &str) -> http::Request<TestBody> {
+pub(crate) fn keyed(method: &str, path: &str) -> http::Request<TestBody> {
     request(method, path, &[("x-api-key", SECRET)], empty())
 }
 
 /// The upstream connection that answered, from `x-conn`.
 #[track_caller]
-fn conn_of(resp: &Resp) -> usize {
+pub(crate) fn conn_of(resp: &Resp) -> usize {
     resp.header("x-conn")
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no x-conn on {} {}", resp.status, resp.text()))
@@ -396,7 +396,7 @@ fn conn_of(resp: &Resp) -> usize {
 
 /// Asserts `200` with `body`, answered on upstream connection `conn`.
 #[track_caller]
-fn assert_ok(resp: &Resp, body: &[u8], conn: usize, what: &str) {
+pub(crate) fn assert_ok(resp: &Resp, body: &[u8], conn: usize, what: &str) {
     assert_eq!(resp.status.as_u16(), 200, "{what}: {}", resp.text());
     assert!(
         resp.body == body,
