@@ -10,6 +10,8 @@
 //! Nothing here does I/O; `pool.rs` feeds it bytes. Pure, so the unit tests below try every
 //! framing without a socket.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -167,9 +169,13 @@ pub fn parse_head(
     head_request: bool,
     upgrade: bool,
 ) -> Result<Parsed, WireError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    // Left uninitialised (httparse writes what it parses): an initialised array of 100 was a
+    // 3 KiB memset on every response.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(WireError::HeadTooLarge);
@@ -197,16 +203,12 @@ pub fn parse_head(
     }
 
     // Where each name and value lies in the head, so the values can share its bytes.
-    let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = resp.headers.len();
-    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (name, name + h.name.len(), value, value + h.value.len());
-    }
+    SPANS.with_borrow_mut(|spans| {
+        spans.clear();
+        spans.extend(spans_of(buf, resp.headers));
+    });
     let head = buf.split_to(len).freeze();
-    let headers = header_map(&head, &spans[..count])?;
+    let headers = SPANS.with_borrow(|spans| header_map(&head, spans))?;
     let framing = framing(status, &headers, head_request)?;
     let keep_alive = framing != Framing::Close
         && status != StatusCode::SWITCHING_PROTOCOLS
@@ -217,6 +219,27 @@ pub fn parse_head(
         framing,
         keep_alive,
     }))
+}
+
+/// A header line's name and value as ranges of the buffer it was parsed from.
+type Span = (usize, usize, usize, usize);
+
+thread_local! {
+    /// The spans of the head being read: kept per worker, so no head allocates or zeroes a list.
+    static SPANS: std::cell::RefCell<Vec<Span>> =
+        std::cell::RefCell::new(Vec::with_capacity(MAX_HEADERS));
+}
+
+fn spans_of<'a>(
+    buf: &'a [u8],
+    headers: &'a [httparse::Header<'_>],
+) -> impl Iterator<Item = Span> + 'a {
+    let base = buf.as_ptr() as usize;
+    headers.iter().map(move |h| {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        (name, name + h.name.len(), value, value + h.value.len())
+    })
 }
 
 /// The header map of a head (or trailer section) whose lines lie at `spans` of `head`.
@@ -401,16 +424,9 @@ impl Dechunk {
 
     fn trailers(&mut self, buf: &mut BytesMut) -> Result<Chunk, WireError> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let (len, count, spans) = match httparse::parse_headers(buf, &mut slots) {
+        let (len, spans) = match httparse::parse_headers(buf, &mut slots) {
             Ok(httparse::Status::Complete((len, parsed))) => {
-                let base = buf.as_ptr() as usize;
-                let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-                for (span, h) in spans.iter_mut().zip(parsed.iter()) {
-                    let name = h.name.as_ptr() as usize - base;
-                    let value = h.value.as_ptr() as usize - base;
-                    *span = (name, name + h.name.len(), value, value + h.value.len());
-                }
-                (len, parsed.len(), spans)
+                (len, spans_of(buf, parsed).collect::<Vec<_>>())
             }
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(WireError::HeadTooLarge);
@@ -419,7 +435,7 @@ impl Dechunk {
             Err(_) => return Err(WireError::Malformed("trailer section")),
         };
         let section = buf.split_to(len).freeze();
-        let trailers = header_map(&section, &spans[..count])?;
+        let trailers = header_map(&section, &spans)?;
         self.state = State::Done;
         Ok(Chunk::Trailers(trailers))
     }
