@@ -200,6 +200,7 @@ impl Pool {
             sent: 0,
             sent_all: false,
             write_failed: None,
+            interim: 0,
         };
         let head_request = parts.method == http::Method::HEAD;
         let head = match std::future::poll_fn(|cx| ex.poll_head(cx, head_request, upgrade)).await {
@@ -340,6 +341,8 @@ struct Exchange {
     sent_all: bool,
     /// Writing failed; the upstream may still have answered, so reading goes on.
     write_failed: Option<io::Error>,
+    /// Interim (1xx) answers skipped so far.
+    interim: usize,
 }
 
 impl Exchange {
@@ -408,7 +411,6 @@ impl Exchange {
 
     /// Queues one frame of the client's body (or its end) for writing.
     fn take(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>) -> Result<(), Failure> {
-        let chunked = self.sending == Sending::Chunked;
         match frame {
             None => {
                 self.upload = None;
@@ -428,7 +430,7 @@ impl Exchange {
                     {
                         return Err(Failure::Length);
                     }
-                    if chunked {
+                    if self.sending == Sending::Chunked {
                         wire::chunk_line(&mut self.conn.wbuf, data.len());
                         self.wtail = b"\r\n";
                     }
@@ -438,8 +440,12 @@ impl Exchange {
                     // Trailers end the body; only a chunked body can carry them.
                     if let Ok(trailers) = frame.into_trailers() {
                         self.upload = None;
-                        if chunked {
-                            wire::last_chunk(&mut self.conn.wbuf, Some(&trailers));
+                        match self.sending {
+                            Sending::Chunked => {
+                                wire::last_chunk(&mut self.conn.wbuf, Some(&trailers));
+                            }
+                            Sending::Length(n) if n != self.sent => return Err(Failure::Length),
+                            _ => {}
                         }
                     }
                 }
@@ -470,15 +476,14 @@ impl Exchange {
         upgrade: bool,
     ) -> Poll<Result<wire::Head, Failure>> {
         self.poll_upload_on(cx)?;
-        let mut interim = 0;
         loop {
             if !self.conn.rbuf.is_empty() {
                 match wire::parse_head(&mut self.conn.rbuf, head_request, upgrade)
                     .map_err(Failure::Wire)?
                 {
                     Parsed::Final(head) => return Poll::Ready(Ok(head)),
-                    Parsed::Interim if interim < wire::MAX_INTERIM => {
-                        interim += 1;
+                    Parsed::Interim if self.interim < wire::MAX_INTERIM => {
+                        self.interim += 1;
                         continue;
                     }
                     Parsed::Interim => {
