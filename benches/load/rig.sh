@@ -10,7 +10,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Below the ephemeral range, so no outgoing connection takes it before its gate binds it.
+free_port() { python3 "$HERE/free_port.py" "$WORK/ports-used"; }
 # Up to 2 minutes: a keygate under valgrind takes that long to listen with 10,000 keys.
 wait_port() { for _ in $(seq 1 1200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 

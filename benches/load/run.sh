@@ -195,9 +195,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' TERM INT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# Below the ephemeral range, so no outgoing connection takes it before its gate binds it.
+free_port() { python3 "$HERE/free_port.py" "$WORK/ports-used"; }
 
 wait_port() { # port name pid: up to 120 s (a million keys on a busy machine take a while)
   local deadline=$((SECONDS + 120))
