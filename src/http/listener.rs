@@ -1,7 +1,9 @@
 //! Every port's front door, the same for the proxy, the admin API and the metrics listener:
 //! accept TCP, optionally TLS (ALPN h2 / http/1.1), then HTTP/1.1 (keep-alive, upgrades) or
 //! HTTP/2 (h2 over TLS, h2c with prior knowledge in clear) on the same port, then hand each
-//! request to the port's [`Handler`]. The edge limits come from `[server]` and are read when the
+//! request to the port's [`Handler`]. Which of hyper's two servers takes a connection is known
+//! before its first request: ALPN says it under TLS, the first read in clear (see [`speaks`]);
+//! only a connection too short yet to tell goes to hyper-util's sniffing server. The edge limits come from `[server]` and are read when the
 //! listener starts: `max_connections`, `header_read_timeout`, `max_header_bytes` (431),
 //! `max_streams`, `idle_timeout`, and RFC 9112 §3.2's one `Host` per HTTP/1.1 request (else
 //! 400 `invalid_request` and a close). Stops accepting on shutdown and lets connections in
@@ -29,6 +31,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body as HttpBody, Incoming};
 use hyper::rt::{Read, Write};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -300,6 +303,46 @@ impl Prefetch {
     }
 }
 
+impl Prefetch {
+    /// Makes the one read, if not made yet; the number of bytes it got.
+    fn poll_fill<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(len) = self.len {
+            return Poll::Ready(Ok(len));
+        }
+        let mut first = ReadBuf::new(&mut self.buf);
+        std::task::ready!(Pin::new(io).poll_read(cx, &mut first))?;
+        let len = first.filled().len();
+        self.len = Some(len);
+        Poll::Ready(Ok(len))
+    }
+}
+
+impl<S: AsyncRead + Unpin> Held<S> {
+    /// Makes the prefetch's read now (nothing without a prefetch): see [`Held::prefetched`].
+    fn poll_prefetch(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.prefetch {
+            Some(pre) => pre.poll_fill(&mut self.io, cx).map_ok(|_| ()),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// The bytes read ahead and not handed out yet (empty at the end of the stream).
+    fn prefetched(&self) -> &[u8] {
+        match &self.prefetch {
+            Some(Prefetch {
+                buf,
+                len: Some(len),
+                at,
+            }) => &buf[*at..*len],
+            _ => &[],
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
     #[inline]
     fn poll_read(
@@ -318,13 +361,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
                 this.prefetch = None;
                 return Pin::new(&mut this.io).poll_read(cx, buf);
             }
-            None => {
-                let mut first = ReadBuf::new(&mut pre.buf);
-                std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut first))?;
-                let len = first.filled().len();
-                pre.len = Some(len);
-                len
-            }
+            None => std::task::ready!(pre.poll_fill(&mut this.io, cx))?,
         };
         let n = buf.remaining().min(len - pre.at);
         buf.put_slice(&pre.buf[pre.at..pre.at + n]);
@@ -475,8 +512,17 @@ async fn accept_within(
     Ok((stream, peer, permit))
 }
 
-/// HTTP/1 and HTTP/2 with the edge limits of `[server]`, and the idle timeout.
-fn http_builder(front: &Front) -> (auto::Builder<TokioExecutor>, Duration) {
+/// One port's HTTP servers, with the edge limits of `[server]`: HTTP/1.1 alone and HTTP/2 alone
+/// for a connection whose protocol is known before its first request (a plain connection's
+/// first bytes, a TLS connection's ALPN), and hyper-util's sniffing server for the rest.
+struct Servers {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    auto: auto::Builder<TokioExecutor>,
+}
+
+/// [`Servers`], and the idle timeout.
+fn http_builders(front: &Front) -> (Servers, Duration) {
     // Read at start, like the listener itself: changing them needs a restart.
     let (head_timeout, max_head, max_streams, idle_timeout) = {
         let snap = front.published.load();
@@ -489,18 +535,48 @@ fn http_builder(front: &Front) -> (auto::Builder<TokioExecutor>, Duration) {
         )
     };
     let max_head = usize::try_from(max_head).unwrap_or(usize::MAX);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let max_list = u32::try_from(max_head).unwrap_or(u32::MAX);
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .max_buf_size(max_head);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(max_list)
+        .max_concurrent_streams(max_streams);
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
         .max_buf_size(max_head);
-    builder
-        .http2()
+    auto.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .max_header_list_size(max_list)
         .max_concurrent_streams(max_streams);
-    (builder, idle_timeout)
+    (Servers { h1, h2, auto }, idle_timeout)
+}
+
+/// What a connection speaks, as far as is known before hyper reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    Http1,
+    Http2,
+    /// Too few bytes yet to tell (or a TLS client that offered no ALPN): hyper-util sniffs.
+    Unknown,
+}
+
+/// HTTP/2's connection preface (RFC 9113 §3.4), which a client with prior knowledge sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a plain connection whose first bytes are `first` speaks.
+fn speaks(first: &[u8]) -> Speaks {
+    if first.starts_with(H2_PREFACE) {
+        Speaks::Http2
+    } else if H2_PREFACE.starts_with(first) {
+        Speaks::Unknown
+    } else {
+        Speaks::Http1
+    }
 }
 
 /// [`serve`], as one of several workers when `seat` is given.
@@ -522,8 +598,8 @@ async fn accept_loop<H: Handler>(
         tokio::spawn(task);
     }
     let handler = Arc::new(handler);
-    let (builder, idle_timeout) = http_builder(&front);
-    let builder = Arc::new(builder);
+    let (servers, idle_timeout) = http_builders(&front);
+    let servers = Arc::new(servers);
     // Every connection holds a receiver: `closed()` on the sender is the end of the drain.
     let (drain, _) = watch::channel(false);
     tokio::pin!(shutdown);
@@ -575,7 +651,7 @@ async fn accept_loop<H: Handler>(
         let conn = Conn {
             handler: handler.clone(),
             published: front.published.clone(),
-            builder: builder.clone(),
+            servers: servers.clone(),
             stop,
             activity,
             peer,
@@ -632,7 +708,7 @@ fn pass_on(
 struct Conn<H> {
     handler: Arc<H>,
     published: Arc<Published>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    servers: Arc<Servers>,
     /// Becomes true when the server shuts down. Held (here, by the connection's requests and
     /// by an upgraded tunnel) for as long as the shutdown should wait for it.
     stop: watch::Receiver<bool>,
@@ -643,15 +719,40 @@ struct Conn<H> {
 }
 
 impl<H: Handler> Conn<H> {
-    async fn serve(self, stream: Held<TcpStream>, tls: Option<(TlsAcceptor, HandshakeTimeout)>) {
+    async fn serve(
+        mut self,
+        mut stream: Held<TcpStream>,
+        tls: Option<(TlsAcceptor, HandshakeTimeout)>,
+    ) {
         let Some((acceptor, handshake_timeout)) = tls else {
-            return self.http(TokioIo::new(stream), "http").await;
+            // The first read, which the prefetch makes anyway, says which server to start. A
+            // client that sends nothing is closed as an idle one would be.
+            let first = std::future::poll_fn(|cx| stream.poll_prefetch(cx));
+            let speaks = tokio::select! {
+                read = first => match read {
+                    Ok(()) => speaks(stream.prefetched()),
+                    Err(e) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "first read failed");
+                        return;
+                    }
+                },
+                _ = self.stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(self.idle_timeout) => return,
+            };
+            return self.http(TokioIo::new(stream), "http", speaks).await;
         };
         // Read per connection, so a reload changes it for the next handshake.
         let limit = handshake_timeout(&self.published.load())
             .unwrap_or(crate::config::validate::DEFAULT_HANDSHAKE_TIMEOUT);
         match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => self.http(TokioIo::new(stream), "https").await,
+            Ok(Ok(stream)) => {
+                let speaks = match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Speaks::Http2,
+                    Some(b"http/1.1") => Speaks::Http1,
+                    _ => Speaks::Unknown,
+                };
+                self.http(TokioIo::new(stream), "https", speaks).await
+            }
             Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
         }
@@ -660,14 +761,14 @@ impl<H: Handler> Conn<H> {
     /// Serves HTTP on `io` until the client closes, the connection stays idle for
     /// `idle_timeout` (no request in flight: HTTP/1.1 closes, HTTP/2 sends GOAWAY), or the
     /// server shuts down (the same, once the requests in flight are answered).
-    async fn http<I>(self, io: I, proto: &'static str)
+    async fn http<I>(self, io: I, proto: &'static str, speaks: Speaks)
     where
         I: Read + Write + Unpin + Send + 'static,
     {
         let Conn {
             handler,
-            builder,
-            mut stop,
+            servers,
+            stop,
             activity,
             peer,
             idle_timeout,
@@ -678,7 +779,7 @@ impl<H: Handler> Conn<H> {
             proto,
             activity: activity.clone(),
         });
-        let service = service_fn(move |req: Request<Incoming>| {
+        let call = move |req: Request<Incoming>| {
             let refused = invalid_host(&req).then(|| invalid_request(&req));
             let (handler, connection) = (handler.clone(), connection.clone());
             // The handler's future is made inside this one, on its first poll: made here and
@@ -693,8 +794,62 @@ impl<H: Handler> Conn<H> {
                 drop(in_flight);
                 Ok(resp.map(Either::Right))
             }
-        });
-        let conn = builder.serve_connection_with_upgrades(io, service);
+        };
+        let serving = Serving {
+            stop,
+            activity,
+            peer,
+            idle_timeout,
+        };
+        // HTTP/1.1 keeps the request's future in place for the connection; HTTP/2 moves each
+        // one into a task of its own (hyper's stream future, then tokio's task cell), kilobytes
+        // copied twice a request (callgrind, h2c: memcpy was 18% of the instructions), so
+        // there it is boxed once and only the pointer moves.
+        match speaks {
+            Speaks::Http1 => {
+                let conn = servers.h1.serve_connection(io, service_fn(call));
+                serving
+                    .until_done(conn.with_upgrades(), |c| c.graceful_shutdown())
+                    .await;
+            }
+            Speaks::Http2 => {
+                let conn = servers
+                    .h2
+                    .serve_connection(io, service_fn(move |req| Box::pin(call(req))));
+                serving.until_done(conn, |c| c.graceful_shutdown()).await;
+            }
+            Speaks::Unknown => {
+                let conn = servers
+                    .auto
+                    .serve_connection_with_upgrades(io, service_fn(move |req| Box::pin(call(req))));
+                serving.until_done(conn, |c| c.graceful_shutdown()).await;
+            }
+        }
+    }
+}
+
+/// What the loop around a connection being served needs, whichever server serves it.
+struct Serving {
+    stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    idle_timeout: Duration,
+}
+
+impl Serving {
+    /// Polls `conn` to its end, asking it to close (`graceful_shutdown`) on shutdown or when
+    /// idle for `idle_timeout`.
+    async fn until_done<C, E>(self, conn: C, graceful_shutdown: impl Fn(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let Serving {
+            mut stop,
+            activity,
+            peer,
+            idle_timeout,
+        } = self;
         tokio::pin!(conn);
         let mut closing = false;
         // When an idle close began. HTTP/2's graceful close waits for the client to answer a
@@ -720,7 +875,7 @@ impl<H: Handler> Conn<H> {
                     break;
                 }
                 _ = stop.wait_for(|s| *s), if !closing => {
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                     closing = true;
                 }
                 () = tokio::time::sleep_until(check), if !closing || idle_close.is_some() => {
@@ -730,7 +885,7 @@ impl<H: Handler> Conn<H> {
                             break;
                         }
                         tracing::debug!(%peer, "closing an idle connection");
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown(conn.as_mut());
                         closing = true;
                         idle_close = Some(std::time::Instant::now());
                     }
@@ -853,6 +1008,19 @@ mod tests {
             load: loads.iter().map(|&l| AtomicUsize::new(l)).collect(),
             inbox: loads.iter().map(|_| mpsc::unbounded_channel().0).collect(),
         }
+    }
+
+    /// The first read says HTTP/2 only with the whole preface, and "not yet known" while it is
+    /// a piece of it.
+    #[test]
+    fn the_first_bytes_say_which_server_takes_the_connection() {
+        assert_eq!(speaks(H2_PREFACE), Speaks::Http2);
+        assert_eq!(speaks(&[H2_PREFACE, b"\0\0\0\x04"].concat()), Speaks::Http2);
+        assert_eq!(speaks(&H2_PREFACE[..10]), Speaks::Unknown);
+        assert_eq!(speaks(b""), Speaks::Unknown);
+        assert_eq!(speaks(b"GET / HTTP/1.1\r\n"), Speaks::Http1);
+        assert_eq!(speaks(b"PRI / HTTP/1.1\r\n"), Speaks::Http1);
+        assert_eq!(speaks(b"G"), Speaks::Http1);
     }
 
     /// RFC 9112 §3.2, by version and number of `Host` lines.

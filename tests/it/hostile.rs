@@ -1478,6 +1478,57 @@ async fn h2_malformed_fields_are_refused() {
     assert_h2_still_serving(addr).await;
 }
 
+/// keygate starts its HTTP/1.1 or its HTTP/2 server from a plain connection's first read. A
+/// client whose first bytes are only the start of the HTTP/2 preface (a slow link, or a peer
+/// splitting its writes) still gets HTTP/2; one whose HTTP/1.1 head comes a byte at first
+/// still gets HTTP/1.1.
+#[tokio::test]
+async fn a_first_read_too_short_to_tell_the_protocol_still_gets_the_right_one() {
+    let (addr, record) = gateway().await;
+    for split in [1, 5, H2_PREFACE.len() - 1] {
+        let mut conn = RawConn::connect(addr).await;
+        conn.send(H2_PREFACE[..split].to_vec());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.send(
+            [
+                &H2_PREFACE[split..],
+                &h2_frame(H2_SETTINGS, 0, 0, &[]),
+                &h2_frame(
+                    H2_HEADERS,
+                    END_HEADERS | END_STREAM,
+                    1,
+                    &h2_keyed("GET", "/__split", &[]),
+                ),
+            ]
+            .concat(),
+        );
+        let frames = conn.frames_of(1).await;
+        let head = frames
+            .iter()
+            .find(|f| f.0 == H2_HEADERS && f.2 == 1)
+            .unwrap_or_else(|| panic!("preface split at {split}: no answer: {:?}", kinds(&frames)));
+        // HPACK 0x88 is ":status: 200".
+        assert_eq!(head.3.first(), Some(&0x88), "preface split at {split}");
+    }
+    let (seen, _) = record.take();
+    assert_eq!(seen.iter().filter(|s| s.line == "GET /__split").count(), 3);
+
+    let head = format!("GET /__dribbled HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {SECRET}\r\n\r\n");
+    let mut conn = RawConn::connect(addr).await;
+    conn.send(head.as_bytes()[..1].to_vec());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    conn.send(head.as_bytes()[1..].to_vec());
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.fill().await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => got = conn.pending.clone(),
+        }
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hostile peers on the other side
 // ---------------------------------------------------------------------------------------------
