@@ -1478,6 +1478,78 @@ async fn h2_malformed_fields_are_refused() {
     assert_h2_still_serving(addr).await;
 }
 
+/// The representations in an HPACK block (RFC 7541 §6), by their first bits: 'i' indexed,
+/// 'a' literal added to the table, 'w' literal without indexing, 'n' literal never indexed,
+/// 's' a table size update. Names and values are skipped, Huffman or not.
+fn hpack_kinds(mut block: &[u8]) -> String {
+    fn int(b: &mut &[u8], prefix: u8) -> usize {
+        let max = (1usize << prefix) - 1;
+        let mut n = usize::from(b[0]) & max;
+        *b = &b[1..];
+        if n == max {
+            let mut shift = 0;
+            loop {
+                let byte = b[0];
+                *b = &b[1..];
+                n += usize::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        n
+    }
+    fn string(b: &mut &[u8]) {
+        let len = int(b, 7);
+        *b = &b[len..];
+    }
+    let mut kinds = String::new();
+    while !block.is_empty() {
+        let first = block[0];
+        let (kind, prefix) = match first {
+            0x80..=0xff => ('i', 7),
+            0x40..=0x7f => ('a', 6),
+            0x20..=0x3f => ('s', 5),
+            0x10..=0x1f => ('n', 4),
+            _ => ('w', 4),
+        };
+        let index = int(&mut block, prefix);
+        if matches!(kind, 'a' | 'n' | 'w') {
+            if index == 0 {
+                string(&mut block);
+            }
+            string(&mut block);
+        }
+        kinds.push(kind);
+    }
+    kinds
+}
+
+/// `x-request-id` differs on every response, so adding it to the connection's HPACK table
+/// only costs an insert and evicts fields that do repeat: it goes as "never indexed", the one
+/// such field of an answer (the upstream's own fields may be indexed).
+#[tokio::test]
+async fn h2_request_ids_are_not_added_to_the_hpack_table() {
+    let (addr, _record) = gateway().await;
+    let mut conn = h2_raw(addr).await;
+    for stream in [1, 3, 5] {
+        conn.send(h2_frame(
+            H2_HEADERS,
+            END_HEADERS | END_STREAM,
+            stream,
+            &h2_keyed("GET", "/__ids", &[]),
+        ));
+        let frames = conn.frames_of(stream).await;
+        let head = frames
+            .iter()
+            .find(|f| f.0 == H2_HEADERS && f.2 == stream)
+            .unwrap_or_else(|| panic!("no answer: {:?}", kinds(&frames)));
+        let kinds = hpack_kinds(&head.3);
+        assert_eq!(kinds.matches('n').count(), 1, "stream {stream}: {kinds}");
+    }
+}
+
 /// keygate starts its HTTP/1.1 or its HTTP/2 server from a plain connection's first read. A
 /// client whose first bytes are only the start of the HTTP/2 preface (a slow link, or a peer
 /// splitting its writes) still gets HTTP/2; one whose HTTP/1.1 head comes a byte at first
