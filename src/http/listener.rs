@@ -282,10 +282,9 @@ struct Held<S> {
 /// comes on a new connection (nginx reads the head in one). Reading up to 4 KiB here serves the
 /// sniff and then hyper from memory.
 struct Prefetch {
-    buf: Box<[u8]>,
-    /// Bytes read into `buf`; `None` before the read.
-    len: Option<usize>,
-    /// Bytes of `buf` already handed out.
+    /// What the read got, exactly as many bytes; `None` before the read.
+    got: Option<Box<[u8]>>,
+    /// Bytes of `got` already handed out.
     at: usize,
 }
 
@@ -293,31 +292,34 @@ struct Prefetch {
 /// one is read on as usual.
 const PREFETCH: usize = 4096;
 
-impl Prefetch {
-    fn new() -> Prefetch {
-        Prefetch {
-            buf: vec![0; PREFETCH].into_boxed_slice(),
-            len: None,
-            at: 0,
-        }
-    }
+thread_local! {
+    /// Where a worker's first reads land before the bytes they got are copied out: a zeroed
+    /// 4 KiB buffer per connection (the crate forbids `unsafe`, so no uninitialised one) was a
+    /// memset of 4 KiB for every new connection.
+    static FIRST_READ: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; PREFETCH].into_boxed_slice());
 }
 
 impl Prefetch {
-    /// Makes the one read, if not made yet; the number of bytes it got.
+    fn new() -> Prefetch {
+        Prefetch { got: None, at: 0 }
+    }
+
+    /// Makes the one read, if not made yet; the bytes it got.
     fn poll_fill<S: AsyncRead + Unpin>(
         &mut self,
         io: &mut S,
         cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<usize>> {
-        if let Some(len) = self.len {
-            return Poll::Ready(Ok(len));
+    ) -> Poll<std::io::Result<&[u8]>> {
+        if self.got.is_none() {
+            let got = FIRST_READ.with_borrow_mut(|scratch| {
+                let mut first = ReadBuf::new(scratch);
+                std::task::ready!(Pin::new(io).poll_read(cx, &mut first))?;
+                Poll::Ready(Ok::<_, std::io::Error>(Box::<[u8]>::from(first.filled())))
+            });
+            self.got = Some(std::task::ready!(got)?);
         }
-        let mut first = ReadBuf::new(&mut self.buf);
-        std::task::ready!(Pin::new(io).poll_read(cx, &mut first))?;
-        let len = first.filled().len();
-        self.len = Some(len);
-        Poll::Ready(Ok(len))
+        Poll::Ready(Ok(self.got.as_deref().map_or(&[], |got| &got[self.at..])))
     }
 }
 
@@ -333,11 +335,7 @@ impl<S: AsyncRead + Unpin> Held<S> {
     /// The bytes read ahead and not handed out yet (empty at the end of the stream).
     fn prefetched(&self) -> &[u8] {
         match &self.prefetch {
-            Some(Prefetch {
-                buf,
-                len: Some(len),
-                at,
-            }) => &buf[*at..*len],
+            Some(Prefetch { got: Some(got), at }) => &got[*at..],
             _ => &[],
         }
     }
@@ -354,19 +352,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
         let Some(pre) = &mut this.prefetch else {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         };
-        let len = match pre.len {
-            Some(len) => len,
-            // A reader asking for more than the prefetch holds needs no copy.
-            None if buf.remaining() >= PREFETCH => {
-                this.prefetch = None;
-                return Pin::new(&mut this.io).poll_read(cx, buf);
-            }
-            None => std::task::ready!(pre.poll_fill(&mut this.io, cx))?,
-        };
-        let n = buf.remaining().min(len - pre.at);
-        buf.put_slice(&pre.buf[pre.at..pre.at + n]);
+        // A reader asking for more than the prefetch holds needs no copy.
+        if pre.got.is_none() && buf.remaining() >= PREFETCH {
+            this.prefetch = None;
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let left = std::task::ready!(pre.poll_fill(&mut this.io, cx))?;
+        let n = buf.remaining().min(left.len());
+        buf.put_slice(&left[..n]);
+        let all = n == left.len();
         pre.at += n;
-        if pre.at == len {
+        if all {
             this.prefetch = None;
         }
         Poll::Ready(Ok(()))
