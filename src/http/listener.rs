@@ -3,11 +3,11 @@
 //! HTTP/2 (h2 over TLS, h2c with prior knowledge in clear) on the same port, then hand each
 //! request to the port's [`Handler`]. Which of hyper's two servers takes a connection is known
 //! before its first request: ALPN says it under TLS, the first read in clear (see [`speaks`]);
-//! only a connection too short yet to tell goes to hyper-util's sniffing server. The edge limits come from `[server]` and are read when the
-//! listener starts: `max_connections`, `header_read_timeout`, `max_header_bytes` (431),
-//! `max_streams`, `idle_timeout`, and RFC 9112 §3.2's one `Host` per HTTP/1.1 request (else
-//! 400 `invalid_request` and a close). Stops accepting on shutdown and lets connections in
-//! flight finish, up to `shutdown_timeout`.
+//! only a connection too short yet to tell goes to hyper-util's sniffing server. The edge limits
+//! come from `[server]` and are read when the listener starts: `max_connections`,
+//! `header_read_timeout`, `max_header_bytes` (431), `max_streams`, `idle_timeout`, and RFC 9112
+//! §3.2's one `Host` per HTTP/1.1 request (else 400 `invalid_request` and a close). Stops
+//! accepting on shutdown and lets connections in flight finish, up to `shutdown_timeout`.
 //!
 //! [`serve_workers`] runs that loop on one thread per core, each a single-threaded tokio runtime
 //! accepting from the same listening socket, the way nginx runs worker processes: a connection
