@@ -319,7 +319,12 @@ impl Prefetch {
             });
             self.got = Some(std::task::ready!(got)?);
         }
-        Poll::Ready(Ok(self.got.as_deref().map_or(&[], |got| &got[self.at..])))
+        Poll::Ready(Ok(self.left()))
+    }
+
+    /// The bytes read and not handed out yet (none before the read).
+    fn left(&self) -> &[u8] {
+        self.got.as_deref().map_or(&[], |got| &got[self.at..])
     }
 }
 
@@ -334,10 +339,7 @@ impl<S: AsyncRead + Unpin> Held<S> {
 
     /// The bytes read ahead and not handed out yet (empty at the end of the stream).
     fn prefetched(&self) -> &[u8] {
-        match &self.prefetch {
-            Some(Prefetch { got: Some(got), at }) => &got[*at..],
-            _ => &[],
-        }
+        self.prefetch.as_ref().map_or(&[], Prefetch::left)
     }
 }
 

@@ -50,12 +50,11 @@ pub fn preflight(browser: &Browser, request_id: HeaderValue, exchange: Exchange)
 
 fn finish(
     mut resp: Response<Inner>,
-    request_id: HeaderValue,
+    mut request_id: HeaderValue,
     mut exchange: Exchange,
 ) -> Response<Body> {
     // Unique to the request, so HTTP/2's HPACK gains nothing from adding it to the connection's
     // table: sent as "never indexed", it costs no insert and evicts nothing that would repeat.
-    let mut request_id = request_id;
     request_id.set_sensitive(true);
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     exchange.status(resp.status().as_u16());

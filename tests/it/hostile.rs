@@ -1324,6 +1324,19 @@ impl RawConn {
     }
 }
 
+impl RawConn {
+    /// The payload of the HEADERS frame answering `stream` (its HPACK block); panics naming
+    /// `what` and the frames read when the stream ends without one.
+    async fn answer_head(&mut self, stream: u32, what: &str) -> Vec<u8> {
+        let frames = self.frames_of(stream).await;
+        frames
+            .iter()
+            .find(|f| f.0 == H2_HEADERS && f.2 == stream)
+            .map(|f| f.3.clone())
+            .unwrap_or_else(|| panic!("{what}: no answer: {:?}", kinds(&frames)))
+    }
+}
+
 fn kinds(frames: &[Frame]) -> Vec<(u8, u32)> {
     frames.iter().map(|f| (f.0, f.2)).collect()
 }
@@ -1457,12 +1470,8 @@ async fn h2_malformed_fields_are_refused() {
                 3,
                 &h2_keyed("GET", "/__same", &[]),
             ));
-            let frames = conn.frames_of(3).await;
-            let head = frames
-                .iter()
-                .find(|f| f.0 == H2_HEADERS && f.2 == 3)
-                .unwrap_or_else(|| panic!("{name}: no answer: {:?}", kinds(&frames)));
-            assert_eq!(head.3.first(), Some(&0x88), "{name}: not :status 200");
+            let head = conn.answer_head(3, name).await;
+            assert_eq!(head.first(), Some(&0x88), "{name}: not :status 200");
         }
         let (seen, raw) = record.take();
         assert_upstream_clean(name, &seen, &raw);
@@ -1540,12 +1549,8 @@ async fn h2_request_ids_are_not_added_to_the_hpack_table() {
             stream,
             &h2_keyed("GET", "/__ids", &[]),
         ));
-        let frames = conn.frames_of(stream).await;
-        let head = frames
-            .iter()
-            .find(|f| f.0 == H2_HEADERS && f.2 == stream)
-            .unwrap_or_else(|| panic!("no answer: {:?}", kinds(&frames)));
-        let kinds = hpack_kinds(&head.3);
+        let head = conn.answer_head(stream, "request id").await;
+        let kinds = hpack_kinds(&head);
         assert_eq!(kinds.matches('n').count(), 1, "stream {stream}: {kinds}");
     }
 }
@@ -1574,13 +1579,11 @@ async fn a_first_read_too_short_to_tell_the_protocol_still_gets_the_right_one() 
             ]
             .concat(),
         );
-        let frames = conn.frames_of(1).await;
-        let head = frames
-            .iter()
-            .find(|f| f.0 == H2_HEADERS && f.2 == 1)
-            .unwrap_or_else(|| panic!("preface split at {split}: no answer: {:?}", kinds(&frames)));
+        let head = conn
+            .answer_head(1, &format!("preface split at {split}"))
+            .await;
         // HPACK 0x88 is ":status: 200".
-        assert_eq!(head.3.first(), Some(&0x88), "preface split at {split}");
+        assert_eq!(head.first(), Some(&0x88), "preface split at {split}");
     }
     let (seen, _) = record.take();
     assert_eq!(seen.iter().filter(|s| s.line == "GET /__split").count(), 3);
@@ -1590,14 +1593,12 @@ async fn a_first_read_too_short_to_tell_the_protocol_still_gets_the_right_one() 
     conn.send(head.as_bytes()[..1].to_vec());
     tokio::time::sleep(Duration::from_millis(50)).await;
     conn.send(head.as_bytes()[1..].to_vec());
-    let mut got = Vec::new();
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        match conn.fill().await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => got = conn.pending.clone(),
+    while !conn.pending.windows(4).any(|w| w == b"\r\n\r\n") {
+        if matches!(conn.fill().await, Ok(0) | Err(_)) {
+            break;
         }
     }
-    let got = String::from_utf8_lossy(&got);
+    let got = String::from_utf8_lossy(&conn.pending);
     assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
 }
 
