@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::{Redis, instance_config};
 use crate::harness::admin::*;
-use crate::harness::live::{TempDir, key_toml};
+use crate::harness::live::{TempDir, eventually, key_toml};
 use crate::harness::*;
 use crate::webhooks::{Receiver, WEBHOOK_SECRET, assert_signed};
 
@@ -468,8 +468,8 @@ async fn strict_mode_is_exact_across_three_instances() {
     assert_eq!(send_n(gates[1].proxy, DAILY, 4).await, (3, 1));
 }
 
-/// `local-sync`: each instance decides alone and syncs every 10 ms; with a pause between
-/// instances, the second knows what the first let through.
+/// `local-sync`: each instance decides alone and syncs every 10 ms; once the sync has run,
+/// the second knows what the first let through.
 #[tokio::test]
 async fn local_sync_mode_shares_the_count() {
     let Some(redis) = Redis::start() else { return };
@@ -477,11 +477,21 @@ async fn local_sync_mode_shares_the_count() {
     let cluster = "mode = \"local-sync\"\nsync_interval = \"10ms\"\ntimeout = \"5s\"";
     let (_dir, gates, _up) = fleet("quota-local-sync", &redis, 2, cluster, &keys).await;
     assert_eq!(send_n(gates[0].proxy, DAILY, 12).await, (12, 0));
-    // Bounded wait for the sync (10 ms) to carry the count.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until the sync has carried the count (a fixed 300 ms was once too short on a loaded CI
+    // machine: the second instance let 9 through instead of 8).
+    synced_to(&gates[1], 12).await;
     assert_eq!(send_n(gates[1].proxy, DAILY, 10).await, (8, 2));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    synced_to(&gates[0], 20).await;
     assert_eq!(send_n(gates[0].proxy, DAILY, 2).await, (0, 2));
+}
+
+/// Waits until `gate`'s view of the `fleet` key's quota shows `used`.
+async fn synced_to(gate: &Process, used: u64) {
+    eventually(&format!("the fleet count {used} synced"), async || {
+        let view = expect(&gate.api().get("/v1/keys/fleet").await, 200);
+        (view["quota_state"]["used"] == used).then_some(())
+    })
+    .await;
 }
 
 /// `on_redis_error` decides for quotas as for rate limits: with Redis gone, `deny` answers 503
