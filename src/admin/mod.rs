@@ -27,12 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::http::body::RequestBody;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -206,7 +206,7 @@ impl Admin {
     /// and Prometheus: no key, no secret in the answer. `None` for any other request.
     /// Other methods on these paths are not probes: they need a key like any other request,
     /// then get a 405.
-    fn probe(&self, req: &Request<Incoming>) -> Option<Answer> {
+    fn probe(&self, req: &Request<RequestBody>) -> Option<Answer> {
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
             return None;
         }
@@ -256,7 +256,7 @@ pub async fn serve(
             let tls = snap.admin.as_ref().and_then(|a| a.tls.as_ref());
             tls.map(|t| t.handshake_timeout)
         });
-    let handler = move |req: Request<Incoming>, conn: &Connection| {
+    let handler = move |req: Request<RequestBody>, conn: &Connection| {
         let (admin, peer) = (admin.clone(), conn.peer.ip());
         async move { admin.handle(req, peer).await }
     };
@@ -342,7 +342,7 @@ impl From<StoreError> for Problem {
 type Answer = Result<Response<Full<Bytes>>, Problem>;
 
 impl Admin {
-    async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<RequestBody>, peer: IpAddr) -> Response<Full<Bytes>> {
         let request_id = request_id::of(req.headers());
         let answer = or_internal(async {
             if let Some(page) = console_file(&req) {
@@ -383,7 +383,7 @@ impl Admin {
 
     /// Who calls: an admin key in `X-API-Key`, else the console's session cookie. A session's
     /// changes must also pass [`same_origin`].
-    async fn caller(&self, req: &Request<Incoming>, peer: IpAddr) -> Result<Caller, Problem> {
+    async fn caller(&self, req: &Request<RequestBody>, peer: IpAddr) -> Result<Caller, Problem> {
         let headers = req.headers();
         let token = session::token(headers);
         if headers.contains_key(&ADMIN_KEY_HEADER) || token.is_none() {
@@ -507,7 +507,7 @@ impl Admin {
     /// The admin key in `X-API-Key`.
     fn admin_key(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         peer: IpAddr,
     ) -> Result<crate::model::AdminKey, Problem> {
         // The proxy's reader, without a query parameter: the same hostile values (the header
@@ -533,7 +533,7 @@ impl Admin {
     }
 
     /// `POST /v1/session`: an admin key for a session cookie.
-    async fn sign_in(&self, req: Request<Incoming>, peer: IpAddr) -> Answer {
+    async fn sign_in(&self, req: Request<RequestBody>, peer: IpAddr) -> Answer {
         let anonymous = Actor::admin("anonymous", peer);
         // A sign-in from another site would sign the browser in as someone else.
         let https = self.https_for(&req, peer);
@@ -600,7 +600,7 @@ impl Admin {
     /// The browser reached the console over HTTPS: this listener's own TLS, or a TLS-ending
     /// proxy of `[server] trusted_proxies` that says so in `X-Forwarded-Proto`. The origin a
     /// change must come from, and whether the cookie is `Secure`, follow.
-    fn https_for(&self, req: &Request<Incoming>, peer: IpAddr) -> bool {
+    fn https_for(&self, req: &Request<RequestBody>, peer: IpAddr) -> bool {
         if self.https {
             return true;
         }
@@ -679,7 +679,7 @@ impl Admin {
         find_consumer(&snap, id).map_or(Value::Null, |c| consumer_json(&snap, c))
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: IpAddr) -> Answer {
+    async fn route(&self, req: Request<RequestBody>, peer: IpAddr) -> Answer {
         let path = req.uri().path().to_owned();
         let segments: Vec<String> = path
             .trim_matches('/')
@@ -1242,7 +1242,7 @@ fn contains_ignoring_case(hay: &str, needle: &str) -> bool {
 }
 
 /// The console's page and files, for `GET` and `HEAD`; no key needed, nothing secret in them.
-fn console_file(req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+fn console_file(req: &Request<RequestBody>) -> Option<Response<Full<Bytes>>> {
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return None;
     }
@@ -1285,7 +1285,7 @@ fn cross_site() -> Problem {
 
 /// The request's `Origin`, when a browser sent one, is the admin listener's own (the scheme it
 /// serves and the `Host` asked for), and `Sec-Fetch-Site`, when sent, does not say another site.
-fn origin_is_own(req: &Request<Incoming>, https: bool) -> bool {
+fn origin_is_own(req: &Request<RequestBody>, https: bool) -> bool {
     let headers = req.headers();
     if let Some(site) = headers.get("sec-fetch-site")
         && !matches!(site.as_bytes(), b"same-origin" | b"none")
@@ -1309,7 +1309,7 @@ fn origin_is_own(req: &Request<Incoming>, https: bool) -> bool {
 /// A change made with a session cookie: from the console's own origin and with the session's
 /// CSRF token, which another site can neither read nor guess.
 fn same_origin(
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     session: &session::Session,
     https: bool,
 ) -> Result<(), Problem> {
@@ -1451,7 +1451,7 @@ struct Rotate {
 }
 
 /// Reads and parses a JSON body; errors name the field (`serde_path_to_error`).
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Problem> {
+async fn body<T: DeserializeOwned>(req: Request<RequestBody>) -> Result<T, Problem> {
     let bytes = read_body(req).await?;
     parse_json(&bytes)
 }
@@ -1459,7 +1459,7 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Problem>
 /// Like [`body`], but no body at all is the type's default. White space alone is a body, and
 /// not JSON: refused like any other (the document's request body is optional, not blank).
 async fn body_or_default<T: DeserializeOwned + Default>(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<T, Problem> {
     let bytes = read_body(req).await?;
     if bytes.is_empty() {
@@ -1468,7 +1468,7 @@ async fn body_or_default<T: DeserializeOwned + Default>(
     parse_json(&bytes)
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Problem> {
+async fn read_body(req: Request<RequestBody>) -> Result<Bytes, Problem> {
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) => Err(Problem::new(

@@ -50,7 +50,7 @@ impl Admin {
         owner: Owner,
         id: &str,
         what: &str,
-        req: http::Request<hyper::body::Incoming>,
+        req: http::Request<crate::http::body::RequestBody>,
     ) -> Answer {
         let grant = match what {
             "reset" => {

@@ -41,6 +41,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use super::body::RequestBody;
+use super::h1;
 use super::problem::Problem;
 use crate::http::request_id;
 use crate::state::Published;
@@ -52,18 +54,18 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub trait Handler: Send + Sync + 'static {
     type Body: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
     type Future: Future<Output = Response<Self::Body>> + Send + 'static;
-    fn call(&self, req: Request<Incoming>, conn: &Connection) -> Self::Future;
+    fn call(&self, req: Request<RequestBody>, conn: &Connection) -> Self::Future;
 }
 
 impl<T, F, B> Handler for T
 where
-    T: Fn(Request<Incoming>, &Connection) -> F + Send + Sync + 'static,
+    T: Fn(Request<RequestBody>, &Connection) -> F + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     type Body = B;
     type Future = F;
-    fn call(&self, req: Request<Incoming>, conn: &Connection) -> F {
+    fn call(&self, req: Request<RequestBody>, conn: &Connection) -> F {
         self(req, conn)
     }
 }
@@ -341,6 +343,23 @@ impl<S: AsyncRead + Unpin> Held<S> {
     fn prefetched(&self) -> &[u8] {
         self.prefetch.as_ref().map_or(&[], Prefetch::left)
     }
+
+    /// Takes the bytes read ahead: from now on reads go to the socket.
+    fn take_prefetched(&mut self) -> Box<[u8]> {
+        match self.prefetch.take() {
+            Some(Prefetch { got: Some(got), at }) if at == 0 => got,
+            Some(pre) => pre.left().into(),
+            None => Box::default(),
+        }
+    }
+
+    /// Puts `bytes` (read by our own HTTP/1.1 server, not used) before what the socket has.
+    fn unread(&mut self, bytes: &[u8]) {
+        self.prefetch = (!bytes.is_empty()).then(|| Prefetch {
+            got: Some(bytes.into()),
+            at: 0,
+        });
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
@@ -514,6 +533,8 @@ async fn accept_within(
 /// for a connection whose protocol is known before its first request (a plain connection's
 /// first bytes, a TLS connection's ALPN), and hyper-util's sniffing server for the rest.
 struct Servers {
+    /// `[server] max_header_bytes`, for our own HTTP/1.1 server (`h1`).
+    max_head: usize,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     auto: auto::Builder<TokioExecutor>,
@@ -551,7 +572,13 @@ fn http_builders(front: &Front) -> (Servers, Duration) {
         .timer(TokioTimer::new())
         .max_header_list_size(max_list)
         .max_concurrent_streams(max_streams);
-    (Servers { h1, h2, auto }, idle_timeout)
+    let servers = Servers {
+        max_head,
+        h1,
+        h2,
+        auto,
+    };
+    (servers, idle_timeout)
 }
 
 /// What a connection speaks, as far as is known before hyper reads it.
@@ -737,6 +764,9 @@ impl<H: Handler> Conn<H> {
                 _ = self.stop.wait_for(|s| *s) => return,
                 () = tokio::time::sleep(self.idle_timeout) => return,
             };
+            if speaks == Speaks::Http1 {
+                return Box::pin(self.plain_http1(stream)).await;
+            }
             return self.http(TokioIo::new(stream), "http", speaks).await;
         };
         // Boxed: this future is copied whole into the connection's task, and a TLS
@@ -784,28 +814,16 @@ impl<H: Handler> Conn<H> {
             idle_timeout,
             ..
         } = self;
-        let connection = Arc::new(Connection {
-            peer,
-            proto,
-            activity: activity.clone(),
-        });
-        let call = move |req: Request<Incoming>| {
-            let refused = invalid_host(&req).then(|| invalid_request(&req));
-            let (handler, connection) = (handler.clone(), connection.clone());
-            // The handler's future is made inside this one, on its first poll: made here and
-            // moved in, it was copied whole (kilobytes) on every request (callgrind: +11,000
-            // instructions a request in memcpy).
-            async move {
-                if let Some(refused) = refused {
-                    return Ok::<_, Infallible>(refused.map(Either::Left));
-                }
-                let in_flight = InFlight::begin(&connection.activity);
-                let resp = handler.call(req, &connection).await;
-                drop(in_flight);
-                Ok(resp.map(Either::Right))
-            }
+        let caller = Caller {
+            handler,
+            connection: Arc::new(Connection {
+                peer,
+                proto,
+                activity: activity.clone(),
+            }),
         };
-        let serving = Serving {
+        let call = move |req: Request<RequestBody>| caller.call(req);
+        let mut serving = Serving {
             stop,
             activity,
             peer,
@@ -819,21 +837,118 @@ impl<H: Handler> Conn<H> {
         // way into a task (a new connection per request: 86 KB of `memcpy` under callgrind).
         match speaks {
             Speaks::Http1 => {
-                let conn = servers.h1.serve_connection(io, service_fn(call));
+                let conn = servers.h1.serve_connection(
+                    io,
+                    service_fn(move |req: Request<Incoming>| call(req.map(RequestBody::Hyper))),
+                );
                 Box::pin(serving.until_done(conn.with_upgrades(), |c| c.graceful_shutdown())).await;
             }
             Speaks::Http2 => {
-                let conn = servers
-                    .h2
-                    .serve_connection(io, service_fn(move |req| Box::pin(call(req))));
+                let conn = servers.h2.serve_connection(
+                    io,
+                    service_fn(move |req: Request<Incoming>| {
+                        Box::pin(call(req.map(RequestBody::Hyper)))
+                    }),
+                );
                 Box::pin(serving.until_done(conn, |c| c.graceful_shutdown())).await;
             }
             Speaks::Unknown => {
-                let conn = servers
-                    .auto
-                    .serve_connection_with_upgrades(io, service_fn(move |req| Box::pin(call(req))));
+                let conn = servers.auto.serve_connection_with_upgrades(
+                    io,
+                    service_fn(move |req: Request<Incoming>| {
+                        Box::pin(call(req.map(RequestBody::Hyper)))
+                    }),
+                );
                 Box::pin(serving.until_done(conn, |c| c.graceful_shutdown())).await;
             }
+        }
+    }
+}
+
+impl<H: Handler> Conn<H> {
+    /// A plain connection whose first bytes are HTTP/1.1: our own server takes its requests
+    /// until one it leaves to hyper's HTTP/1.1 server, which then has the rest of the
+    /// connection (see `h1`).
+    async fn plain_http1(self, mut stream: Held<TcpStream>) {
+        let Conn {
+            handler,
+            servers,
+            stop,
+            activity,
+            peer,
+            idle_timeout,
+            ..
+        } = self;
+        let caller = Caller {
+            handler,
+            connection: Arc::new(Connection {
+                peer,
+                proto: "http",
+                activity: activity.clone(),
+            }),
+        };
+        let mut serving = Serving {
+            stop,
+            activity,
+            peer,
+            idle_timeout,
+        };
+        let first = stream.take_prefetched();
+        let closing = AtomicBool::new(false);
+        let call = |req| caller.call(req);
+        let ours = h1::serve(
+            &mut stream,
+            &first,
+            &call,
+            &closing,
+            servers.max_head,
+        );
+        let next = serving
+            .until_done(ours, |_| closing.store(true, Ordering::Release))
+            .await;
+        let Some(h1::Next::Hyper(rest)) = next else {
+            return;
+        };
+        drop(first);
+        stream.unread(&rest);
+        drop(rest);
+        let conn = servers.h1.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req: Request<Incoming>| caller.call(req.map(RequestBody::Hyper))),
+        );
+        serving
+            .until_done(conn.with_upgrades(), |c| c.graceful_shutdown())
+            .await;
+    }
+}
+
+/// A connection's way to its port's handler, for whichever server reads its requests.
+struct Caller<H> {
+    handler: Arc<H>,
+    connection: Arc<Connection>,
+}
+
+impl<H: Handler> Caller<H> {
+    /// The answer to `req`: the front's own refusal, or the handler's.
+    fn call(
+        &self,
+        req: Request<RequestBody>,
+    ) -> impl Future<Output = Result<Response<Either<Full<Bytes>, H::Body>>, Infallible>>
+    + Send
+    + use<H> {
+        let refused = invalid_host(&req).then(|| invalid_request(&req));
+        let (handler, connection) = (self.handler.clone(), self.connection.clone());
+        // The handler's future is made inside this one, on its first poll: made here and
+        // moved in, it was copied whole (kilobytes) on every request (callgrind: +11,000
+        // instructions a request in memcpy).
+        async move {
+            if let Some(refused) = refused {
+                return Ok::<_, Infallible>(refused.map(Either::Left));
+            }
+            let in_flight = InFlight::begin(&connection.activity);
+            let resp = handler.call(req, &connection).await;
+            drop(in_flight);
+            Ok(resp.map(Either::Right))
         }
     }
 }
@@ -848,18 +963,24 @@ struct Serving {
 
 impl Serving {
     /// Polls `conn` to its end, asking it to close (`graceful_shutdown`) on shutdown or when
-    /// idle for `idle_timeout`.
-    async fn until_done<C, E>(self, conn: C, graceful_shutdown: impl Fn(Pin<&mut C>))
+    /// idle for `idle_timeout`; what it ended with, if it ended without an error and was not
+    /// dropped for staying idle.
+    async fn until_done<C, T, E>(
+        &mut self,
+        conn: C,
+        graceful_shutdown: impl Fn(Pin<&mut C>),
+    ) -> Option<T>
     where
-        C: Future<Output = Result<(), E>>,
+        C: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
         let Serving {
-            mut stop,
+            stop,
             activity,
             peer,
             idle_timeout,
         } = self;
+        let (peer, idle_timeout) = (*peer, *idle_timeout);
         tokio::pin!(conn);
         let mut closing = false;
         // When an idle close began. HTTP/2's graceful close waits for the client to answer a
@@ -879,10 +1000,13 @@ impl Serving {
             };
             tokio::select! {
                 ended = conn.as_mut() => {
-                    if let Err(e) = ended {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    break;
+                    return match ended {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            None
+                        }
+                    };
                 }
                 _ = stop.wait_for(|s| *s), if !closing => {
                     graceful_shutdown(conn.as_mut());
@@ -892,7 +1016,7 @@ impl Serving {
                     if idle_since().is_some_and(|since| since.elapsed() >= idle_timeout) {
                         if idle_close.is_some() {
                             tracing::debug!(%peer, "dropping an idle connection that did not close");
-                            break;
+                            return None;
                         }
                         tracing::debug!(%peer, "closing an idle connection");
                         graceful_shutdown(conn.as_mut());
@@ -994,7 +1118,7 @@ fn invalid_host<B>(req: &Request<B>) -> bool {
 /// The 400 for a request the front refuses, `invalid_request` in the problem+json shape of
 /// every other refusal (`proxy::deny`), with `Connection: close`: what follows it on the
 /// connection cannot be trusted to be framed the way the client meant.
-fn invalid_request(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn invalid_request(req: &Request<RequestBody>) -> Response<Full<Bytes>> {
     let id = request_id::of(req.headers());
     let mut resp = Problem::new(
         StatusCode::BAD_REQUEST,

@@ -3,6 +3,8 @@
 //! answered with, the proxy's and the admin API's alike (`problem`), with its `X-Request-Id`
 //! (`request_id`).
 
+pub mod body;
+mod h1;
 pub mod listener;
 pub mod problem;
 pub mod request_id;

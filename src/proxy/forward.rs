@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use crate::http::body::RequestBody;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 
@@ -159,7 +159,7 @@ pub fn rewrite<B>(
 /// chunked one as it streams).
 pub async fn send(
     pool: &Arc<Pool>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     plan: Plan,
     max_body: Option<u64>,
     counted: Option<Arc<AtomicU64>>,

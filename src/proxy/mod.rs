@@ -52,7 +52,9 @@ use std::time::{Duration, Instant, SystemTime};
 use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::Either;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
+
+use crate::http::body::RequestBody;
 
 use crate::cluster::Cluster;
 use crate::http::request_id;
@@ -170,7 +172,7 @@ impl Proxy {
     /// for its idle timeout.
     pub async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         peer: SocketAddr,
         proto: &'static str,
         activity: Option<&Arc<Activity>>,
@@ -220,7 +222,7 @@ impl Proxy {
     /// here, before the credential.
     async fn admit(
         &self,
-        req: &mut Request<Incoming>,
+        req: &mut Request<RequestBody>,
         peer: SocketAddr,
         proto: &'static str,
         request_id: &HeaderValue,
@@ -351,7 +353,7 @@ impl Proxy {
     /// Sends the admitted request upstream, with no snapshot held, and streams the answer back.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         admitted: Admitted,
         activity: Option<&Arc<Activity>>,
         exchange: &mut Exchange,
@@ -394,7 +396,7 @@ pub struct Asked<'r> {
 
 impl<'r> Asked<'r> {
     /// The request as the client sent it to the proxy listener.
-    pub fn received(req: &'r Request<Incoming>) -> Asked<'r> {
+    pub fn received(req: &'r Request<RequestBody>) -> Asked<'r> {
         Asked {
             method: req.method(),
             host: route::request_host_port(req),

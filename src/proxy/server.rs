@@ -6,8 +6,8 @@ use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+use crate::http::body::RequestBody;
 use http::Request;
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -52,7 +52,7 @@ pub async fn serve_verify_workers(
         |_| {
             let proxy = Arc::new(proxy.worker());
             let gauge: Arc<dyn Gauge> = proxy.shard().clone();
-            let handler = move |req: Request<Incoming>, conn: &Connection| {
+            let handler = move |req: Request<RequestBody>, conn: &Connection| {
                 let proxy = proxy.clone();
                 let (peer, activity) = (conn.peer, conn.activity.clone());
                 async move { proxy.verify(req, peer, Some(&activity)).await }
@@ -81,7 +81,7 @@ pub async fn serve(
 fn worker(proxy: Arc<Proxy>) -> Worker<impl Handler> {
     let reaper = super::pool::reaper(Arc::downgrade(proxy.pool()));
     let gauge: Arc<dyn Gauge> = proxy.shard().clone();
-    let handler = move |req: Request<Incoming>, conn: &Connection| {
+    let handler = move |req: Request<RequestBody>, conn: &Connection| {
         let proxy = proxy.clone();
         let (peer, proto, activity) = (conn.peer, conn.proto, conn.activity.clone());
         async move { proxy.handle(req, peer, proto, Some(&activity)).await }

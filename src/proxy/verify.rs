@@ -15,10 +15,10 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::http::body::RequestBody;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use super::deny::{Deny, Refusal};
 use super::forward::{X_KEYGATE_CONSUMER, X_KEYGATE_KEY_ID};
@@ -40,7 +40,7 @@ impl Proxy {
     /// Answers one forward-auth call from `peer`. Never fails: every error is a response.
     pub async fn verify(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: SocketAddr,
         activity: Option<&Arc<Activity>>,
     ) -> Response<Body> {
@@ -91,7 +91,7 @@ impl Proxy {
     /// consumer's ids as header values, taken while the snapshot is held.
     async fn decide_for(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         original: &Original<'_>,
         peer: SocketAddr,
         exchange: &mut Exchange,

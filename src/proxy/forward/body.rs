@@ -6,14 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::http::body::RequestBody;
 
 /// The client's request body on its way upstream: ends in an error past the target's
 /// `max_body`, which [`send`](super::send) answers with 413 `body_too_large`, and marks its own read errors
 /// (a malformed chunked encoding, a client gone mid-upload) as the client's, which [`send`](super::send)
 /// answers with 400 `invalid_body` instead of blaming the upstream.
 pub struct Upload {
-    pub(super) body: Incoming,
+    pub(super) body: RequestBody,
     /// Bytes still allowed.
     pub(super) left: u64,
     /// Counts the bytes of a body of unknown length, for the access log and metrics.
