@@ -67,9 +67,6 @@ where
     rbuf.extend_from_slice(first);
     let mut wbuf = Vec::with_capacity(1024);
     let mut spans = Vec::new();
-    // The last answer's header map, emptied: its room is reused for the next request's fields
-    // and what the proxy adds to them (hyper keeps one the same way).
-    let mut spare: Option<HeaderMap> = None;
     loop {
         if rbuf.is_empty() {
             let read = std::future::poll_fn(|cx| {
@@ -89,8 +86,7 @@ where
             return Ok(Next::Hyper(rbuf.freeze()));
         };
         let bytes = rbuf.split_to(head.len).freeze();
-        let headers = spare.take().unwrap_or_default();
-        let Some((req, keep_alive)) = head.request(&bytes, &spans, headers) else {
+        let Some((req, keep_alive)) = head.request(&bytes, &spans) else {
             // A target or field `http` refuses: hyper answers it (400), from its first byte.
             let mut all = BytesMut::with_capacity(bytes.len() + rbuf.len());
             all.extend_from_slice(&bytes);
@@ -126,7 +122,7 @@ where
             }
         };
         let keep_alive = keep_alive && !closing.load(Ordering::Acquire);
-        match answer(io, &mut wbuf, &method, resp, keep_alive, &mut spare).await {
+        match answer(io, &mut wbuf, &method, resp, keep_alive).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Ok(Next::Done),
         }
@@ -213,16 +209,11 @@ impl Head {
 
     /// The request, and whether the connection stays open after it; `None` for a target or a
     /// field name that `http` refuses.
-    fn request(
-        &self,
-        head: &Bytes,
-        spans: &[Span],
-        mut headers: HeaderMap,
-    ) -> Option<(Request<RequestBody>, bool)> {
+    fn request(&self, head: &Bytes, spans: &[Span]) -> Option<(Request<RequestBody>, bool)> {
         let uri = Uri::from_maybe_shared(head.slice(self.path.0..self.path.1)).ok()?;
         // Room for the fields the proxy adds (`X-Forwarded-*`, `X-Keygate-*`, the request id)
         // without growing the map on the way.
-        headers.reserve(spans.len() + 8);
+        let mut headers = maps::take(spans.len() + 8);
         let mut keep_alive = true;
         for span in spans {
             let name = names::get(&head[span.name.0..span.name.1])?;
@@ -244,10 +235,9 @@ impl Head {
 
 /// Whether a `Connection`-style list carries `token`.
 fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value.to_str().is_ok_and(|s| {
-        s.split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    })
+    value
+        .to_str()
+        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// How the answer's body goes on the wire.
@@ -264,13 +254,12 @@ async fn answer<S, B>(
     method: &Method,
     resp: Response<B>,
     keep_alive: bool,
-    spare: &mut Option<HeaderMap>,
 ) -> io::Result<bool>
 where
     S: AsyncWrite + Unpin,
     B: Body<Data = Bytes, Error: Into<BoxError>>,
 {
-    let (mut parts, body) = resp.into_parts();
+    let (parts, body) = resp.into_parts();
     let status = parts.status;
     if status.is_informational() {
         // hyper refuses a 1xx answer too; no handler of ours gives one to a request without
@@ -285,8 +274,7 @@ where
     wbuf.clear();
     let (framing, keep_alive, trailers) =
         write_head(wbuf, method, status, &parts.headers, length, keep_alive);
-    parts.headers.clear();
-    *spare = Some(parts.headers);
+    maps::give_back(parts.headers);
     let mut body = pin!(body);
     let mut left = match framing {
         Framing::Length(0) => {
@@ -298,8 +286,7 @@ where
         Framing::Chunked => u64::MAX,
     };
     loop {
-        let frame = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx)))
-            .await
+        let frame = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
         {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
@@ -439,11 +426,9 @@ fn write_head(
                 out.extend_from_slice(b"\r\n");
                 continue;
             }
-            header::CONNECTION => {
-                if has_token(value, "close") {
-                    keep_alive = false;
-                    close_said = true;
-                }
+            header::CONNECTION if has_token(value, "close") => {
+                keep_alive = false;
+                close_said = true;
             }
             header::DATE => wrote_date = true,
             header::TRAILER => {
@@ -507,8 +492,8 @@ fn write_head(
     (framing, keep_alive, trailers)
 }
 
-/// The line that opens a chunk of `len` bytes.
-fn chunk_line(out: &mut Vec<u8>, len: usize) {
+/// The line that opens a chunk of `len` bytes: its size in hex.
+pub(crate) fn chunk_line(out: &mut Vec<u8>, len: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut i = digits.len();
@@ -571,8 +556,8 @@ async fn write_all<S: AsyncWrite + Unpin>(
     let more: &[u8] = more.map_or(&[], |m| &m[..]);
     while a < wbuf.len() || b < more.len() {
         let slices = [IoSlice::new(&wbuf[a..]), IoSlice::new(&more[b..])];
-        let n = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, &slices))
-            .await?;
+        let n =
+            std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, &slices)).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -582,6 +567,45 @@ async fn write_all<S: AsyncWrite + Unpin>(
     }
     wbuf.clear();
     Ok(())
+}
+
+/// Header maps emptied after use, per worker, for the next head read on either side: each new
+/// map is two allocations, and one sized too small grows (rehashes) as the proxy adds fields.
+pub(crate) mod maps {
+    use std::cell::RefCell;
+
+    use http::HeaderMap;
+
+    /// Maps kept per worker; more are dropped.
+    const KEPT: usize = 64;
+    /// A map with room for more fields than this (a huge request's) is not kept.
+    const LARGEST: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty map with room for `fields`.
+    pub(crate) fn take(fields: usize) -> HeaderMap {
+        let mut map = SPARE
+            .with_borrow_mut(Vec::pop)
+            .unwrap_or_else(|| HeaderMap::with_capacity(fields.max(16)));
+        map.reserve(fields);
+        map
+    }
+
+    /// Gives `map` back once its head is written or parsed into something else.
+    pub(crate) fn give_back(mut map: HeaderMap) {
+        if map.capacity() > LARGEST {
+            return;
+        }
+        map.clear();
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < KEPT {
+                spare.push(map);
+            }
+        });
+    }
 }
 
 /// Header names made once per worker: `HeaderName::from_bytes` allocates every name outside
@@ -638,9 +662,7 @@ mod date {
 
     pub(super) fn extend(out: &mut Vec<u8>) {
         let now = SystemTime::now();
-        let secs = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         NOW.with_borrow_mut(|(at, text)| {
             if *at != secs {
                 let formatted = httpdate::fmt_http_date(now);

@@ -347,7 +347,10 @@ impl<S: AsyncRead + Unpin> Held<S> {
     /// Takes the bytes read ahead: from now on reads go to the socket.
     fn take_prefetched(&mut self) -> Box<[u8]> {
         match self.prefetch.take() {
-            Some(Prefetch { got: Some(got), at }) if at == 0 => got,
+            Some(Prefetch {
+                got: Some(got),
+                at: 0,
+            }) => got,
             Some(pre) => pre.left().into(),
             None => Box::default(),
         }
@@ -896,13 +899,7 @@ impl<H: Handler> Conn<H> {
         let first = stream.take_prefetched();
         let closing = AtomicBool::new(false);
         let call = |req| caller.call(req);
-        let ours = h1::serve(
-            &mut stream,
-            &first,
-            &call,
-            &closing,
-            servers.max_head,
-        );
+        let ours = h1::serve(&mut stream, &first, &call, &closing, servers.max_head);
         let next = serving
             .until_done(ours, |_| closing.store(true, Ordering::Release))
             .await;
@@ -922,6 +919,9 @@ impl<H: Handler> Conn<H> {
     }
 }
 
+/// What a port answers a request with: the front's own refusal, or its handler's response.
+type Answer<H> = Response<Either<Full<Bytes>, <H as Handler>::Body>>;
+
 /// A connection's way to its port's handler, for whichever server reads its requests.
 struct Caller<H> {
     handler: Arc<H>,
@@ -933,9 +933,7 @@ impl<H: Handler> Caller<H> {
     fn call(
         &self,
         req: Request<RequestBody>,
-    ) -> impl Future<Output = Result<Response<Either<Full<Bytes>, H::Body>>, Infallible>>
-    + Send
-    + use<H> {
+    ) -> impl Future<Output = Result<Answer<H>, Infallible>> + Send + use<H> {
         let refused = invalid_host(&req).then(|| invalid_request(&req));
         let (handler, connection) = (self.handler.clone(), self.connection.clone());
         // The handler's future is made inside this one, on its first poll: made here and

@@ -4,7 +4,7 @@
 //! (`request_id`).
 
 pub mod body;
-mod h1;
+pub(crate) mod h1;
 pub mod listener;
 pub mod problem;
 pub mod request_id;

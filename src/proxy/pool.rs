@@ -183,7 +183,7 @@ impl Pool {
         req: Request<Upload>,
         upgrade: bool,
     ) -> Result<Response<PooledBody>, BoxError> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let sending = match body.size_hint().exact() {
             _ if body.is_end_stream() => Sending::Nothing,
             Some(n) => Sending::Length(n),
@@ -210,6 +210,8 @@ impl Pool {
             &parts.headers,
             sending,
         );
+        // Written: its room serves the next head this worker reads.
+        crate::http::h1::maps::give_back(std::mem::take(&mut parts.headers));
         let mut ex = Exchange {
             conn,
             wpos: 0,

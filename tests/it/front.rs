@@ -164,3 +164,168 @@ async fn the_log_has_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(text.contains("shutdown signal received"), "{text}");
     assert!(!text.contains("\x1b["), "colour codes in {text:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// keygate's own HTTP/1.1 server (`src/http/h1.rs`) and its hand-over to hyper's
+// ---------------------------------------------------------------------------------------------
+
+/// A plain proxy with the echo upstream, and a raw connection to it.
+async fn echo_proxy() -> (SocketAddr, Raw) {
+    let upstream = start_upstream("h1").await;
+    let addr = start_keygate(&one_target(upstream.addr)).await;
+    (addr, Raw::connect(addr).await)
+}
+
+fn get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {SECRET}\r\n{extra}\r\n")
+}
+
+/// One connection goes from bodiless requests (our server's) to one with a body (which hands
+/// the connection to hyper), then on with hyper: a GET, and an upgrade to a tunnel. Were the
+/// body left unread, its bytes would be taken for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_goes_from_our_server_to_hyper_at_its_first_body() {
+    let (_, mut raw) = echo_proxy().await;
+    for path in ["/one", "/two"] {
+        let echo = raw.exchange(get(path, "").as_bytes()).await.echo();
+        assert_eq!(echo.uri, path);
+        assert_eq!(echo.body_len, 0);
+    }
+    let post = format!(
+        "POST /body HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {SECRET}\r\nContent-Length: 5\r\n\r\nhello"
+    );
+    let echo = raw.exchange(post.as_bytes()).await.echo();
+    assert_eq!((echo.method.as_str(), echo.body_len), ("POST", 5));
+    let echo = raw.exchange(get("/after", "").as_bytes()).await.echo();
+    assert_eq!(echo.uri, "/after");
+    let upgrade = get("/ws", "Connection: Upgrade\r\nUpgrade: websocket\r\n");
+    let resp = raw.exchange(upgrade.as_bytes()).await;
+    assert_eq!(resp.status, 101, "{}", resp.text());
+    echo_through(&mut raw, b"through the tunnel").await;
+}
+
+/// Requests written at once are answered in order, one with a body among them included: the
+/// bytes after the last bodiless request go to hyper as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_across_the_hand_over() {
+    let (_, mut raw) = echo_proxy().await;
+    let post = format!(
+        "POST /c HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {SECRET}\r\nContent-Length: 3\r\n\r\nabc"
+    );
+    let all = [get("/a", ""), get("/b", ""), post, get("/d", "")].concat();
+    raw.write(all.as_bytes()).await;
+    for (path, body_len) in [("/a", 0), ("/b", 0), ("/c", 3), ("/d", 0)] {
+        let echo = raw.read_response().await.echo();
+        assert_eq!((echo.uri.as_str(), echo.body_len), (path, body_len));
+    }
+}
+
+/// A request head that arrives in pieces is served (by hyper, which waits for the rest), on a
+/// new connection and on one our server has already answered on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_in_pieces_is_served() {
+    let (addr, mut raw) = echo_proxy().await;
+    for raw in [&mut raw, &mut Raw::connect(addr).await] {
+        let echo = raw.exchange(get("/whole", "").as_bytes()).await.echo();
+        assert_eq!(echo.uri, "/whole");
+        let head = get("/pieces", "");
+        raw.write(&head.as_bytes()[..9]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        raw.write(&head.as_bytes()[9..]).await;
+        assert_eq!(raw.read_response().await.echo().uri, "/pieces");
+    }
+    let mut fresh = Raw::connect(addr).await;
+    let head = get("/first-in-pieces", "");
+    fresh.write(&head.as_bytes()[..30]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    fresh.write(&head.as_bytes()[30..]).await;
+    assert_eq!(fresh.read_response().await.echo().uri, "/first-in-pieces");
+}
+
+/// Answers are framed as hyper frames them: a length when known, chunked when not (a streamed
+/// upstream body), no body for HEAD, 204 and 304 (the next answer on the connection proves no
+/// stray byte followed), `date` on every answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_framed_as_hyper_frames_them() {
+    let (_, mut raw) = echo_proxy().await;
+    let resp = raw.exchange(get("/known", "").as_bytes()).await;
+    let len: usize = resp.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(len, resp.body.len());
+    assert_eq!(resp.header("transfer-encoding"), None);
+    let date = resp.header("date").expect("a date field");
+    assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+
+    let resp = raw
+        .exchange(get("/streamed", "x-reply-bytes: 100000\r\n").as_bytes())
+        .await;
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(resp.body, pattern(0, 100_000));
+
+    let head = format!("HEAD /head HTTP/1.1\r\nHost: {HOST}\r\nX-API-Key: {SECRET}\r\n\r\n");
+    raw.write(head.as_bytes()).await;
+    let mut head_resp = Vec::new();
+    while !head_resp.ends_with(b"\r\n\r\n") {
+        head_resp.extend(raw.read_exact(1).await);
+    }
+    let head_resp = String::from_utf8(head_resp).unwrap();
+    assert!(head_resp.starts_with("HTTP/1.1 200 OK\r\n"), "{head_resp}");
+    for status in [204, 304] {
+        let extra = format!("x-reply-status: {status}\r\n");
+        let resp = raw.exchange(get("/empty", &extra).as_bytes()).await;
+        assert_eq!(resp.status, status);
+        assert_eq!(resp.header("content-length"), None, "{status}");
+        assert_eq!(resp.header("transfer-encoding"), None, "{status}");
+    }
+    let resp = raw.exchange(get("/last", "").as_bytes()).await;
+    assert_eq!(resp.echo().uri, "/last", "nothing stray before this answer");
+}
+
+/// `Connection: close` from the client gets `connection: close` on the answer and the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_asks_to_close_gets_the_close() {
+    let (_, mut raw) = echo_proxy().await;
+    raw.exchange(get("/stay", "").as_bytes()).await.echo();
+    let resp = raw
+        .exchange(get("/go", "Connection: close\r\n").as_bytes())
+        .await;
+    assert_eq!(resp.echo().uri, "/go");
+    assert_eq!(resp.header("connection"), Some("close"));
+    let rest = read_to_close(&mut raw.stream, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
+
+/// An HTTP/1.0 request after an HTTP/1.1 one on the same connection is answered (by hyper) and
+/// the connection closed, as HTTP/1.0 without keep-alive wants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_request_after_ours_is_answered_and_closed() {
+    let (_, mut raw) = echo_proxy().await;
+    raw.exchange(get("/eleven", "").as_bytes()).await.echo();
+    let old = format!("GET /ten HTTP/1.0\r\nX-API-Key: {SECRET}\r\n\r\n");
+    raw.write(old.as_bytes()).await;
+    let resp = raw.read_response().await;
+    assert_eq!(resp.echo().uri, "/ten");
+    let rest = read_to_close(&mut raw.stream, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
+
+/// A field name is one name in any case: the names our server keeps per worker are matched
+/// without regard to case and reach the upstream lowercased, each request with its own value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_names_in_any_case_are_one_name() {
+    let (_, mut raw) = echo_proxy().await;
+    for (i, name) in ["X-Custom-Field", "x-custom-field", "X-CUSTOM-FIELD"]
+        .iter()
+        .enumerate()
+    {
+        let head = format!(
+            "GET /case HTTP/1.1\r\nHost: {HOST}\r\nx-API-kEY: {SECRET}\r\n{name}: v{i}\r\n\r\n"
+        );
+        let echo = raw.exchange(head.as_bytes()).await.echo();
+        assert_eq!(echo.all("x-custom-field"), [format!("v{i}")], "{name}");
+        assert_eq!(
+            echo.all("x-api-key"),
+            Vec::<&str>::new(),
+            "the key is stripped"
+        );
+    }
+}

@@ -105,23 +105,8 @@ fn header_line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The line that opens one chunk of `len` bytes.
-pub fn chunk_line(out: &mut Vec<u8>, len: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b"\r\n");
-}
+/// The line that opens one chunk of `len` bytes (the front writes chunks the same way).
+pub(crate) use crate::http::h1::chunk_line;
 
 /// The end of a chunked body, with its trailer section (empty when `trailers` is).
 pub fn last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
@@ -249,7 +234,7 @@ fn header_map(
     head: &Bytes,
     spans: &[(usize, usize, usize, usize)],
 ) -> Result<HeaderMap, WireError> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = crate::http::h1::maps::take(spans.len());
     for &(n0, n1, v0, v1) in spans {
         let name = HeaderName::from_bytes(&head[n0..n1])
             .map_err(|_| WireError::Malformed("header name"))?;
