@@ -449,6 +449,7 @@ pub async fn serve_workers<H: Handler>(
 ) -> std::io::Result<()> {
     // Out of this runtime's reactor, so each worker can register its own handle to the socket.
     let socket = listener.into_std()?;
+    nodelay_for_all(&socket);
     let limit = front.connection_limit();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (senders, mut inboxes): (Vec<_>, Vec<_>) = (0..workers.get())
@@ -514,7 +515,26 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) {
     let limit = front.connection_limit();
+    nodelay_for_all(&listener);
     accept_loop(listener, front, worker, shutdown, limit, None).await;
+}
+
+/// Small responses must not wait for Nagle's algorithm: `TCP_NODELAY` on the listening socket,
+/// which Linux copies to every socket accepted from it, saves a `setsockopt` per connection
+/// (nginx makes none on a connection that is closed after one answer). Where that does not
+/// hold, or the option could not be set, each connection gets its own (see `accept_loop`).
+fn nodelay_for_all(socket: &impl std::os::fd::AsFd) {
+    if cfg!(target_os = "linux") {
+        let _ = socket2::SockRef::from(socket).set_tcp_nodelay(true);
+    }
+}
+
+/// Whether what `listener` accepts starts with `TCP_NODELAY` (see [`nodelay_for_all`]).
+fn accepted_with_nodelay(listener: &TcpListener) -> bool {
+    cfg!(target_os = "linux")
+        && socket2::SockRef::from(listener)
+            .tcp_nodelay()
+            .unwrap_or(false)
 }
 
 /// The next connection, once there is room for it: at `max_connections`, new clients wait in
@@ -626,6 +646,7 @@ async fn accept_loop<H: Handler>(
         tokio::spawn(task);
     }
     let handler = Arc::new(handler);
+    let inherits_nodelay = accepted_with_nodelay(&listener);
     let (servers, idle_timeout) = http_builders(&front);
     let servers = Arc::new(servers);
     // Every connection holds a receiver: `closed()` on the sender is the end of the drain.
@@ -665,8 +686,9 @@ async fn accept_loop<H: Handler>(
             },
             (_, handed) => (stream, permit, handed),
         };
-        // Small responses must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
+        if !inherits_nodelay {
+            let _ = stream.set_nodelay(true);
+        }
         let stop = drain.subscribe();
         let activity = Arc::new(Activity::new(std::time::Instant::now(), stop.clone()));
         let stream = Held {
@@ -1219,6 +1241,23 @@ mod tests {
         // The count leaves with the connection, served or not.
         drop(inbox_1.try_recv().unwrap());
         assert_eq!(balance.load[1].load(Ordering::Relaxed), 0);
+    }
+
+    /// `TCP_NODELAY` set once on the listening socket is on every connection accepted from it,
+    /// which is what lets `accept_loop` skip the `setsockopt` per connection.
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_the_listener() {
+        for set in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            if set {
+                nodelay_for_all(&listener);
+            }
+            assert_eq!(accepted_with_nodelay(&listener), set);
+            let addr = listener.local_addr().unwrap();
+            let _client = TcpStream::connect(addr).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            assert_eq!(stream.nodelay().unwrap(), set, "set on the listener: {set}");
+        }
     }
 
     /// A worker keeps a new connection unless it holds two or more than the least loaded one.
