@@ -329,3 +329,50 @@ async fn field_names_in_any_case_are_one_name() {
         );
     }
 }
+
+/// A client that goes away while its request waits on the upstream ends the request: the
+/// upstream connection is dropped (the upstream sees its request abandoned) instead of being
+/// waited on for an answer nobody will read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_request_ends_it() {
+    struct Abandoned(Option<tokio::sync::oneshot::Sender<()>>);
+    impl Drop for Abandoned {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (abandoned_tx, mut abandoned) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = start_upstream_with(move |_req, _peer| {
+        let (arrived_tx, abandoned_tx) = (arrived_tx.clone(), abandoned_tx.clone());
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _guard = Abandoned(Some(tx));
+            tokio::spawn(async move {
+                if rx.await.is_ok() {
+                    let _ = abandoned_tx.send(());
+                }
+            });
+            let _ = arrived_tx.send(());
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            http::Response::new(empty())
+        }
+    })
+    .await;
+    let addr = start_keygate(&one_target(upstream.addr)).await;
+    let mut raw = Raw::connect(addr).await;
+    raw.write(get("/slow", "").as_bytes()).await;
+    within("the request reaches the upstream", arrived.recv())
+        .await
+        .unwrap();
+    drop(raw);
+    within_for(
+        Duration::from_secs(5),
+        "the upstream sees the request abandoned",
+        abandoned.recv(),
+    )
+    .await
+    .unwrap();
+}
