@@ -262,8 +262,13 @@ where
     let (parts, body) = resp.into_parts();
     let status = parts.status;
     if status.is_informational() {
-        // hyper refuses a 1xx answer too; no handler of ours gives one to a request without
-        // an upgrade.
+        // No handler of ours gives one to a request without an upgrade (the upstream client
+        // skips interim answers and refuses a 101 nobody asked for); hyper answers 500 to it.
+        wbuf.clear();
+        let empty = HeaderMap::new();
+        let status = StatusCode::INTERNAL_SERVER_ERROR;
+        write_head(wbuf, method, status, &empty, None, false);
+        write_all(io, wbuf, None).await?;
         return Ok(false);
     }
     let length = if body.is_end_stream() {
@@ -673,5 +678,210 @@ mod date {
             }
             out.extend_from_slice(&text[..]);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head `write_head` writes, with the `date` line taken out, and its framing.
+    fn head(
+        method: Method,
+        status: u16,
+        fields: &[(&str, &str)],
+        length: Option<Option<u64>>,
+        keep_alive: bool,
+    ) -> (String, Framing, bool) {
+        let mut headers = HeaderMap::new();
+        for (k, v) in fields {
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let status = StatusCode::from_u16(status).unwrap();
+        let mut out = Vec::new();
+        let (framing, keep, _) =
+            write_head(&mut out, &method, status, &headers, length, keep_alive);
+        let text = String::from_utf8(out).unwrap();
+        let date = text
+            .lines()
+            .find(|l| l.starts_with("date: "))
+            .expect("a date line");
+        assert!(httpdate::parse_http_date(&date[6..]).is_ok(), "{date}");
+        (text.replace(&format!("{date}\r\n"), ""), framing, keep)
+    }
+
+    /// The framing rules hyper's server applies, applied the same way.
+    #[test]
+    fn answers_are_framed_by_hyper_s_rules() {
+        let cases: &[(
+            Method,
+            u16,
+            &[(&str, &str)],
+            Option<Option<u64>>,
+            &str,
+            Framing,
+        )] = &[
+            (
+                Method::GET,
+                200,
+                &[],
+                Some(Some(5)),
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Framing::Length(5),
+            ),
+            (
+                Method::GET,
+                200,
+                &[],
+                Some(None),
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+            ),
+            (
+                Method::GET,
+                200,
+                &[],
+                None,
+                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                Framing::Length(0),
+            ),
+            // The handler's length is written as it gave it, for a body of unknown size too.
+            (
+                Method::GET,
+                200,
+                &[("content-length", "7")],
+                Some(None),
+                "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n",
+                Framing::Length(7),
+            ),
+            // HEAD: the length of the body a GET would get, no body.
+            (
+                Method::HEAD,
+                200,
+                &[("content-length", "42")],
+                None,
+                "HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n",
+                Framing::Length(0),
+            ),
+            (
+                Method::HEAD,
+                200,
+                &[],
+                Some(None),
+                "HTTP/1.1 200 OK\r\n\r\n",
+                Framing::Length(0),
+            ),
+            (
+                Method::GET,
+                204,
+                &[],
+                Some(Some(3)),
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                Framing::Length(0),
+            ),
+            (
+                Method::GET,
+                304,
+                &[("etag", "\"x\"")],
+                None,
+                "HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n",
+                Framing::Length(0),
+            ),
+            (
+                Method::GET,
+                599,
+                &[],
+                None,
+                "HTTP/1.1 599 <none>\r\ncontent-length: 0\r\n\r\n",
+                Framing::Length(0),
+            ),
+            // A length on an empty answer is dropped (hyper's rule: it cannot be true).
+            (
+                Method::GET,
+                200,
+                &[("content-length", "9")],
+                None,
+                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                Framing::Length(0),
+            ),
+        ];
+        for (method, status, fields, length, want, framing) in cases {
+            let got = head(method.clone(), *status, fields, *length, true);
+            assert_eq!(
+                (got.0.as_str(), got.1, got.2),
+                (*want, *framing, true),
+                "{method} {status} {fields:?}"
+            );
+        }
+    }
+
+    /// `connection: close` when the connection closes after the answer, unless the answer
+    /// says it already; an answer saying it closes the connection.
+    #[test]
+    fn the_close_is_said_once() {
+        let (text, _, keep) = head(Method::GET, 200, &[], None, false);
+        assert_eq!(
+            (text.matches("connection: close").count(), keep),
+            (1, false)
+        );
+        let (text, _, keep) = head(Method::GET, 400, &[("connection", "close")], None, true);
+        assert_eq!(
+            (text.matches("connection: close").count(), keep),
+            (1, false)
+        );
+        let (text, _, keep) = head(
+            Method::GET,
+            200,
+            &[("connection", "keep-alive")],
+            None,
+            true,
+        );
+        assert_eq!((text.matches("close").count(), keep), (0, true));
+    }
+
+    /// Trailers go out only as announced in `Trailer`, and never the fields that may not trail.
+    #[test]
+    fn only_announced_trailers_are_sent() {
+        let mut fields = HeaderMap::new();
+        fields.insert("x-sum", HeaderValue::from_static("1"));
+        fields.insert("x-other", HeaderValue::from_static("2"));
+        fields.insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
+        let announced = [HeaderName::from_static("x-sum"), header::CONTENT_TYPE];
+        let mut out = Vec::new();
+        last_chunk(&mut out, Frame::trailers(fields.clone()), Some(&announced));
+        assert_eq!(out, b"0\r\nx-sum: 1\r\n\r\n");
+        out.clear();
+        last_chunk(&mut out, Frame::trailers(fields), None);
+        assert_eq!(out, b"0\r\n\r\n");
+    }
+
+    /// A head is ours only whole, HTTP/1.1 and without a body, an upgrade or `Expect`.
+    #[test]
+    fn only_bodiless_http_1_1_heads_are_ours() {
+        let ours = |head: &str| Head::parse(head.as_bytes(), 8192, &mut Vec::new()).is_some();
+        assert!(ours("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(ours(
+            "DELETE /x?y=1 HTTP/1.1\r\nHost: a\r\nX-Api-Key: k\r\n\r\n"
+        ));
+        for not in [
+            "GET / HTTP/1.1\r\nHost: a\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        ] {
+            assert!(!ours(not), "{not:?}");
+        }
+        let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "x".repeat(100));
+        assert!(
+            Head::parse(long.as_bytes(), 64, &mut Vec::new()).is_none(),
+            "past max_head"
+        );
     }
 }
