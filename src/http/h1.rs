@@ -713,17 +713,21 @@ mod tests {
         (text.replace(&format!("{date}\r\n"), ""), framing, keep)
     }
 
+    /// A request's method and an answer's status, fields and body length; the head and
+    /// framing expected.
+    type Case = (
+        Method,
+        u16,
+        &'static [(&'static str, &'static str)],
+        Option<Option<u64>>,
+        &'static str,
+        Framing,
+    );
+
     /// The framing rules hyper's server applies, applied the same way.
     #[test]
     fn answers_are_framed_by_hyper_s_rules() {
-        let cases: &[(
-            Method,
-            u16,
-            &[(&str, &str)],
-            Option<Option<u64>>,
-            &str,
-            Framing,
-        )] = &[
+        let cases: &[Case] = &[
             (
                 Method::GET,
                 200,
