@@ -830,30 +830,8 @@ impl<H: Handler> Conn<H> {
     where
         I: Read + Write + Unpin + Send + 'static,
     {
-        let Conn {
-            handler,
-            servers,
-            stop,
-            activity,
-            peer,
-            idle_timeout,
-            ..
-        } = self;
-        let caller = Caller {
-            handler,
-            connection: Arc::new(Connection {
-                peer,
-                proto,
-                activity: activity.clone(),
-            }),
-        };
+        let (caller, mut serving, servers) = self.parts(proto);
         let call = move |req: Request<RequestBody>| caller.call(req);
-        let mut serving = Serving {
-            stop,
-            activity,
-            peer,
-            idle_timeout,
-        };
         // HTTP/1.1 keeps the request's future in place for the connection; HTTP/2 moves each
         // one into a task of its own (hyper's stream future, then tokio's task cell), kilobytes
         // copied twice a request (callgrind, h2c: memcpy was 18% of the instructions), so
@@ -891,33 +869,31 @@ impl<H: Handler> Conn<H> {
 }
 
 impl<H: Handler> Conn<H> {
+    /// What serving the connection's requests takes, whichever server reads them: the way to
+    /// the handler, the loop's state, the servers.
+    fn parts(self, proto: &'static str) -> (Caller<H>, Serving, Arc<Servers>) {
+        let caller = Caller {
+            handler: self.handler,
+            connection: Arc::new(Connection {
+                peer: self.peer,
+                proto,
+                activity: self.activity.clone(),
+            }),
+        };
+        let serving = Serving {
+            stop: self.stop,
+            activity: self.activity,
+            peer: self.peer,
+            idle_timeout: self.idle_timeout,
+        };
+        (caller, serving, self.servers)
+    }
+
     /// A plain connection whose first bytes are HTTP/1.1: our own server takes its requests
     /// until one it leaves to hyper's HTTP/1.1 server, which then has the rest of the
     /// connection (see `h1`).
     async fn plain_http1(self, mut stream: Held<TcpStream>) {
-        let Conn {
-            handler,
-            servers,
-            stop,
-            activity,
-            peer,
-            idle_timeout,
-            ..
-        } = self;
-        let caller = Caller {
-            handler,
-            connection: Arc::new(Connection {
-                peer,
-                proto: "http",
-                activity: activity.clone(),
-            }),
-        };
-        let mut serving = Serving {
-            stop,
-            activity,
-            peer,
-            idle_timeout,
-        };
+        let (caller, mut serving, servers) = self.parts("http");
         let first = stream.take_prefetched();
         let closing = AtomicBool::new(false);
         let call = |req| caller.call(req);
