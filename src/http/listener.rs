@@ -355,13 +355,58 @@ impl<S: AsyncRead + Unpin> Held<S> {
             None => Box::default(),
         }
     }
+}
 
-    /// Puts `bytes` (read by our own HTTP/1.1 server, not used) before what the socket has.
-    fn unread(&mut self, bytes: &[u8]) {
-        self.prefetch = (!bytes.is_empty()).then(|| Prefetch {
-            got: Some(bytes.into()),
-            at: 0,
-        });
+/// A stream with bytes already read put back in front of it: what our own HTTP/1.1 server read
+/// and leaves to hyper's.
+struct Rewound<S> {
+    head: Bytes,
+    io: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.head.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = buf.remaining().min(self.head.len());
+        buf.put_slice(&self.head[..n]);
+        bytes::Buf::advance(&mut self.head, n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -790,7 +835,8 @@ impl<H: Handler> Conn<H> {
                 () = tokio::time::sleep(self.idle_timeout) => return,
             };
             if speaks == Speaks::Http1 {
-                return Box::pin(self.plain_http1(stream)).await;
+                let first = stream.take_prefetched();
+                return Box::pin(self.own_http1(stream, first, "http")).await;
             }
             return self.http(TokioIo::new(stream), "http", speaks).await;
         };
@@ -816,6 +862,9 @@ impl<H: Handler> Conn<H> {
                     Some(b"http/1.1") => Speaks::Http1,
                     _ => Speaks::Unknown,
                 };
+                if speaks == Speaks::Http1 {
+                    return Box::pin(self.own_http1(stream, Box::default(), "https")).await;
+                }
                 self.http(TokioIo::new(stream), "https", speaks).await
             }
             Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
@@ -889,12 +938,14 @@ impl<H: Handler> Conn<H> {
         (caller, serving, self.servers)
     }
 
-    /// A plain connection whose first bytes are HTTP/1.1: our own server takes its requests
-    /// until one it leaves to hyper's HTTP/1.1 server, which then has the rest of the
-    /// connection (see `h1`).
-    async fn plain_http1(self, mut stream: Held<TcpStream>) {
-        let (caller, mut serving, servers) = self.parts("http");
-        let first = stream.take_prefetched();
+    /// A connection known to speak HTTP/1.1 (its first bytes in clear, ALPN under TLS), of
+    /// which `first` has been read: our own server takes its requests until one it leaves to
+    /// hyper's HTTP/1.1 server, which then has the rest of the connection (see `h1`).
+    async fn own_http1<S>(self, mut stream: S, first: Box<[u8]>, proto: &'static str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (caller, mut serving, servers) = self.parts(proto);
         let closing = AtomicBool::new(false);
         let call = |req| caller.call(req);
         let ours = h1::serve(&mut stream, &first, &call, &closing, servers.max_head);
@@ -905,8 +956,10 @@ impl<H: Handler> Conn<H> {
             return;
         };
         drop(first);
-        stream.unread(&rest);
-        drop(rest);
+        let stream = Rewound {
+            head: rest,
+            io: stream,
+        };
         let conn = servers.h1.serve_connection(
             TokioIo::new(stream),
             service_fn(move |req: Request<Incoming>| caller.call(req.map(RequestBody::Hyper))),

@@ -127,6 +127,18 @@ async fn a_client_offering_only_http11_negotiates_http11_and_is_served() {
             format!("/h1/{i}")
         );
     }
+    // A body on the same connection: keygate's own HTTP/1.1 server hands it, and the rest of
+    // the connection, to hyper's under TLS too.
+    let post = h1
+        .send(request(
+            "POST",
+            "/h1/body",
+            &[("x-api-key", SECRET_TLS)],
+            full("hello"),
+        ))
+        .await;
+    assert_eq!(post.echo().body_len, 5);
+    assert_eq!(h1_call(&mut h1, "/h1/after").await.uri, "/h1/after");
 
     // No ALPN at all: HTTP/1.1.
     let tls = tls_connect(gate.addr, client_config(&[&ca], &[], false)).await;
