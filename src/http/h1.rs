@@ -1,6 +1,6 @@
 //! keygate's own HTTP/1.1 server, for the requests nearly every API client sends: HTTP/1.1,
-//! no body, no upgrade, no `Expect`, the whole head in what has been read. A plain connection
-//! starts here; the first request that is anything else (a body, an upgrade, HTTP/1.0, a head
+//! no body, no upgrade, no `Expect`, the whole head in what has been read. A connection known
+//! to speak HTTP/1.1 (its first bytes in clear, ALPN `http/1.1` under TLS) starts here; the first request that is anything else (a body, an upgrade, HTTP/1.0, a head
 //! cut short by the read, a head hyper would refuse) is handed with the rest of the connection
 //! to hyper's HTTP/1.1 server, bytes and all, so every rule of the protocol's harder corners
 //! stays hyper's. The answers are written the way hyper writes them (the same framing, `date`,
@@ -280,10 +280,14 @@ where
     let (framing, keep_alive, trailers) =
         write_head(wbuf, method, status, &parts.headers, length, keep_alive);
     maps::give_back(parts.headers);
-    let mut body = pin!(body);
+    // In an `Option`, to be dropped before the answer's last bytes are written, as hyper
+    // drops it: the proxy's body records the request (access log, metrics, usage) when
+    // dropped, and a client that has its answer may ask at once for what was recorded.
+    let mut body = pin!(Some(body));
     let mut left = match framing {
         Framing::Length(0) => {
             // Dropped unread, as hyper does: `HEAD`, 204, 304, an empty body.
+            body.set(None);
             write_all(io, wbuf, None).await?;
             return Ok(keep_alive);
         }
@@ -291,19 +295,23 @@ where
         Framing::Chunked => u64::MAX,
     };
     loop {
-        let frame = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
-        {
+        let Some(mut b) = body.as_mut().as_pin_mut() else {
+            return Ok(false);
+        };
+        let frame = match std::future::poll_fn(|cx| Poll::Ready(b.as_mut().poll_frame(cx))).await {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 // Send what is ready while the body waits.
                 if !wbuf.is_empty() {
                     write_all(io, wbuf, None).await?;
                 }
-                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                std::future::poll_fn(|cx| b.as_mut().poll_frame(cx)).await
             }
         };
+        let ended = b.is_end_stream();
         let data = match frame {
             None => {
+                body.set(None);
                 if framing == Framing::Chunked {
                     wbuf.extend_from_slice(b"0\r\n\r\n");
                     write_all(io, wbuf, None).await?;
@@ -315,6 +323,7 @@ where
             }
             Some(Err(_)) => {
                 // The answer cannot be finished; what is sent so far is all the client gets.
+                body.set(None);
                 write_all(io, wbuf, None).await?;
                 return Ok(false);
             }
@@ -322,6 +331,7 @@ where
                 Ok(data) => data,
                 Err(frame) => {
                     if framing == Framing::Chunked {
+                        body.set(None);
                         last_chunk(wbuf, frame, trailers.as_deref());
                         write_all(io, wbuf, None).await?;
                         return Ok(keep_alive);
@@ -331,7 +341,8 @@ where
             },
         };
         if data.is_empty() {
-            if body.is_end_stream() && framing == Framing::Chunked {
+            if ended && framing == Framing::Chunked {
+                body.set(None);
                 wbuf.extend_from_slice(b"0\r\n\r\n");
                 write_all(io, wbuf, None).await?;
                 return Ok(keep_alive);
@@ -349,17 +360,17 @@ where
                 data
             }
         };
-        let end = left == 0 || body.is_end_stream();
+        let end = left == 0 || ended;
+        if end {
+            body.set(None);
+        }
         if data.len() < COPY_LIMIT {
             wbuf.extend_from_slice(&data);
-            if framing == Framing::Chunked {
-                wbuf.extend_from_slice(b"\r\n");
-            }
         } else {
             write_all(io, wbuf, Some(&data)).await?;
-            if framing == Framing::Chunked {
-                wbuf.extend_from_slice(b"\r\n");
-            }
+        }
+        if framing == Framing::Chunked {
+            wbuf.extend_from_slice(b"\r\n");
         }
         if end {
             if framing == Framing::Chunked {
