@@ -99,17 +99,13 @@ where
         // wait in the buffer.
         let resp = {
             let mut handling = pin!(call(req));
-            let mut gone = false;
             let polled = std::future::poll_fn(|cx| {
                 if let Poll::Ready(Ok(resp)) = handling.as_mut().poll(cx) {
                     return Poll::Ready(Some(resp));
                 }
-                while !gone && rbuf.len() < max_head {
+                while rbuf.len() < max_head {
                     match poll_read(io, &mut rbuf, cx) {
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                            gone = true;
-                            return Poll::Ready(None);
-                        }
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                         Poll::Ready(Ok(_)) => continue,
                         Poll::Pending => break,
                     }
