@@ -879,7 +879,10 @@ impl<H: Handler> Conn<H> {
                     io,
                     service_fn(move |req: Request<Incoming>| call(req.map(RequestBody::Hyper))),
                 );
-                Box::pin(serving.until_done(conn.with_upgrades(), |c| c.graceful_shutdown())).await;
+                let mut conn = Box::pin(conn.with_upgrades());
+                serving
+                    .until_done(conn.as_mut(), |c| c.graceful_shutdown())
+                    .await;
             }
             Speaks::Http2 => {
                 let conn = servers.h2.serve_connection(
@@ -888,7 +891,10 @@ impl<H: Handler> Conn<H> {
                         Box::pin(call(req.map(RequestBody::Hyper)))
                     }),
                 );
-                Box::pin(serving.until_done(conn, |c| c.graceful_shutdown())).await;
+                let mut conn = Box::pin(conn);
+                serving
+                    .until_done(conn.as_mut(), |c| c.graceful_shutdown())
+                    .await;
             }
             Speaks::Unknown => {
                 let conn = servers.auto.serve_connection_with_upgrades(
@@ -897,7 +903,10 @@ impl<H: Handler> Conn<H> {
                         Box::pin(call(req.map(RequestBody::Hyper)))
                     }),
                 );
-                Box::pin(serving.until_done(conn, |c| c.graceful_shutdown())).await;
+                let mut conn = Box::pin(conn);
+                serving
+                    .until_done(conn.as_mut(), |c| c.graceful_shutdown())
+                    .await;
             }
         }
     }
@@ -934,10 +943,20 @@ impl<H: Handler> Conn<H> {
         let (caller, mut serving, servers) = self.parts(proto);
         let closing = AtomicBool::new(false);
         let call = |req| caller.call(req);
-        let ours = h1::serve(&mut stream, &first, &call, &closing, servers.max_head);
-        let next = serving
-            .until_done(ours, |_| closing.store(true, Ordering::Release))
-            .await;
+        // Pinned here and lent: moved into `until_done`, the server's future (kilobytes) was
+        // held twice in this one (the argument, then its pinned copy) and copied between them.
+        let next = {
+            let ours = std::pin::pin!(h1::serve(
+                &mut stream,
+                &first,
+                &call,
+                &closing,
+                servers.max_head
+            ));
+            serving
+                .until_done(ours, |_| closing.store(true, Ordering::Release))
+                .await
+        };
         let Some(h1::Next::Hyper(rest)) = next else {
             return;
         };
@@ -950,9 +969,8 @@ impl<H: Handler> Conn<H> {
             TokioIo::new(stream),
             service_fn(move |req: Request<Incoming>| caller.call(req.map(RequestBody::Hyper))),
         );
-        serving
-            .until_done(conn.with_upgrades(), |c| c.graceful_shutdown())
-            .await;
+        let conn = std::pin::pin!(conn.with_upgrades());
+        serving.until_done(conn, |c| c.graceful_shutdown()).await;
     }
 }
 
@@ -1002,7 +1020,7 @@ impl Serving {
     /// dropped for staying idle.
     async fn until_done<C, T, E>(
         &mut self,
-        conn: C,
+        mut conn: Pin<&mut C>,
         graceful_shutdown: impl Fn(Pin<&mut C>),
     ) -> Option<T>
     where
@@ -1016,7 +1034,6 @@ impl Serving {
             idle_timeout,
         } = self;
         let (peer, idle_timeout) = (*peer, *idle_timeout);
-        tokio::pin!(conn);
         let mut closing = false;
         // When an idle close began. HTTP/2's graceful close waits for the client to answer a
         // PING; a client that never does is dropped once idle for another `idle_timeout`.
