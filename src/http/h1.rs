@@ -1,8 +1,9 @@
 //! keygate's own HTTP/1.1 server, for the requests nearly every API client sends: HTTP/1.1,
 //! no body, no upgrade, no `Expect`, the whole head in what has been read. A connection known
-//! to speak HTTP/1.1 (its first bytes in clear, ALPN `http/1.1` under TLS) starts here; the first request that is anything else (a body, an upgrade, HTTP/1.0, a head
-//! cut short by the read, a head hyper would refuse) is handed with the rest of the connection
-//! to hyper's HTTP/1.1 server, bytes and all, so every rule of the protocol's harder corners
+//! to speak HTTP/1.1 (its first bytes in clear, ALPN `http/1.1` under TLS) starts here; the
+//! first request that is anything else (a body, an upgrade, HTTP/1.0, a head cut short by the
+//! read, a head hyper would refuse) is handed with the rest of the connection to hyper's
+//! HTTP/1.1 server, bytes and all, so every rule of the protocol's harder corners
 //! stays hyper's. The answers are written the way hyper writes them (the same framing, `date`,
 //! `connection: close` rules), from the same handler.
 //!
