@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::harness::admin::*;
 use crate::harness::browser::Browser;
+use crate::harness::policy::{connect_from, ip};
 use crate::harness::*;
 
 const SHOP: &str = "https://shop.example.com";
@@ -215,6 +216,97 @@ async fn an_origin_refusal_spends_no_rate_limit_on_the_binary() {
     let ok = [("x-api-key", LIMITED_SECRET), ("origin", SHOP)];
     passed_as(&send(p, "GET", PROBE, &ok).await, "limited");
     assert_problem(&send(p, "GET", PROBE, &ok).await, 429, "rate_limited");
+    kg.terminate_cleanly().await;
+}
+
+const PINNED_SECRET: &str = "kg_pin_YnJvd3NlcktleVBpbm5lZFNlY3JldEZvclRlc3RzMDE";
+const BOTH_SECRET: &str = "kg_both_YnJvd3NlcktleUJvdGhMaXN0c1NlY3JldDAwMDAwMDE";
+
+/// The binary on [`keys_file`] with `extra` keys after it (no `[targets.cors]`).
+async fn binary_with_keys(name: &str, extra: &str) -> (Files, Process) {
+    let files = Files::for_binary_with(name, "", None).await;
+    std::fs::write(&files.keys, format!("{}\n{extra}", keys_file())).unwrap();
+    let kg = Process::start(&files.config).await;
+    (files, kg)
+}
+
+/// `allow_origins` is checked with the IP list, after it, and before the rate limit: from an
+/// address off the key's `allow_ips` the answer is `ip_not_allowed` whatever the origin; from
+/// its address, `origin_not_allowed` until the page's origin is sent; neither refusal spends
+/// the key's one request a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ip_list_then_the_origin_list_then_the_rate_limit_on_the_binary() {
+    let pinned = format!(
+        "[[keys]]\nid = \"pinned\"\nhash = \"{}\"\nallow_ips = [\"127.0.0.2\"]\n\
+         allow_origins = [\"{SHOP}\"]\nrate_limit = \"1/minute\"\n",
+        keygate_hash(PINNED_SECRET)
+    );
+    let (files, kg) = binary_with_keys("origins-after-ips", &pinned).await;
+    let from = async |client: &str, origin: Option<&str>| {
+        let mut headers = vec![("x-api-key", PINNED_SECRET)];
+        headers.extend(origin.map(|o| ("origin", o)));
+        connect_from(ip(client), kg.proxy)
+            .await
+            .send(request("GET", PROBE, &headers, empty()))
+            .await
+    };
+    for origin in [None, Some("https://evil.example.net"), Some(SHOP)] {
+        let r = from("127.0.0.3", origin).await;
+        assert_problem(&r, 403, "ip_not_allowed");
+        assert_eq!(
+            r.header("ratelimit"),
+            None,
+            "a refusal before the rate phase"
+        );
+    }
+    for origin in [None, Some("https://evil.example.net")] {
+        let r = from("127.0.0.2", origin).await;
+        assert_problem(&r, 403, "origin_not_allowed");
+        assert_eq!(
+            r.header("ratelimit"),
+            None,
+            "a refusal before the rate phase"
+        );
+    }
+    passed_as(&from("127.0.0.2", Some(SHOP)).await, "pinned");
+    assert_problem(&from("127.0.0.2", Some(SHOP)).await, 429, "rate_limited");
+    assert_eq!(files.up.hits(), 1);
+    kg.terminate_cleanly().await;
+}
+
+/// A key's list and its consumer's both apply: an origin must be on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_lists_apply_when_key_and_consumer_have_one_on_the_binary() {
+    // Consumer `shops` of [`keys_file`] allows any subdomain of example.com.
+    let both = format!(
+        "[[keys]]\nid = \"both\"\nhash = \"{}\"\nconsumer = \"shops\"\n\
+         allow_origins = [\"https://a.example.com\", \"https://example.com\"]\n",
+        keygate_hash(BOTH_SECRET)
+    );
+    let (files, kg) = binary_with_keys("origins-both", &both).await;
+    let from = async |origin: &str| {
+        send(
+            kg.proxy,
+            "GET",
+            PROBE,
+            &[("x-api-key", BOTH_SECRET), ("origin", origin)],
+        )
+        .await
+    };
+    passed_as(&from("https://a.example.com").await, "both");
+    // The key lists it; the consumer's wildcard does not cover the bare domain.
+    assert_problem(
+        &from("https://example.com").await,
+        403,
+        "origin_not_allowed",
+    );
+    // The consumer's wildcard covers it; the key does not list it.
+    assert_problem(
+        &from("https://b.example.com").await,
+        403,
+        "origin_not_allowed",
+    );
+    assert_eq!(files.up.hits(), 1);
     kg.terminate_cleanly().await;
 }
 
@@ -506,6 +598,69 @@ async fn credentials_and_a_default_policy_in_process() {
     assert_eq!(r.header("access-control-allow-origin"), Some(origin));
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(gw.hits(), 1);
+}
+
+/// `allow_credentials` and the defaults of `[targets.cors]` on the binary: the preflight and
+/// every answer (a refusal too) name the origin itself with `Allow-Credentials: true`; without
+/// `allow_methods` the usual methods are allowed, without `allow_headers` the headers the
+/// preflight asked for, and without `max_age` none is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_a_default_policy_on_the_binary() {
+    let cors = r#"{ allow_origins = ["https://*.example.com"], allow_credentials = true }"#;
+    let (files, kg) = binary("cors-credentials", Some(cors)).await;
+    let p = kg.proxy;
+    let origin = "https://a.example.com";
+    let r = send(
+        p,
+        "OPTIONS",
+        "/orders",
+        &[
+            ("origin", origin),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "x-api-key, x-trace"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
+    // The origin itself, never `*`, with credentials.
+    assert_eq!(r.header("access-control-allow-origin"), Some(origin));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET, HEAD, POST, PUT, PATCH, DELETE")
+    );
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("x-api-key, x-trace")
+    );
+    assert_eq!(r.header("access-control-max-age"), None);
+    assert_eq!(
+        files.up.hits(),
+        0,
+        "a preflight must not reach the upstream"
+    );
+    let credentialed = |r: &Resp| {
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some(origin),
+            "{r:?}"
+        );
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    };
+    let r = send(
+        p,
+        "GET",
+        PROBE,
+        &[("origin", origin), ("x-api-key", PLAIN_SECRET)],
+    )
+    .await;
+    passed_as(&r, "plain");
+    credentialed(&r);
+    let r = send(p, "GET", PROBE, &[("origin", origin)]).await;
+    assert_problem(&r, 403, "key_missing");
+    credentialed(&r);
+    assert_eq!(files.up.hits(), 1);
+    kg.terminate_cleanly().await;
 }
 
 // --- config errors ----------------------------------------------------------------------------
