@@ -522,3 +522,163 @@ async fn the_verify_listener_reads_every_listed_place() {
     assert_problem(&get(verify, "/", &h).await, 403, "key_invalid");
     kg.terminate_cleanly().await;
 }
+
+// --- the binary: what the upstream receives ------------------------------------------------
+
+/// `headers` as the request helpers take them.
+fn pairs<'h>(headers: &'h [(&str, String)]) -> Vec<(&'h str, &'h str)> {
+    headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// On the binary, every place that carried the key is taken out and nothing else: the query
+/// parameter, the key header, the bearer `Authorization` (a Basic one beside it is the
+/// upstream's) and the key cookie, every other cookie byte kept, separators included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_binary_every_place_is_stripped_and_only_the_key_leaves() {
+    let (files, kg) = binary("sources-strip").await;
+    let p = kg.proxy;
+    let headers = [
+        ("x-key", STATIC_SECRET.to_owned()),
+        ("authorization", "Basic dXNlcjpwYXNz".to_owned()),
+        ("authorization", bearer(STATIC_SECRET)),
+        (
+            "cookie",
+            format!("theme=dark;kg_key={STATIC_SECRET};  sid=\"a b\"; empty=; lang=en"),
+        ),
+        ("x-other", "kept".to_owned()),
+    ];
+    let path = format!("{PROBE}?token={STATIC_SECRET}&q=%20x");
+    let resp = get(p, &path, &pairs(&headers)).await;
+    assert_none_of(&resp, [STATIC_SECRET]);
+    let echo = resp.echo();
+    assert_eq!(echo.one("x-keygate-key-id"), Some(STATIC_ID));
+    assert_eq!(echo.uri, format!("{PROBE}?q=%20x"));
+    assert!(!echo.has("x-key"), "{echo:?}");
+    assert_eq!(echo.all("authorization"), ["Basic dXNlcjpwYXNz"]);
+    assert_eq!(
+        echo.all("cookie"),
+        ["theme=dark;  sid=\"a b\"; empty=; lang=en"]
+    );
+    assert_eq!(echo.one("x-other"), Some("kept"));
+
+    // The key cookie first, last, or alone.
+    for (cookie, forwarded) in [
+        (
+            format!("kg_key={STATIC_SECRET}; a=1; b=2"),
+            vec!["a=1; b=2"],
+        ),
+        (
+            format!("a=1;b=\"2\"; kg_key={STATIC_SECRET}"),
+            vec!["a=1;b=\"2\""],
+        ),
+        (format!("kg_key={STATIC_SECRET}"), vec![]),
+    ] {
+        let resp = get(p, PROBE, &[("cookie", &cookie)]).await;
+        let echo = resp.echo();
+        assert_eq!(echo.one("x-keygate-key-id"), Some(STATIC_ID), "{cookie}");
+        assert_eq!(echo.all("cookie"), forwarded, "{cookie}");
+    }
+    // A Basic login alone, with the key elsewhere, goes through as it came.
+    let resp = get(
+        p,
+        PROBE,
+        &[
+            ("x-key", STATIC_SECRET),
+            ("authorization", "Basic dXNlcjpwYXNz"),
+        ],
+    )
+    .await;
+    let echo = resp.echo();
+    assert_eq!(echo.one("x-keygate-key-id"), Some(STATIC_ID));
+    assert_eq!(echo.all("authorization"), ["Basic dXNlcjpwYXNz"]);
+    assert_eq!(files.up.hits(), 5);
+    kg.terminate_cleanly().await;
+}
+
+/// On the binary, `Authorization` is the upstream's unless `bearer` is a listed place: with the
+/// key in a header or a cookie, a bearer token of the upstream's own reaches it untouched, and
+/// so do the cookies that are not the key's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_binary_authorization_is_kept_when_bearer_is_not_a_place() {
+    let sources = r#"key_sources = ["header:X-Key", "cookie:kg_key"]"#;
+    let files = Files::for_binary_with("sources-no-bearer", sources, None).await;
+    let kg = Process::start(&files.config).await;
+    let token = "Bearer an-upstream-token";
+    for (place, value) in [
+        ("x-key", STATIC_SECRET.to_owned()),
+        ("cookie", format!("a=1; kg_key={STATIC_SECRET}; b=2")),
+    ] {
+        let resp = get(
+            kg.proxy,
+            PROBE,
+            &[(place, &value), ("authorization", token)],
+        )
+        .await;
+        assert_none_of(&resp, [STATIC_SECRET]);
+        let echo = resp.echo();
+        assert_eq!(echo.one("x-keygate-key-id"), Some(STATIC_ID), "{place}");
+        assert_eq!(echo.all("authorization"), [token], "{place}");
+        if place == "cookie" {
+            assert_eq!(echo.all("cookie"), ["a=1; b=2"]);
+        }
+    }
+    // By default (no key_sources) neither Authorization nor cookies are places: both arrive as
+    // they were sent, a cookie named like the key's included.
+    let files = Files::for_binary_with("sources-default", "", None).await;
+    let kg_default = Process::start(&files.config).await;
+    let resp = get(
+        kg_default.proxy,
+        PROBE,
+        &[
+            ("x-api-key", STATIC_SECRET),
+            ("authorization", token),
+            ("cookie", "kg_key=not-read; a=1"),
+        ],
+    )
+    .await;
+    let echo = resp.echo();
+    assert_eq!(echo.one("x-keygate-key-id"), Some(STATIC_ID));
+    assert_eq!(echo.all("authorization"), [token]);
+    assert_eq!(echo.all("cookie"), ["kg_key=not-read; a=1"]);
+    kg.terminate_cleanly().await;
+    kg_default.terminate_cleanly().await;
+}
+
+/// On the binary in proxy mode, two places carrying two different valid keys are 403
+/// `key_invalid` (neither key is picked), and nothing reaches the upstream; the same key in
+/// every place passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_binary_two_places_with_different_keys_are_key_invalid() {
+    let (files, kg) = binary("sources-two").await;
+    let (_, other) = kg.api().create_key(json!({ "id": "second" })).await;
+    let p = kg.proxy;
+    let cookie = |s: &str| ("cookie", format!("kg_key={s}"));
+    let auth = |s: &str| ("authorization", bearer(s));
+    let header = |s: &str| ("x-key", s.to_owned());
+    for (path, headers) in [
+        (PROBE.to_owned(), vec![cookie(STATIC_SECRET), auth(&other)]),
+        (PROBE.to_owned(), vec![auth(STATIC_SECRET), header(&other)]),
+        (
+            format!("{PROBE}?token={other}"),
+            vec![cookie(STATIC_SECRET)],
+        ),
+        (
+            format!("{PROBE}?token={STATIC_SECRET}"),
+            vec![header(&other)],
+        ),
+        (
+            PROBE.to_owned(),
+            vec![cookie(STATIC_SECRET), cookie(&other)],
+        ),
+    ] {
+        let resp = get(p, &path, &pairs(&headers)).await;
+        assert_none_of(&resp, [STATIC_SECRET, other.as_str()]);
+        assert_problem(&resp, 403, "key_invalid");
+    }
+    assert_eq!(files.up.hits(), 0);
+    let path = format!("{PROBE}?token={other}");
+    let same = [cookie(&other), auth(&other), header(&other)];
+    let resp = get(p, &path, &pairs(&same)).await;
+    assert_eq!(resp.echo().one("x-keygate-key-id"), Some("second"));
+    kg.terminate_cleanly().await;
+}
