@@ -682,3 +682,118 @@ async fn on_the_binary_two_places_with_different_keys_are_key_invalid() {
     assert_eq!(resp.echo().one("x-keygate-key-id"), Some("second"));
     kg.terminate_cleanly().await;
 }
+
+// --- the README's secret-scanning pattern and checksum snippet -----------------------------
+
+/// The README's "Secret scanning" section: its pattern (the first fenced block) and its Python
+/// checksum snippet (the first `python` block), as a reader would copy them.
+fn readme_scanning() -> (String, String) {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split_once("### Secret scanning\n")
+        .expect("no \"### Secret scanning\" in README.md")
+        .1;
+    let section = section.split("\n#").next().unwrap();
+    let block = |fence: &str| {
+        let from = section
+            .split_once(fence)
+            .unwrap_or_else(|| panic!("no {fence:?} block under Secret scanning"))
+            .1;
+        from.split_once("\n```").unwrap().0.to_owned()
+    };
+    (block("\n```\n").trim().to_owned(), block("\n```python\n"))
+}
+
+/// Whole secrets `pattern` finds in `text`.
+fn found<'t>(pattern: &regex::Regex, text: &'t str) -> Vec<&'t str> {
+    pattern.find_iter(text).map(|m| m.as_str()).collect()
+}
+
+/// The README's pattern finds every secret keygate generates (the admin API's and the `keys
+/// generate` command's, with the default prefix and another), whole, in surrounding text, and no
+/// near-miss; its Python snippet accepts each of them and refuses each mistyped one. Needs
+/// python3 for the second part: without it, and without `CI`, that part is skipped with a note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_s_pattern_and_checksum_snippet_hold_for_generated_secrets() {
+    let (pattern, snippet) = readme_scanning();
+    assert!(pattern.contains("kg_"), "{pattern}");
+    let default = regex::Regex::new(&pattern).unwrap();
+    let acme = regex::Regex::new(&pattern.replace("kg_", "acme_live_")).unwrap();
+
+    let files = Files::for_binary_with("sources-readme", "", None).await;
+    let kg = Process::start(&files.config).await;
+    let mut secrets = Vec::new();
+    for i in 0..4 {
+        let (_, secret) = kg
+            .api()
+            .create_key(json!({ "id": format!("made-{i}") }))
+            .await;
+        secrets.push(secret);
+    }
+    kg.terminate_cleanly().await;
+    let generate = async |prefix: &str| {
+        let out = keygate_cmd(&files.config, &["keys", "generate", "--prefix", prefix]).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).lines().next().unwrap().to_owned()
+    };
+    for _ in 0..4 {
+        secrets.push(generate("kg_").await);
+    }
+    let others = [generate("acme_live_").await, generate("acme_live_").await];
+
+    for (pattern, secret) in secrets
+        .iter()
+        .map(|s| (&default, s))
+        .chain(others.iter().map(|s| (&acme, s)))
+    {
+        // Alone, in a line of config, in a URL's query, in JSON.
+        for text in [
+            secret.clone(),
+            format!("KEY={secret}\n"),
+            format!("https://api.example.com/x?api_key={secret}&a=1"),
+            format!("{{\"secret\":\"{secret}\"}}"),
+        ] {
+            assert_eq!(found(pattern, &text), [secret.as_str()], "{text}");
+        }
+        let random = &secret[secret.len() - 38..];
+        let prefix = &secret[..secret.len() - 38];
+        // Near-misses: a character short or over, glued to a word, another prefix, an older
+        // secret's shape (base64 with `-` or `_`).
+        for near in [
+            secret[..secret.len() - 1].to_owned(),
+            format!("{secret}x"),
+            format!("{secret}_"),
+            format!("x{secret}"),
+            format!("kx_{random}"),
+            format!("{prefix}{}-{}", &random[..10], &random[11..]),
+            format!("{prefix}{}_{}", &random[..10], &random[11..]),
+        ] {
+            assert!(found(pattern, &near).is_empty(), "{pattern} found {near}");
+        }
+    }
+    assert!(found(&default, &format!("{STATIC_SECRET} {}", others[0])).is_empty());
+
+    // The Python snippet, as the README gives it, on the same secrets and their typos.
+    let python = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "{snippet}\nimport sys\nfor s in sys.argv[1:]:\n    print(checksum_ok(s))\n"
+        ))
+        .args(secrets.iter().chain(&others))
+        .args(secrets.iter().chain(&others).map(|s| mistyped(s)))
+        .output();
+    let out = match python {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
+            eprintln!("python3 is not installed: the README's checksum snippet was not run");
+            return;
+        }
+        Err(e) => panic!("cannot run python3: {e}"),
+    };
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let n = secrets.len() + others.len();
+    let mut want = vec!["True"; n];
+    want.extend(vec!["False"; n]);
+    assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), want);
+}
