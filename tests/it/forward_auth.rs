@@ -946,3 +946,72 @@ async fn key_sources_apply_to_verify_calls() {
     let wrong = format!("Bearer {WRONG}");
     assert_keygate_refusal(&ask(&[("authorization", &wrong)]).await, 403, "key_invalid");
 }
+
+/// The example config's commented `[verify]` block, switched on (its listener moved to a free
+/// port, as the proxy's and the admin API's are), runs on the real binary and answers a verify
+/// call for the demo key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_s_verify_block_works_when_switched_on() {
+    // The demo key of config/keygate.toml, as the README's quick start uses it.
+    const DEMO: &str = "kg_demo_secret_do_not_use_in_production";
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keygate.toml"))
+            .unwrap();
+    assert!(example.contains(&keygate_hash(DEMO)), "the demo key's hash");
+    let mut switched = String::new();
+    let mut block = 0;
+    let mut lines = example.lines();
+    while let Some(line) = lines.next() {
+        if line != "# [verify]" {
+            switched.push_str(line);
+            switched.push('\n');
+            continue;
+        }
+        switched.push_str("[verify]\n");
+        // The block's commented settings, up to its blank line.
+        for setting in lines.by_ref().map_while(|l| l.strip_prefix("# ")) {
+            block += 1;
+            let setting =
+                setting.replace("listen = \"127.0.0.1:8081\"", "listen = \"127.0.0.1:0\"");
+            switched.push_str(&setting);
+            switched.push('\n');
+        }
+        switched.push('\n');
+    }
+    assert!(
+        block >= 2,
+        "no commented [verify] block in config/keygate.toml"
+    );
+    assert!(
+        switched.contains("\nlisten = \"127.0.0.1:0\""),
+        "{switched}"
+    );
+    // The proxy and the admin API on free ports too.
+    for port in ["8080", "9901"] {
+        let from = format!("listen = \"127.0.0.1:{port}\"");
+        assert!(switched.contains(&from), "no {from}");
+        switched = switched.replacen(&from, "listen = \"127.0.0.1:0\"", 1);
+    }
+    let dir = Dir::new("example-verify");
+    let config = dir.join("keygate.toml");
+    std::fs::write(&config, &switched).unwrap();
+    let mut kg = Process::start(&config).await;
+    let verify = kg.wait_addr("verify listening").await;
+
+    let call = async |key: &str| {
+        let h = [
+            ("x-api-key", key),
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/"),
+            ("x-forwarded-host", "localhost:8080"),
+        ];
+        send_from("127.0.0.1", verify, "GET", "/_keygate", &h, "").await
+    };
+    let ok = call(DEMO).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.header("x-keygate-key-id"), Some("demo"));
+    assert_eq!(ok.header("x-keygate-consumer"), Some("acme"));
+    assert!(ok.header("ratelimit-policy").is_some(), "{ok:?}");
+    assert_keygate_refusal(&call(WRONG).await, 403, "key_invalid");
+    kg.terminate_cleanly().await;
+}
