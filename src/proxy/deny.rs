@@ -155,7 +155,7 @@ impl Deny {
                 "Only the proxies in the verify listener's trusted_proxies may ask for a decision."
             }
             Deny::InvalidRequest => {
-                "The forwarded method, URI or host of the original request cannot be read."
+                "The forwarded method, URI, host or scheme of the original request cannot be read."
             }
         }
     }

@@ -3,12 +3,13 @@
 //! docs/forward-auth.md). Nothing is forwarded: the answer is 200 with the key's identity and
 //! rate-limit headers for the proxy to copy, or the refusal the proxy mode would give.
 //!
-//! The call describes the original request: `X-Forwarded-Method` / `-Uri` / `-Host` (Traefik,
-//! Caddy), `X-Original-Method` / `X-Original-URI` (the nginx recipe), else the call itself (Envoy
-//! sends the original method, path and headers). The decision is [`Proxy::decide`], the proxy
-//! mode's own, on the original method, host, path and query, and the call's headers (which these
-//! proxies copy from the client's request). Only the `[verify] trusted_proxies` may call: from
-//! anyone else these headers would let a client describe whatever request it likes.
+//! The call describes the original request: `X-Forwarded-Method` / `-Uri` / `-Host` / `-Proto`
+//! (Traefik, Caddy), `X-Original-Method` / `X-Original-URI` (the nginx recipe), else the call
+//! itself (Envoy sends the original method, path and headers). The decision is
+//! [`Proxy::decide`], the proxy mode's own, on the original method, host, path and query, and the
+//! call's headers (which these proxies copy from the client's request). Only the `[verify]
+//! trusted_proxies` may call, and they are checked before the description is: from anyone else
+//! these headers would let a client describe whatever request it likes.
 
 use std::net::SocketAddr;
 use std::str::FromStr as _;
@@ -29,6 +30,7 @@ use crate::http::request_id;
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 /// On a refusal, for nginx: its `auth_request` turns any status but 2xx, 401 and 403 into a
@@ -58,10 +60,7 @@ impl Proxy {
             Instant::now(),
             activity,
         );
-        let outcome = match original {
-            Ok(original) => self.decide_for(&req, &original, peer, &mut exchange).await,
-            Err(deny) => Err(deny.into()),
-        };
+        let outcome = self.decide_for(&req, original, peer, &mut exchange).await;
         let code = outcome.as_ref().err().map(|r| r.deny.code());
         let (outcome, rate) = match outcome {
             Ok((identity, rate)) => {
@@ -88,11 +87,12 @@ impl Proxy {
     }
 
     /// The proxy mode's decision on the original request, for a trusted caller; the key's and
-    /// consumer's ids as header values, taken while the snapshot is held.
+    /// consumer's ids as header values, taken while the snapshot is held. The caller is checked
+    /// before its description: an untrusted peer learns nothing from how its headers are read.
     async fn decide_for(
         &self,
         req: &Request<RequestBody>,
-        original: &Original<'_>,
+        original: Result<Original<'_>, Deny>,
         peer: SocketAddr,
         exchange: &mut Exchange,
     ) -> Result<(Identity, Option<crate::limits::RateStatus>), Refusal> {
@@ -107,6 +107,7 @@ impl Proxy {
             exchange.client(client_ip::canonical(peer.ip()));
             return Err(Deny::ProxyNotTrusted.into());
         }
+        let original = original?;
         let asked = Asked {
             method: &original.method,
             host: original.host,
@@ -159,6 +160,22 @@ impl<'r> Original<'r> {
                 uri
             }
         };
+        // Read so that a call describing a scheme other than these two is refused, as any other
+        // unreadable description is. Nothing in the decision depends on the scheme: the proxy
+        // mode uses its connection's only for the `X-Forwarded-Proto` it sends upstream, and a
+        // verify call forwards nothing.
+        if let Some(v) = one_of(h, &[X_FORWARDED_PROTO])? {
+            // A list, when proxies before the caller appended theirs: the first is the client's.
+            let first = v
+                .as_bytes()
+                .split(|&b| b == b',')
+                .next()
+                .unwrap_or_default();
+            let scheme = first.trim_ascii();
+            if !scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https") {
+                return Err(Deny::InvalidRequest);
+            }
+        }
         let host = match one_of(h, &[X_FORWARDED_HOST])? {
             // A list, when proxies before the caller appended theirs: the first is the host the
             // client asked for.
@@ -250,6 +267,10 @@ mod tests {
                 Some("api.example.com:8443".into())
             ))
         );
+        // The scheme, either of the two, first of a list, in any case.
+        for proto in ["http", "https", "HTTPS", "https, http"] {
+            assert!(read(&[("x-forwarded-proto", proto)]).is_ok(), "{proto}");
+        }
         // An absolute URI gives its path and query; its authority is not the host.
         let absolute = read(&[("x-forwarded-uri", "https://elsewhere.example/p?q=2")]);
         assert_eq!(
@@ -267,6 +288,12 @@ mod tests {
             &[("x-forwarded-uri", "relative/path")],
             &[("x-forwarded-uri", "*")],
             &[("x-forwarded-method", "GE T")],
+            &[("x-forwarded-proto", "ftp")],
+            &[("x-forwarded-proto", "")],
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-proto", "https"),
+            ],
         ] {
             assert_eq!(read(headers), Err("invalid_request"), "{headers:?}");
         }

@@ -947,6 +947,54 @@ async fn key_sources_apply_to_verify_calls() {
     assert_keygate_refusal(&ask(&[("authorization", &wrong)]).await, 403, "key_invalid");
 }
 
+/// `X-Forwarded-Proto` (Traefik, Caddy) is read with the rest of the description: `http` or
+/// `https` pass, any other scheme or the header twice is 400 `invalid_request`, as an unreadable
+/// method or URI is. From a peer outside `trusted_proxies` every such call is 403
+/// `proxy_not_trusted`: the caller is checked before its headers are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_proto_is_read_and_only_from_a_trusted_peer() {
+    let fx = Fwd::start("fwd-proto").await;
+    let call = async |from: &str, extra: &[(&'static str, &'static str)]| {
+        let mut h = vec![
+            ("x-api-key", MAIN),
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-host", "api.example.com"),
+        ];
+        h.extend_from_slice(extra);
+        if !extra.iter().any(|(k, _)| *k == "x-forwarded-uri") {
+            h.push(("x-forwarded-uri", "/x"));
+        }
+        send_from(from, fx.verify, "GET", "/", &h, "").await
+    };
+    let proto = |v| ("x-forwarded-proto", v);
+    for ok in [
+        &[][..],
+        &[proto("https")],
+        &[proto("http")],
+        &[proto("HTTPS")],
+        &[proto("https,http")],
+    ] {
+        let resp = call("127.0.0.1", ok).await;
+        assert_eq!(resp.status, 200, "{ok:?}: {}", resp.text());
+        assert_eq!(resp.header("x-keygate-key-id"), Some("fwd-main"));
+    }
+    let bad: [&[(&str, &str)]; 5] = [
+        &[proto("ftp")],
+        &[proto("wss")],
+        &[proto("")],
+        &[proto("https"), proto("http")],
+        &[("x-forwarded-uri", "/a"), ("x-forwarded-uri", "/b")],
+    ];
+    for bad in bad {
+        let resp = call("127.0.0.1", bad).await;
+        assert_keygate_refusal(&resp, 400, "invalid_request");
+        let resp = call(UNTRUSTED_PEER, bad).await;
+        assert_keygate_refusal(&resp, 403, "proxy_not_trusted");
+    }
+    assert_eq!(fx.usage("fwd-main").await["total"]["requests"], 5);
+    assert_hits(&fx.files.up, 0, "the verify listener forwards nothing");
+}
+
 /// The example config's commented `[verify]` block, switched on (its listener moved to a free
 /// port, as the proxy's and the admin API's are), runs on the real binary and answers a verify
 /// call for the demo key.
