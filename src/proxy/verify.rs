@@ -31,6 +31,8 @@ const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-meth
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// What `X-Forwarded-Proto` may say.
+const SCHEMES: [&[u8]; 4] = [b"http", b"https", b"ws", b"wss"];
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 /// On a refusal, for nginx: its `auth_request` turns any status but 2xx, 401 and 403 into a
@@ -160,7 +162,7 @@ impl<'r> Original<'r> {
                 uri
             }
         };
-        // Read so that a call describing a scheme other than these two is refused, as any other
+        // Read so that a call describing a scheme other than `SCHEMES` is refused, as any other
         // unreadable description is. Nothing in the decision depends on the scheme: the proxy
         // mode uses its connection's only for the `X-Forwarded-Proto` it sends upstream, and a
         // verify call forwards nothing.
@@ -172,7 +174,8 @@ impl<'r> Original<'r> {
                 .next()
                 .unwrap_or_default();
             let scheme = first.trim_ascii();
-            if !scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https") {
+            // Traefik says `ws` / `wss` for a WebSocket upgrade.
+            if !SCHEMES.iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
                 return Err(Deny::InvalidRequest);
             }
         }
@@ -267,8 +270,8 @@ mod tests {
                 Some("api.example.com:8443".into())
             ))
         );
-        // The scheme, either of the two, first of a list, in any case.
-        for proto in ["http", "https", "HTTPS", "https, http"] {
+        // The scheme, HTTP's or WebSocket's (Traefik), first of a list, in any case.
+        for proto in ["http", "https", "HTTPS", "https, http", "ws", "wss"] {
             assert!(read(&[("x-forwarded-proto", proto)]).is_ok(), "{proto}");
         }
         // An absolute URI gives its path and query; its authority is not the host.

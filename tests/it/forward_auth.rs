@@ -947,8 +947,9 @@ async fn key_sources_apply_to_verify_calls() {
     assert_keygate_refusal(&ask(&[("authorization", &wrong)]).await, 403, "key_invalid");
 }
 
-/// `X-Forwarded-Proto` (Traefik, Caddy) is read with the rest of the description: `http` or
-/// `https` pass, any other scheme or the header twice is 400 `invalid_request`, as an unreadable
+/// `X-Forwarded-Proto` (Traefik, Caddy) is read with the rest of the description: `http`,
+/// `https` and WebSocket's `ws` / `wss` (Traefik's for an upgrade) pass, any other scheme or the
+/// header twice is 400 `invalid_request`, as an unreadable
 /// method or URI is. From a peer outside `trusted_proxies` every such call is 403
 /// `proxy_not_trusted`: the caller is checked before its headers are read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -973,6 +974,7 @@ async fn x_forwarded_proto_is_read_and_only_from_a_trusted_peer() {
         &[proto("http")],
         &[proto("HTTPS")],
         &[proto("https,http")],
+        &[proto("wss")],
     ] {
         let resp = call("127.0.0.1", ok).await;
         assert_eq!(resp.status, 200, "{ok:?}: {}", resp.text());
@@ -980,7 +982,7 @@ async fn x_forwarded_proto_is_read_and_only_from_a_trusted_peer() {
     }
     let bad: [&[(&str, &str)]; 5] = [
         &[proto("ftp")],
-        &[proto("wss")],
+        &[proto("wsss")],
         &[proto("")],
         &[proto("https"), proto("http")],
         &[("x-forwarded-uri", "/a"), ("x-forwarded-uri", "/b")],
@@ -991,7 +993,7 @@ async fn x_forwarded_proto_is_read_and_only_from_a_trusted_peer() {
         let resp = call(UNTRUSTED_PEER, bad).await;
         assert_keygate_refusal(&resp, 403, "proxy_not_trusted");
     }
-    assert_eq!(fx.usage("fwd-main").await["total"]["requests"], 5);
+    assert_eq!(fx.usage("fwd-main").await["total"]["requests"], 6);
     assert_hits(&fx.files.up, 0, "the verify listener forwards nothing");
 }
 
