@@ -47,16 +47,22 @@ pub(super) enum Next {
     Done,
     /// A request this server leaves to hyper: these bytes (that request's onwards) come first.
     Hyper(Bytes),
+    /// Between two requests, with nothing of the next one read, `leave` said the connection
+    /// should move (to a less loaded worker).
+    Leave,
 }
 
 /// Serves requests on `io` until [`Next`]. `first` is what has been read already; `closing`
-/// turns true when the connection should close once no request is in flight (shutdown, idle).
+/// turns true when the connection should close once no request is in flight (shutdown, idle);
+/// `leave` is asked after each answer that keeps the connection open, when nothing more has
+/// been read, whether it should go elsewhere ([`Next::Leave`]).
 pub(super) async fn serve<S, F, Fut, B>(
     io: &mut S,
     first: &[u8],
     call: &F,
     closing: &AtomicBool,
     max_head: usize,
+    leave: &(dyn Fn() -> bool + Sync),
 ) -> Result<Next, Infallible>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -122,6 +128,9 @@ where
         match answer(io, &mut wbuf, &method, resp, keep_alive).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Ok(Next::Done),
+        }
+        if rbuf.is_empty() && leave() {
+            return Ok(Next::Leave);
         }
         // A long run of pipelined requests answered at once must not keep the worker from its
         // other connections.

@@ -173,7 +173,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// All workers accept from one socket, and the kernel wakes whichever is waiting: often the one
 /// that is already busy, so a burst of new connections can land 3:1 on one thread while the
 /// other idles (seen with wrk's 32 connections). A worker that holds at least two connections
-/// more than the least loaded one passes a new connection over instead of serving it.
+/// more than the least loaded one passes a connection over, at the first moment it can without
+/// losing a byte or making the other worker redo work ([`Stage`]): a plain HTTP/1.1 connection
+/// between two requests, an HTTP/2 one after its first read, a TLS one at accept. Handing over
+/// every busy worker's new connections at accept cost the connection-per-request case its
+/// throughput and doubled its p99 (each hand-over is a wake-up of the other worker and a wait
+/// for its turn on a core, for a connection that ends after one answer; docs/performance.md): a
+/// connection moved between two requests has shown it lives on, so one move serves many.
 ///
 /// A socket per worker (`SO_REUSEPORT`) was tried for issue 18 and dropped: the kernel then
 /// picks the worker by a hash of the addresses, busy or not, where the shared socket is taken
@@ -202,17 +208,91 @@ impl Balance {
 /// count in that worker's load (counted when it is handed over, not when the worker gets round
 /// to its inbox: counted late, a burst of new connections, wrk opening 32 at once, all went to
 /// the worker whose count had not moved yet, which then served 24 of them and the other 8).
-type Handed = (
-    std::net::TcpStream,
-    SocketAddr,
-    OwnedSemaphorePermit,
-    Occupied,
-);
+struct Handed {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    occupied: Occupied,
+    stage: Stage,
+}
+
+/// How far a connection had got when it was handed over.
+#[derive(Debug)]
+enum Stage {
+    /// Just accepted: nothing read (a TLS connection, whose handshake is still to come).
+    Accepted,
+    /// A plain connection whose first read (these bytes) says it speaks HTTP/2.
+    Http2(Box<[u8]>),
+    /// A plain HTTP/1.1 connection between two requests on our own server: nothing of the next
+    /// one read.
+    BetweenRequests,
+}
+
+/// A worker's way to pass its connections to a less loaded one.
+#[derive(Clone)]
+struct Mover {
+    balance: Arc<Balance>,
+    me: usize,
+}
+
+impl Mover {
+    /// The worker a connection of this one should move to now, if any.
+    fn destination(&self) -> Option<usize> {
+        self.balance.elsewhere(self.me)
+    }
+
+    /// Passes `held` to worker `to`, at `stage`. A connection that cannot be passed (its socket
+    /// cannot be taken off this worker, or `to` has stopped, which only happens at shutdown)
+    /// is closed, as a shutdown would close it.
+    fn pass(&self, to: usize, held: Held<TcpStream>, peer: SocketAddr, stage: Stage) {
+        let Held { io, slot, .. } = held;
+        let Slot {
+            permit, occupied, ..
+        } = slot;
+        if self.send(to, io, peer, permit, stage).is_some() {
+            tracing::debug!(%peer, "closing a connection for a worker that has stopped");
+        }
+        // This worker's count of it ends here: it is the other's now.
+        drop(occupied);
+    }
+
+    /// Sends `stream` to worker `to`, counted there from now; gives it back if `to` has
+    /// stopped.
+    fn send(
+        &self,
+        to: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        stage: Stage,
+    ) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot pass a connection on");
+                return None;
+            }
+        };
+        let handed = Handed {
+            stream,
+            peer,
+            permit,
+            occupied: Occupied::new(&self.balance, to),
+            stage,
+        };
+        match self.balance.inbox[to].send(handed) {
+            Ok(()) => None,
+            // Its count there goes with `_`.
+            Err(mpsc::error::SendError(handed)) => TcpStream::from_std(handed.stream)
+                .ok()
+                .map(|s| (s, handed.permit)),
+        }
+    }
+}
 
 /// A worker's place in a [`Balance`].
 struct Seat {
-    balance: Arc<Balance>,
-    me: usize,
+    mover: Mover,
     inbox: mpsc::UnboundedReceiver<Handed>,
 }
 
@@ -233,11 +313,12 @@ impl Drop for Occupied {
 }
 
 /// What one open client connection holds: its place under `max_connections`, its count in its
-/// worker's load and in its port's [`Gauge`]. Released when dropped.
+/// worker's load and in its port's [`Gauge`]. Released when dropped; taken apart when the
+/// connection moves to another worker (see [`Mover`]).
 struct Slot {
-    _permit: OwnedSemaphorePermit,
-    _occupied: Option<Occupied>,
-    gauge: Option<Arc<dyn Gauge>>,
+    permit: OwnedSemaphorePermit,
+    occupied: Option<Occupied>,
+    _gauge: Option<Counted>,
 }
 
 impl Slot {
@@ -246,22 +327,27 @@ impl Slot {
         occupied: Option<Occupied>,
         gauge: Option<Arc<dyn Gauge>>,
     ) -> Slot {
-        if let Some(g) = &gauge {
-            g.opened();
-        }
         Slot {
-            _permit: permit,
-            _occupied: occupied,
-            gauge,
+            permit,
+            occupied,
+            _gauge: gauge.map(Counted::new),
         }
     }
 }
 
-impl Drop for Slot {
+/// One open connection in a [`Gauge`], while it lives.
+struct Counted(Arc<dyn Gauge>);
+
+impl Counted {
+    fn new(gauge: Arc<dyn Gauge>) -> Counted {
+        gauge.opened();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted {
     fn drop(&mut self) {
-        if let Some(g) = &self.gauge {
-            g.closed();
-        }
+        self.0.closed();
     }
 }
 
@@ -272,7 +358,7 @@ impl Drop for Slot {
 /// connection's first read (see [`Prefetch`]).
 struct Held<S> {
     io: S,
-    _slot: Slot,
+    slot: Slot,
     prefetch: Option<Prefetch>,
     /// The connection's; says whether it became a tunnel (see `poll_shutdown`).
     activity: Arc<Activity>,
@@ -305,6 +391,14 @@ thread_local! {
 impl Prefetch {
     fn new() -> Prefetch {
         Prefetch { got: None, at: 0 }
+    }
+
+    /// A prefetch whose read has been made, elsewhere (see `Stage::Http2`).
+    fn read(got: Box<[u8]>) -> Prefetch {
+        Prefetch {
+            got: Some(got),
+            at: 0,
+        }
     }
 
     /// Makes the one read, if not made yet; the bytes it got.
@@ -498,8 +592,10 @@ pub async fn serve_workers<H: Handler>(
         let limit = limit.clone();
         let mut stop = stop_rx.clone();
         let seat = Seat {
-            balance: balance.clone(),
-            me: i,
+            mover: Mover {
+                balance: balance.clone(),
+                me: i,
+            },
             inbox,
         };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -699,8 +795,8 @@ async fn accept_loop<H: Handler>(
                     continue;
                 }
             },
-            Some((stream, peer, permit, occupied)) = handed_over => match TcpStream::from_std(stream) {
-                Ok(stream) => (stream, peer, permit, Some(occupied)),
+            Some(handed) = handed_over => match TcpStream::from_std(handed.stream) {
+                Ok(stream) => (stream, handed.peer, handed.permit, Some((handed.occupied, handed.stage))),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take over a connection");
                     continue;
@@ -708,25 +804,44 @@ async fn accept_loop<H: Handler>(
             },
             () = &mut shutdown => break,
         };
-        let (stream, permit, occupied) = match (&seat, handed) {
-            (Some(seat), None) => match pass_on(seat, stream, peer, permit) {
-                Some((stream, permit)) => {
-                    (stream, permit, Some(Occupied::new(&seat.balance, seat.me)))
+        let (stream, permit, occupied, stage) = match (&seat, handed) {
+            (_, Some((occupied, stage))) => (stream, permit, Some(occupied), stage),
+            // A TLS connection can only move before its handshake; a plain one moves later,
+            // if at all (see `Balance`).
+            (Some(seat), None) if front.tls.is_some() => {
+                match pass_on(seat, stream, peer, permit) {
+                    Some((stream, permit)) => {
+                        let occupied = Occupied::new(&seat.mover.balance, seat.mover.me);
+                        (stream, permit, Some(occupied), Stage::Accepted)
+                    }
+                    None => continue,
                 }
-                None => continue,
-            },
-            (_, handed) => (stream, permit, handed),
+            }
+            (Some(seat), None) => {
+                let occupied = Occupied::new(&seat.mover.balance, seat.mover.me);
+                (stream, permit, Some(occupied), Stage::Accepted)
+            }
+            (None, None) => (stream, permit, None, Stage::Accepted),
         };
         if !inherits_nodelay {
             let _ = stream.set_nodelay(true);
         }
         let stop = drain.subscribe();
         let activity = Arc::new(Activity::new(std::time::Instant::now(), stop.clone()));
+        let (prefetch, tls, between_requests) = match stage {
+            // TLS reads the socket in records of its own; the sniff then reads plaintext.
+            Stage::Accepted => (
+                front.tls.is_none().then(Prefetch::new),
+                front.tls.clone().map(|t| (t, front.handshake_timeout)),
+                false,
+            ),
+            Stage::Http2(first) => (Some(Prefetch::read(first)), None, false),
+            Stage::BetweenRequests => (None, None, true),
+        };
         let stream = Held {
             io: stream,
-            _slot: Slot::new(permit, occupied, gauge.clone()),
-            // TLS reads the socket in records of its own; the sniff then reads plaintext.
-            prefetch: front.tls.is_none().then(Prefetch::new),
+            slot: Slot::new(permit, occupied, gauge.clone()),
+            prefetch,
             activity: activity.clone(),
         };
         let conn = Conn {
@@ -737,9 +852,9 @@ async fn accept_loop<H: Handler>(
             activity,
             peer,
             idle_timeout,
+            mover: seat.as_ref().map(|s| s.mover.clone()),
         };
-        let tls = front.tls.clone().map(|t| (t, front.handshake_timeout));
-        tokio::spawn(conn.serve(stream, tls));
+        tokio::spawn(conn.serve(stream, tls, between_requests));
     }
     drop(listener);
     tracing::info!(
@@ -758,30 +873,17 @@ async fn accept_loop<H: Handler>(
     }
 }
 
-/// Hands `stream` to a less busy worker; gives it back when it is ours to serve.
+/// Hands a just accepted `stream` to a less busy worker; gives it back when it is ours to
+/// serve (also when that worker has stopped).
 fn pass_on(
     seat: &Seat,
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) -> Option<(TcpStream, OwnedSemaphorePermit)> {
-    let Some(to) = seat.balance.elsewhere(seat.me) else {
-        return Some((stream, permit));
-    };
-    let stream = match stream.into_std() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "cannot pass a connection on");
-            return None;
-        }
-    };
-    let counted = Occupied::new(&seat.balance, to);
-    match seat.balance.inbox[to].send((stream, peer, permit, counted)) {
-        Ok(()) => None,
-        // That worker has stopped: serve it here after all (its count goes with `_`).
-        Err(mpsc::error::SendError((stream, _, permit, _))) => {
-            TcpStream::from_std(stream).ok().map(|s| (s, permit))
-        }
+    match seat.mover.destination() {
+        Some(to) => seat.mover.send(to, stream, peer, permit, Stage::Accepted),
+        None => Some((stream, permit)),
     }
 }
 
@@ -797,6 +899,8 @@ struct Conn<H> {
     activity: Arc<Activity>,
     peer: SocketAddr,
     idle_timeout: Duration,
+    /// How it moves to a less loaded worker (see `Balance`); `None` when this port has one.
+    mover: Option<Mover>,
 }
 
 impl<H: Handler> Conn<H> {
@@ -804,12 +908,20 @@ impl<H: Handler> Conn<H> {
         mut self,
         mut stream: Held<TcpStream>,
         tls: Option<(TlsAcceptor, HandshakeTimeout)>,
+        between_requests: bool,
     ) {
-        let Some((acceptor, handshake_timeout)) = tls else {
+        if let Some((acceptor, handshake_timeout)) = tls {
+            // Boxed: this future is copied whole into the connection's task, and a TLS
+            // connection's state (kilobytes) would make every plain connection's as large.
+            return Box::pin(self.tls(stream, acceptor, handshake_timeout)).await;
+        }
+        let speaks = if between_requests {
+            Speaks::Http1
+        } else {
             // The first read, which the prefetch makes anyway, says which server to start. A
             // client that sends nothing is closed as an idle one would be.
             let first = std::future::poll_fn(|cx| stream.poll_prefetch(cx));
-            let speaks = tokio::select! {
+            tokio::select! {
                 read = first => match read {
                     Ok(()) => speaks(stream.prefetched()),
                     Err(e) => {
@@ -819,16 +931,30 @@ impl<H: Handler> Conn<H> {
                 },
                 _ = self.stop.wait_for(|s| *s) => return,
                 () = tokio::time::sleep(self.idle_timeout) => return,
-            };
-            if speaks == Speaks::Http1 {
-                let first = stream.take_prefetched();
-                return Box::pin(self.own_http1(stream, first, "http")).await;
             }
-            return self.http(TokioIo::new(stream), "http", speaks).await;
         };
-        // Boxed: this future is copied whole into the connection's task, and a TLS
-        // connection's state (kilobytes) would make every plain connection's as large.
-        Box::pin(self.tls(stream, acceptor, handshake_timeout)).await;
+        match speaks {
+            Speaks::Http1 => {
+                let first = stream.take_prefetched();
+                let peer = self.peer;
+                let moving = Box::pin(self.own_http1(stream, first, "http", true)).await;
+                if let Some((stream, mover, to)) = moving {
+                    mover.pass(to, stream, peer, Stage::BetweenRequests);
+                }
+            }
+            Speaks::Http2 => {
+                // An HTTP/2 connection stays with one worker for all its streams: it moves now,
+                // before any, if it is to move at all.
+                if let Some(mover) = &self.mover
+                    && let Some(to) = mover.destination()
+                {
+                    let first = stream.take_prefetched();
+                    return mover.pass(to, stream, self.peer, Stage::Http2(first));
+                }
+                self.http(TokioIo::new(stream), "http", speaks).await;
+            }
+            Speaks::Unknown => self.http(TokioIo::new(stream), "http", speaks).await,
+        }
     }
 
     /// The TLS handshake, then HTTP as ALPN says.
@@ -849,7 +975,9 @@ impl<H: Handler> Conn<H> {
                     _ => Speaks::Unknown,
                 };
                 if speaks == Speaks::Http1 {
-                    return Box::pin(self.own_http1(stream, Box::default(), "https")).await;
+                    // A TLS connection's state is not ours to move: it stays.
+                    Box::pin(self.own_http1(stream, Box::default(), "https", false)).await;
+                    return;
                 }
                 self.http(TokioIo::new(stream), "https", speaks).await
             }
@@ -937,14 +1065,31 @@ impl<H: Handler> Conn<H> {
 
     /// A connection known to speak HTTP/1.1 (its first bytes in clear, ALPN under TLS), of
     /// which `first` has been read: our own server takes its requests until one it leaves to
-    /// hyper's HTTP/1.1 server, which then has the rest of the connection (see `h1`).
-    async fn own_http1<S>(self, mut stream: S, first: Box<[u8]>, proto: &'static str)
+    /// hyper's HTTP/1.1 server, which then has the rest of the connection (see `h1`). With
+    /// `may_move`, between two requests it may stop to move to a less loaded worker instead:
+    /// then it gives back the stream, the way to move it and where to.
+    async fn own_http1<S>(
+        mut self,
+        mut stream: S,
+        first: Box<[u8]>,
+        proto: &'static str,
+        may_move: bool,
+    ) -> Option<(S, Mover, usize)>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let mover = self.mover.take().filter(|_| may_move);
         let (caller, mut serving, servers) = self.parts(proto);
         let closing = AtomicBool::new(false);
         let call = |req| caller.call(req);
+        // Where `leave` said to go (`usize::MAX`: nowhere); atomic only because the
+        // connection's future must be `Send`.
+        let to = AtomicUsize::new(usize::MAX);
+        let leave = || {
+            let dest = mover.as_ref().and_then(Mover::destination);
+            to.store(dest.unwrap_or(usize::MAX), Ordering::Relaxed);
+            dest.is_some()
+        };
         // Pinned here and lent: moved into `until_done`, the server's future (kilobytes) was
         // held twice in this one (the argument, then its pinned copy) and copied between them.
         let next = {
@@ -953,14 +1098,20 @@ impl<H: Handler> Conn<H> {
                 &first,
                 &call,
                 &closing,
-                servers.max_head
+                servers.max_head,
+                &leave,
             ));
             serving
                 .until_done(ours, |_| closing.store(true, Ordering::Release))
                 .await
         };
-        let Some(h1::Next::Hyper(rest)) = next else {
-            return;
+        let rest = match next {
+            Some(h1::Next::Hyper(rest)) => rest,
+            Some(h1::Next::Leave) => {
+                let to = to.load(Ordering::Relaxed);
+                return mover.filter(|_| to != usize::MAX).map(|m| (stream, m, to));
+            }
+            Some(h1::Next::Done) | None => return None,
         };
         drop(first);
         let stream = Rewound {
@@ -973,6 +1124,7 @@ impl<H: Handler> Conn<H> {
         );
         let conn = std::pin::pin!(conn.with_upgrades());
         serving.until_done(conn, |c| c.graceful_shutdown()).await;
+        None
     }
 }
 
@@ -1245,8 +1397,10 @@ mod tests {
             inbox: vec![to_0, to_1].into(),
         });
         let seat = Seat {
-            balance: balance.clone(),
-            me: 0,
+            mover: Mover {
+                balance: balance.clone(),
+                me: 0,
+            },
             inbox: inbox_0,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1305,6 +1459,143 @@ mod tests {
         assert_eq!(balance(&[7]).elsewhere(0), None);
     }
 
+    /// Two workers' accept loops on this runtime, each answering with its name (`w0`, `w1`);
+    /// worker 0 listens on the address returned and counts `extra` phantom connections, so it
+    /// is the busier one. Worker 1's socket is never connected to: what it serves came from
+    /// its inbox.
+    async fn two_workers(extra: usize) -> (Arc<Balance>, SocketAddr) {
+        let snap = crate::config::parse(
+            "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n",
+            std::path::Path::new("keygate.toml"),
+        )
+        .unwrap()
+        .snapshot;
+        let front = Front::new("test", Arc::new(Published::new(snap)));
+        let (senders, mut inboxes): (Vec<_>, Vec<_>) =
+            (0..2).map(|_| mpsc::unbounded_channel()).unzip();
+        let balance = Arc::new(Balance {
+            load: [extra, 0].into_iter().map(AtomicUsize::new).collect(),
+            inbox: senders.into(),
+        });
+        let limit = Arc::new(Semaphore::new(100));
+        let mut addr = None;
+        for (me, inbox) in inboxes.drain(..).enumerate() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr.get_or_insert(listener.local_addr().unwrap());
+            let name: &'static str = ["w0", "w1"][me];
+            let handler = move |_req: Request<RequestBody>, _conn: &Connection| async move {
+                Response::new(Full::new(Bytes::from_static(name.as_bytes())))
+            };
+            let seat = Seat {
+                mover: Mover {
+                    balance: balance.clone(),
+                    me,
+                },
+                inbox,
+            };
+            tokio::spawn(accept_loop(
+                listener,
+                front.clone(),
+                Worker::new(handler),
+                std::future::pending(),
+                limit.clone(),
+                Some(seat),
+            ));
+        }
+        (balance, addr.unwrap())
+    }
+
+    /// Sends `req` on `stream` and reads the answer (a `content-length` body); its body.
+    async fn exchange(stream: &mut TcpStream, req: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let Some(end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            if got.len() >= end + 4 + length {
+                return text[end + 4..end + 4 + length].to_string();
+            }
+        }
+    }
+
+    /// Waits (up to 2 s) until worker `w` counts `n` connections.
+    async fn until_load(balance: &Balance, w: usize, n: usize) {
+        for _ in 0..200 {
+            if balance.load[w].load(Ordering::Relaxed) == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("worker {w} never counted {n}: {:?}", balance.load);
+    }
+
+    /// A plain connection is served by the worker that accepted it, however busy: handing it
+    /// over at accept cost the connection-per-request case its throughput.
+    #[tokio::test]
+    async fn a_plain_connection_is_not_handed_over_at_accept() {
+        let (balance, addr) = two_workers(2).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let req = "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        assert_eq!(exchange(&mut client, req).await, "w0");
+        assert_eq!(balance.load[1].load(Ordering::Relaxed), 0);
+    }
+
+    /// A keep-alive connection of the busier worker moves to the other between two requests,
+    /// and its next request is answered there, nothing lost on the way.
+    #[tokio::test]
+    async fn a_keep_alive_connection_moves_between_requests_to_the_less_loaded_worker() {
+        let (balance, addr) = two_workers(2).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let req = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(exchange(&mut client, req).await, "w0");
+        until_load(&balance, 1, 1).await;
+        assert_eq!(
+            balance.load[0].load(Ordering::Relaxed),
+            2,
+            "its count left with it"
+        );
+        for _ in 0..3 {
+            assert_eq!(exchange(&mut client, req).await, "w1");
+        }
+        // Balanced now (2 phantoms against 1): it stays.
+        assert_eq!(balance.load[1].load(Ordering::Relaxed), 1);
+    }
+
+    /// An h2c connection of the busier worker moves after its first read (the preface, which
+    /// goes with it), before any of its streams is served.
+    #[tokio::test]
+    async fn an_h2c_connection_moves_after_its_first_read() {
+        use http_body_util::{BodyExt as _, Empty};
+        let (balance, addr) = two_workers(2).await;
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..3 {
+            let req = Request::get("http://a/")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "w1");
+        }
+        assert_eq!(balance.load[1].load(Ordering::Relaxed), 1);
+    }
+
     /// A connection passed to a worker that has stopped comes back to be served here.
     #[tokio::test]
     async fn a_connection_for_a_stopped_worker_is_served_by_the_one_that_accepted_it() {
@@ -1320,8 +1611,10 @@ mod tests {
             inbox: vec![tx0, tx1].into(),
         });
         let seat = Seat {
-            balance: b.clone(),
-            me: 0,
+            mover: Mover {
+                balance: b.clone(),
+                me: 0,
+            },
             inbox: rx0,
         };
         drop(rx1);
@@ -1339,9 +1632,12 @@ mod tests {
         let (tx1, mut rx1) = mpsc::unbounded_channel();
         let b = Arc::new(Balance {
             load: vec![AtomicUsize::new(3), AtomicUsize::new(0)].into(),
-            inbox: vec![seat.balance.inbox[0].clone(), tx1].into(),
+            inbox: vec![seat.mover.balance.inbox[0].clone(), tx1].into(),
         });
-        let seat = Seat { balance: b, ..seat };
+        let seat = Seat {
+            mover: Mover { balance: b, me: 0 },
+            ..seat
+        };
         let client = tokio::spawn(TcpStream::connect(addr));
         let (stream, peer) = listener.accept().await.unwrap();
         let _client = client.await.unwrap().unwrap();
@@ -1351,7 +1647,8 @@ mod tests {
             "handed to worker 1"
         );
         let handed = rx1.recv().await.unwrap();
-        assert_eq!(handed.1, peer);
+        assert_eq!(handed.peer, peer);
+        assert!(matches!(handed.stage, Stage::Accepted));
         assert_eq!(
             limit.available_permits(),
             1,
@@ -1374,7 +1671,7 @@ mod tests {
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
         let mut held = Held {
             io: stream,
-            _slot: Slot::new(permit, None, None),
+            slot: Slot::new(permit, None, None),
             prefetch: Some(Prefetch::new()),
             activity: Arc::new(Activity::new(
                 std::time::Instant::now(),
@@ -1425,9 +1722,10 @@ mod tests {
             activity,
             peer: "127.0.0.1:1".parse().unwrap(),
             idle_timeout,
+            mover: None,
         };
         let (io, _client) = tokio::io::duplex(64);
-        let serving = conn.own_http1(io, Box::default(), "http");
+        let serving = conn.own_http1(io, Box::default(), "http", true);
         let size = std::mem::size_of_val(&serving);
         assert!(size > room, "{size} bytes: the handler's future is inside");
         assert!(size < 2 * room, "{size} bytes: held twice");

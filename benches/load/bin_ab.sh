@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Two keygate builds side by side: throughput, p99 and CPU per request of binary A and binary B,
+# each on the same config behind the same nginx upstream, in interleaved rounds (A, B, B, A,
+# A, B, ...: neither always goes first), for each case: keep-alive (wrk, one connection per wrk
+# connection) and close (a new connection per request). For a lever of the request path, where
+# this 2-core machine's noise is as large as the effect: quote the medians and the ratio.
+#
+#   benches/load/bin_ab.sh A_BIN B_BIN   CASES ["keepalive close"]  ROUNDS [6]  DURATION [5s]
+#                                        CONNS [32]  KEYS [10000]  LUA_KEYS [1000]
+# Prints one line per run, then per case the medians and B ÷ A. Everything listens on
+# 127.0.0.1; every process it starts is stopped on exit; the whole script is bounded by
+# TOTAL_TIMEOUT [1500 s].
+set -euo pipefail
+if [[ -z "${KG_AB_INNER:-}" ]]; then
+  export KG_AB_INNER=1
+  exec timeout -k 10 "${TOTAL_TIMEOUT:-1500}" "$0" "$@"
+fi
+[[ $# -eq 2 ]] || { echo "usage: $0 A_BIN B_BIN" >&2; exit 2; }
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+KEYS="${KEYS:-10000}" LUA_KEYS="${LUA_KEYS:-1000}" ROUNDS="${ROUNDS:-6}"
+DURATION="${DURATION:-5s}" CONNS="${CONNS:-32}" CASES="${CASES:-keepalive close}"
+declare -A BIN=([A]="$(realpath "$1")" [B]="$(realpath "$2")")
+# shellcheck source=rig.sh
+source "$HERE/rig.sh"
+
+declare -A PORT PID
+for side in A B; do
+  PORT[$side]=$(free_port)
+  mkdir -p "$WORK/$side"
+  cat >"$WORK/$side/keygate.toml" <<TOML
+keys_file = "$WORK/keys/keygate-keys.toml"
+[server]
+listen = "127.0.0.1:${PORT[$side]}"
+[log]
+access = "off"
+[[targets]]
+name = "main"
+upstream = "http://127.0.0.1:$UP"
+TOML
+  KEYGATE_LOG=warn "${BIN[$side]}" run --config "$WORK/$side/keygate.toml" 2>"$WORK/$side/log" &
+  PID[$side]=$!
+  PIDS+=($!)
+  wait_port "${PORT[$side]}"
+  wrk -t1 -c4 -d1s -s "$WORK/keys/keys.lua" "http://127.0.0.1:${PORT[$side]}/" >/dev/null
+done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+# wrk's p99 in ms, from its --latency table.
+p99_ms() {
+  awk '$1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+    print (u == "us" ? v / 1000 : u == "s" ? v * 1000 : v) }' <<<"$1"
+}
+declare -A RPS CPU P99
+for r in $(seq 1 "$ROUNDS"); do
+  order="A B"; (( r % 2 == 0 )) && order="B A"
+  for c in $CASES; do
+    lua="$WORK/keys/keys.lua"; [[ $c == close ]] && lua="$WORK/keys/keys-close.lua"
+    for side in $order; do
+      before=$(cpu_ticks "${PID[$side]}")
+      out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$lua" "http://127.0.0.1:${PORT[$side]}/")
+      after=$(cpu_ticks "${PID[$side]}")
+      reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+      non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+      [[ -z "$non2xx" ]] || { echo "$side $c: $non2xx non-2xx answers" >&2; exit 1; }
+      us=$(python3 -c "print(round(($after - $before) / $TICK * 1e6 / $reqs, 2))")
+      p99=$(p99_ms "$out")
+      echo "round $r $c $side req/s=$rps p99_ms=$p99 cpu_us/req=$us"
+      RPS[$c$side]+="$rps "; CPU[$c$side]+="$us "; P99[$c$side]+="$p99 "
+    done
+  done
+done
+median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" $1; }
+for c in $CASES; do
+  for side in A B; do
+    echo "median $c $side req/s=$(median "${RPS[$c$side]}") p99_ms=$(median "${P99[$c$side]}") cpu_us/req=$(median "${CPU[$c$side]}")"
+  done
+  python3 - "${RPS[${c}A]}" "${RPS[${c}B]}" "$c" <<'PY'
+import statistics, sys
+a = [float(x) for x in sys.argv[1].split()]
+b = [float(x) for x in sys.argv[2].split()]
+# Per round, B over A (the two ran back to back), then the median of those.
+per_round = sorted(y / x for x, y in zip(a, b))
+print(f"ratio {sys.argv[3]} B/A median-of-medians={statistics.median(b) / statistics.median(a):.3f} "
+      f"per-round median={statistics.median(per_round):.3f} range={per_round[0]:.3f}-{per_round[-1]:.3f}")
+PY
+done
