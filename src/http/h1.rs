@@ -126,7 +126,7 @@ where
         };
         let keep_alive = keep_alive && !closing.load(Ordering::Acquire);
         match answer(io, &mut wbuf, &method, resp, keep_alive).await {
-            Ok(true) => {}
+            Ok(true) => KEPT_ALIVE.set(true),
             Ok(false) | Err(_) => return Ok(Next::Done),
         }
         if rbuf.is_empty() && leave() {
@@ -152,6 +152,18 @@ fn poll_read<S: AsyncRead + Unpin>(
         rbuf.extend_from_slice(buf.filled());
         Poll::Ready(Ok(buf.filled().len()))
     })
+}
+
+thread_local! {
+    /// Whether this thread answered a request and kept its connection open since
+    /// [`kept_alive`] was last asked.
+    static KEPT_ALIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread has answered a request on a connection that stays open since this was
+/// last asked: its next request is coming (see `listener::serve_workers`).
+pub(super) fn kept_alive() -> bool {
+    KEPT_ALIVE.replace(false)
 }
 
 thread_local! {
@@ -904,5 +916,41 @@ mod tests {
             Head::parse(long.as_bytes(), 64, &mut Vec::new()).is_none(),
             "past max_head"
         );
+    }
+
+    /// A worker learns that it answered a request on a connection that stays open (it then
+    /// yields its core before sleeping, expecting the next one); a `Connection: close` answer,
+    /// a new connection per request, does not count.
+    #[tokio::test]
+    async fn a_kept_alive_answer_is_noted_for_the_worker() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let call = |_req: Request<RequestBody>| async {
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from("ok"))))
+        };
+        for (req, kept) in [
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                false,
+            ),
+        ] {
+            let _ = kept_alive();
+            let (mut io, mut client) = tokio::io::duplex(4096);
+            client.write_all(req.as_bytes()).await.unwrap();
+            let closing = AtomicBool::new(false);
+            let never = || false;
+            let serving = serve(&mut io, &[], &call, &closing, 8192, &never);
+            let reading = async {
+                let mut got = [0u8; 1024];
+                let n = client.read(&mut got).await.unwrap();
+                assert!(String::from_utf8_lossy(&got[..n]).ends_with("ok"));
+                // The client goes: the server's next read ends its turn.
+                drop(client);
+            };
+            let (served, ()) = tokio::join!(serving, reading);
+            assert!(matches!(served, Ok(Next::Done)));
+            assert_eq!(kept_alive(), kept, "{req:?}");
+            assert!(!kept_alive(), "asking resets it");
+        }
     }
 }
