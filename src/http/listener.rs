@@ -1473,18 +1473,23 @@ mod tests {
         assert_eq!(balance(&[7]).elsewhere(0), None);
     }
 
-    /// Two workers' accept loops on this runtime, each answering with its name (`w0`, `w1`);
-    /// worker 0 listens on the address returned and counts `extra` phantom connections, so it
-    /// is the busier one. Worker 1's socket is never connected to: what it serves came from
-    /// its inbox.
-    async fn two_workers(extra: usize) -> (Arc<Balance>, SocketAddr) {
+    /// A plain port on a config with one target.
+    fn test_front() -> Front {
         let snap = crate::config::parse(
             "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n",
             std::path::Path::new("keygate.toml"),
         )
         .unwrap()
         .snapshot;
-        let front = Front::new("test", Arc::new(Published::new(snap)));
+        Front::new("test", Arc::new(Published::new(snap)))
+    }
+
+    /// Two workers' accept loops on this runtime, each answering with its name (`w0`, `w1`);
+    /// worker 0 listens on the address returned and counts `extra` phantom connections, so it
+    /// is the busier one. Worker 1's socket is never connected to: what it serves came from
+    /// its inbox.
+    async fn two_workers(extra: usize) -> (Arc<Balance>, SocketAddr) {
+        let front = test_front();
         let (senders, mut inboxes): (Vec<_>, Vec<_>) =
             (0..2).map(|_| mpsc::unbounded_channel()).unzip();
         let balance = Arc::new(Balance {
@@ -1716,13 +1721,7 @@ mod tests {
             tokio::task::yield_now().await;
             Response::new(Full::new(Bytes::copy_from_slice(&held[..1])))
         };
-        let snap = crate::config::parse(
-            "[[targets]]\nname = \"p\"\nupstream = \"http://127.0.0.1:1\"\n",
-            std::path::Path::new("keygate.toml"),
-        )
-        .unwrap()
-        .snapshot;
-        let front = Front::new("test", Arc::new(Published::new(snap)));
+        let front = test_front();
         let (servers, idle_timeout) = http_builders(&front);
         let activity = Arc::new(Activity::new(
             std::time::Instant::now(),
