@@ -48,21 +48,21 @@ pub(super) enum Next {
     /// A request this server leaves to hyper: these bytes (that request's onwards) come first.
     Hyper(Bytes),
     /// Between two requests, with nothing of the next one read, `leave` said the connection
-    /// should move (to a less loaded worker).
-    Leave,
+    /// should move, to this worker (a less loaded one).
+    Leave(usize),
 }
 
 /// Serves requests on `io` until [`Next`]. `first` is what has been read already; `closing`
 /// turns true when the connection should close once no request is in flight (shutdown, idle);
 /// `leave` is asked after each answer that keeps the connection open, when nothing more has
-/// been read, whether it should go elsewhere ([`Next::Leave`]).
+/// been read, which worker it should go to, if any ([`Next::Leave`]).
 pub(super) async fn serve<S, F, Fut, B>(
     io: &mut S,
     first: &[u8],
     call: &F,
     closing: &AtomicBool,
     max_head: usize,
-    leave: &(dyn Fn() -> bool + Sync),
+    leave: &(dyn Fn() -> Option<usize> + Sync),
 ) -> Result<Next, Infallible>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -129,8 +129,10 @@ where
             Ok(true) => KEPT_ALIVE.set(true),
             Ok(false) | Err(_) => return Ok(Next::Done),
         }
-        if rbuf.is_empty() && leave() {
-            return Ok(Next::Leave);
+        if rbuf.is_empty()
+            && let Some(to) = leave()
+        {
+            return Ok(Next::Leave(to));
         }
         // A long run of pipelined requests answered at once must not keep the worker from its
         // other connections.
@@ -938,7 +940,7 @@ mod tests {
             let (mut io, mut client) = tokio::io::duplex(4096);
             client.write_all(req.as_bytes()).await.unwrap();
             let closing = AtomicBool::new(false);
-            let never = || false;
+            let never = || None;
             let serving = serve(&mut io, &[], &call, &closing, 8192, &never);
             let reading = async {
                 let mut got = [0u8; 1024];

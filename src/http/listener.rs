@@ -1096,14 +1096,7 @@ impl<H: Handler> Conn<H> {
         let (caller, mut serving, servers) = self.parts(proto);
         let closing = AtomicBool::new(false);
         let call = |req| caller.call(req);
-        // Where `leave` said to go (`usize::MAX`: nowhere); atomic only because the
-        // connection's future must be `Send`.
-        let to = AtomicUsize::new(usize::MAX);
-        let leave = || {
-            let dest = mover.as_ref().and_then(Mover::destination);
-            to.store(dest.unwrap_or(usize::MAX), Ordering::Relaxed);
-            dest.is_some()
-        };
+        let leave = || mover.as_ref().and_then(Mover::destination);
         // Pinned here and lent: moved into `until_done`, the server's future (kilobytes) was
         // held twice in this one (the argument, then its pinned copy) and copied between them.
         let next = {
@@ -1121,10 +1114,7 @@ impl<H: Handler> Conn<H> {
         };
         let rest = match next {
             Some(h1::Next::Hyper(rest)) => rest,
-            Some(h1::Next::Leave) => {
-                let to = to.load(Ordering::Relaxed);
-                return mover.filter(|_| to != usize::MAX).map(|m| (stream, m, to));
-            }
+            Some(h1::Next::Leave(to)) => return mover.map(|m| (stream, m, to)),
             Some(h1::Next::Done) | None => return None,
         };
         drop(first);
