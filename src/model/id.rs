@@ -31,6 +31,11 @@ impl Id {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
     }
 
+    /// The id's bytes, without `as_str`'s UTF-8 check (which reads them all).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     pub fn as_str(&self) -> &str {
         // Checked ASCII in `new`, so this never falls back.
         std::str::from_utf8(&self.0).unwrap_or_default()

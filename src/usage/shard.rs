@@ -54,9 +54,10 @@ struct Slot {
     earlier: Vec<(u32, Counts)>,
 }
 
-/// Where an id's bytes are: equal for two ids only if they are clones of one another.
+/// Where an id's bytes are: equal for two ids only if they are clones of one another. Reads
+/// the id's pointer and length, not its bytes.
 fn address(id: &Id) -> (usize, usize) {
-    let b = id.as_str().as_bytes();
+    let b = id.as_bytes();
     (b.as_ptr() as usize, b.len())
 }
 
