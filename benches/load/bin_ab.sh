@@ -2,10 +2,11 @@
 # Two keygate builds side by side: throughput, p99 and CPU per request of binary A and binary B,
 # each on the same config behind the same nginx upstream, in interleaved rounds (A, B, B, A,
 # A, B, ...: neither always goes first), for each case: keep-alive (wrk, one connection per wrk
-# connection) and close (a new connection per request). For a lever of the request path, where
+# connection), close (a new connection per request) and h2c (the harness's loadgen, 4
+# connections of 8 streams: LOADGEN_BIN, default target/release/examples/loadgen). For a lever of the request path, where
 # this 2-core machine's noise is as large as the effect: quote the medians and the ratio.
 #
-#   benches/load/bin_ab.sh A_BIN B_BIN   CASES ["keepalive close"]  ROUNDS [6]  DURATION [5s]
+#   benches/load/bin_ab.sh A_BIN B_BIN   CASES ["keepalive close"; or h2c]  ROUNDS [6]  DURATION [5s]
 #                                        CONNS [32]  KEYS [10000]  LUA_KEYS [1000]
 # Prints one line per run, then per case the medians and B ÷ A. Everything listens on
 # 127.0.0.1; every process it starts is stopped on exit; the whole script is bounded by
@@ -20,6 +21,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KEYS="${KEYS:-10000}" LUA_KEYS="${LUA_KEYS:-1000}" ROUNDS="${ROUNDS:-6}"
 DURATION="${DURATION:-5s}" CONNS="${CONNS:-32}" CASES="${CASES:-keepalive close}"
 declare -A BIN=([A]="$(realpath "$1")" [B]="$(realpath "$2")")
+LOADGEN="${LOADGEN_BIN:-$HERE/../../target/release/examples/loadgen}"
 # shellcheck source=rig.sh
 source "$HERE/rig.sh"
 
@@ -58,14 +60,23 @@ for r in $(seq 1 "$ROUNDS"); do
     lua="$WORK/keys/keys.lua"; [[ $c == close ]] && lua="$WORK/keys/keys-close.lua"
     for side in $order; do
       before=$(cpu_ticks "${PID[$side]}")
-      out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$lua" "http://127.0.0.1:${PORT[$side]}/")
-      after=$(cpu_ticks "${PID[$side]}")
-      reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-      non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+      if [[ $c == h2c ]]; then
+        out=$("$LOADGEN" --url "http://127.0.0.1:${PORT[$side]}/" --proto h2c --keys "$WORK/keys/load-keys.txt" \
+          --connections 4 --streams 8 --duration "$DURATION")
+        after=$(cpu_ticks "${PID[$side]}")
+        read -r reqs rps p99 non2xx < <(python3 -c 'import json,sys
+d = json.loads(sys.argv[1])
+print(d["requests"], d["rps"], d["latency_ms"]["p99"], d["non_2xx"] or "")' "$out")
+      else
+        out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$lua" "http://127.0.0.1:${PORT[$side]}/")
+        after=$(cpu_ticks "${PID[$side]}")
+        reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+        rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+        non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+        p99=$(p99_ms "$out")
+      fi
       [[ -z "$non2xx" ]] || { echo "$side $c: $non2xx non-2xx answers" >&2; exit 1; }
       us=$(python3 -c "print(round(($after - $before) / $TICK * 1e6 / $reqs, 2))")
-      p99=$(p99_ms "$out")
       echo "round $r $c $side req/s=$rps p99_ms=$p99 cpu_us/req=$us"
       RPS[$c$side]+="$rps "; CPU[$c$side]+="$us "; P99[$c$side]+="$p99 "
     done

@@ -168,6 +168,12 @@ pub(super) fn kept_alive() -> bool {
     KEPT_ALIVE.replace(false)
 }
 
+/// Notes an answer on a connection that stays open, from a server other than this one (an
+/// HTTP/2 stream's: its connection outlives every stream).
+pub(super) fn note_kept_alive() {
+    KEPT_ALIVE.set(true);
+}
+
 thread_local! {
     static SCRATCH: std::cell::RefCell<Box<[u8]>> =
         std::cell::RefCell::new(vec![0; READ_SIZE].into_boxed_slice());

@@ -1032,7 +1032,14 @@ impl<H: Handler> Conn<H> {
                 let conn = servers.h2.serve_connection(
                     io,
                     service_fn(move |req: Request<Incoming>| {
-                        Box::pin(call(req.map(RequestBody::Hyper)))
+                        let answer = call(req.map(RequestBody::Hyper));
+                        // Its connection stays open: the worker yields before it sleeps, as
+                        // after a kept-alive HTTP/1.1 answer.
+                        Box::pin(async move {
+                            let r = answer.await;
+                            h1::note_kept_alive();
+                            r
+                        })
                     }),
                 );
                 let mut conn = Box::pin(conn);
@@ -1603,6 +1610,30 @@ mod tests {
             assert_eq!(body, "w1");
         }
         assert_eq!(balance.load[1].load(Ordering::Relaxed), 1);
+    }
+
+    /// An answer on an HTTP/2 stream is noted as kept alive for the worker (which then yields
+    /// before it sleeps): its connection stays open for the next stream.
+    #[tokio::test]
+    async fn an_h2_answer_is_noted_as_kept_alive() {
+        use http_body_util::{BodyExt as _, Empty};
+        let (_balance, addr) = two_workers(0).await;
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // The test's runtime is the workers' thread: what they note, this thread reads.
+        let _ = h1::kept_alive();
+        for _ in 0..2 {
+            let req = Request::get("http://a/")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "w0");
+            assert!(h1::kept_alive(), "each answer is noted");
+            assert!(!h1::kept_alive(), "asking resets it");
+        }
     }
 
     /// A connection passed to a worker that has stopped comes back to be served here.
