@@ -1592,22 +1592,36 @@ mod tests {
 
     /// An h2c connection of the busier worker moves after its first read (the preface, which
     /// goes with it), before any of its streams is served.
-    #[tokio::test]
-    async fn an_h2c_connection_moves_after_its_first_read() {
-        use http_body_util::{BodyExt as _, Empty};
-        let (balance, addr) = two_workers(2).await;
+    /// An h2c client connection to `addr`.
+    async fn h2c_client(
+        addr: SocketAddr,
+    ) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
         let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .unwrap();
         tokio::spawn(conn);
+        send
+    }
+
+    /// `GET /` on `send`: the answer's body.
+    async fn h2c_get(
+        send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    ) -> Bytes {
+        use http_body_util::BodyExt as _;
+        let req = Request::get("http://a/")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn an_h2c_connection_moves_after_its_first_read() {
+        let (balance, addr) = two_workers(2).await;
+        let mut send = h2c_client(addr).await;
         for _ in 0..3 {
-            let req = Request::get("http://a/")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            let resp = send.send_request(req).await.unwrap();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body, "w1");
+            assert_eq!(h2c_get(&mut send).await, "w1");
         }
         assert_eq!(balance.load[1].load(Ordering::Relaxed), 1);
     }
@@ -1616,21 +1630,12 @@ mod tests {
     /// before it sleeps): its connection stays open for the next stream.
     #[tokio::test]
     async fn an_h2_answer_is_noted_as_kept_alive() {
-        use http_body_util::{BodyExt as _, Empty};
         let (_balance, addr) = two_workers(0).await;
-        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut send = h2c_client(addr).await;
         // The test's runtime is the workers' thread: what they note, this thread reads.
         let _ = h1::kept_alive();
         for _ in 0..2 {
-            let req = Request::get("http://a/")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            let resp = send.send_request(req).await.unwrap();
-            assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "w0");
+            assert_eq!(h2c_get(&mut send).await, "w0");
             assert!(h1::kept_alive(), "each answer is noted");
             assert!(!h1::kept_alive(), "asking resets it");
         }
