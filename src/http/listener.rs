@@ -1590,8 +1590,6 @@ mod tests {
         assert_eq!(balance.load[1].load(Ordering::Relaxed), 1);
     }
 
-    /// An h2c connection of the busier worker moves after its first read (the preface, which
-    /// goes with it), before any of its streams is served.
     /// An h2c client connection to `addr`.
     async fn h2c_client(
         addr: SocketAddr,
@@ -1616,6 +1614,8 @@ mod tests {
         resp.into_body().collect().await.unwrap().to_bytes()
     }
 
+    /// An h2c connection of the busier worker moves after its first read (the preface, which
+    /// goes with it), before any of its streams is served.
     #[tokio::test]
     async fn an_h2c_connection_moves_after_its_first_read() {
         let (balance, addr) = two_workers(2).await;
