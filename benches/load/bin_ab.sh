@@ -25,28 +25,10 @@ LOADGEN="${LOADGEN_BIN:-$HERE/../../target/release/examples/loadgen}"
 # shellcheck source=rig.sh
 source "$HERE/rig.sh"
 
-declare -A PORT PID
 for side in A B; do
-  PORT[$side]=$(free_port)
-  mkdir -p "$WORK/$side"
-  cat >"$WORK/$side/keygate.toml" <<TOML
-keys_file = "$WORK/keys/keygate-keys.toml"
-[server]
-listen = "127.0.0.1:${PORT[$side]}"
-[log]
-access = "off"
-[[targets]]
-name = "main"
-upstream = "http://127.0.0.1:$UP"
-TOML
-  KEYGATE_LOG=warn "${BIN[$side]}" run --config "$WORK/$side/keygate.toml" 2>"$WORK/$side/log" &
-  PID[$side]=$!
-  PIDS+=($!)
-  wait_port "${PORT[$side]}"
-  wrk -t1 -c4 -d1s -s "$WORK/keys/keys.lua" "http://127.0.0.1:${PORT[$side]}/" >/dev/null
+  start_keygate "$side" "${BIN[$side]}"
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 # wrk's p99 in ms, from its --latency table.
 p99_ms() {

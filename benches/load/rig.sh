@@ -1,7 +1,8 @@
-# Sourced by the small single-gate benches (usage_ab.sh, usage_instructions.sh,
+# Sourced by the small single-gate benches (usage_ab.sh, bin_ab.sh, usage_instructions.sh,
 # access_log_instructions.sh): a work dir removed on exit with every process in PIDS, free
 # ports, KEYS keys (LUA_KEYS of them in the load) in $WORK/keys, and the upstream: one nginx
-# worker answering 200 "ok" on 127.0.0.1:$UP. Needs HERE (benches/load), KEYS and LUA_KEYS.
+# worker answering 200 "ok" on 127.0.0.1:$UP; `start_keygate` and `cpu_ticks` for the A/B
+# benches. Needs HERE (benches/load), KEYS and LUA_KEYS.
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() {
@@ -60,3 +61,32 @@ callgrind_per_request() {
   echo "$label requests=$reqs instructions=$ir per_request=$(python3 -c "print(round($ir / $reqs))")"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
+
+# start_keygate NAME BIN [TOML]: BIN (`keygate run`) in $WORK/NAME on the rig's keys and
+# upstream, access log off, TOML added before the target; listening on ${PORT[NAME]}, its pid
+# ${PID[NAME]} (and in PIDS), warmed up with 1 s of wrk.
+declare -gA PORT PID
+start_keygate() {
+  local name=$1 bin=$2 extra=${3:-}
+  PORT[$name]=$(free_port)
+  mkdir -p "$WORK/$name"
+  cat >"$WORK/$name/keygate.toml" <<TOML
+keys_file = "$WORK/keys/keygate-keys.toml"
+[server]
+listen = "127.0.0.1:${PORT[$name]}"
+[log]
+access = "off"
+$extra
+[[targets]]
+name = "main"
+upstream = "http://127.0.0.1:$UP"
+TOML
+  KEYGATE_LOG=warn "$bin" run --config "$WORK/$name/keygate.toml" 2>"$WORK/$name/log" &
+  PID[$name]=$!
+  PIDS+=($!)
+  wait_port "${PORT[$name]}"
+  wrk -t1 -c4 -d1s -s "$WORK/keys/keys.lua" "http://127.0.0.1:${PORT[$name]}/" >/dev/null
+}
+
+# cpu_ticks PID: the process's user + system time so far, in clock ticks (getconf CLK_TCK).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -20,32 +20,13 @@ BIN="${KEYGATE_BIN:-$ROOT/target/release/keygate}"
 # shellcheck source=rig.sh
 source "$HERE/rig.sh"
 
-declare -A PORT PID
 for mode in on off; do
-  PORT[$mode]=$(free_port)
   enabled=true; [[ $mode == off ]] && enabled=false
-  mkdir -p "$WORK/$mode"
-  cat >"$WORK/$mode/keygate.toml" <<TOML
-keys_file = "$WORK/keys/keygate-keys.toml"
-[server]
-listen = "127.0.0.1:${PORT[$mode]}"
-[log]
-access = "off"
-[usage]
+  start_keygate "$mode" "$BIN" "[usage]
 enabled = $enabled
-file = "$WORK/$mode/usage.json"
-[[targets]]
-name = "main"
-upstream = "http://127.0.0.1:$UP"
-TOML
-  KEYGATE_LOG=warn "$BIN" run --config "$WORK/$mode/keygate.toml" 2>"$WORK/$mode/log" &
-  PID[$mode]=$!
-  PIDS+=($!)
-  wait_port "${PORT[$mode]}"
-  wrk -t1 -c4 -d1s -s "$WORK/keys/keys.lua" "http://127.0.0.1:${PORT[$mode]}/" >/dev/null
+file = \"$WORK/$mode/usage.json\""
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 declare -A RPS CPU
 for r in $(seq 1 "$ROUNDS"); do

@@ -77,11 +77,12 @@ impl Table {
     /// or a new slot.
     fn find_or_make(&mut self, key: &Id, consumer: Option<&Id>) -> usize {
         let at = address(key);
-        if let Some((old, i)) = self.index.remove_entry(key) {
+        // Taken out and put back under the new id, so that the old one (and its snapshot's
+        // bytes) is not kept alive by this map either.
+        if let Some((_old, i)) = self.index.remove_entry(key) {
             if let Some(before) = self.slots[i].key.replace(key.clone()) {
                 self.by_address.remove(&address(&before));
             }
-            drop(old);
             self.index.insert(key.clone(), i);
             self.by_address.insert(at, i);
             return i;
@@ -327,7 +328,7 @@ mod tests {
         // `slot` and `record` touch the key, the consumer, `in_flight` and the first 40 bytes
         // of the counts: lines 0 and 1 of a 64-byte aligned slot.
         assert_eq!(std::mem::align_of::<Slot>(), 64);
-        assert!(std::mem::offset_of!(Slot, consumer) + 32 <= 64);
+        assert!(std::mem::offset_of!(Slot, consumer) + std::mem::size_of::<Option<Id>>() <= 64);
         let counts = std::mem::offset_of!(Slot, counts);
         assert!(std::mem::offset_of!(Slot, in_flight) >= 64);
         assert!(counts + std::mem::offset_of!(Counts, classes) + 8 <= 128);
