@@ -1,7 +1,8 @@
 //! Forward: the request as the upstream sees it, then the exchange itself.
 //!
 //! [`rewrite`] runs while the snapshot is loaded and edits the request in place (no header map
-//! is copied): credential out, hop-by-hop headers out, identity and forwarding headers in.
+//! is copied): credential out, hop-by-hop headers out; the identity and forwarding headers are
+//! written as head lines (`wire::Added`) that replace the client's copies when the head is sent.
 //! [`send`] then runs with no snapshot held, streams both bodies, and turns an `Upgrade` into a
 //! byte tunnel.
 
@@ -22,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 
 use self::body::{ClientBody, TooLarge, Upload};
+use self::wire::Added;
 use super::credential;
 use super::deny::Deny;
 use super::observe::Activity;
@@ -57,6 +59,8 @@ pub struct Plan {
     pub upstream: Upstream,
     pub timeout: Duration,
     pub upgrade: bool,
+    /// The fields keygate sets on the request, written ahead of the client's.
+    pub added: Added,
 }
 
 /// Who is calling, for the upstream's benefit.
@@ -77,11 +81,22 @@ pub fn rewrite<B>(
     caller: &Caller<'_>,
 ) -> Plan {
     let upgrade = is_upgrade(req);
-    let original_host = req.headers().get(HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The fields keygate sets go into the head as written lines, not into the map; the
+    // client's own copies of them (a spoofed `X-Keygate-Key-Id`, its `Host`) are left out
+    // when the head is written (`set_by_us`).
+    let mut added = Added::new(set_by_us);
+    let original_host = req
+        .headers()
+        .get(HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+    match (target.preserve_host, original_host) {
+        (true, Some(h)) => added.line(&HOST, h),
+        _ => added.line(&HOST, target.upstream_host.as_bytes()),
+    }
+    if let Some(h) = original_host {
+        added.line(&X_FORWARDED_HOST, h);
+    }
 
     let headers = req.headers_mut();
     let upgrade_value = if upgrade {
@@ -92,35 +107,19 @@ pub fn rewrite<B>(
     strip_hop_by_hop(headers);
     headers.remove(UPGRADE);
     credential::strip_headers(headers, &server.key_sources);
-    if headers.keys().any(|k| k.as_str().starts_with("x-keygate-")) {
-        let ours: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-keygate-"))
-            .cloned()
-            .collect();
-        for name in ours {
-            headers.remove(name);
-        }
-    }
     if let Some(u) = upgrade_value {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, u);
     }
 
-    headers.insert(X_KEYGATE_KEY_ID, caller.key.id.header_value());
+    // Both ids were checked as header values when the config was read (`Id::new`).
+    added.line(&X_KEYGATE_KEY_ID, caller.key.id.as_bytes());
     if let Some(c) = caller.consumer {
-        headers.insert(X_KEYGATE_CONSUMER, c.id.header_value());
+        added.line(&X_KEYGATE_CONSUMER, c.id.as_bytes());
     }
-    append_forwarded_for(headers, caller.peer);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(caller.proto));
-    if let Some(h) = &original_host {
-        headers.insert(X_FORWARDED_HOST, h.clone());
-    }
-    headers.insert(X_REQUEST_ID, caller.request_id.clone());
-    match (target.preserve_host, original_host) {
-        (true, Some(h)) => headers.insert(HOST, h),
-        _ => headers.insert(HOST, target.upstream_host.clone()),
-    };
+    forwarded_for(&mut added, headers, caller.peer);
+    added.line(&X_FORWARDED_PROTO, caller.proto.as_bytes());
+    added.line(&X_REQUEST_ID, caller.request_id.as_bytes());
 
     // Origin-form (`/path?query`): the connection already says which upstream this is.
     let path_and_query = match req.uri().path_and_query() {
@@ -151,7 +150,19 @@ pub fn rewrite<B>(
         },
         timeout: target.timeout,
         upgrade,
+        added,
     }
+}
+
+/// The client's fields that keygate's own replace: `Host`, the forwarding headers, the request
+/// id, and every `X-Keygate-*` (only keygate speaks for itself to the upstream).
+fn set_by_us(name: &HeaderName) -> bool {
+    *name == HOST
+        || *name == X_FORWARDED_FOR
+        || *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_HOST
+        || *name == X_REQUEST_ID
+        || name.as_str().starts_with("x-keygate-")
 }
 
 /// Sends the request and returns the upstream's response with its body still streaming.
@@ -171,7 +182,7 @@ pub async fn send(
         left: max_body.unwrap_or(u64::MAX),
         counted,
     });
-    let exchange = pool.send(&plan.upstream, req, plan.upgrade);
+    let exchange = pool.send(&plan.upstream, req, &plan.added, plan.upgrade);
     let mut resp = match tokio::time::timeout(plan.timeout, exchange).await {
         Err(_) => {
             tracing::warn!(target = %plan.target, timeout = ?plan.timeout, "upstream timed out");
@@ -294,18 +305,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// `X-Forwarded-For: <what came in>, <client>`, folding repeated headers into one.
-fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let mut value = Vec::with_capacity(16);
+fn forwarded_for(added: &mut Added, headers: &HeaderMap, client: IpAddr) {
+    added.start(&X_FORWARDED_FOR);
     for prior in headers.get_all(&X_FORWARDED_FOR) {
+        // Visible ASCII only, as `to_str` has it: what a proxy before us wrote.
         if prior.to_str().is_ok() {
-            value.extend_from_slice(prior.as_bytes());
-            value.extend_from_slice(b", ");
+            added.value(prior.as_bytes());
+            added.value(b", ");
         }
     }
-    crate::proxy::client_ip::push_ip(&mut value, client);
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    crate::proxy::client_ip::push_ip(added.value_buf(), client);
+    added.end();
 }
 
 /// An error and its causes on one line: hyper's top-level errors alone say little.
@@ -346,13 +356,96 @@ mod tests {
         assert_eq!(plain.len(), 1);
     }
 
+    /// The upstream's head, as `pool.rs` writes it, of `req` rewritten for the config's first
+    /// target by its only key.
+    fn upstream_head(config: &str, mut req: Request<()>) -> String {
+        let snap = crate::config::parse(config, std::path::Path::new("t.toml"))
+            .unwrap()
+            .snapshot;
+        let (_, key, _) = snap
+            .key_by_hash(&crate::model::KeyHash::of(b"live-secret"))
+            .unwrap();
+        let request_id = HeaderValue::from_static("rid-1");
+        let caller = Caller {
+            key,
+            consumer: snap.consumer_of(key),
+            peer: "10.0.0.2".parse().unwrap(),
+            proto: "https",
+            request_id: &request_id,
+        };
+        let plan = rewrite(&mut req, &snap.server, snap.target(0), &caller);
+        let mut out = Vec::new();
+        wire::encode_head(
+            &mut out,
+            req.method(),
+            req.uri(),
+            req.headers(),
+            &plan.added,
+            wire::Sending::Nothing,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    const ONE_KEY: &str = "[[targets]]\nname = \"p\"\nupstream = \"http://up.internal:8000\"\n\n[[consumers]]\nid = \"acme\"\n\n[[keys]]\nid = \"k1\"\nsecret = \"live-secret\"\nconsumer = \"acme\"\n";
+
     #[test]
-    fn forwarded_for_appends_the_client_to_every_prior_value() {
-        let mut h = HeaderMap::new();
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
-        append_forwarded_for(&mut h, "10.0.0.2".parse().unwrap());
-        let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
-        assert_eq!(all, ["203.0.113.9, 198.51.100.1, 10.0.0.2"]);
+    fn keygate_s_fields_replace_the_client_s_and_the_rest_pass_in_order() {
+        let req = Request::builder()
+            .uri("/a?x=1")
+            .header(HOST, "api.example.com")
+            .header("x-keygate-key-id", "spoofed")
+            .header("X-Keygate-Anything", "spoofed")
+            .header("accept", "*/*")
+            .header(X_FORWARDED_FOR, "203.0.113.9")
+            .header(X_FORWARDED_FOR, "198.51.100.1")
+            .header(X_FORWARDED_PROTO, "ftp")
+            .header(X_FORWARDED_HOST, "evil.example")
+            .header(X_REQUEST_ID, "client-chosen")
+            .header("x-api-key", "live-secret")
+            .header("x-kept", "1")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            upstream_head(ONE_KEY, req),
+            "GET /a?x=1 HTTP/1.1\r\n\
+             host: up.internal:8000\r\n\
+             x-forwarded-host: api.example.com\r\n\
+             x-keygate-key-id: k1\r\n\
+             x-keygate-consumer: acme\r\n\
+             x-forwarded-for: 203.0.113.9, 198.51.100.1, 10.0.0.2\r\n\
+             x-forwarded-proto: https\r\n\
+             x-request-id: rid-1\r\n\
+             accept: */*\r\n\
+             x-kept: 1\r\n\
+             \r\n"
+        );
+    }
+
+    #[test]
+    fn a_preserved_host_is_the_client_s_and_a_hop_by_hop_forwarded_for_is_dropped() {
+        let config = ONE_KEY.replace(
+            "upstream = \"http://up.internal:8000\"",
+            "upstream = \"http://up.internal:8000\"\npreserve_host = true",
+        );
+        let req = Request::builder()
+            .uri("/")
+            .header(HOST, "api.example.com")
+            .header(CONNECTION, "x-forwarded-for")
+            .header(X_FORWARDED_FOR, "203.0.113.9")
+            .header("x-api-key", "live-secret")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            upstream_head(&config, req),
+            "GET / HTTP/1.1\r\n\
+             host: api.example.com\r\n\
+             x-forwarded-host: api.example.com\r\n\
+             x-keygate-key-id: k1\r\n\
+             x-keygate-consumer: acme\r\n\
+             x-forwarded-for: 10.0.0.2\r\n\
+             x-forwarded-proto: https\r\n\
+             x-request-id: rid-1\r\n\
+             \r\n"
+        );
     }
 }

@@ -173,14 +173,15 @@ impl Pool {
         })
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `upstream` on a pooled or new connection
-    /// and returns once the response head is read. The response's body streams; its
-    /// connection returns to the pool once the body is done. `upgrade`: the request asks to
+    /// Sends `req` (origin-form URI; `added` holds `Host` and the fields keygate sets) to
+    /// `upstream` on a pooled or new connection and returns once the response head is read.
+    /// The response's body streams; its connection returns to the pool once the body is done. `upgrade`: the request asks to
     /// switch protocols, so a 101 is a valid answer (see [`PooledBody::take_upgraded`]).
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Upstream,
         req: Request<Upload>,
+        added: &wire::Added,
         upgrade: bool,
     ) -> Result<Response<PooledBody>, BoxError> {
         let (mut parts, body) = req.into_parts();
@@ -208,6 +209,7 @@ impl Pool {
             &parts.method,
             &parts.uri,
             &parts.headers,
+            added,
             sending,
         );
         // Written: its room serves the next head this worker reads.
