@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 
 use self::body::{ClientBody, TooLarge, Upload};
-use self::wire::Added;
+use self::wire::{Added, HOP_BY_HOP};
 use super::credential;
 use super::deny::Deny;
 use super::observe::Activity;
@@ -38,19 +38,6 @@ pub const X_KEYGATE_CONSUMER: HeaderName = HeaderName::from_static("x-keygate-co
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
-/// non-standard ones that clients still send.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-];
 
 /// What `send` needs once the snapshot is released.
 #[derive(Debug)]
@@ -211,8 +198,7 @@ pub async fn send(
         });
         return Ok(resp);
     }
-    strip_hop_by_hop(resp.headers_mut());
-    resp.headers_mut().remove(UPGRADE);
+    // Its hop-by-hop fields were left out as its head was read (`wire::response_map`).
     Ok(resp)
 }
 

@@ -13,7 +13,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 /// The largest response head (status line, headers, blank line) or trailer section read.
@@ -300,11 +300,14 @@ pub fn parse_head(
         spans.extend(spans_of(buf, resp.headers));
     });
     let head = buf.split_to(len).freeze();
-    let headers = SPANS.with_borrow(|spans| header_map(&head, spans))?;
-    let framing = framing(status, &headers, head_request)?;
+    // A 101 keeps its `Connection: upgrade` and `Upgrade` for the client's side of the tunnel.
+    let strip = status != StatusCode::SWITCHING_PROTOCOLS;
+    let (headers, fields) = SPANS.with_borrow(|spans| response_map(&head, spans, strip))?;
+    let framing = framing(status, &fields, head_request)?;
     let keep_alive = framing != Framing::Close
         && status != StatusCode::SWITCHING_PROTOCOLS
-        && connection_allows_reuse(&headers, http11);
+        && !fields.close
+        && (http11 || fields.keep_alive);
     Ok(Parsed::Final(Head {
         status,
         headers,
@@ -350,12 +353,133 @@ fn header_map(
     Ok(headers)
 }
 
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
+/// non-standard ones that clients and servers still send. `Upgrade` goes too, but for a 101.
+pub const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    TRANSFER_ENCODING,
+];
+
+/// What the framing and reuse rules read from a response head's fields, gathered in the pass
+/// that builds its map (instead of looking each up in the map afterwards, then removing the
+/// hop-by-hop ones: five hashed lookups a response).
+struct Fields {
+    /// The one length all `Content-Length` values agree on (`5, 5` is 5), if any.
+    length: Result<Option<u64>, &'static str>,
+    /// `Transfer-Encoding` seen: whether its last coding so far is `chunked`, or what is wrong.
+    coding: Option<Result<bool, &'static str>>,
+    /// `Connection: close` / `keep-alive` seen.
+    close: bool,
+    keep_alive: bool,
+    /// The other names `Connection` lists: hop-by-hop too, so dropped as well.
+    named: Vec<HeaderName>,
+}
+
+impl Fields {
+    fn content_length(&mut self, value: &[u8]) {
+        let Ok(found) = &mut self.length else { return };
+        for part in value.split(|&b| b == b',') {
+            let digits = part.trim_ascii();
+            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+                self.length = Err("Content-Length");
+                return;
+            }
+            let n = digits
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if found.is_some_and(|f| f != n) {
+                self.length = Err("two different Content-Length values");
+                return;
+            }
+            *found = Some(n);
+        }
+    }
+
+    fn transfer_coding(&mut self, value: &HeaderValue) {
+        let mut chunked_last = match self.coding {
+            Some(Err(_)) => return,
+            Some(Ok(c)) => c,
+            None => false,
+        };
+        let Ok(text) = value.to_str() else {
+            self.coding = Some(Err("Transfer-Encoding"));
+            return;
+        };
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if chunked_last {
+                self.coding = Some(Err("a transfer coding after chunked"));
+                return;
+            }
+            chunked_last = coding.eq_ignore_ascii_case("chunked");
+        }
+        self.coding = Some(Ok(chunked_last));
+    }
+
+    fn connection(&mut self, value: &HeaderValue) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if value.to_str().is_ok()
+                && let Ok(name) = HeaderName::from_bytes(token)
+            {
+                self.named.push(name);
+            }
+        }
+    }
+}
+
+/// The map of a final response head whose lines lie at `spans` of `head`, with its framing
+/// fields read on the way; without its hop-by-hop fields (and those its `Connection` names)
+/// when `strip`.
+fn response_map(
+    head: &Bytes,
+    spans: &[Span],
+    strip: bool,
+) -> Result<(HeaderMap, Fields), WireError> {
+    let mut headers = crate::http::h1::maps::take(spans.len());
+    let mut fields = Fields {
+        length: Ok(None),
+        coding: None,
+        close: false,
+        keep_alive: false,
+        named: Vec::new(),
+    };
+    for &(n0, n1, v0, v1) in spans {
+        let name = HeaderName::from_bytes(&head[n0..n1])
+            .map_err(|_| WireError::Malformed("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+            .map_err(|_| WireError::Malformed("header value"))?;
+        if name == CONTENT_LENGTH {
+            fields.content_length(value.as_bytes());
+        } else if name == TRANSFER_ENCODING {
+            fields.transfer_coding(&value);
+        } else if name == CONNECTION {
+            fields.connection(&value);
+        }
+        if strip && (name == UPGRADE || HOP_BY_HOP.contains(&name)) {
+            continue;
+        }
+        headers.append(name, value);
+    }
+    if strip {
+        for name in &fields.named {
+            headers.remove(name);
+        }
+    }
+    Ok((headers, fields))
+}
+
 /// RFC 9112 6.3, strictly.
-fn framing(
-    status: StatusCode,
-    headers: &HeaderMap,
-    head_request: bool,
-) -> Result<Framing, WireError> {
+fn framing(status: StatusCode, fields: &Fields, head_request: bool) -> Result<Framing, WireError> {
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -363,66 +487,19 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    let length = content_length(headers)?;
-    if headers.contains_key(TRANSFER_ENCODING) {
+    let length = fields.length.map_err(WireError::Malformed)?;
+    if let Some(coding) = fields.coding {
         if length.is_some() {
             return Err(WireError::Malformed(
                 "Transfer-Encoding and Content-Length together",
             ));
         }
-        let mut last = None;
-        for value in headers.get_all(TRANSFER_ENCODING) {
-            let text = value
-                .to_str()
-                .map_err(|_| WireError::Malformed("Transfer-Encoding"))?;
-            for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-                if last.is_some_and(|l: &str| l.eq_ignore_ascii_case("chunked")) {
-                    return Err(WireError::Malformed("a transfer coding after chunked"));
-                }
-                last = Some(coding);
-            }
-        }
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::Close,
+        return Ok(match coding.map_err(WireError::Malformed)? {
+            true => Framing::Chunked,
+            false => Framing::Close,
         });
     }
     Ok(length.map_or(Framing::Close, Framing::Length))
-}
-
-/// The one length all `Content-Length` values agree on (`5, 5` is 5), if there is any.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, WireError> {
-    let mut found = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let digits = part.trim_ascii();
-            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-                return Err(WireError::Malformed("Content-Length"));
-            }
-            let n = digits
-                .iter()
-                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if found.is_some_and(|f| f != n) {
-                return Err(WireError::Malformed("two different Content-Length values"));
-            }
-            found = Some(n);
-        }
-    }
-    Ok(found)
-}
-
-/// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
-fn connection_allows_reuse(headers: &HeaderMap, http11: bool) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    !close && (http11 || keep)
 }
 
 /// One step of a chunked body.
@@ -664,6 +741,33 @@ mod tests {
             Parsed::Partial
         ));
         assert_eq!(partial.len(), 25);
+    }
+
+    #[test]
+    fn a_response_s_hop_by_hop_fields_and_those_connection_names_are_left_out_but_a_101_s() {
+        let Parsed::Final(h) = head(
+            "HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Hop\r\n\
+             Keep-Alive: timeout=5\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\n\
+             Trailer: x-sum\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nTE: trailers\r\n\
+             X-Kept: 2\r\n\r\n",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let left: Vec<&str> = h.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["server", "x-kept"]);
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(h.keep_alive);
+
+        let mut switching = BytesMut::from(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        let Parsed::Final(h) = parse_head(&mut switching, false, true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(h.headers["upgrade"], "websocket");
+        assert_eq!(h.headers["connection"], "Upgrade");
+        assert!(!h.keep_alive);
     }
 
     #[test]
