@@ -1008,7 +1008,7 @@ impl<H: Handler> Conn<H> {
         I: Read + Write + Unpin + Send + 'static,
     {
         let (caller, mut serving, servers) = self.parts(proto);
-        let call = move |req: Request<RequestBody>| caller.call(req);
+        let call = move |req: Request<RequestBody>, kept_alive| caller.answer(req, kept_alive);
         // HTTP/1.1 keeps the request's future in place for the connection; HTTP/2 moves each
         // one into a task of its own (hyper's stream future, then tokio's task cell), kilobytes
         // copied twice a request (callgrind, h2c: memcpy was 18% of the instructions), so
@@ -1021,7 +1021,9 @@ impl<H: Handler> Conn<H> {
             Speaks::Http1 => {
                 let conn = servers.h1.serve_connection(
                     io,
-                    service_fn(move |req: Request<Incoming>| call(req.map(RequestBody::Hyper))),
+                    service_fn(move |req: Request<Incoming>| {
+                        call(req.map(RequestBody::Hyper), false)
+                    }),
                 );
                 let mut conn = Box::pin(conn.with_upgrades());
                 serving
@@ -1032,14 +1034,9 @@ impl<H: Handler> Conn<H> {
                 let conn = servers.h2.serve_connection(
                     io,
                     service_fn(move |req: Request<Incoming>| {
-                        let answer = call(req.map(RequestBody::Hyper));
                         // Its connection stays open: the worker yields before it sleeps, as
                         // after a kept-alive HTTP/1.1 answer.
-                        Box::pin(async move {
-                            let r = answer.await;
-                            h1::note_kept_alive();
-                            r
-                        })
+                        Box::pin(call(req.map(RequestBody::Hyper), true))
                     }),
                 );
                 let mut conn = Box::pin(conn);
@@ -1051,7 +1048,7 @@ impl<H: Handler> Conn<H> {
                 let conn = servers.auto.serve_connection_with_upgrades(
                     io,
                     service_fn(move |req: Request<Incoming>| {
-                        Box::pin(call(req.map(RequestBody::Hyper)))
+                        Box::pin(call(req.map(RequestBody::Hyper), false))
                     }),
                 );
                 let mut conn = Box::pin(conn);
@@ -1154,6 +1151,19 @@ impl<H: Handler> Caller<H> {
         &self,
         req: Request<RequestBody>,
     ) -> impl Future<Output = Result<Answer<H>, Infallible>> + Send + use<H> {
+        self.answer(req, false)
+    }
+
+    /// [`Caller::call`], noting the answer as kept alive (`h1::note_kept_alive`) when
+    /// `kept_alive`: an HTTP/2 stream's, whose connection outlives it. Here, not in a future
+    /// wrapped around this one: the wrapper held this future (kilobytes, the handler's inside)
+    /// and was moved whole into its box, a copy more on every stream (callgrind, h2c: `memcpy`
+    /// was a quarter of the instructions).
+    fn answer(
+        &self,
+        req: Request<RequestBody>,
+        kept_alive: bool,
+    ) -> impl Future<Output = Result<Answer<H>, Infallible>> + Send + use<H> {
         let refused = invalid_host(&req).then(|| invalid_request(&req));
         let (handler, connection) = (self.handler.clone(), self.connection.clone());
         // The handler's future is made inside this one, on its first poll: made here and
@@ -1166,6 +1176,9 @@ impl<H: Handler> Caller<H> {
             let in_flight = InFlight::begin(&connection.activity);
             let resp = handler.call(req, &connection).await;
             drop(in_flight);
+            if kept_alive {
+                h1::note_kept_alive();
+            }
             Ok(resp.map(Either::Right))
         }
     }
