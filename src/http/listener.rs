@@ -51,6 +51,17 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a port does with a request that passed the front: the proxy's, the admin API's and the
 /// metrics listener's request handlers. Any `Fn(Request, &Connection) -> impl Future` is one.
+/// `Box::pin(future)`, with the future written straight into its box: `Box::pin` of a future
+/// made first copied it whole (kilobytes: a connection's, or a stream's with the handler's
+/// inside) from the stack into the box (callgrind: ~660 instructions of `memcpy` a new
+/// connection). A macro, not a function: a function's argument is made before the call, and
+/// the copy stays (measured).
+macro_rules! boxed {
+    ($future:expr) => {
+        Box::into_pin(Box::write(Box::new_uninit(), $future))
+    };
+}
+
 pub trait Handler: Send + Sync + 'static {
     type Body: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
     type Future: Future<Output = Response<Self::Body>> + Send + 'static;
@@ -927,7 +938,7 @@ impl<H: Handler> Conn<H> {
         if let Some((acceptor, handshake_timeout)) = tls {
             // Boxed: this future is copied whole into the connection's task, and a TLS
             // connection's state (kilobytes) would make every plain connection's as large.
-            return Box::pin(self.tls(stream, acceptor, handshake_timeout)).await;
+            return boxed!(self.tls(stream, acceptor, handshake_timeout)).await;
         }
         let speaks = if between_requests {
             Speaks::Http1
@@ -951,7 +962,7 @@ impl<H: Handler> Conn<H> {
             Speaks::Http1 => {
                 let first = stream.take_prefetched();
                 let peer = self.peer;
-                let moving = Box::pin(self.own_http1(stream, first, "http", true)).await;
+                let moving = boxed!(self.own_http1(stream, first, "http", true)).await;
                 if let Some((stream, mover, to)) = moving {
                     mover.pass(to, stream, peer, Stage::BetweenRequests);
                 }
@@ -990,7 +1001,7 @@ impl<H: Handler> Conn<H> {
                 };
                 if speaks == Speaks::Http1 {
                     // A TLS connection's state is not ours to move: it stays.
-                    Box::pin(self.own_http1(stream, Box::default(), "https", false)).await;
+                    boxed!(self.own_http1(stream, Box::default(), "https", false)).await;
                     return;
                 }
                 self.http(TokioIo::new(stream), "https", speaks).await
@@ -1036,7 +1047,7 @@ impl<H: Handler> Conn<H> {
                     service_fn(move |req: Request<Incoming>| {
                         // Its connection stays open: the worker yields before it sleeps, as
                         // after a kept-alive HTTP/1.1 answer.
-                        Box::pin(call(req.map(RequestBody::Hyper), true))
+                        boxed!(call(req.map(RequestBody::Hyper), true))
                     }),
                 );
                 let mut conn = Box::pin(conn);
@@ -1048,7 +1059,7 @@ impl<H: Handler> Conn<H> {
                 let conn = servers.auto.serve_connection_with_upgrades(
                     io,
                     service_fn(move |req: Request<Incoming>| {
-                        Box::pin(call(req.map(RequestBody::Hyper), false))
+                        boxed!(call(req.map(RequestBody::Hyper), false))
                     }),
                 );
                 let mut conn = Box::pin(conn);
