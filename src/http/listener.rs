@@ -49,8 +49,6 @@ use crate::state::Published;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What a port does with a request that passed the front: the proxy's, the admin API's and the
-/// metrics listener's request handlers. Any `Fn(Request, &Connection) -> impl Future` is one.
 /// `Box::pin(future)`, with the future written straight into its box: `Box::pin` of a future
 /// made first copied it whole (kilobytes: a connection's, or a stream's with the handler's
 /// inside) from the stack into the box (callgrind: ~660 instructions of `memcpy` a new
@@ -62,6 +60,8 @@ macro_rules! boxed {
     };
 }
 
+/// What a port does with a request that passed the front: the proxy's, the admin API's and the
+/// metrics listener's request handlers. Any `Fn(Request, &Connection) -> impl Future` is one.
 pub trait Handler: Send + Sync + 'static {
     type Body: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
     type Future: Future<Output = Response<Self::Body>> + Send + 'static;
