@@ -237,9 +237,9 @@ impl Head {
     /// field name that `http` refuses.
     fn request(&self, head: &Bytes, spans: &[Span]) -> Option<(Request<RequestBody>, bool)> {
         let uri = Uri::from_maybe_shared(head.slice(self.path.0..self.path.1)).ok()?;
-        // Room for the fields the proxy adds (`X-Forwarded-*`, `X-Keygate-*`, the request id)
-        // without growing the map on the way.
-        let mut headers = maps::take(spans.len() + 8);
+        // Room for the two fields the proxy puts back on an upgrade (`Connection`, `Upgrade`);
+        // the ones it sets on every request are written as head lines (`wire::Added`).
+        let mut headers = maps::take(spans.len() + 2);
         let mut keep_alive = true;
         for span in spans {
             let name = names::get(&head[span.name.0..span.name.1])?;

@@ -7,9 +7,10 @@ use http::HeaderValue;
 /// A validated id (key, consumer or target), kept ready to send as a header value.
 ///
 /// Ids are restricted at load time to `[A-Za-z0-9._:@-]`, so they are both valid header values
-/// and safe to print in logs; holding them as `Bytes` lets the request path attach
-/// `X-Keygate-Key-Id` with a reference-count bump instead of an allocation. (Not as a
-/// `HeaderValue`, which is 8 bytes larger: a million keys each hold one.)
+/// and safe to print in logs: the request path writes `X-Keygate-Key-Id` from its bytes
+/// ([`Id::as_bytes`]) with no check, and the verify listener attaches it as a `HeaderValue` with
+/// a reference-count bump. (Not held as a `HeaderValue`, which is 8 bytes larger: a million keys
+/// each hold one.)
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Id(Bytes);
 

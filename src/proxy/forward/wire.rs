@@ -87,6 +87,7 @@ impl Added {
     }
 
     /// Nothing added, nothing replaced.
+    #[cfg(test)]
     pub fn none() -> Added {
         Added {
             lines: Vec::new(),
@@ -337,20 +338,9 @@ fn spans_of<'a>(
     })
 }
 
-/// The header map of a head (or trailer section) whose lines lie at `spans` of `head`.
-fn header_map(
-    head: &Bytes,
-    spans: &[(usize, usize, usize, usize)],
-) -> Result<HeaderMap, WireError> {
-    let mut headers = crate::http::h1::maps::take(spans.len());
-    for &(n0, n1, v0, v1) in spans {
-        let name = HeaderName::from_bytes(&head[n0..n1])
-            .map_err(|_| WireError::Malformed("header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-            .map_err(|_| WireError::Malformed("header value"))?;
-        headers.append(name, value);
-    }
-    Ok(headers)
+/// The header map of a trailer section whose lines lie at `spans` of `head`: every field kept.
+fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, WireError> {
+    response_map(head, spans, false).map(|(headers, _)| headers)
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
@@ -422,22 +412,23 @@ impl Fields {
     }
 
     fn connection(&mut self, value: &HeaderValue) {
+        // Names are taken only from a value of visible ASCII, as `to_str` has it.
+        let names = value.to_str().is_ok();
         for token in value.as_bytes().split(|&b| b == b',') {
             let token = token.trim_ascii();
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
-            } else if value.to_str().is_ok()
-                && let Ok(name) = HeaderName::from_bytes(token)
-            {
+            } else if names && let Ok(name) = HeaderName::from_bytes(token) {
                 self.named.push(name);
             }
         }
     }
 }
 
-/// The map of a final response head whose lines lie at `spans` of `head`, with its framing
+/// The map of a final response head (or, without `strip`, a trailer section) whose lines lie at
+/// `spans` of `head`, with its framing
 /// fields read on the way; without its hop-by-hop fields (and those its `Connection` names)
 /// when `strip`.
 fn response_map(
