@@ -260,10 +260,23 @@ impl Head {
 }
 
 /// Whether a `Connection`-style list carries `token`.
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+pub(crate) fn has_token(value: &HeaderValue, token: &str) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The tokens of a comma-separated list such as `Connection` or `Transfer-Encoding`, without
+/// their optional whitespace; none of a value that is not visible ASCII (`to_str`'s rule).
+/// On bytes: `str`'s `split` and `trim` (a char searcher, Unicode whitespace) were ~650
+/// instructions a request that says `Connection: close` (callgrind).
+pub(crate) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    let list = if value.to_str().is_ok() {
+        value.as_bytes()
+    } else {
+        &[]
+    };
+    list.split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// How the answer's body goes on the wire.
@@ -897,6 +910,22 @@ mod tests {
         out.clear();
         last_chunk(&mut out, Frame::trailers(fields), None);
         assert_eq!(out, b"0\r\n\r\n");
+    }
+
+    /// A list's tokens are matched without case and without the whitespace around them, empty
+    /// items skipped; a value that is not visible ASCII has none.
+    #[test]
+    fn list_tokens_are_read_on_bytes_as_they_were_on_str() {
+        let value = |s: &[u8]| HeaderValue::from_bytes(s).unwrap();
+        let of = |s: &[u8]| tokens(&value(s)).map(<[u8]>::to_vec).collect::<Vec<_>>();
+        assert_eq!(
+            of(b" keep-alive ,\tClose,, x-a "),
+            [b"keep-alive".to_vec(), b"Close".to_vec(), b"x-a".to_vec()]
+        );
+        assert!(has_token(&value(b"Keep-Alive, \tCLOSE\t"), "close"));
+        assert!(!has_token(&value(b"closed, unclose"), "close"));
+        assert!(!has_token(&value(b"close, caf\xc3\xa9"), "close"));
+        assert_eq!(of(b""), Vec::<Vec<u8>>::new());
     }
 
     /// A head is ours only whole, HTTP/1.1 and without a body, an upgrade or `Expect`.

@@ -936,8 +936,11 @@ impl<H: Handler> Conn<H> {
         between_requests: bool,
     ) {
         if let Some((acceptor, handshake_timeout)) = tls {
-            // Boxed: this future is copied whole into the connection's task, and a TLS
-            // connection's state (kilobytes) would make every plain connection's as large.
+            // Boxed, as are the servers below: this future is copied whole into the
+            // connection's task (several times: tokio's cell is written as the task starts
+            // and ends), and a TLS connection's state (kilobytes) or hyper's (the HTTP/2 and
+            // sniffing servers' `http`: 1,408 -> 896 bytes of task cell) would make every
+            // plain HTTP/1.1 connection's as large.
             return boxed!(self.tls(stream, acceptor, handshake_timeout)).await;
         }
         let speaks = if between_requests {
@@ -976,9 +979,9 @@ impl<H: Handler> Conn<H> {
                     let first = stream.take_prefetched();
                     return mover.pass(to, stream, self.peer, Stage::Http2(first));
                 }
-                self.http(TokioIo::new(stream), "http", speaks).await;
+                boxed!(self.http(TokioIo::new(stream), "http", speaks)).await;
             }
-            Speaks::Unknown => self.http(TokioIo::new(stream), "http", speaks).await,
+            Speaks::Unknown => boxed!(self.http(TokioIo::new(stream), "http", speaks)).await,
         }
     }
 
