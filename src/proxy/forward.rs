@@ -12,11 +12,12 @@ pub(super) mod wire;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::http::body::RequestBody;
 use crate::http::h1;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
@@ -156,51 +157,65 @@ fn set_by_us(name: &HeaderName) -> bool {
 /// Sends the request and returns the upstream's response with its body still streaming.
 /// `max_body` bounds the request body (`Content-Length` was checked already; this catches a
 /// chunked one as it streams).
-pub async fn send(
-    pool: &Arc<Pool>,
+pub fn send<'a>(
+    pool: &'a Arc<Pool>,
     mut req: Request<RequestBody>,
     plan: Plan,
+    sent: Instant,
     max_body: Option<u64>,
     counted: Option<Arc<AtomicU64>>,
     connection: Option<Arc<Activity>>,
-) -> Result<Response<PooledBody>, Deny> {
+) -> impl Future<Output = Result<Response<PooledBody>, Deny>> + Send + use<'a> {
     let client_side = plan.upgrade.then(|| hyper::upgrade::on(&mut req));
     let req = req.map(|body| Upload {
         body,
         left: max_body.unwrap_or(u64::MAX),
         counted,
     });
-    let exchange = pool.send(&plan.upstream, req, &plan.added, plan.upgrade);
-    let mut resp = match tokio::time::timeout(plan.timeout, exchange).await {
-        Err(_) => {
-            tracing::warn!(target = %plan.target, timeout = ?plan.timeout, "upstream timed out");
-            return Err(Deny::UpstreamTimeout);
-        }
-        Ok(Err(e)) if let Some(deny) = upload_failure(&*e) => return Err(deny),
-        Ok(Err(e)) => {
-            tracing::warn!(target = %plan.target, error = %error_chain(&*e), "upstream unavailable");
-            return Err(Deny::UpstreamUnavailable);
-        }
-        Ok(Ok(resp)) => resp,
-    };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_side) = client_side
-    {
-        let Some(upstream_side) = resp.body_mut().take_upgraded() else {
-            return Err(Deny::UpstreamUnavailable);
+    let Plan {
+        target,
+        upstream,
+        timeout,
+        upgrade,
+        added,
+    } = plan;
+    let exchange = pool.send(upstream, req, added, upgrade);
+    // From when it was sent, which the caller has read already: no clock reading of its own.
+    let deadline = tokio::time::Instant::from_std(sent) + timeout;
+    // A combinator, not an `async` block: a future made outside a block and awaited inside
+    // it is kept twice (as the block's capture and as what it awaits); `map` polls it in place.
+    tokio::time::timeout_at(deadline, exchange).map(move |answered| {
+        let mut resp = match answered {
+            Err(_) => {
+                tracing::warn!(%target, ?timeout, "upstream timed out");
+                return Err(Deny::UpstreamTimeout);
+            }
+            Ok(Err(e)) if let Some(deny) = upload_failure(&*e) => return Err(deny),
+            Ok(Err(e)) => {
+                tracing::warn!(%target, error = %error_chain(&*e), "upstream unavailable");
+                return Err(Deny::UpstreamUnavailable);
+            }
+            Ok(Ok(resp)) => resp,
         };
-        if let Some(c) = &connection {
-            c.becomes_tunnel();
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_side) = client_side
+        {
+            let Some(upstream_side) = resp.body_mut().take_upgraded() else {
+                return Err(Deny::UpstreamUnavailable);
+            };
+            if let Some(c) = &connection {
+                c.becomes_tunnel();
+            }
+            tokio::spawn(async move {
+                tunnel(client_side, upstream_side, target).await;
+                // Held until here, so a shutdown waits for the tunnel too.
+                drop(connection);
+            });
+            return Ok(resp);
         }
-        tokio::spawn(async move {
-            tunnel(client_side, upstream_side, plan.target).await;
-            // Held until here, so a shutdown waits for the tunnel too.
-            drop(connection);
-        });
-        return Ok(resp);
-    }
-    // Its hop-by-hop fields were left out as its head was read (`wire::response_map`).
-    Ok(resp)
+        // Its hop-by-hop fields were left out as its head was read (`wire::response_map`).
+        Ok(resp)
+    })
 }
 
 /// The client's fault in a failed upstream exchange, if it failed on the request body: past

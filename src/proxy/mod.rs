@@ -49,6 +49,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::FutureExt as _;
 use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::Either;
@@ -170,50 +171,68 @@ impl Proxy {
     /// Handles one request from `peer`, end to end. Never fails: every error is a response.
     /// `proto` is how the client reached us: `http` or `https`. `activity` is the connection's,
     /// for its idle timeout.
-    pub async fn handle(
-        &self,
+    ///
+    /// Not an `async fn`, nor is any phase it awaits: an `async fn` keeps its arguments twice
+    /// in its future (as passed, and moved into the body), and the future of each phase is
+    /// inside its caller's. Here each argument is kept once, the arguments a phase only needs
+    /// before its first wait are used before its future is made, and the decision is taken
+    /// apart before the forward's wait. The request's future went from 4.9 KB (4,872 bytes
+    /// with the handler's wrapper) to ~3 KB, and it is moved whole several times a request.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future"
+    )]
+    pub fn handle(
+        self: Arc<Self>,
         mut req: Request<RequestBody>,
         peer: SocketAddr,
         proto: &'static str,
-        activity: Option<&Arc<Activity>>,
-    ) -> Response<Body> {
-        let request_id = request_id::of(req.headers());
-        let mut exchange = Exchange::begin(
-            &self.observer,
-            req.method(),
-            || request_host_value(&req),
-            &request_id,
-            Instant::now(),
-            activity,
-        );
-        // Only a request with `Origin` to a `[targets.cors]` target has one.
-        let mut browser = None;
-        let (outcome, rate) = match self
-            .admit(
-                &mut req,
-                peer,
-                proto,
+        activity: Option<Arc<Activity>>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
+        async move {
+            let request_id = request_id::of(req.headers());
+            let mut exchange = Exchange::begin(
+                &self.observer,
+                req.method(),
+                || request_host_value(&req),
                 &request_id,
-                &mut exchange,
-                &mut browser,
+                Instant::now(),
+                activity.as_ref(),
+            );
+            // Only a request with `Origin` to a `[targets.cors]` target has one.
+            let mut browser = None;
+            let admission = self
+                .admit(
+                    &mut req,
+                    peer,
+                    proto,
+                    &request_id,
+                    &mut exchange,
+                    &mut browser,
+                )
+                .await;
+            let admitted = match admission {
+                Ok(Admission::Preflight(b)) => {
+                    return respond::preflight(&b, request_id, exchange);
+                }
+                Ok(Admission::Forward(admitted)) => admitted,
+                Err(refusal) => {
+                    let browser = browser.as_ref();
+                    return respond::respond(Err(refusal), None, browser, request_id, exchange);
+                }
+            };
+            let rate = admitted.rate;
+            let answer = self
+                .forward(req, admitted, activity.as_ref(), &mut exchange)
+                .await;
+            respond::respond(
+                answer.map(|r| r.map(Either::Left)),
+                rate.as_ref(),
+                browser.as_ref(),
+                request_id,
+                exchange,
             )
-            .await
-        {
-            Ok(Admission::Preflight(b)) => return respond::preflight(&b, request_id, exchange),
-            Ok(Admission::Forward(admitted)) => {
-                let rate = admitted.rate;
-                let answer = self.forward(req, admitted, activity, &mut exchange).await;
-                (answer.map(|r| r.map(Either::Left)), rate)
-            }
-            Err(refusal) => (Err(refusal), None),
-        };
-        respond::respond(
-            outcome,
-            rate.as_ref(),
-            browser.as_ref(),
-            request_id,
-            exchange,
-        )
+        }
     }
 
     /// The request as received -> [`Proxy::decide`] -> the plan `forward` carries out, on one
@@ -351,13 +370,15 @@ impl Proxy {
     }
 
     /// Sends the admitted request upstream, with no snapshot held, and streams the answer back.
-    async fn forward(
-        &self,
+    /// What it needs before the upstream's answer is used before its future is made (see
+    /// [`Proxy::handle`]).
+    fn forward<'a>(
+        &'a self,
         req: Request<RequestBody>,
         admitted: Admitted,
         activity: Option<&Arc<Activity>>,
-        exchange: &mut Exchange,
-    ) -> Result<Response<pool::PooledBody>, Refusal> {
+        exchange: &'a mut Exchange,
+    ) -> impl Future<Output = Result<Response<pool::PooledBody>, Refusal>> + use<'a> {
         // Only an upgraded connection's tunnel outlives the exchange and holds it.
         let tunnel = activity.filter(|_| admitted.plan.upgrade).cloned();
         let counted =
@@ -367,13 +388,17 @@ impl Proxy {
             &self.pool,
             req,
             admitted.plan,
+            sent,
             admitted.max_body,
             counted,
             tunnel,
-        )
-        .await?;
-        exchange.upstream_answered(sent.elapsed());
-        Ok(answer)
+        );
+        // `map`, not an `async` block: see `forward::send`.
+        answer.map(move |answer| {
+            let answer = answer?;
+            exchange.upstream_answered(sent.elapsed());
+            Ok(answer)
+        })
     }
 }
 

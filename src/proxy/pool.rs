@@ -175,15 +175,17 @@ impl Pool {
 
     /// Sends `req` (origin-form URI; `added` holds `Host` and the fields keygate sets) to
     /// `upstream` on a pooled or new connection and returns once the response head is read.
-    /// The response's body streams; its connection returns to the pool once the body is done. `upgrade`: the request asks to
-    /// switch protocols, so a 101 is a valid answer (see [`PooledBody::take_upgraded`]).
-    pub async fn send(
+    /// The response's body streams; its connection returns to the pool once the body is done.
+    /// `upgrade`: the request asks to switch protocols, so a 101 is a valid answer (see
+    /// [`PooledBody::take_upgraded`]). The request is taken apart before the future is made,
+    /// so the future holds its parts once (see `Proxy::handle`).
+    pub fn send(
         self: &Arc<Self>,
-        upstream: &Upstream,
+        upstream: Upstream,
         req: Request<Upload>,
-        added: &wire::Added,
+        added: wire::Added,
         upgrade: bool,
-    ) -> Result<Response<PooledBody>, BoxError> {
+    ) -> impl Future<Output = Result<Response<PooledBody>, BoxError>> + Send + use<'_> {
         let (mut parts, body) = req.into_parts();
         let sending = match body.size_hint().exact() {
             _ if body.is_end_stream() => Sending::Nothing,
@@ -199,73 +201,80 @@ impl Pool {
             }
             None => Sending::Chunked,
         };
-        let (mut conn, reused) = match self.checkout(upstream) {
-            Some(conn) => (conn, true),
-            None => (self.open(upstream).await?, false),
-        };
-        conn.wbuf.clear();
-        wire::encode_head(
-            &mut conn.wbuf,
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            added,
-            sending,
-        );
-        // Written: its room serves the next head this worker reads.
-        crate::http::h1::maps::give_back(std::mem::take(&mut parts.headers));
-        // Boxed: the response this becomes is moved half a dozen times on its way to the client
-        // (the proxy's phases, `respond`, the front), and inline the exchange (272 bytes) made
-        // each move that much longer (callgrind: ~50 `memcpy` calls a request); one small
-        // allocation costs less.
-        let mut ex = Box::new(Exchange {
-            conn,
-            wpos: 0,
-            wdata: Bytes::new(),
-            wtail: b"",
-            written: 0,
-            upload: (sending != Sending::Nothing).then_some(body),
-            sending,
-            sent: 0,
-            sent_all: false,
-            write_failed: None,
-            interim: 0,
-        });
         let head_request = parts.method == http::Method::HEAD;
-        let head = match std::future::poll_fn(|cx| ex.poll_head(cx, head_request, upgrade)).await {
-            Err(Failure::Io(e)) if reused && ex.written == 0 => {
-                // The pooled connection was gone before a byte of the request reached it: the
-                // request is whole in `ex` (head, and any body piece taken), so try once more.
-                tracing::debug!(error = %e, "pooled upstream connection closed; retrying");
-                ex.conn.io = self.open(upstream).await?.io;
-                ex.conn.rbuf.clear();
-                ex.write_failed = None;
-                std::future::poll_fn(|cx| ex.poll_head(cx, head_request, upgrade))
-                    .await
-                    .map_err(Failure::into_box)?
-            }
-            other => other.map_err(Failure::into_box)?,
-        };
-        let reading = match head.framing {
-            Framing::Empty => Reading::Empty,
-            Framing::Length(0) => Reading::Empty,
-            Framing::Length(n) => Reading::Length(n),
-            Framing::Chunked => Reading::Chunked(Dechunk::default()),
-            Framing::Close => Reading::Close,
-        };
-        let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
-        let mut resp = Response::new(PooledBody {
-            ex: Some(ex),
-            reading: if upgraded { Reading::Empty } else { reading },
-            keep_alive: head.keep_alive && !upgraded,
-            home: Some(Home {
-                pool: Arc::downgrade(self),
-                upstream: upstream.clone(),
-            }),
-        });
-        *resp.status_mut() = head.status;
-        *resp.headers_mut() = head.headers;
-        Ok(resp)
+        let pooled = self.checkout(&upstream);
+        async move {
+            let (mut conn, reused) = match pooled {
+                Some(conn) => (conn, true),
+                None => (self.open(&upstream).await?, false),
+            };
+            conn.wbuf.clear();
+            wire::encode_head(
+                &mut conn.wbuf,
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                &added,
+                sending,
+            );
+            // Written: its room serves the next head this worker reads, and the lines' buffer
+            // the next request's.
+            crate::http::h1::maps::give_back(std::mem::take(&mut parts.headers));
+            drop(added);
+            // Boxed: the response this becomes is moved half a dozen times on its way to the
+            // client (the proxy's phases, `respond`, the front), and inline the exchange (272
+            // bytes) made each move that much longer (callgrind: ~50 `memcpy` calls a
+            // request); one small allocation costs less.
+            let mut ex = Box::new(Exchange {
+                conn,
+                wpos: 0,
+                wdata: Bytes::new(),
+                wtail: b"",
+                written: 0,
+                upload: (sending != Sending::Nothing).then_some(body),
+                sending,
+                sent: 0,
+                sent_all: false,
+                write_failed: None,
+                interim: 0,
+            });
+            let head =
+                match std::future::poll_fn(|cx| ex.poll_head(cx, head_request, upgrade)).await {
+                    Err(Failure::Io(e)) if reused && ex.written == 0 => {
+                        // The pooled connection was gone before a byte of the request reached
+                        // it: the request is whole in `ex` (head, and any body piece taken), so
+                        // try once more.
+                        tracing::debug!(error = %e, "pooled upstream connection closed; retrying");
+                        ex.conn.io = self.open(&upstream).await?.io;
+                        ex.conn.rbuf.clear();
+                        ex.write_failed = None;
+                        std::future::poll_fn(|cx| ex.poll_head(cx, head_request, upgrade))
+                            .await
+                            .map_err(Failure::into_box)?
+                    }
+                    other => other.map_err(Failure::into_box)?,
+                };
+            let reading = match head.framing {
+                Framing::Empty => Reading::Empty,
+                Framing::Length(0) => Reading::Empty,
+                Framing::Length(n) => Reading::Length(n),
+                Framing::Chunked => Reading::Chunked(Dechunk::default()),
+                Framing::Close => Reading::Close,
+            };
+            let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
+            let mut resp = Response::new(PooledBody {
+                ex: Some(ex),
+                reading: if upgraded { Reading::Empty } else { reading },
+                keep_alive: head.keep_alive && !upgraded,
+                home: Some(Home {
+                    pool: Arc::downgrade(self),
+                    upstream,
+                }),
+            });
+            *resp.status_mut() = head.status;
+            *resp.headers_mut() = head.headers;
+            Ok(resp)
+        }
     }
 
     /// The newest idle connection to `upstream` that is still open.

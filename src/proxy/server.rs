@@ -53,9 +53,8 @@ pub async fn serve_verify_workers(
             let proxy = Arc::new(proxy.worker());
             let gauge: Arc<dyn Gauge> = proxy.shard().clone();
             let handler = move |req: Request<RequestBody>, conn: &Connection| {
-                let proxy = proxy.clone();
-                let (peer, activity) = (conn.peer, conn.activity.clone());
-                async move { proxy.verify(req, peer, Some(&activity)).await }
+                let activity = Some(conn.activity.clone());
+                proxy.clone().verify(req, conn.peer, activity)
             };
             Worker::new(handler).counted(gauge)
         },
@@ -81,10 +80,10 @@ pub async fn serve(
 fn worker(proxy: Arc<Proxy>) -> Worker<impl Handler> {
     let reaper = super::pool::reaper(Arc::downgrade(proxy.pool()));
     let gauge: Arc<dyn Gauge> = proxy.shard().clone();
+    // The proxy's future itself, not one wrapped around it (which held the request twice).
     let handler = move |req: Request<RequestBody>, conn: &Connection| {
-        let proxy = proxy.clone();
-        let (peer, proto, activity) = (conn.peer, conn.proto, conn.activity.clone());
-        async move { proxy.handle(req, peer, proto, Some(&activity)).await }
+        let activity = Some(conn.activity.clone());
+        proxy.clone().handle(req, conn.peer, conn.proto, activity)
     };
     Worker::new(handler).counted(gauge).beside(reaper)
 }

@@ -42,50 +42,58 @@ pub const X_KEYGATE_CODE: HeaderName = HeaderName::from_static("x-keygate-code")
 
 impl Proxy {
     /// Answers one forward-auth call from `peer`. Never fails: every error is a response.
-    pub async fn verify(
-        &self,
+    /// Not an `async fn`, which would keep the request twice in its future (see
+    /// [`Proxy::handle`]).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future"
+    )]
+    pub fn verify(
+        self: Arc<Self>,
         req: Request<RequestBody>,
         peer: SocketAddr,
-        activity: Option<&Arc<Activity>>,
-    ) -> Response<Body> {
-        let request_id = request_id::of(req.headers());
-        let original = Original::of(&req);
-        let (method, host) = match &original {
-            Ok(o) => (&o.method, o.host),
-            Err(_) => (req.method(), None),
-        };
-        let mut exchange = Exchange::begin(
-            &self.observer,
-            method,
-            || host.and_then(|h| HeaderValue::from_str(h).ok()),
-            &request_id,
-            Instant::now(),
-            activity,
-        );
-        let outcome = self.decide_for(&req, original, peer, &mut exchange).await;
-        let code = outcome.as_ref().err().map(|r| r.deny.code());
-        let (outcome, rate) = match outcome {
-            Ok((identity, rate)) => {
-                let mut resp = Response::new(Either::Right(Full::default()));
-                let headers = resp.headers_mut();
-                headers.insert(X_KEYGATE_KEY_ID, identity.0);
-                if let Some(c) = identity.1 {
-                    headers.insert(X_KEYGATE_CONSUMER, c);
+        activity: Option<Arc<Activity>>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
+        async move {
+            let request_id = request_id::of(req.headers());
+            let original = Original::of(&req);
+            let (method, host) = match &original {
+                Ok(o) => (&o.method, o.host),
+                Err(_) => (req.method(), None),
+            };
+            let mut exchange = Exchange::begin(
+                &self.observer,
+                method,
+                || host.and_then(|h| HeaderValue::from_str(h).ok()),
+                &request_id,
+                Instant::now(),
+                activity.as_ref(),
+            );
+            let outcome = self.decide_for(&req, original, peer, &mut exchange).await;
+            let code = outcome.as_ref().err().map(|r| r.deny.code());
+            let (outcome, rate) = match outcome {
+                Ok((identity, rate)) => {
+                    let mut resp = Response::new(Either::Right(Full::default()));
+                    let headers = resp.headers_mut();
+                    headers.insert(X_KEYGATE_KEY_ID, identity.0);
+                    if let Some(c) = identity.1 {
+                        headers.insert(X_KEYGATE_CONSUMER, c);
+                    }
+                    (Ok(resp), rate)
                 }
-                (Ok(resp), rate)
+                Err(refusal) => (Err(refusal), None),
+            };
+            // No CORS headers: the calling proxy answers the browser, with its own.
+            let mut resp = respond::respond(outcome, rate.as_ref(), None, request_id, exchange);
+            if let Some(code) = code {
+                let status = HeaderValue::from(resp.status().as_u16());
+                let headers = resp.headers_mut();
+                headers.insert(X_KEYGATE_STATUS, status);
+                headers.insert(X_KEYGATE_CODE, HeaderValue::from_static(code));
             }
-            Err(refusal) => (Err(refusal), None),
-        };
-        // No CORS headers: the calling proxy answers the browser, with its own.
-        let mut resp = respond::respond(outcome, rate.as_ref(), None, request_id, exchange);
-        if let Some(code) = code {
-            let status = HeaderValue::from(resp.status().as_u16());
-            let headers = resp.headers_mut();
-            headers.insert(X_KEYGATE_STATUS, status);
-            headers.insert(X_KEYGATE_CODE, HeaderValue::from_static(code));
+            debug_assert!(resp.status() == StatusCode::OK || code.is_some());
+            resp
         }
-        debug_assert!(resp.status() == StatusCode::OK || code.is_some());
-        resp
     }
 
     /// The proxy mode's decision on the original request, for a trusted caller; the key's and
