@@ -8,7 +8,8 @@
 #
 #   benches/load/bin_ab.sh A_BIN B_BIN   CASES ["keepalive close"; or h2c]  ROUNDS [6]  DURATION [5s]
 #                                        CONNS [32]  KEYS [10000]  LUA_KEYS [1000]
-# Prints one line per run, then per case the medians and B ÷ A. Everything listens on
+# Prints one line per run, then per case the medians (CPU and its user-space part per request)
+# and B ÷ A. Everything listens on
 # 127.0.0.1; every process it starts is stopped on exit; the whole script is bounded by
 # TOTAL_TIMEOUT [1500 s].
 set -euo pipefail
@@ -35,23 +36,23 @@ p99_ms() {
   awk '$1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
     print (u == "us" ? v / 1000 : u == "s" ? v * 1000 : v) }' <<<"$1"
 }
-declare -A RPS CPU P99
+declare -A RPS CPU USR P99
 for r in $(seq 1 "$ROUNDS"); do
   order="A B"; (( r % 2 == 0 )) && order="B A"
   for c in $CASES; do
     lua="$WORK/keys/keys.lua"; [[ $c == close ]] && lua="$WORK/keys/keys-close.lua"
     for side in $order; do
-      before=$(cpu_ticks "${PID[$side]}")
+      before=$(cpu_ticks "${PID[$side]}") ubefore=$(user_ticks "${PID[$side]}")
       if [[ $c == h2c ]]; then
         out=$("$LOADGEN" --url "http://127.0.0.1:${PORT[$side]}/" --proto h2c --keys "$WORK/keys/load-keys.txt" \
           --connections 4 --streams 8 --duration "$DURATION")
-        after=$(cpu_ticks "${PID[$side]}")
+        after=$(cpu_ticks "${PID[$side]}") uafter=$(user_ticks "${PID[$side]}")
         read -r reqs rps p99 non2xx < <(python3 -c 'import json,sys
 d = json.loads(sys.argv[1])
 print(d["requests"], d["rps"], d["latency_ms"]["p99"], d["non_2xx"] or "")' "$out")
       else
         out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$lua" "http://127.0.0.1:${PORT[$side]}/")
-        after=$(cpu_ticks "${PID[$side]}")
+        after=$(cpu_ticks "${PID[$side]}") uafter=$(user_ticks "${PID[$side]}")
         reqs=$(awk '/requests in/ {print $1}' <<<"$out")
         rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
         non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
@@ -59,15 +60,16 @@ print(d["requests"], d["rps"], d["latency_ms"]["p99"], d["non_2xx"] or "")' "$ou
       fi
       [[ -z "$non2xx" ]] || { echo "$side $c: $non2xx non-2xx answers" >&2; exit 1; }
       us=$(python3 -c "print(round(($after - $before) / $TICK * 1e6 / $reqs, 2))")
-      echo "round $r $c $side req/s=$rps p99_ms=$p99 cpu_us/req=$us"
-      RPS[$c$side]+="$rps "; CPU[$c$side]+="$us "; P99[$c$side]+="$p99 "
+      uus=$(python3 -c "print(round(($uafter - $ubefore) / $TICK * 1e6 / $reqs, 2))")
+      echo "round $r $c $side req/s=$rps p99_ms=$p99 cpu_us/req=$us user_us/req=$uus"
+      RPS[$c$side]+="$rps "; CPU[$c$side]+="$us "; USR[$c$side]+="$uus "; P99[$c$side]+="$p99 "
     done
   done
 done
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" $1; }
 for c in $CASES; do
   for side in A B; do
-    echo "median $c $side req/s=$(median "${RPS[$c$side]}") p99_ms=$(median "${P99[$c$side]}") cpu_us/req=$(median "${CPU[$c$side]}")"
+    echo "median $c $side req/s=$(median "${RPS[$c$side]}") p99_ms=$(median "${P99[$c$side]}") cpu_us/req=$(median "${CPU[$c$side]}") user_us/req=$(median "${USR[$c$side]}")"
   done
   python3 - "${RPS[${c}A]}" "${RPS[${c}B]}" "$c" <<'PY'
 import statistics, sys

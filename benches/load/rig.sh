@@ -90,3 +90,5 @@ TOML
 
 # cpu_ticks PID: the process's user + system time so far, in clock ticks (getconf CLK_TCK).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# user_ticks PID: the user-space part of it (issue 18 bounds user space per request).
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
