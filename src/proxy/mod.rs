@@ -176,8 +176,9 @@ impl Proxy {
     /// in its future (as passed, and moved into the body), and the future of each phase is
     /// inside its caller's. Here each argument is kept once, the arguments a phase only needs
     /// before its first wait are used before its future is made, and the decision is taken
-    /// apart before the forward's wait. The request's future went from 4.9 KB (4,872 bytes
-    /// with the handler's wrapper) to ~3 KB, and it is moved whole several times a request.
+    /// apart before the forward's wait. The request's future went from 4,872 bytes (with the
+    /// handler's wrapper) to 2,472 (`-Zprint-type-sizes`), and it is moved whole several times
+    /// a request.
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice in its future"
