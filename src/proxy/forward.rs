@@ -270,9 +270,10 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Removes the fixed hop-by-hop headers and every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the few names a message has, instead of a hashed lookup for each of the
-    // eight names: almost no request carries any of them (1% of CPU per request, twice). Most
-    // upstream responses carry `Connection: keep-alive`, so only the names present are removed.
+    // One pass over the few names a request has, instead of a hashed lookup for each of the
+    // eight names: almost no request carries any of them (1% of CPU per request), and only the
+    // names present are removed. The response's are left out as its head is read
+    // (`wire::response_map`).
     let mut present = 0u16;
     for k in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
