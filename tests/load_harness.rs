@@ -13,6 +13,9 @@
 //! has a line per request) at both sizes. The figures themselves are not looked at: this is not
 //! a benchmark.
 //!
+//! Then runs benches/load/gates.sh on the smoke run's kept gates, in both its modes (system calls
+//! per request, latency rounds), checking that every gate was counted.
+//!
 //! Also runs the unit tests of loadgen.rs (its histogram, target and duration parsing), which
 //! cargo does not run for an example.
 
@@ -102,6 +105,61 @@ impl Drop for Script {
     }
 }
 
+/// Runs `cmd` (a bash script) in its own process group with its output in `log_path`, for at
+/// most `timeout`; fails the test if it does not finish in time or leaves a process behind.
+/// Returns its exit status and output.
+fn run_bounded(
+    mut cmd: Command,
+    log_path: &Path,
+    timeout: Duration,
+) -> (std::process::ExitStatus, String) {
+    let log = File::create(log_path).unwrap();
+    let started = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("run the script");
+    let pgid = child.id();
+    let mut script = Script(child);
+    let status = loop {
+        if let Some(status) = script.0.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = std::fs::read_to_string(log_path).unwrap_or_default();
+    let Some(status) = status else {
+        drop(script);
+        panic!("the script did not finish within {timeout:?}:\n{output}");
+    };
+    eprintln!(
+        "{:?}: {status} after {:.1} s",
+        cmd.get_args().next().unwrap_or_default(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Nothing the script started may outlive it.
+    let mut left = group_members(pgid);
+    for _ in 0..20 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = group_members(pgid);
+    }
+    if !left.is_empty() {
+        kill_group(pgid, "-KILL");
+        panic!("the script left processes behind: {left:?}\n{output}");
+    }
+    (status, output)
+}
+
 #[test]
 fn smoke_run_of_the_load_harness() {
     let missing: Vec<&str> = ["bash", "nginx", "haproxy", "wrk", "curl", "python3"]
@@ -127,15 +185,13 @@ fn smoke_run_of_the_load_harness() {
     )));
     std::fs::create_dir_all(&tmp.0).unwrap();
     let out = tmp.0.join("results.json");
-    let log_path = tmp.0.join("run.log");
-    let log = File::create(&log_path).unwrap();
-
-    let started = Instant::now();
-    let child = Command::new("bash")
-        .arg(Path::new(ROOT).join("benches/load/run.sh"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(Path::new(ROOT).join("benches/load/run.sh"))
         .current_dir(ROOT)
         .env("SMOKE", "1")
         .env("NO_INSTALL", "1")
+        // The work dir (under TMPDIR, removed with it) is kept for benches/load/gates.sh below.
+        .env("KEEP_WORK", "1")
         .env("KEYGATE_BIN", BIN)
         .env("OUT", &out)
         .env("TMPDIR", &tmp.0)
@@ -149,47 +205,8 @@ fn smoke_run_of_the_load_harness() {
         .env_remove("RATE")
         .env_remove("LOGS")
         .env_remove("LOGS_CASES")
-        .env_remove("KG_ACCESS_LOG")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("run benches/load/run.sh");
-    let pgid = child.id();
-    let mut script = Script(child);
-    let status = loop {
-        if let Some(status) = script.0.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > TEST_TIMEOUT {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let Some(status) = status else {
-        drop(script);
-        panic!("the smoke run did not finish within {TEST_TIMEOUT:?}:\n{output}");
-    };
-    eprintln!(
-        "smoke run of benches/load/run.sh: {status} after {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-
-    // Nothing the script started may outlive it.
-    let mut left = group_members(pgid);
-    for _ in 0..20 {
-        if left.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        left = group_members(pgid);
-    }
-    if !left.is_empty() {
-        kill_group(pgid, "-KILL");
-        panic!("the smoke run left processes behind: {left:?}\n{output}");
-    }
+        .env_remove("KG_ACCESS_LOG");
+    let (status, output) = run_bounded(cmd, &tmp.0.join("run.log"), TEST_TIMEOUT);
 
     assert!(
         status.success(),
@@ -340,5 +357,75 @@ fn smoke_run_of_the_load_harness() {
             output.contains(needle),
             "the printed report has {needle:?}:\n{output}"
         );
+    }
+
+    // benches/load/gates.sh on this run's gates, in both its modes, so it cannot rot either.
+    let work = output
+        .lines()
+        .find_map(|l| l.strip_prefix("[load] work dir kept: "))
+        .unwrap_or_else(|| panic!("KEEP_WORK=1 names its work dir:\n{output}"))
+        .trim()
+        .to_owned();
+    for mode in ["syscalls", "latency"] {
+        let mut cmd = Command::new("bash");
+        cmd.arg(Path::new(ROOT).join("benches/load/gates.sh"))
+            .arg(&work)
+            .current_dir(ROOT)
+            .env("MODE", mode)
+            .env("KEYS", "100")
+            .env("DURATION", "1")
+            .env("ROUNDS", "2")
+            .env("KEYGATE_BIN", BIN)
+            .env("TOTAL_TIMEOUT", "120")
+            .env_remove("KG_GATES_INNER")
+            .env_remove("GATES")
+            .env_remove("CASE")
+            .env_remove("CONNS");
+        let log = tmp.0.join(format!("gates-{mode}.log"));
+        let (status, out) = run_bounded(cmd, &log, Duration::from_secs(150));
+        assert!(
+            status.success(),
+            "gates.sh MODE={mode} failed ({status}):\n{out}"
+        );
+        if out.contains("SKIP:") {
+            eprintln!("SKIP: gates.sh MODE={mode} skipped itself:\n{out}");
+            continue;
+        }
+        for gate in ["keygate", "nginx", "haproxy"] {
+            if mode == "syscalls" {
+                // "GATE (close, ...): requests=N ...", then a line per call.
+                let block: Vec<&str> = out
+                    .lines()
+                    .skip_while(|l| !l.starts_with(&format!("{gate} (close")))
+                    .take_while(|l| l.starts_with(gate) || l.starts_with("  "))
+                    .collect();
+                let requests: u64 = block
+                    .first()
+                    .and_then(|l| l.split("requests=").nth(1))
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                assert!(requests > 0, "{gate}: no requests counted:\n{out}");
+                for call in ["accept4", "recvfrom"] {
+                    assert!(
+                        block.iter().any(|l| l.trim_start().starts_with(call)),
+                        "{gate}: no {call} counted:\n{out}"
+                    );
+                }
+            } else {
+                let rps: f64 = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("  {gate} ")))
+                    .and_then(|l| l.split("req/s=").nth(1))
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0.0);
+                assert!(rps > 0.0, "{gate}: no median req/s:\n{out}");
+                assert!(
+                    out.contains(&format!("{gate} 50%=")),
+                    "{gate}: each run's line:\n{out}"
+                );
+            }
+        }
     }
 }

@@ -1,20 +1,12 @@
 # Sourced by the small single-gate benches (usage_ab.sh, bin_ab.sh, usage_instructions.sh,
-# access_log_instructions.sh): a work dir removed on exit with every process in PIDS, free
-# ports, KEYS keys (LUA_KEYS of them in the load) in $WORK/keys, and the upstream: one nginx
+# access_log_instructions.sh): a work dir removed on exit with every process in PIDS (work.sh),
+# free ports, KEYS keys (LUA_KEYS of them in the load) in $WORK/keys, and the upstream: one nginx
 # worker answering 200 "ok" on 127.0.0.1:$UP; `start_keygate` and `cpu_ticks` for the A/B
 # benches. Needs HERE (benches/load), KEYS and LUA_KEYS.
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=work.sh
+source "$HERE/work.sh"
 # Below the ephemeral range, so no outgoing connection takes it before its gate binds it.
 free_port() { python3 "$HERE/free_port.py" "$WORK/ports-used"; }
-# Up to 2 minutes: a keygate under valgrind takes that long to listen with 10,000 keys.
-wait_port() { for _ in $(seq 1 1200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 python3 "$HERE/gen_keys.py" "$KEYS" "$WORK/keys" --lua-keys "$LUA_KEYS" >/dev/null
 
