@@ -8,14 +8,14 @@
 #   -cCONNS` for DURATION seconds while `perf stat` counts the syscall tracepoints of its
 #   processes; the failed `recvfrom` and `accept4` calls (EAGAIN: nothing to read, nobody to
 #   accept) are counted apart. Where the tracepoints cannot be read, `strace -c -f` is the
-#   fallback, marked as such: it slows a gate to about a third of its rate, which changes what a
-#   first read finds. Prints a block per gate: requests, then each call per request.
+#   fallback, marked as such: it slows a gate to an eighth of its rate or less, which changes
+#   what a first read finds. Prints a block per gate: requests, then each call per request.
 # MODE=latency: ROUNDS rounds of `wrk --latency` (DURATION s) through every gate, the gates'
 #   order changing each round (all six orders of three gates in six rounds); prints every run,
 #   then per gate the medians of req/s, p50, p90 and p99, and each round's p99.
 #
 #   benches/load/gates.sh WORK_DIR   MODE [syscalls]  CASE [close; or keepalive]  KEYS [10000]
-#       CONNS [32]  DURATION [3 for syscalls, 5 for latency]  ROUNDS [6]
+#       CONNS [32]  DURATION [3 for syscalls, 5 for latency]  ROUNDS [6]  COUNTER [perf; strace]
 #       GATES ["keygate nginx haproxy"]  KEYGATE_BIN [target/release/keygate]
 #
 # Everything listens on 127.0.0.1; every process it starts is stopped on exit; the whole script
@@ -55,14 +55,22 @@ CALLS="accept4 recvfrom read writev sendto write epoll_ctl epoll_wait epoll_pwai
 EVENTS=""
 for c in $CALLS; do EVENTS+="syscalls:sys_enter_$c,"; done
 EVENTS=${EVENTS%,}
+# COUNTER=perf or strace picks the counter; unset, perf where it can read the tracepoints.
 tracepoints=0
-if command -v perf >/dev/null 2>&1 &&
-  perf stat -e syscalls:sys_enter_close -o /dev/null -- true >/dev/null 2>&1; then
-  tracepoints=1
-elif [[ $MODE == syscalls ]] && ! command -v strace >/dev/null 2>&1; then
-  echo "SKIP: counting system calls needs perf (with readable syscall tracepoints) or strace"
-  exit 0
-fi
+case ${COUNTER:-} in
+  perf) tracepoints=1 ;;
+  strace) ;;
+  "")
+    if command -v perf >/dev/null 2>&1 &&
+      perf stat -e syscalls:sys_enter_close -o /dev/null -- true >/dev/null 2>&1; then
+      tracepoints=1
+    elif [[ $MODE == syscalls ]] && ! command -v strace >/dev/null 2>&1; then
+      echo "SKIP: counting system calls needs perf (with readable syscall tracepoints) or strace"
+      exit 0
+    fi
+    ;;
+  *) echo "COUNTER is perf or strace" >&2; exit 2 ;;
+esac
 
 # The upstream of that run, as it was.
 nginx -p "$W/up" -c "$W/up/nginx.conf" -g 'daemon off;' 2>>"$WORK/up.err" &
@@ -136,7 +144,7 @@ count_syscalls() {
     out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$LUA" "$url")
     kill -INT "$counter" 2>/dev/null || true
     wait "$counter" 2>/dev/null || true
-    how="strace -c -f: about a third of the gate's rate, so first reads find more"
+    how="strace -c -f: the gate at a fraction of its rate, so first reads find more"
   fi
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   echo "$gate ($CASE, $KEYS keys, wrk -c$CONNS, $how): requests=$n $(grep -o 'Requests/sec: *[0-9.]*' <<<"$out")"
@@ -147,7 +155,7 @@ count_syscalls() {
         if (name ~ /sys_exit_/) { sub("syscalls:sys_exit_", "", name); name = name " failed" }
         printf "  %-18s %.3f\n", name, $1 / n }' "$WORK/counts"
   else
-    awk -v n="$n" 'NR > 2 && $NF != "total" && $4 ~ /^[0-9]+$/ {
+    awk -v n="$n" 'NR > 2 && $NF != "total" && $4 ~ /^[0-9]+$/ && $4 / n >= 0.0005 {
         e = ($5 ~ /^[0-9]+$/) ? $5 : 0
         printf "  %-18s %.3f%s\n", $NF, $4 / n, (e > 0 ? sprintf(" (failed %.3f)", e / n) : "") }' "$WORK/counts" |
       sort -k2 -nr
