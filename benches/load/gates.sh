@@ -72,10 +72,20 @@ case ${COUNTER:-} in
   *) echo "COUNTER is perf or strace" >&2; exit 2 ;;
 esac
 
+# port_free PORT: the gates reuse the kept run's ports; one taken since would answer for them.
+port_free() {
+  if (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then
+    echo "port $1 of that run is in use now: stop what listens there first" >&2
+    exit 2
+  fi
+}
+
 # The upstream of that run, as it was.
+UPPORT=$(grep -m1 -o 'listen 127.0.0.1:[0-9]*' "$W/up/nginx.conf" | grep -o '[0-9]*$')
+port_free "$UPPORT"
 nginx -p "$W/up" -c "$W/up/nginx.conf" -g 'daemon off;' 2>>"$WORK/up.err" &
 PIDS+=($!)
-wait_port "$(grep -m1 -o 'listen 127.0.0.1:[0-9]*' "$W/up/nginx.conf" | grep -o '[0-9]*$')"
+wait_port "$UPPORT"
 
 # start GATE: the gate with its access log off; sets GPORT and GPID (its processes to count,
 # comma-separated), kept as PORT[GATE] and COUNTED[GATE]. All gates run from the start to the
@@ -87,28 +97,31 @@ start() {
       sed 's#^access = .*#access = "off"#' "$G/keygate.toml" >"$WORK/keygate.toml"
       # Old enough that the reload check trusts its modification time and does not hash it.
       touch -d '1 minute ago' "$WORK/keygate.toml"
+      GPORT=$(grep -m1 '^listen' "$WORK/keygate.toml" | grep -o '[0-9]*"$' | tr -d '"')
+      port_free "$GPORT"
       (cd "$WORK" && exec env KEYGATE_LOG=warn "$KEYGATE_BIN" run --config "$WORK/keygate.toml" >"$WORK/keygate.log" 2>&1) &
       GPID=$!
       PIDS+=($GPID)
-      GPORT=$(grep -m1 '^listen' "$WORK/keygate.toml" | grep -o '[0-9]*"$' | tr -d '"')
       wait_port "$GPORT"
       ;;
     nginx)
       mkdir -p "$WORK/ngx"/{body,proxy,fcgi,uwsgi,scgi}
       sed "s#access_log [^;]*;#access_log off;#; s#$G/ngx#$WORK/ngx#g" "$G/ngx/nginx.conf" >"$WORK/ngx/nginx.conf"
+      GPORT=$(grep -m1 -o 'listen 127.0.0.1:[0-9]*;' "$WORK/ngx/nginx.conf" | grep -o '[0-9]*;$' | tr -d ';')
+      port_free "$GPORT"
       nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" -g 'daemon off;' 2>>"$WORK/ngx.err" &
       local master=$!
       PIDS+=($master)
-      GPORT=$(grep -m1 -o 'listen 127.0.0.1:[0-9]*;' "$WORK/ngx/nginx.conf" | grep -o '[0-9]*;$' | tr -d ';')
       wait_port "$GPORT"
       GPID=$(pgrep -P "$master" | paste -sd,)
       ;;
     haproxy)
       grep -v '^\s*log ' "$G/haproxy.cfg" >"$WORK/haproxy.cfg"
+      GPORT=$(grep -m1 -o 'bind 127.0.0.1:[0-9]*' "$WORK/haproxy.cfg" | grep -o '[0-9]*$')
+      port_free "$GPORT"
       haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
       GPID=$!
       PIDS+=($GPID)
-      GPORT=$(grep -m1 -o 'bind 127.0.0.1:[0-9]*' "$WORK/haproxy.cfg" | grep -o '[0-9]*$')
       wait_port "$GPORT"
       ;;
     *) echo "unknown gate $1" >&2; exit 2 ;;
